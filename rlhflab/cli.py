@@ -1,0 +1,80 @@
+"""`rlhflab <command>`: parse arguments, load the config, call a stage. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from rlhflab.errors import RlhfLabError, RunInterrupted
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML preset (see configs/); defaults apply when omitted")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. sft.epochs=3")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run of the same name first")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rlhflab import __version__
+
+    parser = argparse.ArgumentParser(prog="rlhflab", description="Reinforcement learning from human feedback, end to end.")
+    parser.add_argument("--version", action="version", version=f"rlhflab {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sft = commands.add_parser("sft", help="supervised fine-tuning of a causal LM on reviews")
+    _add_run_arguments(sft)
+    show = commands.add_parser("config", help="print the resolved config (after overrides) and exit")
+    show.add_argument("--config")
+    show.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser
+
+
+def _sft(args: argparse.Namespace) -> None:
+    from rlhflab.config import load_config
+    from rlhflab.io import read_json
+    from rlhflab.stages import sft
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = sft.run(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    summary = read_json(run_dir.summary_path)
+    print(sft.format_table(summary))
+    print(f"model: {run_dir.model_dir}  ({summary['seconds']:.0f} s, {summary['train_tokens_per_s']:.0f} train tokens/s)")
+
+
+def _config(args: argparse.Namespace) -> None:
+    from rlhflab.config import dump_yaml, load_config
+
+    print(dump_yaml(load_config(args.config, args.overrides)), end="")
+
+
+COMMANDS = {"sft": _sft, "config": _config}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Quieter third-party logs: the CLI prints its own progress and results.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bars
+    try:
+        COMMANDS[args.command](args)
+    except RlhfLabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except RunInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Typed configuration: dataclasses per stage, strict YAML loading, `key=value` overrides.
+
+Every field has a type and a default; `load_config` rejects unknown keys (suggesting the
+nearest valid one) and values of the wrong type, so a typo never silently falls back to
+a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+
+from rlhflab.errors import RlhfLabError
+
+
+@dataclass
+class DataConfig:
+    # `imdb`, `rotten-tomatoes`, `hf:<dataset id>`, a .csv/.jsonl/.json/.parquet file or
+    # an aclImdb-style folder.
+    source: str = "imdb"
+    text_column: str | None = None  # None: detect (text, review, sample, ...)
+    label_column: str | None = None  # None: detect (label, sentiment, ...)
+    split: str = "train"  # which split of a hub dataset or aclImdb folder to read
+    per_class: int | None = 1000  # balanced sample: this many positive and negative; None = all
+    fractions: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])  # train/val/test
+    prompt_min_words: int = 3
+    prompt_max_words: int = 5
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    # None: every linear layer of the decoder blocks (peft's "all-linear").
+    target_modules: list[str] | None = None
+
+
+@dataclass
+class SftConfig:
+    model: str = "smollm2-135m"  # asset name, hub id, local folder or an earlier run's model/
+    # "all", "lora", or decoder block indices to train (negative counts from the top).
+    trainable: str | list[int] = field(default_factory=lambda: [-2, -1])
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    max_length: int = 64  # tokens per review (longer reviews are truncated)
+    epochs: int = 2
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
+    batch_size: int = 16
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    grad_clip: float = 1.0
+    eval_every: int | None = None  # steps between validation passes; None = once per epoch
+    early_stopping_patience: int = 2  # validation passes without improvement before stopping
+    # Run the frozen lower blocks once and reuse their outputs every epoch.
+    cache_frozen: bool = True
+    eval_batch_size: int = 32
+    log_every: int = 10
+    checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class Config:
+    name: str = "default"  # run directories go to <runs_dir>/<name>/<stage>
+    seed: int = 0
+    runs_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML preset (or the defaults when `path` is None) and apply `a.b=value` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for item in overrides:
+        _apply_override(raw, item)
+    return from_dict(Config, raw)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from plain data, checking every key and type."""
+    if not isinstance(data, dict):
+        raise RlhfLabError(f"{where or 'config'} must be a mapping of keys to values, got {_show(data)}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            raise RlhfLabError(_unknown_key_message(str(key), list(fields), where))
+    values = {key: _convert(data[key], hints[key], _join(where, key)) for key in data}
+    return cls(**values)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        members = typing.get_args(hint)
+        if value is None and type(None) in members:
+            return None
+        errors = []
+        for member in members:
+            if member is type(None):
+                continue
+            try:
+                return _convert(value, member, where)
+            except RlhfLabError as exc:
+                errors.append(str(exc))
+        raise RlhfLabError(f"{where}: expected {_type_name(hint)}, got {_show(value)}.")
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise RlhfLabError(f"{where}: must be one of {', '.join(map(repr, choices))}; got {_show(value)}.")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise RlhfLabError(f"{where}: expected a list, got {_show(value)}.")
+        (item_hint,) = typing.get_args(hint)
+        return [_convert(item, item_hint, f"{where}[{i}]") for i, item in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is Any:
+        return value
+    raise RlhfLabError(f"{where}: expected {_type_name(hint)}, got {_show(value)}.")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RlhfLabError(f"Config file not found: {path.resolve()}. Pass an existing YAML file (see configs/).")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RlhfLabError(f"Config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RlhfLabError(f"Config file {path} must hold a mapping of keys to values at the top level.")
+    return data
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise RlhfLabError(f"Override {item!r} must look like section.key=value (e.g. sft.epochs=3).")
+    try:
+        value = yaml.safe_load(text)  # so 3 -> int, 1e-4 -> float, [-2,-1] -> list, null -> None
+    except yaml.YAMLError:
+        value = text
+    if isinstance(value, str) and _looks_like_float(value):
+        value = float(value)  # YAML 1.1 reads "1e-4" as a string
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RlhfLabError(f"Override {item!r}: {part} is not a section.")
+        node = child
+    node[parts[-1]] = value
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return any(c in text.lower() for c in ".e") and text.strip().lower() not in ("nan", "inf", "-inf")
+
+
+def _unknown_key_message(key: str, valid: list[str], where: str) -> str:
+    full = _join(where, key)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean {_join(where, close[0])!r}?" if close else ""
+    return f"Unknown config key {full!r}.{hint} Valid keys{' in ' + where if where else ''}: {', '.join(valid)}."
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(m) for m in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"

@@ -1,0 +1,145 @@
+"""`load_reviews`: any supported source -> a list of cleaned, labelled `Review`s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhflab.data.bundled import BUNDLED, read_bundled
+from rlhflab.data.labels import clean_text, is_missing, label_or_none, normalize_labels
+from rlhflab.data.records import Review
+from rlhflab.data.tables import FILE_TYPES, READERS, Table, read_hf, read_review_dir
+from rlhflab.errors import RlhfLabError
+
+# Column names tried, in order, when data.text_column / data.label_column are not set.
+# They cover text,label (HF imdb), review,sentiment (Kaggle IMDB) and sample,sentiment
+# (the Shakespeare set).
+TEXT_COLUMNS = ("text", "review", "sample", "sentence", "content")
+LABEL_COLUMNS = ("label", "sentiment", "labels", "polarity")
+
+
+def load_reviews(
+    source: str,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    split: str = "train",
+    require_labels: bool = True,
+) -> list[Review]:
+    """Load reviews from `imdb`, `rotten-tomatoes`, `hf:<id or dir>`, a .csv/.jsonl/.json/.parquet
+    file or an aclImdb-style folder. `split` applies to hf: sources and folders."""
+    table = read_table(str(source), split)
+    return table_to_reviews(table, text_column, label_column, require_labels)
+
+
+def read_table(source: str, split: str) -> Table:
+    """Pick the reader for `source` and return its raw rows."""
+    source = source.strip()
+    if source.lower() in BUNDLED:
+        return read_bundled(source.lower())
+    if source.startswith("hf:"):
+        return read_hf(source[3:].strip(), split)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return read_review_dir(path, split, source)
+    if not path.exists():
+        raise RlhfLabError(
+            f"data.source {source!r} was not found: no file or directory at {path.resolve()}. "
+            "Check the path, or use a bundled source (imdb, rotten-tomatoes) or hf:<dataset id>."
+        )
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise RlhfLabError(
+            f"data.source {source!r} has an unsupported file type {path.suffix or '(none)'!r}. "
+            f"Supported: {', '.join(FILE_TYPES)} files, an aclImdb folder (pos/ and neg/), "
+            "hf:<dataset id>, imdb or rotten-tomatoes. Convert the file to one of these."
+        )
+    return reader(path, source)
+
+
+def _pick_column(
+    table: Table, wanted: str | None, candidates: tuple[str, ...], kind: str
+) -> str | None:
+    """The explicit column if given (must exist), else the first candidate present."""
+    if wanted is not None:
+        if wanted not in table.columns:
+            raise RlhfLabError(
+                f"data.{kind}_column {wanted!r} not found in {table.name}; columns are: "
+                f"{', '.join(table.columns)}. Set data.{kind}_column to one of them."
+            )
+        return wanted
+    for name in candidates:
+        if name in table.columns:
+            return name
+    lowered = {c.lower(): c for c in table.columns}  # also accept "Text", "Sentiment", ...
+    for name in candidates:
+        if name in lowered:
+            return lowered[name]
+    return None
+
+
+def table_to_reviews(
+    table: Table, text_column: str | None, label_column: str | None, require_labels: bool
+) -> list[Review]:
+    """Clean texts, drop empty ones, and turn labels into 1/0 (or None when allowed)."""
+    if len(table) == 0:
+        raise RlhfLabError(
+            f"{table.name} contains no reviews. Point data.source at a file with rows."
+        )
+    text_col = _pick_column(table, text_column, TEXT_COLUMNS, "text")
+    if text_col is None:
+        raise RlhfLabError(
+            f"{table.name} has no text column: looked for {', '.join(TEXT_COLUMNS)}; columns are: "
+            f"{', '.join(table.columns)}. Set data.text_column to the column holding the text."
+        )
+    label_col = _pick_column(table, label_column, LABEL_COLUMNS, "label")
+    if label_col is None and require_labels:
+        raise RlhfLabError(
+            f"{table.name} has no label column: looked for {', '.join(LABEL_COLUMNS)}; columns "
+            f"are: {', '.join(table.columns)}. Set data.label_column to the column holding the "
+            "sentiment labels."
+        )
+
+    texts = [_as_text(v, table, i, text_col) for i, v in enumerate(table.data[text_col])]
+    keep = [i for i, text in enumerate(texts) if text]  # empty after cleaning: nothing to learn
+    if not keep:
+        raise RlhfLabError(
+            f"{table.name} contains no reviews: all {len(texts)} rows have an empty {text_col!r} "
+            "column. Check data.text_column."
+        )
+    if label_col is None:
+        return [Review(texts[i], None) for i in keep]
+
+    raw = table.data[label_col]
+    missing = [i for i in keep if is_missing(raw[i])]
+    if missing and require_labels:
+        raise RlhfLabError(
+            f"{_rows(len(missing))} of {table.name} {'has' if len(missing) == 1 else 'have'} "
+            f"no label in column {label_col!r}; the first is at {table.where(missing[0])}. "
+            "Fill in those labels or remove those rows."
+        )
+    labelled = [i for i in keep if not is_missing(raw[i])]
+    try:
+        values = normalize_labels((raw[i] for i in labelled), label_col, table.name)
+    except RlhfLabError as err:
+        first = next(i for i in labelled if label_or_none(raw[i]) is None)
+        raise RlhfLabError(f"{err} The first is at {table.where(first)}.") from None
+    labels: dict[int, int | None] = dict(zip(labelled, values))
+    return [Review(texts[i], labels.get(i)) for i in keep]
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
+
+
+def _as_text(value: object, table: Table, index: int, column: str) -> str:
+    if is_missing(value):
+        return ""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RlhfLabError(
+                f"{table.name} has text that is not UTF-8 in column {column!r} at "
+                f"{table.where(index)}. Re-save the data as UTF-8."
+            ) from None
+    return clean_text(value if isinstance(value, str) else str(value))

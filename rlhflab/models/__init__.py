@@ -1,0 +1,1 @@
+"""Model loading, trainable-weight selection and checkpoint io."""

@@ -1,0 +1,1 @@
+"""Pure tensor functions (torch only, no I/O)."""

@@ -1,0 +1,1 @@
+"""Pipeline stages: each `run(cfg, ...)` writes one run directory."""

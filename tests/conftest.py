@@ -1,0 +1,104 @@
+"""Shared fixtures: tiny models and tokenizers built in-process (no downloads), small review files."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIVE = ["great", "wonderful", "superb", "moving", "brilliant", "funny", "charming", "excellent"]
+NEGATIVE = ["awful", "boring", "dull", "terrible", "clumsy", "bad", "tedious", "weak"]
+NOUNS = ["film", "movie", "plot", "cast", "script", "ending", "story", "acting"]
+
+
+def synthetic_reviews(n_per_class: int, seed: int = 0) -> list[tuple[str, int]]:
+    """Short reviews whose sentiment words make the label learnable."""
+    rng = random.Random(seed)
+    rows = []
+    for label, words in ((1, POSITIVE), (0, NEGATIVE)):
+        for _ in range(n_per_class):
+            parts = [f"the {rng.choice(NOUNS)} was {rng.choice(words)}" for _ in range(rng.randint(2, 4))]
+            rows.append((" and ".join(parts) + ".", label))
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.fixture
+def reviews_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "reviews.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(synthetic_reviews(30))
+    return path
+
+
+def _train_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [text for text, _ in synthetic_reviews(200, seed=1)]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    fast.save_pretrained(folder)
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-tokenizer")
+    _train_tokenizer(folder)
+    return folder
+
+
+def _save_tiny(folder: Path, config, tokenizer_dir: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig
+
+    vocab = len(AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
+        # Large embeddings: with a frozen tied head, logits of a 0.02-init model can barely move.
+        initializer_range=0.3,
+    )
+    return _save_tiny(tmp_path_factory.mktemp("tiny-llama"), config, tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    from transformers import AutoTokenizer, GPT2Config
+
+    vocab = len(AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
+    config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=128, initializer_range=0.3)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), config, tiny_tokenizer_dir)
+
+
+def needs_asset(package: str):
+    """Skip unless the registry package carrying a bundled asset is installed."""
+    import importlib.util
+
+    return pytest.mark.skipif(importlib.util.find_spec(package) is None, reason=f"{package} not installed (make setup)")
