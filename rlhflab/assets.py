@@ -96,7 +96,7 @@ def _converted_gguf(name: str) -> Path:
     target = cache_dir() / "models" / f"{name}-{ASSETS[name].version}"
     if (target / "config.json").exists() and any(target.glob("*.safetensors")):
         return target
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlhflab.io import atomic_dir
 
@@ -104,7 +104,7 @@ def _converted_gguf(name: str) -> Path:
     folder, file = str(gguf.parent), gguf.name
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    config = AutoConfig.from_pretrained(folder, gguf_file=file)
+    config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.name_or_path = name

@@ -37,10 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _sft(args: argparse.Namespace) -> None:
     from rlhflab.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # before torch loads: config errors are instant
     from rlhflab.io import read_json
     from rlhflab.stages import sft
 
-    cfg = load_config(args.config, args.overrides)
     run_dir = sft.run(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     summary = read_json(run_dir.summary_path)
     print(sft.format_table(summary))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ class LoraConfig:
 class SftConfig:
     model: str = "smollm2-135m"  # asset name, hub id, local folder or an earlier run's model/
     # "all", "lora", or decoder block indices to train (negative counts from the top).
-    trainable: str | list[int] = field(default_factory=lambda: [-2, -1])
+    trainable: Literal["all", "lora"] | list[int] = field(default_factory=lambda: [-2, -1])
     lora: LoraConfig = field(default_factory=LoraConfig)
     max_length: int = 64  # tokens per review (longer reviews are truncated)
     epochs: int = 2
@@ -75,6 +76,27 @@ class Config:
     runs_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     sft: SftConfig = field(default_factory=SftConfig)
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2 scalars: only true/false are booleans (so `no` stays a string) and 1e-4 is a float."""
+
+
+_BOOL, _FLOAT = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag not in (_BOOL, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_YamlLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -147,6 +169,8 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # name=2024 means the name "2024"
     elif hint is Any:
         return value
     raise RlhfLabError(f"{where}: expected {_type_name(hint)}, got {_show(value)}.")
@@ -156,7 +180,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RlhfLabError(f"Config file not found: {path.resolve()}. Pass an existing YAML file (see configs/).")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise RlhfLabError(f"Config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
     if data is None:
@@ -171,11 +195,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     if not sep or not key.strip():
         raise RlhfLabError(f"Override {item!r} must look like section.key=value (e.g. sft.epochs=3).")
     try:
-        value = yaml.safe_load(text)  # so 3 -> int, 1e-4 -> float, [-2,-1] -> list, null -> None
+        value = parse_yaml(text)  # so 3 -> int, 1e-4 -> float, [-2,-1] -> list, null -> None
     except yaml.YAMLError:
         value = text
-    if isinstance(value, str) and _looks_like_float(value):
-        value = float(value)  # YAML 1.1 reads "1e-4" as a string
     node = raw
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -184,14 +206,6 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
             raise RlhfLabError(f"Override {item!r}: {part} is not a section.")
         node = child
     node[parts[-1]] = value
-
-
-def _looks_like_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return any(c in text.lower() for c in ".e") and text.strip().lower() not in ("nan", "inf", "-inf")
 
 
 def _unknown_key_message(key: str, valid: list[str], where: str) -> str:

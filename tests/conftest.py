@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -14,21 +13,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-POSITIVE = ["great", "wonderful", "superb", "moving", "brilliant", "funny", "charming", "excellent"]
-NEGATIVE = ["awful", "boring", "dull", "terrible", "clumsy", "bad", "tedious", "weak"]
-NOUNS = ["film", "movie", "plot", "cast", "script", "ending", "story", "acting"]
-
-
-def synthetic_reviews(n_per_class: int, seed: int = 0) -> list[tuple[str, int]]:
-    """Short reviews whose sentiment words make the label learnable."""
-    rng = random.Random(seed)
-    rows = []
-    for label, words in ((1, POSITIVE), (0, NEGATIVE)):
-        for _ in range(n_per_class):
-            parts = [f"the {rng.choice(NOUNS)} was {rng.choice(words)}" for _ in range(rng.randint(2, 4))]
-            rows.append((" and ".join(parts) + ".", label))
-    rng.shuffle(rows)
-    return rows
+from tests.helpers import synthetic_reviews
 
 
 @pytest.fixture
@@ -95,10 +80,3 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     vocab = len(AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
     config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=128, initializer_range=0.3)
     return _save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), config, tiny_tokenizer_dir)
-
-
-def needs_asset(package: str):
-    """Skip unless the registry package carrying a bundled asset is installed."""
-    import importlib.util
-
-    return pytest.mark.skipif(importlib.util.find_spec(package) is None, reason=f"{package} not installed (make setup)")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from rlhflab.config import Config, dump_yaml, to_dict
+from rlhflab.config import Config, dump_yaml, parse_yaml, to_dict
 from rlhflab.errors import RlhfLabError
 from rlhflab.io import RunDir, atomic_write_text
 
@@ -34,7 +32,7 @@ def open_run_dir(cfg: Config, stage: str, *, resume: bool, overwrite: bool) -> R
     run_dir.prepare(resume=resume, overwrite=overwrite)
     config_path = run_dir.path / "config.yaml"
     if resume and config_path.exists():
-        before = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        before = parse_yaml(config_path.read_text(encoding="utf-8"))
         if before != to_dict(cfg):
             changed = sorted(_diff_keys(before, to_dict(cfg)))
             raise RlhfLabError(

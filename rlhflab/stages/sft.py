@@ -82,8 +82,6 @@ def configure_trainable(model, sft: SftConfig):
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, config)
-    if isinstance(sft.trainable, str):
-        raise RlhfLabError(f"sft.trainable must be all, lora or a list of block indices like [-2, -1]; got {sft.trainable!r}.")
     freeze_all_but_blocks(model, resolve_block_indices(sft.trainable, len(decoder_blocks(model))))
     return model
 

@@ -180,7 +180,6 @@ def test_early_stopping_keeps_the_best_validation_weights(tmp_path, tiny_llama_d
     "fields, message",
     [
         ({"trainable": [7]}, "out of range"),
-        ({"trainable": "top"}, "all, lora"),
         ({"epochs": 0}, "sft.epochs"),
         ({"learning_rate": -1.0}, "learning_rate"),
     ],

@@ -129,23 +129,18 @@ def test_override_value_containing_equals_sign():
     assert cfg.data.source == "a=b.csv"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="YAML 1.1 reads the bare word `no` as False, so the default value 'no' cannot be set back "
-    "by override or in a preset (config.py _apply_override / _read_yaml use yaml.safe_load).",
-)
 def test_mixed_precision_no_can_be_written_bare():
     assert load_config(overrides=["sft.mixed_precision=no"]).sft.mixed_precision == "no"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PyYAML (YAML 1.1) reads `1e-4` in a file as the string '1e-4'; overrides convert it to "
-    "float but presets do not, so `learning_rate: 1e-4` in a YAML file is rejected.",
-)
 def test_exponent_float_in_yaml_file(tmp_path):
     cfg = load_config(write(tmp_path / "c.yaml", "sft:\n  learning_rate: 1e-4\n"))
     assert cfg.sft.learning_rate == 1e-4
+
+
+def test_bare_words_for_string_fields_stay_strings():
+    cfg = load_config(overrides=["name=2024", "data.text_column=on"])
+    assert cfg.name == "2024" and cfg.data.text_column == "on"
 
 
 def test_quoted_no_in_yaml_file_is_accepted(tmp_path):

@@ -1,0 +1,40 @@
+"""Ctrl-C on a real `rlhflab sft` process saves a checkpoint; `--resume` finishes the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def test_sigint_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_llama_dir, reviews_csv):
+    runs = tmp_path / "runs"
+    args = [
+        sys.executable, "-m", "rlhflab.cli", "sft", "--no-progress",
+        f"data.source={reviews_csv}", "data.per_class=30", f"sft.model={tiny_llama_dir}", f"runs_dir={runs}",
+        "name=interrupt", "sft.epochs=40", "sft.batch_size=6", "sft.max_length=24", "sft.log_every=1",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = runs / "interrupt" / "sft" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and sum(1 for line in metrics.read_text().splitlines() if '"train"' in line) >= 3:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    state = json.loads((runs / "interrupt" / "sft" / "checkpoints" / "latest" / "state.json").read_text())
+    assert 3 <= state["step"] < 240
+
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "validation" in resumed.stdout
+    summary = json.loads((runs / "interrupt" / "sft" / "summary.json").read_text())
+    assert summary["steps"] > state["step"]

@@ -1,0 +1,29 @@
+"""Helpers shared by tests (importable as tests.helpers)."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+
+import pytest
+
+POSITIVE = ["great", "wonderful", "superb", "moving", "brilliant", "funny", "charming", "excellent"]
+NEGATIVE = ["awful", "boring", "dull", "terrible", "clumsy", "bad", "tedious", "weak"]
+NOUNS = ["film", "movie", "plot", "cast", "script", "ending", "story", "acting"]
+
+
+def synthetic_reviews(n_per_class: int, seed: int = 0) -> list[tuple[str, int]]:
+    """Short reviews whose sentiment words make the label learnable."""
+    rng = random.Random(seed)
+    rows = []
+    for label, words in ((1, POSITIVE), (0, NEGATIVE)):
+        for _ in range(n_per_class):
+            parts = [f"the {rng.choice(NOUNS)} was {rng.choice(words)}" for _ in range(rng.randint(2, 4))]
+            rows.append((" and ".join(parts) + ".", label))
+    rng.shuffle(rows)
+    return rows
+
+
+def needs_asset(package: str):
+    """Skip unless the registry package carrying a bundled asset is installed."""
+    return pytest.mark.skipif(importlib.util.find_spec(package) is None, reason=f"{package} not installed (make setup)")

@@ -1,0 +1,260 @@
+"""Atomic writes, atomic folder replacement and the run directory contract."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhflab.errors import RlhfLabError
+from rlhflab.io import RunDir, atomic_dir, atomic_write_text, read_json, write_json
+
+
+def names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# --- atomic_write_text / json ------------------------------------------------------------
+
+
+def test_atomic_write_creates_parents_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "a" / "b" / "out.txt"
+    atomic_write_text(path, "hello\n")
+    assert path.read_text(encoding="utf-8") == "hello\n"
+    assert names(path.parent) == ["out.txt"]
+
+
+def test_atomic_write_replaces_content_whole(tmp_path):
+    path = tmp_path / "out.txt"
+    atomic_write_text(path, "a much longer first version\n" * 100)
+    atomic_write_text(path, "short")
+    assert path.read_text(encoding="utf-8") == "short"
+    assert names(tmp_path) == ["out.txt"]
+
+
+def test_atomic_write_unicode(tmp_path):
+    path = tmp_path / "u.txt"
+    atomic_write_text(path, "naïve café — ☃")
+    assert path.read_bytes().decode("utf-8") == "naïve café — ☃"
+
+
+def test_atomic_write_failure_keeps_old_file_and_cleans_up(tmp_path):
+    path = tmp_path / "out.txt"
+    atomic_write_text(path, "old")
+    with pytest.raises(TypeError):
+        atomic_write_text(path, 123)  # type: ignore[arg-type]  # write() refuses a non-str
+    assert path.read_text(encoding="utf-8") == "old"
+    assert names(tmp_path) == ["out.txt"]
+
+
+def test_write_json_round_trip(tmp_path):
+    data = {"step": 3, "loss": 1.25, "nested": {"a": [1, 2, None]}, "text": "é"}
+    path = tmp_path / "s" / "summary.json"
+    write_json(path, data)
+    assert read_json(path) == data
+    assert path.read_text(encoding="utf-8").endswith("\n")
+    assert names(path.parent) == ["summary.json"]
+
+
+def test_read_json_missing_and_invalid(tmp_path):
+    with pytest.raises(RlhfLabError) as info:
+        read_json(tmp_path / "nope.json")
+    assert "nope.json" in str(info.value)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json", encoding="utf-8")
+    with pytest.raises(RlhfLabError) as info:
+        read_json(bad)
+    assert "bad.json" in str(info.value) and "not valid JSON" in str(info.value)
+
+
+# --- atomic_dir ----------------------------------------------------------------------------
+
+
+def test_atomic_dir_creates_new_folder(tmp_path):
+    target = tmp_path / "deep" / "model"
+    with atomic_dir(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target
+        assert not target.exists()  # nothing visible until the body finishes
+        (tmp / "weights.bin").write_text("w")
+    assert names(target) == ["weights.bin"]
+    assert names(target.parent) == ["model"]
+
+
+def test_atomic_dir_replaces_existing_folder_whole(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old-only.txt").write_text("old")
+    (target / "shared.txt").write_text("old")
+    with atomic_dir(target) as tmp:
+        assert (target / "old-only.txt").exists()  # old contents still there during the body
+        (tmp / "shared.txt").write_text("new")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "x").write_text("x")
+    assert names(target) == ["shared.txt", "sub"]  # old-only.txt is gone: replaced, not merged
+    assert (target / "shared.txt").read_text() == "new"
+    assert names(tmp_path) == ["model"]  # no temp or .old folders left
+
+
+def test_atomic_dir_failure_keeps_old_folder_and_removes_temp(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "keep.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_dir(target) as tmp:
+            (tmp / "partial.bin").write_text("half")
+            raise RuntimeError("boom")
+    assert names(target) == ["keep.txt"]
+    assert (target / "keep.txt").read_text() == "old"
+    assert names(tmp_path) == ["model"]
+
+
+def test_atomic_dir_failure_without_old_folder_leaves_nothing(tmp_path):
+    target = tmp_path / "model"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(target) as tmp:
+            (tmp / "partial.bin").write_text("half")
+            raise KeyboardInterrupt
+    assert not target.exists()
+    assert names(tmp_path) == []
+
+
+def test_atomic_dir_survives_stale_old_folder(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "v1").write_text("1")
+    stale = tmp_path / ".model.old"  # left by a crash between the two renames
+    stale.mkdir()
+    (stale / "junk").write_text("j")
+    with atomic_dir(target) as tmp:
+        (tmp / "v2").write_text("2")
+    assert names(target) == ["v2"]
+    assert names(tmp_path) == ["model"]
+
+
+# --- RunDir --------------------------------------------------------------------------------
+
+
+def make_checkpoint(run: RunDir) -> None:
+    latest = run.checkpoint_dir / "latest"
+    latest.mkdir(parents=True)
+    (latest / "state.json").write_text('{"step": 5}')
+
+
+def test_run_dir_paths(tmp_path):
+    run = RunDir(tmp_path / "runs" / "x" / "sft")
+    assert run.model_dir == run.path / "model"
+    assert run.checkpoint_dir == run.path / "checkpoints"
+    assert run.summary_path == run.path / "summary.json"
+    assert run.metrics_path == run.path / "metrics.jsonl"
+
+
+def test_prepare_creates_a_fresh_folder(tmp_path):
+    run = RunDir(tmp_path / "runs" / "x" / "sft")
+    run.prepare(resume=False, overwrite=False)
+    assert run.path.is_dir() and names(run.path) == []
+
+
+def test_prepare_accepts_an_existing_empty_folder(tmp_path):
+    run = RunDir(tmp_path / "sft")
+    run.path.mkdir()
+    run.prepare(resume=False, overwrite=False)
+    assert run.path.is_dir()
+
+
+def test_prepare_refuses_existing_run(tmp_path):
+    run = RunDir(tmp_path / "sft")
+    run.path.mkdir()
+    (run.path / "summary.json").write_text("{}")
+    with pytest.raises(RlhfLabError) as info:
+        run.prepare(resume=False, overwrite=False)
+    message = str(info.value)
+    assert "--resume" in message and "--overwrite" in message
+    assert str(run.path) in message
+    assert (run.path / "summary.json").exists()  # nothing deleted
+
+
+def test_prepare_overwrite_empties_the_folder(tmp_path):
+    run = RunDir(tmp_path / "sft")
+    (run.model_dir).mkdir(parents=True)
+    (run.model_dir / "w.bin").write_text("w")
+    (run.path / "summary.json").write_text("{}")
+    run.prepare(resume=False, overwrite=True)
+    assert run.path.is_dir()
+    assert names(run.path) == []
+
+
+def test_prepare_resume_without_checkpoint_errors(tmp_path):
+    run = RunDir(tmp_path / "sft")
+    run.path.mkdir()
+    (run.path / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(RlhfLabError) as info:
+        run.prepare(resume=True, overwrite=False)
+    assert "Nothing to resume" in str(info.value)
+    assert (run.path / "metrics.jsonl").exists()
+
+
+def test_prepare_resume_of_missing_run_errors(tmp_path):
+    run = RunDir(tmp_path / "never")
+    with pytest.raises(RlhfLabError):
+        run.prepare(resume=True, overwrite=False)
+
+
+def test_prepare_resume_with_checkpoint_keeps_everything(tmp_path):
+    run = RunDir(tmp_path / "sft")
+    make_checkpoint(run)
+    (run.path / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert run.has_checkpoint()
+    run.prepare(resume=True, overwrite=False)
+    assert (run.path / "metrics.jsonl").exists()
+    assert run.has_checkpoint()
+
+
+def test_has_checkpoint_needs_state_json(tmp_path):
+    run = RunDir(tmp_path / "sft")
+    (run.checkpoint_dir / "latest").mkdir(parents=True)
+    assert not run.has_checkpoint()
+    (run.checkpoint_dir / "latest" / "state.json").write_text("{}")
+    assert run.has_checkpoint()
+
+
+def test_metrics_log_read_and_truncate(tmp_path):
+    run = RunDir(tmp_path / "sft")
+    run.prepare(resume=False, overwrite=False)
+    assert run.read_metrics() == []
+    records = [
+        {"step": 0, "split": "validation", "loss": 3.0},
+        {"step": 1, "split": "train", "loss": 2.5},
+        {"step": 2, "split": "train", "loss": 2.0},
+        {"step": 2, "split": "validation", "loss": 2.2},
+        {"step": 3, "split": "train", "loss": 1.5},
+        {"step": 4, "split": "train", "loss": 1.0},
+    ]
+    for record in records:
+        run.log_metrics(record)
+    assert run.read_metrics() == records
+    lines = run.metrics_path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == records  # one JSON object per line
+
+    run.truncate_metrics(after_step=2)
+    assert run.read_metrics() == records[:4]
+    assert names(run.path) == ["metrics.jsonl"]  # no temp file left by the rewrite
+
+    run.log_metrics({"step": 3, "split": "train", "loss": 1.4})  # resumed run appends after the cut
+    assert [r["step"] for r in run.read_metrics()] == [0, 1, 2, 2, 3]
+
+
+def test_truncate_metrics_before_first_step_and_without_file(tmp_path):
+    run = RunDir(tmp_path / "sft")
+    run.prepare(resume=False, overwrite=False)
+    run.truncate_metrics(after_step=10)  # no file yet: writes an empty one
+    assert run.read_metrics() == []
+    run.log_metrics({"step": 5})
+    run.truncate_metrics(after_step=4)
+    assert run.read_metrics() == []
+    assert run.metrics_path.read_text(encoding="utf-8") == ""
+
+
+def test_read_metrics_ignores_blank_lines(tmp_path):
+    run = RunDir(tmp_path / "sft")
+    run.prepare(resume=False, overwrite=False)
+    run.metrics_path.write_text('{"step": 1}\n\n{"step": 2}\n', encoding="utf-8")
+    assert run.read_metrics() == [{"step": 1}, {"step": 2}]
