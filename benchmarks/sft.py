@@ -21,11 +21,12 @@ from rlhflab.runtime import peak_memory_mb
 from rlhflab.stages.sft import configure_trainable, encode
 
 
-def timed(fn, steps: int) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
+def timed(fn, steps: int, bf16: bool) -> float:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        fn()  # warm-up
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
     return (time.perf_counter() - start) / steps
 
 
@@ -56,29 +57,32 @@ def main() -> None:
 
         return run
 
-    rows = []
+    paths = []
     model.eval()
-    with torch.no_grad():
-        rows.append(("forward only (eval)", timed(lambda: model(input_ids=ids, attention_mask=mask).logits, args.steps)))
-
+    paths.append(("forward only (eval)", lambda: torch.no_grad()(lambda: model(input_ids=ids, attention_mask=mask).logits)()))
     model = configure_trainable(model, SftConfig(trainable=[-2, -1]))
     first = first_trainable_block(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    rows.append(("train last 2 blocks, full forward", timed(step(lambda: model(input_ids=ids, attention_mask=mask).logits, params), args.steps)))
-    rows.append(("build frozen cache (once per review)", timed(lambda: lower_hidden(model, first, ids, mask), args.steps)))
+    top_params = [p for p in model.parameters() if p.requires_grad]
     hidden = lower_hidden(model, first, ids, mask)
-    rows.append(("train last 2 blocks, cached lower blocks", timed(step(lambda: top_forward(model, first, hidden, mask), params), args.steps)))
+    paths.append(("train last 2 blocks, full forward", step(lambda: model(input_ids=ids, attention_mask=mask).logits, top_params)))
+    paths.append(("build frozen cache (once per review)", lambda: lower_hidden(model, first, ids, mask)))
+    paths.append(("train last 2 blocks, cached lower blocks", step(lambda: top_forward(model, first, hidden, mask), top_params)))
+    all_params = list(model.parameters())
+    paths.append(("train all weights", step(lambda: model(input_ids=ids, attention_mask=mask).logits, all_params)))
 
-    model.requires_grad_(True)
-    params = list(model.parameters())
-    rows.append(("train all weights", timed(step(lambda: model(input_ids=ids, attention_mask=mask).logits, params), args.steps)))
+    rows = []
+    for name, fn in paths:
+        model.requires_grad_(False)
+        for p in all_params if name == "train all weights" else top_params:
+            p.requires_grad_(True)
+        model.train(name.startswith("train"))
+        rows.append((name, timed(fn, args.steps, False), timed(fn, args.steps, True)))
 
     print(f"model {args.model} loaded in {load_seconds:.1f} s; batch {args.batch} x {args.length} = {tokens} real tokens; "
           f"{torch.get_num_threads()} threads")
-    print(f"{'path':<42} {'s/step':>8} {'tokens/s':>9}")
-    for name, seconds in rows:
-        print(f"{name:<42} {seconds:8.3f} {tokens / seconds:9.0f}")
+    print(f"{'path':<42} {'fp32 s/step':>11} {'tokens/s':>9} {'bf16 s/step':>11} {'tokens/s':>9}")
+    for name, fp32, bf16 in rows:
+        print(f"{name:<42} {fp32:11.3f} {tokens / fp32:9.0f} {bf16:11.3f} {tokens / bf16:9.0f}")
     print(f"peak memory: {peak_memory_mb(torch.device('cpu')):.0f} MB (process RSS)")
 
 

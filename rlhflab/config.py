@@ -65,7 +65,8 @@ class SftConfig:
     eval_batch_size: int = 32
     log_every: int = 10
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # auto: bf16 where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16), else no.
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 

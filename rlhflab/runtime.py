@@ -27,9 +27,31 @@ def make_accelerator(device: str, mixed_precision: str):
     if device == "cuda" and not torch.cuda.is_available():
         raise RlhfLabError("device=cuda was requested but no CUDA GPU is visible; use device=auto or cpu.")
     use_cpu = device == "cpu" or not torch.cuda.is_available()
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if fast_bf16(use_cpu) else "no"
     if use_cpu and mixed_precision == "fp16":
         raise RlhfLabError("mixed_precision=fp16 needs a GPU; use bf16 or no on the CPU.")
+    # Accelerate keeps one process-wide state; stages run one after another in a pipeline may
+    # ask for different precisions, so drop the previous stage's (the process group stays).
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
+
+
+def fast_bf16(cpu: bool) -> bool:
+    """Whether bf16 matmuls run natively: a GPU that supports them, or a CPU with AVX512-BF16/AMX.
+
+    On such CPUs bf16 autocast doubles SFT throughput; elsewhere it is emulated and slower.
+    """
+    if not cpu:
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = set(next((line for line in handle if line.startswith("flags")), "").split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def peak_memory_mb(device: torch.device) -> float:

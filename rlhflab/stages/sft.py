@@ -129,7 +129,8 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
     if first is not None:
         t0 = time.perf_counter()
         for name, split in data.items():
-            split.hidden = _run_lower_blocks(model, first, split, sft.eval_batch_size, f"cache {name}", progress)
+            with accelerator.autocast():
+                split.hidden = _run_lower_blocks(model, first, split, sft.eval_batch_size, f"cache {name}", progress)
         cache_seconds = time.perf_counter() - t0
 
     def forward(split: EncodedSplit, idx: torch.Tensor) -> torch.Tensor:
@@ -245,6 +246,7 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
         "train_tokens_per_s": loop["train_tokens"] / max(loop["train_seconds"], 1e-9),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "device": str(device),
+        "mixed_precision": accelerator.mixed_precision,
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(run_dir.summary_path, summary)
@@ -269,7 +271,7 @@ def _run_lower_blocks(model, first: int, split: EncodedSplit, batch_size: int, d
     model.eval()
     parts = []
     for idx in tqdm(torch.arange(len(split)).split(batch_size), desc=desc, disable=not progress, leave=False):
-        parts.append(lower_hidden(model, first, split.input_ids[idx], split.attention_mask[idx]))
+        parts.append(lower_hidden(model, first, split.input_ids[idx], split.attention_mask[idx]).float())
     return torch.cat(parts)
 
 

@@ -19,7 +19,8 @@ from rlhflab.stages.sft import encode
 
 def make_config(tmp_path, model_dir, csv_path, **sft_fields) -> Config:
     fields = dict(model=str(model_dir), max_length=24, epochs=2, batch_size=6, learning_rate=2e-2,
-                  eval_batch_size=16, log_every=1, checkpoint_every=1000, warmup_ratio=0.0)
+                  eval_batch_size=16, log_every=1, checkpoint_every=1000, warmup_ratio=0.0,
+                  mixed_precision="no")  # exact fp32 comparisons; bf16 has its own test
     fields.update(sft_fields)
     return Config(
         name="tiny",
@@ -79,6 +80,14 @@ def test_sft_writes_the_run_directory_and_trains_only_the_top_blocks(tmp_path, t
     records = [json.loads(line) for line in run_dir.metrics_path.read_text().splitlines()]
     assert {r["split"] for r in records} == {"train", "validation"}
     assert sft.format_table(summary).splitlines()[0].split()[:3] == ["split", "loss", "perplexity"]
+
+
+def test_bf16_autocast_trains(tmp_path, tiny_llama_dir, reviews_csv):
+    run_dir = sft.run(make_config(tmp_path, tiny_llama_dir, reviews_csv, mixed_precision="bf16"), progress=False)
+    summary = json.loads(run_dir.summary_path.read_text())
+    assert summary["mixed_precision"] == "bf16"
+    assert summary["after"]["validation"]["loss"] < summary["before"]["validation"]["loss"] - 0.5
+    assert AutoModelForCausalLM.from_pretrained(run_dir.model_dir).dtype == torch.float32  # weights stay fp32
 
 
 def test_cached_and_uncached_training_agree(tmp_path, tiny_llama_dir, reviews_csv):

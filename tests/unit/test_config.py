@@ -25,7 +25,7 @@ def test_defaults_without_a_file():
     assert cfg.sft.epochs == 2
     assert cfg.sft.trainable == [-2, -1]
     assert cfg.data.fractions == [0.6, 0.2, 0.2]
-    assert cfg.sft.mixed_precision == "no"
+    assert cfg.sft.mixed_precision == "auto"
 
 
 def test_defaults_are_not_shared_between_instances():
