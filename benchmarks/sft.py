@@ -66,7 +66,7 @@ def main() -> None:
     hidden = lower_hidden(model, first, ids, mask)
     paths.append(("train last 2 blocks, full forward", step(lambda: model(input_ids=ids, attention_mask=mask).logits, top_params)))
     paths.append(("build frozen cache (once per review)", lambda: lower_hidden(model, first, ids, mask)))
-    paths.append(("train last 2 blocks, cached lower blocks", step(lambda: top_forward(model, first, hidden, mask), top_params)))
+    paths.append(("train last 2 blocks, cached lower blocks", step(lambda: top_forward(model, first, hidden, ids, mask).logits, top_params)))
     all_params = list(model.parameters())
     paths.append(("train all weights", step(lambda: model(input_ids=ids, attention_mask=mask).logits, all_params)))
 

@@ -1,14 +1,18 @@
 """Which weights train, and reuse of the frozen lower blocks' outputs.
 
-When only the top blocks train, everything below them is a fixed function of the input.
-`lower_hidden` runs the model's own forward up to the first trainable block (and stops
-there); `top_forward` runs the rest from a stored hidden state. Together they give the same
-logits as the plain forward pass (checked at run time by `cache_is_exact`).
+When only the top blocks (and heads) train, everything below them is a fixed function of the
+input. `lower_hidden` runs the model's own forward up to the first trainable block and stops
+there; `top_forward` runs the model again with that block list cut to the top and the
+embedding output replaced by the stored hidden states. Together they give the same outputs as
+the plain forward pass, for decoders (Llama, GPT-2) and encoders (BERT, DistilBERT) alike;
+`cache_is_exact` checks that at run time, so an architecture that does something else between
+embeddings and blocks falls back to the full forward instead of training on wrong inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Iterator, Sequence
 
 import torch
@@ -16,34 +20,56 @@ from torch import nn
 
 from rlhflab.errors import RlhfLabError
 
-_BLOCK_ATTRS = ("layers", "h", "blocks")
+# Where the block list lives, relative to the base model (Llama, GPT-2, BERT, DistilBERT, ...).
+_BLOCK_PATHS = ("layers", "h", "blocks", "encoder.layer", "transformer.layer")
 
 
 def _base(model: nn.Module) -> nn.Module:
     return getattr(model, "base_model", model)
 
 
-def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The ModuleList of transformer blocks (`model.layers` for Llama, `transformer.h` for GPT-2)."""
+def _find_blocks(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+    """(parent module, attribute name, block list)."""
     base = _base(model)
-    for attr in _BLOCK_ATTRS:
-        blocks = getattr(base, attr, None)
+    for path in _BLOCK_PATHS:
+        parent = base
+        *parents, attr = path.split(".")
+        for name in parents:
+            parent = getattr(parent, name, None)
+        blocks = getattr(parent, attr, None) if parent is not None else None
         if isinstance(blocks, nn.ModuleList):
-            return blocks
+            return parent, attr, blocks
     raise RlhfLabError(
-        f"Cannot find the decoder blocks of {type(model).__name__}; train with trainable=all or lora instead."
+        f"Cannot find the transformer blocks of {type(model).__name__}; train all weights (or LoRA) instead."
     )
 
 
-def resolve_block_indices(indices: Sequence[int], n_blocks: int) -> list[int]:
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of blocks (`model.layers`, `transformer.h`, `encoder.layer`, ...)."""
+    return _find_blocks(model)[2]
+
+
+def _embedding_modules(model: nn.Module) -> tuple[nn.Module, nn.Module | None] | None:
+    """(module whose output enters block 0, learned position embedding added after it, if any)."""
+    base = _base(model)
+    if isinstance(getattr(base, "embeddings", None), nn.Module):  # BERT family: one module
+        return base.embeddings, None
+    if isinstance(getattr(base, "embed_tokens", None), nn.Module):  # Llama family
+        return base.embed_tokens, None
+    if isinstance(getattr(base, "wte", None), nn.Module):  # GPT-2: token + learned positions
+        return base.wte, getattr(base, "wpe", None)
+    return None
+
+
+def resolve_block_indices(indices: Sequence[int], n_blocks: int, key: str = "sft.trainable") -> list[int]:
     """Turn user indices (negative counts from the top) into sorted, unique block numbers."""
     if not indices:
-        raise RlhfLabError("sft.trainable is an empty list; give block indices like [-2, -1], or all, or lora.")
+        raise RlhfLabError(f"{key} is an empty list; give block indices like [-2, -1].")
     out = set()
     for index in indices:
         if not -n_blocks <= index < n_blocks:
             raise RlhfLabError(
-                f"Block index {index} is out of range: the model has {n_blocks} blocks "
+                f"{key}: block index {index} is out of range: the model has {n_blocks} blocks "
                 f"(0..{n_blocks - 1}, or -1..-{n_blocks} from the top)."
             )
         out.add(index % n_blocks)
@@ -51,19 +77,21 @@ def resolve_block_indices(indices: Sequence[int], n_blocks: int) -> list[int]:
 
 
 def freeze_all_but_blocks(model: nn.Module, block_indices: Sequence[int]) -> None:
-    blocks = decoder_blocks(model)
+    blocks = transformer_blocks(model)
     model.requires_grad_(False)
     for index in block_indices:
         blocks[index].requires_grad_(True)
 
 
 def first_trainable_block(model: nn.Module) -> int | None:
-    """Index of the lowest block with trainable weights, if nothing below it trains; else None."""
-    blocks = decoder_blocks(model)
-    below_blocks = {id(p) for block in blocks for p in block.parameters()}
-    if any(p.requires_grad and id(p) not in below_blocks for p in _base(model).parameters()):
-        return None  # embeddings or other shared weights train: nothing below is fixed
-    for index, block in enumerate(blocks):
+    """Index of the lowest trainable block when nothing below it trains; else None."""
+    embeddings = _embedding_modules(model)
+    if embeddings is None:
+        return None
+    below = [m for m in embeddings if m is not None]
+    if any(p.requires_grad for module in below for p in module.parameters()):
+        return None
+    for index, block in enumerate(transformer_blocks(model)):
         if any(p.requires_grad for p in block.parameters()):
             return index
     return None
@@ -71,6 +99,12 @@ def first_trainable_block(model: nn.Module) -> int | None:
 
 class _StopForward(Exception):
     pass
+
+
+def _call_base(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    base = _base(model)
+    kwargs = {"use_cache": False} if "use_cache" in inspect.signature(base.forward).parameters else {}
+    return base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
 @torch.no_grad()
@@ -82,9 +116,13 @@ def lower_hidden(model: nn.Module, first: int, input_ids: torch.Tensor, attentio
         captured.append(output[0] if isinstance(output, tuple) else output)
         raise _StopForward
 
-    handle = decoder_blocks(model)[first - 1].register_forward_hook(stop)
+    if first == 0:
+        hook_target = _embedding_modules(model)[0]
+    else:
+        hook_target = transformer_blocks(model)[first - 1]
+    handle = hook_target.register_forward_hook(stop)
     try:
-        _base(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        _call_base(model, input_ids, attention_mask)
     except _StopForward:
         pass
     finally:
@@ -93,42 +131,45 @@ def lower_hidden(model: nn.Module, first: int, input_ids: torch.Tensor, attentio
 
 
 @contextlib.contextmanager
-def _only_top_blocks(model: nn.Module, first: int) -> Iterator[None]:
-    base = _base(model)
-    attr = next(a for a in _BLOCK_ATTRS if isinstance(getattr(base, a, None), nn.ModuleList))
-    blocks = getattr(base, attr)
-    setattr(base, attr, nn.ModuleList(list(blocks)[first:]))
-    handles = []
-    wpe = getattr(base, "wpe", None)  # GPT-2 adds learned positions to inputs_embeds
-    if isinstance(wpe, nn.Module):
-        handles.append(wpe.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out)))
+def _from_hidden(model: nn.Module, first: int, hidden: torch.Tensor) -> Iterator[None]:
+    """Within the block: blocks below `first` are gone and the embedding output is `hidden`."""
+    parent, attr, blocks = _find_blocks(model)
+    embed, positions = _embedding_modules(model)
+    setattr(parent, attr, nn.ModuleList(list(blocks)[first:]))
+    handles = [embed.register_forward_hook(lambda _m, _i, _out: hidden)]
+    if positions is not None:  # GPT-2 adds learned positions after the token embedding
+        handles.append(positions.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out)))
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
-        setattr(base, attr, blocks)
+        setattr(parent, attr, blocks)
 
 
-def top_forward(model: nn.Module, first: int, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Logits from blocks `first..` onward, given the hidden states entering block `first`."""
-    with _only_top_blocks(model, first):
-        return model(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False).logits
+def top_forward(model: nn.Module, first: int, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """The model's output (logits of an LM or a classifier) from the hidden states entering `first`.
+
+    input_ids are still passed: models derive masks and pooling positions from them.
+    """
+    with _from_hidden(model, first, hidden):
+        return model(input_ids=input_ids, attention_mask=attention_mask)
 
 
 @torch.no_grad()
 def cache_is_exact(model: nn.Module, first: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> bool:
-    """Whether lower_hidden + top_forward reproduce the plain forward on this batch.
-
-    Architectures that transform inputs_embeds or positions in other ways (scaled embeddings,
-    offset positions) fail this check, and training then falls back to the full forward.
-    """
+    """Whether lower_hidden + top_forward reproduce the plain forward on this batch."""
+    if _embedding_modules(model) is None:
+        return False
     was_training = model.training
     model.eval()
     try:
-        full = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        split = top_forward(model, first, lower_hidden(model, first, input_ids, attention_mask), attention_mask)
+        full = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        hidden = lower_hidden(model, first, input_ids, attention_mask)
+        split = top_forward(model, first, hidden, input_ids, attention_mask).logits
     finally:
         model.train(was_training)
-    mask = attention_mask.bool()
-    return torch.allclose(full[mask], split[mask], atol=1e-4, rtol=1e-4)
+    if full.dim() == 3:  # per-token logits: compare real positions only
+        mask = attention_mask.bool()
+        full, split = full[mask], split[mask]
+    return torch.allclose(full, split, atol=1e-4, rtol=1e-4)

@@ -8,7 +8,6 @@ outputs are reused every epoch (`sft.cache_frozen`).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -16,14 +15,13 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from rlhflab.checkpoint import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state
+from rlhflab.checkpoint import load_trainable_state
 from rlhflab.config import Config, SftConfig
-from rlhflab.errors import RlhfLabError, RunInterrupted
-from rlhflab.interrupt import StopRequest
+from rlhflab.errors import RlhfLabError
 from rlhflab.io import RunDir, atomic_dir, write_json
 from rlhflab.models.blocks import (
     cache_is_exact,
-    decoder_blocks,
+    transformer_blocks,
     first_trainable_block,
     freeze_all_but_blocks,
     lower_hidden,
@@ -33,7 +31,8 @@ from rlhflab.models.blocks import (
 from rlhflab.models.causal_lm import count_parameters, load_causal_lm
 from rlhflab.ops.lm_loss import perplexity, token_nll_sum
 from rlhflab.runtime import make_accelerator, peak_memory_mb, seed_everything
-from rlhflab.stages.common import load_splits, open_run_dir
+from rlhflab.stages.common import load_splits, make_optimizer, open_run_dir
+from rlhflab.training import LoopSettings, fit
 
 SPLITS = ("train", "validation", "test")
 
@@ -82,7 +81,7 @@ def configure_trainable(model, sft: SftConfig):
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, config)
-    freeze_all_but_blocks(model, resolve_block_indices(sft.trainable, len(decoder_blocks(model))))
+    freeze_all_but_blocks(model, resolve_block_indices(sft.trainable, len(transformer_blocks(model))))
     return model
 
 
@@ -136,100 +135,36 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
     def forward(split: EncodedSplit, idx: torch.Tensor) -> torch.Tensor:
         with accelerator.autocast():
             if split.hidden is not None:
-                return top_forward(model, first, split.hidden[idx], split.attention_mask[idx])
+                return top_forward(model, first, split.hidden[idx], split.input_ids[idx], split.attention_mask[idx]).logits
             return model(input_ids=split.input_ids[idx], attention_mask=split.attention_mask[idx]).logits
 
     def evaluate(name: str) -> dict[str, float]:
         return evaluate_split(forward, data[name], sft.eval_batch_size, model)
 
     before = {"validation": evaluate("validation")} if "validation" in data else {}
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=sft.learning_rate, weight_decay=sft.weight_decay)
-    steps_per_epoch = math.ceil(len(data["train"]) / sft.batch_size)
-    total_steps = min(sft.epochs * steps_per_epoch, sft.max_steps or 10**12)
-    from transformers import get_scheduler
-
-    scheduler = get_scheduler("cosine", optimizer, int(sft.warmup_ratio * total_steps), total_steps)
+    optimizer, scheduler = make_optimizer(model, sft.learning_rate, sft.weight_decay, sft.warmup_ratio,
+                                          sft.epochs, len(data["train"]), sft.batch_size, sft.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    train = data["train"]
 
-    loop = {"step": 0, "epoch": 0, "batch": 0, "best_val_loss": None, "evals_without_gain": 0, "train_tokens": 0, "train_seconds": 0.0}
-    best = trainable_state(model)
-    if resume:
-        loop, extra = load_checkpoint(run_dir.checkpoint_dir / "latest", model=model, optimizer=optimizer, scheduler=scheduler)
-        best = extra["best"]
-        run_dir.truncate_metrics(loop["step"])
+    def train_step(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        nll, n_tokens = token_nll_sum(forward(train, idx), train.input_ids[idx], train.attention_mask[idx])
+        return nll / max(n_tokens, 1), n_tokens
 
-    def checkpoint() -> None:
-        save_checkpoint(run_dir.checkpoint_dir / "latest", model=model, optimizer=optimizer, scheduler=scheduler, loop=loop, extra={"best": best})
+    settings = LoopSettings(
+        epochs=sft.epochs, max_steps=sft.max_steps, batch_size=sft.batch_size, eval_every=sft.eval_every,
+        patience=sft.early_stopping_patience, log_every=sft.log_every, checkpoint_every=sft.checkpoint_every,
+        grad_clip=sft.grad_clip, seed=cfg.seed, select_metric="loss", higher_is_better=False,
+    )
+    result = fit(
+        model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator, run_dir=run_dir,
+        n_train=len(train), settings=settings, train_step=train_step,
+        validate=(lambda: evaluate("validation")) if "validation" in data else None,
+        resume=resume, progress=progress, desc="sft", unit="tokens",
+        log_extra=lambda mean: {"perplexity": perplexity(mean)},
+    )
 
-    def validate_now() -> bool:
-        """Evaluate on validation, keep the best weights; True when patience has run out."""
-        nonlocal best
-        if "validation" not in data:
-            best = trainable_state(model)
-            return False
-        result = evaluate("validation")
-        run_dir.log_metrics({"step": loop["step"], "epoch": loop["epoch"], "split": "validation", **result})
-        if loop["best_val_loss"] is None or result["loss"] < loop["best_val_loss"]:
-            loop["best_val_loss"], loop["evals_without_gain"] = result["loss"], 0
-            best = trainable_state(model)
-        else:
-            loop["evals_without_gain"] += 1
-        return loop["evals_without_gain"] >= sft.early_stopping_patience
-
-    bar = tqdm(total=total_steps, initial=loop["step"], desc="sft", disable=not progress, dynamic_ncols=True)
-    stopped_early = False
-    window_tokens, window_loss, window_start = 0, 0.0, time.perf_counter()
-    with StopRequest() as stop:
-        while loop["step"] < total_steps and loop["epoch"] < sft.epochs and not stopped_early:
-            order = torch.randperm(len(data["train"]), generator=torch.Generator().manual_seed(cfg.seed * 1000 + loop["epoch"]))
-            batches = order.split(sft.batch_size)
-            while loop["batch"] < len(batches) and loop["step"] < total_steps:
-                idx = batches[loop["batch"]].to(device)
-                t0 = time.perf_counter()
-                model.train()
-                nll, n_tokens = token_nll_sum(forward(data["train"], idx), data["train"].input_ids[idx], data["train"].attention_mask[idx])
-                loss = nll / max(n_tokens, 1)
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(params, sft.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                loop["step"] += 1
-                loop["batch"] += 1
-                loop["train_tokens"] += n_tokens
-                loop["train_seconds"] += time.perf_counter() - t0
-                window_tokens += n_tokens
-                window_loss += float(nll.detach())
-                bar.update(1)
-                if loop["step"] % sft.log_every == 0 or loop["step"] == total_steps:
-                    elapsed = time.perf_counter() - window_start
-                    mean = window_loss / max(window_tokens, 1)
-                    record = {"step": loop["step"], "epoch": loop["epoch"], "split": "train", "loss": mean, "perplexity": perplexity(mean), "lr": scheduler.get_last_lr()[0], "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
-                    run_dir.log_metrics(record)
-                    bar.set_postfix(loss=f"{mean:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                    window_tokens, window_loss, window_start = 0, 0.0, time.perf_counter()
-                if sft.eval_every and loop["step"] % sft.eval_every == 0:
-                    stopped_early = validate_now()
-                    if stopped_early:
-                        break
-                if stop.requested:
-                    checkpoint()
-                    bar.close()
-                    raise RunInterrupted(f"Stopped at step {loop['step']}; checkpoint saved in {run_dir.checkpoint_dir}. Continue with --resume.")
-                if loop["step"] % sft.checkpoint_every == 0:
-                    checkpoint()
-            if loop["batch"] >= len(batches):
-                loop["epoch"] += 1
-                loop["batch"] = 0
-                if not sft.eval_every:
-                    stopped_early = validate_now()
-        if sft.eval_every and not stopped_early and loop["step"] % sft.eval_every != 0:
-            validate_now()  # the last steps since the previous validation pass
-        checkpoint()
-    bar.close()
-
-    load_trainable_state(model, best)
+    load_trainable_state(model, result.best_state)
     after = {name: evaluate(name) for name in SPLITS if name in data}
     save_model(accelerator.unwrap_model(model), tokenizer, run_dir)
     summary = {
@@ -237,13 +172,13 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
         "trainable": sft.trainable,
         "parameters": {"trainable": trainable, "total": total},
         "examples": {name: len(texts[name]) for name in SPLITS},
-        "steps": loop["step"],
-        "epochs_completed": loop["epoch"],
-        "stopped_early": stopped_early,
+        "steps": result.steps,
+        "epochs_completed": result.epochs_completed,
+        "stopped_early": result.stopped_early,
         "before": before,
         "after": after,
         "frozen_cache": {"used": first is not None, "first_trainable_block": first, "seconds": round(cache_seconds, 2)},
-        "train_tokens_per_s": loop["train_tokens"] / max(loop["train_seconds"], 1e-9),
+        "train_tokens_per_s": result.items_per_s,
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "device": str(device),
         "mixed_precision": accelerator.mixed_precision,

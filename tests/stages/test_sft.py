@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhflab.config import Config, DataConfig, SftConfig
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.models.blocks import cache_is_exact, lower_hidden, top_forward
+from rlhflab import training
 from rlhflab.stages import sft
 from rlhflab.stages.sft import encode
 
@@ -45,7 +46,8 @@ def test_frozen_cache_reproduces_full_forward(request, fixture):
     assert cache_is_exact(model, 2, batch.input_ids, batch.attention_mask)
     with torch.no_grad():
         full = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        split = top_forward(model, 2, lower_hidden(model, 2, batch.input_ids, batch.attention_mask), batch.attention_mask)
+        hidden = lower_hidden(model, 2, batch.input_ids, batch.attention_mask)
+        split = top_forward(model, 2, hidden, batch.input_ids, batch.attention_mask).logits
     mask = batch.attention_mask.bool()
     torch.testing.assert_close(split[mask], full[mask], atol=1e-5, rtol=1e-5)
 
@@ -146,7 +148,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_llama_
     straight = sft.run(make_config(tmp_path / "a", tiny_llama_dir, reviews_csv), progress=False)
 
     cfg = make_config(tmp_path / "b", tiny_llama_dir, reviews_csv)
-    monkeypatch.setattr(sft, "StopRequest", lambda: StopAt(4))  # 6 steps per epoch: stop mid-epoch 0
+    monkeypatch.setattr(training, "StopRequest", lambda: StopAt(4))  # 6 steps per epoch: stop mid-epoch 0
     with pytest.raises(RunInterrupted):
         sft.run(cfg, progress=False)
     monkeypatch.undo()
@@ -166,7 +168,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_llama_
 
 def test_resume_refuses_a_changed_config(tmp_path, tiny_llama_dir, reviews_csv, monkeypatch):
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv)
-    monkeypatch.setattr(sft, "StopRequest", lambda: StopAt(2))
+    monkeypatch.setattr(training, "StopRequest", lambda: StopAt(2))
     with pytest.raises(RunInterrupted):
         sft.run(cfg, progress=False)
     changed = replace(cfg, sft=replace(cfg.sft, learning_rate=1e-3))
