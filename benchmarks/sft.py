@@ -18,7 +18,8 @@ from rlhflab.models.blocks import first_trainable_block, lower_hidden, top_forwa
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.ops.lm_loss import token_nll_sum
 from rlhflab.runtime import peak_memory_mb
-from rlhflab.stages.sft import configure_trainable, encode
+from rlhflab.models.encoding import encode
+from rlhflab.stages.sft import configure_trainable
 
 
 def timed(fn, steps: int, bf16: bool) -> float:

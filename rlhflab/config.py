@@ -45,12 +45,9 @@ class LoraConfig:
 
 
 @dataclass
-class SftConfig:
-    model: str = "smollm2-135m"  # asset name, hub id, local folder or an earlier run's model/
-    # "all", "lora", or decoder block indices to train (negative counts from the top).
-    trainable: Literal["all", "lora"] | list[int] = field(default_factory=lambda: [-2, -1])
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    max_length: int = 64  # tokens per review (longer reviews are truncated)
+class TrainingConfig:
+    """Settings every supervised training stage shares (SFT, reward model)."""
+
     epochs: int = 2
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
     batch_size: int = 16
@@ -67,7 +64,49 @@ class SftConfig:
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
     # auto: bf16 where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16), else no.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class SftConfig(TrainingConfig):
+    model: str = "smollm2-135m"  # asset name, hub id, local folder or an earlier run's model/
+    # "all", "lora", or decoder block indices to train (negative counts from the top).
+    trainable: Literal["all", "lora"] | list[int] = field(default_factory=lambda: [-2, -1])
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    max_length: int = 64  # tokens per review (longer reviews are truncated)
+
+
+@dataclass
+class PairsConfig:
+    """Preference pairs (prompt, chosen, rejected[, margin]) for objective: pairs."""
+
+    source: str | None = None  # .jsonl/.csv/.parquet/.json file or hf:<dataset id>
+    split: str = "train"
+    prompt_column: str | None = None  # None: detect (prompt, question, ...); may be absent
+    chosen_column: str | None = None
+    rejected_column: str | None = None
+    margin_column: str | None = None  # optional: Bradley-Terry with a margin
+    fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+
+
+@dataclass
+class RewardConfig(TrainingConfig):
+    # labels: a classifier on labelled texts (seed 000); pairs: Bradley-Terry on preferences (seed 003).
+    objective: Literal["labels", "pairs"] = "labels"
+    # A BERT-family encoder (minilm-l6, bert-base-uncased, ...) or a causal LM / SFT run directory,
+    # whose LM head is replaced by a scalar head (seed 004).
+    model: str = "minilm-l6"
+    # "head" (only the scalar head), "all", or block indices trained along with the head.
+    trainable: Literal["head", "all"] | list[int] = field(default_factory=lambda: [-1])
+    data: DataConfig | None = None  # labelled texts; None: the top-level data section
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    max_length: int = 256
+    epochs: int = 4
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    eval_batch_size: int = 64
+    checkpoint_every: int = 100
 
 
 @dataclass
@@ -77,6 +116,7 @@ class Config:
     runs_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     sft: SftConfig = field(default_factory=SftConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -110,8 +150,15 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return from_dict(Config, raw)
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def to_dict(cfg: Any) -> Any:
+    """Plain data; a section's own fields come before those it shares with other sections."""
+    if dataclasses.is_dataclass(cfg):
+        names = [f.name for f in dataclasses.fields(cfg)]
+        own = [n for n in type(cfg).__dict__.get("__annotations__", {}) if n in names]
+        return {n: to_dict(getattr(cfg, n)) for n in own + [n for n in names if n not in own]}
+    if isinstance(cfg, list):
+        return [to_dict(v) for v in cfg]
+    return cfg
 
 
 def dump_yaml(cfg: Any) -> str:

@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhflab.checkpoint import load_checkpoint, save_checkpoint, trainable_state
-from rlhflab.errors import RunInterrupted
+from rlhflab.config import TrainingConfig
+from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.interrupt import StopRequest
 from rlhflab.io import RunDir
 
@@ -34,6 +35,47 @@ class LoopSettings:
     seed: int
     select_metric: str  # the validation metric that picks the best weights
     higher_is_better: bool
+
+
+    @classmethod
+    def from_config(cls, cfg: TrainingConfig, seed: int, select_metric: str, higher_is_better: bool) -> "LoopSettings":
+        return cls(
+            epochs=cfg.epochs, max_steps=cfg.max_steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
+            patience=cfg.early_stopping_patience, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+            grad_clip=cfg.grad_clip, seed=seed, select_metric=select_metric, higher_is_better=higher_is_better,
+        )
+
+
+def check_training_config(cfg: TrainingConfig, section: str) -> None:
+    """Range checks the type system cannot express; `section` names the config key in messages."""
+    checks = [
+        (cfg.epochs >= 1, "epochs must be at least 1"),
+        (cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be at least 1 (or null)"),
+        (cfg.batch_size >= 1, "batch_size must be at least 1"),
+        (cfg.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
+        (cfg.learning_rate > 0, "learning_rate must be positive"),
+        (cfg.weight_decay >= 0, "weight_decay must not be negative"),
+        (0 <= cfg.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+        (cfg.grad_clip > 0, "grad_clip must be positive"),
+        (cfg.eval_every is None or cfg.eval_every >= 1, "eval_every must be at least 1 (or null)"),
+        (cfg.early_stopping_patience >= 1, "early_stopping_patience must be at least 1"),
+        (cfg.log_every >= 1, "log_every must be at least 1"),
+        (cfg.checkpoint_every >= 1, "checkpoint_every must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RlhfLabError(f"{section}.{message}.")
+
+
+def make_optimizer(model, cfg: TrainingConfig, n_train: int):
+    """AdamW over the trainable weights with linear warm-up and cosine decay over the whole run."""
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    total_steps = min(cfg.epochs * -(-n_train // cfg.batch_size), cfg.max_steps or 10**12)
+    scheduler = get_scheduler("cosine", optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    return optimizer, scheduler
 
 
 @dataclass

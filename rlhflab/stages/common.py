@@ -51,15 +51,3 @@ def _diff_keys(a, b, prefix: str = "") -> set[str]:
         return out
     return set() if a == b else {prefix.rstrip(".")}
 
-
-def make_optimizer(model, learning_rate: float, weight_decay: float, warmup_ratio: float, epochs: int,
-                   n_train: int, batch_size: int, max_steps: int | None):
-    """AdamW over the trainable weights with linear warm-up and cosine decay over the whole run."""
-    import torch
-    from transformers import get_scheduler
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    total_steps = min(epochs * -(-n_train // batch_size), max_steps or 10**12)
-    scheduler = get_scheduler("cosine", optimizer, int(warmup_ratio * total_steps), total_steps)
-    return optimizer, scheduler

@@ -15,7 +15,7 @@ from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.models.blocks import cache_is_exact, lower_hidden, top_forward
 from rlhflab import training
 from rlhflab.stages import sft
-from rlhflab.stages.sft import encode
+from rlhflab.models.encoding import encode
 
 
 def make_config(tmp_path, model_dir, csv_path, **sft_fields) -> Config:
@@ -54,7 +54,7 @@ def test_frozen_cache_reproduces_full_forward(request, fixture):
 
 def test_encode_appends_eos_only_when_the_review_fits(tiny_llama_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    encoded = encode(["the film was great.", "the film was great and " * 20], tokenizer, 12)
+    encoded = encode(["the film was great.", "the film was great and " * 20], tokenizer, 12, append_eos=True)
     n_short = int(encoded.attention_mask[0].sum())
     assert encoded.input_ids[0, n_short - 1] == tokenizer.eos_token_id
     assert int(encoded.attention_mask[1].sum()) == 12
