@@ -29,23 +29,51 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     sft = commands.add_parser("sft", help="supervised fine-tuning of a causal LM on reviews")
     _add_run_arguments(sft)
+    reward = commands.add_parser("reward", help="train a reward model on labelled texts or preference pairs")
+    _add_run_arguments(reward)
+    score = commands.add_parser("score", help="print the reward of each text")
+    score.add_argument("--reward", required=True, help="reward run directory, classifier (hub id or folder), or module:function")
+    score.add_argument("--label", default="POSITIVE", help="classifier label whose score is the reward")
+    score.add_argument("--output", default="auto", help="auto, score, probability, logit or logit_diff")
+    score.add_argument("--flip", action="store_true", help="reward the opposite label")
+    score.add_argument("--prompt", default="", help="a prompt the texts continue (scored as prompt + text)")
+    score.add_argument("texts", nargs="+", help="texts to score")
     show = commands.add_parser("config", help="print the resolved config (after overrides) and exit")
     show.add_argument("--config")
     show.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
 
 
-def _sft(args: argparse.Namespace) -> None:
-    from rlhflab.config import load_config
+def _stage(name: str):
+    """A command that runs one stage from a config and prints its table."""
 
-    cfg = load_config(args.config, args.overrides)  # before torch loads: config errors are instant
-    from rlhflab.io import read_json
-    from rlhflab.stages import sft
+    def command(args: argparse.Namespace) -> None:
+        from rlhflab.config import load_config
 
-    run_dir = sft.run(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    summary = read_json(run_dir.summary_path)
-    print(sft.format_table(summary))
-    print(f"model: {run_dir.model_dir}  ({summary['seconds']:.0f} s, {summary['train_tokens_per_s']:.0f} train tokens/s)")
+        cfg = load_config(args.config, args.overrides)  # before torch loads: config errors are instant
+        import importlib
+
+        from rlhflab.io import read_json
+
+        stage = importlib.import_module(f"rlhflab.stages.{name}")
+        run_dir = stage.run(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        summary = read_json(run_dir.summary_path)
+        print(stage.format_summary(summary))
+        print(f"model: {run_dir.model_dir}")
+
+    return command
+
+
+def _score(args: argparse.Namespace) -> None:
+    from rlhflab.config import RewardFnConfig, from_dict
+
+    cfg = from_dict(RewardFnConfig, {"source": args.reward, "label": args.label, "output": args.output, "flip": args.flip}, "score")
+    from rlhflab.rewards import build_reward
+
+    reward = build_reward(cfg)
+    scores = reward([args.prompt] * len(args.texts), args.texts)
+    for value, text in zip(scores.tolist(), args.texts):
+        print(f"{value:9.4f}  {text}")
 
 
 def _config(args: argparse.Namespace) -> None:
@@ -54,7 +82,7 @@ def _config(args: argparse.Namespace) -> None:
     print(dump_yaml(load_config(args.config, args.overrides)), end="")
 
 
-COMMANDS = {"sft": _sft, "config": _config}
+COMMANDS = {"sft": _stage("sft"), "reward": _stage("reward"), "score": _score, "config": _config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -110,6 +110,24 @@ class RewardConfig(TrainingConfig):
 
 
 @dataclass
+class RewardFnConfig:
+    """The reward PPO and evaluation ask for scores (rlhflab/rewards.py)."""
+
+    # A reward run directory, a classifier (hub id, hf:<id> or local folder), or a Python callable
+    # module:function / path.py:function. None: this run's reward model (runs/<name>/reward).
+    source: str | None = None
+    kind: Literal["auto", "reward_model", "classifier", "callable"] = "auto"
+    label: str = "POSITIVE"  # classifiers: the label whose score is the reward, found by name
+    # auto: normalised score for reward models, probability for classifiers.
+    output: Literal["auto", "score", "probability", "logit", "logit_diff"] = "auto"
+    flip: bool = False  # reward the opposite (e.g. negative reviews): 1 - p, or -score
+    text: Literal["response", "prompt+response"] = "prompt+response"  # what the model reads
+    batch_size: int = 32
+    max_length: int = 512  # tokens; longer texts are truncated
+    device: str = "auto"
+
+
+@dataclass
 class Config:
     name: str = "default"  # run directories go to <runs_dir>/<name>/<stage>
     seed: int = 0
@@ -117,6 +135,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sft: SftConfig = field(default_factory=SftConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    reward_fn: RewardFnConfig = field(default_factory=RewardFnConfig)
 
 
 class _YamlLoader(yaml.SafeLoader):

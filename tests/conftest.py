@@ -80,3 +80,34 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     vocab = len(AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
     config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=128, initializer_range=0.3)
     return _save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), config, tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A tiny BERT encoder (no head): the reward stage adds its scalar head."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, pad_token_id=0)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def pairs_jsonl(tmp_path: Path) -> Path:
+    """Preference pairs: a positive review is always preferred to a negative one."""
+    import json
+
+    reviews = synthetic_reviews(40, seed=3)
+    positive = [t for t, label in reviews if label == 1]
+    negative = [t for t, label in reviews if label == 0]
+    path = tmp_path / "pairs.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for i, (good, bad) in enumerate(zip(positive, negative)):
+            handle.write(json.dumps({"prompt": "review:", "chosen": good, "rejected": bad, "margin": 0.5 * (i % 2)}) + "\n")
+    return path

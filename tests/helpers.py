@@ -27,3 +27,21 @@ def synthetic_reviews(n_per_class: int, seed: int = 0) -> list[tuple[str, int]]:
 def needs_asset(package: str):
     """Skip unless the registry package carrying a bundled asset is installed."""
     return pytest.mark.skipif(importlib.util.find_spec(package) is None, reason=f"{package} not installed (make setup)")
+
+
+class StopAt:
+    """Stands in for StopRequest: asks to stop after `steps` optimizer steps."""
+
+    def __init__(self, steps: int):
+        self.remaining = steps
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    @property
+    def requested(self) -> bool:
+        self.remaining -= 1
+        return self.remaining == 0

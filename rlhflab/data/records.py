@@ -11,3 +11,16 @@ class Review:
 
     text: str
     label: int | None
+
+
+def join_prompt_response(prompt: str, response: str) -> str:
+    """The text a reward model reads for a prompt and its continuation.
+
+    Responses continue the prompt mid-sentence, so they are joined with one space unless
+    either side already brings the whitespace.
+    """
+    if not prompt:
+        return response
+    if not response or prompt[-1].isspace() or response[0].isspace():
+        return prompt + response
+    return f"{prompt} {response}"

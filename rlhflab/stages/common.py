@@ -4,22 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhflab.config import Config, dump_yaml, parse_yaml, to_dict
+from rlhflab.config import Config, DataConfig, dump_yaml, parse_yaml, to_dict
 from rlhflab.errors import RlhfLabError
 from rlhflab.io import RunDir, atomic_write_text
 
 
-def load_splits(cfg: Config):
-    """Reviews of `cfg.data`: balanced by label (unless per_class is None) and split by seed."""
+def load_splits(cfg: Config, data: DataConfig | None = None, *, require_labels: bool = False):
+    """Reviews of `data` (default `cfg.data`): balanced by label unless per_class is None, split by seed."""
     from rlhflab.data import balanced_sample, load_reviews, split_reviews
 
-    data = cfg.data
+    data = data or cfg.data
     reviews = load_reviews(
         data.source,
         text_column=data.text_column,
         label_column=data.label_column,
         split=data.split,
-        require_labels=data.per_class is not None,
+        require_labels=require_labels or data.per_class is not None,
     )
     if data.per_class is not None:
         reviews = balanced_sample(reviews, data.per_class, cfg.seed)

@@ -143,7 +143,7 @@ def save_model(model, tokenizer, run_dir: RunDir) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def format_table(summary: dict) -> str:
+def format_summary(summary: dict) -> str:
     """The loss/perplexity table printed at the end (seed 000, Table 1)."""
     before = summary.get("before", {})
     lines = [f"{'split':<11} {'loss':>8} {'perplexity':>11}   {'perplexity before SFT':>21}"]
@@ -154,4 +154,5 @@ def format_table(summary: dict) -> str:
         prior = before.get(name, {}).get("perplexity")
         prior_text = "-" if prior is None else f"{prior:.3f}"
         lines.append(f"{name:<11} {row['loss']:8.3f} {row['perplexity']:11.3f}   {prior_text:>21}")
+    lines.append(f"({summary['seconds']:.0f} s, {summary['train_tokens_per_s']:.0f} train tokens/s)")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from rlhflab.models.blocks import cache_is_exact, lower_hidden, top_forward
 from rlhflab import training
 from rlhflab.stages import sft
 from rlhflab.models.encoding import encode
+from tests.helpers import StopAt
 
 
 def make_config(tmp_path, model_dir, csv_path, **sft_fields) -> Config:
@@ -81,7 +82,7 @@ def test_sft_writes_the_run_directory_and_trains_only_the_top_blocks(tmp_path, t
         assert changed == (name.startswith("model.layers.2.") or name.startswith("model.layers.3.")), name
     records = [json.loads(line) for line in run_dir.metrics_path.read_text().splitlines()]
     assert {r["split"] for r in records} == {"train", "validation"}
-    assert sft.format_table(summary).splitlines()[0].split()[:3] == ["split", "loss", "perplexity"]
+    assert sft.format_summary(summary).splitlines()[0].split()[:3] == ["split", "loss", "perplexity"]
 
 
 def test_bf16_autocast_trains(tmp_path, tiny_llama_dir, reviews_csv):
@@ -124,24 +125,6 @@ def test_lora_saves_a_merged_plain_model(tmp_path, tiny_llama_dir, reviews_csv):
     assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"], merged.state_dict()["model.layers.0.self_attn.q_proj.weight"])
     summary = json.loads(run_dir.summary_path.read_text())
     assert 0 < summary["parameters"]["trainable"] < summary["parameters"]["total"]
-
-
-class StopAt:
-    """Stands in for StopRequest: asks to stop after `steps` optimizer steps."""
-
-    def __init__(self, steps: int):
-        self.remaining = steps
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-    @property
-    def requested(self) -> bool:
-        self.remaining -= 1
-        return self.remaining == 0
 
 
 def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_llama_dir, reviews_csv, monkeypatch):

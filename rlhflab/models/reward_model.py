@@ -1,0 +1,127 @@
+"""Reward models: any encoder or causal LM with a scalar head, plus score normalisation.
+
+One head for every objective: a single output, read as the log-odds that a text is good
+(labels, trained with binary cross-entropy) or as a Bradley-Terry score (pairs). Either way
+it is saved as a plain `AutoModelForSequenceClassification` with `num_labels=1` and the label
+name POSITIVE, and `rlhflab_reward.json` beside it holds the gain and bias that give scores
+mean 0 and std 1 on a reference set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rlhflab.assets import resolve_model
+from rlhflab.errors import RlhfLabError
+from rlhflab.io import atomic_dir, read_json
+from rlhflab.models.blocks import freeze_all_but_blocks, resolve_block_indices, transformer_blocks
+from rlhflab.models.causal_lm import load_tokenizer
+
+POSITIVE = "POSITIVE"
+META_FILE = "rlhflab_reward.json"
+
+
+@dataclass(frozen=True)
+class RewardMeta:
+    objective: str  # labels | pairs
+    gain: float  # normalised score = gain * raw + bias
+    bias: float
+    reference: str  # which texts set gain and bias
+    base_model: str
+
+
+def load_reward_backbone(name: str):
+    """(model with a fresh one-output head, tokenizer) from an encoder, a causal LM, or a run."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    path = resolve_model(name)
+    tokenizer = load_tokenizer(name, path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise RlhfLabError(f"Could not load reward.model {name!r} ({str(exc).splitlines()[0][:200]}).") from None
+    config.num_labels = 1
+    config.id2label, config.label2id = {0: POSITIVE}, {POSITIVE: 0}
+    config.problem_type = None
+    if getattr(config, "pad_token_id", None) is None:
+        # Decoder classifiers pool the last non-pad token, so they must know the pad id.
+        config.pad_token_id = tokenizer.pad_token_id
+    try:
+        # ignore_mismatched_sizes: a classifier with another label count (say 2) gets a new head.
+        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, ignore_mismatched_sizes=True)
+    except ValueError as exc:
+        raise RlhfLabError(
+            f"reward.model {name!r} cannot take a classification head ({str(exc).splitlines()[0][:200]}). "
+            f"Use a BERT-family encoder (minilm-l6, bert-base-uncased) or a causal LM (smollm2-135m, gpt2)."
+        ) from None
+    return model, tokenizer
+
+
+def head_parameters(model):
+    """Weights outside the transformer body: the scalar head, plus BERT's pooler that feeds it."""
+    prefix = model.base_model_prefix + "."
+    for name, param in model.named_parameters():
+        if not name.startswith(prefix) or ".pooler." in f".{name}":
+            yield param
+
+
+def configure_trainable(model, trainable) -> None:
+    """"head", "all", or block indices trained together with the head."""
+    if trainable == "all":
+        model.requires_grad_(True)
+        return
+    if trainable == "head":
+        model.requires_grad_(False)
+    else:
+        freeze_all_but_blocks(model, resolve_block_indices(trainable, len(transformer_blocks(model)), "reward.trainable"))
+    for param in head_parameters(model):
+        param.requires_grad_(True)
+
+
+def save_reward_model(model, tokenizer, meta: RewardMeta, folder: Path) -> None:
+    import json
+
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n", encoding="utf-8")
+
+
+def reward_model_dir(path: str | Path) -> Path | None:
+    """The model folder of a trained reward model (a run directory or its model/), else None."""
+    path = Path(path).expanduser()
+    for folder in (path, path / "model"):
+        if (folder / META_FILE).exists():
+            return folder
+    return None
+
+
+def load_reward_model(path: str | Path):
+    """(model, tokenizer, meta) of a reward model this package trained."""
+    from transformers import AutoModelForSequenceClassification
+
+    folder = reward_model_dir(path)
+    if folder is None:
+        raise RlhfLabError(
+            f"{path} is not a reward model trained by rlhflab (no {META_FILE} in it or in its model/). "
+            f"Train one with `rlhflab reward`, or use a classifier with reward.kind=classifier."
+        )
+    meta = RewardMeta(**read_json(folder / META_FILE))
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    return model, load_tokenizer(str(folder), str(folder)), meta
+
+
+def load_classifier(name: str):
+    """(model, tokenizer) of any text classifier: hub id, local folder or bundled name."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_model(name)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise RlhfLabError(
+            f"Could not load the classifier {name!r} ({str(exc).splitlines()[0][:200]}). Pass a local folder, "
+            f"a hub id while online, or a reward run directory."
+        ) from None
+    return model, load_tokenizer(name, path)

@@ -1,0 +1,171 @@
+"""Reward-model training: `rlhflab reward`.
+
+Three seeds, one stage: a BERT-family classifier on labelled reviews (seed 000), a
+Bradley-Terry model on preference pairs (seed 003), and a causal LM whose LM head is replaced
+by a scalar head (seed 004). The model with the best validation accuracy is saved to model/
+with the gain and bias that normalise its scores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import torch
+
+from rlhflab.checkpoint import load_trainable_state
+from rlhflab.config import Config, RewardConfig
+from rlhflab.data import join_prompt_response, load_pairs, split_pairs
+from rlhflab.errors import RlhfLabError
+from rlhflab.eval.metrics import classification_metrics, format_classification_table, format_confusion, pairwise_metrics
+from rlhflab.io import RunDir, write_json
+from rlhflab.models.causal_lm import count_parameters
+from rlhflab.models.encoding import EncodedSplit, encode_and_cache, make_forward
+from rlhflab.models.reward_model import RewardMeta, configure_trainable, load_reward_backbone, save_reward_model
+from rlhflab.ops.reward_loss import bradley_terry_loss, label_loss, normalization
+from rlhflab.runtime import make_accelerator, peak_memory_mb, seed_everything
+from rlhflab.stages.common import load_splits, open_run_dir
+from rlhflab.training import LoopSettings, check_training_config, fit, make_optimizer
+
+SPLITS = ("train", "validation", "test")
+
+
+def _labelled_texts(cfg: Config) -> tuple[dict[str, list[str]], dict[str, torch.Tensor]]:
+    splits = load_splits(cfg, cfg.reward.data, require_labels=True)
+    parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
+    texts = {name: [r.text for r in reviews] for name, reviews in parts.items() if reviews}
+    labels = {name: torch.tensor([float(r.label) for r in reviews]) for name, reviews in parts.items() if reviews}
+    return texts, labels
+
+
+def _pair_texts(cfg: Config) -> tuple[dict[str, list[str]], dict[str, torch.Tensor]]:
+    pairs_cfg = cfg.reward.pairs
+    if not pairs_cfg.source:
+        raise RlhfLabError("reward.objective is pairs but reward.pairs.source is not set; point it at a file of prompt/chosen/rejected rows.")
+    pairs = load_pairs(pairs_cfg.source, prompt_column=pairs_cfg.prompt_column, chosen_column=pairs_cfg.chosen_column,
+                       rejected_column=pairs_cfg.rejected_column, margin_column=pairs_cfg.margin_column, split=pairs_cfg.split)
+    splits = split_pairs(pairs, pairs_cfg.fractions, cfg.seed)
+    texts, margins = {}, {}
+    for name in SPLITS:
+        part = getattr(splits, name)
+        if part:
+            texts[f"{name}/chosen"] = [join_prompt_response(p.prompt, p.chosen) for p in part]
+            texts[f"{name}/rejected"] = [join_prompt_response(p.prompt, p.rejected) for p in part]
+            margins[name] = torch.tensor([p.margin for p in part])
+    return texts, margins
+
+
+@torch.no_grad()
+def raw_scores(forward: Callable, split: EncodedSplit, batch_size: int, model) -> torch.Tensor:
+    """The head's output for every row of a split (N,), in fp32."""
+    model.eval()
+    parts = [forward(split, idx).squeeze(-1).float() for idx in torch.arange(len(split), device=split.input_ids.device).split(batch_size)]
+    return torch.cat(parts).cpu()
+
+
+def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
+    """Train `cfg.reward.model` on labels or preference pairs; write runs/<name>/reward."""
+    rw: RewardConfig = cfg.reward
+    check_training_config(rw, "reward")
+    if rw.max_length < 2:
+        raise RlhfLabError("reward.max_length must be at least 2.")
+    started = time.perf_counter()
+    seed_everything(cfg.seed)
+    pairs = rw.objective == "pairs"
+    texts, targets = _pair_texts(cfg) if pairs else _labelled_texts(cfg)  # data errors before models load
+    run_dir = open_run_dir(cfg, "reward", resume=resume, overwrite=overwrite)
+    accelerator = make_accelerator(rw.device, rw.mixed_precision)
+    device = accelerator.device
+
+    model, tokenizer = load_reward_backbone(rw.model)
+    configure_trainable(model, rw.trainable)
+    model.to(device)
+    trainable, total = count_parameters(model)
+    data, first, cache_seconds = encode_and_cache(
+        model, texts, tokenizer, max_length=rw.max_length, append_eos=False, device=device,
+        cache_frozen=rw.cache_frozen and rw.trainable != "all", batch_size=rw.eval_batch_size,
+        autocast=accelerator.autocast, progress=progress,
+    )
+    targets = {name: value.to(device) for name, value in targets.items()}
+    forward = make_forward(model, first, accelerator.autocast)
+
+    def scores(name: str) -> torch.Tensor:
+        return raw_scores(forward, data[name], rw.eval_batch_size, model)
+
+    def evaluate(name: str) -> dict:
+        if pairs:
+            chosen, rejected = scores(f"{name}/chosen"), scores(f"{name}/rejected")
+            loss = float(bradley_terry_loss(chosen, rejected, targets[name].cpu()))
+            return {"loss": loss, **pairwise_metrics(chosen.tolist(), rejected.tolist())}
+        raw, labels = scores(name), targets[name].cpu()
+        metrics = classification_metrics(labels.long().tolist(), (raw > 0).long().tolist())
+        return {"loss": float(label_loss(raw, labels)), **metrics}
+
+    train_name = "train/chosen" if pairs else "train"
+
+    def train_step(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if pairs:
+            chosen = forward(data["train/chosen"], idx).squeeze(-1)
+            rejected = forward(data["train/rejected"], idx).squeeze(-1)
+            return bradley_terry_loss(chosen, rejected, targets["train"][idx]), len(idx)
+        return label_loss(forward(data["train"], idx).squeeze(-1), targets["train"][idx]), len(idx)
+
+    has_validation = ("validation/chosen" if pairs else "validation") in data
+    select = "pairwise_accuracy" if pairs else "accuracy"
+    optimizer, scheduler = make_optimizer(model, rw, len(data[train_name]))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    result = fit(
+        model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator, run_dir=run_dir,
+        n_train=len(data[train_name]), settings=LoopSettings.from_config(rw, cfg.seed, select, higher_is_better=True),
+        train_step=train_step, validate=(lambda: evaluate("validation")) if has_validation else None,
+        resume=resume, progress=progress, desc="reward", unit="examples",
+    )
+
+    load_trainable_state(model, result.best_state)
+    metrics = {name: evaluate(name) for name in SPLITS if name in targets}
+    reference = "validation" if has_validation else "train"
+    if pairs:
+        reference_scores = torch.cat([scores(f"{reference}/chosen"), scores(f"{reference}/rejected")])
+    else:
+        reference_scores = scores(reference)
+    gain, bias = normalization(reference_scores)
+    meta = RewardMeta(objective=rw.objective, gain=gain, bias=bias, reference=f"{reference} split", base_model=rw.model)
+    save_reward_model(accelerator.unwrap_model(model), tokenizer, meta, run_dir.model_dir)
+    summary = {
+        "objective": rw.objective,
+        "model": rw.model,
+        "trainable": rw.trainable,
+        "parameters": {"trainable": trainable, "total": total},
+        "examples": {name: len(data[f"{name}/chosen" if pairs else name]) for name in SPLITS if name in targets},
+        "metrics": metrics,
+        "normalization": asdict(meta),
+        "steps": result.steps,
+        "epochs_completed": result.epochs_completed,
+        "stopped_early": result.stopped_early,
+        "frozen_cache": {"used": first is not None, "first_trainable_block": first, "seconds": round(cache_seconds, 2)},
+        "train_examples_per_s": result.items_per_s,
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "device": str(device),
+        "mixed_precision": accelerator.mixed_precision,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if not pairs and "test" in metrics:
+        summary["confusion_matrix_test"] = metrics["test"]["confusion_matrix"]
+    write_json(run_dir.summary_path, summary)
+    return run_dir
+
+
+def format_summary(summary: dict) -> str:
+    """The tables printed at the end: seed 000's Tables 1 and 2, or pairwise accuracy."""
+    metrics = summary["metrics"]
+    timing = f"({summary['seconds']:.0f} s, {summary['train_examples_per_s']:.0f} train examples/s)"
+    if summary["objective"] == "pairs":
+        lines = [f"{'split':<11} {'pairwise acc':>12} {'mean margin':>12} {'loss':>8}"]
+        for name, row in metrics.items():
+            lines.append(f"{name:<11} {row['pairwise_accuracy']:12.3f} {row['mean_margin']:12.3f} {row['loss']:8.3f}")
+        return "\n".join(lines + [timing])
+    text = format_classification_table(metrics)
+    if "confusion_matrix_test" in summary:
+        text += "\n\nConfusion matrix on test:\n" + format_confusion(summary["confusion_matrix_test"])
+    return text + "\n" + timing
