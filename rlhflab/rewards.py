@@ -83,6 +83,8 @@ def build_reward(cfg: RewardFnConfig, *, default_source: str | None = None) -> R
 
 
 def _looks_like_callable(source: str) -> bool:
+    if source.startswith("hf:"):
+        return False
     target, sep, name = source.rpartition(":")
     return bool(sep and name.isidentifier() and target and (target.endswith(".py") or all(p.isidentifier() for p in target.split("."))))
 
@@ -105,6 +107,8 @@ def load_callable(spec: str) -> Callable:
             module = importlib.import_module(target)
         except ImportError as exc:
             raise RlhfLabError(f"Cannot import module {target!r} for the reward {spec!r}: {exc}") from None
+        except Exception as exc:  # the user's module failed while importing: one line, not a traceback
+            raise RlhfLabError(f"Importing {target} failed: {type(exc).__name__}: {exc}") from None
     fn = getattr(module, name, None)
     if not callable(fn):
         raise RlhfLabError(f"{target} has no function {name!r} (reward {spec!r}).")

@@ -84,17 +84,22 @@ def freeze_all_but_blocks(model: nn.Module, block_indices: Sequence[int]) -> Non
 
 
 def first_trainable_block(model: nn.Module) -> int | None:
-    """Index of the lowest trainable block when nothing below it trains; else None."""
+    """Index of the lowest trainable block when nothing below it trains; else None.
+
+    When no block trains (a head-only reward model) it is the number of blocks: the whole body
+    is then computed once and only the head runs each epoch.
+    """
     embeddings = _embedding_modules(model)
     if embeddings is None:
         return None
     below = [m for m in embeddings if m is not None]
     if any(p.requires_grad for module in below for p in module.parameters()):
         return None
-    for index, block in enumerate(transformer_blocks(model)):
+    blocks = transformer_blocks(model)
+    for index, block in enumerate(blocks):
         if any(p.requires_grad for p in block.parameters()):
             return index
-    return None
+    return len(blocks)
 
 
 class _StopForward(Exception):

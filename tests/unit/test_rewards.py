@@ -25,6 +25,16 @@ TEXTS = [
 PROMPT = "the movie was"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine a second
+    thread makes each 32-wide matmul wait milliseconds for a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------
 # label_index
 
@@ -255,12 +265,6 @@ def test_no_source_is_an_error():
         build_reward(RewardFnConfig())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rewards._looks_like_callable treats 'hf:<id>' as module 'hf', function '<id>' whenever the id is a "
-    "Python identifier (hf:gpt2, hf:mymodel), so the documented hf: classifier prefix fails with "
-    "\"Cannot import module 'hf'\"",
-)
 def test_hf_prefix_always_means_a_classifier(classifier, monkeypatch, tmp_path):
     folder, _, _ = classifier
     import shutil
@@ -477,6 +481,16 @@ def test_error_while_importing_the_file(tmp_path, body, fragment):
 def test_missing_module(monkeypatch):
     with pytest.raises(RlhfLabError, match="rlhflab_no_such_module"):
         build_reward(RewardFnConfig(source="rlhflab_no_such_module:reward"))
+
+
+@pytest.mark.parametrize("body", ["raise RuntimeError('boom at import')\n", "def reward(:\n"])
+def test_error_while_importing_a_module_is_one_error(tmp_path, monkeypatch, body):
+    name = "rlhflab_test_broken_reward_mod"
+    write(tmp_path / f"{name}.py", body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(RlhfLabError, match=name):
+        build_reward(RewardFnConfig(source=f"{name}:reward"))
 
 
 def test_missing_function_in_module():

@@ -1,0 +1,160 @@
+"""`rlhflab score`: one `value  text` line per text; reward sources that cannot load exit 2 with
+one `error:` line and no traceback.
+
+Each call imports torch (~1-3 s of CPU), so all cases start together in one module-scoped batch,
+each in its own folder, and the tests read their results.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXIT_USER_ERROR = 2
+
+REWARD_FILE = """\
+def reward(prompts, responses):
+    return [len(r) for r in responses]
+
+
+def with_prompt(prompts, responses):
+    return [100 * len(p) + len(r) for p, r in zip(prompts, responses)]
+"""
+
+TEXTS = ["hello", "abc", "a b c d", "x"]
+
+CASES = {
+    "callable": ["--reward", "my_reward.py:reward", *TEXTS],
+    "callable_flip_prompt": ["--reward", "my_reward.py:with_prompt", "--flip", "--prompt", "hi", *TEXTS],
+    "missing_model": ["--reward", "./missing-model", "hello"],
+    "unknown_label": ["--reward", "{bert}", "--label", "joy", "hello"],
+}
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        RLHFLAB_CACHE=str(cwd / "cache"),
+        OMP_NUM_THREADS="1",  # the cases run side by side
+        PYTHONWARNINGS="ignore",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "rlhflab.cli", "score", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def save_tiny_bert(folder: Path, tokenizer_dir: Path) -> Path:
+    """A two-label text classifier whose first label is POSITIVE."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        num_labels=2, id2label={0: "POSITIVE", 1: "NEGATIVE"}, label2id={"POSITIVE": 0, "NEGATIVE": 1},
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_tokenizer_dir) -> dict[str, subprocess.CompletedProcess]:
+    started = {}
+
+    def launch(name):
+        folder = tmp_path_factory.mktemp(name)
+        (folder / "my_reward.py").write_text(REWARD_FILE, encoding="utf-8")
+        args = [a.format(bert=bert) if bert else a for a in CASES[name]]
+        started[name] = start(folder, *args)
+
+    bert = None
+    for name in CASES:
+        if "{bert}" not in CASES[name]:
+            launch(name)
+    # Build the classifier while the first cases import torch.
+    bert = str(save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), tiny_tokenizer_dir))
+    for name in CASES:
+        if "{bert}" in CASES[name]:
+            launch(name)
+    results = {}
+    for name, process in started.items():
+        try:
+            stdout, stderr = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return results
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, stderr exactly one `error:` line naming each fragment, no traceback, nothing scored."""
+    assert result.returncode == EXIT_USER_ERROR, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("error: ") and line[len("error: ") :].strip()
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    assert result.stdout == ""
+    return line
+
+
+def parse_scores(stdout: str) -> list[tuple[float, str]]:
+    rows = []
+    for line in stdout.splitlines():
+        value, sep, text = line.strip().partition("  ")
+        assert sep, f"not a `value  text` line: {line!r}"
+        rows.append((float(value), text))
+    return rows
+
+
+def test_callable_reward_prints_one_line_per_text(runs):
+    result = runs["callable"]
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert parse_scores(result.stdout) == [(float(len(t)), t) for t in TEXTS]
+    assert result.stdout.splitlines()[0] == f"{5.0:9.4f}  hello"
+
+
+def test_flip_negates_and_prompt_reaches_the_callable(runs):
+    result = runs["callable_flip_prompt"]
+    assert result.returncode == 0, result.stderr
+    assert parse_scores(result.stdout) == [(-(200.0 + len(t)), t) for t in TEXTS]
+
+
+def test_missing_reward_folder_is_one_error_line(runs):
+    assert_user_error(runs["missing_model"], "missing-model", "does not exist")
+
+
+def test_unknown_classifier_label_names_the_available_labels(runs):
+    line = assert_user_error(runs["unknown_label"], "'joy'", "POSITIVE, NEGATIVE")
+    assert "reward_fn.label" in line
+
+
+def test_scores_from_the_cli_match_the_library(runs, tmp_path):
+    """The callable run printed what build_reward returns in-process (same parse, same values)."""
+    from rlhflab.config import RewardFnConfig
+    from rlhflab.rewards import build_reward
+
+    (tmp_path / "my_reward.py").write_text(REWARD_FILE, encoding="utf-8")
+    reward = build_reward(RewardFnConfig(source=f"{tmp_path / 'my_reward.py'}:with_prompt", flip=True))
+    expected = reward(["hi"] * len(TEXTS), TEXTS).tolist()
+    printed = [value for value, _ in parse_scores(runs["callable_flip_prompt"].stdout)]
+    assert all(math.isclose(a, b, abs_tol=5e-5) for a, b in zip(printed, expected)) and len(printed) == len(expected)
