@@ -1,0 +1,156 @@
+"""KL estimators, the shaped per-token reward and the KL controllers, against hand values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlhflab.ops.kl import adaptive_kl_update, fixed_kl_update, kl_per_token, last_valid_index, per_token_rewards
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def close(actual: torch.Tensor, expected, atol: float = 1e-6) -> bool:
+    """Element-wise comparison of a tensor with nested lists worked out by hand."""
+    return torch.allclose(actual.detach().float(), torch.tensor(expected, dtype=torch.float32), rtol=0.0, atol=atol)
+
+
+def test_k1_and_k3_hand_values():
+    logp = torch.tensor([[math.log(0.5)]])
+    ref = torch.tensor([[math.log(0.25)]])
+    assert kl_per_token(logp, ref, "k1").item() == pytest.approx(math.log(2.0), rel=1e-6)
+    # r = p_ref / p = 0.25 / 0.5 = 0.5 -> (0.5 - 1) - log 0.5 = -0.5 + 0.693147 = 0.193147
+    assert kl_per_token(logp, ref, "k3").item() == pytest.approx((0.5 - 1) - math.log(0.5), rel=1e-6)
+    assert kl_per_token(logp, ref, "k3").item() == pytest.approx(0.193147, abs=1e-6)
+    # the other way round: k1 goes negative, k3 stays positive: r = 2 -> 1 - log 2
+    assert kl_per_token(ref, logp, "k1").item() == pytest.approx(-math.log(2.0), rel=1e-6)
+    assert kl_per_token(ref, logp, "k3").item() == pytest.approx(1 - math.log(2.0), rel=1e-6)
+
+
+def test_default_estimator_is_k1_and_output_is_fp32():
+    logp = torch.tensor([[-1.0, -2.0]], dtype=torch.bfloat16)
+    ref = torch.tensor([[-1.5, -1.0]], dtype=torch.bfloat16)
+    kl = kl_per_token(logp, ref)
+    assert kl.dtype == torch.float32
+    assert close(kl, [[0.5, -1.0]])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    logp=st.lists(st.floats(-30, 0), min_size=1, max_size=16),
+    shift=st.lists(st.floats(-15, 15), min_size=16, max_size=16),
+)
+def test_k3_is_never_negative(logp, shift):
+    lp = torch.tensor(logp)
+    ref = lp + torch.tensor(shift[: len(logp)])
+    assert (kl_per_token(lp, ref, "k3") >= 0).all()
+
+
+def test_both_estimators_are_zero_when_policies_agree():
+    logp = torch.tensor([[-0.1, -3.0, -12.5]])
+    for estimator in ("k1", "k3"):
+        assert kl_per_token(logp, logp.clone(), estimator).tolist() == [[0.0, 0.0, 0.0]]
+
+
+def test_k3_matches_its_definition_on_random_values():
+    g = torch.Generator().manual_seed(3)
+    logp = -torch.rand(4, 7, generator=g) * 5
+    ref = -torch.rand(4, 7, generator=g) * 5
+    r = torch.exp(ref.double() - logp.double())
+    expected = (r - 1) - torch.log(r)
+    assert torch.allclose(kl_per_token(logp, ref, "k3").double(), expected, atol=1e-5)
+
+
+def test_unknown_estimator_raises():
+    with pytest.raises(ValueError, match="k2"):
+        kl_per_token(torch.zeros(1, 1), torch.zeros(1, 1), "k2")
+
+
+def test_last_valid_index_with_left_right_and_empty_rows():
+    mask = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1], [0, 1, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    assert last_valid_index(mask).tolist() == [1, 3, 2, 0, 3]
+
+
+def test_per_token_rewards_right_padding():
+    kl = torch.tensor([[0.5, 1.0, 2.0, 9.0], [1.0, -1.0, 7.0, 7.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    scores = torch.tensor([3.0, -2.0])
+    rewards, non_score = per_token_rewards(scores, kl, mask, beta=0.1)
+    assert close(rewards, [[-0.05, -0.1, -0.2 + 3.0, 0.0], [-0.1, 0.1 - 2.0, 0.0, 0.0]])
+    assert non_score.tolist() == pytest.approx([-0.1 * 3.5, -0.1 * 0.0])
+
+
+def test_per_token_rewards_left_padding():
+    kl = torch.tensor([[9.0, 9.0, 1.0, 2.0], [9.0, 0.5, 0.5, 0.5]])
+    mask = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]).float()
+    scores = torch.tensor([1.0, 4.0])
+    rewards, non_score = per_token_rewards(scores, kl, mask, beta=0.2)
+    assert close(rewards, [[0.0, 0.0, -0.2, -0.4 + 1.0], [0.0, -0.1, -0.1, -0.1 + 4.0]])
+    assert non_score.tolist() == pytest.approx([-0.2 * 3.0, -0.2 * 1.5])
+
+
+def test_per_token_rewards_padding_on_both_sides_and_empty_row():
+    kl = torch.full((2, 5), float("inf"))  # padding may hold anything; it must not leak
+    kl[0, 1:4] = torch.tensor([1.0, 1.0, 1.0])
+    mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 0, 0, 0]])
+    rewards, non_score = per_token_rewards(torch.tensor([5.0, 6.0]), kl, mask, beta=0.5)
+    assert close(rewards, [[0.0, -0.5, -0.5, 4.5, 0.0], [0.0] * 5])
+    assert non_score.tolist() == pytest.approx([-1.5, 0.0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 5), t=st.integers(1, 8), beta=st.floats(0.0, 1.0), seed=st.integers(0, 2**31 - 1))
+def test_per_token_rewards_invariants(b, t, beta, seed):
+    g = torch.Generator().manual_seed(seed)
+    kl = torch.randn(b, t, generator=g)
+    scores = torch.randn(b, generator=g)
+    # contiguous responses with random left/right padding
+    mask = torch.zeros(b, t)
+    for i in range(b):
+        start = int(torch.randint(0, t, (1,), generator=g))
+        end = int(torch.randint(start, t + 1, (1,), generator=g))
+        mask[i, start:end] = 1
+    rewards, non_score = per_token_rewards(scores, kl, mask, beta)
+    assert (rewards[mask == 0] == 0).all()
+    assert torch.allclose(non_score, -beta * (kl * mask).sum(1), atol=1e-5)
+    # the score is added exactly once per non-empty row
+    has_tokens = mask.sum(1) > 0
+    assert torch.allclose(rewards.sum(1), non_score + scores * has_tokens, atol=1e-5)
+    assert rewards.dtype == torch.float32
+
+
+def test_adaptive_kl_worked_example():
+    # kl 12 vs target 6: e = clip(12 / 6 - 1, -0.2, 0.2) = clip(1, ...) = 0.2
+    # beta = 0.1 * (1 + 0.2 * 256 / 10000) = 0.1 * 1.00512 = 0.100512
+    assert adaptive_kl_update(0.1, 12.0, 6.0, 10000, 256) == pytest.approx(0.1 * (1 + 0.2 * 256 / 10000), rel=1e-12)
+    assert adaptive_kl_update(0.1, 12.0, 6.0, 10000, 256) == pytest.approx(0.1005120, rel=1e-12)
+    # kl 3 vs target 6: e = clip(3 / 6 - 1) = clip(-0.5) = -0.2 -> 0.1 * (1 - 0.00512) = 0.099488
+    assert adaptive_kl_update(0.1, 3.0, 6.0, 10000, 256) == pytest.approx(0.0994880, rel=1e-12)
+    # inside the clip band: kl 6.6 -> e = 0.1 -> 0.1 * (1 + 0.1 * 256 / 10000) = 0.100256
+    assert adaptive_kl_update(0.1, 6.6, 6.0, 10000, 256) == pytest.approx(0.100256, rel=1e-9)
+    # on target: unchanged
+    assert adaptive_kl_update(0.1, 6.0, 6.0, 10000, 256) == pytest.approx(0.1, rel=1e-12)
+    assert isinstance(adaptive_kl_update(0.1, 12.0, 6.0, 10000, 256), float)
+
+
+def test_adaptive_kl_rejects_nonpositive_target_or_horizon():
+    with pytest.raises(ValueError):
+        adaptive_kl_update(0.1, 1.0, 0.0, 10000, 256)
+    with pytest.raises(ValueError):
+        adaptive_kl_update(0.1, 1.0, 6.0, 0, 256)
+
+
+def test_fixed_kl_update_keeps_beta_and_shares_the_signature():
+    assert fixed_kl_update(0.05) == 0.05
+    assert fixed_kl_update(0.05, 12.0, 6.0, 10000, 256) == 0.05
+    assert fixed_kl_update(0.05, current_kl=12.0, target=6.0, horizon=10000, n_steps=256) == 0.05
