@@ -31,6 +31,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/sft.py
+	$(BIN)/python benchmarks/reward.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

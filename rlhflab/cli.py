@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(sft)
     reward = commands.add_parser("reward", help="train a reward model on labelled texts or preference pairs")
     _add_run_arguments(reward)
+    ppo = commands.add_parser("ppo", help="PPO against the reward, with a KL penalty to the SFT model")
+    _add_run_arguments(ppo)
     score = commands.add_parser("score", help="print the reward of each text")
     score.add_argument("--reward", required=True, help="reward run directory, classifier (hub id or folder), or module:function")
     score.add_argument("--label", default="POSITIVE", help="classifier label whose score is the reward")
@@ -82,7 +84,7 @@ def _config(args: argparse.Namespace) -> None:
     print(dump_yaml(load_config(args.config, args.overrides)), end="")
 
 
-COMMANDS = {"sft": _stage("sft"), "reward": _stage("reward"), "score": _score, "config": _config}
+COMMANDS = {"sft": _stage("sft"), "reward": _stage("reward"), "ppo": _stage("ppo"), "score": _score, "config": _config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from rlhflab.data import join_prompt_response, load_pairs, split_pairs
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.metrics import classification_metrics, format_classification_table, format_confusion, pairwise_metrics
 from rlhflab.io import RunDir, write_json
+from rlhflab.models.blocks import disable_dropout
 from rlhflab.models.causal_lm import count_parameters
 from rlhflab.models.encoding import EncodedSplit, encode_and_cache, make_forward
 from rlhflab.models.reward_model import RewardMeta, configure_trainable, load_reward_backbone, save_reward_model
@@ -79,6 +80,8 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
     device = accelerator.device
 
     model, tokenizer = load_reward_backbone(rw.model)
+    if not rw.dropout:
+        disable_dropout(model)
     configure_trainable(model, rw.trainable)
     model.to(device)
     trainable, total = count_parameters(model)
@@ -93,14 +96,21 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
     def scores(name: str) -> torch.Tensor:
         return raw_scores(forward, data[name], rw.eval_batch_size, model)
 
-    def evaluate(name: str) -> dict:
+    def split_scores(name: str) -> dict[str, torch.Tensor]:
         if pairs:
-            chosen, rejected = scores(f"{name}/chosen"), scores(f"{name}/rejected")
-            loss = float(bradley_terry_loss(chosen, rejected, targets[name].cpu()))
-            return {"loss": loss, **pairwise_metrics(chosen.tolist(), rejected.tolist())}
-        raw, labels = scores(name), targets[name].cpu()
-        metrics = classification_metrics(labels.long().tolist(), (raw > 0).long().tolist())
-        return {"loss": float(label_loss(raw, labels)), **metrics}
+            return {"chosen": scores(f"{name}/chosen"), "rejected": scores(f"{name}/rejected")}
+        return {"scores": scores(name)}
+
+    def metrics_of(name: str, raw: dict[str, torch.Tensor]) -> dict:
+        if pairs:
+            loss = float(bradley_terry_loss(raw["chosen"], raw["rejected"], targets[name].cpu()))
+            return {"loss": loss, **pairwise_metrics(raw["chosen"].tolist(), raw["rejected"].tolist())}
+        labels = targets[name].cpu()
+        metrics = classification_metrics(labels.long().tolist(), (raw["scores"] > 0).long().tolist())
+        return {"loss": float(label_loss(raw["scores"], labels)), **metrics}
+
+    def evaluate(name: str) -> dict:
+        return metrics_of(name, split_scores(name))
 
     train_name = "train/chosen" if pairs else "train"
 
@@ -123,13 +133,10 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
     )
 
     load_trainable_state(model, result.best_state)
-    metrics = {name: evaluate(name) for name in SPLITS if name in targets}
+    final_scores = {name: split_scores(name) for name in SPLITS if name in targets}
+    metrics = {name: metrics_of(name, raw) for name, raw in final_scores.items()}
     reference = "validation" if has_validation else "train"
-    if pairs:
-        reference_scores = torch.cat([scores(f"{reference}/chosen"), scores(f"{reference}/rejected")])
-    else:
-        reference_scores = scores(reference)
-    gain, bias = normalization(reference_scores)
+    gain, bias = normalization(torch.cat(list(final_scores[reference].values())))
     meta = RewardMeta(objective=rw.objective, gain=gain, bias=bias, reference=f"{reference} split", base_model=rw.model)
     save_reward_model(accelerator.unwrap_model(model), tokenizer, meta, run_dir.model_dir)
     summary = {

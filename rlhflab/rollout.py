@@ -1,0 +1,80 @@
+"""Rollouts: batched sampling with the KV cache, stop handling, scoring -> Experience."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhflab.models.policy import Policy, policy_forward, reference_logits, shared_lower
+from rlhflab.ops.ppo import logprobs_from_logits
+
+
+@dataclass
+class Experience:
+    """One rollout batch. Token tensors are (B, T) with T = P + R; per-token ones are (B, R)."""
+
+    prompts: list[str]
+    responses: list[str]
+    input_ids: torch.Tensor  # left-padded prompt (width P) followed by the response
+    attention_mask: torch.Tensor  # 1 on real prompt tokens and on response tokens up to the stop
+    response_start: int  # P
+    response_mask: torch.Tensor  # (B, R)
+    logprobs: torch.Tensor  # (B, R) of the policy that sampled
+    ref_logprobs: torch.Tensor  # (B, R)
+    values: torch.Tensor  # (B, R)
+    scores: torch.Tensor  # (B,) from the reward function (after any stop penalty)
+    stopped: torch.Tensor  # (B,) bool: the response ended with EOS or the stop token
+    lower: torch.Tensor | None  # shared frozen-block output for the whole sequence, if cached
+
+
+def response_mask_from(tokens: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, stopped) for sampled tokens (B, R): real up to and including the first stop token."""
+    is_stop = torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device)) if stop_ids else torch.zeros_like(tokens, dtype=torch.bool)
+    # A position is after the end when a stop token occurred strictly before it.
+    stops_before = torch.cumsum(is_stop.long(), dim=-1) - is_stop.long()
+    mask = (stops_before == 0).long()
+    return mask, is_stop.any(dim=-1)
+
+
+@torch.no_grad()
+def sample(policy: Policy, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float,
+           top_k: int, top_p: float, stop_ids: list[int], autocast) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Generate with the KV cache. Returns (input_ids (B, P+R), prompt mask (B, P), P)."""
+    device = next(policy.model.parameters()).device
+    tokenizer.padding_side = "left"  # generation appends on the right
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+    policy.model.eval()
+    with autocast():
+        out = policy.model.generate(
+            input_ids=enc.input_ids, attention_mask=enc.attention_mask, do_sample=True,
+            max_new_tokens=max_new_tokens, min_new_tokens=0, temperature=temperature, top_k=top_k, top_p=top_p,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids or None, use_cache=True,
+        )
+    width = enc.input_ids.shape[1]
+    if out.shape[1] == width:  # every row stopped at once: keep one (masked) response slot
+        out = torch.cat([out, torch.full_like(out[:, :1], tokenizer.pad_token_id)], dim=1)
+    return out, enc.attention_mask, width
+
+
+@torch.no_grad()
+def score_rollout(policy: Policy, tokenizer, reward_fn, prompts: list[str], sequences: torch.Tensor,
+                  prompt_mask: torch.Tensor, width: int, *, temperature: float, stop_ids: list[int],
+                  non_stop_penalty: float | None, autocast) -> Experience:
+    """Log-probs, values, reference log-probs and scores of sampled sequences."""
+    response = sequences[:, width:]
+    response_mask, stopped = response_mask_from(response, stop_ids)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+    texts = tokenizer.batch_decode(torch.where(response_mask.bool(), response, tokenizer.pad_token_id), skip_special_tokens=True)
+    policy.model.eval()
+    with autocast():
+        lower = shared_lower(policy, sequences, attention_mask)
+        out = policy_forward(policy, sequences, attention_mask, width, temperature, lower)
+        ref_logits = reference_logits(policy, sequences, attention_mask, width, temperature, lower)
+    logprobs = logprobs_from_logits(out.logits, response)
+    ref_logprobs = logprobs_from_logits(ref_logits, response)
+    scores = reward_fn(prompts, texts).to(sequences.device)
+    if non_stop_penalty is not None:
+        scores = torch.where(stopped, scores, torch.full_like(scores, non_stop_penalty))
+    return Experience(prompts, texts, sequences, attention_mask, width, response_mask, logprobs, ref_logprobs,
+                      out.values.float(), scores.float(), stopped, lower)

@@ -1,0 +1,231 @@
+"""PPO on a tiny in-test Llama: the properties of issue 4, each a real assertion."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlhflab import training  # noqa: F401  (StopRequest lives in each stage module too)
+from rlhflab.config import Config, DataConfig, PpoConfig, RewardFnConfig
+from rlhflab.errors import RlhfLabError, RunInterrupted
+from rlhflab.models.causal_lm import load_causal_lm
+from rlhflab.models.policy import build_policy, policy_forward
+from rlhflab.ops.ppo import logprobs_from_logits
+from rlhflab.rollout import response_mask_from, sample, score_rollout
+from rlhflab.stages import ppo as ppo_stage
+from tests.helpers import StopAt
+
+REWARD_FILE = '''
+def e_share(prompts, responses):
+    """Toy reward: the share of characters that are the letter e."""
+    return [r.count("e") / max(len(r), 1) for r in responses]
+'''
+
+
+@pytest.fixture
+def reward_spec(tmp_path):
+    path = tmp_path / "toy_reward.py"
+    path.write_text(REWARD_FILE)
+    return f"{path}:e_share"
+
+
+def make_config(tmp_path, model_dir, csv_path, reward_spec, **fields) -> Config:
+    settings = dict(policy=str(model_dir), steps=4, batch_size=8, minibatch_size=4, ppo_epochs=2, learning_rate=1e-3,
+                    max_new_tokens=8, eval_prompts=8, eval_every=2, sample_every=2, checkpoint_every=100,
+                    mixed_precision="no", kl_coef=0.05)
+    settings.update(fields)
+    return Config(name="tiny", seed=0, runs_dir=str(tmp_path / "runs"),
+                  data=DataConfig(source=str(csv_path), per_class=30),
+                  reward_fn=RewardFnConfig(source=reward_spec), ppo=PpoConfig(**settings))
+
+
+def tiny_policy(model_dir, trainable=(-2, -1)):
+    model, tokenizer = load_causal_lm(str(model_dir))
+    tokenizer.padding_side = "left"
+    probe = tokenizer(["the film was", "a plot"], return_tensors="pt", padding=True)
+    policy = build_policy(model, list(trainable) if trainable not in ("all", "lora") else trainable,
+                          _Lora(), probe=(probe.input_ids, probe.attention_mask))
+    return policy, tokenizer
+
+
+class _Lora:
+    r, alpha, target_modules = 4, 8, None
+
+
+def rollout(policy, tokenizer, prompts, reward=lambda p, r: torch.ones(len(r))):
+    nullctx = torch.autocast("cpu", enabled=False)
+    stop_ids = [tokenizer.eos_token_id]
+    sequences, prompt_mask, width = sample(policy, tokenizer, prompts, max_new_tokens=8, temperature=1.0, top_k=0,
+                                           top_p=1.0, stop_ids=stop_ids, autocast=lambda: nullctx)
+    return score_rollout(policy, tokenizer, reward, prompts, sequences, prompt_mask, width, temperature=1.0,
+                         stop_ids=stop_ids, non_stop_penalty=None, autocast=lambda: nullctx)
+
+
+PROMPTS = ["the film was", "a dull plot and", "the cast", "it was great and the ending"]
+
+
+@pytest.mark.parametrize("trainable", [(-2, -1), "lora", "all"])
+def test_at_step_zero_kl_is_exactly_zero_and_the_ratio_is_one(tiny_llama_dir, trainable):
+    torch.manual_seed(0)
+    policy, tokenizer = tiny_policy(tiny_llama_dir, trainable)
+    exp = rollout(policy, tokenizer, PROMPTS)
+    assert torch.equal(exp.logprobs, exp.ref_logprobs)  # policy == reference, bit for bit
+    policy.model.train()
+    out = policy_forward(policy, exp.input_ids, exp.attention_mask, exp.response_start, 1.0, exp.lower)
+    logprobs = logprobs_from_logits(out.logits, exp.input_ids[:, exp.response_start:])
+    ratio = torch.exp(logprobs - exp.logprobs)[exp.response_mask.bool()]
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-6, rtol=0)
+    assert torch.all(out.values == 0)  # the value head starts at zero
+
+
+def test_training_forward_log_probs_equal_the_sampling_distribution(tiny_llama_dir):
+    policy, tokenizer = tiny_policy(tiny_llama_dir)
+    torch.manual_seed(1)
+    tokenizer.padding_side = "left"
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    gen = policy.model.generate(**enc, do_sample=True, top_k=0, top_p=1.0, temperature=0.7, max_new_tokens=8,
+                                output_scores=True, return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=tokenizer.eos_token_id)
+    width = enc.input_ids.shape[1]
+    response = gen.sequences[:, width:]
+    sampled = torch.stack([torch.log_softmax(s.float(), -1) for s in gen.scores], dim=1)
+    sampled = sampled.gather(-1, response.unsqueeze(-1)).squeeze(-1)
+    mask, _ = response_mask_from(response, [tokenizer.eos_token_id])
+    attention = torch.cat([enc.attention_mask, mask], dim=1)
+    out = policy_forward(policy, gen.sequences, attention, width, 0.7)
+    recomputed = logprobs_from_logits(out.logits, response)
+    torch.testing.assert_close(recomputed[mask.bool()], sampled[mask.bool()], atol=1e-4, rtol=0)
+
+
+def test_padding_and_batch_size_do_not_change_log_probs_values_or_scores(tiny_llama_dir, reward_spec):
+    from rlhflab.rewards import build_reward
+
+    policy, tokenizer = tiny_policy(tiny_llama_dir)
+    reward = build_reward(RewardFnConfig(source=reward_spec))
+    torch.manual_seed(2)
+    batch = rollout(policy, tokenizer, PROMPTS, reward)
+    for i, prompt in enumerate(PROMPTS):
+        seq = batch.input_ids[i : i + 1]
+        keep = batch.attention_mask[i].bool()
+        keep[batch.response_start:] = True  # the response slots stay (masked ones too)
+        alone_ids = seq[:, keep]
+        prompt_len = int(batch.attention_mask[i, : batch.response_start].sum())
+        alone_mask = torch.cat([torch.ones(1, prompt_len, dtype=torch.long), batch.response_mask[i : i + 1]], dim=1)
+        out = policy_forward(policy, alone_ids, alone_mask, prompt_len, 1.0)
+        logprobs = logprobs_from_logits(out.logits, alone_ids[:, prompt_len:])
+        valid = batch.response_mask[i].bool()
+        torch.testing.assert_close(logprobs[0, valid], batch.logprobs[i, valid], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.values[0, valid], batch.values[i, valid], atol=1e-5, rtol=0)
+    alone_scores = torch.cat([reward([p], [r]) for p, r in zip(batch.prompts, batch.responses)])
+    torch.testing.assert_close(alone_scores, batch.scores)
+
+
+def test_ppo_run_writes_everything_keeps_the_reference_and_trains_every_trainable_weight(tmp_path, tiny_llama_dir, reviews_csv, reward_spec):
+    cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec)
+    run_dir = ppo_stage.run(cfg, progress=False)
+    for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.json", "model/config.json",
+                 "model/value_head.safetensors", "checkpoints/latest/state.json", "eval_before.json", "eval_after.json"):
+        assert (run_dir.path / name).exists(), name
+    records = run_dir.read_metrics()
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    for key in ("score_mean", "score_std", "kl", "beta", "non_score_reward", "policy_loss", "value_loss", "clip_fraction",
+                "approx_kl", "entropy", "explained_variance", "response_length", "rollout_tokens_per_s", "train_tokens_per_s"):
+        assert key in train[0], key
+    assert train[0]["kl"] == 0.0 and train[0]["clip_fraction"] >= 0.0
+    summary = json.loads(run_dir.summary_path.read_text())
+    assert summary["start"]["step"] == 0 and summary["end"]["step"] == 4
+    assert summary["reference"].startswith("shared frozen blocks")
+
+    before = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(run_dir.model_dir).state_dict()
+    for name, value in before.items():
+        trained = name.startswith("model.layers.2.") or name.startswith("model.layers.3.")
+        assert (not torch.equal(value, after[name])) == trained, name
+
+
+def test_reference_is_bit_identical_after_updates(tiny_llama_dir, reward_spec):
+    from rlhflab.rewards import build_reward
+    from rlhflab.stages.ppo import make_batch, ppo_update
+
+    policy, tokenizer = tiny_policy(tiny_llama_dir)
+    before = {k: v.clone() for k, v in policy.reference_top.state_dict().items()}
+    exp = rollout(policy, tokenizer, PROMPTS, build_reward(RewardFnConfig(source=reward_spec)))
+    cfg = PpoConfig(minibatch_size=2, ppo_epochs=2)
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-2)
+
+    class Acc:
+        backward = staticmethod(lambda loss: loss.backward())
+        clip_grad_norm_ = staticmethod(torch.nn.utils.clip_grad_norm_)
+
+    ppo_update(policy, make_batch(exp, cfg, 0.1), optimizer, Acc, cfg, torch.Generator().manual_seed(0),
+               lambda: torch.autocast("cpu", enabled=False))
+    for key, value in policy.reference_top.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    changed = [not torch.equal(a, b) for a, b in zip(policy.reference_top.parameters(),
+                                                   list(policy.model.model.layers[2:].parameters()))]
+    assert all(changed)
+
+
+def test_saved_policy_round_trip_gives_identical_outputs(tmp_path, tiny_llama_dir):
+    policy, tokenizer = tiny_policy(tiny_llama_dir)
+    with torch.no_grad():
+        for p in policy.model.model.layers[3].parameters():
+            p.add_(0.01)
+    ppo_stage.save_policy(policy, tokenizer, tmp_path / "model")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    ids = torch.tensor([[5, 17, 42, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, policy.model(ids).logits, atol=0, rtol=0)
+
+
+def test_reward_rises_on_a_toy_task(tmp_path, tiny_llama_dir, reviews_csv, reward_spec):
+    """A learning test: the share of 'e' in responses goes up clearly within a few dozen steps."""
+    cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, steps=40, batch_size=32, minibatch_size=16,
+                      ppo_epochs=4, learning_rate=3e-3, eval_every=100, adaptive_kl=False, kl_coef=0.01)
+    run_dir = ppo_stage.run(cfg, progress=False)
+    scores = [r["score_mean"] for r in run_dir.read_metrics() if r["split"] == "train"]
+    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
+    # Response-level noise of this reward is ~0.06, so a batch mean of 32 moves ~0.01 by chance.
+    assert last > 1.5 * first and last - first > 0.03, (first, last)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, monkeypatch):
+    straight = ppo_stage.run(make_config(tmp_path / "a", tiny_llama_dir, reviews_csv, reward_spec), progress=False)
+    cfg = make_config(tmp_path / "b", tiny_llama_dir, reviews_csv, reward_spec)
+    monkeypatch.setattr(ppo_stage, "StopRequest", lambda: StopAt(2))
+    with pytest.raises(RunInterrupted):
+        ppo_stage.run(cfg, progress=False)
+    monkeypatch.undo()
+    resumed = ppo_stage.run(cfg, resume=True, progress=False)
+    a = [r for r in straight.read_metrics() if r["split"] == "train"]
+    b = [r for r in resumed.read_metrics() if r["split"] == "train"]
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        assert x["score_mean"] == pytest.approx(y["score_mean"], abs=1e-6)
+        assert x["kl"] == pytest.approx(y["kl"], abs=1e-6)
+    wa = AutoModelForCausalLM.from_pretrained(straight.model_dir).state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(resumed.model_dir).state_dict()
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"minibatch_size": 16}, "minibatch_size"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"stop_token": "the film"}, "stop_token"),
+    ],
+)
+def test_bad_ppo_settings_are_clear_errors(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, fields, message):
+    with pytest.raises(RlhfLabError, match=message):
+        ppo_stage.run(make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, **fields), progress=False)
+
+
+def test_missing_sft_run_is_a_clear_error(tmp_path, tiny_llama_dir, reviews_csv, reward_spec):
+    cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, policy=None)
+    with pytest.raises(RlhfLabError, match="rlhflab sft"):
+        ppo_stage.run(cfg, progress=False)
