@@ -32,6 +32,7 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/sft.py
 	$(BIN)/python benchmarks/reward.py
+	$(BIN)/python benchmarks/ppo.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
