@@ -164,7 +164,9 @@ class PpoConfig:
     eval_prompts: int = 64  # held-out prompts (test split) scored before, during and after
     eval_every: int = 10  # steps between evaluations
     sample_every: int = 5  # steps between sample tables in samples.jsonl
-    snapshot_every: int | None = None  # steps between loadable model snapshots (over-optimisation checks)
+    # Save a loadable policy after every pass over the training prompts (checkpoints/epoch-N),
+    # to inspect later for reward over-optimisation (seed 004).
+    snapshot_each_epoch: bool = True
     checkpoint_every: int = 5
     cache_frozen: bool = True
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

@@ -60,3 +60,15 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def run_facts(accelerator, started: float) -> dict:
+    """Where and how long a stage ran: the closing fields of every summary.json."""
+    import time
+
+    return {
+        "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),
+        "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "seconds": round(time.perf_counter() - started, 1),
+    }

@@ -78,6 +78,10 @@ def make_optimizer(model, cfg: TrainingConfig, n_train: int):
     return optimizer, scheduler
 
 
+def cache_facts(first: int | None, seconds: float) -> dict:
+    return {"used": first is not None, "first_trainable_block": first, "seconds": round(seconds, 2)}
+
+
 @dataclass
 class FitResult:
     best_state: dict[str, torch.Tensor]  # trainable weights of the best validation pass
@@ -86,6 +90,9 @@ class FitResult:
     stopped_early: bool
     items_per_s: float  # training throughput in the stage's unit (tokens, examples)
     last_validation: dict[str, Any] | None
+
+    def facts(self) -> dict:
+        return {"steps": self.steps, "epochs_completed": self.epochs_completed, "stopped_early": self.stopped_early}
 
 
 # One optimizer step's forward: minibatch indices -> (mean loss to backpropagate, item count).

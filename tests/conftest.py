@@ -16,6 +16,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from tests.helpers import synthetic_reviews
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensor ops run faster on one thread than on two busy ones."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def reviews_csv(tmp_path: Path) -> Path:
     path = tmp_path / "reviews.csv"

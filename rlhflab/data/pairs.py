@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rlhflab.data.labels import clean_text, is_missing
-from rlhflab.data.sources import read_table
-from rlhflab.data.splits import PARTS, _check_fractions, _check_seed, split_sizes
+from rlhflab.data.sources import cell_text, read_table
+from rlhflab.data.splits import _check_fractions, _check_seed, checked_sizes
 from rlhflab.data.tables import Table
 from rlhflab.errors import RlhfLabError
 
@@ -138,21 +138,7 @@ def split_pairs(pairs: Sequence[Pair], fractions: Sequence[float], seed: int) ->
     `split_sizes`); fractions are checked exactly as `split_reviews` checks them."""
     fractions = _check_fractions(fractions)
     rng = random.Random(_check_seed(seed))
-    n = len(pairs)
-    if n == 0:
-        raise RlhfLabError(
-            "there are no preference pairs to split into train/validation/test. Check the pair "
-            "source."
-        )
-    sizes = split_sizes(n, fractions)
-    for part, fraction, size in zip(PARTS, fractions, sizes):
-        if fraction > 0 and size == 0:
-            needed = math.ceil(1 / fraction - 1e-9)
-            raise RlhfLabError(
-                f"the {part} split gets 0 of {n} pairs (fraction {fraction:g}). Use at least "
-                f"{needed} pairs, raise the {part} fraction to at least {1 / max(n, 1):.3g}"
-                + (f", or set it to 0 to skip {part}." if part != "train" else ".")
-            )
+    sizes = checked_sizes(len(pairs), fractions, "preference pairs", "Check the pair source.")
     shuffled = list(pairs)
     rng.shuffle(shuffled)
     parts, start = [], 0
@@ -214,15 +200,7 @@ def _text(value: object, table: Table, index: int, column: str) -> str:
         return clean_text(" ".join(_text(m["content"], table, index, column) for m in items))
     if isinstance(value, dict):
         raise _not_text(value, table, index, column)
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise RlhfLabError(
-                f"{table.name} has text that is not UTF-8 in column {column!r} at "
-                f"{table.where(index)}. Re-save the data as UTF-8."
-            ) from None
-    return clean_text(value if isinstance(value, str) else str(value))
+    return cell_text(value, table, index, column)
 
 
 def _responses(table: Table, column: str) -> tuple[list[str], list[str | None]]:

@@ -99,7 +99,7 @@ def table_to_reviews(
             "sentiment labels."
         )
 
-    texts = [_as_text(v, table, i, text_col) for i, v in enumerate(table.data[text_col])]
+    texts = [cell_text(v, table, i, text_col) for i, v in enumerate(table.data[text_col])]
     keep = [i for i, text in enumerate(texts) if text]  # empty after cleaning: nothing to learn
     if not keep:
         raise RlhfLabError(
@@ -131,7 +131,7 @@ def _rows(n: int) -> str:
     return f"{n} row" if n == 1 else f"{n} rows"
 
 
-def _as_text(value: object, table: Table, index: int, column: str) -> str:
+def cell_text(value: object, table: Table, index: int, column: str) -> str:
     if is_missing(value):
         return ""
     if isinstance(value, bytes):

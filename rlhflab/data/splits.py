@@ -109,24 +109,28 @@ def split_sizes(n: int, fractions: Sequence[float]) -> list[int]:
     return sizes
 
 
-def split_reviews(reviews: Sequence[Review], fractions: Sequence[float], seed: int) -> Splits:
-    """Deterministic train/validation/test split; each part keeps the class balance."""
-    fractions = _check_fractions(fractions)
-    rng = random.Random(_check_seed(seed))
-    n = len(reviews)
+def checked_sizes(n: int, fractions: list[float], noun: str, fix: str) -> list[int]:
+    """Part sizes for n items; an error when a part with a positive fraction would be empty."""
     if n == 0:
-        raise RlhfLabError(
-            "there are no reviews to split into train/validation/test. Check data.source."
-        )
+        raise RlhfLabError(f"there are no {noun} to split into train/validation/test. {fix}")
     sizes = split_sizes(n, fractions)
     for part, fraction, size in zip(PARTS, fractions, sizes):
         if fraction > 0 and size == 0:
             needed = math.ceil(1 / fraction - 1e-9)
             raise RlhfLabError(
-                f"the {part} split gets 0 of {n} reviews (fraction {fraction:g}). Use at least "
-                f"{needed} reviews, raise the {part} fraction to at least {1 / max(n, 1):.3g}"
+                f"the {part} split gets 0 of {n} {noun} (fraction {fraction:g}). Use at least "
+                f"{needed} {noun}, raise the {part} fraction to at least {1 / max(n, 1):.3g}"
                 + (f", or set it to 0 to skip {part}." if part != "train" else ".")
             )
+    return sizes
+
+
+def split_reviews(reviews: Sequence[Review], fractions: Sequence[float], seed: int) -> Splits:
+    """Deterministic train/validation/test split; each part keeps the class balance."""
+    fractions = _check_fractions(fractions)
+    rng = random.Random(_check_seed(seed))
+    n = len(reviews)
+    sizes = checked_sizes(n, fractions, "reviews", "Check data.source.")
 
     # Stratify: shuffle each class, give each review a rank key (position / class size) and
     # merge; any prefix of the merged order then holds the classes in their overall ratio.

@@ -28,7 +28,7 @@ from rlhflab.ops.masked import masked_explained_variance, masked_whiten
 from rlhflab.ops.ppo import entropy_from_logits, gae, logprobs_from_logits, policy_loss, value_loss
 from rlhflab.rewards import RewardFunction, build_reward
 from rlhflab.rollout import Experience, sample, score_rollout
-from rlhflab.runtime import make_accelerator, peak_memory_mb, seed_everything
+from rlhflab.runtime import make_accelerator, run_facts, seed_everything
 from rlhflab.stages.common import load_splits, open_run_dir
 
 
@@ -46,7 +46,6 @@ def check(ppo: PpoConfig) -> None:
         (0 <= ppo.gamma <= 1 and 0 <= ppo.lam <= 1, "gamma and lam must be in [0, 1]"),
         (ppo.clip_range > 0 and ppo.clip_range_value > 0, "clip ranges must be positive"),
         (ppo.eval_every >= 1 and ppo.sample_every >= 1 and ppo.checkpoint_every >= 1, "eval_every, sample_every and checkpoint_every must be at least 1"),
-        (ppo.snapshot_every is None or ppo.snapshot_every >= 1, "snapshot_every must be at least 1 (or null)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -278,8 +277,9 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
                 result, _ = evaluate(policy, tokenizer, rewards, eval_prompts, ppo, stop_ids, autocast, cfg.seed)
                 loop["evaluations"].append({"step": loop["step"], **result})
                 run_dir.log_metrics({"step": loop["step"], "split": "eval", **result})
-            if ppo.snapshot_every and loop["step"] % ppo.snapshot_every == 0:
-                save_policy(policy, tokenizer, run_dir.checkpoint_dir / f"step-{loop['step']}")
+            epoch = loop["step"] * ppo.batch_size // len(train_prompts)
+            if ppo.snapshot_each_epoch and epoch > step * ppo.batch_size // len(train_prompts):
+                save_policy(policy, tokenizer, run_dir.checkpoint_dir / f"epoch-{epoch}")
             if stop.requested:
                 checkpoint()
                 bar.close()
@@ -307,10 +307,7 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
         "final_beta": loop["beta"],
         "rollout_tokens_per_s": loop["rollout_tokens"] / max(loop["rollout_seconds"], 1e-9),
         "train_tokens_per_s": loop["train_tokens"] / max(loop["train_seconds"], 1e-9),
-        "peak_memory_mb": round(peak_memory_mb(device), 1),
-        "device": str(device),
-        "mixed_precision": accelerator.mixed_precision,
-        "seconds": round(time.perf_counter() - started, 1),
+        **run_facts(accelerator, started),
     }
     write_json(run_dir.summary_path, summary)
     return run_dir

@@ -25,9 +25,9 @@ from rlhflab.models.causal_lm import count_parameters
 from rlhflab.models.encoding import EncodedSplit, encode_and_cache, make_forward
 from rlhflab.models.reward_model import RewardMeta, configure_trainable, load_reward_backbone, save_reward_model
 from rlhflab.ops.reward_loss import bradley_terry_loss, label_loss, normalization
-from rlhflab.runtime import make_accelerator, peak_memory_mb, seed_everything
+from rlhflab.runtime import make_accelerator, run_facts, seed_everything
 from rlhflab.stages.common import load_splits, open_run_dir
-from rlhflab.training import LoopSettings, check_training_config, fit, make_optimizer
+from rlhflab.training import LoopSettings, cache_facts, check_training_config, fit, make_optimizer
 
 SPLITS = ("train", "validation", "test")
 
@@ -147,15 +147,10 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
         "examples": {name: len(data[f"{name}/chosen" if pairs else name]) for name in SPLITS if name in targets},
         "metrics": metrics,
         "normalization": asdict(meta),
-        "steps": result.steps,
-        "epochs_completed": result.epochs_completed,
-        "stopped_early": result.stopped_early,
-        "frozen_cache": {"used": first is not None, "first_trainable_block": first, "seconds": round(cache_seconds, 2)},
+        **result.facts(),
+        "frozen_cache": cache_facts(first, cache_seconds),
         "train_examples_per_s": result.items_per_s,
-        "peak_memory_mb": round(peak_memory_mb(device), 1),
-        "device": str(device),
-        "mixed_precision": accelerator.mixed_precision,
-        "seconds": round(time.perf_counter() - started, 1),
+        **run_facts(accelerator, started),
     }
     if not pairs and "test" in metrics:
         summary["confusion_matrix_test"] = metrics["test"]["confusion_matrix"]

@@ -21,9 +21,9 @@ from rlhflab.models.blocks import freeze_all_but_blocks, resolve_block_indices, 
 from rlhflab.models.causal_lm import count_parameters, load_causal_lm
 from rlhflab.models.encoding import EncodedSplit, encode_and_cache, make_forward
 from rlhflab.ops.lm_loss import perplexity, token_nll_sum
-from rlhflab.runtime import make_accelerator, peak_memory_mb, seed_everything
+from rlhflab.runtime import make_accelerator, run_facts, seed_everything
 from rlhflab.stages.common import load_splits, open_run_dir
-from rlhflab.training import LoopSettings, check_training_config, fit, make_optimizer
+from rlhflab.training import LoopSettings, cache_facts, check_training_config, fit, make_optimizer
 
 SPLITS = ("train", "validation", "test")
 
@@ -105,17 +105,12 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
         "trainable": sft.trainable,
         "parameters": {"trainable": trainable, "total": total},
         "examples": {name: len(texts[name]) for name in SPLITS},
-        "steps": result.steps,
-        "epochs_completed": result.epochs_completed,
-        "stopped_early": result.stopped_early,
+        **result.facts(),
         "before": before,
         "after": after,
-        "frozen_cache": {"used": first is not None, "first_trainable_block": first, "seconds": round(cache_seconds, 2)},
+        "frozen_cache": cache_facts(first, cache_seconds),
         "train_tokens_per_s": result.items_per_s,
-        "peak_memory_mb": round(peak_memory_mb(device), 1),
-        "device": str(device),
-        "mixed_precision": accelerator.mixed_precision,
-        "seconds": round(time.perf_counter() - started, 1),
+        **run_facts(accelerator, started),
     }
     write_json(run_dir.summary_path, summary)
     return run_dir

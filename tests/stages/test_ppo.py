@@ -138,6 +138,8 @@ def test_ppo_run_writes_everything_keeps_the_reference_and_trains_every_trainabl
     assert train[0]["kl"] == 0.0 and train[0]["clip_fraction"] >= 0.0
     summary = json.loads(run_dir.summary_path.read_text())
     assert summary["start"]["step"] == 0 and summary["end"]["step"] == 4
+    # 4 steps x 8 prompts over 36 training prompts: the first pass ends at step 5, so none yet.
+    assert not list((run_dir.checkpoint_dir).glob("epoch-*"))
     assert summary["reference"].startswith("shared frozen blocks")
 
     before = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).state_dict()
@@ -168,6 +170,13 @@ def test_reference_is_bit_identical_after_updates(tiny_llama_dir, reward_spec):
     changed = [not torch.equal(a, b) for a, b in zip(policy.reference_top.parameters(),
                                                    list(policy.model.model.layers[2:].parameters()))]
     assert all(changed)
+
+
+def test_a_snapshot_is_saved_after_each_pass_over_the_prompts(tmp_path, tiny_llama_dir, reviews_csv, reward_spec):
+    run_dir = ppo_stage.run(make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, steps=10), progress=False)
+    snapshots = sorted(p.name for p in run_dir.checkpoint_dir.glob("epoch-*"))
+    assert snapshots == ["epoch-1", "epoch-2"]  # 80 prompts drawn from 36
+    assert AutoModelForCausalLM.from_pretrained(run_dir.checkpoint_dir / "epoch-1").config.model_type == "llama"
 
 
 def test_saved_policy_round_trip_gives_identical_outputs(tmp_path, tiny_llama_dir):

@@ -12,17 +12,9 @@ from hypothesis import strategies as st
 from rlhflab.ops.kl import adaptive_kl_update, fixed_kl_update, kl_per_token, last_valid_index, per_token_rewards
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.helpers import close
 
-
-def close(actual: torch.Tensor, expected, atol: float = 1e-6) -> bool:
-    """Element-wise comparison of a tensor with nested lists worked out by hand."""
-    return torch.allclose(actual.detach().float(), torch.tensor(expected, dtype=torch.float32), rtol=0.0, atol=atol)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_k1_and_k3_hand_values():

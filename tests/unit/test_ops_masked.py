@@ -12,13 +12,7 @@ from hypothesis import strategies as st
 from rlhflab.ops.masked import masked_explained_variance, masked_mean, masked_sum, masked_var, masked_whiten
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 X = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, -5.0, 7.0, 8.0]])

@@ -12,17 +12,9 @@ from hypothesis import strategies as st
 from rlhflab.ops.ppo import entropy_from_logits, gae, logprobs_from_logits, policy_loss, value_loss
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.helpers import close
 
-
-def close(actual: torch.Tensor, expected, atol: float = 1e-6) -> bool:
-    """Element-wise comparison of a tensor with nested lists worked out by hand."""
-    return torch.allclose(actual.detach().float(), torch.tensor(expected, dtype=torch.float32), rtol=0.0, atol=atol)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------

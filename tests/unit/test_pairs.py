@@ -304,7 +304,7 @@ def test_split_no_pairs():
 
 
 def test_split_too_few_pairs_for_a_part():
-    with pytest.raises(RlhfLabError, match=r"the validation split gets 0 of 3 pairs .*at least 20 pairs"):
+    with pytest.raises(RlhfLabError, match=r"the validation split gets 0 of 3 preference pairs .*at least 20 preference pairs"):
         split_pairs(make_pairs(3), [0.9, 0.05, 0.05], seed=0)
 
 
