@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,8 @@ def close(actual, expected, atol: float = 1e-6) -> bool:
     import torch
 
     return torch.allclose(actual.detach().float(), torch.tensor(expected, dtype=torch.float32), rtol=0.0, atol=atol)
+
+
+# The project's shared/ folder sits beside the checkout (CI clones main with shared/ beside it).
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare_handcrafted.jsonl"
+needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} not present")

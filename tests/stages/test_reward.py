@@ -14,7 +14,7 @@ from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.models.reward_model import META_FILE
 from rlhflab.rewards import build_reward
 from rlhflab.stages import reward
-from tests.helpers import StopAt
+from tests.helpers import SHAKESPEARE, StopAt, needs_shakespeare
 
 
 def make_config(tmp_path, model_dir, data_source, **fields) -> Config:
@@ -88,9 +88,9 @@ def test_pairwise_bradley_terry_learns_preferences(tmp_path, tiny_bert_dir, pair
     assert "pairwise acc" in reward.format_summary(summary)
 
 
+@needs_shakespeare
 def test_language_model_with_a_scalar_head_on_the_shakespeare_set(tmp_path, tiny_llama_dir):
-    shakespeare = "../shared/data/shakespeare_handcrafted.jsonl"
-    cfg = make_config(tmp_path, tiny_llama_dir, shakespeare, trainable=[-1], epochs=3, max_length=48)
+    cfg = make_config(tmp_path, tiny_llama_dir, SHAKESPEARE, trainable=[-1], epochs=3, max_length=48)
     cfg.data.per_class = None  # all 268 rows
     run_dir = reward.run(cfg, progress=False)
     summary = summary_of(run_dir)

@@ -13,7 +13,7 @@ import rlhflab
 from rlhflab.data import Review, load_reviews
 from rlhflab.errors import RlhfLabError
 
-SHAKESPEARE = Path("/work/shared/data/shakespeare_handcrafted.jsonl")
+from tests.helpers import SHAKESPEARE
 
 
 def write(path: Path, text: str) -> Path:
