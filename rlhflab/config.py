@@ -259,7 +259,9 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             try:
                 return _convert(value, member, where)
             except RlhfLabError as exc:
-                errors.append(str(exc))
+                errors.append(exc)
+        if len(errors) == 1:  # `X | None`: X's own message (say, an unknown key inside a section) is the useful one
+            raise errors[0]
         raise RlhfLabError(f"{where}: expected {_type_name(hint)}, got {_show(value)}.")
     if origin is Literal:
         choices = typing.get_args(hint)

@@ -89,7 +89,6 @@ class FitResult:
     epochs_completed: int
     stopped_early: bool
     items_per_s: float  # training throughput in the stage's unit (tokens, examples)
-    last_validation: dict[str, Any] | None
 
     def facts(self) -> dict:
         return {"steps": self.steps, "epochs_completed": self.epochs_completed, "stopped_early": self.stopped_early}
@@ -121,7 +120,7 @@ def fit(
     total_steps = min(settings.epochs * steps_per_epoch, settings.max_steps or 10**12)
     params = [p for p in model.parameters() if p.requires_grad]
     loop: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "best": None, "evals_without_gain": 0,
-                            "items": 0, "seconds": 0.0, "last_validation": None}
+                            "items": 0, "seconds": 0.0}
     best = trainable_state(model)
     if resume:
         loop, extra = load_checkpoint(run_dir.checkpoint_dir / "latest", model=model, optimizer=optimizer, scheduler=scheduler)
@@ -139,7 +138,6 @@ def fit(
             best = trainable_state(model)
             return False
         result = validate()
-        loop["last_validation"] = result
         run_dir.log_metrics({"step": loop["step"], "epoch": loop["epoch"], "split": "validation", **result})
         value = result[settings.select_metric]
         improved = loop["best"] is None or (value > loop["best"] if settings.higher_is_better else value < loop["best"])
@@ -207,5 +205,4 @@ def fit(
         epochs_completed=loop["epoch"],
         stopped_early=stopped_early,
         items_per_s=loop["items"] / max(loop["seconds"], 1e-9),
-        last_validation=loop["last_validation"],
     )

@@ -55,3 +55,17 @@ def count_parameters(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def with_lora(model, lora, *, dropout: float | None = None):
+    """Wrap a causal LM with peft LoRA adapters (`lora` is a LoraConfig section of the config)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout if dropout is None else dropout,
+        target_modules=lora.target_modules or "all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)

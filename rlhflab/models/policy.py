@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rlhflab.models.causal_lm import with_lora
 from rlhflab.models.blocks import (
     cache_is_exact,
     disable_dropout,
@@ -69,11 +70,8 @@ def build_policy(model: nn.Module, trainable, lora_cfg=None, *, cache_frozen: bo
     model.config.use_cache = False
     value_head = ValueHead(model.config.get_text_config().hidden_size)
     if trainable == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=0.0,
-                            target_modules=lora_cfg.target_modules or "all-linear", task_type="CAUSAL_LM")
-        return Policy(get_peft_model(model, config), value_head, None, None, None, lora=True)
+        # No LoRA dropout: log-probs must not depend on a dropout mask.
+        return Policy(with_lora(model, lora_cfg, dropout=0.0), value_head, None, None, None, lora=True)
     if trainable == "all":
         model.requires_grad_(True)
         reference = copy.deepcopy(model).requires_grad_(False).eval()

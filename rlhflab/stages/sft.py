@@ -18,7 +18,7 @@ from rlhflab.config import Config, SftConfig
 from rlhflab.errors import RlhfLabError
 from rlhflab.io import RunDir, atomic_dir, write_json
 from rlhflab.models.blocks import freeze_all_but_blocks, resolve_block_indices, transformer_blocks
-from rlhflab.models.causal_lm import count_parameters, load_causal_lm
+from rlhflab.models.causal_lm import count_parameters, load_causal_lm, with_lora
 from rlhflab.models.encoding import EncodedSplit, encode_and_cache, make_forward
 from rlhflab.ops.lm_loss import perplexity, token_nll_sum
 from rlhflab.runtime import make_accelerator, run_facts, seed_everything
@@ -34,17 +34,7 @@ def configure_trainable(model, sft: SftConfig):
         model.requires_grad_(True)
         return model
     if sft.trainable == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = sft.lora
-        config = LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules or "all-linear",
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, config)
+        return with_lora(model, sft.lora)
     freeze_all_but_blocks(model, resolve_block_indices(sft.trainable, len(transformer_blocks(model))))
     return model
 

@@ -52,7 +52,7 @@ def tiny_policy(model_dir, trainable=(-2, -1)):
 
 
 class _Lora:
-    r, alpha, target_modules = 4, 8, None
+    r, alpha, dropout, target_modules = 4, 8, 0.0, None
 
 
 def rollout(policy, tokenizer, prompts, reward=lambda p, r: torch.ones(len(r))):

@@ -320,3 +320,8 @@ def test_dump_yaml_round_trip_tiny_float(tmp_path):
 def test_shipped_presets_load_and_round_trip(preset, tmp_path):
     cfg = load_config(preset)
     assert load_config(write(tmp_path / "dump.yaml", dump_yaml(cfg))) == cfg
+
+
+def test_an_optional_section_reports_its_own_unknown_key():
+    with pytest.raises(RlhfLabError, match=r"reward\.data\.per_clas.*reward\.data\.per_class"):
+        load_config(overrides=["reward.data.per_clas=3"])
