@@ -58,3 +58,19 @@ def close(actual, expected, atol: float = 1e-6) -> bool:
 # The project's shared/ folder sits beside the checkout (CI clones main with shared/ beside it).
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "shakespeare_handcrafted.jsonl"
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} not present")
+
+
+EXIT_USER_ERROR = 2
+
+
+def assert_user_error(result, *fragments: str) -> str:
+    """Exit 2, stderr exactly one non-empty `error:` line naming each fragment, no traceback."""
+    assert result.returncode == EXIT_USER_ERROR, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("error: ") and line[len("error: ") :].strip()
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    return line

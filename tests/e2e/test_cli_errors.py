@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.helpers import assert_user_error
 
-EXIT_USER_ERROR = 2
 
 
 def start(cwd: Path, *args: str) -> subprocess.Popen:
@@ -42,17 +42,6 @@ def rlhflab(cwd: Path, *args: str, timeout: float = 120) -> subprocess.Completed
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit 2, stderr exactly one non-empty `error:` line naming each fragment, no traceback."""
-    assert result.returncode == EXIT_USER_ERROR, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
-    assert line.startswith("error: ") and line[len("error: ") :].strip()
-    for fragment in fragments:
-        assert fragment in line, (fragment, line)
-    return line
 
 
 # `rlhflab sft` imports torch and transformers (~1.3 s a call), so these cases start together

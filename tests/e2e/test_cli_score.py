@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import assert_user_error
 
-EXIT_USER_ERROR = 2
 
 REWARD_FILE = """\
 def reward(prompts, responses):
@@ -102,19 +102,6 @@ def runs(tmp_path_factory, tiny_tokenizer_dir) -> dict[str, subprocess.Completed
     return results
 
 
-def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit 2, stderr exactly one `error:` line naming each fragment, no traceback, nothing scored."""
-    assert result.returncode == EXIT_USER_ERROR, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
-    assert line.startswith("error: ") and line[len("error: ") :].strip()
-    for fragment in fragments:
-        assert fragment in line, (fragment, line)
-    assert result.stdout == ""
-    return line
-
 
 def parse_scores(stdout: str) -> list[tuple[float, str]]:
     rows = []
@@ -141,10 +128,12 @@ def test_flip_negates_and_prompt_reaches_the_callable(runs):
 
 def test_missing_reward_folder_is_one_error_line(runs):
     assert_user_error(runs["missing_model"], "missing-model", "does not exist")
+    assert runs["missing_model"].stdout == ""
 
 
 def test_unknown_classifier_label_names_the_available_labels(runs):
     line = assert_user_error(runs["unknown_label"], "'joy'", "POSITIVE, NEGATIVE")
+    assert runs["unknown_label"].stdout == ""
     assert "reward_fn.label" in line
 
 
