@@ -143,6 +143,22 @@ def logits_to_reward(logits: torch.Tensor, index: int, output: str) -> torch.Ten
     return logits[:, index] - torch.logsumexp(others, dim=-1)
 
 
+_LOADED: dict[tuple, tuple] = {}
+
+
+def _cached(loader: Callable, source: str):
+    """Load a scoring model once per process: PPO asks for the training reward and the positive
+    probability of the same model, and must not hold (or load) it twice."""
+    from rlhflab.models.reward_model import reward_model_dir
+
+    folder = reward_model_dir(source) or Path(source).expanduser()
+    key = (loader.__name__, str(folder.resolve()) if folder.exists() else source)
+    stamp = (folder / "config.json").stat().st_mtime if (folder / "config.json").exists() else None
+    if key not in _LOADED or _LOADED[key][0] != stamp:
+        _LOADED[key] = (stamp, loader(source))
+    return _LOADED[key][1]
+
+
 def _model_score(source: str, kind: str, cfg: RewardFnConfig) -> tuple[ScoreFn, str]:
     from rlhflab.runtime import make_accelerator
 
@@ -150,7 +166,7 @@ def _model_score(source: str, kind: str, cfg: RewardFnConfig) -> tuple[ScoreFn, 
     if kind == "reward_model":
         from rlhflab.models.reward_model import load_reward_model
 
-        model, tokenizer, meta = load_reward_model(source)
+        model, tokenizer, meta = _cached(load_reward_model, source)
         output = "score" if cfg.output == "auto" else cfg.output
         if output == "probability" and meta.objective == "pairs":
             raise RlhfLabError("A pairwise reward model has no probability; use reward_fn.output=score or logit.")
@@ -161,7 +177,7 @@ def _model_score(source: str, kind: str, cfg: RewardFnConfig) -> tuple[ScoreFn, 
     else:
         from rlhflab.models.reward_model import load_classifier
 
-        model, tokenizer = load_classifier(source.removeprefix("hf:"))
+        model, tokenizer = _cached(load_classifier, source.removeprefix("hf:"))
         output = "probability" if cfg.output == "auto" else cfg.output
         if output == "score":
             raise RlhfLabError("reward_fn.output=score applies to reward models trained by rlhflab; use probability, logit or logit_diff.")
