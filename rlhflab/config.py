@@ -136,11 +136,11 @@ class PpoConfig:
     policy: str | None = None  # None: this run's SFT model (runs/<name>/sft); else a model id or folder
     trainable: Literal["all", "lora"] | list[int] = field(default_factory=lambda: [-2, -1])
     lora: LoraConfig = field(default_factory=LoraConfig)
-    steps: int = 60  # PPO steps: rollout batch -> scores -> several epochs of updates
+    steps: int = 80  # PPO steps: rollout batch -> scores -> several epochs of updates
     batch_size: int = 32  # prompts per rollout
     minibatch_size: int = 8
     ppo_epochs: int = 4  # passes over each rollout batch
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     max_new_tokens: int = 24
     # Pure sampling by default: top-k/top-p or a minimum length would make the sampled
     # distribution differ from the policy whose log-probs enter the KL estimate.
