@@ -241,6 +241,7 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
     def checkpoint() -> None:
         save_checkpoint(run_dir.checkpoint_dir / "latest", model=_Trainable(policy), optimizer=optimizer, scheduler=None, loop=loop)
 
+    final_rows = None  # rows of the evaluation after the last step
     bar = tqdm(total=ppo.steps, initial=loop["step"], desc="ppo", disable=not progress, dynamic_ncols=True)
     with StopRequest() as stop:
         while loop["step"] < ppo.steps:
@@ -274,7 +275,7 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
             if loop["step"] % ppo.sample_every == 0 or loop["step"] == 1:
                 _write_samples(run_dir, loop["step"], batch)
             if loop["step"] % ppo.eval_every == 0 or loop["step"] == ppo.steps:
-                result, _ = evaluate(policy, tokenizer, rewards, eval_prompts, ppo, stop_ids, autocast, cfg.seed)
+                result, final_rows = evaluate(policy, tokenizer, rewards, eval_prompts, ppo, stop_ids, autocast, cfg.seed)
                 loop["evaluations"].append({"step": loop["step"], **result})
                 run_dir.log_metrics({"step": loop["step"], "split": "eval", **result})
             epoch = loop["step"] * ppo.batch_size // len(train_prompts)
@@ -289,8 +290,9 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
         checkpoint()
     bar.close()
 
-    _, rows = evaluate(policy, tokenizer, rewards, eval_prompts, ppo, stop_ids, autocast, cfg.seed)
-    write_json(run_dir.path / "eval_after.json", rows)
+    if final_rows is None:  # resumed after the last step: nothing ran in this process
+        _, final_rows = evaluate(policy, tokenizer, rewards, eval_prompts, ppo, stop_ids, autocast, cfg.seed)
+    write_json(run_dir.path / "eval_after.json", final_rows)
     save_policy(policy, tokenizer, run_dir.model_dir)
     evaluations = loop["evaluations"]
     summary = {

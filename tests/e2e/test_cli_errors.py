@@ -3,37 +3,17 @@
 Every error here surfaces before a model loads, so each call takes about a second.
 """
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from tests.helpers import assert_user_error
+from tests.helpers import assert_user_error, start_cli
 
-
-
-def start(cwd: Path, *args: str) -> subprocess.Popen:
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        RLHFLAB_CACHE=str(cwd / "cache"),  # a model conversion would show up here
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "rlhflab.cli", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def rlhflab(cwd: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    process = start(cwd, *args)
+    process = start_cli(cwd, *args)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -63,7 +43,7 @@ def sft_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProc
         folder = tmp_path_factory.mktemp(name)
         (folder / "reviews.csv").write_text("body,stars\nGreat film,5\nAwful,1\n", encoding="utf-8")
         (folder / "good.csv").write_text("text,label\nGreat film,1\nAwful,0\n", encoding="utf-8")
-        started[name] = (folder, args, start(folder, *args))
+        started[name] = (folder, args, start_cli(folder, *args))
     results = {}
     for name, (folder, args, process) in started.items():
         try:

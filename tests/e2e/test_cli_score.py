@@ -8,13 +8,11 @@ each in its own folder, and the tests read their results.
 from __future__ import annotations
 
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from tests.helpers import assert_user_error
+from tests.helpers import assert_user_error, start_cli
 
 
 REWARD_FILE = """\
@@ -34,26 +32,6 @@ CASES = {
     "missing_model": ["--reward", "./missing-model", "hello"],
     "unknown_label": ["--reward", "{bert}", "--label", "joy", "hello"],
 }
-
-
-def start(cwd: Path, *args: str) -> subprocess.Popen:
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        RLHFLAB_CACHE=str(cwd / "cache"),
-        OMP_NUM_THREADS="1",  # the cases run side by side
-        PYTHONWARNINGS="ignore",
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "rlhflab.cli", "score", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def save_tiny_bert(folder: Path, tokenizer_dir: Path) -> Path:
@@ -80,7 +58,7 @@ def runs(tmp_path_factory, tiny_tokenizer_dir) -> dict[str, subprocess.Completed
         folder = tmp_path_factory.mktemp(name)
         (folder / "my_reward.py").write_text(REWARD_FILE, encoding="utf-8")
         args = [a.format(bert=bert) if bert else a for a in CASES[name]]
-        started[name] = start(folder, *args)
+        started[name] = start_cli(folder, "score", *args)
 
     bert = None
     for name in CASES:
