@@ -174,6 +174,22 @@ class PpoConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """Held-out prompts -> responses of each model -> rewards, KL, perplexity, diversity, figures."""
+
+    # name -> model (run directory, asset name, hub id or folder). None: this run's sft and ppo.
+    # The first model is the reference that KL and perplexity are measured against.
+    models: dict[str, str] | None = None
+    prompts: int = 200  # from the test split (fewer when the split is smaller)
+    max_new_tokens: int | None = None  # None: ppo.max_new_tokens, so responses match training
+    temperature: float = 1.0
+    batch_size: int = 32
+    samples_per_sentiment: int = 4  # side-by-side samples shown per prompt sentiment
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+
+
+@dataclass
 class Config:
     name: str = "default"  # run directories go to <runs_dir>/<name>/<stage>
     seed: int = 0
@@ -183,6 +199,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     reward_fn: RewardFnConfig = field(default_factory=RewardFnConfig)
     ppo: PpoConfig = field(default_factory=PpoConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -268,6 +285,11 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         if value not in choices:
             raise RlhfLabError(f"{where}: must be one of {', '.join(map(repr, choices))}; got {_show(value)}.")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RlhfLabError(f"{where}: expected {_type_name(hint)}, got {_show(value)}.")
+        key_hint, item_hint = typing.get_args(hint)
+        return {_convert(k, key_hint, where): _convert(v, item_hint, _join(where, str(k))) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise RlhfLabError(f"{where}: expected a list, got {_show(value)}.")
@@ -341,6 +363,8 @@ def _type_name(hint: Any) -> str:
         return " or ".join(_type_name(m) for m in typing.get_args(hint))
     if origin is list:
         return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    if origin is dict:
+        return "a mapping of name: {}".format(_type_name(typing.get_args(hint)[1]))
     if origin is Literal:
         return "one of " + ", ".join(map(repr, typing.get_args(hint)))
     if hint is type(None):

@@ -32,6 +32,7 @@ class RewardFunction:
     description: str
     score: ScoreFn
     flip: Callable[[torch.Tensor], torch.Tensor] | None = None
+    output: str = "score"  # what the numbers are: score, probability, logit or logit_diff
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         prompts, responses = list(prompts), list(responses)
@@ -79,7 +80,18 @@ def build_reward(cfg: RewardFnConfig, *, default_source: str | None = None) -> R
     flip = None
     if cfg.flip:
         flip = (lambda x: 1.0 - x) if output == "probability" else (lambda x: -x)
-    return RewardFunction(f"{source} ({kind}, {output}{', flipped' if cfg.flip else ''})", score, flip)
+    return RewardFunction(f"{source} ({kind}, {output}{', flipped' if cfg.flip else ''})", score, flip, output)
+
+
+def probability_reward(cfg: RewardFnConfig, *, default_source: str | None = None) -> RewardFunction | None:
+    """The positive-class probability beside the configured reward, where one exists (labels models, classifiers)."""
+    from dataclasses import replace
+
+    try:
+        reward = build_reward(replace(cfg, output="probability", flip=False), default_source=default_source)
+    except RlhfLabError:
+        return None  # a pairwise reward model has no probability
+    return reward if reward.output == "probability" else None  # nor has a callable
 
 
 def _looks_like_callable(source: str) -> bool:

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlhflab.checkpoint import load_checkpoint, save_checkpoint
-from rlhflab.config import Config, PpoConfig, RewardFnConfig
+from rlhflab.config import Config, PpoConfig
 from rlhflab.data import make_prompts
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.interrupt import StopRequest
@@ -26,7 +26,7 @@ from rlhflab.models.policy import Policy, build_policy, policy_forward
 from rlhflab.ops.kl import adaptive_kl_update, kl_per_token, per_token_rewards
 from rlhflab.ops.masked import masked_explained_variance, masked_whiten
 from rlhflab.ops.ppo import entropy_from_logits, gae, logprobs_from_logits, policy_loss, value_loss
-from rlhflab.rewards import RewardFunction, build_reward
+from rlhflab.rewards import RewardFunction, build_reward, probability_reward
 from rlhflab.rollout import Experience, sample, score_rollout
 from rlhflab.runtime import make_accelerator, run_facts, seed_everything
 from rlhflab.stages.common import load_splits, open_run_dir
@@ -206,7 +206,7 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
         raise RlhfLabError(f"ppo.policy is not set and {runs / 'sft' / 'model'} does not exist. Run `rlhflab sft` first or set ppo.policy.")
     reward_fn = build_reward(cfg.reward_fn, default_source=str(runs / "reward"))
     rewards = {"score": reward_fn}
-    probability = _probability_reward(cfg.reward_fn, str(runs / "reward"))
+    probability = probability_reward(cfg.reward_fn, default_source=str(runs / "reward"))
     if probability is not None:
         rewards["positive_probability"] = probability
     run_dir = open_run_dir(cfg, "ppo", resume=resume, overwrite=overwrite)
@@ -322,18 +322,6 @@ class _Trainable(torch.nn.Module):
         super().__init__()
         self.model = policy.model
         self.value_head = policy.value_head
-
-
-def _probability_reward(cfg: RewardFnConfig, default_source: str) -> RewardFunction | None:
-    """The positive-class probability beside the training reward, where one exists (labels models, classifiers)."""
-    from dataclasses import replace
-
-    if cfg.output == "probability":
-        return None
-    try:
-        return build_reward(replace(cfg, output="probability", flip=False), default_source=default_source)
-    except RlhfLabError:
-        return None  # a pairwise model or a callable has no probability
 
 
 def format_summary(summary: dict) -> str:

@@ -1,0 +1,218 @@
+"""`rlhflab evaluate`: the same held-out prompts answered by each model, scored, compared.
+
+For every model (SFT and PPO by default, or any `name: model` mapping) on the test split's
+prompts: reward distribution, KL against the first (reference) model, perplexity of the
+generated text under it, distinct-1/2, length, a breakdown by the prompt's own sentiment,
+and samples side by side. Writes summary.json, samples.jsonl and figures/*.png.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rlhflab.config import Config
+from rlhflab.data import make_prompts
+from rlhflab.errors import RlhfLabError
+from rlhflab.eval.generate import generate, response_logprobs
+from rlhflab.eval.generation_metrics import (
+    SENTIMENTS,
+    distinct_n,
+    distribution,
+    kl_and_perplexity,
+    probability_stats,
+    reward_shift,
+    sentiment_of,
+)
+from rlhflab.io import RunDir, write_json, write_jsonl
+from rlhflab.models.causal_lm import count_parameters, load_causal_lm
+from rlhflab.rewards import build_reward, probability_reward
+from rlhflab.runtime import make_accelerator, run_facts, seed_everything
+from rlhflab.stages.common import load_splits, open_run_dir
+
+
+def model_sources(cfg: Config) -> dict[str, str]:
+    """name -> model; by default this run's SFT and PPO models, which must exist."""
+    if cfg.evaluate.models:
+        return dict(cfg.evaluate.models)
+    runs = Path(cfg.runs_dir) / cfg.name
+    sources = {"sft": str(runs / "sft"), "ppo": str(runs / "ppo")}
+    for stage, path in sources.items():
+        if not (Path(path) / "model").exists():
+            raise RlhfLabError(f"{path}/model does not exist. Run `rlhflab {stage}` first, or name the models to "
+                               f"compare with evaluate.models.<name>=<model or run directory>.")
+    return sources
+
+
+def eval_prompts(cfg: Config) -> tuple[list[str], list[int | None]]:
+    """Prompts from the test split (validation or train when it is empty) and their reviews' labels."""
+    splits = load_splits(cfg)
+    reviews = splits.test or splits.validation or splits.train
+    # A seed of its own, so these prompts differ from the ones PPO trained and evaluated on.
+    prompts = make_prompts(reviews, cfg.data.prompt_min_words, cfg.data.prompt_max_words, cfg.seed + 2)
+    n = min(cfg.evaluate.prompts, len(prompts))
+    if n < 1:
+        raise RlhfLabError(f"evaluate.prompts must be at least 1, got {cfg.evaluate.prompts}.")
+    return prompts[:n], [r.label for r in reviews[:n]]
+
+
+def model_size(model) -> tuple[int, float]:
+    """(parameters, megabytes) as the weights sit in memory."""
+    _, total = count_parameters(model)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    return total, size / 2**20
+
+
+def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
+    started = time.perf_counter()
+    ev = cfg.evaluate
+    if ev.batch_size < 1 or ev.temperature <= 0:
+        raise RlhfLabError(f"evaluate.batch_size must be >= 1 and evaluate.temperature > 0 (got {ev.batch_size}, {ev.temperature}).")
+    seed_everything(cfg.seed)
+    sources = model_sources(cfg)
+    prompts, labels = eval_prompts(cfg)
+    runs = Path(cfg.runs_dir) / cfg.name
+    score_fn = build_reward(cfg.reward_fn, default_source=str(runs / "reward"))
+    prob_fn = probability_reward(cfg.reward_fn, default_source=str(runs / "reward"))
+    # evaluate has no resumable state: a rerun starts again (resume is accepted for the pipeline's sake).
+    run_dir = open_run_dir(cfg, "evaluate", resume=False, overwrite=overwrite or resume)
+    accelerator = make_accelerator(ev.device, ev.mixed_precision)
+    max_new = ev.max_new_tokens or cfg.ppo.max_new_tokens
+
+    sentiments = _prompt_sentiments(prompts, labels, prob_fn)
+    reference = None  # (model, tokenizer) of the first model, kept to score every other model's text
+    rows: list[dict] = []
+    models: dict[str, dict] = {}
+    reference_name = next(iter(sources))
+    bar = tqdm(total=len(sources), desc="evaluate", disable=not progress, dynamic_ncols=True)
+    for name, source in sources.items():
+        model, tokenizer = load_causal_lm(source)
+        model.to(accelerator.device)
+        generations = generate(model, tokenizer, prompts, max_new_tokens=max_new, temperature=ev.temperature,
+                               seed=cfg.seed, batch_size=ev.batch_size, autocast=accelerator.autocast)
+        # Log-probs at temperature 1: the models' own distributions (exact KL when sampling at the default temperature 1).
+        own = response_logprobs(model, generations, pad_token_id=tokenizer.pad_token_id, batch_size=ev.batch_size,
+                                autocast=accelerator.autocast)
+        if reference is None:
+            reference = (model, tokenizer)
+        ref_model, ref_tokenizer = reference
+        _check_same_vocab(tokenizer, ref_tokenizer, name, reference_name)
+        ref = own if model is ref_model else response_logprobs(
+            ref_model, generations, pad_token_id=ref_tokenizer.pad_token_id, batch_size=ev.batch_size, autocast=accelerator.autocast)
+        responses = [g.response for g in generations]
+        scores = score_fn(prompts, responses).tolist()
+        probs = prob_fn(prompts, responses).tolist() if prob_fn is not None else None
+        kl, perplexity = kl_and_perplexity([x.tolist() for x in own], [x.tolist() for x in ref])
+        parameters, size_mb = model_size(model)
+        models[name] = {
+            "source": source,
+            "parameters": parameters,
+            "size_mb": size_mb,
+            "score": distribution(scores),
+            "positive_probability": probability_stats(probs) if probs is not None else None,
+            "kl_to_reference": kl,
+            "perplexity_under_reference": perplexity,
+            "distinct_1": distinct_n(responses, 1),
+            "distinct_2": distinct_n(responses, 2),
+            "mean_length": sum(len(g.response_ids) for g in generations) / len(generations),
+            "by_sentiment": _by_sentiment(sentiments, scores, probs),
+        }
+        for i, response in enumerate(responses):
+            rows.append({"prompt_id": i, "prompt": prompts[i], "sentiment": sentiments[i], "model": name, "source": source,
+                         "response": response, "score": scores[i], "positive_probability": probs[i] if probs else None})
+        if model is not ref_model:
+            del model
+        bar.update(1)
+        bar.set_postfix(model=name, score=f"{models[name]['score']['mean']:.2f}")
+    bar.close()
+
+    first = [r["score"] for r in rows if r["model"] == reference_name]
+    comparison = {name: {"vs": reference_name, **reward_shift(first, [r["score"] for r in rows if r["model"] == name])}
+                  for name in list(sources)[1:]}
+    write_jsonl(run_dir.path / "samples.jsonl", rows)
+    figures = draw_figures(run_dir.path, rows, reference_name)
+    summary = {
+        "prompts": len(prompts),
+        "reward": score_fn.description,
+        "reference": reference_name,
+        "max_new_tokens": max_new,
+        "temperature": ev.temperature,
+        "models": models,
+        "comparison": comparison,
+        "figures": figures,
+        **run_facts(accelerator, started),
+    }
+    write_json(run_dir.summary_path, summary)
+    return run_dir
+
+
+def _prompt_sentiments(prompts: list[str], labels: list[int | None], prob_fn) -> list[str]:
+    """Each prompt's own sentiment: the reward model's probability of the prompt text alone,
+    or, for rewards without a probability, the label of the review it was cut from."""
+    if prob_fn is not None:
+        return [sentiment_of(p) for p in prob_fn([""] * len(prompts), prompts).tolist()]
+    return ["positive" if label == 1 else "negative" if label == 0 else "neutral" for label in labels]
+
+
+def _by_sentiment(sentiments: list[str], scores: list[float], probs: list[float] | None) -> dict:
+    result = {}
+    for sentiment in SENTIMENTS:
+        idx = [i for i, s in enumerate(sentiments) if s == sentiment]
+        if idx:
+            result[sentiment] = {
+                "n": len(idx),
+                "score": sum(scores[i] for i in idx) / len(idx),
+                "positive_probability": sum(probs[i] for i in idx) / len(idx) if probs is not None else None,
+            }
+    return result
+
+
+def _check_same_vocab(tokenizer, ref_tokenizer, name: str, reference: str) -> None:
+    if tokenizer.get_vocab() != ref_tokenizer.get_vocab():
+        raise RlhfLabError(f"Model {name!r} uses a different tokenizer from the reference {reference!r}, so KL and "
+                           f"perplexity against it are undefined. Compare models fine-tuned from the same base.")
+
+
+def draw_figures(folder: Path, rows: list[dict], reference: str) -> dict[str, str]:
+    """The evaluation's figures from its samples (positive probability where there is one); paths relative to `folder`."""
+    from rlhflab.eval import plots
+
+    key = "positive_probability" if rows and rows[0]["positive_probability"] is not None else "score"
+    label = "P(positive) from the reward model" if key == "positive_probability" else "reward model score"
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    values = {name: [r[key] for r in rows if r["model"] == name] for name in names}
+    out = folder / "figures"
+    paths = {
+        "reward_histograms": plots.reward_histograms(values, out / "reward_histograms.png", xlabel=label),
+        "reward_overlay": plots.reward_overlay(values, out / "reward_overlay.png", xlabel=label),
+    }
+    for name in names[1:]:
+        paths[f"reward_map_{name}"] = plots.reward_map(values[reference], values[name], out / f"reward_map_{name}.png",
+                                                       x_name=reference, y_name=name, label=label)
+    by_sentiment = {name: {} for name in names}
+    for sentiment in SENTIMENTS:
+        for name in names:
+            group = [r[key] for r in rows if r["model"] == name and r["sentiment"] == sentiment]
+            if group:
+                by_sentiment[name][sentiment] = sum(group) / len(group)
+    paths["sentiment_breakdown"] = plots.sentiment_breakdown(by_sentiment, out / "sentiment_breakdown.png", ylabel=f"mean {label}")
+    return {name: str(Path(path).relative_to(folder)) for name, path in paths.items()}
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{summary['prompts']} held-out prompts; reward: {summary['reward']}"]
+    header = f"{'model':<10}{'score':>8}{'P(pos)':>8}{'>0.5':>7}{'KL':>7}{'ppl':>8}{'dist-2':>8}{'length':>8}"
+    lines.append(header)
+    for name, m in summary["models"].items():
+        prob = m["positive_probability"]
+        p_mean = f"{prob['mean']:8.3f}" if prob else f"{'-':>8}"
+        above = f"{prob['above_half']:7.2f}" if prob else f"{'-':>7}"
+        lines.append(f"{name:<10}{m['score']['mean']:8.3f}{p_mean}{above}{m['kl_to_reference']:7.2f}"
+                     f"{m['perplexity_under_reference']:8.1f}{m['distinct_2']:8.3f}{m['mean_length']:8.1f}")
+    for name, c in summary["comparison"].items():
+        lines.append(f"{name} vs {c['vs']}: better on {c['better']:.0%} of prompts, worse on {c['worse']:.0%} "
+                     f"(mean change {c['mean_delta']:+.3f})")
+    return "\n".join(lines)

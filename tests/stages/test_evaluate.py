@@ -1,0 +1,97 @@
+"""The evaluate stage on tiny in-test models: schema, KL against itself, padding invariance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhflab.config import Config, DataConfig, EvaluateConfig, RewardFnConfig
+from rlhflab.errors import RlhfLabError
+from rlhflab.eval.generate import generate, response_logprobs
+from rlhflab.models.causal_lm import load_causal_lm
+from rlhflab.stages import evaluate
+
+REWARD_FILE = '''
+def e_share(prompts, responses):
+    return [r.count("e") / max(len(r), 1) for r in responses]
+'''
+
+
+@pytest.fixture
+def perturbed_llama_dir(tmp_path, tiny_llama_dir):
+    """A second model from the same base: the tiny Llama with noise on its weights."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    folder = tmp_path / "perturbed"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(folder)
+    return folder
+
+
+def make_config(tmp_path, reviews_csv, models, **fields) -> Config:
+    reward = tmp_path / "toy_reward.py"
+    reward.write_text(REWARD_FILE)
+    settings = dict(models=models, prompts=12, max_new_tokens=6, batch_size=5, mixed_precision="no")
+    settings.update(fields)
+    return Config(name="tiny", seed=0, runs_dir=str(tmp_path / "runs"), data=DataConfig(source=str(reviews_csv), per_class=30),
+                  reward_fn=RewardFnConfig(source=f"{reward}:e_share"), evaluate=EvaluateConfig(**settings))
+
+
+def test_evaluate_writes_the_agreed_summary_and_samples(tmp_path, reviews_csv, tiny_llama_dir, perturbed_llama_dir):
+    cfg = make_config(tmp_path, reviews_csv, {"sft": str(tiny_llama_dir), "ppo": str(perturbed_llama_dir)})
+    run_dir = evaluate.run(cfg, progress=False)
+    summary = json.loads(run_dir.summary_path.read_text())
+    assert summary["prompts"] == 12 and summary["reference"] == "sft"
+    assert list(summary["models"]) == ["sft", "ppo"]
+    sft, ppo = summary["models"]["sft"], summary["models"]["ppo"]
+    assert sft["kl_to_reference"] == 0.0  # the reference against itself
+    assert ppo["kl_to_reference"] != 0.0
+    for model in (sft, ppo):
+        assert set(model) >= {"source", "parameters", "size_mb", "score", "positive_probability", "kl_to_reference",
+                              "perplexity_under_reference", "distinct_1", "distinct_2", "mean_length", "by_sentiment"}
+        assert model["positive_probability"] is None  # a callable reward has no probability
+        assert model["parameters"] > 0 and model["size_mb"] > 0
+        assert 0 < model["perplexity_under_reference"] < float("inf")
+        assert 0 < model["mean_length"] <= 6
+        # Without a probability, prompts are grouped by their review's label.
+        assert sum(group["n"] for group in model["by_sentiment"].values()) == 12
+    shares = summary["comparison"]["ppo"]
+    assert shares["vs"] == "sft" and shares["better"] + shares["worse"] + shares["same"] == pytest.approx(1.0)
+    rows = [json.loads(line) for line in (run_dir.path / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and {r["model"] for r in rows} == {"sft", "ppo"}
+    assert set(rows[0]) == {"prompt_id", "prompt", "sentiment", "model", "source", "response", "score", "positive_probability"}
+    by_model = {m: [r for r in rows if r["model"] == m] for m in ("sft", "ppo")}
+    assert [r["prompt"] for r in by_model["sft"]] == [r["prompt"] for r in by_model["ppo"]]
+    for name, figure in summary["figures"].items():
+        assert (run_dir.path / figure).stat().st_size > 1000, name
+    assert "sft" in evaluate.format_summary(summary)
+
+
+def test_missing_default_models_name_the_command_to_run(tmp_path, reviews_csv):
+    cfg = make_config(tmp_path, reviews_csv, None)
+    with pytest.raises(RlhfLabError, match="rlhflab sft"):
+        evaluate.run(cfg, progress=False)
+
+
+def test_response_logprobs_do_not_depend_on_padding_or_batch_size(tiny_llama_dir):
+    model, tokenizer = load_causal_lm(str(tiny_llama_dir))
+    prompts = ["the film was", "a dull plot and the acting", "it", "great"]
+    generations = generate(model, tokenizer, prompts, max_new_tokens=6, seed=3, batch_size=4)
+    together = response_logprobs(model, generations, pad_token_id=tokenizer.pad_token_id, batch_size=4)
+    alone = response_logprobs(model, generations, pad_token_id=tokenizer.pad_token_id, batch_size=1)
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert all(len(lp) == len(g.response_ids) for lp, g in zip(together, generations))
+
+
+def test_generation_is_seeded(tiny_llama_dir):
+    model, tokenizer = load_causal_lm(str(tiny_llama_dir))
+    first = generate(model, tokenizer, ["the film was"] * 3, max_new_tokens=6, seed=5)
+    again = generate(model, tokenizer, ["the film was"] * 3, max_new_tokens=6, seed=5)
+    assert [g.response_ids for g in first] == [g.response_ids for g in again]
