@@ -60,10 +60,10 @@ def main() -> None:
     for step in range(args.steps + 1):  # step 0 warms up
         batch_prompts = prompts[step * args.batch : (step + 1) * args.batch]
         t0 = time.perf_counter()
-        seqs, mask, width = sample(policy, tokenizer, batch_prompts, max_new_tokens=args.tokens, temperature=1.0, top_k=0,
-                                   top_p=1.0, stop_ids=stop_ids, autocast=accelerator.autocast)
+        sampled = sample(policy, tokenizer, batch_prompts, max_new_tokens=args.tokens, temperature=1.0, top_k=0,
+                         top_p=1.0, stop_ids=stop_ids, autocast=accelerator.autocast)
         t1 = time.perf_counter()
-        exp = score_rollout(policy, tokenizer, reward, batch_prompts, seqs, mask, width, temperature=1.0, stop_ids=stop_ids,
+        exp = score_rollout(policy, tokenizer, reward, batch_prompts, sampled, temperature=1.0, stop_ids=stop_ids,
                             non_stop_penalty=None, autocast=accelerator.autocast)
         t2 = time.perf_counter()
         ppo_update(policy, make_batch(exp, ppo, 0.1), optimizer, accelerator, ppo, torch.Generator().manual_seed(step),

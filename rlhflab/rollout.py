@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
+from rlhflab.models.blocks import recording_lower
 from rlhflab.models.policy import Policy, policy_forward, reference_logits, shared_lower
 from rlhflab.ops.ppo import logprobs_from_logits
 
@@ -37,15 +39,24 @@ def response_mask_from(tokens: torch.Tensor, stop_ids: list[int]) -> tuple[torch
     return mask, is_stop.any(dim=-1)
 
 
+@dataclass
+class Sampled:
+    sequences: torch.Tensor  # (B, P+R): left-padded prompt, then the sampled tokens
+    prompt_mask: torch.Tensor  # (B, P)
+    width: int  # P
+    lower: torch.Tensor | None  # (B, P+R, H) hidden states entering the first trainable block, if cached
+
+
 @torch.no_grad()
 def sample(policy: Policy, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float,
-           top_k: int, top_p: float, stop_ids: list[int], autocast) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Generate with the KV cache. Returns (input_ids (B, P+R), prompt mask (B, P), P)."""
+           top_k: int, top_p: float, stop_ids: list[int], autocast) -> Sampled:
+    """Generate with the KV cache, keeping the frozen blocks' outputs that generation computed anyway."""
     device = next(policy.model.parameters()).device
     tokenizer.padding_side = "left"  # generation appends on the right
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
     policy.model.eval()
-    with autocast():
+    recording = recording_lower(policy.lm, policy.first) if policy.first is not None else contextlib.nullcontext()
+    with autocast(), recording as chunks:
         out = policy.model.generate(
             input_ids=enc.input_ids, attention_mask=enc.attention_mask, do_sample=True,
             max_new_tokens=max_new_tokens, min_new_tokens=0, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -54,21 +65,27 @@ def sample(policy: Policy, tokenizer, prompts: list[str], *, max_new_tokens: int
     width = enc.input_ids.shape[1]
     if out.shape[1] == width:  # every row stopped at once: keep one (masked) response slot
         out = torch.cat([out, torch.full_like(out[:, :1], tokenizer.pad_token_id)], dim=1)
-    return out, enc.attention_mask, width
+    lower = None
+    if chunks is not None:
+        lower = torch.cat(chunks, dim=1)
+        # The last sampled token was never fed back, and no logit or value is read at its
+        # position (they predict the token after it), so zeros stand in; attention is causal.
+        lower = torch.cat([lower, lower.new_zeros(lower.shape[0], out.shape[1] - lower.shape[1], lower.shape[2])], dim=1)
+    return Sampled(out, enc.attention_mask, width, lower)
 
 
 @torch.no_grad()
-def score_rollout(policy: Policy, tokenizer, reward_fn, prompts: list[str], sequences: torch.Tensor,
-                  prompt_mask: torch.Tensor, width: int, *, temperature: float, stop_ids: list[int],
-                  non_stop_penalty: float | None, autocast) -> Experience:
+def score_rollout(policy: Policy, tokenizer, reward_fn, prompts: list[str], sampled: Sampled, *, temperature: float,
+                  stop_ids: list[int], non_stop_penalty: float | None, autocast) -> Experience:
     """Log-probs, values, reference log-probs and scores of sampled sequences."""
+    sequences, prompt_mask, width = sampled.sequences, sampled.prompt_mask, sampled.width
     response = sequences[:, width:]
     response_mask, stopped = response_mask_from(response, stop_ids)
     attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
     texts = tokenizer.batch_decode(torch.where(response_mask.bool(), response, tokenizer.pad_token_id), skip_special_tokens=True)
     policy.model.eval()
     with autocast():
-        lower = shared_lower(policy, sequences, attention_mask)
+        lower = sampled.lower if sampled.lower is not None else shared_lower(policy, sequences, attention_mask)
         out = policy_forward(policy, sequences, attention_mask, width, temperature, lower)
         ref_logits = reference_logits(policy, sequences, attention_mask, width, temperature, lower)
     logprobs = logprobs_from_logits(out.logits, response)

@@ -154,6 +154,27 @@ def lower_hidden(model: nn.Module, first: int, input_ids: torch.Tensor, attentio
 
 
 @contextlib.contextmanager
+def recording_lower(model: nn.Module, first: int) -> Iterator[list[torch.Tensor]]:
+    """Collects the hidden states entering block `first` on every forward call inside the block.
+
+    During generation with the KV cache that is the prompt, then one position per new token:
+    concatenated, the same states `lower_hidden` would compute for the sampled sequence (up to
+    kernel rounding), without running the frozen blocks over it a second time.
+    """
+    chunks: list[torch.Tensor] = []
+    target = _embedding_modules(model)[0] if first == 0 else transformer_blocks(model)[first - 1]
+
+    def keep(_module, _inputs, output):
+        chunks.append((output[0] if isinstance(output, tuple) else output).detach())
+
+    handle = target.register_forward_hook(keep)
+    try:
+        yield chunks
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
 def from_hidden(model: nn.Module, first: int, hidden: torch.Tensor, top_blocks: Sequence[nn.Module] | None = None) -> Iterator[None]:
     """Within the block: blocks below `first` are gone and the embedding output is `hidden`.
 

@@ -145,9 +145,9 @@ def evaluate(policy: Policy, tokenizer, rewards: dict[str, RewardFunction], prom
     kls: list[torch.Tensor] = []
     for start in range(0, len(prompts), ppo.batch_size):
         chunk = prompts[start : start + ppo.batch_size]
-        sequences, prompt_mask, width = sample(policy, tokenizer, chunk, max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
-                                               top_k=ppo.top_k, top_p=ppo.top_p, stop_ids=stop_ids, autocast=autocast)
-        exp = score_rollout(policy, tokenizer, lambda p, r: torch.zeros(len(r)), chunk, sequences, prompt_mask, width,
+        sampled = sample(policy, tokenizer, chunk, max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
+                         top_k=ppo.top_k, top_p=ppo.top_p, stop_ids=stop_ids, autocast=autocast)
+        exp = score_rollout(policy, tokenizer, lambda p, r: torch.zeros(len(r)), chunk, sampled,
                             temperature=ppo.temperature, stop_ids=stop_ids, non_stop_penalty=None, autocast=autocast)
         responses += exp.responses
         kls.append((kl_per_token(exp.logprobs, exp.ref_logprobs, ppo.kl_estimator) * exp.response_mask).sum(-1).cpu())
@@ -249,10 +249,10 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
             prompts = prompts_for_step(train_prompts, step, ppo.batch_size, cfg.seed)
 
             t0 = time.perf_counter()
-            sequences, prompt_mask, width = sample(policy, tokenizer, prompts, max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
-                                                   top_k=ppo.top_k, top_p=ppo.top_p, stop_ids=stop_ids, autocast=autocast)
+            sampled = sample(policy, tokenizer, prompts, max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
+                             top_k=ppo.top_k, top_p=ppo.top_p, stop_ids=stop_ids, autocast=autocast)
             rollout_seconds = time.perf_counter() - t0
-            exp = score_rollout(policy, tokenizer, reward_fn, prompts, sequences, prompt_mask, width, temperature=ppo.temperature,
+            exp = score_rollout(policy, tokenizer, reward_fn, prompts, sampled, temperature=ppo.temperature,
                                 stop_ids=stop_ids, non_stop_penalty=ppo.non_stop_penalty, autocast=autocast)
             batch = make_batch(exp, ppo, loop["beta"])
             t1 = time.perf_counter()

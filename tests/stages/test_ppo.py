@@ -58,9 +58,9 @@ class _Lora:
 def rollout(policy, tokenizer, prompts, reward=lambda p, r: torch.ones(len(r))):
     nullctx = torch.autocast("cpu", enabled=False)
     stop_ids = [tokenizer.eos_token_id]
-    sequences, prompt_mask, width = sample(policy, tokenizer, prompts, max_new_tokens=8, temperature=1.0, top_k=0,
-                                           top_p=1.0, stop_ids=stop_ids, autocast=lambda: nullctx)
-    return score_rollout(policy, tokenizer, reward, prompts, sequences, prompt_mask, width, temperature=1.0,
+    sampled = sample(policy, tokenizer, prompts, max_new_tokens=8, temperature=1.0, top_k=0,
+                     top_p=1.0, stop_ids=stop_ids, autocast=lambda: nullctx)
+    return score_rollout(policy, tokenizer, reward, prompts, sampled, temperature=1.0,
                          stop_ids=stop_ids, non_stop_penalty=None, autocast=lambda: nullctx)
 
 
@@ -238,3 +238,21 @@ def test_missing_sft_run_is_a_clear_error(tmp_path, tiny_llama_dir, reviews_csv,
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, policy=None)
     with pytest.raises(RlhfLabError, match="rlhflab sft"):
         ppo_stage.run(cfg, progress=False)
+
+
+def test_frozen_block_outputs_kept_from_generation_equal_a_fresh_forward(tiny_llama_dir):
+    from rlhflab.models.policy import shared_lower
+    from rlhflab.rollout import response_mask_from
+
+    torch.manual_seed(0)
+    policy, tokenizer = tiny_policy(tiny_llama_dir)
+    nullctx = torch.autocast("cpu", enabled=False)
+    sampled = sample(policy, tokenizer, PROMPTS, max_new_tokens=8, temperature=1.0, top_k=0, top_p=1.0,
+                     stop_ids=[tokenizer.eos_token_id], autocast=lambda: nullctx)
+    mask, _ = response_mask_from(sampled.sequences[:, sampled.width:], [tokenizer.eos_token_id])
+    attention = torch.cat([sampled.prompt_mask, mask], dim=1)
+    fresh = shared_lower(policy, sampled.sequences, attention)
+    real = attention.bool().clone()
+    real[:, -1] = False  # the last sampled token is never fed through the model, nor read
+    assert sampled.lower.shape == fresh.shape
+    torch.testing.assert_close(sampled.lower[real], fresh[real], atol=1e-5, rtol=1e-4)
