@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(reward)
     ppo = commands.add_parser("ppo", help="PPO against the reward, with a KL penalty to the SFT model")
     _add_run_arguments(ppo)
+    evaluate = commands.add_parser("evaluate", help="generate from SFT and PPO (or any models) on held-out prompts and compare")
+    _add_run_arguments(evaluate)
+    pipeline = commands.add_parser("pipeline", help="SFT -> reward -> PPO -> evaluate -> report, skipping stages that are up to date")
+    pipeline.add_argument("--config", help="YAML preset (see configs/); defaults apply when omitted")
+    pipeline.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. ppo.steps=40")
+    pipeline.add_argument("--force", metavar="STAGE", help="rerun from this stage on (sft, reward, ppo, evaluate, report)")
+    pipeline.add_argument("--no-progress", action="store_true", help="no progress bars")
     score = commands.add_parser("score", help="print the reward of each text")
     score.add_argument("--reward", required=True, help="reward run directory, classifier (hub id or folder), or module:function")
     score.add_argument("--label", default="POSITIVE", help="classifier label whose score is the reward")
@@ -40,9 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--flip", action="store_true", help="reward the opposite label")
     score.add_argument("--prompt", default="", help="a prompt the texts continue (scored as prompt + text)")
     score.add_argument("texts", nargs="+", help="texts to score")
+    report = commands.add_parser("report", help="build report.html (self-contained) and report.md from a run's stage folders")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="the run folder, e.g. runs/default")
+    report.add_argument("--out", metavar="DIR", help="where to write the report (default: RUN_DIR/report)")
     show = commands.add_parser("config", help="print the resolved config (after overrides) and exit")
     show.add_argument("--config")
     show.add_argument("overrides", nargs="*", metavar="key=value")
+    from rlhflab.human.cli import add_commands as add_human_commands  # argparse only: cheap
+
+    add_human_commands(commands)  # serve, label create|export, rate create|summary
     return parser
 
 
@@ -61,7 +74,7 @@ def _stage(name: str):
         run_dir = stage.run(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
         summary = read_json(run_dir.summary_path)
         print(stage.format_summary(summary))
-        print(f"model: {run_dir.model_dir}")
+        print(f"model: {run_dir.model_dir}" if run_dir.model_dir.exists() else f"results: {run_dir.path}")
 
     return command
 
@@ -78,13 +91,39 @@ def _score(args: argparse.Namespace) -> None:
         print(f"{value:9.4f}  {text}")
 
 
+def _pipeline(args: argparse.Namespace) -> None:
+    from rlhflab.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from rlhflab import pipeline
+
+    report = pipeline.run(cfg, force=args.force, progress=not args.no_progress)
+    print(report)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from rlhflab.eval.report import build_report
+
+    html, markdown = build_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(markdown)
+    print(html)  # last line: scripts take the HTML path with `tail -1`
+
+
 def _config(args: argparse.Namespace) -> None:
     from rlhflab.config import dump_yaml, load_config
 
     print(dump_yaml(load_config(args.config, args.overrides)), end="")
 
 
-COMMANDS = {"sft": _stage("sft"), "reward": _stage("reward"), "ppo": _stage("ppo"), "score": _score, "config": _config}
+def _human(args: argparse.Namespace) -> None:
+    args.handler(args)  # serve / label / rate: each subcommand parser set its handler
+
+
+COMMANDS = {"sft": _stage("sft"), "reward": _stage("reward"), "ppo": _stage("ppo"), "evaluate": _stage("evaluate"),
+            "pipeline": _pipeline, "score": _score, "config": _config, "report": _report}
+COMMANDS.update({name: _human for name in ("serve", "label", "rate")})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

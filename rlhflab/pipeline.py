@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlhflab.config import Config, parse_yaml, to_dict
-from rlhflab.errors import RlhfLabError
+from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.io import RunDir, read_json
 
 STAGES = ("sft", "reward", "ppo", "evaluate", "report")
@@ -67,7 +67,11 @@ def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: C
         echo(f"{stage:<9} {'resuming' if resume else 'running'} ...")
         started = time.perf_counter()
         module = importlib.import_module(f"rlhflab.stages.{stage}")
-        run_dir = module.run(cfg, resume=resume, overwrite=not resume, progress=progress)
+        try:
+            run_dir = module.run(cfg, resume=resume, overwrite=not resume, progress=progress)
+        except RunInterrupted:
+            raise RunInterrupted(f"{stage} stopped and saved a checkpoint in {root / stage}; "
+                                 f"run the same pipeline command to pick up from there.") from None
         echo(f"{stage:<9} done in {_duration(time.perf_counter() - started):<6} {headline(stage, read_json(run_dir.summary_path))}")
     from rlhflab.eval.report import build_report
 

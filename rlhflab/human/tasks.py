@@ -1,0 +1,379 @@
+"""Create labelling and blind-rating tasks from files, and export labels for the reward stage.
+
+Label tasks read any table `rlhflab.data` reads (CSV, JSONL, JSON, Parquet, an evaluation's
+samples.jsonl): one text per row (`text`, `response`, `review`, ... with an optional `prompt`),
+or for preference pairs a prompt and two responses. Exports are exactly what `rlhflab reward`
+reads: labels JSONL `{"text": ..., "label": 1|0}` (reward.data.source) or pairs JSONL
+`{"prompt": ..., "chosen": ..., "rejected": ...}` (reward.objective=pairs, reward.pairs.source).
+
+Rating tasks hold one item per (prompt, model) from an evaluation's samples.jsonl (or freshly
+generated ones, `rlhflab.human.generation`); which model wrote a response, and its reward, stay
+in the item's hidden meta.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from rlhflab.data.labels import is_missing, label_or_none
+from rlhflab.data.pairs import PROMPT_COLUMNS
+from rlhflab.data.records import join_prompt_response
+from rlhflab.data.sources import TEXT_COLUMNS, cell_text, read_table
+from rlhflab.data.tables import Table
+from rlhflab.errors import RlhfLabError
+from rlhflab.human import answers, store
+from rlhflab.io import atomic_write_text
+
+# An evaluation's samples.jsonl names the response `response`; it goes first so its prompt is
+# shown apart from the response rather than read as the text.
+LABEL_TEXT_COLUMNS = ("response", *TEXT_COLUMNS)
+# Two responses to one prompt, tried in order when --columns is not given.
+PAIR_COLUMNS = (("response_a", "response_b"), ("response_1", "response_2"), ("response1", "response2"),
+                ("text_a", "text_b"), ("a", "b"), ("chosen", "rejected"))
+SAMPLE_KEYS = ("prompt", "model", "response")  # required in a samples.jsonl row
+
+
+# --- label and pair tasks ----------------------------------------------------------------
+
+
+def create_label_task(db_path: str | Path, source: str, *, kind: str = "label", name: str | None = None,
+                      labels: list[str] | tuple[str, ...] = answers.DEFAULT_LABELS, question: str | None = None,
+                      text_column: str | None = None, prompt_column: str | None = None,
+                      columns: list[str] | None = None, models: list[str] | None = None,
+                      limit: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """A label task (one text, one label) or a pairs task (pick the better of two responses)
+    from `source`; items are shuffled by `seed` and cut to `limit`. Returns name and counts."""
+    if kind not in ("label", "pairs"):
+        raise RlhfLabError(f"--kind must be label or pairs, got {kind!r}.")
+    _check_limit(limit)
+    config = answers.label_config(labels, question) if kind == "label" else answers.pairs_config(question)
+    _check_source(source)
+    table = read_table(str(source), "train")
+    if len(table) == 0:
+        raise RlhfLabError(f"{table.name} has no rows. Point --from at a file with one text per row.")
+    if kind == "label":
+        items, skipped = _label_items(table, text_column, prompt_column)
+    elif _is_samples(table) and columns is None:
+        items, skipped = _sample_pair_items(table, models, random.Random(seed))
+    else:
+        items, skipped = _column_pair_items(table, columns, prompt_column, random.Random(seed + 1))
+    if not items:
+        raise RlhfLabError(f"{table.name} gave no items to label ({skipped} rows skipped as empty or identical). Check the file and its columns.")
+    random.Random(seed).shuffle(items)  # mixes models and sources, so order reveals nothing
+    if limit is not None:
+        items = items[:limit]
+    with store.opened(db_path) as conn:
+        name = name or _free_name(conn, f"{_stem(source)}-{kind}")
+        store.create_task(conn, name, kind, config, {"from": str(source), "seed": seed}, items)
+    return {"name": name, "kind": kind, "items": len(items), "skipped": skipped}
+
+
+def _label_items(table: Table, text_column: str | None, prompt_column: str | None) -> tuple[list[dict], int]:
+    text_col = _column(table, text_column, LABEL_TEXT_COLUMNS, "text", required=True)
+    prompt_col = _column(table, prompt_column, PROMPT_COLUMNS, "prompt", required=False)
+    items, skipped = [], 0
+    for i in range(len(table)):
+        text = cell_text(table.data[text_col][i], table, i, text_col)
+        if not text:
+            skipped += 1
+            continue
+        prompt = cell_text(table.data[prompt_col][i], table, i, prompt_col) if prompt_col else ""
+        items.append({"prompt": prompt, "text": text, "meta": {"row": i, "fields": _hidden_fields(table, i, {text_col, prompt_col})}})
+    return items, skipped
+
+
+def _is_samples(table: Table) -> bool:
+    """An evaluation's samples.jsonl: one response per (prompt, model)."""
+    return all(key in table.columns for key in SAMPLE_KEYS)
+
+
+def _sample_pair_items(table: Table, models: list[str] | None, rng: random.Random) -> tuple[list[dict], int]:
+    """Pairs of two models' responses to the same prompt (which is A and which B is random)."""
+    rows = [{c: table.data[c][i] for c in table.columns} for i in range(len(table))]
+    chosen = _pick_models(rows, models, exactly=2, name=table.name)
+    by_prompt = _group_by_prompt(rows, chosen)
+    items, skipped = [], 0
+    swaps = _balanced_swaps(len(by_prompt), rng)
+    for (key, responses), swap in zip(by_prompt.items(), swaps):
+        if len(responses) < 2:
+            continue
+        first, second = responses[chosen[0]], responses[chosen[1]]
+        a, b = (second, first) if swap else (first, second)
+        text_a, text_b = _clean(a["response"]), _clean(b["response"])
+        if not text_a or not text_b or text_a == text_b:
+            skipped += 1  # nothing to prefer (and the reward stage refuses identical pairs)
+            continue
+        items.append({"prompt": _clean(a["prompt"]), "text": text_a, "text_b": text_b,
+                      "meta": {"prompt_id": key, "a": _sample_meta(a), "b": _sample_meta(b)}})
+    return items, skipped
+
+
+def _column_pair_items(table: Table, columns: list[str] | None, prompt_column: str | None, rng: random.Random) -> tuple[list[dict], int]:
+    if columns is not None:
+        if len(columns) != 2:
+            raise RlhfLabError(f"--columns takes the two response columns, got {len(columns)}: {columns}.")
+        for col in columns:
+            _column(table, col, (), "response", required=True)
+        col_a, col_b = columns
+    else:
+        found = next((pair for pair in PAIR_COLUMNS if all(c in table.columns for c in pair)), None)
+        if found is None:
+            tried = ", ".join("/".join(p) for p in PAIR_COLUMNS)
+            raise RlhfLabError(
+                f"{table.name} has no pair of response columns (tried {tried}); columns are: "
+                f"{', '.join(table.columns)}. Name them with --columns A B, or give an evaluation's samples.jsonl."
+            )
+        col_a, col_b = found
+    prompt_col = _column(table, prompt_column, PROMPT_COLUMNS, "prompt", required=False)
+    items, skipped = [], 0
+    swaps = _balanced_swaps(len(table), rng)
+    for i in range(len(table)):
+        first = cell_text(table.data[col_a][i], table, i, col_a)
+        second = cell_text(table.data[col_b][i], table, i, col_b)
+        if not first or not second or first == second:
+            skipped += 1
+            continue
+        swap = swaps[i]
+        prompt = cell_text(table.data[prompt_col][i], table, i, prompt_col) if prompt_col else ""
+        fields = _hidden_fields(table, i, {col_a, col_b, prompt_col})
+        items.append({"prompt": prompt, "text": second if swap else first, "text_b": first if swap else second,
+                      "meta": {"row": i, "a": col_b if swap else col_a, "b": col_a if swap else col_b, "fields": fields}})
+    return items, skipped
+
+
+def export_labels(db_path: str | Path, task_name: str, out: str | Path | None = None) -> dict[str, Any]:
+    """Write a label task's answers as labels JSONL, or a pairs task's as pairs JSONL. With
+    several raters an item takes its majority answer; ties are left out. Returns the path and counts."""
+    with store.opened(db_path, create=False) as conn:
+        task = store.get_task(conn, task_name)
+        if task["kind"] == "rating":
+            raise RlhfLabError(f"{task_name!r} is a rating task; `rlhflab rate summary --task {task_name}` summarises it.")
+        items = {item["id"]: item for item in store.task_items(conn, task["id"])}
+        votes: dict[str, Counter] = defaultdict(Counter)
+        for answer in store.task_answers(conn, task["id"]):
+            votes[answer["item_id"]][answer["value"].get("label", answer["value"].get("choice"))] += 1
+    if not votes:
+        raise RlhfLabError(f"Task {task_name!r} has no answers yet. Label some items (`rlhflab serve`), then export.")
+    values = label_values(task["config"]["labels"]) if task["kind"] == "label" else None
+    rows, ties, unmapped = [], 0, 0
+    for item_id, item in items.items():  # display order: stable across exports
+        counts = votes.get(item_id)
+        if not counts:
+            continue
+        (top, n), *rest = counts.most_common()
+        if rest and rest[0][1] == n:
+            ties += 1
+            continue
+        if values is not None:
+            if values[top] is None:
+                unmapped += 1  # e.g. "unsure": not a positive or negative example
+                continue
+            rows.append({"text": join_prompt_response(item["prompt"], item["text"]), "label": values[top]})
+        else:
+            chosen, rejected = (item["text"], item["text_b"]) if top == "a" else (item["text_b"], item["text"])
+            rows.append({"prompt": item["prompt"], "chosen": chosen, "rejected": rejected})
+    if not rows:
+        raise RlhfLabError(f"Task {task_name!r} has answers but none to export ({ties} ties, {unmapped} with a label that is neither positive nor negative).")
+    suffix = "labels" if task["kind"] == "label" else "pairs"
+    path = Path(out) if out else Path(db_path).parent / f"{task_name}-{suffix}.jsonl"
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return {"path": str(path), "kind": task["kind"], "rows": len(rows), "labelled": len(votes), "items": len(items),
+            "ties": ties, "unmapped": unmapped,
+            "positive": sum(r.get("label") == 1 for r in rows), "negative": sum(r.get("label") == 0 for r in rows)}
+
+
+def label_values(labels: list[str]) -> dict[str, int | None]:
+    """What the reward stage learns from each label: 1 (positive), 0 (negative) or None (left out).
+
+    Known spellings (good/bad, positive/negative, yes/no, ...) keep their meaning; in a set of
+    two labels an unknown one takes the meaning its position gives (first positive, second
+    negative); any other label ("unsure", "skip") is not exported."""
+    values = {label: label_or_none(label) for label in labels}
+    if len(labels) == 2:
+        for label, fallback in zip(labels, (1, 0)):
+            if values[label] is None:
+                values[label] = fallback
+    return values
+
+
+# --- rating tasks ------------------------------------------------------------------------
+
+
+def read_samples(path: str | Path) -> list[dict[str, Any]]:
+    """An evaluation's samples.jsonl: one {"prompt_id", "prompt", "model", "response", "score", ...} per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RlhfLabError(f"Samples file {path} does not exist. Run `rlhflab evaluate` first, or pass the path of its samples.jsonl.")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RlhfLabError(f"Line {number} of {path} is not valid JSON ({exc.msg}). Fix or delete that line.") from None
+        missing = [k for k in SAMPLE_KEYS if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise RlhfLabError(f"Line {number} of {path} has no {', '.join(missing)}; each line needs prompt, model and response (an evaluation's samples.jsonl).")
+        rows.append(row)
+    if not rows:
+        raise RlhfLabError(f"{path} holds no samples.")
+    return rows
+
+
+def create_rating_task(db_path: str | Path, samples: list[dict[str, Any]], *, name: str | None = None,
+                       models: list[str] | None = None, prompts: int | None = None, seed: int = 0,
+                       question: str | None = None, origin: str = "samples") -> dict[str, Any]:
+    """A blind rating of two or more models' responses to the same prompts (first `prompts`
+    prompts that every model answered); items are shuffled, one per (prompt, model)."""
+    _check_limit(prompts, "--prompts")
+    chosen = _pick_models(samples, models, exactly=None, name=origin)
+    by_prompt = {key: r for key, r in _group_by_prompt(samples, chosen).items() if len(r) == len(chosen)}
+    if not by_prompt:
+        raise RlhfLabError(f"No prompt in {origin} has a response from every model ({', '.join(chosen)}). Rate models evaluated on the same prompts.")
+    keys = list(by_prompt)
+    if prompts is not None:
+        if prompts > len(keys):
+            raise RlhfLabError(f"--prompts {prompts} asks for more prompts than {origin} has with a response from every model ({len(keys)}). Use --prompts {len(keys)} or fewer.")
+        keys = keys[:prompts]
+    items = []
+    for key in keys:
+        for model in chosen:
+            row = by_prompt[key][model]
+            items.append({"prompt": _clean(row["prompt"]), "text": str(row["response"]), "meta": {"prompt_id": key, **_sample_meta(row)}})
+    random.Random(seed).shuffle(items)  # models interleaved: position says nothing about the source
+    sources = {m: str(by_prompt[keys[0]][m].get("source", m)) for m in chosen}
+    info = {"models": chosen, "sources": sources, "from": origin, "prompts": len(keys), "seed": seed}
+    with store.opened(db_path) as conn:
+        # Not named after the models: raters see the task name.
+        name = name or _free_name(conn, "blind-rating")
+        store.create_task(conn, name, "rating", answers.rating_config(question), info, items)
+    return {"name": name, "kind": "rating", "items": len(items), "prompts": len(keys), "models": chosen}
+
+
+def _pick_models(rows: list[dict], models: list[str] | None, *, exactly: int | None, name: str) -> list[str]:
+    available = list(dict.fromkeys(str(r["model"]) for r in rows))
+    if models:
+        unknown = [m for m in models if m not in available]
+        if unknown:
+            raise RlhfLabError(f"{name} has no responses from {', '.join(unknown)}; its models are: {', '.join(available)}.")
+        chosen = list(dict.fromkeys(models))
+    else:
+        chosen = available[:exactly] if exactly else available
+    need = exactly or 2
+    if len(chosen) < need or (exactly and len(chosen) != exactly):
+        raise RlhfLabError(f"{name} needs responses from {'exactly' if exactly else 'at least'} {need} models; "
+                           f"got {', '.join(chosen) or 'none'} (available: {', '.join(available)}). Choose them with --models.")
+    return chosen
+
+
+def _group_by_prompt(rows: list[dict], models: list[str]) -> dict[Any, dict[str, dict]]:
+    """prompt key -> {model: first row}, in order of first appearance; the key is prompt_id
+    when rows have one (two prompts may share a text), else the prompt text."""
+    grouped: dict[Any, dict[str, dict]] = {}
+    for row in rows:
+        model = str(row["model"])
+        if model not in models or is_missing(row.get("response")):
+            continue
+        key = row["prompt_id"] if not is_missing(row.get("prompt_id")) else _clean(row["prompt"])
+        grouped.setdefault(key, {}).setdefault(model, row)
+    return grouped
+
+
+def _sample_meta(row: dict) -> dict[str, Any]:
+    """What stays hidden on the server: which model, from where, and its reward."""
+    return {"model": str(row["model"]), "source": row.get("source"), "score": _number(row.get("score")),
+            "positive_probability": _number(row.get("positive_probability")), "sentiment": row.get("sentiment")}
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _column(table: Table, wanted: str | None, candidates: tuple[str, ...], kind: str, *, required: bool) -> str | None:
+    if wanted is not None:
+        if wanted not in table.columns:
+            raise RlhfLabError(f"Column {wanted!r} not found in {table.name}; columns are: {', '.join(table.columns)}. Set --{kind}-column to one of them.")
+        return wanted
+    lowered = {c.lower(): c for c in table.columns}
+    for name in candidates:
+        if name in table.columns:
+            return name
+        if name in lowered:
+            return lowered[name]
+    if required:
+        raise RlhfLabError(f"{table.name} has no {kind} column: looked for {', '.join(candidates)}; columns are: "
+                           f"{', '.join(table.columns)}. Set --{kind}-column to the column holding the {kind}.")
+    return None
+
+
+def _hidden_fields(table: Table, index: int, shown: set) -> dict[str, Any]:
+    """The row's other columns (model, score, original label...), JSON-safe, kept server-side."""
+    out = {}
+    for col in table.columns:
+        if col in shown:
+            continue
+        value = table.data[col][index]
+        if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+            try:
+                value = value.item()
+            except (TypeError, ValueError):
+                pass
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        out[col] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+    return out
+
+
+def _clean(value: object) -> str:
+    return "" if is_missing(value) else " ".join(str(value).split())
+
+
+def _number(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _balanced_swaps(n: int, rng: random.Random) -> list[bool]:
+    """Which items show their second response on the left: half of them, in random order, so
+    neither source sits on one side (raters favour a side; the export undoes the swap)."""
+    swaps = [i % 2 == 1 for i in range(n)]
+    rng.shuffle(swaps)
+    return swaps
+
+
+def _check_source(source: str) -> None:
+    """A missing file named in --from terms (read_table's message speaks of data.source)."""
+    from rlhflab.data.bundled import BUNDLED
+
+    text = str(source).strip()
+    if text.lower() in BUNDLED or text.startswith("hf:") or Path(text).expanduser().exists():
+        return
+    raise RlhfLabError(f"--from {text}: no such file ({Path(text).expanduser().resolve()}). Pass an evaluation's samples.jsonl "
+                       "or a .csv/.jsonl/.json/.parquet file with a text column.")
+
+
+def _check_limit(limit: int | None, option: str = "--limit") -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise RlhfLabError(f"{option} must be a positive whole number, got {limit!r}.")
+
+
+def _stem(source: str) -> str:
+    stem = Path(str(source).removeprefix("hf:")).stem or "task"
+    stem = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "-" for ch in stem).strip("-_")
+    return stem[:40] or "task"
+
+
+def _free_name(conn, base: str) -> str:
+    taken = {t["name"] for t in store.list_tasks(conn)}
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    return name
