@@ -15,8 +15,9 @@ import time
 import torch
 
 from rlhflab.data import balanced_sample, load_reviews
-from rlhflab.models.encoding import cache_lower_blocks, encode, make_forward
+from rlhflab.malloc import keep_freed_memory
 from rlhflab.models.blocks import first_trainable_block
+from rlhflab.models.encoding import cache_lower_blocks, encode, make_forward
 from rlhflab.models.reward_model import configure_trainable, load_reward_backbone
 from rlhflab.ops.reward_loss import label_loss
 from rlhflab.runtime import fast_bf16, peak_memory_mb
@@ -34,6 +35,7 @@ def epoch_seconds(model, forward, split, labels, batch_size: int) -> float:
 
 
 def main() -> None:
+    keep_freed_memory()  # as every stage does (RLHFLAB_KEEP_FREED_MEMORY=0 measures without)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--reviews", type=int, default=512)

@@ -14,11 +14,12 @@ import torch
 
 from rlhflab.config import SftConfig
 from rlhflab.data import balanced_sample, load_reviews
+from rlhflab.malloc import keep_freed_memory
 from rlhflab.models.blocks import first_trainable_block, lower_hidden, top_forward
 from rlhflab.models.causal_lm import load_causal_lm
+from rlhflab.models.encoding import encode
 from rlhflab.ops.lm_loss import token_nll_sum
 from rlhflab.runtime import peak_memory_mb
-from rlhflab.models.encoding import encode
 from rlhflab.stages.sft import configure_trainable
 
 
@@ -32,6 +33,7 @@ def timed(fn, steps: int, bf16: bool) -> float:
 
 
 def main() -> None:
+    keep_freed_memory()  # as every stage does (RLHFLAB_KEEP_FREED_MEMORY=0 measures without)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--batch", type=int, default=16)

@@ -128,6 +128,9 @@ COMMANDS.update({name: _human for name in ("serve", "label", "rate")})
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from rlhflab.malloc import keep_freed_memory
+
+    keep_freed_memory()  # before any model is loaded (see the function for why)
     # Quieter third-party logs: the CLI prints its own progress and results.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -21,6 +21,9 @@ def make_accelerator(device: str, mixed_precision: str):
     from accelerate import Accelerator
 
     from rlhflab.errors import RlhfLabError
+    from rlhflab.malloc import keep_freed_memory
+
+    keep_freed_memory()
 
     if device not in ("auto", "cpu", "cuda"):
         raise RlhfLabError(f"device must be auto, cpu or cuda, got {device!r} (choose the GPU with CUDA_VISIBLE_DEVICES).")

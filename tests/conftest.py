@@ -13,7 +13,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from rlhflab.malloc import keep_freed_memory
 from tests.helpers import synthetic_reviews
+
+keep_freed_memory()  # as the CLI does: the tests train many small models
 
 
 @pytest.fixture(scope="module")
