@@ -11,14 +11,13 @@ closing. matplotlib is imported inside the functions so `import rlhflab` stays l
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rlhflab.errors import RlhfLabError
+from rlhflab.io import atomic_open
 
 DPI = 110
 SENTIMENT_ORDER = ("positive", "neutral", "negative")
@@ -38,17 +37,8 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     """Write `fig` as PNG via a temp file in the same folder and rename: a reader (or a
     report being built at the same time) never sees half an image."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a figure is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
     fig.clear()  # drop the artists now rather than at garbage collection
     return path
 

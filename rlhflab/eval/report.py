@@ -727,6 +727,4 @@ def build_report(run_root: Path, out_dir: Path | None = None) -> tuple[Path, Pat
     atomic_write_text(md_path, to_markdown(doc, out_dir))
     atomic_write_text(html_path, to_html(doc))
     figures.remove_stale()
-    for path in (md_path, html_path):
-        path.chmod(0o644)  # atomic writes create private temp files; a report is meant to be shared
     return html_path, md_path

@@ -258,3 +258,17 @@ def test_read_metrics_ignores_blank_lines(tmp_path):
     run.prepare(resume=False, overwrite=False)
     run.metrics_path.write_text('{"step": 1}\n\n{"step": 2}\n', encoding="utf-8")
     assert run.read_metrics() == [{"step": 1}, {"step": 2}]
+
+
+def test_atomic_writes_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
+    import os
+    import stat
+
+    from rlhflab.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "shared.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "shared.txt").stat().st_mode) == 0o644
