@@ -136,9 +136,9 @@ class PpoConfig:
     policy: str | None = None  # None: this run's SFT model (runs/<name>/sft); else a model id or folder
     trainable: Literal["all", "lora"] | list[int] = field(default_factory=lambda: [-2, -1])
     lora: LoraConfig = field(default_factory=LoraConfig)
-    steps: int = 80  # PPO steps: rollout batch -> scores -> several epochs of updates
-    batch_size: int = 32  # prompts per rollout
-    minibatch_size: int = 8
+    steps: int = 70  # PPO steps: rollout batch -> scores -> several epochs of updates
+    batch_size: int = 64  # prompts per rollout
+    minibatch_size: int = 16
     ppo_epochs: int = 4  # passes over each rollout batch
     learning_rate: float = 1e-4
     max_new_tokens: int = 24
@@ -150,10 +150,10 @@ class PpoConfig:
     stop_token: str | None = None  # ends a response besides EOS (e.g. "."); must be one token
     non_stop_penalty: float | None = None  # score for responses that never stop
     kl_estimator: Literal["k1", "k3"] = "k1"
-    kl_coef: float = 0.1  # initial beta
+    kl_coef: float = 0.05  # initial beta
     adaptive_kl: bool = True
-    kl_target: float = 6.0  # nats per response
-    kl_horizon: int = 10000
+    kl_target: float = 5.0  # nats per response
+    kl_horizon: int = 1000  # responses; smaller reacts faster (trl uses 10000 with much longer runs)
     gamma: float = 1.0
     lam: float = 0.95
     clip_range: float = 0.2
