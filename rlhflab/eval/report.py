@@ -660,6 +660,11 @@ def _headline(stages: dict[str, Stage]) -> list[list[str]]:
                     continue
                 rows.append(["evaluation", f"mean reward, {ref} → {m}", _num((models[ref].get("score") or {}).get("mean")),
                              _num((models[m].get("score") or {}).get("mean"))])
+                ref_prob, prob = models[ref].get("positive_probability"), models[m].get("positive_probability")
+                if ref_prob and prob:
+                    rows.append(["evaluation", f"mean P(positive), {ref} → {m}", _num(ref_prob.get("mean")), _num(prob.get("mean"))])
+                if models[m].get("kl_to_reference") is not None:
+                    rows.append(["evaluation", f"KL of {m} to {ref} (nats / response)", "-", _num(models[m]["kl_to_reference"])])
                 better = (ev.get("comparison") or {}).get(m, {}).get("better")
                 if better is not None:
                     rows.append(["evaluation", f"prompts where {m} beats {ref}", "-", _pct(better)])
