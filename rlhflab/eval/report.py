@@ -467,6 +467,18 @@ def _eval_figures(stage: Stage, summary: dict, names: list[str], reference: str,
     return blocks
 
 
+def evaluation_figures(samples: list[dict], summary: dict, out: Path) -> list[Path]:
+    """The evaluation's figures (distributions, reward maps, sentiment bars) drawn from its samples
+    into `out`: the evaluate stage writes its own PNGs with the same code the report uses."""
+    figures = Figures(out)
+    stage = Stage("evaluate", out, summary=summary, samples=samples)
+    names = _eval_models(summary, samples)
+    reference = summary.get("reference") or names[0]
+    _eval_figures(stage, summary, names, reference, figures)
+    _sentiment_blocks(summary.get("models") or {}, samples, names, figures)
+    return sorted(figures.written)
+
+
 def _sentiment_blocks(models: dict, samples: list[dict], names: list[str], figures: Figures) -> list[Block]:
     by = {m: (models.get(m) or {}).get("by_sentiment") or {} for m in names}
     if not any(by.values()) and samples:  # no breakdown in the summary: compute it from the samples

@@ -132,7 +132,6 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
     comparison = {name: {"vs": reference_name, **reward_shift(first, [r["score"] for r in rows if r["model"] == name])}
                   for name in list(sources)[1:]}
     write_jsonl(run_dir.path / "samples.jsonl", rows)
-    figures = draw_figures(run_dir.path, rows, reference_name)
     summary = {
         "prompts": len(prompts),
         "reward": score_fn.description,
@@ -141,9 +140,12 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
         "temperature": ev.temperature,
         "models": models,
         "comparison": comparison,
-        "figures": figures,
-        **run_facts(accelerator, started),
     }
+    from rlhflab.eval.report import evaluation_figures  # matplotlib only now
+
+    figures = evaluation_figures(rows, summary, run_dir.path / "figures")
+    summary["figures"] = {path.stem: str(path.relative_to(run_dir.path.resolve())) for path in figures}
+    summary.update(run_facts(accelerator, started))
     write_json(run_dir.summary_path, summary)
     return run_dir
 
@@ -173,32 +175,6 @@ def _check_same_vocab(tokenizer, ref_tokenizer, name: str, reference: str) -> No
     if tokenizer.get_vocab() != ref_tokenizer.get_vocab():
         raise RlhfLabError(f"Model {name!r} uses a different tokenizer from the reference {reference!r}, so KL and "
                            f"perplexity against it are undefined. Compare models fine-tuned from the same base.")
-
-
-def draw_figures(folder: Path, rows: list[dict], reference: str) -> dict[str, str]:
-    """The evaluation's figures from its samples (positive probability where there is one); paths relative to `folder`."""
-    from rlhflab.eval import plots
-
-    key = "positive_probability" if rows and rows[0]["positive_probability"] is not None else "score"
-    label = "P(positive) from the reward model" if key == "positive_probability" else "reward model score"
-    names = list(dict.fromkeys(r["model"] for r in rows))
-    values = {name: [r[key] for r in rows if r["model"] == name] for name in names}
-    out = folder / "figures"
-    paths = {
-        "reward_histograms": plots.reward_histograms(values, out / "reward_histograms.png", xlabel=label),
-        "reward_overlay": plots.reward_overlay(values, out / "reward_overlay.png", xlabel=label),
-    }
-    for name in names[1:]:
-        paths[f"reward_map_{name}"] = plots.reward_map(values[reference], values[name], out / f"reward_map_{name}.png",
-                                                       x_name=reference, y_name=name, label=label)
-    by_sentiment = {name: {} for name in names}
-    for sentiment in SENTIMENTS:
-        for name in names:
-            group = [r[key] for r in rows if r["model"] == name and r["sentiment"] == sentiment]
-            if group:
-                by_sentiment[name][sentiment] = sum(group) / len(group)
-    paths["sentiment_breakdown"] = plots.sentiment_breakdown(by_sentiment, out / "sentiment_breakdown.png", ylabel=f"mean {label}")
-    return {name: str(Path(path).relative_to(folder)) for name, path in paths.items()}
 
 
 def format_summary(summary: dict) -> str:

@@ -43,8 +43,11 @@ def make_config(tmp_path, reviews_csv, models, **fields) -> Config:
                   reward_fn=RewardFnConfig(source=f"{reward}:e_share"), evaluate=EvaluateConfig(**settings))
 
 
-def test_evaluate_writes_the_agreed_summary_and_samples(tmp_path, reviews_csv, tiny_llama_dir, perturbed_llama_dir):
+def test_evaluate_writes_the_agreed_summary_and_samples(tmp_path, reviews_csv, tiny_llama_dir, perturbed_llama_dir,
+                                                        monkeypatch):
     cfg = make_config(tmp_path, reviews_csv, {"sft": str(tiny_llama_dir), "ppo": str(perturbed_llama_dir)})
+    monkeypatch.chdir(tmp_path)
+    cfg.runs_dir = "runs"  # relative, as in the presets
     run_dir = evaluate.run(cfg, progress=False)
     summary = json.loads(run_dir.summary_path.read_text())
     assert summary["prompts"] == 12 and summary["reference"] == "sft"
