@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from typing import Sequence
 
 from rlhflab.errors import RlhfLabError, RunInterrupted
@@ -27,14 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhflab", description="Reinforcement learning from human feedback, end to end.")
     parser.add_argument("--version", action="version", version=f"rlhflab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    sft = commands.add_parser("sft", help="supervised fine-tuning of a causal LM on reviews")
-    _add_run_arguments(sft)
-    reward = commands.add_parser("reward", help="train a reward model on labelled texts or preference pairs")
-    _add_run_arguments(reward)
-    ppo = commands.add_parser("ppo", help="PPO against the reward, with a KL penalty to the SFT model")
-    _add_run_arguments(ppo)
-    evaluate = commands.add_parser("evaluate", help="generate from SFT and PPO (or any models) on held-out prompts and compare")
-    _add_run_arguments(evaluate)
+    from rlhflab.stages.registry import STAGES  # a declaration only: no torch
+
+    for stage in STAGES.values():
+        _add_run_arguments(commands.add_parser(stage.name, help=stage.doc))
     pipeline = commands.add_parser("pipeline", help="SFT -> reward -> PPO -> evaluate -> report, skipping stages that are up to date")
     pipeline.add_argument("--config", help="YAML preset (see configs/); defaults apply when omitted")
     pipeline.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. ppo.steps=40")
@@ -59,24 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stage(name: str):
-    """A command that runs one stage from a config and prints its table."""
+def _stage(args: argparse.Namespace) -> None:
+    """Run one stage from a config and print its table."""
+    from rlhflab.config import load_config
 
-    def command(args: argparse.Namespace) -> None:
-        from rlhflab.config import load_config
+    cfg = load_config(args.config, args.overrides)  # before torch loads: config errors are instant
+    from rlhflab.io import read_json
+    from rlhflab.stages.common import run_stage
+    from rlhflab.stages.registry import STAGES
 
-        cfg = load_config(args.config, args.overrides)  # before torch loads: config errors are instant
-        import importlib
+    run_dir = run_stage(args.command, cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    summary = read_json(run_dir.summary_path)
+    print(STAGES[args.command].module.format_summary(summary))
+    if summary.get("left_out"):
+        from rlhflab.data import describe_dropped
 
-        from rlhflab.io import read_json
-
-        stage = importlib.import_module(f"rlhflab.stages.{name}")
-        run_dir = stage.run(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-        summary = read_json(run_dir.summary_path)
-        print(stage.format_summary(summary))
-        print(f"model: {run_dir.model_dir}" if run_dir.model_dir.exists() else f"results: {run_dir.path}")
-
-    return command
+        print(f"data: {describe_dropped(summary['left_out'])}")
+    print(f"model: {run_dir.model_dir}" if run_dir.model_dir.exists() else f"results: {run_dir.path}")
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -121,13 +117,25 @@ def _human(args: argparse.Namespace) -> None:
     args.handler(args)  # serve / label / rate: each subcommand parser set its handler
 
 
-COMMANDS = {"sft": _stage("sft"), "reward": _stage("reward"), "ppo": _stage("ppo"), "evaluate": _stage("evaluate"),
-            "pipeline": _pipeline, "score": _score, "config": _config, "report": _report}
+COMMANDS = {"pipeline": _pipeline, "score": _score, "config": _config, "report": _report}
 COMMANDS.update({name: _human for name in ("serve", "label", "rate")})
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Flags and `key=value` overrides in any order (`rlhflab ppo --config X --overwrite name=a`)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+        args.overrides = [*(args.overrides or []), *overrides]
+        extra = [item for item in extra if item not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from rlhflab.malloc import keep_freed_memory
 
     keep_freed_memory()  # before any model is loaded (see the function for why)
@@ -136,8 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights" bars
     try:
-        COMMANDS[args.command](args)
+        COMMANDS.get(args.command, _stage)(args)  # the rest are the registered stages
     except RlhfLabError as exc:
+        if os.environ.get("RLHFLAB_DEBUG") == "1":  # the full traceback, chained causes included
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RunInterrupted as exc:

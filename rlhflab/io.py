@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import uuid
 import os
 import shutil
 import tempfile
@@ -16,21 +18,55 @@ from rlhflab.errors import RlhfLabError
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO]:
     """A handle on a temp file in the same folder, renamed to `path` on success, so readers never
-    see half a file. The file gets the usual permissions (0666 less the umask), not mkstemp's 0600."""
+    see half a file. The file gets the usual permissions (0666 less the umask), not mkstemp's 0600.
+
+    Raises RlhfLabError when the folder cannot be written or the disk fills up; `path` keeps its
+    previous content then.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with user_os_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        with user_os_errors(path):
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+# OS errors a user can fix (disk full, no permission, a file where a folder should be, ...).
+_USER_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "the operation is not permitted",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.EEXIST: "a file of that name is in the way",
+    errno.ENOENT: "a folder on the path does not exist or cannot be created",
+}
+
+
+@contextlib.contextmanager
+def user_os_errors(path: Path, kept: str | None = None) -> Iterator[None]:
+    """Turn OS errors a user can fix into one-line RlhfLabErrors naming `path` and what was kept."""
+    try:
+        yield
+    except OSError as exc:
+        reason = _USER_ERRNOS.get(exc.errno)
+        if reason is None or isinstance(exc, RlhfLabError):
+            raise
+        kept = kept or (f"{path} was not changed" if Path(path).exists() else "nothing was written")
+        raise RlhfLabError(f"Cannot write {path}: {reason} ({exc.strerror}); {kept}. "
+                           f"Fix that (free space, choose another folder) and run again.") from exc
 
 
 def _umask() -> int:
@@ -63,28 +99,72 @@ def read_json(path: Path) -> Any:
 
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temp folder beside `target`; on success it replaces `target` in one rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    """Yield a temp folder beside `target`; on success it replaces `target` in one rename.
+
+    A crash between the two renames leaves `.<name>.old`; `clean_leftovers` puts it back.
+    """
+    with user_os_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with user_os_errors(target):
+            yield tmp
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def clean_leftovers(folder: Path) -> None:
+    """Remove what a killed atomic write left in `folder`: temp files/folders (`.<name>.*.tmp`),
+    and `.<name>.old` (restored as `<name>` when the rename that replaced it never happened)."""
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        if not entry.name.startswith("."):
+            continue
+        if entry.name.endswith(".tmp"):
+            _remove(entry)
+        elif entry.name.endswith(".old"):
+            original = folder / entry.name[1:-len(".old")]
+            if original.exists():
+                _remove(entry)
+            else:
+                os.replace(entry, original)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 class RunDir:
-    """`runs/<name>/<stage>/`: config.yaml, metrics.jsonl, samples.jsonl, model/, checkpoints/, summary.json."""
+    """`runs/<name>/<stage>/`: config.yaml, metrics.jsonl, samples.jsonl, model/, checkpoints/,
+    summary.json, stage.json.
+
+    A run is built in `<stage>.partial/` beside the finished one and replaces it in one rename
+    when it finishes (`finish`), so a rerun that fails, or is interrupted, never loses the
+    finished stage. `path` is where the run reads and writes now: the partial folder while a run
+    is open, the finished folder otherwise.
+    """
 
     def __init__(self, path: Path):
-        self.path = Path(path)
+        self.final = Path(path)
+        self.path = self.final
+        self.stage_facts: dict[str, Any] = {}  # the stage's key (rlhflab/stages/registry.py), set on open
+
+    @property
+    def partial(self) -> Path:
+        return self.final.with_name(f"{self.final.name}.partial")
 
     @property
     def model_dir(self) -> Path:
@@ -102,21 +182,71 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
-    def has_checkpoint(self) -> bool:
-        return (self.checkpoint_dir / "latest" / "state.json").exists()
+    def has_checkpoint(self, folder: Path | None = None) -> bool:
+        return ((folder or self.path) / "checkpoints" / "latest" / "state.json").exists()
+
+    def is_finished(self) -> bool:
+        return (self.final / "summary.json").exists()
+
+    def recover(self) -> None:
+        """Finish a swap that a kill interrupted, and clear temp files a killed write left."""
+        old = self.final.with_name(f".{self.final.name}.old")
+        if old.exists():
+            if not self.final.exists() and (self.partial / "summary.json").exists():
+                os.replace(self.partial, self.final)  # killed between the two renames of `finish`
+            if self.final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, self.final)
+        for folder in (self.final, self.partial):
+            clean_leftovers(folder)
+            clean_leftovers(folder / "checkpoints")
 
     def prepare(self, *, resume: bool, overwrite: bool) -> None:
-        """Create the folder; refuse to silently clobber an earlier run."""
-        if self.path.exists() and any(self.path.iterdir()) and not resume:
-            if not overwrite:
-                raise RlhfLabError(
-                    f"{self.path} already holds a run. Pass --resume to continue it, --overwrite to "
-                    f"start again, or choose another name with name=..."
-                )
-            shutil.rmtree(self.path)
-        if resume and not self.has_checkpoint():
-            raise RlhfLabError(f"Nothing to resume in {self.path}: it has no checkpoint. Run without --resume.")
-        self.path.mkdir(parents=True, exist_ok=True)
+        """Open the partial folder for a new run (or the interrupted one, on resume).
+
+        Refuses to silently replace a finished or interrupted run; a folder a failed start left
+        (no checkpoint) is simply replaced. The finished run stays until the new one finishes.
+        """
+        with user_os_errors(self.final):
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.recover()
+            if resume:
+                if not self.has_checkpoint(self.partial):
+                    where = "it is finished" if self.is_finished() else "it has no checkpoint"
+                    raise RlhfLabError(f"Nothing to resume in {self.final}: {where}. Run without --resume "
+                                       f"(with --overwrite to start it again).")
+            else:
+                if not overwrite and (self.has_checkpoint(self.partial) or _holds_files(self.final)):
+                    what = ("an interrupted run" if self.has_checkpoint(self.partial) else "a run")
+                    raise RlhfLabError(
+                        f"{self.final} already holds {what}. Pass --resume to continue it, --overwrite to "
+                        f"start again, or choose another name with name=..."
+                    )
+                shutil.rmtree(self.partial, ignore_errors=True)
+            self.partial.mkdir(parents=True, exist_ok=True)
+        self.path = self.partial
+
+    def finish(self, summary: dict[str, Any]) -> "RunDir":
+        """Write summary.json and stage.json (the stage's key and a new run id), then put the run in place."""
+        write_json(self.path / "summary.json", summary)
+        write_json(self.path / "stage.json", {**self.stage_facts, "run_id": uuid.uuid4().hex})
+        if self.path == self.partial:
+            old = self.final.with_name(f".{self.final.name}.old")
+            with user_os_errors(self.final):
+                if self.final.exists():
+                    shutil.rmtree(old, ignore_errors=True)
+                    os.replace(self.final, old)
+                os.replace(self.partial, self.final)
+                shutil.rmtree(old, ignore_errors=True)
+        self.path = self.final
+        return self
+
+    def discard_failed_start(self) -> None:
+        """After a failure: drop the partial folder unless it holds a checkpoint worth resuming."""
+        if self.partial.exists() and not self.has_checkpoint(self.partial):
+            shutil.rmtree(self.partial, ignore_errors=True)
+        self.path = self.final
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON line; a line is written whole with a single write call."""
@@ -129,6 +259,19 @@ class RunDir:
         return [json.loads(line) for line in self.metrics_path.read_text(encoding="utf-8").splitlines() if line]
 
     def truncate_metrics(self, after_step: int) -> None:
-        """On resume, drop lines logged after the checkpoint so the log has no duplicate steps."""
-        kept = [r for r in self.read_metrics() if r.get("step", 0) <= after_step]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        """On resume, drop lines logged after the checkpoint so the logs have no duplicate steps."""
+        truncate_jsonl(self.metrics_path, after_step)
+        truncate_jsonl(self.path / "samples.jsonl", after_step)
+
+
+def truncate_jsonl(path: Path, after_step: int) -> None:
+    """Keep the lines of a step log up to `after_step` (lines without a step are kept)."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line and json.loads(line).get("step", 0) <= after_step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())

@@ -1,13 +1,13 @@
 """`rlhflab pipeline`: SFT -> reward model -> PPO -> evaluation -> report, one config, resumable.
 
-Each stage writes `runs/<name>/<stage>/`. A stage whose run finished (summary.json) with the
-same settings is skipped; one that was interrupted resumes from its checkpoint; one whose
-settings changed, or that comes after a stage that ran again, starts over.
+Each stage writes `runs/<name>/<stage>/`. A finished stage whose key is unchanged (the same
+settings, the same data bytes, the same upstream runs: rlhflab/stages/registry.py) is skipped;
+an interrupted one with the same config and key resumes from its checkpoint; any other runs
+again, and then so does every stage that read its output.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,62 +15,52 @@ from typing import Callable
 from rlhflab.config import Config, parse_yaml, to_dict
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.io import RunDir, read_json
+from rlhflab.stages.common import run_stage
+from rlhflab.stages.registry import STAGES, stage_key
 
-STAGES = ("sft", "reward", "ppo", "evaluate", "report")
-
-# The config sections each stage's output depends on: a change elsewhere does not rerun it.
-INPUTS = {
-    "sft": ("seed", "data", "sft"),
-    "reward": ("seed", "data", "reward"),
-    "ppo": ("seed", "data", "reward_fn", "ppo"),
-    "evaluate": ("seed", "data", "reward_fn", "evaluate", "ppo.max_new_tokens"),
-}
+ALL = (*STAGES, "report")
 
 
-def _pick(tree: dict, key: str):
-    for part in key.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
-
-
-def stage_inputs(config: dict, stage: str) -> dict:
-    return {key: _pick(config, key) for key in INPUTS[stage]}
+def _stored_key(folder: Path) -> str | None:
+    try:
+        return read_json(folder / "stage.json").get("key")
+    except (RlhfLabError, AttributeError):
+        return None
 
 
 def stage_state(cfg: Config, stage: str) -> str:
-    """'done' (finished with these inputs), 'partial' (same full config, checkpoint to resume), 'stale' or 'missing'."""
+    """'done' (finished with this key), 'partial' (same config and key, checkpoint to resume), 'stale' or 'missing'."""
     run_dir = RunDir(Path(cfg.runs_dir) / cfg.name / stage)
-    config_path = run_dir.path / "config.yaml"
-    if not config_path.exists():
-        return "missing"
-    saved = parse_yaml(config_path.read_text(encoding="utf-8"))
-    if not isinstance(saved, dict) or stage_inputs(saved, stage) != stage_inputs(to_dict(cfg), stage):
-        return "stale"
-    if run_dir.summary_path.exists():
+    run_dir.recover()
+    key = stage_key(cfg, stage)["key"]
+    if run_dir.is_finished() and _stored_key(run_dir.final) == key:
         return "done"
-    return "partial" if saved == to_dict(cfg) and run_dir.has_checkpoint() else "stale"
+    partial = run_dir.partial
+    if run_dir.has_checkpoint(partial) and _stored_key(partial) == key and (partial / "config.yaml").exists():
+        if parse_yaml((partial / "config.yaml").read_text(encoding="utf-8")) == to_dict(cfg):
+            return "partial"
+    return "stale" if run_dir.final.exists() or partial.exists() else "missing"
 
 
 def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: Callable[[str], None] = print) -> Path:
     """Run every stage that is not up to date; returns the path of report.html."""
-    if force is not None and force not in STAGES:
-        raise RlhfLabError(f"--force takes one of {', '.join(STAGES)}; got {force!r}.")
+    if force is not None and force not in ALL:
+        raise RlhfLabError(f"--force takes one of {', '.join(ALL)}; got {force!r}.")
     root = Path(cfg.runs_dir) / cfg.name
-    rerun = False  # once a stage runs, everything after it runs too
-    for stage in STAGES[:-1]:
-        state = stage_state(cfg, stage)
-        rerun = rerun or state != "done" or force == stage
-        if not rerun:
+    forced = False
+    for stage in STAGES:
+        forced = forced or force == stage  # --force STAGE reruns it and everything after it
+        state = stage_state(cfg, stage)  # after the stages before it ran: their new run ids count
+        if state == "done" and not forced:
             echo(f"{stage:<9} up to date   {headline(stage, read_json(root / stage / 'summary.json'))}")
             continue
-        resume = state == "partial" and force != stage
+        resume = state == "partial" and not forced
         echo(f"{stage:<9} {'resuming' if resume else 'running'} ...")
         started = time.perf_counter()
-        module = importlib.import_module(f"rlhflab.stages.{stage}")
         try:
-            run_dir = module.run(cfg, resume=resume, overwrite=not resume, progress=progress)
+            run_dir = run_stage(stage, cfg, resume=resume, overwrite=not resume, progress=progress)
         except RunInterrupted:
-            raise RunInterrupted(f"{stage} stopped and saved a checkpoint in {root / stage}; "
+            raise RunInterrupted(f"{stage} stopped and saved a checkpoint in {root / stage}.partial; "
                                  f"run the same pipeline command to pick up from there.") from None
         echo(f"{stage:<9} done in {_duration(time.perf_counter() - started):<6} {headline(stage, read_json(run_dir.summary_path))}")
     from rlhflab.eval.report import build_report
@@ -82,7 +72,14 @@ def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: C
 
 
 def headline(stage: str, summary: dict) -> str:
-    """One line of the numbers that matter for a finished stage."""
+    """One line of the numbers that matter for a finished stage, and what its data reader left out."""
+    from rlhflab.data import describe_dropped
+
+    line = _numbers(stage, summary)
+    return f"{line} ({describe_dropped(summary['left_out'])} of the data)" if summary.get("left_out") else line
+
+
+def _numbers(stage: str, summary: dict) -> str:
     if stage == "sft":
         before = summary.get("before", {}).get("validation", {}).get("perplexity")
         after = summary["after"].get("validation", summary["after"].get("train", {})).get("perplexity")

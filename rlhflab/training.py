@@ -134,6 +134,7 @@ def fit(
     def validate_now() -> bool:
         """Score validation, keep the best weights; True when patience has run out."""
         nonlocal best
+        loop["validated_at"] = loop["step"]
         if validate is None:
             best = trainable_state(model)
             return False
@@ -195,8 +196,10 @@ def fit(
                 loop["batch"] = 0
                 if not settings.eval_every:
                     stopped_early = validate_now()
-        if settings.eval_every and not stopped_early and loop["step"] % settings.eval_every != 0:
-            validate_now()  # the steps since the previous validation pass
+        if not stopped_early and loop.get("validated_at") != loop["step"]:
+            # Steps since the last validation pass (or a budget that ended mid-epoch before any
+            # pass): training that happened is judged, and kept when it is the best.
+            validate_now()
         checkpoint()
     bar.close()
     return FitResult(

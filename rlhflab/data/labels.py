@@ -61,6 +61,49 @@ def label_or_none(value: object) -> int | None:
     return None
 
 
+def _number(value: object) -> float | None:
+    """`value` as a number when it is one (5, 3.0, " 4 "); None for words, bools and blanks."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def numeric_scale(values: Iterable[object]) -> list[str]:
+    """The distinct numbers among `values`, sorted and shown as written, when any lies outside
+    {0, 1}; else []. Such a set is a scale (star ratings 1-5, classes 0/1/2), so its 1 and 0
+    mean "one star" or "class 0", not positive or negative."""
+    found: dict[float, str] = {}
+    for value in values:
+        number = _number(value)
+        if number is not None:
+            found.setdefault(number, str(value).strip())
+    if all(number in (0.0, 1.0) for number in found):
+        return []
+    return [found[number] for number in sorted(found)]
+
+
+def scale_hint(scale: list[str]) -> str:
+    """What to tell a user whose labels are the numbers `scale`."""
+    return (
+        f"The labels include the numbers {', '.join(scale)}: a rating scale, not sentiment "
+        "polarity, so rlhflab does not guess that 1 means positive. Map them to 1/0 first "
+        "(e.g. 4 and 5 -> 1, 1 and 2 -> 0, leave out the middle)."
+    )
+
+
 def normalize_label(value: object) -> int:
     """Map one label spelling (1/0, "pos", "Negative ", True, ...) to 1 or 0."""
     label = label_or_none(value)
@@ -82,6 +125,12 @@ def normalize_labels(values: Iterable[object], column: str, source: str) -> list
             f"are empty (first at row index {missing[0]}). Fill in those labels or remove "
             "those rows."
         )
+    # A scale is refused as a whole: its 1s and 0s would otherwise pass as polarity.
+    try:
+        distinct = list(dict.fromkeys(values))
+    except TypeError:  # unhashable cells (lists from JSON): reported as unknown below
+        distinct = values
+    scale = numeric_scale(distinct)
     # Label columns hold few distinct values, so map each distinct value once.
     cache: dict[object, int | None] = {}
     labels: list[int | None] = []
@@ -100,9 +149,10 @@ def normalize_labels(values: Iterable[object], column: str, source: str) -> list
             if label is None and shown not in unknown:
                 unknown.append(shown)
         more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        hint = f" {scale_hint(scale)}" if scale else ""
         raise RlhfLabError(
             f"label column {column!r} of {source} has values that are not sentiment labels: "
-            f"{', '.join(unknown[:5])}{more}. Accepted labels: {ACCEPTED_LABELS}. "
+            f"{', '.join(unknown[:5])}{more}.{hint} Accepted labels: {ACCEPTED_LABELS}. "
             "Fix those rows, or set data.label_column to the column that holds the labels."
         )
     return labels  # type: ignore[return-value]  # no None left

@@ -17,6 +17,30 @@ TEXT_COLUMNS = ("text", "review", "sample", "sentence", "content")
 LABEL_COLUMNS = ("label", "sentiment", "labels", "polarity")
 
 
+class Reviews(list):
+    """A list of `Review`s plus `dropped`: what loading left out, reason -> count, e.g.
+    {"rows with empty text": 3, "files in pos/ and neg/ not ending in .txt": 1}. Each reason
+    starts with a plural noun; `describe_dropped` turns the dict into a sentence."""
+
+    def __init__(self, reviews=(), dropped: dict[str, int] | None = None):
+        super().__init__(reviews)
+        self.dropped: dict[str, int] = {k: v for k, v in (dropped or {}).items() if v}
+
+
+def describe_dropped(dropped: dict[str, int]) -> str:
+    """"0 left out", or "left out 3: 2 rows with empty text, 1 file ..." (plural noun first)."""
+    counts = {reason: n for reason, n in dropped.items() if n}
+    if not counts:
+        return "0 left out"
+    parts = []
+    for reason, n in counts.items():
+        if n == 1:  # "1 rows with ..." -> "1 row with ..."
+            first, _, rest = reason.partition(" ")
+            reason = f"{first.removesuffix('s')} {rest}".strip() if first.endswith("s") else reason
+        parts.append(f"{n} {reason}")
+    return f"left out {sum(counts.values())}: {', '.join(parts)}"
+
+
 def load_reviews(
     source: str,
     *,
@@ -24,9 +48,12 @@ def load_reviews(
     label_column: str | None = None,
     split: str = "train",
     require_labels: bool = True,
-) -> list[Review]:
+) -> Reviews:
     """Load reviews from `imdb`, `rotten-tomatoes`, `hf:<id or dir>`, a .csv/.jsonl/.json/.parquet
-    file or an aclImdb-style folder. `split` applies to hf: sources and folders."""
+    file or an aclImdb-style folder. `split` applies to hf: sources and folders.
+
+    Returns a list of `Review`s whose `.dropped` counts what was left out and why (rows with
+    empty text, files in an aclImdb folder that are not .txt, ...)."""
     table = read_table(str(source), split)
     return table_to_reviews(table, text_column, label_column, require_labels)
 
@@ -79,11 +106,13 @@ def _pick_column(
 
 def table_to_reviews(
     table: Table, text_column: str | None, label_column: str | None, require_labels: bool
-) -> list[Review]:
-    """Clean texts, drop empty ones, and turn labels into 1/0 (or None when allowed)."""
+) -> Reviews:
+    """Clean texts, drop empty ones (counted in `.dropped`), and turn labels into 1/0 (or None
+    when allowed)."""
     if len(table) == 0:
+        passed = f" ({describe_dropped(table.dropped)})" if table.dropped else ""
         raise RlhfLabError(
-            f"{table.name} contains no reviews. Point data.source at a file with rows."
+            f"{table.name} contains no reviews{passed}. Point data.source at a file with rows."
         )
     text_col = _pick_column(table, text_column, TEXT_COLUMNS, "text")
     if text_col is None:
@@ -106,8 +135,9 @@ def table_to_reviews(
             f"{table.name} contains no reviews: all {len(texts)} rows have an empty {text_col!r} "
             "column. Check data.text_column."
         )
+    dropped = {**table.dropped, "rows with empty text": len(texts) - len(keep)}
     if label_col is None:
-        return [Review(texts[i], None) for i in keep]
+        return Reviews((Review(texts[i], None) for i in keep), dropped)
 
     raw = table.data[label_col]
     missing = [i for i in keep if is_missing(raw[i])]
@@ -124,7 +154,7 @@ def table_to_reviews(
         first = next(i for i in labelled if label_or_none(raw[i]) is None)
         raise RlhfLabError(f"{err} The first is at {table.where(first)}.") from None
     labels: dict[int, int | None] = dict(zip(labelled, values))
-    return [Review(texts[i], labels.get(i)) for i in keep]
+    return Reviews((Review(texts[i], labels.get(i)) for i in keep), dropped)
 
 
 def _rows(n: int) -> str:

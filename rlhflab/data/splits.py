@@ -6,7 +6,7 @@ import math
 import numbers
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rlhflab.data.records import Review
 from rlhflab.errors import RlhfLabError
@@ -21,6 +21,7 @@ class Splits:
     train: list[Review]
     validation: list[Review]
     test: list[Review]
+    left_out: dict[str, int] = field(default_factory=dict)  # reason -> rows the reader did not use
 
 
 def _is_int(value: object) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhflab.errors import RlhfLabError
@@ -25,6 +25,9 @@ class Table:
     columns: list[str]
     data: dict[str, list]  # column -> values, all the same length
     where: Callable[[int], str]  # row index -> "line 7", "row index 3", a file path, ...
+    # What the reader passed over, reason -> count (e.g. {"files in pos/ and neg/ not ending in
+    # .txt": 2}); reasons start with a plural noun so "2 files ..." reads as a sentence.
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.data[self.columns[0]]) if self.columns else 0
@@ -215,13 +218,21 @@ def read_review_dir(root: Path, split: str, name: str) -> Table:
     texts: list[str] = []
     labels: list[int] = []
     files: list[Path] = []
+    not_txt, sub_folder = "files in pos/ and neg/ not ending in .txt", "sub-folders in pos/ and neg/ (not read)"
+    dropped = {not_txt: 0, sub_folder: 0}
     for folder, label in (("pos", 1), ("neg", 0)):
         # Sorted so the order (and hence every seeded sample) is the same on every machine.
-        for file in sorted((base / folder).glob("*.txt")):
-            texts.append(_read_text(file, str(file)))
-            labels.append(label)
-            files.append(file)
-    return Table(name, ["text", "label"], {"text": texts, "label": labels}, lambda i: str(files[i]))
+        for file in sorted((base / folder).iterdir()):
+            if file.is_dir():
+                dropped[sub_folder] += 1
+            elif file.suffix.lower() != ".txt":  # .DS_Store, urls lists, ...: counted, not read
+                dropped[not_txt] += 1
+            else:
+                texts.append(_read_text(file, str(file)))
+                labels.append(label)
+                files.append(file)
+    return Table(name, ["text", "label"], {"text": texts, "label": labels}, lambda i: str(files[i]),
+                 {reason: n for reason, n in dropped.items() if n})
 
 
 def _dir_layout_message(root: Path, split: str, name: str) -> str:
@@ -270,7 +281,12 @@ def read_hf(dataset_id: str, split: str) -> Table:
 
 def _class_label_values(values: list, names: list[str]) -> list:
     """ClassLabel ids -> their names when those are sentiment words, so ["pos","neg"] order is
-    honoured; -1 (the hub's "no label", e.g. imdb's unsupervised split) -> None."""
+    honoured; -1 (the hub's "no label", e.g. imdb's unsupervised split) -> None.
+
+    Other names keep the hub's two-class convention (id 0 negative, 1 positive) only when
+    there are exactly two classes; with more (star ratings, neutral) ids 0 and 1 are not
+    polarity, so each id becomes "<name> (class <id>)", which no label spelling matches and
+    the label check reports."""
     from rlhflab.data.labels import label_or_none
 
     use_names = all(label_or_none(n) is not None for n in names)
@@ -278,6 +294,10 @@ def _class_label_values(values: list, names: list[str]) -> list:
     for v in values:
         if v is None or v < 0:
             out.append(None)
+        elif use_names and v < len(names):
+            out.append(names[v])
+        elif len(names) != 2 and v < len(names):
+            out.append(f"{names[v]} (class {v})")
         else:
-            out.append(names[v] if use_names and v < len(names) else v)
+            out.append(v)
     return out

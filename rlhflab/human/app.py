@@ -13,6 +13,7 @@ that carries the next item is sent.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from rlhflab.human import answers, store
 from rlhflab.human.auth import LOOPBACK, guard
 
 STATIC = Path(__file__).with_name("static")
-RATER_NAME = dict(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
+# Checked in `rater_name`, not by pydantic patterns, so the page can show a message people read.
+RATER_NAME = dict(max_length=1000)
+RATER_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Answer(BaseModel):
@@ -38,6 +41,18 @@ class Answer(BaseModel):
 
 class Undo(BaseModel):
     rater: str = Field(**RATER_NAME)
+
+
+def rater_name(raw: str) -> str:
+    """The name as stored: trimmed, so " Ada " and "Ada" are one rater; blank is refused (422)."""
+    name = raw.strip()
+    if not name:
+        raise RlhfLabError("The rater name is blank. Type your name (not only spaces) and continue.")
+    if RATER_CONTROL.search(name):
+        raise RlhfLabError("The rater name contains a tab, newline or other control character. Type it on one line.")
+    if len(name) > 64:
+        raise RlhfLabError(f"The rater name is {len(name)} characters long; use at most 64.")
+    return name
 
 
 def create_app(db_path: str | Path, *, token: str | None = None, allowed_hosts: tuple[str, ...] | None = LOOPBACK) -> FastAPI:
@@ -72,7 +87,7 @@ def create_app(db_path: str | Path, *, token: str | None = None, allowed_hosts: 
     def next_item(task: str, rater: str = Query(**RATER_NAME)) -> dict:
         with store.opened(db_path) as conn:
             info = store.get_task(conn, task)
-            return _state(conn, info, store.rater_id(conn, rater.strip()))
+            return _state(conn, info, store.rater_id(conn, rater_name(rater)))
 
     @app.post("/api/tasks/{task}/answers", status_code=201)
     def answer(task: str, body: Answer) -> dict:
@@ -80,7 +95,7 @@ def create_app(db_path: str | Path, *, token: str | None = None, allowed_hosts: 
             info = store.get_task(conn, task)
             item = store.get_item(conn, info["id"], body.item_id)
             value = answers.validate_answer(info["kind"], info["config"], body.answer)
-            rater = store.rater_id(conn, body.rater.strip())
+            rater = store.rater_id(conn, rater_name(body.rater))
             saved = store.add_answer(conn, item["id"], rater, value, body.elapsed_ms)
             return {"saved": saved, **_state(conn, info, rater)}  # read after the commit
 
@@ -88,7 +103,7 @@ def create_app(db_path: str | Path, *, token: str | None = None, allowed_hosts: 
     def undo(task: str, body: Undo) -> dict:
         with store.opened(db_path) as conn:
             info = store.get_task(conn, task)
-            rater = store.rater_id(conn, body.rater.strip())
+            rater = store.rater_id(conn, rater_name(body.rater))
             undone = store.undo_last(conn, info["id"], rater)
             state = _state(conn, info, rater)
             return {"undone": {"item_id": undone[0], "answer": undone[1]} if undone else None, **state}

@@ -42,6 +42,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export = label_commands.add_parser("export", help="write answers as the labels or pairs JSONL `rlhflab reward` reads")
     export.add_argument("--task", required=True, help="task name")
     export.add_argument("--out", help="output .jsonl (default: <db folder>/<task>-labels.jsonl or -pairs.jsonl)")
+    export.add_argument("--positive", nargs="+", metavar="LABEL", help="labels exported as positive (1); with --negative, "
+                        "required for number labels such as 1-5 stars; labels in neither are left out")
+    export.add_argument("--negative", nargs="+", metavar="LABEL", help="labels exported as negative (0)")
     _db(export)
     export.set_defaults(handler=_label_export)
 
@@ -127,22 +130,29 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _label_create(args: argparse.Namespace) -> None:
+    from rlhflab.data.labels import numeric_scale
+    from rlhflab.data.sources import describe_dropped
     from rlhflab.human.tasks import create_label_task
 
     result = create_label_task(args.db, args.source, kind=args.kind, name=args.name, labels=args.labels, question=args.question,
                                text_column=args.text_column, prompt_column=args.prompt_column, columns=args.columns,
                                models=args.models, limit=args.limit, seed=args.seed)
-    skipped = f" ({result['skipped']} rows skipped: empty or identical)" if result["skipped"] else ""
-    print(f"Created {result['kind']} task {result['name']!r} with {result['items']} items in {args.db}{skipped}.")
+    print(f"Created {result['kind']} task {result['name']!r} with {result['items']} items in {args.db}.")
+    print(f"Kept {result['items']} items; {describe_dropped(result['left_out'])}.")
+    scale = numeric_scale(args.labels) if args.kind == "label" else []
+    if scale:  # told now, so nobody is surprised that the export asks for a mapping
+        print(f"The labels {' '.join(args.labels)} are numbers, not positive/negative: export with --positive and "
+              f"--negative, e.g. `rlhflab label export --task {result['name']} --positive {scale[-1]} --negative {scale[0]}`.")
     print(_serve_hint(args.db, result["name"]))
 
 
 def _label_export(args: argparse.Namespace) -> None:
     from rlhflab.human.tasks import export_labels
 
-    result = export_labels(args.db, args.task, args.out)
-    left_out = [f"{result[k]} {k}" for k in ("ties", "unmapped") if result[k]]
-    note = f"; left out: {', '.join(left_out)}" if left_out else ""
+    from rlhflab.data.sources import describe_dropped
+
+    result = export_labels(args.db, args.task, args.out, positive=args.positive, negative=args.negative)
+    note = f"; {describe_dropped(result['left_out'])}"
     if result["kind"] == "label":
         print(f"Wrote {result['rows']} labelled texts ({result['positive']} positive, {result['negative']} negative) to {result['path']}{note}.")
         print(f"Train a reward model on them: rlhflab reward --config configs/default.yaml "
@@ -165,8 +175,11 @@ def _rate_create(args: argparse.Namespace) -> None:
         if not args.models:
             raise RlhfLabError("Say what to rate: --from-samples runs/<name>/evaluate/samples.jsonl, or --models SFT_RUN PPO_RUN to generate.")
         result = _generate_and_create(args)
+    from rlhflab.data.sources import describe_dropped
+
     print(f"Created rating task {result['name']!r}: {result['items']} responses ({result['prompts']} prompts x "
           f"{len(result['models'])} models: {', '.join(result['models'])}), shuffled, sources hidden.")
+    print(f"Kept {result['prompts']} prompts; {describe_dropped(result['left_out'])}.")
     print(_serve_hint(args.db, result["name"]))
 
 

@@ -198,7 +198,10 @@ def list_tasks(conn: sqlite3.Connection, kind: str | None = None) -> list[dict[s
 
 
 def rater_id(conn: sqlite3.Connection, name: str) -> int:
-    """The rater's id, created on first use."""
+    """The rater's id, created on first use; the name is trimmed and must not be blank."""
+    name = name.strip()
+    if not name:  # a blank name would pool answers from everyone who left it empty
+        raise RlhfLabError("A rater needs a name that is not blank. Type a name (not only spaces).")
     row = conn.execute("SELECT id FROM raters WHERE name = ?", (name,)).fetchone()
     if row:
         return int(row["id"])

@@ -20,10 +20,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from rlhflab.data.labels import is_missing, label_or_none
+from rlhflab.data.labels import is_missing, label_or_none, numeric_scale
 from rlhflab.data.pairs import PROMPT_COLUMNS
 from rlhflab.data.records import join_prompt_response
-from rlhflab.data.sources import TEXT_COLUMNS, cell_text, read_table
+from rlhflab.data.sources import TEXT_COLUMNS, cell_text, describe_dropped, read_table
 from rlhflab.data.tables import Table
 from rlhflab.errors import RlhfLabError
 from rlhflab.human import answers, store
@@ -47,7 +47,8 @@ def create_label_task(db_path: str | Path, source: str, *, kind: str = "label", 
                       columns: list[str] | None = None, models: list[str] | None = None,
                       limit: int | None = None, seed: int = 0) -> dict[str, Any]:
     """A label task (one text, one label) or a pairs task (pick the better of two responses)
-    from `source`; items are shuffled by `seed` and cut to `limit`. Returns name and counts."""
+    from `source`; items are shuffled by `seed` and cut to `limit`. Returns name, item count
+    and `left_out` (reason -> count: rows that made no item, items past `limit`)."""
     if kind not in ("label", "pairs"):
         raise RlhfLabError(f"--kind must be label or pairs, got {kind!r}.")
     _check_limit(limit)
@@ -56,35 +57,40 @@ def create_label_task(db_path: str | Path, source: str, *, kind: str = "label", 
     table = read_table(str(source), "train")
     if len(table) == 0:
         raise RlhfLabError(f"{table.name} has no rows. Point --from at a file with one text per row.")
+    left_out = Counter(table.dropped)  # what the reader passed over (files in a folder, ...)
     if kind == "label":
-        items, skipped = _label_items(table, text_column, prompt_column)
+        items, dropped = _label_items(table, text_column, prompt_column)
     elif _is_samples(table) and columns is None:
-        items, skipped = _sample_pair_items(table, models, random.Random(seed))
+        items, dropped = _sample_pair_items(table, models, random.Random(seed))
     else:
-        items, skipped = _column_pair_items(table, columns, prompt_column, random.Random(seed + 1))
+        items, dropped = _column_pair_items(table, columns, prompt_column, random.Random(seed + 1))
+    left_out.update(dropped)
     if not items:
-        raise RlhfLabError(f"{table.name} gave no items to label ({skipped} rows skipped as empty or identical). Check the file and its columns.")
+        raise RlhfLabError(f"{table.name} gave no items to label ({describe_dropped(left_out)}). Check the file and its columns.")
     random.Random(seed).shuffle(items)  # mixes models and sources, so order reveals nothing
-    if limit is not None:
+    if limit is not None and len(items) > limit:
+        left_out[f"items beyond --limit {limit}"] += len(items) - limit
         items = items[:limit]
     with store.opened(db_path) as conn:
         name = name or _free_name(conn, f"{_stem(source)}-{kind}")
         store.create_task(conn, name, kind, config, {"from": str(source), "seed": seed}, items)
-    return {"name": name, "kind": kind, "items": len(items), "skipped": skipped}
+    return {"name": name, "kind": kind, "items": len(items), "left_out": dict(left_out)}
 
 
-def _label_items(table: Table, text_column: str | None, prompt_column: str | None) -> tuple[list[dict], int]:
+def _label_items(table: Table, text_column: str | None, prompt_column: str | None) -> tuple[list[dict], Counter]:
     text_col = _column(table, text_column, LABEL_TEXT_COLUMNS, "text", required=True)
     prompt_col = _column(table, prompt_column, PROMPT_COLUMNS, "prompt", required=False)
-    items, skipped = [], 0
+    items, left_out = [], Counter()
     for i in range(len(table)):
         text = cell_text(table.data[text_col][i], table, i, text_col)
-        if not text:
-            skipped += 1
-            continue
         prompt = cell_text(table.data[prompt_col][i], table, i, prompt_col) if prompt_col else ""
+        # An empty response to a prompt is still a model's output to judge; a row with no text
+        # at all gives the rater nothing.
+        if not text and not prompt:
+            left_out["rows with empty text"] += 1
+            continue
         items.append({"prompt": prompt, "text": text, "meta": {"row": i, "fields": _hidden_fields(table, i, {text_col, prompt_col})}})
-    return items, skipped
+    return items, left_out
 
 
 def _is_samples(table: Table) -> bool:
@@ -92,28 +98,31 @@ def _is_samples(table: Table) -> bool:
     return all(key in table.columns for key in SAMPLE_KEYS)
 
 
-def _sample_pair_items(table: Table, models: list[str] | None, rng: random.Random) -> tuple[list[dict], int]:
-    """Pairs of two models' responses to the same prompt (which is A and which B is random)."""
+def _sample_pair_items(table: Table, models: list[str] | None, rng: random.Random) -> tuple[list[dict], Counter]:
+    """Pairs of two models' responses to the same prompt (which is A and which B is random).
+    An empty response is kept: "something" against "nothing" is a real preference."""
     rows = [{c: table.data[c][i] for c in table.columns} for i in range(len(table))]
     chosen = _pick_models(rows, models, exactly=2, name=table.name)
-    by_prompt = _group_by_prompt(rows, chosen)
-    items, skipped = [], 0
-    swaps = _balanced_swaps(len(by_prompt), rng)
-    for (key, responses), swap in zip(by_prompt.items(), swaps):
+    by_prompt, left_out = _group_by_prompt(rows, chosen, count_other_models=models is None)
+    pairs = []
+    for key, responses in by_prompt.items():
         if len(responses) < 2:
+            left_out["prompts without a response from both models"] += 1
             continue
         first, second = responses[chosen[0]], responses[chosen[1]]
-        a, b = (second, first) if swap else (first, second)
-        text_a, text_b = _clean(a["response"]), _clean(b["response"])
-        if not text_a or not text_b or text_a == text_b:
-            skipped += 1  # nothing to prefer (and the reward stage refuses identical pairs)
+        if _clean(first["response"]) == _clean(second["response"]):
+            left_out["prompts where both models gave the same response"] += 1  # nothing to prefer
             continue
-        items.append({"prompt": _clean(a["prompt"]), "text": text_a, "text_b": text_b,
+        pairs.append((key, first, second))
+    items = []
+    for (key, first, second), swap in zip(pairs, _balanced_swaps(len(pairs), rng)):
+        a, b = (second, first) if swap else (first, second)
+        items.append({"prompt": _clean(a["prompt"]), "text": _clean(a["response"]), "text_b": _clean(b["response"]),
                       "meta": {"prompt_id": key, "a": _sample_meta(a), "b": _sample_meta(b)}})
-    return items, skipped
+    return items, left_out
 
 
-def _column_pair_items(table: Table, columns: list[str] | None, prompt_column: str | None, rng: random.Random) -> tuple[list[dict], int]:
+def _column_pair_items(table: Table, columns: list[str] | None, prompt_column: str | None, rng: random.Random) -> tuple[list[dict], Counter]:
     if columns is not None:
         if len(columns) != 2:
             raise RlhfLabError(f"--columns takes the two response columns, got {len(columns)}: {columns}.")
@@ -130,25 +139,33 @@ def _column_pair_items(table: Table, columns: list[str] | None, prompt_column: s
             )
         col_a, col_b = found
     prompt_col = _column(table, prompt_column, PROMPT_COLUMNS, "prompt", required=False)
-    items, skipped = [], 0
-    swaps = _balanced_swaps(len(table), rng)
+    left_out, rows = Counter(), []
     for i in range(len(table)):
+        if _no_response(table.data[col_a][i]) or _no_response(table.data[col_b][i]):
+            left_out[f"rows with no value (null) in {col_a!r} or {col_b!r}"] += 1
+            continue
+        # An empty string is a response ("nothing") and stays; identical texts leave nothing to prefer.
         first = cell_text(table.data[col_a][i], table, i, col_a)
         second = cell_text(table.data[col_b][i], table, i, col_b)
-        if not first or not second or first == second:
-            skipped += 1
+        if first == second:
+            left_out["rows with the same text in both responses"] += 1
             continue
-        swap = swaps[i]
+        rows.append((i, first, second))
+    items = []
+    for (i, first, second), swap in zip(rows, _balanced_swaps(len(rows), rng)):
         prompt = cell_text(table.data[prompt_col][i], table, i, prompt_col) if prompt_col else ""
         fields = _hidden_fields(table, i, {col_a, col_b, prompt_col})
         items.append({"prompt": prompt, "text": second if swap else first, "text_b": first if swap else second,
                       "meta": {"row": i, "a": col_b if swap else col_a, "b": col_a if swap else col_b, "fields": fields}})
-    return items, skipped
+    return items, left_out
 
 
-def export_labels(db_path: str | Path, task_name: str, out: str | Path | None = None) -> dict[str, Any]:
+def export_labels(db_path: str | Path, task_name: str, out: str | Path | None = None, *,
+                  positive: list[str] | None = None, negative: list[str] | None = None) -> dict[str, Any]:
     """Write a label task's answers as labels JSONL, or a pairs task's as pairs JSONL. With
-    several raters an item takes its majority answer; ties are left out. Returns the path and counts."""
+    several raters an item takes its majority answer; ties are left out. `positive`/`negative`
+    say which labels are 1 and 0 (required for number labels such as 1-5 stars; other labels
+    are then left out). Returns the path and counts, with `left_out` (reason -> count)."""
     with store.opened(db_path, create=False) as conn:
         task = store.get_task(conn, task_name)
         if task["kind"] == "rating":
@@ -157,48 +174,96 @@ def export_labels(db_path: str | Path, task_name: str, out: str | Path | None = 
         votes: dict[str, Counter] = defaultdict(Counter)
         for answer in store.task_answers(conn, task["id"]):
             votes[answer["item_id"]][answer["value"].get("label", answer["value"].get("choice"))] += 1
+    if task["kind"] == "pairs" and (positive or negative):
+        raise RlhfLabError(f"--positive/--negative map the labels of a label task; {task_name!r} is a pairs task "
+                           "(its answers pick a response). Export it without them.")
     if not votes:
         raise RlhfLabError(f"Task {task_name!r} has no answers yet. Label some items (`rlhflab serve`), then export.")
-    values = label_values(task["config"]["labels"]) if task["kind"] == "label" else None
-    rows, ties, unmapped = [], 0, 0
+    values = label_values(task["config"]["labels"], positive, negative, task=task_name) if task["kind"] == "label" else None
+    rows: list[dict] = []
+    left_out: Counter = Counter()
+    ties = unmapped = 0
     for item_id, item in items.items():  # display order: stable across exports
         counts = votes.get(item_id)
         if not counts:
+            left_out["items not answered yet"] += 1
             continue
         (top, n), *rest = counts.most_common()
         if rest and rest[0][1] == n:
             ties += 1
+            left_out["items with tied votes"] += 1
             continue
         if values is not None:
             if values[top] is None:
-                unmapped += 1  # e.g. "unsure": not a positive or negative example
+                unmapped += 1  # e.g. "unsure", or "3" of 1-5 stars: not a positive or negative example
+                left_out[f"items labelled {top!r} (neither positive nor negative)"] += 1
                 continue
             rows.append({"text": join_prompt_response(item["prompt"], item["text"]), "label": values[top]})
         else:
             chosen, rejected = (item["text"], item["text_b"]) if top == "a" else (item["text_b"], item["text"])
+            if not chosen.strip() or not rejected.strip():
+                # `rlhflab reward` refuses a pair with an empty side, so the file would not load.
+                left_out["pairs with an empty response (the reward stage needs two texts)"] += 1
+                continue
             rows.append({"prompt": item["prompt"], "chosen": chosen, "rejected": rejected})
     if not rows:
-        raise RlhfLabError(f"Task {task_name!r} has answers but none to export ({ties} ties, {unmapped} with a label that is neither positive nor negative).")
+        raise RlhfLabError(f"Task {task_name!r} has answers but none to export ({describe_dropped(left_out)}).")
     suffix = "labels" if task["kind"] == "label" else "pairs"
     path = Path(out) if out else Path(db_path).parent / f"{task_name}-{suffix}.jsonl"
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return {"path": str(path), "kind": task["kind"], "rows": len(rows), "labelled": len(votes), "items": len(items),
-            "ties": ties, "unmapped": unmapped,
+            "ties": ties, "unmapped": unmapped, "left_out": dict(left_out),
             "positive": sum(r.get("label") == 1 for r in rows), "negative": sum(r.get("label") == 0 for r in rows)}
 
 
-def label_values(labels: list[str]) -> dict[str, int | None]:
+def label_values(labels: list[str], positive: list[str] | None = None, negative: list[str] | None = None, *,
+                 task: str = "TASK") -> dict[str, int | None]:
     """What the reward stage learns from each label: 1 (positive), 0 (negative) or None (left out).
 
-    Known spellings (good/bad, positive/negative, yes/no, ...) keep their meaning; in a set of
-    two labels an unknown one takes the meaning its position gives (first positive, second
-    negative); any other label ("unsure", "skip") is not exported."""
+    With `positive`/`negative`, exactly those labels are 1 and 0 and every other is left out.
+    Otherwise known spellings (good/bad, positive/negative, 1/0, yes/no, ...) keep their meaning;
+    in a set of two labels an unknown one is the opposite of the other, or, when both are
+    unknown, takes its position's meaning (first positive, second negative); any other label
+    ("unsure", "skip") is not exported. Number labels outside 0/1 (1-5 stars) are a scale,
+    not polarity: RlhfLabError asks for `positive`/`negative` rather than reading "1" as positive."""
+    labels = list(labels)
+    if positive or negative:
+        return _explicit_values(labels, positive or [], negative or [], task)
+    flags = f"`rlhflab label export --task {task} --positive LABEL... --negative LABEL...` (other labels are left out and counted)"
+    scale = numeric_scale(labels)
+    if scale:
+        raise RlhfLabError(f"Task {task!r} has the labels {' '.join(labels)}: numbers ({', '.join(scale)}) are a scale, "
+                           f"not positive/negative, so the export does not guess. Say which are which: {flags}, "
+                           f"e.g. --positive {scale[-1]} --negative {scale[0]}.")
     values = {label: label_or_none(label) for label in labels}
     if len(labels) == 2:
-        for label, fallback in zip(labels, (1, 0)):
+        known = [v for v in values.values() if v is not None]
+        for index, label in enumerate(labels):
             if values[label] is None:
-                values[label] = fallback
+                values[label] = 1 - known[0] if known else (1, 0)[index]
+    if all(v is None for v in values.values()):
+        raise RlhfLabError(f"Task {task!r} has the labels {' '.join(labels)}, none of them positive or negative "
+                           f"(good/bad, positive/negative, 1/0, ...). Say which are which: {flags}.")
     return values
+
+
+def _explicit_values(labels: list[str], positive: list[str], negative: list[str], task: str) -> dict[str, int | None]:
+    by_lower = {label.lower(): label for label in labels}  # label_config keeps labels unique ignoring case
+
+    def pick(names: list[str], flag: str) -> list[str]:
+        picked = []
+        for name in names:
+            label = by_lower.get(str(name).strip().lower())
+            if label is None:
+                raise RlhfLabError(f"{flag} {name!r} is not a label of task {task!r}; its labels are: {' '.join(labels)}.")
+            picked.append(label)
+        return picked
+
+    pos, neg = pick(positive, "--positive"), pick(negative, "--negative")
+    both = [label for label in labels if label in pos and label in neg]
+    if both:
+        raise RlhfLabError(f"{' '.join(both)} given both as --positive and as --negative; name each label once.")
+    return {label: 1 if label in pos else 0 if label in neg else None for label in labels}
 
 
 # --- rating tasks ------------------------------------------------------------------------
@@ -230,16 +295,21 @@ def create_rating_task(db_path: str | Path, samples: list[dict[str, Any]], *, na
                        models: list[str] | None = None, prompts: int | None = None, seed: int = 0,
                        question: str | None = None, origin: str = "samples") -> dict[str, Any]:
     """A blind rating of two or more models' responses to the same prompts (first `prompts`
-    prompts that every model answered); items are shuffled, one per (prompt, model)."""
+    prompts that every model answered); items are shuffled, one per (prompt, model). An empty
+    response is rated like any other. Returns counts, with `left_out` (reason -> count)."""
     _check_limit(prompts, "--prompts")
     chosen = _pick_models(samples, models, exactly=None, name=origin)
-    by_prompt = {key: r for key, r in _group_by_prompt(samples, chosen).items() if len(r) == len(chosen)}
+    grouped, left_out = _group_by_prompt(samples, chosen, count_other_models=False)  # others: by --models
+    by_prompt = {key: r for key, r in grouped.items() if len(r) == len(chosen)}
+    left_out["prompts without a response from every model"] += len(grouped) - len(by_prompt)
     if not by_prompt:
-        raise RlhfLabError(f"No prompt in {origin} has a response from every model ({', '.join(chosen)}). Rate models evaluated on the same prompts.")
+        raise RlhfLabError(f"No prompt in {origin} has a response from every model ({', '.join(chosen)}; "
+                           f"{describe_dropped(left_out)}). Rate models evaluated on the same prompts.")
     keys = list(by_prompt)
     if prompts is not None:
         if prompts > len(keys):
             raise RlhfLabError(f"--prompts {prompts} asks for more prompts than {origin} has with a response from every model ({len(keys)}). Use --prompts {len(keys)} or fewer.")
+        left_out[f"prompts beyond --prompts {prompts}"] += len(keys) - prompts
         keys = keys[:prompts]
     items = []
     for key in keys:
@@ -253,7 +323,8 @@ def create_rating_task(db_path: str | Path, samples: list[dict[str, Any]], *, na
         # Not named after the models: raters see the task name.
         name = name or _free_name(conn, "blind-rating")
         store.create_task(conn, name, "rating", answers.rating_config(question), info, items)
-    return {"name": name, "kind": "rating", "items": len(items), "prompts": len(keys), "models": chosen}
+    return {"name": name, "kind": "rating", "items": len(items), "prompts": len(keys), "models": chosen,
+            "left_out": {reason: n for reason, n in left_out.items() if n}}
 
 
 def _pick_models(rows: list[dict], models: list[str] | None, *, exactly: int | None, name: str) -> list[str]:
@@ -272,17 +343,32 @@ def _pick_models(rows: list[dict], models: list[str] | None, *, exactly: int | N
     return chosen
 
 
-def _group_by_prompt(rows: list[dict], models: list[str]) -> dict[Any, dict[str, dict]]:
-    """prompt key -> {model: first row}, in order of first appearance; the key is prompt_id
-    when rows have one (two prompts may share a text), else the prompt text."""
+def _group_by_prompt(rows: list[dict], models: list[str], *, count_other_models: bool) -> tuple[dict[Any, dict[str, dict]], Counter]:
+    """prompt key -> {model: first row}, in order of first appearance, and what was left out;
+    the key is prompt_id when rows have one (two prompts may share a text), else the prompt
+    text. A response of "" is a response; only a null one is missing."""
     grouped: dict[Any, dict[str, dict]] = {}
+    left_out: Counter = Counter()
     for row in rows:
         model = str(row["model"])
-        if model not in models or is_missing(row.get("response")):
+        if model not in models:
+            if count_other_models:  # models the user did not name: say so, they may want them
+                left_out["rows from other models (choose two with --models)"] += 1
+            continue
+        if _no_response(row.get("response")):
+            left_out["rows with no response (null)"] += 1
             continue
         key = row["prompt_id"] if not is_missing(row.get("prompt_id")) else _clean(row["prompt"])
-        grouped.setdefault(key, {}).setdefault(model, row)
-    return grouped
+        if model in grouped.get(key, {}):
+            left_out["rows repeating a prompt and model (the first is used)"] += 1
+            continue
+        grouped.setdefault(key, {})[model] = row
+    return grouped, left_out
+
+
+def _no_response(value: object) -> bool:
+    """None, NaN or NA: no response at all (an empty string is a response: the model said nothing)."""
+    return not isinstance(value, str) and is_missing(value)
 
 
 def _sample_meta(row: dict) -> dict[str, Any]:

@@ -54,12 +54,14 @@ def per_token_rewards(
 def adaptive_kl_update(beta: float, current_kl: float, target: float, horizon: float, n_steps: int) -> float:
     """Adaptive KL coefficient (Ziegler et al. 2019), after n_steps more samples at current_kl.
 
-    The proportional error is clipped to +-20% so one noisy batch cannot swing beta far.
+    The proportional error is clipped to +-20% so one noisy batch cannot swing beta far, and
+    beta never goes below 0 (a negative beta would reward moving away from the reference);
+    callers should keep `horizon >= n_steps` so one update moves beta by 20% at most.
     """
     if target <= 0 or horizon <= 0:
         raise ValueError(f"adaptive KL needs target > 0 and horizon > 0 (got target={target}, horizon={horizon})")
     error = min(max(current_kl / target - 1.0, -0.2), 0.2)
-    return beta * (1.0 + error * n_steps / horizon)
+    return max(beta * (1.0 + error * n_steps / horizon), 0.0)
 
 
 def fixed_kl_update(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from rlhflab.config import Config, DataConfig, dump_yaml, parse_yaml, to_dict
-from rlhflab.errors import RlhfLabError
-from rlhflab.io import RunDir, atomic_write_text
+from rlhflab.errors import RlhfLabError, RunInterrupted
+from rlhflab.io import RunDir, atomic_write_text, read_json, write_json
 
 
 def load_splits(cfg: Config, data: DataConfig | None = None, *, require_labels: bool = False):
@@ -21,14 +22,19 @@ def load_splits(cfg: Config, data: DataConfig | None = None, *, require_labels: 
         split=data.split,
         require_labels=require_labels or data.per_class is not None,
     )
+    left_out = reviews.dropped  # rows and files the reader could not use, by reason
     if data.per_class is not None:
         reviews = balanced_sample(reviews, data.per_class, cfg.seed)
-    return split_reviews(reviews, data.fractions, cfg.seed)
+    return dataclasses.replace(split_reviews(reviews, data.fractions, cfg.seed), left_out=left_out)
 
 
 def open_run_dir(cfg: Config, stage: str, *, resume: bool, overwrite: bool) -> RunDir:
-    """Create `runs/<name>/<stage>` and record the config; on resume, insist it is unchanged."""
+    """Open `runs/<name>/<stage>` for a run and record its config and key; on resume, insist that
+    both are unchanged (the same settings, the same data and upstream runs)."""
+    from rlhflab.stages.registry import stage_key
+
     run_dir = RunDir(Path(cfg.runs_dir) / cfg.name / stage)
+    key = stage_key(cfg, stage)
     run_dir.prepare(resume=resume, overwrite=overwrite)
     config_path = run_dir.path / "config.yaml"
     if resume and config_path.exists():
@@ -36,11 +42,34 @@ def open_run_dir(cfg: Config, stage: str, *, resume: bool, overwrite: bool) -> R
         if before != to_dict(cfg):
             changed = sorted(_diff_keys(before, to_dict(cfg)))
             raise RlhfLabError(
-                f"The config differs from the one that started {run_dir.path} ({', '.join(changed[:5])}). "
+                f"The config differs from the one that started {run_dir.final} ({', '.join(changed[:5])}). "
                 f"Resume with the same config, or start again with --overwrite."
             )
+        started = read_json(run_dir.path / "stage.json") if (run_dir.path / "stage.json").exists() else {}
+        if started.get("key") not in (None, key["key"]):
+            changed = sorted(k for k in set(key["references"]) | set(started.get("references", {}))
+                             if key["references"].get(k) != started.get("references", {}).get(k))
+            raise RlhfLabError(
+                f"What {run_dir.final} was started from has changed since ({', '.join(changed[:3]) or 'its inputs'}). "
+                f"Start again with --overwrite."
+            )
     atomic_write_text(config_path, dump_yaml(cfg))
+    write_json(run_dir.path / "stage.json", key)
+    run_dir.stage_facts = key
     return run_dir
+
+
+def run_stage(name: str, cfg: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
+    """Run one registered stage; a run that fails before its first checkpoint leaves nothing behind."""
+    from rlhflab.stages.registry import STAGES
+
+    try:
+        return STAGES[name].module.run(cfg, resume=resume, overwrite=overwrite, progress=progress)
+    except RunInterrupted:
+        raise
+    except BaseException:
+        RunDir(Path(cfg.runs_dir) / cfg.name / name).discard_failed_start()
+        raise
 
 
 def _diff_keys(a, b, prefix: str = "") -> set[str]:

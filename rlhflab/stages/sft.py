@@ -16,7 +16,7 @@ import torch
 from rlhflab.checkpoint import load_trainable_state
 from rlhflab.config import Config, SftConfig
 from rlhflab.errors import RlhfLabError
-from rlhflab.io import RunDir, atomic_dir, write_json
+from rlhflab.io import RunDir, atomic_dir
 from rlhflab.models.blocks import freeze_all_but_blocks, resolve_block_indices, transformer_blocks
 from rlhflab.models.causal_lm import count_parameters, load_causal_lm, with_lora
 from rlhflab.models.encoding import EncodedSplit, encode_and_cache, make_forward
@@ -95,6 +95,7 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
         "trainable": sft.trainable,
         "parameters": {"trainable": trainable, "total": total},
         "examples": {name: len(texts[name]) for name in SPLITS},
+        "left_out": splits.left_out,
         **result.facts(),
         "before": before,
         "after": after,
@@ -102,8 +103,7 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
         "train_tokens_per_s": result.items_per_s,
         **run_facts(accelerator, started),
     }
-    write_json(run_dir.summary_path, summary)
-    return run_dir
+    return run_dir.finish(summary)
 
 
 @torch.no_grad()

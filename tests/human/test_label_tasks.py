@@ -35,7 +35,8 @@ def write_csv(path, header, rows):
 def test_label_task_from_a_csv_exports_labels_the_reward_loader_reads(tmp_path, db):
     source = write_csv(tmp_path / "texts.csv", ["review", "id"], [[f"text number {i}", i] for i in range(10)] + [["  ", 10]])
     created = tasks.create_label_task(db, str(source), limit=8, seed=1)
-    assert created == {"name": "texts-label", "kind": "label", "items": 8, "skipped": 1}
+    assert created == {"name": "texts-label", "kind": "label", "items": 8,
+                       "left_out": {"rows with empty text": 1, "items beyond --limit 8": 2}}
     answer_all(db, "texts-label", lambda item: {"label": "good" if int(item["text"].split()[-1]) % 2 else "bad"})
     result = tasks.export_labels(db, "texts-label")
     assert result["path"] == str(db.parent / "texts-label-labels.jsonl") and result["rows"] == 8
@@ -84,7 +85,7 @@ def test_pairs_from_columns_export_pairs_the_reward_loader_reads(tmp_path, db):
     source = write_csv(tmp_path / "p.csv", ["prompt", "response_a", "response_b"],
                        [[f"q{i}", f"good answer {i}", f"bad answer {i}"] for i in range(6)] + [["q", "same", "same"]])
     created = tasks.create_label_task(db, str(source), kind="pairs", seed=3)
-    assert created["items"] == 6 and created["skipped"] == 1
+    assert created["items"] == 6 and created["left_out"] == {"rows with the same text in both responses": 1}
     with store.opened(db) as conn:
         items = store.task_items(conn, store.get_task(conn, created["name"])["id"])
     assert {i["meta"]["a"] for i in items} == {"response_a", "response_b"}  # shown in random sides
@@ -143,7 +144,8 @@ def test_task_names_are_unique_and_export_checks_its_task(db, samples_jsonl):
 def test_rating_task_takes_shared_prompts_and_checks_its_inputs(tmp_path, db, samples_jsonl):
     samples = tasks.read_samples(samples_jsonl)
     created = tasks.create_rating_task(db, samples + [{"prompt_id": 99, "prompt": "x", "model": "alpha-model", "response": "only one"}], prompts=5)
-    assert created == {"name": "blind-rating", "kind": "rating", "items": 10, "prompts": 5, "models": list(MODELS)}
+    assert created == {"name": "blind-rating", "kind": "rating", "items": 10, "prompts": 5, "models": list(MODELS),
+                       "left_out": {"prompts without a response from every model": 1, "prompts beyond --prompts 5": 3}}
     with store.opened(db) as conn:
         info = store.get_task(conn, "blind-rating")
         items = store.task_items(conn, info["id"])

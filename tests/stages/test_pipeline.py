@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy as copy_module
+import csv
 import dataclasses
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -42,8 +45,6 @@ def ran(lines: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, tiny_llama_dir, tiny_bert_dir):
     """One full pipeline run; each test works on its own copy of the run directories."""
-    import csv
-
     from tests.helpers import synthetic_reviews
 
     root = tmp_path_factory.mktemp("pipeline")
@@ -59,8 +60,7 @@ def first_run(tmp_path_factory, tiny_llama_dir, tiny_bert_dir):
 def finished(first_run, tmp_path):
     cfg, report, lines = first_run
     shutil.copytree(cfg.runs_dir, tmp_path / "runs")
-    copy = dataclasses.replace(cfg, runs_dir=str(tmp_path / "runs"), ppo=dataclasses.replace(cfg.ppo),
-                               reward=dataclasses.replace(cfg.reward))
+    copy = dataclasses.replace(copy_module.deepcopy(cfg), runs_dir=str(tmp_path / "runs"))
     return copy, tmp_path / "runs" / report.relative_to(cfg.runs_dir), lines
 
 
@@ -109,3 +109,53 @@ def test_an_interrupted_pipeline_resumes_inside_the_stage_it_stopped_in(finished
     _, lines = run_pipeline(cfg)
     assert "ppo       resuming ..." in lines
     assert ran(lines) == ["ppo", "evaluate"]
+
+
+def test_a_stage_rerun_on_its_own_makes_the_stages_that_read_it_stale(finished):
+    """`rlhflab sft --overwrite` then `rlhflab pipeline`: PPO and evaluate were trained from the old SFT model."""
+    from rlhflab.stages.common import run_stage
+
+    cfg, _, _ = finished
+    run_stage("sft", cfg, overwrite=True, progress=False)
+    _, lines = run_pipeline(cfg)
+    assert ran(lines) == ["ppo", "evaluate"]  # reward does not read SFT: still up to date
+    assert "reward    up to date" in lines[1]
+
+
+def test_changed_data_bytes_make_every_stage_that_read_them_stale(finished):
+    """Flipping every label keeps the file's name and size; the content decides."""
+    cfg, _, _ = finished
+    path = Path(cfg.data.source)
+    rows = list(csv.reader(path.open(encoding="utf-8")))
+    flipped = [rows[0], *([text, str(1 - int(label))] for text, label in rows[1:])]
+    copy = path.with_name("flipped.csv")
+    with open(copy, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(flipped)
+    cfg.data.source = str(copy)  # the test's own copy: the shared file stays as it was
+    _, lines = run_pipeline(cfg)
+    assert ran(lines) == ["sft", "reward", "ppo", "evaluate"]
+    size = copy.stat().st_size
+    with open(copy, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)  # the same size, other labels
+    assert copy.stat().st_size == size
+    _, lines = run_pipeline(cfg)
+    assert ran(lines) == ["sft", "reward", "ppo", "evaluate"]
+
+
+def test_a_typo_in_a_rerun_keeps_the_finished_stage(finished, tmp_path):
+    """A rerun with a model folder that is not a model fails and leaves runs/<name>/sft as it was."""
+    cfg, _, _ = finished
+    sft_dir = Path(cfg.runs_dir) / cfg.name / "sft"
+    before = sorted(p.relative_to(sft_dir) for p in sft_dir.rglob("*"))
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "notes.txt").write_text("hello")
+    good_model = cfg.sft.model
+    cfg.sft.model = str(not_a_model)
+    with pytest.raises(RlhfLabError):
+        run_pipeline(cfg)
+    assert sorted(p.relative_to(sft_dir) for p in sft_dir.rglob("*")) == before
+    assert not sft_dir.with_name("sft.partial").exists()
+    cfg.sft.model = good_model
+    _, lines = run_pipeline(cfg)
+    assert ran(lines) == []  # nothing retrained

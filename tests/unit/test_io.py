@@ -147,49 +147,88 @@ def test_run_dir_paths(tmp_path):
     assert run.metrics_path == run.path / "metrics.jsonl"
 
 
-def test_prepare_creates_a_fresh_folder(tmp_path):
+def finished_run(folder: Path) -> RunDir:
+    """A finished stage folder holding a model file and a summary."""
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "w.bin").write_text("old weights")
+    (folder / "summary.json").write_text('{"old": true}')
+    return RunDir(folder)
+
+
+def test_prepare_opens_the_partial_folder_beside_the_run(tmp_path):
     run = RunDir(tmp_path / "runs" / "x" / "sft")
     run.prepare(resume=False, overwrite=False)
+    assert run.path == tmp_path / "runs" / "x" / "sft.partial"
     assert run.path.is_dir() and names(run.path) == []
+    assert not run.final.exists()
 
 
 def test_prepare_accepts_an_existing_empty_folder(tmp_path):
     run = RunDir(tmp_path / "sft")
-    run.path.mkdir()
+    run.final.mkdir()
     run.prepare(resume=False, overwrite=False)
     assert run.path.is_dir()
 
 
 def test_prepare_refuses_existing_run(tmp_path):
-    run = RunDir(tmp_path / "sft")
-    run.path.mkdir()
-    (run.path / "summary.json").write_text("{}")
+    run = finished_run(tmp_path / "sft")
     with pytest.raises(RlhfLabError) as info:
         run.prepare(resume=False, overwrite=False)
     message = str(info.value)
     assert "--resume" in message and "--overwrite" in message
-    assert str(run.path) in message
-    assert (run.path / "summary.json").exists()  # nothing deleted
+    assert str(run.final) in message
+    assert (run.final / "summary.json").exists()  # nothing deleted
 
 
-def test_prepare_overwrite_empties_the_folder(tmp_path):
-    run = RunDir(tmp_path / "sft")
-    (run.model_dir).mkdir(parents=True)
-    (run.model_dir / "w.bin").write_text("w")
-    (run.path / "summary.json").write_text("{}")
+def test_overwrite_keeps_the_finished_run_until_the_new_one_finishes(tmp_path):
+    run = finished_run(tmp_path / "sft")
     run.prepare(resume=False, overwrite=True)
-    assert run.path.is_dir()
-    assert names(run.path) == []
+    (run.model_dir).mkdir()
+    (run.model_dir / "w.bin").write_text("new weights")
+    assert (run.final / "model" / "w.bin").read_text() == "old weights"  # still there mid-run
+    run.stage_facts = {"key": "k"}
+    run.finish({"new": True})
+    assert run.path == run.final
+    assert (run.final / "model" / "w.bin").read_text() == "new weights"
+    assert read_json(run.final / "summary.json") == {"new": True}
+    assert read_json(run.final / "stage.json")["key"] == "k" and len(read_json(run.final / "stage.json")["run_id"]) == 32
+    assert names(tmp_path) == ["sft"]  # no partial or old folder left
+
+
+def test_a_failed_rerun_loses_nothing_and_blocks_nothing(tmp_path):
+    run = finished_run(tmp_path / "sft")
+    run.prepare(resume=False, overwrite=True)
+    (run.path / "config.yaml").write_text("bad: config")
+    run.discard_failed_start()  # what run_stage does when the stage raises before a checkpoint
+    assert names(tmp_path) == ["sft"]
+    assert (run.final / "model" / "w.bin").read_text() == "old weights"
+    fresh = RunDir(tmp_path / "new")
+    fresh.prepare(resume=False, overwrite=False)
+    (fresh.path / "config.yaml").write_text("x")  # a failed start killed before cleanup
+    again = RunDir(tmp_path / "new")
+    again.prepare(resume=False, overwrite=False)  # not "already holds a run"
+    assert names(again.path) == []
+
+
+def test_a_failure_after_a_checkpoint_keeps_it_for_resume(tmp_path):
+    run = RunDir(tmp_path / "sft")
+    run.prepare(resume=False, overwrite=False)
+    make_checkpoint(run)
+    run.discard_failed_start()
+    assert RunDir(tmp_path / "sft").has_checkpoint(RunDir(tmp_path / "sft").partial)
+    with pytest.raises(RlhfLabError, match="interrupted run"):
+        RunDir(tmp_path / "sft").prepare(resume=False, overwrite=False)
+    resumed = RunDir(tmp_path / "sft")
+    resumed.prepare(resume=True, overwrite=False)
+    assert resumed.has_checkpoint()
 
 
 def test_prepare_resume_without_checkpoint_errors(tmp_path):
-    run = RunDir(tmp_path / "sft")
-    run.path.mkdir()
-    (run.path / "metrics.jsonl").write_text('{"step": 1}\n')
+    run = finished_run(tmp_path / "sft")
     with pytest.raises(RlhfLabError) as info:
         run.prepare(resume=True, overwrite=False)
-    assert "Nothing to resume" in str(info.value)
-    assert (run.path / "metrics.jsonl").exists()
+    assert "Nothing to resume" in str(info.value) and "finished" in str(info.value)
+    assert (run.final / "summary.json").exists()
 
 
 def test_prepare_resume_of_missing_run_errors(tmp_path):
@@ -198,14 +237,72 @@ def test_prepare_resume_of_missing_run_errors(tmp_path):
         run.prepare(resume=True, overwrite=False)
 
 
-def test_prepare_resume_with_checkpoint_keeps_everything(tmp_path):
+def test_leftovers_of_a_killed_checkpoint_save_are_cleaned_when_the_run_opens(tmp_path):
     run = RunDir(tmp_path / "sft")
+    run.prepare(resume=False, overwrite=False)
     make_checkpoint(run)
-    (run.path / "metrics.jsonl").write_text('{"step": 1}\n')
-    assert run.has_checkpoint()
-    run.prepare(resume=True, overwrite=False)
-    assert (run.path / "metrics.jsonl").exists()
-    assert run.has_checkpoint()
+    partial_save = run.checkpoint_dir / ".latest.k2j4x.tmp"  # kill -9 inside atomic_dir
+    partial_save.mkdir()
+    (partial_save / "state.pt").write_bytes(b"\0" * 1000)
+    (run.path / ".metrics.jsonl.abc.tmp").write_text("half")
+    RunDir(tmp_path / "sft").prepare(resume=True, overwrite=False)
+    assert names(run.checkpoint_dir) == ["latest"]
+    assert not (run.path / ".metrics.jsonl.abc.tmp").exists()
+
+
+def test_a_kill_between_the_renames_of_a_checkpoint_save_restores_the_previous_one(tmp_path):
+    run = RunDir(tmp_path / "sft")
+    run.prepare(resume=False, overwrite=False)
+    make_checkpoint(run)
+    (run.checkpoint_dir / "latest").rename(run.checkpoint_dir / ".latest.old")
+    RunDir(tmp_path / "sft").prepare(resume=True, overwrite=False)
+    assert names(run.checkpoint_dir) == ["latest"]
+
+
+def test_a_kill_between_the_renames_of_finish_completes_the_swap(tmp_path):
+    run = finished_run(tmp_path / "sft")
+    run.prepare(resume=False, overwrite=True)
+    (run.path / "summary.json").write_text('{"new": true}')
+    run.final.rename(tmp_path / ".sft.old")  # finish() was killed here
+    RunDir(tmp_path / "sft").recover()
+    assert names(tmp_path) == ["sft"] and read_json(tmp_path / "sft" / "summary.json") == {"new": True}
+    # killed before the new run finished: the old one comes back
+    other = finished_run(tmp_path / "rm")
+    other.prepare(resume=False, overwrite=True)
+    other.final.rename(tmp_path / ".rm.old")
+    RunDir(tmp_path / "rm").recover()
+    assert read_json(tmp_path / "rm" / "summary.json") == {"old": True}
+
+
+def test_runs_dir_that_is_a_file_or_unwritable_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file")
+    with pytest.raises(RlhfLabError, match="not a folder|in the way"):
+        RunDir(blocker / "x" / "sft").prepare(resume=False, overwrite=False)
+    with pytest.raises(RlhfLabError, match="Cannot write /proc"):
+        RunDir(Path("/proc/rlhflab-test/x/sft")).prepare(resume=False, overwrite=False)
+
+
+def test_a_full_disk_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    target = tmp_path / "report.md"
+    target.write_text("previous")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(RlhfLabError) as info:
+        atomic_write_text(target, "new")
+    assert "disk is full" in str(info.value) and "was not changed" in str(info.value)
+    assert target.read_text() == "previous" and names(tmp_path) == ["report.md"]
+    monkeypatch.undo()
+    with pytest.raises(RlhfLabError, match="disk is full"):
+        with atomic_dir(tmp_path / "ckpt") as tmp:
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert names(tmp_path) == ["report.md"]
 
 
 def test_has_checkpoint_needs_state_json(tmp_path):

@@ -10,7 +10,7 @@
   const taskName = params.get("task");
 
   const state = {
-    rater: localStorage.getItem(RATER_KEY) || "",
+    rater: (localStorage.getItem(RATER_KEY) || "").trim(),
     task: null, // public task info from the server
     item: null, // {id, prompt, text, text_b?}
     progress: null,
@@ -133,6 +133,15 @@
 
   // Responses continue the prompt and often start with a space; pre-wrap would indent them.
   const shown = (text) => (text || "").replace(/^\s+/, "");
+  const EMPTY = "(empty response)";
+
+  // An empty response is a real output to judge: show a placeholder, marked so it does not read
+  // as the model's words (the stored text stays empty).
+  function showText(element, text) {
+    const value = shown(text);
+    element.textContent = value || EMPTY;
+    element.classList.toggle("empty", !value);
+  }
 
   function renderItem(item, previous) {
     const kind = state.task.kind;
@@ -142,12 +151,12 @@
     if (kind === "pairs") {
       $("pair-prompt").textContent = item.prompt;
       $("pair-prompt").hidden = !item.prompt;
-      $("text-a").textContent = shown(item.text);
-      $("text-b").textContent = shown(item.text_b);
+      showText($("text-a"), item.text);
+      showText($("text-b"), item.text_b);
     } else {
       $("prompt").textContent = item.prompt;
       $("prompt").hidden = !item.prompt;
-      $("text").textContent = shown(item.text);
+      showText($("text"), item.text);
     }
     state.selected = null;
     state.values = {};
@@ -344,7 +353,12 @@
   $("name-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const name = $("name-input").value.trim();
-    if (!name) return;
+    if (!name) {
+      showError("Type your name: it cannot be blank or only spaces.");
+      $("name-input").focus();
+      return;
+    }
+    showError("");
     state.rater = name;
     localStorage.setItem(RATER_KEY, name);
     start();
