@@ -6,12 +6,17 @@
 Sources: a reward model trained by `rlhflab reward` (a run directory), any text classifier
 from the hub or a local folder (the score of a label looked up by name), or a Python callable
 `module:function` / `path/to/file.py:function` called as fn(prompts, responses) -> list[float].
+Models read prompt + response cut to reward_fn.max_length tokens from the prompt's front, so the
+response is always judged whole (`rlhflab.models.encoding.prompt_response_ids`). Whatever a
+callable raises or returns amiss is an RlhfLabError naming it.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,8 +24,8 @@ from typing import Callable, Sequence
 import torch
 
 from rlhflab.config import RewardFnConfig
-from rlhflab.data.records import join_prompt_response
 from rlhflab.errors import RlhfLabError
+from rlhflab.models.encoding import pad_rows, prompt_response_ids
 
 ScoreFn = Callable[[list[str], list[str]], "Sequence[float] | torch.Tensor"]
 
@@ -40,11 +45,7 @@ class RewardFunction:
             raise RlhfLabError(f"Got {len(prompts)} prompts but {len(responses)} responses to score.")
         if not responses:
             return torch.zeros(0)
-        raw = self.score(prompts, responses)
-        try:
-            values = torch.as_tensor(raw if isinstance(raw, torch.Tensor) else list(raw), dtype=torch.float32).detach().cpu()
-        except (TypeError, ValueError):
-            raise RlhfLabError(f"The reward {self.description} returned {type(raw).__name__}, not a list of numbers.") from None
+        values = _score_tensor(self.score(prompts, responses), self.description)
         if values.dim() != 1 or values.numel() != len(responses):
             raise RlhfLabError(
                 f"The reward {self.description} returned {values.numel()} scores of shape {tuple(values.shape)} "
@@ -54,6 +55,31 @@ class RewardFunction:
             bad = int((~torch.isfinite(values)).sum())
             raise RlhfLabError(f"The reward {self.description} returned {bad} non-finite scores (nan or inf).")
         return self.flip(values) if self.flip else values
+
+
+def _is_number(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not value.is_complex()
+    return isinstance(value, numbers.Real)  # bools too (1/0), and numpy scalars
+
+
+def _score_tensor(raw, description: str) -> torch.Tensor:
+    """What a score function returned as a float tensor; RlhfLabError when it is not numbers."""
+    if isinstance(raw, torch.Tensor) and not raw.is_complex():
+        return raw.detach().to(torch.float32).cpu()
+    fix = "It must return one number per response (a list, array or tensor)."
+    # A dict iterates over its keys and a string over its characters: never scores.
+    if isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, Iterable):
+        raise RlhfLabError(f"The reward {description} returned a {type(raw).__name__}, not a list of numbers. {fix}")
+    try:
+        items = list(raw)
+    except Exception as exc:  # a generator that fails while it yields
+        raise RlhfLabError(f"Reading the scores the reward {description} returned raised {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    bad = next((i for i, v in enumerate(items) if not _is_number(v)), None)
+    if bad is not None:
+        raise RlhfLabError(f"The reward {description} returned a {type(raw).__name__} whose item {bad} is "
+                           f"{items[bad]!r}, so not a list of numbers. {fix}")
+    return torch.tensor([float(v) for v in items], dtype=torch.float32)
 
 
 def build_reward(cfg: RewardFnConfig, *, default_source: str | None = None) -> RewardFunction:
@@ -72,9 +98,7 @@ def build_reward(cfg: RewardFnConfig, *, default_source: str | None = None) -> R
         else:
             kind = "classifier"
     if kind == "callable":
-        fn = load_callable(source)
-        output = "score"
-        score = lambda prompts, responses: fn(prompts, responses)  # noqa: E731 - trlX-style signature
+        score, output = _callable_score(source), "score"
     else:
         score, output = _model_score(source, kind, cfg)
     flip = None
@@ -125,6 +149,24 @@ def load_callable(spec: str) -> Callable:
     if not callable(fn):
         raise RlhfLabError(f"{target} has no function {name!r} (reward {spec!r}).")
     return fn
+
+
+def _callable_score(spec: str) -> ScoreFn:
+    """fn(prompts, responses) (trlX-style) from `spec`; whatever it raises becomes one RlhfLabError
+    line naming the function, chained to the original so RLHFLAB_DEBUG=1 can show its traceback."""
+    fn = load_callable(spec)
+
+    def score(prompts: list[str], responses: list[str]):
+        try:
+            return fn(prompts, responses)
+        except Exception as exc:  # the user's code: say whose it is and what it raised
+            detail = str(exc).strip().splitlines()
+            raise RlhfLabError(
+                f"the reward function {spec} raised {type(exc).__name__}"
+                f"{': ' + detail[0] if detail else ''}. Fix the function (RLHFLAB_DEBUG=1 shows the traceback)."
+            ) from exc
+
+    return score
 
 
 def label_index(id2label: dict, label: str) -> int:
@@ -200,11 +242,16 @@ def _model_score(source: str, kind: str, cfg: RewardFnConfig) -> tuple[ScoreFn, 
 
     @torch.no_grad()
     def score(prompts: list[str], responses: list[str]) -> torch.Tensor:
-        texts = responses if cfg.text == "response" else [join_prompt_response(p, r) for p, r in zip(prompts, responses)]
+        if cfg.text == "response":
+            prompts = [""] * len(responses)
         out = []
-        for start in range(0, len(texts), cfg.batch_size):
-            batch = tokenizer(texts[start : start + cfg.batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
-            out.append(transform(model(**batch).logits).cpu())
+        for start in range(0, len(responses), cfg.batch_size):
+            # Too long a text loses the front of its prompt, never the response being judged; a
+            # response longer than max_length alone keeps its beginning (as plain texts do).
+            rows, _ = prompt_response_ids(prompts[start : start + cfg.batch_size], responses[start : start + cfg.batch_size],
+                                          tokenizer, max_length, long_response="truncate")
+            batch = pad_rows(rows, tokenizer).to(device)
+            out.append(transform(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits).cpu())
         return torch.cat(out)
 
     return score, output

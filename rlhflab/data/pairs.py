@@ -10,7 +10,7 @@ import math
 import numbers
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rlhflab.data.labels import clean_text, is_missing
 from rlhflab.data.sources import cell_text, read_table
@@ -28,12 +28,14 @@ MARGIN_COLUMNS = ("margin",)
 @dataclass(frozen=True)
 class Pair:
     """One human preference: `chosen` is the better response to `prompt` than `rejected`.
-    `margin` is how much better (0.0 when the data gives no margin)."""
+    `margin` is how much better (0.0 when the data gives no margin); `where` names the row it
+    came from (e.g. "line 7 of pairs.jsonl"), for error messages only."""
 
     prompt: str
     chosen: str
     rejected: str
     margin: float = 0.0
+    where: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def table_to_pairs(
         if bad:
             raise _bad_margin(table, margin_col, raw[bad[0]], numbers_[bad[0]], bad)
         margins = numbers_  # type: ignore[assignment]  # no None left
-    return [Pair(prompts[i], chosen[i], rejected[i], margins[i]) for i in range(n)]
+    return [Pair(prompts[i], chosen[i], rejected[i], margins[i], f"{table.where(i)} of {table.name}") for i in range(n)]
 
 
 def split_pairs(pairs: Sequence[Pair], fractions: Sequence[float], seed: int) -> PairSplits:

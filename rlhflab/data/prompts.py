@@ -1,24 +1,97 @@
-"""Policy prompts: the opening words of reviews, with a seeded random length."""
+"""Policy prompts: the opening words of reviews, with a seeded random length.
+
+A word is a whitespace-separated word, except in scripts written without spaces (Chinese,
+Japanese, Thai, ...), where each character counts as a word: otherwise a "3-5 word" prompt of a
+Chinese review would be the whole review. `max_tokens` caps a prompt by tokens as well (by the
+policy's tokenizer when one is given), for any text the word rule leaves long.
+"""
 
 from __future__ import annotations
 
 import numbers
 import random
+import re
 from collections.abc import Sequence
 
 from rlhflab.data.records import Review
 from rlhflab.errors import RlhfLabError
 
+# Scripts written without spaces between words: Thai, Lao, Tibetan, Myanmar, Khmer, CJK
+# punctuation, kana, CJK ideographs (and extensions), full-width forms.
+_NO_SPACE = (
+    "\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff\u3000-\u303f\u3040-\u30ff\u31f0-\u31ff"
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003134f"
+)
+_WORD = re.compile(f"[{_NO_SPACE}]|[^\\s{_NO_SPACE}]+")
+# Without a tokenizer a token is taken as 4 characters, the usual average for English BPE.
+CHARS_PER_TOKEN = 4
+
+
+def _is_count(n) -> bool:
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1
+
+
+def _words(text: str) -> list[re.Match]:
+    return list(_WORD.finditer(text))
+
+
+def _join(text: str, words: list[re.Match]) -> str:
+    """The words as they read in `text`, any whitespace between two of them made one space."""
+    out = []
+    for i, word in enumerate(words):
+        if i and word.start() > words[i - 1].end():
+            out.append(" ")
+        out.append(word.group())
+    return "".join(out)
+
 
 def prompt_words(text: str, n: int) -> str:
-    """The first `n` whitespace-separated words of `text` (all of it when shorter)."""
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+    """The first `n` words of `text` (all of it when shorter), whitespace between them made one
+    space; each character of a script written without spaces is a word."""
+    if not _is_count(n):
         raise RlhfLabError(f"a prompt needs at least 1 word, got n={n!r}.")
-    return " ".join(text.split()[:n])
+    return _join(text, _words(text)[:n])
 
 
-def make_prompts(reviews: Sequence[Review], min_words: int, max_words: int, seed: int) -> list[str]:
-    """One prompt per review: its first N words, N uniform in [min_words, max_words]."""
+def cap_tokens(prompt: str, max_tokens: int, tokenizer=None) -> str:
+    """`prompt` cut to at most `max_tokens` tokens of `tokenizer` (without one, CHARS_PER_TOKEN
+    characters a token): whole words while at least one fits, else the first word's start."""
+    if not _is_count(max_tokens):
+        raise RlhfLabError(f"data.prompt_max_tokens must be a whole number >= 1, got {max_tokens!r}. Set it to e.g. 64.")
+    if tokenizer is None:
+        def count(s: str) -> int:
+            return -(-len(s) // CHARS_PER_TOKEN)
+    else:
+        def count(s: str) -> int:
+            return len(tokenizer(s, add_special_tokens=False)["input_ids"])
+    if count(prompt) <= max_tokens:
+        return prompt
+    words = _words(prompt)
+    # Largest number of leading words (or, for one overlong word, characters) that fits.
+    keep = _largest(lambda m: count(_join(prompt, words[:m])) <= max_tokens, len(words) - 1)
+    if keep:
+        return _join(prompt, words[:keep])
+    first = words[0].group()
+    return first[: max(1, _largest(lambda k: count(first[:k]) <= max_tokens, len(first) - 1))]
+
+
+def _largest(fits, upper: int) -> int:
+    """The largest k in 1..upper with fits(k) (0 when none), by bisection (fits is monotone)."""
+    lo, hi = 0, upper
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def make_prompts(reviews: Sequence[Review], min_words: int, max_words: int, seed: int, *,
+                 max_tokens: int | None = None, tokenizer=None) -> list[str]:
+    """One prompt per review: its first N words, N uniform in [min_words, max_words], then at
+    most `max_tokens` tokens (data.prompt_max_tokens; None: no cap) of `tokenizer` (the policy's;
+    None: CHARS_PER_TOKEN characters a token)."""
     ints = all(
         isinstance(v, numbers.Integral) and not isinstance(v, bool)
         for v in (min_words, max_words, seed)
@@ -29,6 +102,11 @@ def make_prompts(reviews: Sequence[Review], min_words: int, max_words: int, seed
             f"got min_words={min_words!r}, max_words={max_words!r}, seed={seed!r}. "
             "Fix the prompt word settings, e.g. min_words=2, max_words=8."
         )
+    if max_tokens is not None:
+        cap_tokens("", max_tokens)  # a bad setting fails before any work
     rng = random.Random(int(seed))
     # One draw per review, always, so prompt i depends only on the seed and i.
-    return [prompt_words(r.text, rng.randint(min_words, max_words)) for r in reviews]
+    prompts = [prompt_words(r.text, rng.randint(min_words, max_words)) for r in reviews]
+    if max_tokens is None:
+        return prompts
+    return [cap_tokens(p, max_tokens, tokenizer) for p in prompts]

@@ -1,13 +1,21 @@
-"""Tokenized splits held as tensors, optionally with the frozen lower blocks' outputs cached."""
+"""Tokenized splits held as tensors, optionally with the frozen lower blocks' outputs cached.
+
+`prompt_response_ids` is the one place a prompt and a response are joined and cut to a token
+budget: the prompt gives way from its front, so the response (the part a reward model judges)
+is always read whole.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from rlhflab.data.records import join_prompt_response
+from rlhflab.errors import RlhfLabError
 from rlhflab.models.blocks import cache_is_exact, first_trainable_block, lower_hidden, top_forward
 
 
@@ -28,12 +36,19 @@ class EncodedSplit:
 
 
 def encode(texts: list[str], tokenizer, max_length: int, *, append_eos: bool = False) -> EncodedSplit:
-    """Tokenize and right-pad. With append_eos, EOS ends every text that fits in max_length
-    (so a language model learns where a review stops)."""
-    rows = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+    """Tokenize and right-pad; a text longer than max_length keeps its beginning. With
+    append_eos, EOS ends every text that fits in max_length (so a language model learns where
+    a review stops)."""
+    with truncation_side(tokenizer, "right"):
+        rows = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
     eos = tokenizer.eos_token_id
     if append_eos and eos is not None:
         rows = [ids + [eos] if len(ids) < max_length and (not ids or ids[-1] != eos) else ids for ids in rows]
+    return pad_rows(rows, tokenizer)
+
+
+def pad_rows(rows: list[list[int]], tokenizer) -> EncodedSplit:
+    """Right-pad token id lists into (N, T) ids and mask."""
     width = max((len(ids) for ids in rows), default=1)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # masked out anyway
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -42,6 +57,92 @@ def encode(texts: list[str], tokenizer, max_length: int, *, append_eos: bool = F
         input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[i, : len(ids)] = 1
     return EncodedSplit(input_ids, attention_mask)
+
+
+@contextmanager
+def truncation_side(tokenizer, side: str):
+    """Truncate from `side` for the calls inside; the tokenizer's own setting is restored after."""
+    before = getattr(tokenizer, "truncation_side", "right")
+    tokenizer.truncation_side = side
+    try:
+        yield
+    finally:
+        tokenizer.truncation_side = before
+
+
+def prompt_response_ids(
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    tokenizer,
+    max_length: int,
+    *,
+    long_response: Literal["error", "truncate"] = "error",
+    setting: str = "max_length",
+    where: Sequence[str] | None = None,
+) -> tuple[list[list[int]], int]:
+    """Token ids (special tokens included, at most `max_length` each) of every
+    `join_prompt_response(prompt, response)`, and how many prompts were shortened.
+
+    Too long a text loses the front of its prompt, never the response: a reward model judges
+    the response, and two responses cut to the same prompt prefix would score the same. Special
+    tokens (BERT's [CLS] ... [SEP], a BOS) survive, as tokenizers add them after truncating.
+    A response that does not fit alone raises RlhfLabError naming `where[i]` (what the text is)
+    and the `setting` to raise; with long_response="truncate" it is read alone and keeps its
+    beginning instead, like any plain text (scoring, where an error mid-run helps no one).
+    """
+    prompts, responses = list(prompts), list(responses)
+    texts = [join_prompt_response(p, r) for p, r in zip(prompts, responses)]
+    # Character offsets in each joined text: where its first visible character and its
+    # response's first visible character sit.
+    heads = [len(t) - len(t.lstrip()) for t in texts]
+    starts = [len(t) - len(r.lstrip()) for t, r in zip(texts, responses)]
+    with truncation_side(tokenizer, "left"):
+        rows, kept_from = _left_truncated(tokenizer, texts, max_length, starts)
+    cut_prompts = 0
+    for i, first in enumerate(kept_from):
+        if first <= heads[i]:
+            continue  # the whole text fits
+        if first <= starts[i]:
+            cut_prompts += 1
+            continue
+        # The response alone does not fit.
+        if long_response == "error":
+            need = max(len(tokenizer(texts[i][starts[i]:])["input_ids"]), max_length + 1)
+            what = where[i] if where is not None else f"the response in row {i + 1}"
+            raise RlhfLabError(
+                f"{what[:1].upper()}{what[1:]} is {need} tokens long, more than {setting}={max_length} holds even "
+                f"without its prompt. Raise {setting} to at least {need}, or shorten or remove that row."
+            )
+        with truncation_side(tokenizer, "right"):
+            rows[i] = tokenizer(responses[i], truncation=True, max_length=max_length)["input_ids"]
+    return rows, cut_prompts
+
+
+def _left_truncated(tokenizer, texts: list[str], max_length: int, starts: list[int]) -> tuple[list[list[int]], list[int]]:
+    """Ids of each text cut from the left to max_length, and the character offset of the
+    first text character kept (len(text) when none is)."""
+    if not getattr(tokenizer, "is_fast", False):  # a pure Python tokenizer has no offsets: judge by token counts
+        rows = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        kept = []
+        for text, start in zip(texts, starts):
+            if len(tokenizer(text)["input_ids"]) <= max_length:
+                kept.append(0)
+            else:
+                kept.append(start if len(tokenizer(text[start:])["input_ids"]) <= max_length else start + 1)
+        return rows, kept
+    enc = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=True,
+                    return_special_tokens_mask=True)
+    kept = []
+    for text, offsets, special in zip(texts, enc["offset_mapping"], enc["special_tokens_mask"]):
+        kept.append(min((a for (a, b), s in zip(offsets, special) if not s and b > a), default=len(text)))
+    return list(enc["input_ids"]), kept
+
+
+def encode_prompt_response(prompts: Sequence[str], responses: Sequence[str], tokenizer, max_length: int,
+                           **options) -> tuple[EncodedSplit, int]:
+    """`prompt_response_ids` right-padded into an EncodedSplit (N, T), and the prompts shortened."""
+    rows, cut = prompt_response_ids(prompts, responses, tokenizer, max_length, **options)
+    return pad_rows(rows, tokenizer), cut
 
 
 def cache_start(model, enabled: bool, probe: EncodedSplit) -> int | None:
@@ -80,15 +181,17 @@ def make_forward(model, first: int | None, autocast) -> Callable[[EncodedSplit, 
     return forward
 
 
-def encode_and_cache(model, texts: dict[str, list[str]], tokenizer, *, max_length: int, append_eos: bool,
+def encode_and_cache(model, texts: dict[str, list[str] | EncodedSplit], tokenizer, *, max_length: int, append_eos: bool,
                      device, cache_frozen: bool, batch_size: int, autocast, progress: bool):
-    """Encode every named text list onto `device`; cache the frozen lower blocks when possible.
+    """Encode every named text list (or take the EncodedSplit given) onto `device`; cache the
+    frozen lower blocks when possible.
 
     Returns (splits by name, first trainable block or None, seconds spent caching).
     """
     import time
 
-    data = {name: encode(items, tokenizer, max_length, append_eos=append_eos).to(device) for name, items in texts.items() if items}
+    data = {name: (items if isinstance(items, EncodedSplit) else encode(items, tokenizer, max_length, append_eos=append_eos)).to(device)
+            for name, items in texts.items() if len(items)}
     first = cache_start(model, cache_frozen, next(iter(data.values())))
     started = time.perf_counter()
     if first is not None:

@@ -26,8 +26,8 @@ from rlhflab.eval.generation_metrics import (
     reward_shift,
     sentiment_of,
 )
-from rlhflab.io import RunDir, write_json, write_jsonl
-from rlhflab.models.causal_lm import count_parameters, load_causal_lm
+from rlhflab.io import RunDir, write_jsonl
+from rlhflab.models.causal_lm import count_parameters, load_causal_lm, load_tokenizer
 from rlhflab.rewards import build_reward, probability_reward
 from rlhflab.runtime import make_accelerator, run_facts, seed_everything
 from rlhflab.stages.common import load_splits, open_run_dir
@@ -46,12 +46,14 @@ def model_sources(cfg: Config) -> dict[str, str]:
     return sources
 
 
-def eval_prompts(cfg: Config) -> tuple[list[str], list[int | None]]:
-    """Prompts from the test split (validation or train when it is empty) and their reviews' labels."""
+def eval_prompts(cfg: Config, tokenizer=None) -> tuple[list[str], list[int | None]]:
+    """Prompts from the test split (validation or train when it is empty) and their reviews' labels;
+    at most data.prompt_max_tokens tokens of `tokenizer` (the reference model's)."""
     splits = load_splits(cfg)
     reviews = splits.test or splits.validation or splits.train
     # A seed of its own, so these prompts differ from the ones PPO trained and evaluated on.
-    prompts = make_prompts(reviews, cfg.data.prompt_min_words, cfg.data.prompt_max_words, cfg.seed + 2)
+    prompts = make_prompts(reviews, cfg.data.prompt_min_words, cfg.data.prompt_max_words, cfg.seed + 2,
+                           max_tokens=cfg.data.prompt_max_tokens, tokenizer=tokenizer)
     n = min(cfg.evaluate.prompts, len(prompts))
     if n < 1:
         raise RlhfLabError(f"evaluate.prompts must be at least 1, got {cfg.evaluate.prompts}.")
@@ -72,7 +74,7 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
         raise RlhfLabError(f"evaluate.batch_size must be >= 1 and evaluate.temperature > 0 (got {ev.batch_size}, {ev.temperature}).")
     seed_everything(cfg.seed)
     sources = model_sources(cfg)
-    prompts, labels = eval_prompts(cfg)
+    prompts, labels = eval_prompts(cfg, load_tokenizer(next(iter(sources.values()))))
     runs = Path(cfg.runs_dir) / cfg.name
     score_fn = build_reward(cfg.reward_fn, default_source=str(runs / "reward"))
     prob_fn = probability_reward(cfg.reward_fn, default_source=str(runs / "reward"))
@@ -146,8 +148,7 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
     figures = evaluation_figures(rows, summary, run_dir.path / "figures")
     summary["figures"] = {path.stem: str(path.relative_to(run_dir.path.resolve())) for path in figures}
     summary.update(run_facts(accelerator, started))
-    write_json(run_dir.summary_path, summary)
-    return run_dir
+    return run_dir.finish(summary)
 
 
 def _prompt_sentiments(prompts: list[str], labels: list[int | None], prob_fn) -> list[str]:

@@ -43,6 +43,11 @@ def check(ppo: PpoConfig) -> None:
         (ppo.temperature > 0, "temperature must be positive"),
         (ppo.top_k >= 0 and 0 < ppo.top_p <= 1, "top_k must be >= 0 and top_p in (0, 1]"),
         (ppo.kl_coef >= 0 and ppo.kl_target > 0 and ppo.kl_horizon > 0, "kl_coef must be >= 0, kl_target and kl_horizon positive"),
+        # beta moves by up to 20% x batch_size / kl_horizon per step: a shorter horizon overshoots below 0.
+        (not ppo.adaptive_kl or ppo.kl_horizon >= ppo.batch_size,
+         f"kl_horizon ({ppo.kl_horizon}) must be at least batch_size ({ppo.batch_size}): each step moves beta by up to "
+         f"20% x batch_size / kl_horizon, so a shorter horizon can drive beta to or below 0"),
+        (ppo.eval_prompts >= 1, "eval_prompts must be at least 1"),
         (0 <= ppo.gamma <= 1 and 0 <= ppo.lam <= 1, "gamma and lam must be in [0, 1]"),
         (ppo.clip_range > 0 and ppo.clip_range_value > 0, "clip ranges must be positive"),
         (ppo.eval_every >= 1 and ppo.sample_every >= 1 and ppo.checkpoint_every >= 1, "eval_every, sample_every and checkpoint_every must be at least 1"),
@@ -197,9 +202,11 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
     started = time.perf_counter()
     seed_everything(cfg.seed)
     splits = load_splits(cfg)
-    train_prompts = make_prompts(splits.train, cfg.data.prompt_min_words, cfg.data.prompt_max_words, cfg.seed)
+    train_prompts = make_prompts(splits.train, cfg.data.prompt_min_words, cfg.data.prompt_max_words, cfg.seed,
+                                 max_tokens=cfg.data.prompt_max_tokens)
     eval_source = splits.test or splits.validation or splits.train
-    eval_prompts = make_prompts(eval_source, cfg.data.prompt_min_words, cfg.data.prompt_max_words, cfg.seed + 1)[: ppo.eval_prompts]
+    eval_prompts = make_prompts(eval_source, cfg.data.prompt_min_words, cfg.data.prompt_max_words, cfg.seed + 1,
+                                max_tokens=cfg.data.prompt_max_tokens)[: ppo.eval_prompts]
     runs = Path(cfg.runs_dir) / cfg.name
     policy_source = ppo.policy or str(runs / "sft")
     if ppo.policy is None and not (runs / "sft" / "model").exists():
@@ -302,6 +309,7 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
         "parameters": {"trainable": trainable, "total": total},
         "reference": "shared frozen blocks + copy of the trainable top" if policy.reference_top is not None
         else ("adapter switched off" if policy.lora else "frozen full copy"),
+        "left_out": splits.left_out,
         "steps": loop["step"],
         "start": evaluations[0],
         "end": evaluations[-1],
@@ -311,8 +319,7 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
         "train_tokens_per_s": loop["train_tokens"] / max(loop["train_seconds"], 1e-9),
         **run_facts(accelerator, started),
     }
-    write_json(run_dir.summary_path, summary)
-    return run_dir
+    return run_dir.finish(summary)
 
 
 class _Trainable(torch.nn.Module):

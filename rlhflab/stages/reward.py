@@ -16,13 +16,13 @@ import torch
 
 from rlhflab.checkpoint import load_trainable_state
 from rlhflab.config import Config, RewardConfig
-from rlhflab.data import join_prompt_response, load_pairs, split_pairs
+from rlhflab.data import load_pairs, split_pairs
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.metrics import classification_metrics, format_classification_table, format_confusion, pairwise_metrics
-from rlhflab.io import RunDir, write_json
+from rlhflab.io import RunDir
 from rlhflab.models.blocks import disable_dropout
-from rlhflab.models.causal_lm import count_parameters
-from rlhflab.models.encoding import EncodedSplit, encode_and_cache, make_forward
+from rlhflab.models.causal_lm import count_parameters, load_tokenizer
+from rlhflab.models.encoding import EncodedSplit, encode_and_cache, encode_prompt_response, make_forward
 from rlhflab.models.reward_model import RewardMeta, configure_trainable, load_reward_backbone, save_reward_model
 from rlhflab.ops.reward_loss import bradley_terry_loss, label_loss, normalization
 from rlhflab.runtime import make_accelerator, run_facts, seed_everything
@@ -40,21 +40,31 @@ def _labelled_texts(cfg: Config) -> tuple[dict[str, list[str]], dict[str, torch.
     return texts, labels
 
 
-def _pair_texts(cfg: Config) -> tuple[dict[str, list[str]], dict[str, torch.Tensor]]:
-    pairs_cfg = cfg.reward.pairs
+def _pair_inputs(cfg: Config) -> tuple[dict[str, EncodedSplit], dict[str, torch.Tensor]]:
+    """Each split's chosen and rejected texts, tokenized with the prompt cut from its front when
+    prompt + response exceed reward.max_length, so the two responses are always read whole."""
+    rw = cfg.reward
+    pairs_cfg = rw.pairs
     if not pairs_cfg.source:
         raise RlhfLabError("reward.objective is pairs but reward.pairs.source is not set; point it at a file of prompt/chosen/rejected rows.")
     pairs = load_pairs(pairs_cfg.source, prompt_column=pairs_cfg.prompt_column, chosen_column=pairs_cfg.chosen_column,
                        rejected_column=pairs_cfg.rejected_column, margin_column=pairs_cfg.margin_column, split=pairs_cfg.split)
     splits = split_pairs(pairs, pairs_cfg.fractions, cfg.seed)
-    texts, margins = {}, {}
+    tokenizer = load_tokenizer(rw.model)  # cheap; the model loads after the data is known to fit
+    inputs, margins, cut, total = {}, {}, 0, 0
     for name in SPLITS:
         part = getattr(splits, name)
         if part:
-            texts[f"{name}/chosen"] = [join_prompt_response(p.prompt, p.chosen) for p in part]
-            texts[f"{name}/rejected"] = [join_prompt_response(p.prompt, p.rejected) for p in part]
+            for side in ("chosen", "rejected"):
+                inputs[f"{name}/{side}"], n = encode_prompt_response(
+                    [p.prompt for p in part], [getattr(p, side) for p in part], tokenizer, rw.max_length,
+                    setting="reward.max_length", where=[f"the {side} response of the pair at {p.where}" for p in part])
+                cut, total = cut + n, total + len(part)
             margins[name] = torch.tensor([p.margin for p in part])
-    return texts, margins
+    if cut:
+        print(f"Note: {cut} of {total} prompt + response texts exceed reward.max_length={rw.max_length}; "
+              f"their prompts were cut from the front so that the responses are read whole.")
+    return inputs, margins
 
 
 @torch.no_grad()
@@ -74,7 +84,7 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
     started = time.perf_counter()
     seed_everything(cfg.seed)
     pairs = rw.objective == "pairs"
-    texts, targets = _pair_texts(cfg) if pairs else _labelled_texts(cfg)  # data errors before models load
+    texts, targets = _pair_inputs(cfg) if pairs else _labelled_texts(cfg)  # data errors before models load
     run_dir = open_run_dir(cfg, "reward", resume=resume, overwrite=overwrite)
     accelerator = make_accelerator(rw.device, rw.mixed_precision)
     device = accelerator.device
@@ -154,8 +164,7 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
     }
     if not pairs and "test" in metrics:
         summary["confusion_matrix_test"] = metrics["test"]["confusion_matrix"]
-    write_json(run_dir.summary_path, summary)
-    return run_dir
+    return run_dir.finish(summary)
 
 
 def format_summary(summary: dict) -> str:
