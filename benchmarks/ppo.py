@@ -15,15 +15,17 @@ import time
 
 import torch
 
+from rlhflab.algorithms.online import OnlineRL, gae_targets, resolve
 from rlhflab.config import LoraConfig, PpoConfig
 from rlhflab.data import balanced_sample, load_reviews, make_prompts
+from rlhflab.engine.runtime import Runtime, peak_memory_mb
 from rlhflab.models.causal_lm import load_causal_lm
-from rlhflab.models.policy import build_policy
+from rlhflab.models.policy import PolicyWithValue, build_policy
 from rlhflab.models.reward_model import load_reward_backbone
+from rlhflab.ops.kl import kl_per_token
 from rlhflab.rewards import RewardFunction, logits_to_reward
 from rlhflab.rollout import sample, score_rollout
-from rlhflab.runtime import make_accelerator, peak_memory_mb
-from rlhflab.stages.ppo import make_batch, ppo_update, stop_token_ids
+from rlhflab.stages.ppo import stop_token_ids
 
 
 def main() -> None:
@@ -38,8 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     trainable = args.trainable if args.trainable in ("all", "lora") else [int(i) for i in args.trainable.split(",")]
 
-    accelerator = make_accelerator("auto", "auto")
-    ppo = PpoConfig(batch_size=args.batch, minibatch_size=args.minibatch, max_new_tokens=args.tokens)
+    runtime = Runtime.create("auto", "auto")
+    ppo = resolve(PpoConfig(batch_size=args.batch, minibatch_size=args.minibatch, max_new_tokens=args.tokens))
     model, tokenizer = load_causal_lm(args.policy)
     tokenizer.padding_side = "left"
     prompts = make_prompts(balanced_sample(load_reviews("imdb"), 200, seed=0), 3, 5, seed=0)
@@ -56,18 +58,21 @@ def main() -> None:
     reward = RewardFunction(args.reward, score)
     stop_ids = stop_token_ids(tokenizer, None)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=ppo.learning_rate)
+    module = PolicyWithValue(policy)
+    algorithm = OnlineRL(runtime=runtime, policy=policy, module=module, prepared=module, optimizer=optimizer,
+                         tokenizer=tokenizer, cfg=ppo, seed=0, prompts=prompts, rollout=None, evaluate=None, on_step=None)
     rows = []
     for step in range(args.steps + 1):  # step 0 warms up
         batch_prompts = prompts[step * args.batch : (step + 1) * args.batch]
         t0 = time.perf_counter()
         sampled = sample(policy, tokenizer, batch_prompts, max_new_tokens=args.tokens, temperature=1.0, top_k=0,
-                         top_p=1.0, stop_ids=stop_ids, autocast=accelerator.autocast)
+                         top_p=1.0, stop_ids=stop_ids, autocast=runtime.autocast)
         t1 = time.perf_counter()
         exp = score_rollout(policy, tokenizer, reward, batch_prompts, sampled, temperature=1.0, stop_ids=stop_ids,
-                            non_stop_penalty=None, autocast=accelerator.autocast)
+                            non_stop_penalty=None, autocast=runtime.autocast)
         t2 = time.perf_counter()
-        ppo_update(policy, make_batch(exp, ppo, 0.1), optimizer, accelerator, ppo, torch.Generator().manual_seed(step),
-                   accelerator.autocast)
+        kl = kl_per_token(exp.logprobs, exp.ref_logprobs) * exp.response_mask
+        algorithm.update(exp, gae_targets(exp, kl, 0.1, None, ppo, runtime), 0.1, step)
         t3 = time.perf_counter()
         tokens = int(exp.response_mask.sum())
         if step:
@@ -75,12 +80,12 @@ def main() -> None:
     tokens = sum(r[0] for r in rows)
     generate, scoring, train = (sum(r[i] for r in rows) for i in (1, 2, 3))
     print(f"policy {args.policy} (trainable {args.trainable}), reward {args.reward}, batch {args.batch} x {args.tokens} new tokens, "
-          f"{args.steps} steps, {accelerator.mixed_precision} autocast, {torch.get_num_threads()} threads")
+          f"{args.steps} steps, {runtime.precision} autocast, {torch.get_num_threads()} threads")
     print(f"sampling (KV cache):                 {tokens / generate:8.0f} tokens/s")
     print(f"scoring (policy + reference + RM):   {tokens / scoring:8.0f} tokens/s")
     print(f"PPO updates ({ppo.ppo_epochs} epochs):              {tokens * ppo.ppo_epochs / train:8.0f} tokens/s")
     print(f"one PPO step:                        {(generate + scoring + train) / len(rows):8.1f} s")
-    print(f"peak memory: {peak_memory_mb(accelerator.device):.0f} MB (process RSS; budget 4096 MB)")
+    print(f"peak memory: {peak_memory_mb(runtime.device):.0f} MB (process RSS; budget 4096 MB)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from rlhflab.models.blocks import first_trainable_block
 from rlhflab.models.encoding import cache_lower_blocks, encode, make_forward
 from rlhflab.models.reward_model import configure_trainable, load_reward_backbone
 from rlhflab.ops.reward_loss import label_loss
-from rlhflab.runtime import fast_bf16, peak_memory_mb
+from rlhflab.engine.runtime import fast_bf16, peak_memory_mb
 
 
 def epoch_seconds(model, forward, split, labels, batch_size: int) -> float:

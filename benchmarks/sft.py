@@ -19,7 +19,7 @@ from rlhflab.models.blocks import first_trainable_block, lower_hidden, top_forwa
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.models.encoding import encode
 from rlhflab.ops.lm_loss import token_nll_sum
-from rlhflab.runtime import peak_memory_mb
+from rlhflab.engine.runtime import peak_memory_mb
 from rlhflab.stages.sft import configure_trainable
 
 

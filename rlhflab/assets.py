@@ -86,6 +86,49 @@ def resolve_model(name: str) -> str:
     return name  # a hub id (e.g. gpt2, lvwerra/gpt2-imdb)
 
 
+BUNDLED_HINT = "a local model folder (with config.json), a run directory, or a bundled model (smollm2-135m, minilm-l6)"
+
+
+def hub_options(name: str, path: str) -> dict:
+    """Extra `from_pretrained` options for a model `resolve_model` returned as `path`.
+
+    {} for a local folder or a reachable hub. When the hub cannot be reached (offline mode,
+    no network), a cached hub model is read from the cache without retries, and an uncached
+    one raises RlhfLabError at once instead of after ~50 s of retries.
+    """
+    if Path(path).expanduser().exists():
+        return {}
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    offline = constants.HF_HUB_OFFLINE
+    if not offline and _hub_reachable():
+        return {}
+    if isinstance(try_to_load_from_cache(path, "config.json"), str):
+        return {"local_files_only": True}
+    reason = "offline mode is on (HF_HUB_OFFLINE)" if offline else f"{constants.ENDPOINT} cannot be reached"
+    raise RlhfLabError(
+        f"{name!r} is not a local folder, so it would be a Hugging Face hub id, but {reason} and it is not in "
+        f"the local cache. Pass {BUNDLED_HINT}."
+    )
+
+
+_reachable: bool | None = None
+
+
+def _hub_reachable() -> bool:
+    """One HEAD request without retries, remembered for the process."""
+    global _reachable
+    if _reachable is None:
+        from huggingface_hub import constants, get_session
+
+        try:
+            get_session().head(constants.ENDPOINT, timeout=5)
+            _reachable = True
+        except Exception:  # any transport failure (DNS, refused, timeout, proxy) means: not reachable
+            _reachable = False
+    return _reachable
+
+
 def _converted_gguf(name: str) -> Path:
     """De-quantize a bundled GGUF model once and keep it as a plain safetensors folder.
 

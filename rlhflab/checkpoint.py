@@ -7,7 +7,9 @@ checkpoint of a top-two-blocks run is a few tens of MB, not the whole model.
 from __future__ import annotations
 
 import json
+import pickle
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +38,44 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             params[name].copy_(value)
 
 
+FORMAT = 2  # 1: pickled RNG objects, loadable only with weights_only=False (unsafe)
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as tensors, numbers and lists only, so `torch.load(weights_only=True)` reads them."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                         numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler, loop: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-    """Write `folder` atomically: a crash mid-save leaves the previous checkpoint intact."""
+    """Write `folder` atomically: a crash mid-save leaves the previous checkpoint intact.
+
+    `extra` holds tensors, numbers, strings, lists and dicts only (what a safe load reads back).
+    """
     with atomic_dir(folder) as tmp:
         torch.save(
             {
+                "format": FORMAT,
                 "model": trainable_state(model),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -69,15 +89,42 @@ def save_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler, loo
 
 
 def load_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore weights, optimizer, scheduler and RNG; return (loop position, extra)."""
+    """Restore weights, optimizer, scheduler and RNG; return (loop position, extra).
+
+    The state is read with `weights_only=True`: a checkpoint copied in from elsewhere can hold
+    tensors and plain data but cannot run code. Raises RlhfLabError for a missing, corrupt,
+    foreign or old-format checkpoint.
+    """
+    start_again = "Start again with --overwrite."
     try:
         loop = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
-    except (OSError, json.JSONDecodeError, RuntimeError) as exc:
-        raise RlhfLabError(f"Cannot read the checkpoint in {folder} ({exc}). Start again with --overwrite.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RlhfLabError(f"Cannot read the checkpoint in {folder} ({_first_line(exc)}). {start_again}") from None
+    file = folder / "state.pt"
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # garbage surfaces as UnpicklingError, EOFError, IndexError, RuntimeError (zip), ...
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in str(exc):
+            # The pickle names a class or function (torch: "unsupported GLOBAL ..."): refused unrun.
+            raise RlhfLabError(
+                f"The checkpoint {file} holds Python objects that could run code, so it is not loaded "
+                f"(written by an older rlhflab, or not by rlhflab). {start_again}"
+            ) from None
+        problem = "is corrupt or not an rlhflab checkpoint" if file.is_file() else f"cannot be read ({_first_line(exc)})"
+        raise RlhfLabError(f"The checkpoint {file} {problem}. {start_again}") from None
+    if not isinstance(state, dict) or not isinstance(loop, dict):
+        raise RlhfLabError(f"The checkpoint in {folder} was not written by rlhflab. {start_again}")
+    if state.get("format") != FORMAT:
+        raise RlhfLabError(f"The checkpoint in {folder} was written by an older rlhflab. {start_again}")
     load_trainable_state(model, state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state["scheduler"] is not None:
         scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return loop, state["extra"]
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

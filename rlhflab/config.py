@@ -65,9 +65,6 @@ class TrainingConfig:
     eval_batch_size: int = 32
     log_every: int = 10
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
-    # auto: bf16 where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16), else no.
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    device: str = "auto"  # auto | cpu | cuda
 
 
 @dataclass
@@ -129,18 +126,25 @@ class RewardFnConfig:
     text: Literal["response", "prompt+response"] = "prompt+response"  # what the model reads
     batch_size: int = 32
     max_length: int = 512  # tokens; longer texts are truncated
-    device: str = "auto"
 
 
 @dataclass
 class PpoConfig:
-    """PPO with a value head and a per-token KL penalty against the frozen SFT model."""
+    """Online RL against the reward with a KL penalty to the frozen SFT model: PPO (value head,
+    GAE), GRPO or RLOO (several responses per prompt, no value head)."""
 
+    # ppo: GAE with a value head (Ziegler et al. 2019); grpo: group-normalised advantages (Shao et
+    # al. 2024); rloo: leave-one-out baselines (Ahmadian et al. 2024).
+    algorithm: Literal["ppo", "grpo", "rloo"] = "ppo"
+    samples_per_prompt: int | None = None  # responses per prompt; None: 1 for ppo, 4 for grpo and rloo
+    # Where beta * KL goes: a per-token penalty in the reward, or a k3 term in the loss.
+    # auto: in the reward for ppo and rloo, in the loss for grpo (as their papers do).
+    kl_penalty: Literal["auto", "reward", "loss"] = "auto"
     policy: str | None = None  # None: this run's SFT model (runs/<name>/sft); else a model id or folder
     trainable: Literal["all", "lora"] | list[int] = field(default_factory=lambda: [-2, -1])
     lora: LoraConfig = field(default_factory=LoraConfig)
-    steps: int = 90  # PPO steps: rollout batch -> scores -> several epochs of updates
-    batch_size: int = 64  # prompts per rollout
+    steps: int = 90  # RL steps: rollout batch -> scores -> several epochs of updates
+    batch_size: int = 64  # responses per rollout, over all processes (prompts x samples_per_prompt)
     minibatch_size: int = 16
     ppo_epochs: int = 2  # passes over each rollout batch (4 spent more KL for the same reward here)
     learning_rate: float = 1e-4
@@ -172,8 +176,6 @@ class PpoConfig:
     snapshot_each_epoch: bool = True
     checkpoint_every: int = 5
     cache_frozen: bool = True
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    device: str = "auto"
 
 
 @dataclass
@@ -188,8 +190,15 @@ class EvaluateConfig:
     temperature: float = 1.0
     batch_size: int = 32
     samples_per_sentiment: int = 4  # side-by-side samples shown per prompt sentiment
+
+
+@dataclass
+class RuntimeConfig:
+    """Where every stage runs. Under `accelerate launch` the launcher picks processes and devices."""
+
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    # auto: bf16 where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16), else no.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    device: str = "auto"
 
 
 @dataclass
@@ -197,6 +206,7 @@ class Config:
     name: str = "default"  # run directories go to <runs_dir>/<name>/<stage>
     seed: int = 0
     runs_dir: str = "runs"
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sft: SftConfig = field(default_factory=SftConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -368,8 +378,14 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
+# Keys that moved, so an older preset gets told where they went.
+MOVED = {"device": "runtime.device", "mixed_precision": "runtime.mixed_precision"}
+
+
 def _unknown_key_message(key: str, valid: list[str], where: str) -> str:
     full = _join(where, key)
+    if key in MOVED and where != "runtime":
+        return f"{full!r} moved to {MOVED[key]!r}: one setting for every stage."
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f" Did you mean {_join(where, close[0])!r}?" if close else ""
     return f"Unknown config key {full!r}.{hint} Valid keys{' in ' + where if where else ''}: {', '.join(valid)}."

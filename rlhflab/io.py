@@ -246,6 +246,8 @@ class RunDir:
         """After a failure: drop the partial folder unless it holds a checkpoint worth resuming."""
         if self.partial.exists() and not self.has_checkpoint(self.partial):
             shutil.rmtree(self.partial, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.final.parent.rmdir()  # runs/<name>/, if this failed start was all it held
         self.path = self.final
 
     def log_metrics(self, record: dict[str, Any]) -> None:

@@ -43,31 +43,42 @@ def stage_state(cfg: Config, stage: str) -> str:
 
 
 def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: Callable[[str], None] = print) -> Path:
-    """Run every stage that is not up to date; returns the path of report.html."""
+    """Run every stage that is not up to date; returns the path of report.html.
+
+    Under `accelerate launch` every process runs this; the main one decides what is up to date
+    (and tells the others), prints, and builds the report."""
+    from rlhflab.engine.runtime import Runtime
+
     if force is not None and force not in ALL:
         raise RlhfLabError(f"--force takes one of {', '.join(ALL)}; got {force!r}.")
+    runtime = Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
+    say = echo if runtime.is_main else (lambda line: None)
     root = Path(cfg.runs_dir) / cfg.name
     forced = False
     for stage in STAGES:
         forced = forced or force == stage  # --force STAGE reruns it and everything after it
-        state = stage_state(cfg, stage)  # after the stages before it ran: their new run ids count
+        # after the stages before it ran, so their new run ids count
+        state = runtime.broadcast(stage_state(cfg, stage) if runtime.is_main else None)
         if state == "done" and not forced:
-            echo(f"{stage:<9} up to date   {headline(stage, read_json(root / stage / 'summary.json'))}")
+            say(f"{stage:<9} up to date   {headline(stage, read_json(root / stage / 'summary.json'))}")
             continue
         resume = state == "partial" and not forced
-        echo(f"{stage:<9} {'resuming' if resume else 'running'} ...")
+        say(f"{stage:<9} {'resuming' if resume else 'running'} ...")
         started = time.perf_counter()
         try:
-            run_dir = run_stage(stage, cfg, resume=resume, overwrite=not resume, progress=progress)
+            run_dir = run_stage(stage, cfg, runtime=runtime, resume=resume, overwrite=not resume, progress=progress)
         except RunInterrupted:
             raise RunInterrupted(f"{stage} stopped and saved a checkpoint in {root / stage}.partial; "
                                  f"run the same pipeline command to pick up from there.") from None
-        echo(f"{stage:<9} done in {_duration(time.perf_counter() - started):<6} {headline(stage, read_json(run_dir.summary_path))}")
+        say(f"{stage:<9} done in {_duration(time.perf_counter() - started):<6} {headline(stage, read_json(run_dir.summary_path))}")
     from rlhflab.eval.report import build_report
 
     started = time.perf_counter()
-    html, _ = build_report(root)
-    echo(f"{'report':<9} done in {_duration(time.perf_counter() - started)}")
+    html = root / "report" / "report.html"
+    if runtime.is_main:
+        html, _ = build_report(root)
+    runtime.barrier()
+    say(f"{'report':<9} done in {_duration(time.perf_counter() - started)}")
     return html
 
 

@@ -82,8 +82,9 @@ def _score_tensor(raw, description: str) -> torch.Tensor:
     return torch.tensor([float(v) for v in items], dtype=torch.float32)
 
 
-def build_reward(cfg: RewardFnConfig, *, default_source: str | None = None) -> RewardFunction:
-    """The reward function a config describes (`default_source` when cfg.source is unset)."""
+def build_reward(cfg: RewardFnConfig, *, default_source: str | None = None, device: str | torch.device = "auto") -> RewardFunction:
+    """The reward function a config describes (`default_source` when cfg.source is unset); a
+    scoring model runs on `device` (a stage passes its runtime's)."""
     from rlhflab.models.reward_model import reward_model_dir
 
     source = cfg.source or default_source
@@ -100,19 +101,20 @@ def build_reward(cfg: RewardFnConfig, *, default_source: str | None = None) -> R
     if kind == "callable":
         score, output = _callable_score(source), "score"
     else:
-        score, output = _model_score(source, kind, cfg)
+        score, output = _model_score(source, kind, cfg, device)
     flip = None
     if cfg.flip:
         flip = (lambda x: 1.0 - x) if output == "probability" else (lambda x: -x)
     return RewardFunction(f"{source} ({kind}, {output}{', flipped' if cfg.flip else ''})", score, flip, output)
 
 
-def probability_reward(cfg: RewardFnConfig, *, default_source: str | None = None) -> RewardFunction | None:
+def probability_reward(cfg: RewardFnConfig, *, default_source: str | None = None,
+                       device: str | torch.device = "auto") -> RewardFunction | None:
     """The positive-class probability beside the configured reward, where one exists (labels models, classifiers)."""
     from dataclasses import replace
 
     try:
-        reward = build_reward(replace(cfg, output="probability", flip=False), default_source=default_source)
+        reward = build_reward(replace(cfg, output="probability", flip=False), default_source=default_source, device=device)
     except RlhfLabError:
         return None  # a pairwise reward model has no probability
     return reward if reward.output == "probability" else None  # nor has a callable
@@ -213,10 +215,10 @@ def _cached(loader: Callable, source: str):
     return _LOADED[key][1]
 
 
-def _model_score(source: str, kind: str, cfg: RewardFnConfig) -> tuple[ScoreFn, str]:
-    from rlhflab.runtime import make_accelerator
+def _model_score(source: str, kind: str, cfg: RewardFnConfig, device: str | torch.device) -> tuple[ScoreFn, str]:
+    from rlhflab.engine.runtime import resolve_device
 
-    device = make_accelerator(cfg.device, "no").device
+    device = device if isinstance(device, torch.device) else resolve_device(device)
     if kind == "reward_model":
         from rlhflab.models.reward_model import load_reward_model
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhflab.models.blocks import recording_lower
+from rlhflab.models.causal_lm import sample_tokens
 from rlhflab.models.policy import Policy, policy_forward, reference_logits, shared_lower
 from rlhflab.ops.ppo import logprobs_from_logits
 
@@ -57,11 +58,9 @@ def sample(policy: Policy, tokenizer, prompts: list[str], *, max_new_tokens: int
     policy.model.eval()
     recording = recording_lower(policy.lm, policy.first) if policy.first is not None else contextlib.nullcontext()
     with autocast(), recording as chunks:
-        out = policy.model.generate(
-            input_ids=enc.input_ids, attention_mask=enc.attention_mask, do_sample=True,
-            max_new_tokens=max_new_tokens, min_new_tokens=0, temperature=temperature, top_k=top_k, top_p=top_p,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids or None, use_cache=True,
-        )
+        out = sample_tokens(policy.model, enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_k=top_k, top_p=top_p, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=stop_ids or None)
     width = enc.input_ids.shape[1]
     if out.shape[1] == width:  # every row stopped at once: keep one (masked) response slot
         out = torch.cat([out, torch.full_like(out[:, :1], tokenizer.pad_token_id)], dim=1)

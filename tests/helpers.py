@@ -65,6 +65,14 @@ needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKE
 
 EXIT_USER_ERROR = 2
 
+def _fp32():
+    from rlhflab.config import RuntimeConfig
+
+    return RuntimeConfig(mixed_precision="no")
+
+
+FP32 = _fp32()  # exact fp32 comparisons in stage tests (bf16 has its own tests)
+
 
 def assert_user_error(result, *fragments: str) -> str:
     """Exit 2, stderr exactly one non-empty `error:` line naming each fragment, no traceback."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhflab.models.causal_lm import sample_tokens
 from rlhflab.models.policy import position_ids_for
 from rlhflab.ops.ppo import logprobs_from_logits
 from rlhflab.rollout import response_mask_from
@@ -39,9 +40,9 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 24, 
         enc = tokenizer(chunk, return_tensors="pt", padding=True).to(_device(model))
         torch.manual_seed(seed + start)
         with autocast():
-            out = model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask, do_sample=True,
-                                 max_new_tokens=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids or None)
+            out = sample_tokens(model, enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=stop_ids or None)
         width = enc.input_ids.shape[1]
         response = out[:, width:]
         mask, _ = response_mask_from(response, stop_ids)
@@ -83,11 +84,11 @@ def generate_responses(model_source: str, prompts: list[str], *, max_new_tokens:
                        seed: int = 0, batch_size: int = 16, device: str = "auto") -> list[str]:
     """Responses of a model id, asset name or run directory to `prompts` (bf16 where the hardware is fast at it)."""
     from rlhflab.models.causal_lm import load_causal_lm
-    from rlhflab.runtime import make_accelerator
+    from rlhflab.engine.runtime import Runtime
 
-    accelerator = make_accelerator(device, "auto")
+    runtime = Runtime.create(device, "auto")
     model, tokenizer = load_causal_lm(model_source)
-    model.to(accelerator.device)
+    model.to(runtime.device)
     generations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                           seed=seed, batch_size=batch_size, autocast=accelerator.autocast)
+                           seed=seed, batch_size=batch_size, autocast=runtime.autocast)
     return [g.response for g in generations]

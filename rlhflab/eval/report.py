@@ -35,7 +35,7 @@ from rlhflab.eval.document import (
 from rlhflab.io import atomic_write_text, read_json
 
 STAGES = ("sft", "reward", "ppo", "evaluate")
-STAGE_TITLES = {"sft": "Supervised fine-tuning", "reward": "Reward model", "ppo": "PPO",
+STAGE_TITLES = {"sft": "Supervised fine-tuning", "reward": "Reward model", "ppo": "RL training",
                 "evaluate": "Evaluation"}
 SPLITS = ("train", "validation", "test")
 SAMPLES_PER_SENTIMENT = 3
@@ -297,13 +297,17 @@ def reward_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block
     return blocks
 
 
+def _algorithm(summary: dict) -> str:
+    return str(summary.get("algorithm", "ppo")).upper()
+
+
 def ppo_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     blocks: list[Block] = [Heading(STAGE_TITLES["ppo"], anchor="ppo")]
     curves = lambda caption: figures.draw(plots.training_curves, "ppo_training", stage.rows, caption=caption)
     if not stage.done:
         blocks += _not_run(stage, run_root)
         if stage.rows:
-            blocks.append(curves("PPO training curves so far."))
+            blocks.append(curves("Training curves so far."))
         return blocks
     s = stage.summary
     start, end = s.get("start") or {}, s.get("end") or {}
@@ -317,9 +321,9 @@ def ppo_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     blocks.append(Table(["held-out prompts", f"start (step {start.get('step', 0)})",
                          f"end (step {end.get('step', s.get('steps', '?'))})", "change"], rows,
                         caption="Mean reward, probability of positive sentiment and KL to the SFT model on the "
-                                "held-out evaluation prompts, before and after PPO."))
+                                f"held-out evaluation prompts, before and after {_algorithm(s)}."))
     if stage.rows:
-        blocks.append(curves("PPO training: mean reward per step with a rolling mean and the held-out evaluations "
+        blocks.append(curves(f"{_algorithm(s)} training: mean reward per step with a rolling mean and the held-out evaluations "
                              "(seed 000, Figure 3), KL to the SFT model, the KL coefficient β and the clip fraction."))
     evaluations = s.get("evaluations") or []
     if len(evaluations) > 2:
@@ -327,6 +331,9 @@ def ppo_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
                             [[str(e.get("step")), *(_num(e.get(k)) for k in keys)] for e in evaluations],
                             caption="Every held-out evaluation during training."))
     blocks.append(_facts([
+        ("algorithm", _algorithm(s) + (f", {s['samples_per_prompt']} samples per prompt" if s.get("samples_per_prompt", 1) > 1 else "")),
+        ("KL penalty", {"reward": "-β·KL in the reward", "loss": "β·KL (k3) in the loss"}.get(s.get("kl_penalty", "reward"), "-")),
+        ("processes", s.get("processes", 1)),
         ("policy (start)", str(s.get("policy", "-"))),
         ("reward", str(s.get("reward", "-"))),
         ("reference", str(s.get("reference", "-"))),
@@ -660,7 +667,7 @@ def _headline(stages: dict[str, Stage]) -> list[list[str]]:
         for key, label in (("score", "held-out reward"), ("positive_probability", "held-out P(positive)"),
                            ("kl", "KL to SFT")):
             if key in end:
-                rows.append(["PPO", label, _num(start.get(key)), _num(end.get(key))])
+                rows.append([_algorithm(ppo), label, _num(start.get(key)), _num(end.get(key))])
     ev = stages["evaluate"].summary
     if ev:
         models = ev.get("models") or {}

@@ -1,38 +1,92 @@
-"""Load any causal LM (bundled name, hub id, local folder or run directory) with its tokenizer."""
+"""Load any causal LM (bundled name, hub id, local folder or run directory) with its tokenizer, and sample from it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from rlhflab.assets import resolve_model
+from rlhflab.assets import BUNDLED_HINT, hub_options, resolve_model
 from rlhflab.errors import RlhfLabError
+
+# Encoder families that transformers can still load as a causal LM (BertLMHeadModel, ...) when
+# their config says is_decoder; without it they are bidirectional encoders and train silently wrong.
+ENCODER_FAMILIES = {
+    "albert", "bert", "bert-generation", "big_bird", "camembert", "data2vec-text", "deberta", "deberta-v2",
+    "distilbert", "electra", "ernie", "megatron-bert", "mobilebert", "modernbert", "mpnet", "nezha", "rembert",
+    "roberta", "roberta-prelayernorm", "roc_bert", "roformer", "xlm-roberta", "xlm-roberta-xl", "xmod",
+}
 
 
 def load_causal_lm(name: str, **kwargs: Any):
-    """Return `(model, tokenizer)`; the tokenizer always has a pad token."""
+    """Return `(model, tokenizer)`; the tokenizer always has a pad token.
+
+    Raises RlhfLabError for a missing, unreachable or corrupt model, and for a model that is
+    not a decoder-only LM (an encoder such as BERT, an encoder-decoder such as T5).
+    """
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name)
+    options = hub_options(name, path)
+    config = load_model_config(name, path, options)
+    check_decoder_only(name, config)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = load_weights(AutoModelForCausalLM, name, path, config=config, **options, **kwargs)
     except ValueError as exc:
-        if "Unrecognized configuration" in str(exc) or "does not recognize" in str(exc):
-            raise RlhfLabError(
-                f"{name} is not a causal language model ({str(exc).splitlines()[0][:200]}). "
-                f"Use a decoder-only LM such as smollm2-135m or gpt2."
-            ) from None
-        raise RlhfLabError(f"Could not load model {name}: {str(exc).splitlines()[0][:300]}") from None
+        raise RlhfLabError(f"Could not load model {name}: {_first_line(exc)}") from None
+    return model, load_tokenizer(name, path, options)
+
+
+def load_model_config(name: str, path: str, options: dict | None = None, *,
+                      hint: str = "Use a decoder-only LM such as smollm2-135m or gpt2."):
+    """The model's transformers config; RlhfLabError when there is none or it is not understood."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, **(options or {}))
+    except ValueError as exc:  # an unknown model_type or a config.json that is not a model config
+        raise RlhfLabError(f"{name} is not a model transformers understands ({_first_line(exc)[:200]}). {hint}") from None
     except OSError as exc:
         raise RlhfLabError(_load_failure(name, path, exc)) from None
-    return model, load_tokenizer(name, path)
 
 
-def load_tokenizer(name: str, path: str | None = None):
+def check_decoder_only(name: str, config) -> None:
+    """Refuse configs that are not decoder-only causal LMs, before any weights load."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    kind = config.model_type
+    hint = "use a decoder-only LM such as smollm2-135m or gpt2"
+    if kind in ENCODER_FAMILIES and not getattr(config, "is_decoder", False):
+        raise RlhfLabError(f"{name} is an encoder ({kind}), not a causal language model; {hint}.")
+    if getattr(config, "is_encoder_decoder", False):
+        raise RlhfLabError(f"{name} is an encoder-decoder ({kind}), not a causal language model; {hint}.")
+    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise RlhfLabError(f"{name} ({kind}) is not a causal language model; {hint}.")
+
+
+def load_weights(auto_class, name: str, path: str, **kwargs: Any):
+    """`auto_class.from_pretrained(path)`, with a corrupt weights file or a load failure as RlhfLabError.
+
+    ValueError (a model that does not fit `auto_class`) passes through for the caller to explain.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        return auto_class.from_pretrained(path, **kwargs)
+    except SafetensorError as exc:
+        raise RlhfLabError(
+            f"{_corrupt_file(path)} is corrupt ({_first_line(exc)}); re-save or re-download the model."
+        ) from None
+    except OSError as exc:
+        raise RlhfLabError(_load_failure(name, path, exc)) from None
+
+
+def load_tokenizer(name: str, path: str | None = None, options: dict | None = None):
     from transformers import AutoTokenizer
 
     path = path or resolve_model(name)
+    options = hub_options(name, path) if options is None else options
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **options)
     except (OSError, ValueError) as exc:
         raise RlhfLabError(_load_failure(name, path, exc)) from None
     if tokenizer.pad_token is None:
@@ -42,12 +96,54 @@ def load_tokenizer(name: str, path: str | None = None):
     return tokenizer
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+def _corrupt_file(path: str) -> str:
+    """The first unreadable .safetensors file in a local folder, else the folder itself."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            return str(file)
+    return f"A weights file of {path}"
+
+
 def _load_failure(name: str, path: str, exc: Exception) -> str:
-    first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-    return (
-        f"Could not load {name!r} (from {path}): {first}. Pass a bundled model (smollm2-135m), a local "
-        f"folder with config.json, or a hub id while online."
+    return f"Could not load {name!r} (from {path}): {_first_line(exc)}. Pass {BUNDLED_HINT}, or a hub id while online."
+
+
+def sample_tokens(model, input_ids, attention_mask, *, max_new_tokens: int,
+                  temperature: float, top_k: int, top_p: float, pad_token_id: int, eos_token_id: list[int] | None,
+                  **outputs: Any):
+    """`model.generate` with exactly these sampling settings (top_k 0 and top_p 1 turn them off).
+
+    Returns (B, P + R') token ids, R' <= max_new_tokens, or generate's output object when
+    `outputs` asks for one (output_scores=True, return_dict_in_generate=True). Nothing of the
+    model folder's generation_config.json (repetition_penalty, bad_words_ids, ...) applies.
+    """
+    import torch
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+        min_new_tokens=0, pad_token_id=pad_token_id, eos_token_id=eos_token_id, use_cache=True, **outputs,
     )
+    # generate() fills every setting our config leaves unset from `model.generation_config`, even
+    # when a config is passed, so while sampling that is ours too. Under peft the setting lives on
+    # the transformers model inside.
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own = lm.generation_config
+    lm.generation_config = config
+    try:
+        with torch.no_grad():
+            return model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    finally:
+        lm.generation_config = own
 
 
 def count_parameters(model) -> tuple[int, int]:

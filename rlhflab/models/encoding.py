@@ -169,14 +169,28 @@ def cache_lower_blocks(model, first: int, split: EncodedSplit, batch_size: int, 
     split.hidden = torch.cat(parts)
 
 
-def make_forward(model, first: int | None, autocast) -> Callable[[EncodedSplit, torch.Tensor], torch.Tensor]:
-    """forward(split, rows) -> logits, from the cache when the split has one."""
+class SplitForward(torch.nn.Module):
+    """Logits (or head outputs) for rows of an EncodedSplit, from the cached frozen-block output
+    when the rows come with one. A Module, so that `accelerator.prepare` (DDP) wraps this forward
+    and synchronises the gradients of the trainable blocks it runs."""
+
+    def __init__(self, model, first: int | None):
+        super().__init__()
+        self.model, self.first = model, first
+
+    def forward(self, input_ids, attention_mask, hidden=None):
+        if hidden is not None:
+            return top_forward(self.model, self.first, hidden, input_ids, attention_mask).logits
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def make_forward(prepared: torch.nn.Module, autocast) -> Callable[[EncodedSplit, torch.Tensor], torch.Tensor]:
+    """forward(split, rows) -> logits through `prepared` (a SplitForward, possibly DDP-wrapped)."""
 
     def forward(split: EncodedSplit, idx: torch.Tensor) -> torch.Tensor:
+        hidden = split.hidden[idx] if split.hidden is not None else None
         with autocast():
-            if split.hidden is not None:
-                return top_forward(model, first, split.hidden[idx], split.input_ids[idx], split.attention_mask[idx]).logits
-            return model(input_ids=split.input_ids[idx], attention_mask=split.attention_mask[idx]).logits
+            return prepared(split.input_ids[idx], split.attention_mask[idx], hidden)
 
     return forward
 

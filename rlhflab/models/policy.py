@@ -1,11 +1,12 @@
-"""The PPO policy: a causal LM with a value head, and its frozen reference.
+"""The RL policy: a causal LM with a value head, and its frozen reference policy.
 
-The reference model is never a second full copy when it need not be:
-- trainable decoder blocks (the CPU default): blocks below the first trainable one are
-  frozen and identical in policy and reference, so their output is computed once per
-  rollout and shared; the reference keeps only a frozen copy of the top blocks;
-- LoRA: the reference is the same weights with the adapter switched off;
-- all weights: a frozen deep copy (the only case that doubles the memory).
+The reference is never a second full copy when it need not be; three small classes, one
+interface (`logits`):
+- SharedFrozenBlocks (trainable decoder blocks, the CPU default): blocks below the first
+  trainable one are frozen and identical in policy and reference, so their output is computed
+  once per rollout and shared; the reference keeps only a frozen copy of the top blocks;
+- AdapterOff (LoRA): the same weights with the adapter switched off;
+- FrozenCopy (all weights): a frozen deep copy (the only case that doubles the memory).
 """
 
 from __future__ import annotations
@@ -51,8 +52,7 @@ class Policy:
     model: nn.Module  # the causal LM being trained (a peft model for LoRA)
     value_head: ValueHead
     first: int | None  # first trainable block when the lower blocks are frozen and shared
-    reference_top: nn.ModuleList | None  # frozen copy of blocks[first:]
-    reference_model: nn.Module | None  # frozen full copy (trainable=all)
+    reference: "Reference"
     lora: bool
 
     @property
@@ -64,6 +64,79 @@ class Policy:
         return [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
 
 
+class PolicyWithValue(nn.Module):
+    """The trainable part (LM + value head) as one Module: checkpoints hold both, and
+    `accelerator.prepare` (DDP) wraps this forward so gradients are synchronised."""
+
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self.model, self.value_head = policy.model, policy.value_head
+        self._policy = [policy]  # a list: not registered as a submodule twice
+
+    def forward(self, input_ids, attention_mask, response_start: int, temperature: float, lower=None):
+        out = policy_forward(self._policy[0], input_ids, attention_mask, response_start, temperature, lower)
+        return out.logits, out.values
+
+
+class Reference:
+    """The frozen reference policy: logits (B, R, V) at the response positions."""
+
+    description = ""
+
+    def to(self, device) -> "Reference":
+        return self
+
+    def logits(self, policy: Policy, input_ids, attention_mask, response_start: int, temperature: float,
+               lower: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SharedFrozenBlocks(Reference):
+    """The policy's own frozen lower blocks (their output `lower` is shared) + a frozen copy of the top."""
+
+    description = "shared frozen blocks + copy of the trainable top"
+
+    def __init__(self, top: nn.ModuleList):
+        self.top = top
+
+    def to(self, device) -> "SharedFrozenBlocks":
+        self.top.to(device)
+        return self
+
+    def logits(self, policy, input_ids, attention_mask, response_start, temperature, lower):
+        with from_hidden(policy.lm, policy.first, lower, self.top):
+            hidden = _last_hidden(policy.lm, input_ids, attention_mask, position_ids_for(attention_mask))
+        return _head(policy.lm, hidden, response_start, temperature)
+
+
+class AdapterOff(Reference):
+    """LoRA: the same weights with the adapter switched off (no second copy)."""
+
+    description = "adapter switched off"
+
+    def logits(self, policy, input_ids, attention_mask, response_start, temperature, lower):
+        with policy.model.disable_adapter():
+            hidden = _last_hidden(policy.lm, input_ids, attention_mask, position_ids_for(attention_mask))
+        return _head(policy.lm, hidden, response_start, temperature)
+
+
+class FrozenCopy(Reference):
+    """A frozen deep copy of the starting model."""
+
+    description = "frozen full copy"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def to(self, device) -> "FrozenCopy":
+        self.model.to(device)
+        return self
+
+    def logits(self, policy, input_ids, attention_mask, response_start, temperature, lower):
+        hidden = _last_hidden(self.model, input_ids, attention_mask, position_ids_for(attention_mask))
+        return _head(self.model, hidden, response_start, temperature)
+
+
 def build_policy(model: nn.Module, trainable, lora_cfg=None, *, cache_frozen: bool = True, probe=None) -> Policy:
     """Freeze what does not train and set up the cheapest exact reference."""
     disable_dropout(model)  # log-probs must not depend on a dropout mask
@@ -71,22 +144,23 @@ def build_policy(model: nn.Module, trainable, lora_cfg=None, *, cache_frozen: bo
     value_head = ValueHead(model.config.get_text_config().hidden_size)
     if trainable == "lora":
         # No LoRA dropout: log-probs must not depend on a dropout mask.
-        return Policy(with_lora(model, lora_cfg, dropout=0.0), value_head, None, None, None, lora=True)
+        return Policy(with_lora(model, lora_cfg, dropout=0.0), value_head, None, AdapterOff(), lora=True)
     if trainable == "all":
         model.requires_grad_(True)
-        reference = copy.deepcopy(model).requires_grad_(False).eval()
-        return Policy(model, value_head, None, None, reference, lora=False)
+        return Policy(model, value_head, None, FrozenCopy(_frozen(model)), lora=False)
     freeze_all_but_blocks(model, resolve_block_indices(trainable, len(transformer_blocks(model)), "ppo.trainable"))
     first = first_trainable_block(model)
     if first is not None and probe is not None and not cache_is_exact(model, first, *probe):
         first = None
-    blocks = transformer_blocks(model)
     if first is None or not cache_frozen:
         # The frozen lower blocks cannot be shared: keep a full frozen copy as the reference.
-        reference = copy.deepcopy(model).requires_grad_(False).eval()
-        return Policy(model, value_head, None, None, reference, lora=False)
-    reference_top = copy.deepcopy(nn.ModuleList(list(blocks)[first:])).requires_grad_(False).eval()
-    return Policy(model, value_head, first, reference_top, None, lora=False)
+        return Policy(model, value_head, None, FrozenCopy(_frozen(model)), lora=False)
+    top = _frozen(nn.ModuleList(list(transformer_blocks(model))[first:]))
+    return Policy(model, value_head, first, SharedFrozenBlocks(top), lora=False)
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    return copy.deepcopy(module).requires_grad_(False).eval()
 
 
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -127,26 +201,16 @@ def policy_forward(policy: Policy, input_ids, attention_mask, response_start: in
             hidden = _last_hidden(lm, input_ids, attention_mask, position_ids)
     else:
         hidden = _last_hidden(lm, input_ids, attention_mask, position_ids)
-    hidden = hidden[:, response_start - 1 : -1]
-    logits = lm.get_output_embeddings()(hidden).float() / temperature
-    return ForwardOut(logits, policy.value_head(hidden))
+    return ForwardOut(_head(lm, hidden, response_start, temperature), policy.value_head(hidden[:, response_start - 1 : -1]))
+
+
+def _head(lm: nn.Module, hidden: torch.Tensor, response_start: int, temperature: float) -> torch.Tensor:
+    """LM-head logits (fp32, / temperature) at the positions that predict response tokens."""
+    return lm.get_output_embeddings()(hidden[:, response_start - 1 : -1]).float() / temperature
 
 
 @torch.no_grad()
 def reference_logits(policy: Policy, input_ids, attention_mask, response_start: int, temperature: float,
                      lower: torch.Tensor | None = None) -> torch.Tensor:
     """(B, R, V) logits of the frozen reference at the response positions."""
-    position_ids = position_ids_for(attention_mask)
-    if policy.lora:
-        with policy.model.disable_adapter():
-            hidden = _last_hidden(policy.lm, input_ids, attention_mask, position_ids)
-        lm = policy.lm
-    elif policy.reference_model is not None:
-        lm = policy.reference_model
-        hidden = _last_hidden(lm, input_ids, attention_mask, position_ids)
-    else:
-        lm = policy.lm
-        with from_hidden(lm, policy.first, lower, policy.reference_top):
-            hidden = _last_hidden(lm, input_ids, attention_mask, position_ids)
-    hidden = hidden[:, response_start - 1 : -1]
-    return lm.get_output_embeddings()(hidden).float() / temperature
+    return policy.reference.logits(policy, input_ids, attention_mask, response_start, temperature, lower)

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rlhflab.assets import resolve_model
+from rlhflab.assets import hub_options, resolve_model
 from rlhflab.errors import RlhfLabError
 from rlhflab.io import atomic_dir, read_json
 from rlhflab.models.blocks import freeze_all_but_blocks, resolve_block_indices, transformer_blocks
-from rlhflab.models.causal_lm import load_tokenizer
+from rlhflab.models.causal_lm import load_model_config, load_tokenizer, load_weights
 
 POSITIVE = "POSITIVE"
 META_FILE = "rlhflab_reward.json"
@@ -33,14 +33,12 @@ class RewardMeta:
 
 def load_reward_backbone(name: str):
     """(model with a fresh one-output head, tokenizer) from an encoder, a causal LM, or a run."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     path = resolve_model(name)
-    tokenizer = load_tokenizer(name, path)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise RlhfLabError(f"Could not load reward.model {name!r} ({str(exc).splitlines()[0][:200]}).") from None
+    options = hub_options(name, path)
+    tokenizer = load_tokenizer(name, path, options)
+    config = load_model_config(name, path, options, hint="Use a BERT-family encoder (minilm-l6) or a causal LM (smollm2-135m).")
     config.num_labels = 1
     config.id2label, config.label2id = {0: POSITIVE}, {POSITIVE: 0}
     config.problem_type = None
@@ -49,7 +47,8 @@ def load_reward_backbone(name: str):
         config.pad_token_id = tokenizer.pad_token_id
     try:
         # ignore_mismatched_sizes: a classifier with another label count (say 2) gets a new head.
-        model = AutoModelForSequenceClassification.from_pretrained(path, config=config, ignore_mismatched_sizes=True)
+        model = load_weights(AutoModelForSequenceClassification, name, path, config=config,
+                             ignore_mismatched_sizes=True, **options)
     except ValueError as exc:
         raise RlhfLabError(
             f"reward.model {name!r} cannot take a classification head ({str(exc).splitlines()[0][:200]}). "
@@ -108,7 +107,10 @@ def load_reward_model(path: str | Path):
             f"Train one with `rlhflab reward`, or use a classifier with reward.kind=classifier."
         )
     meta = RewardMeta(**read_json(folder / META_FILE))
-    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    try:
+        model = load_weights(AutoModelForSequenceClassification, str(path), str(folder))
+    except ValueError as exc:
+        raise RlhfLabError(f"Could not load the reward model in {folder}: {str(exc).splitlines()[0][:200]}") from None
     return model, load_tokenizer(str(folder), str(folder)), meta
 
 
@@ -117,11 +119,12 @@ def load_classifier(name: str):
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model(name)
+    options = hub_options(name, path)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path)
-    except (OSError, ValueError) as exc:
+        model = load_weights(AutoModelForSequenceClassification, name, path, **options)
+    except ValueError as exc:
         raise RlhfLabError(
             f"Could not load the classifier {name!r} ({str(exc).splitlines()[0][:200]}). Pass a local folder, "
             f"a hub id while online, or a reward run directory."
         ) from None
-    return model, load_tokenizer(name, path)
+    return model, load_tokenizer(name, path, options)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # all-reduce (sum) of a partial sum over processes
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _valid(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,29 +41,35 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return total / count.clamp(min=1).to(total.dtype)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of all valid elements (one scalar); Bessel-corrected when unbiased and count > 1."""
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, reduce: Reduce = _identity) -> torch.Tensor:
+    """Variance of all valid elements (one scalar); Bessel-corrected when unbiased and count > 1.
+
+    `reduce` sums a partial sum over processes (all-reduce); the identity on one process, so
+    the result over several processes equals the one-process result on all their elements.
+    """
     x, keep = _valid(x, mask)
-    count = keep.sum().to(x.dtype)
-    mean = x.sum() / count.clamp(min=1)
+    count = reduce(keep.sum().to(x.dtype))
+    mean = reduce(x.sum()) / count.clamp(min=1)
     # centre before squaring (two-pass): E[x^2] - E[x]^2 cancels badly for large offsets
     centred = torch.where(keep, x - mean, torch.zeros((), dtype=x.dtype, device=x.device))
-    var = (centred**2).sum() / count.clamp(min=1)
+    var = reduce((centred**2).sum()) / count.clamp(min=1)
     if unbiased:
         # count <= 1 has no spread to correct: keep var (0) rather than dividing by zero
         var = torch.where(count > 1, var * count / (count - 1).clamp(min=1), var)
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / sqrt(var + eps) over valid elements, 0 at invalid positions.
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  reduce: Reduce = _identity) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) over valid elements (of every process, with `reduce`), 0 at invalid positions.
 
     shift_mean=False adds the mean back: the scale is normalised but the sign of the
     average reward is kept (TRL's reward whitening). var is the unbiased one, as in TRL.
     """
     keep = mask.bool()
-    mean = masked_mean(x, keep)
-    var = masked_var(x, keep, unbiased=True)
+    values, _ = _valid(x, keep)
+    mean = reduce(values.sum()) / reduce(keep.sum().to(values.dtype)).clamp(min=1)
+    var = masked_var(x, keep, unbiased=True, reduce=reduce)
     whitened = (x.float() - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable
 
 from rlhflab.config import Config, DataConfig, dump_yaml, parse_yaml, to_dict
 from rlhflab.errors import RlhfLabError, RunInterrupted
@@ -28,12 +29,29 @@ def load_splits(cfg: Config, data: DataConfig | None = None, *, require_labels: 
     return dataclasses.replace(split_reviews(reviews, data.fractions, cfg.seed), left_out=left_out)
 
 
-def open_run_dir(cfg: Config, stage: str, *, resume: bool, overwrite: bool) -> RunDir:
+def open_run_dir(cfg: Config, stage: str, *, resume: bool, overwrite: bool, runtime=None) -> RunDir:
     """Open `runs/<name>/<stage>` for a run and record its config and key; on resume, insist that
-    both are unchanged (the same settings, the same data and upstream runs)."""
+    both are unchanged (the same settings, the same data and upstream runs). Under several
+    processes the main one does this and the others follow (or raise the same error)."""
+    run_dir = RunDir(Path(cfg.runs_dir) / cfg.name / stage)
+    error = None
+    if runtime is None or runtime.is_main:
+        try:
+            _open(cfg, stage, run_dir, resume=resume, overwrite=overwrite)
+        except RlhfLabError as exc:
+            error = str(exc)
+    if runtime is not None and runtime.distributed:
+        error = runtime.broadcast(error)
+        run_dir.path = run_dir.partial
+        run_dir.stage_facts = {}
+    if error:
+        raise RlhfLabError(error)
+    return run_dir
+
+
+def _open(cfg: Config, stage: str, run_dir: RunDir, *, resume: bool, overwrite: bool) -> None:
     from rlhflab.stages.registry import stage_key
 
-    run_dir = RunDir(Path(cfg.runs_dir) / cfg.name / stage)
     key = stage_key(cfg, stage)
     run_dir.prepare(resume=resume, overwrite=overwrite)
     config_path = run_dir.path / "config.yaml"
@@ -56,19 +74,52 @@ def open_run_dir(cfg: Config, stage: str, *, resume: bool, overwrite: bool) -> R
     atomic_write_text(config_path, dump_yaml(cfg))
     write_json(run_dir.path / "stage.json", key)
     run_dir.stage_facts = key
+
+
+def finish_run(run_dir: RunDir, summary: dict, runtime) -> RunDir:
+    """The main process writes summary.json and puts the run in place; the others wait for it."""
+    if runtime.is_main:
+        run_dir.finish(summary)
+    runtime.barrier()
+    run_dir.path = run_dir.final
+    runtime.free_memory()
     return run_dir
 
 
-def run_stage(name: str, cfg: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
-    """Run one registered stage; a run that fails before its first checkpoint leaves nothing behind."""
+def on_main_process(runtime, work: Callable[[], RunDir], final: Path) -> RunDir:
+    """Run `work` on the main process alone; the others wait, then return the same run (or raise its error)."""
+    if not runtime.distributed:
+        return work()
+    error = None
+    if runtime.is_main:
+        try:
+            work()
+        except RlhfLabError as exc:
+            error = str(exc)
+        except BaseException:
+            runtime.broadcast("the main process failed (see its traceback)")
+            raise
+    error = runtime.broadcast(error)
+    if error:
+        raise RlhfLabError(error)
+    return RunDir(final)
+
+
+def run_stage(name: str, cfg: Config, *, runtime=None, resume: bool = False, overwrite: bool = False,
+              progress: bool = True) -> RunDir:
+    """Run one registered stage on `runtime` (default: this process's, from cfg.runtime); a run
+    that fails before its first checkpoint leaves nothing behind."""
+    from rlhflab.engine.runtime import Runtime
     from rlhflab.stages.registry import STAGES
 
+    runtime = runtime or Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
     try:
-        return STAGES[name].module.run(cfg, resume=resume, overwrite=overwrite, progress=progress)
+        return STAGES[name].module.run(cfg, runtime=runtime, resume=resume, overwrite=overwrite, progress=progress)
     except RunInterrupted:
         raise
     except BaseException:
-        RunDir(Path(cfg.runs_dir) / cfg.name / name).discard_failed_start()
+        if runtime.is_main:
+            RunDir(Path(cfg.runs_dir) / cfg.name / name).discard_failed_start()
         raise
 
 

@@ -29,8 +29,8 @@ from rlhflab.eval.generation_metrics import (
 from rlhflab.io import RunDir, write_jsonl
 from rlhflab.models.causal_lm import count_parameters, load_causal_lm, load_tokenizer
 from rlhflab.rewards import build_reward, probability_reward
-from rlhflab.runtime import make_accelerator, run_facts, seed_everything
-from rlhflab.stages.common import load_splits, open_run_dir
+from rlhflab.engine.runtime import Runtime, run_facts
+from rlhflab.stages.common import load_splits, on_main_process, open_run_dir
 
 
 def model_sources(cfg: Config) -> dict[str, str]:
@@ -67,22 +67,29 @@ def model_size(model) -> tuple[int, float]:
     return total, size / 2**20
 
 
-def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
+def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
+    """Answer held-out prompts with every model of evaluate.models; write runs/<name>/evaluate.
+
+    Under several processes the main one evaluates (generation for a report is small next to
+    training) and the others wait for it."""
+    final = Path(cfg.runs_dir) / cfg.name / "evaluate"
+    return on_main_process(runtime, lambda: _run(cfg, runtime, overwrite or resume, progress), final)
+
+
+def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunDir:
     started = time.perf_counter()
     ev = cfg.evaluate
     if ev.batch_size < 1 or ev.temperature <= 0:
         raise RlhfLabError(f"evaluate.batch_size must be >= 1 and evaluate.temperature > 0 (got {ev.batch_size}, {ev.temperature}).")
-    seed_everything(cfg.seed)
+    runtime.seed(cfg.seed, per_rank=False)
     sources = model_sources(cfg)
     prompts, labels = eval_prompts(cfg, load_tokenizer(next(iter(sources.values()))))
     runs = Path(cfg.runs_dir) / cfg.name
-    score_fn = build_reward(cfg.reward_fn, default_source=str(runs / "reward"))
-    prob_fn = probability_reward(cfg.reward_fn, default_source=str(runs / "reward"))
+    score_fn = build_reward(cfg.reward_fn, default_source=str(runs / "reward"), device=runtime.device)
+    prob_fn = probability_reward(cfg.reward_fn, default_source=str(runs / "reward"), device=runtime.device)
     # evaluate has no resumable state: a rerun starts again (resume is accepted for the pipeline's sake).
-    run_dir = open_run_dir(cfg, "evaluate", resume=False, overwrite=overwrite or resume)
-    accelerator = make_accelerator(ev.device, ev.mixed_precision)
+    run_dir = open_run_dir(cfg, "evaluate", resume=False, overwrite=overwrite)
     max_new = ev.max_new_tokens or cfg.ppo.max_new_tokens
-
     sentiments = _prompt_sentiments(prompts, labels, prob_fn)
     reference = None  # (model, tokenizer) of the first model, kept to score every other model's text
     rows: list[dict] = []
@@ -91,64 +98,51 @@ def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress:
     bar = tqdm(total=len(sources), desc="evaluate", disable=not progress, dynamic_ncols=True)
     for name, source in sources.items():
         model, tokenizer = load_causal_lm(source)
-        model.to(accelerator.device)
+        model.to(runtime.device)
+        reference = reference or (model, tokenizer)
+        _check_same_vocab(tokenizer, reference[1], name, reference_name)
         generations = generate(model, tokenizer, prompts, max_new_tokens=max_new, temperature=ev.temperature,
-                               seed=cfg.seed, batch_size=ev.batch_size, autocast=accelerator.autocast)
-        # Log-probs at temperature 1: the models' own distributions (exact KL when sampling at the default temperature 1).
-        own = response_logprobs(model, generations, pad_token_id=tokenizer.pad_token_id, batch_size=ev.batch_size,
-                                autocast=accelerator.autocast)
-        if reference is None:
-            reference = (model, tokenizer)
-        ref_model, ref_tokenizer = reference
-        _check_same_vocab(tokenizer, ref_tokenizer, name, reference_name)
-        ref = own if model is ref_model else response_logprobs(
-            ref_model, generations, pad_token_id=ref_tokenizer.pad_token_id, batch_size=ev.batch_size, autocast=accelerator.autocast)
+                               seed=cfg.seed, batch_size=ev.batch_size, autocast=runtime.autocast)
         responses = [g.response for g in generations]
         scores = score_fn(prompts, responses).tolist()
         probs = prob_fn(prompts, responses).tolist() if prob_fn is not None else None
-        kl, perplexity = kl_and_perplexity([x.tolist() for x in own], [x.tolist() for x in ref])
-        parameters, size_mb = model_size(model)
-        models[name] = {
-            "source": source,
-            "parameters": parameters,
-            "size_mb": size_mb,
-            "score": distribution(scores),
-            "positive_probability": probability_stats(probs) if probs is not None else None,
-            "kl_to_reference": kl,
-            "perplexity_under_reference": perplexity,
-            "distinct_1": distinct_n(responses, 1),
-            "distinct_2": distinct_n(responses, 2),
-            "mean_length": sum(len(g.response_ids) for g in generations) / len(generations),
-            "by_sentiment": _by_sentiment(sentiments, scores, probs),
-        }
-        for i, response in enumerate(responses):
-            rows.append({"prompt_id": i, "prompt": prompts[i], "sentiment": sentiments[i], "model": name, "source": source,
-                         "response": response, "score": scores[i], "positive_probability": probs[i] if probs else None})
-        if model is not ref_model:
-            del model
+        models[name] = {"source": source, **_model_metrics(model, reference[0], generations, tokenizer, reference[1], ev, runtime),
+                        "score": distribution(scores),
+                        "positive_probability": probability_stats(probs) if probs is not None else None,
+                        "by_sentiment": _by_sentiment(sentiments, scores, probs)}
+        rows += [{"prompt_id": i, "prompt": prompts[i], "sentiment": sentiments[i], "model": name, "source": source,
+                  "response": response, "score": scores[i], "positive_probability": probs[i] if probs else None}
+                 for i, response in enumerate(responses)]
         bar.update(1)
         bar.set_postfix(model=name, score=f"{models[name]['score']['mean']:.2f}")
     bar.close()
-
     first = [r["score"] for r in rows if r["model"] == reference_name]
     comparison = {name: {"vs": reference_name, **reward_shift(first, [r["score"] for r in rows if r["model"] == name])}
                   for name in list(sources)[1:]}
     write_jsonl(run_dir.path / "samples.jsonl", rows)
-    summary = {
-        "prompts": len(prompts),
-        "reward": score_fn.description,
-        "reference": reference_name,
-        "max_new_tokens": max_new,
-        "temperature": ev.temperature,
-        "models": models,
-        "comparison": comparison,
-    }
+    summary = {"prompts": len(prompts), "reward": score_fn.description, "reference": reference_name, "max_new_tokens": max_new,
+               "temperature": ev.temperature, "models": models, "comparison": comparison}
     from rlhflab.eval.report import evaluation_figures  # matplotlib only now
 
     figures = evaluation_figures(rows, summary, run_dir.path / "figures")
     summary["figures"] = {path.stem: str(path.relative_to(run_dir.path.resolve())) for path in figures}
-    summary.update(run_facts(accelerator, started))
+    summary.update(run_facts(runtime, started))
     return run_dir.finish(summary)
+
+
+def _model_metrics(model, ref_model, generations, tokenizer, ref_tokenizer, ev, runtime: Runtime) -> dict:
+    """KL to the reference and perplexity under it (log-probs at temperature 1: the models' own
+    distributions, so the KL is exact when sampling at the default temperature 1), diversity, size."""
+    own = response_logprobs(model, generations, pad_token_id=tokenizer.pad_token_id, batch_size=ev.batch_size,
+                            autocast=runtime.autocast)
+    ref = own if model is ref_model else response_logprobs(
+        ref_model, generations, pad_token_id=ref_tokenizer.pad_token_id, batch_size=ev.batch_size, autocast=runtime.autocast)
+    kl, perplexity = kl_and_perplexity([x.tolist() for x in own], [x.tolist() for x in ref])
+    parameters, size_mb = model_size(model)
+    responses = [g.response for g in generations]
+    return {"parameters": parameters, "size_mb": size_mb, "kl_to_reference": kl, "perplexity_under_reference": perplexity,
+            "distinct_1": distinct_n(responses, 1), "distinct_2": distinct_n(responses, 2),
+            "mean_length": sum(len(g.response_ids) for g in generations) / len(generations)}
 
 
 def _prompt_sentiments(prompts: list[str], labels: list[int | None], prob_fn) -> list[str]:

@@ -40,10 +40,10 @@ def _evaluate_reads(cfg: Config) -> list[str]:
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("sft", ("seed", "data", "sft"), lambda cfg: [], "supervised fine-tuning of a causal LM on reviews"),
-    Stage("reward", ("seed", "data", "reward"), lambda cfg: [], "train a reward model on labelled texts or preference pairs"),
-    Stage("ppo", ("seed", "data", "reward_fn", "ppo"), _ppo_reads, "PPO against the reward, with a KL penalty to the SFT model"),
-    Stage("evaluate", ("seed", "data", "reward_fn", "evaluate", "ppo.max_new_tokens"), _evaluate_reads,
+    Stage("sft", ("seed", "runtime", "data", "sft"), lambda cfg: [], "supervised fine-tuning of a causal LM on reviews"),
+    Stage("reward", ("seed", "runtime", "data", "reward"), lambda cfg: [], "train a reward model on labelled texts or preference pairs"),
+    Stage("ppo", ("seed", "runtime", "data", "reward_fn", "ppo"), _ppo_reads, "PPO against the reward, with a KL penalty to the SFT model"),
+    Stage("evaluate", ("seed", "runtime", "data", "reward_fn", "evaluate", "ppo.max_new_tokens"), _evaluate_reads,
           "generate from SFT and PPO (or any models) on held-out prompts and compare"),
 )}
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from rlhflab.checkpoint import load_trainable_state
+from rlhflab.algorithms.supervised import Selection, Supervised, cache_facts, check_training_config, make_optimizer, total_steps
 from rlhflab.config import Config, RewardConfig
 from rlhflab.data import load_pairs, split_pairs
 from rlhflab.errors import RlhfLabError
@@ -22,25 +22,25 @@ from rlhflab.eval.metrics import classification_metrics, format_classification_t
 from rlhflab.io import RunDir
 from rlhflab.models.blocks import disable_dropout
 from rlhflab.models.causal_lm import count_parameters, load_tokenizer
-from rlhflab.models.encoding import EncodedSplit, encode_and_cache, encode_prompt_response, make_forward
+from rlhflab.engine.loop import run_loop
+from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
+from rlhflab.models.encoding import EncodedSplit, SplitForward, encode_and_cache, encode_prompt_response, make_forward
 from rlhflab.models.reward_model import RewardMeta, configure_trainable, load_reward_backbone, save_reward_model
 from rlhflab.ops.reward_loss import bradley_terry_loss, label_loss, normalization
-from rlhflab.runtime import make_accelerator, run_facts, seed_everything
-from rlhflab.stages.common import load_splits, open_run_dir
-from rlhflab.training import LoopSettings, cache_facts, check_training_config, fit, make_optimizer
+from rlhflab.stages.common import finish_run, load_splits, open_run_dir
 
 SPLITS = ("train", "validation", "test")
 
 
-def _labelled_texts(cfg: Config) -> tuple[dict[str, list[str]], dict[str, torch.Tensor]]:
+def _labelled_texts(cfg: Config) -> tuple[dict[str, list[str]], dict[str, torch.Tensor], dict[str, int]]:
     splits = load_splits(cfg, cfg.reward.data, require_labels=True)
     parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
     texts = {name: [r.text for r in reviews] for name, reviews in parts.items() if reviews}
     labels = {name: torch.tensor([float(r.label) for r in reviews]) for name, reviews in parts.items() if reviews}
-    return texts, labels
+    return texts, labels, splits.left_out
 
 
-def _pair_inputs(cfg: Config) -> tuple[dict[str, EncodedSplit], dict[str, torch.Tensor]]:
+def _pair_inputs(cfg: Config) -> tuple[dict[str, EncodedSplit], dict[str, torch.Tensor], dict[str, int]]:
     """Each split's chosen and rejected texts, tokenized with the prompt cut from its front when
     prompt + response exceed reward.max_length, so the two responses are always read whole."""
     rw = cfg.reward
@@ -64,7 +64,7 @@ def _pair_inputs(cfg: Config) -> tuple[dict[str, EncodedSplit], dict[str, torch.
     if cut:
         print(f"Note: {cut} of {total} prompt + response texts exceed reward.max_length={rw.max_length}; "
               f"their prompts were cut from the front so that the responses are read whole.")
-    return inputs, margins
+    return inputs, margins, {}
 
 
 @torch.no_grad()
@@ -75,96 +75,102 @@ def raw_scores(forward: Callable, split: EncodedSplit, batch_size: int, model) -
     return torch.cat(parts).cpu()
 
 
-def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
+def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
     """Train `cfg.reward.model` on labels or preference pairs; write runs/<name>/reward."""
     rw: RewardConfig = cfg.reward
     check_training_config(rw, "reward")
     if rw.max_length < 2:
         raise RlhfLabError("reward.max_length must be at least 2.")
     started = time.perf_counter()
-    seed_everything(cfg.seed)
+    runtime.seed(cfg.seed, per_rank=False)
     pairs = rw.objective == "pairs"
-    texts, targets = _pair_inputs(cfg) if pairs else _labelled_texts(cfg)  # data errors before models load
-    run_dir = open_run_dir(cfg, "reward", resume=resume, overwrite=overwrite)
-    accelerator = make_accelerator(rw.device, rw.mixed_precision)
-    device = accelerator.device
+    texts, targets, left_out = _pair_inputs(cfg) if pairs else _labelled_texts(cfg)  # data errors before models load
+    run_dir = open_run_dir(cfg, "reward", resume=resume, overwrite=overwrite, runtime=runtime)
 
     model, tokenizer = load_reward_backbone(rw.model)
     if not rw.dropout:
         disable_dropout(model)
     configure_trainable(model, rw.trainable)
-    model.to(device)
+    model.to(runtime.device)
     trainable, total = count_parameters(model)
     data, first, cache_seconds = encode_and_cache(
-        model, texts, tokenizer, max_length=rw.max_length, append_eos=False, device=device,
-        cache_frozen=rw.cache_frozen and rw.trainable != "all", batch_size=rw.eval_batch_size,
-        autocast=accelerator.autocast, progress=progress,
+        model, texts, tokenizer, max_length=rw.max_length, append_eos=False, device=runtime.device,
+        cache_frozen=rw.cache_frozen and rw.trainable != "all" and frozen_cache_allowed(runtime),
+        batch_size=rw.eval_batch_size, autocast=runtime.autocast, progress=progress and runtime.is_main,
     )
-    targets = {name: value.to(device) for name, value in targets.items()}
-    forward = make_forward(model, first, accelerator.autocast)
-
-    def scores(name: str) -> torch.Tensor:
-        return raw_scores(forward, data[name], rw.eval_batch_size, model)
-
-    def split_scores(name: str) -> dict[str, torch.Tensor]:
-        if pairs:
-            return {"chosen": scores(f"{name}/chosen"), "rejected": scores(f"{name}/rejected")}
-        return {"scores": scores(name)}
-
-    def metrics_of(name: str, raw: dict[str, torch.Tensor]) -> dict:
-        if pairs:
-            loss = float(bradley_terry_loss(raw["chosen"], raw["rejected"], targets[name].cpu()))
-            return {"loss": loss, **pairwise_metrics(raw["chosen"].tolist(), raw["rejected"].tolist())}
-        labels = targets[name].cpu()
-        metrics = classification_metrics(labels.long().tolist(), (raw["scores"] > 0).long().tolist())
-        return {"loss": float(label_loss(raw["scores"], labels)), **metrics}
-
-    def evaluate(name: str) -> dict:
-        return metrics_of(name, split_scores(name))
-
+    targets = {name: value.to(runtime.device) for name, value in targets.items()}
     train_name = "train/chosen" if pairs else "train"
-
-    def train_step(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
-        if pairs:
-            chosen = forward(data["train/chosen"], idx).squeeze(-1)
-            rejected = forward(data["train/rejected"], idx).squeeze(-1)
-            return bradley_terry_loss(chosen, rejected, targets["train"][idx]), len(idx)
-        return label_loss(forward(data["train"], idx).squeeze(-1), targets["train"][idx]), len(idx)
-
-    has_validation = ("validation/chosen" if pairs else "validation") in data
-    select = "pairwise_accuracy" if pairs else "accuracy"
     optimizer, scheduler = make_optimizer(model, rw, len(data[train_name]))
-    model, optimizer = accelerator.prepare(model, optimizer)
-    result = fit(
-        model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator, run_dir=run_dir,
-        n_train=len(data[train_name]), settings=LoopSettings.from_config(rw, cfg.seed, select, higher_is_better=True),
-        train_step=train_step, validate=(lambda: evaluate("validation")) if has_validation else None,
-        resume=resume, progress=progress, desc="reward", unit="examples",
+    prepared, optimizer = runtime.accelerator.prepare(SplitForward(model, first), optimizer)
+    scorer = Scorer(make_forward(prepared, runtime.autocast), data, targets, pairs, rw.eval_batch_size, prepared)
+    has_validation = ("validation/chosen" if pairs else "validation") in data
+    algorithm = Supervised(
+        runtime=runtime, model=model, prepared=prepared, optimizer=optimizer, scheduler=scheduler, cfg=rw, seed=cfg.seed,
+        n_train=len(data[train_name]), loss=scorer.train_loss,
+        validate=(lambda: scorer.metrics("validation")) if has_validation else None,
+        selection=Selection("pairwise_accuracy" if pairs else "accuracy", higher_is_better=True), unit="examples",
     )
-
-    load_trainable_state(model, result.best_state)
-    final_scores = {name: split_scores(name) for name in SPLITS if name in targets}
-    metrics = {name: metrics_of(name, raw) for name, raw in final_scores.items()}
+    steps = run_loop(algorithm, runtime=runtime, run_dir=run_dir, total_steps=total_steps(rw, len(data[train_name])),
+                     checkpoint_every=rw.checkpoint_every, resume=resume, progress=progress, desc="reward")
+    algorithm.keep_best()
+    final_scores = {name: scorer.split_scores(name) for name in SPLITS if name in targets}
+    metrics = {name: scorer.metrics(name, raw) for name, raw in final_scores.items()}
     reference = "validation" if has_validation else "train"
     gain, bias = normalization(torch.cat(list(final_scores[reference].values())))
     meta = RewardMeta(objective=rw.objective, gain=gain, bias=bias, reference=f"{reference} split", base_model=rw.model)
-    save_reward_model(accelerator.unwrap_model(model), tokenizer, meta, run_dir.model_dir)
+    if runtime.is_main:
+        save_reward_model(model, tokenizer, meta, run_dir.model_dir)
     summary = {
         "objective": rw.objective,
         "model": rw.model,
         "trainable": rw.trainable,
         "parameters": {"trainable": trainable, "total": total},
         "examples": {name: len(data[f"{name}/chosen" if pairs else name]) for name in SPLITS if name in targets},
+        "left_out": left_out,
         "metrics": metrics,
         "normalization": asdict(meta),
-        **result.facts(),
+        **algorithm.facts(steps),
         "frozen_cache": cache_facts(first, cache_seconds),
-        "train_examples_per_s": result.items_per_s,
-        **run_facts(accelerator, started),
+        **run_facts(runtime, started),
     }
     if not pairs and "test" in metrics:
         summary["confusion_matrix_test"] = metrics["test"]["confusion_matrix"]
-    return run_dir.finish(summary)
+    return finish_run(run_dir, summary, runtime)
+
+
+class Scorer:
+    """The reward head's outputs on the splits: the training loss and the validation/test metrics.
+
+    Every process scores whole splits (metrics such as accuracy need every score), so the
+    numbers are the same on every rank."""
+
+    def __init__(self, forward: Callable, data: dict[str, EncodedSplit], targets: dict[str, torch.Tensor], pairs: bool,
+                 batch_size: int, model):
+        self.forward, self.data, self.targets, self.pairs = forward, data, targets, pairs
+        self.batch_size, self.model = batch_size, model
+
+    def train_loss(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(loss summed over the rows, number of rows)."""
+        if self.pairs:
+            chosen = self.forward(self.data["train/chosen"], rows).squeeze(-1)
+            rejected = self.forward(self.data["train/rejected"], rows).squeeze(-1)
+            return bradley_terry_loss(chosen, rejected, self.targets["train"][rows]) * len(rows), len(rows)
+        return label_loss(self.forward(self.data["train"], rows).squeeze(-1), self.targets["train"][rows]) * len(rows), len(rows)
+
+    def split_scores(self, name: str) -> dict[str, torch.Tensor]:
+        if self.pairs:
+            return {side: raw_scores(self.forward, self.data[f"{name}/{side}"], self.batch_size, self.model)
+                    for side in ("chosen", "rejected")}
+        return {"scores": raw_scores(self.forward, self.data[name], self.batch_size, self.model)}
+
+    def metrics(self, name: str, raw: dict[str, torch.Tensor] | None = None) -> dict:
+        raw = raw or self.split_scores(name)
+        target = self.targets[name].cpu()
+        if self.pairs:
+            loss = float(bradley_terry_loss(raw["chosen"], raw["rejected"], target))
+            return {"loss": loss, **pairwise_metrics(raw["chosen"].tolist(), raw["rejected"].tolist())}
+        metrics = classification_metrics(target.long().tolist(), (raw["scores"] > 0).long().tolist())
+        return {"loss": float(label_loss(raw["scores"], target)), **metrics}
 
 
 def format_summary(summary: dict) -> str:

@@ -13,17 +13,17 @@ from typing import Callable
 
 import torch
 
-from rlhflab.checkpoint import load_trainable_state
+from rlhflab.algorithms.supervised import Selection, Supervised, cache_facts, check_training_config, make_optimizer, total_steps
 from rlhflab.config import Config, SftConfig
+from rlhflab.engine.loop import run_loop
+from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
 from rlhflab.errors import RlhfLabError
 from rlhflab.io import RunDir, atomic_dir
 from rlhflab.models.blocks import freeze_all_but_blocks, resolve_block_indices, transformer_blocks
 from rlhflab.models.causal_lm import count_parameters, load_causal_lm, with_lora
-from rlhflab.models.encoding import EncodedSplit, encode_and_cache, make_forward
+from rlhflab.models.encoding import EncodedSplit, SplitForward, encode_and_cache, make_forward
 from rlhflab.ops.lm_loss import perplexity, token_nll_sum
-from rlhflab.runtime import make_accelerator, run_facts, seed_everything
-from rlhflab.stages.common import load_splits, open_run_dir
-from rlhflab.training import LoopSettings, cache_facts, check_training_config, fit, make_optimizer
+from rlhflab.stages.common import finish_run, load_splits, open_run_dir
 
 SPLITS = ("train", "validation", "test")
 
@@ -39,82 +39,81 @@ def configure_trainable(model, sft: SftConfig):
     return model
 
 
-def run(cfg: Config, *, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
+def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
     """Fine-tune `cfg.sft.model` on `cfg.data`; write runs/<name>/sft."""
     sft = cfg.sft
     check_training_config(sft, "sft")
     if sft.max_length < 2:
         raise RlhfLabError("sft.max_length must be at least 2.")
     started = time.perf_counter()
-    seed_everything(cfg.seed)
+    runtime.seed(cfg.seed, per_rank=False)
     splits = load_splits(cfg)  # data errors surface before any model loads
     if len(splits.train) == 0:
         raise RlhfLabError("The train split is empty; give data.fractions a larger train part.")
-    run_dir = open_run_dir(cfg, "sft", resume=resume, overwrite=overwrite)
-    accelerator = make_accelerator(sft.device, sft.mixed_precision)
-    device = accelerator.device
+    run_dir = open_run_dir(cfg, "sft", resume=resume, overwrite=overwrite, runtime=runtime)
 
     model, tokenizer = load_causal_lm(sft.model)
     model.config.use_cache = False
-    model = configure_trainable(model, sft).to(device)
+    model = configure_trainable(model, sft).to(runtime.device)
     trainable, total = count_parameters(model)
     texts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
     data, first, cache_seconds = encode_and_cache(
         model, {name: [r.text for r in reviews] for name, reviews in texts.items()}, tokenizer,
-        max_length=sft.max_length, append_eos=True, device=device,
-        cache_frozen=sft.cache_frozen and isinstance(sft.trainable, list),
-        batch_size=sft.eval_batch_size, autocast=accelerator.autocast, progress=progress,
+        max_length=sft.max_length, append_eos=True, device=runtime.device,
+        cache_frozen=sft.cache_frozen and isinstance(sft.trainable, list) and frozen_cache_allowed(runtime),
+        batch_size=sft.eval_batch_size, autocast=runtime.autocast, progress=progress and runtime.is_main,
     )
-    forward = make_forward(model, first, accelerator.autocast)
+    optimizer, scheduler = make_optimizer(model, sft, len(data["train"]))
+    prepared, optimizer = runtime.accelerator.prepare(SplitForward(model, first), optimizer)
+    forward = make_forward(prepared, runtime.autocast)
 
     def evaluate(name: str) -> dict[str, float]:
-        return evaluate_split(forward, data[name], sft.eval_batch_size, model)
+        return evaluate_split(forward, data[name], sft.eval_batch_size, prepared, runtime)
 
     before = {"validation": evaluate("validation")} if "validation" in data else {}
-    optimizer, scheduler = make_optimizer(model, sft, len(data["train"]))
-    model, optimizer = accelerator.prepare(model, optimizer)
     train = data["train"]
 
-    def train_step(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
-        nll, n_tokens = token_nll_sum(forward(train, idx), train.input_ids[idx], train.attention_mask[idx])
-        return nll / max(n_tokens, 1), n_tokens
+    def loss(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return token_nll_sum(forward(train, rows), train.input_ids[rows], train.attention_mask[rows])
 
-    result = fit(
-        model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator, run_dir=run_dir,
-        n_train=len(train), settings=LoopSettings.from_config(sft, cfg.seed, "loss", higher_is_better=False),
-        train_step=train_step, validate=(lambda: evaluate("validation")) if "validation" in data else None,
-        resume=resume, progress=progress, desc="sft", unit="tokens",
+    algorithm = Supervised(
+        runtime=runtime, model=model, prepared=prepared, optimizer=optimizer, scheduler=scheduler, cfg=sft, seed=cfg.seed,
+        n_train=len(train), loss=loss, validate=(lambda: evaluate("validation")) if "validation" in data else None,
+        selection=Selection("loss", higher_is_better=False), unit="tokens",
         log_extra=lambda mean: {"perplexity": perplexity(mean)},
     )
-
-    load_trainable_state(model, result.best_state)
+    steps = run_loop(algorithm, runtime=runtime, run_dir=run_dir, total_steps=total_steps(sft, len(train)),
+                     checkpoint_every=sft.checkpoint_every, resume=resume, progress=progress, desc="sft")
+    algorithm.keep_best()
     after = {name: evaluate(name) for name in SPLITS if name in data}
-    save_model(accelerator.unwrap_model(model), tokenizer, run_dir)
+    if runtime.is_main:
+        save_model(model, tokenizer, run_dir)
     summary = {
         "model": sft.model,
         "trainable": sft.trainable,
         "parameters": {"trainable": trainable, "total": total},
         "examples": {name: len(texts[name]) for name in SPLITS},
         "left_out": splits.left_out,
-        **result.facts(),
+        **algorithm.facts(steps),
         "before": before,
         "after": after,
         "frozen_cache": cache_facts(first, cache_seconds),
-        "train_tokens_per_s": result.items_per_s,
-        **run_facts(accelerator, started),
+        **run_facts(runtime, started),
     }
-    return run_dir.finish(summary)
+    return finish_run(run_dir, summary, runtime)
 
 
 @torch.no_grad()
-def evaluate_split(forward: Callable, split: EncodedSplit, batch_size: int, model) -> dict[str, float]:
-    """Token-weighted mean loss and perplexity over the whole split."""
+def evaluate_split(forward: Callable, split: EncodedSplit, batch_size: int, model, runtime: Runtime) -> dict[str, float]:
+    """Token-weighted mean loss and perplexity over the whole split (each process scores its share)."""
     model.eval()
     total, count = 0.0, 0
-    for idx in torch.arange(len(split), device=split.input_ids.device).split(batch_size):
+    rows = torch.arange(len(split), device=split.input_ids.device)[runtime.rank :: runtime.world_size]
+    for idx in rows.split(batch_size):
         nll, n = token_nll_sum(forward(split, idx), split.input_ids[idx], split.attention_mask[idx])
         total += float(nll)
         count += n
+    total, count = float(runtime.sum(total)), int(runtime.sum(count))
     mean = total / max(count, 1)
     return {"loss": mean, "perplexity": perplexity(mean), "tokens": count}
 

@@ -19,7 +19,7 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_llama_dir,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    metrics = runs / "interrupt" / "sft" / "metrics.jsonl"
+    metrics = runs / "interrupt" / "sft.partial" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
         if metrics.exists() and sum(1 for line in metrics.read_text().splitlines() if '"train"' in line) >= 3:
@@ -30,7 +30,7 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_llama_dir,
 
     assert process.returncode == 130, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
-    state = json.loads((runs / "interrupt" / "sft" / "checkpoints" / "latest" / "state.json").read_text())
+    state = json.loads((runs / "interrupt" / "sft.partial" / "checkpoints" / "latest" / "state.json").read_text())
     assert 3 <= state["step"] < 240
 
     resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env, timeout=300)

@@ -8,12 +8,14 @@ import json
 from rlhflab.config import Config, DataConfig, PairsConfig, RewardConfig
 from rlhflab.human import tasks
 from rlhflab.stages import reward
+from rlhflab.stages.common import run_stage
 from tests.helpers import NEGATIVE, POSITIVE, synthetic_reviews
+from tests.helpers import FP32
 
 
 def settings(model_dir, **fields) -> RewardConfig:
     values = dict(model=str(model_dir), trainable="all", max_length=32, epochs=8, batch_size=8, learning_rate=3e-3,
-                  warmup_ratio=0.0, eval_batch_size=16, log_every=1, mixed_precision="no", early_stopping_patience=8)
+                  warmup_ratio=0.0, eval_batch_size=16, log_every=1, early_stopping_patience=8)
     return RewardConfig(**{**values, **fields})
 
 
@@ -40,9 +42,9 @@ def test_labels_exported_from_the_app_train_a_reward_model(tmp_path, db, make_cl
     assert progress == {"answered": 60, "total": 60}
     export = tasks.export_labels(db, task)
     assert (export["positive"], export["negative"]) == (30, 30)
-    cfg = Config(name="human", seed=0, runs_dir=str(tmp_path / "runs"), reward=settings(tiny_bert_dir),
+    cfg = Config(runtime=FP32, name="human", seed=0, runs_dir=str(tmp_path / "runs"), reward=settings(tiny_bert_dir),
                  data=DataConfig(source=export["path"], per_class=None))  # as the CLI's hint sets it
-    summary = json.loads(reward.run(cfg, progress=False).summary_path.read_text())
+    summary = json.loads(run_stage("reward", cfg, progress=False).summary_path.read_text())
     assert summary["examples"] == {"train": 36, "validation": 12, "test": 12}
     assert summary["metrics"]["test"]["accuracy"] >= 0.8
 
@@ -58,8 +60,8 @@ def test_pairs_exported_from_the_app_train_a_bradley_terry_model(tmp_path, db, m
     label_everything(make_client(), task, lambda item: {"choice": "a" if is_positive(item["text"]) else "b"})
     export = tasks.export_labels(db, task)
     assert export["rows"] == 20
-    cfg = Config(name="human-pairs", seed=0, runs_dir=str(tmp_path / "runs"),
+    cfg = Config(runtime=FP32, name="human-pairs", seed=0, runs_dir=str(tmp_path / "runs"),
                  reward=settings(tiny_bert_dir, objective="pairs", pairs=PairsConfig(source=export["path"])))
-    summary = json.loads(reward.run(cfg, progress=False).summary_path.read_text())
+    summary = json.loads(run_stage("reward", cfg, progress=False).summary_path.read_text())
     assert summary["objective"] == "pairs" and summary["examples"] == {"train": 16, "validation": 2, "test": 2}
     assert summary["metrics"]["train"]["pairwise_accuracy"] >= 0.9

@@ -19,7 +19,7 @@ from rlhflab.eval import report as report_module
 from rlhflab.eval.report import build_report
 from tests.helpers import assert_user_error
 
-SECTIONS = ["Overview", "Supervised fine-tuning", "Reward model", "PPO", "Evaluation", "Human ratings", "Configs"]
+SECTIONS = ["Overview", "Supervised fine-tuning", "Reward model", "RL training", "Evaluation", "Human ratings", "Configs"]
 EVIL = "<script>alert('x')</script> | `tick` *bold*"
 SENTIMENTS = ("positive", "neutral", "negative")
 

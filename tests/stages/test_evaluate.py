@@ -13,6 +13,8 @@ from rlhflab.errors import RlhfLabError
 from rlhflab.eval.generate import generate, response_logprobs
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.stages import evaluate
+from rlhflab.stages.common import run_stage
+from tests.helpers import FP32
 
 REWARD_FILE = '''
 def e_share(prompts, responses):
@@ -37,9 +39,9 @@ def perturbed_llama_dir(tmp_path, tiny_llama_dir):
 def make_config(tmp_path, reviews_csv, models, **fields) -> Config:
     reward = tmp_path / "toy_reward.py"
     reward.write_text(REWARD_FILE)
-    settings = dict(models=models, prompts=12, max_new_tokens=6, batch_size=5, mixed_precision="no")
+    settings = dict(models=models, prompts=12, max_new_tokens=6, batch_size=5)
     settings.update(fields)
-    return Config(name="tiny", seed=0, runs_dir=str(tmp_path / "runs"), data=DataConfig(source=str(reviews_csv), per_class=30),
+    return Config(runtime=FP32, name="tiny", seed=0, runs_dir=str(tmp_path / "runs"), data=DataConfig(source=str(reviews_csv), per_class=30),
                   reward_fn=RewardFnConfig(source=f"{reward}:e_share"), evaluate=EvaluateConfig(**settings))
 
 
@@ -48,7 +50,7 @@ def test_evaluate_writes_the_agreed_summary_and_samples(tmp_path, reviews_csv, t
     cfg = make_config(tmp_path, reviews_csv, {"sft": str(tiny_llama_dir), "ppo": str(perturbed_llama_dir)})
     monkeypatch.chdir(tmp_path)
     cfg.runs_dir = "runs"  # relative, as in the presets
-    run_dir = evaluate.run(cfg, progress=False)
+    run_dir = run_stage("evaluate", cfg, progress=False)
     summary = json.loads(run_dir.summary_path.read_text())
     assert summary["prompts"] == 12 and summary["reference"] == "sft"
     assert list(summary["models"]) == ["sft", "ppo"]
@@ -79,7 +81,7 @@ def test_evaluate_writes_the_agreed_summary_and_samples(tmp_path, reviews_csv, t
 def test_missing_default_models_name_the_command_to_run(tmp_path, reviews_csv):
     cfg = make_config(tmp_path, reviews_csv, None)
     with pytest.raises(RlhfLabError, match="rlhflab sft"):
-        evaluate.run(cfg, progress=False)
+        run_stage("evaluate", cfg, progress=False)
 
 
 def test_response_logprobs_do_not_depend_on_padding_or_batch_size(tiny_llama_dir):

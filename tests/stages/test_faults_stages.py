@@ -15,13 +15,14 @@ from rlhflab.pipeline import headline
 from rlhflab.stages import ppo
 from rlhflab.stages.common import run_stage
 from tests.helpers import synthetic_reviews
+from tests.helpers import FP32
 
 
 def sft_config(tmp_path, model_dir, csv_path, **fields) -> Config:
     settings = dict(model=str(model_dir), max_length=24, epochs=2, batch_size=6, learning_rate=2e-2, eval_batch_size=16,
-                    warmup_ratio=0.0, mixed_precision="no")
+                    warmup_ratio=0.0)
     settings.update(fields)
-    return Config(name="f", runs_dir=str(tmp_path / "runs"), data=DataConfig(source=str(csv_path), per_class=30),
+    return Config(runtime=FP32, name="f", runs_dir=str(tmp_path / "runs"), data=DataConfig(source=str(csv_path), per_class=30),
                   sft=SftConfig(**settings))
 
 

@@ -14,21 +14,22 @@ from rlhflab import pipeline
 from rlhflab.config import Config, DataConfig, EvaluateConfig, PpoConfig, RewardConfig, SftConfig
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.stages import ppo as ppo_stage
+from rlhflab.engine import loop as engine_loop
 from tests.helpers import StopAt
+from tests.helpers import FP32
 
 
 def make_config(root, llama, bert, reviews_csv, **ppo_fields) -> Config:
     ppo = dict(steps=2, batch_size=8, minibatch_size=4, ppo_epochs=1, max_new_tokens=6, eval_prompts=8, eval_every=2,
-               checkpoint_every=1, mixed_precision="no")
+               checkpoint_every=1)
     ppo.update(ppo_fields)
-    return Config(
+    return Config(runtime=FP32,
         name="tiny", seed=0, runs_dir=str(root / "runs"),
         data=DataConfig(source=str(reviews_csv), per_class=30),
-        sft=SftConfig(model=str(llama), max_length=24, epochs=1, batch_size=8, mixed_precision="no"),
-        reward=RewardConfig(model=str(bert), trainable="all", max_length=24, epochs=1, batch_size=8, learning_rate=1e-3,
-                            mixed_precision="no"),
+        sft=SftConfig(model=str(llama), max_length=24, epochs=1, batch_size=8),
+        reward=RewardConfig(model=str(bert), trainable="all", max_length=24, epochs=1, batch_size=8, learning_rate=1e-3),
         ppo=PpoConfig(**ppo),
-        evaluate=EvaluateConfig(prompts=6, batch_size=6, mixed_precision="no"),
+        evaluate=EvaluateConfig(prompts=6, batch_size=6),
     )
 
 
@@ -101,7 +102,7 @@ def test_a_changed_setting_reruns_its_stage_and_the_ones_after_only(finished):
 def test_an_interrupted_pipeline_resumes_inside_the_stage_it_stopped_in(finished, monkeypatch):
     cfg, _, _ = finished
     cfg.ppo.steps = 3
-    monkeypatch.setattr(ppo_stage, "StopRequest", lambda: StopAt(2))
+    monkeypatch.setattr(engine_loop, "StopRequest", lambda: StopAt(2))
     with pytest.raises(RunInterrupted):
         run_pipeline(cfg)
     monkeypatch.undo()

@@ -8,7 +8,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhflab import training  # noqa: F401  (StopRequest lives in each stage module too)
 from rlhflab.config import Config, DataConfig, PpoConfig, RewardFnConfig
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.models.causal_lm import load_causal_lm
@@ -16,7 +15,10 @@ from rlhflab.models.policy import build_policy, policy_forward
 from rlhflab.ops.ppo import logprobs_from_logits
 from rlhflab.rollout import response_mask_from, sample, score_rollout
 from rlhflab.stages import ppo as ppo_stage
+from rlhflab.stages.common import run_stage
+from rlhflab.engine import loop as engine_loop
 from tests.helpers import StopAt
+from tests.helpers import FP32
 
 REWARD_FILE = '''
 def e_share(prompts, responses):
@@ -34,10 +36,9 @@ def reward_spec(tmp_path):
 
 def make_config(tmp_path, model_dir, csv_path, reward_spec, **fields) -> Config:
     settings = dict(policy=str(model_dir), steps=4, batch_size=8, minibatch_size=4, ppo_epochs=2, learning_rate=1e-3,
-                    max_new_tokens=8, eval_prompts=8, eval_every=2, sample_every=2, checkpoint_every=100,
-                    mixed_precision="no", kl_coef=0.05)
+                    max_new_tokens=8, eval_prompts=8, eval_every=2, sample_every=2, checkpoint_every=100, kl_coef=0.05)
     settings.update(fields)
-    return Config(name="tiny", seed=0, runs_dir=str(tmp_path / "runs"),
+    return Config(runtime=FP32, name="tiny", seed=0, runs_dir=str(tmp_path / "runs"),
                   data=DataConfig(source=str(csv_path), per_class=30),
                   reward_fn=RewardFnConfig(source=reward_spec), ppo=PpoConfig(**settings))
 
@@ -125,7 +126,7 @@ def test_padding_and_batch_size_do_not_change_log_probs_values_or_scores(tiny_ll
 
 def test_ppo_run_writes_everything_keeps_the_reference_and_trains_every_trainable_weight(tmp_path, tiny_llama_dir, reviews_csv, reward_spec):
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec)
-    run_dir = ppo_stage.run(cfg, progress=False)
+    run_dir = run_stage("ppo", cfg, progress=False)
     for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.json", "model/config.json",
                  "model/value_head.safetensors", "checkpoints/latest/state.json", "eval_before.json", "eval_after.json"):
         assert (run_dir.path / name).exists(), name
@@ -150,30 +151,32 @@ def test_ppo_run_writes_everything_keeps_the_reference_and_trains_every_trainabl
 
 
 def test_reference_is_bit_identical_after_updates(tiny_llama_dir, reward_spec):
+    from rlhflab.algorithms.online import OnlineRL, gae_targets, resolve
+    from rlhflab.engine.runtime import Runtime
+    from rlhflab.models.policy import PolicyWithValue
+    from rlhflab.ops.kl import kl_per_token
     from rlhflab.rewards import build_reward
-    from rlhflab.stages.ppo import make_batch, ppo_update
 
     policy, tokenizer = tiny_policy(tiny_llama_dir)
-    before = {k: v.clone() for k, v in policy.reference_top.state_dict().items()}
+    before = {k: v.clone() for k, v in policy.reference.top.state_dict().items()}
     exp = rollout(policy, tokenizer, PROMPTS, build_reward(RewardFnConfig(source=reward_spec)))
-    cfg = PpoConfig(minibatch_size=2, ppo_epochs=2)
+    cfg = resolve(PpoConfig(batch_size=len(PROMPTS), minibatch_size=2, ppo_epochs=2, kl_horizon=1000))
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-2)
-
-    class Acc:
-        backward = staticmethod(lambda loss: loss.backward())
-        clip_grad_norm_ = staticmethod(torch.nn.utils.clip_grad_norm_)
-
-    ppo_update(policy, make_batch(exp, cfg, 0.1), optimizer, Acc, cfg, torch.Generator().manual_seed(0),
-               lambda: torch.autocast("cpu", enabled=False))
-    for key, value in policy.reference_top.state_dict().items():
+    module = PolicyWithValue(policy)
+    algorithm = OnlineRL(runtime=Runtime.create("cpu", "no"), policy=policy, module=module, prepared=module,
+                         optimizer=optimizer, tokenizer=tokenizer, cfg=cfg, seed=0, prompts=PROMPTS, rollout=None,
+                         evaluate=None, on_step=None)
+    kl = kl_per_token(exp.logprobs, exp.ref_logprobs) * exp.response_mask
+    algorithm.update(exp, gae_targets(exp, kl, 0.1, None, cfg, algorithm.runtime), 0.1, step=0)
+    for key, value in policy.reference.top.state_dict().items():
         assert torch.equal(value, before[key]), key
-    changed = [not torch.equal(a, b) for a, b in zip(policy.reference_top.parameters(),
+    changed = [not torch.equal(a, b) for a, b in zip(policy.reference.top.parameters(),
                                                    list(policy.model.model.layers[2:].parameters()))]
     assert all(changed)
 
 
 def test_a_snapshot_is_saved_after_each_pass_over_the_prompts(tmp_path, tiny_llama_dir, reviews_csv, reward_spec):
-    run_dir = ppo_stage.run(make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, steps=10), progress=False)
+    run_dir = run_stage("ppo", make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, steps=10), progress=False)
     snapshots = sorted(p.name for p in run_dir.checkpoint_dir.glob("epoch-*"))
     assert snapshots == ["epoch-1", "epoch-2"]  # 80 prompts drawn from 36
     assert AutoModelForCausalLM.from_pretrained(run_dir.checkpoint_dir / "epoch-1").config.model_type == "llama"
@@ -195,7 +198,7 @@ def test_reward_rises_on_a_toy_task(tmp_path, tiny_llama_dir, reviews_csv, rewar
     """A learning test: the share of 'e' in responses goes up clearly within a few dozen steps."""
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, steps=40, batch_size=32, minibatch_size=16,
                       ppo_epochs=4, learning_rate=3e-3, eval_every=100, adaptive_kl=False, kl_coef=0.01)
-    run_dir = ppo_stage.run(cfg, progress=False)
+    run_dir = run_stage("ppo", cfg, progress=False)
     scores = [r["score_mean"] for r in run_dir.read_metrics() if r["split"] == "train"]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
     # Response-level noise of this reward is ~0.06, so a batch mean of 32 moves ~0.01 by chance.
@@ -203,13 +206,13 @@ def test_reward_rises_on_a_toy_task(tmp_path, tiny_llama_dir, reviews_csv, rewar
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, monkeypatch):
-    straight = ppo_stage.run(make_config(tmp_path / "a", tiny_llama_dir, reviews_csv, reward_spec), progress=False)
+    straight = run_stage("ppo", make_config(tmp_path / "a", tiny_llama_dir, reviews_csv, reward_spec), progress=False)
     cfg = make_config(tmp_path / "b", tiny_llama_dir, reviews_csv, reward_spec)
-    monkeypatch.setattr(ppo_stage, "StopRequest", lambda: StopAt(2))
+    monkeypatch.setattr(engine_loop, "StopRequest", lambda: StopAt(2))
     with pytest.raises(RunInterrupted):
-        ppo_stage.run(cfg, progress=False)
+        run_stage("ppo", cfg, progress=False)
     monkeypatch.undo()
-    resumed = ppo_stage.run(cfg, resume=True, progress=False)
+    resumed = run_stage("ppo", cfg, resume=True, progress=False)
     a = [r for r in straight.read_metrics() if r["split"] == "train"]
     b = [r for r in resumed.read_metrics() if r["split"] == "train"]
     assert [r["step"] for r in b] == [1, 2, 3, 4]
@@ -231,13 +234,13 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_llama_dir, re
 )
 def test_bad_ppo_settings_are_clear_errors(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, fields, message):
     with pytest.raises(RlhfLabError, match=message):
-        ppo_stage.run(make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, **fields), progress=False)
+        run_stage("ppo", make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, **fields), progress=False)
 
 
 def test_missing_sft_run_is_a_clear_error(tmp_path, tiny_llama_dir, reviews_csv, reward_spec):
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, policy=None)
     with pytest.raises(RlhfLabError, match="rlhflab sft"):
-        ppo_stage.run(cfg, progress=False)
+        run_stage("ppo", cfg, progress=False)
 
 
 def test_frozen_block_outputs_kept_from_generation_equal_a_fresh_forward(tiny_llama_dir):

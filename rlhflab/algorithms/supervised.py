@@ -1,0 +1,180 @@
+"""Supervised training (SFT, the reward model, pretraining): minibatch gradient descent over
+seeded epochs, validation that keeps the best weights, early stopping.
+
+A stage supplies only what differs: `loss(rows)` -> (summed loss, item count) over some rows of
+its train split, and `validate()` -> metrics. The configured batch is the global batch: under
+several processes each takes every world_size-th row, and the loss is divided by the global
+item count, so gradients averaged by DDP equal the one-process gradient of the same batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from rlhflab.checkpoint import load_trainable_state, trainable_state
+from rlhflab.config import TrainingConfig
+from rlhflab.engine.runtime import Runtime
+from rlhflab.errors import RlhfLabError
+
+# rows (global indices into the train split) -> (loss summed over items, number of items)
+Loss = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
+
+
+def check_training_config(cfg: TrainingConfig, section: str) -> None:
+    """Range checks the type system cannot express; `section` names the config key in messages."""
+    checks = [
+        (cfg.epochs >= 1, "epochs must be at least 1"),
+        (cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be at least 1 (or null)"),
+        (cfg.batch_size >= 1, "batch_size must be at least 1"),
+        (cfg.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
+        (cfg.learning_rate > 0, "learning_rate must be positive"),
+        (cfg.weight_decay >= 0, "weight_decay must not be negative"),
+        (0 <= cfg.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+        (cfg.grad_clip > 0, "grad_clip must be positive"),
+        (cfg.eval_every is None or cfg.eval_every >= 1, "eval_every must be at least 1 (or null)"),
+        (cfg.early_stopping_patience >= 1, "early_stopping_patience must be at least 1"),
+        (cfg.log_every >= 1, "log_every must be at least 1"),
+        (cfg.checkpoint_every >= 1, "checkpoint_every must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RlhfLabError(f"{section}.{message}.")
+
+
+def total_steps(cfg: TrainingConfig, n_train: int) -> int:
+    return min(cfg.epochs * -(-n_train // cfg.batch_size), cfg.max_steps or 10**12)
+
+
+def make_optimizer(model, cfg: TrainingConfig, n_train: int):
+    """AdamW over the trainable weights with linear warm-up and cosine decay over the whole run."""
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps = total_steps(cfg, n_train)
+    scheduler = get_scheduler("cosine", optimizer, int(cfg.warmup_ratio * steps), steps)
+    return optimizer, scheduler
+
+
+def cache_facts(first: int | None, seconds: float) -> dict:
+    return {"used": first is not None, "first_trainable_block": first, "seconds": round(seconds, 2)}
+
+
+@dataclass
+class Selection:
+    metric: str  # the validation metric that picks the best weights
+    higher_is_better: bool
+
+
+class Supervised:
+    """The Algorithm (rlhflab/engine/loop.py) of every supervised stage."""
+
+    eval_split = "validation"
+
+    def __init__(self, *, runtime: Runtime, model, prepared, optimizer, scheduler, cfg: TrainingConfig, seed: int,
+                 n_train: int, loss: Loss, validate: Callable[[], dict[str, Any]] | None, selection: Selection, unit: str,
+                 log_extra: Callable[[float], dict[str, float]] = lambda mean_loss: {}):
+        self.runtime, self.module, self.prepared = runtime, model, prepared  # module: unwrapped; prepared: DDP etc.
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.cfg, self.seed, self.n_train, self.unit = cfg, seed, n_train, unit
+        self.loss, self.validate, self.selection, self.log_extra = loss, validate, selection, log_extra
+        self.params = [p for p in prepared.parameters() if p.requires_grad]
+        self.state = {"epoch": 0, "batch": 0, "best": None, "evals_without_gain": 0, "items": 0, "seconds": 0.0}
+        self.best = trainable_state(model)
+        self._window = [0.0, 0.0, time.perf_counter()]  # loss sum, items, start of the logging window
+        self._last_loss = float("nan")
+
+    # --- the steps -----------------------------------------------------------------------------
+    def _batch(self) -> torch.Tensor:
+        """This step's global batch: the order depends only on (seed, epoch), so a resumed epoch replays it."""
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.state["epoch"])
+        batches = torch.randperm(self.n_train, generator=generator).split(self.cfg.batch_size)
+        return batches[self.state["batch"]]
+
+    def _steps_per_epoch(self) -> int:
+        return -(-self.n_train // self.cfg.batch_size)
+
+    def step(self, step: int) -> dict[str, float]:
+        started = time.perf_counter()
+        rows = self._batch()
+        mine = rows[self.runtime.rank :: self.runtime.world_size]
+        weight = 1.0
+        if len(mine) == 0:  # a last batch smaller than the process count: join in with zero weight
+            mine, weight = rows[:1], 0.0
+        self.prepared.train()
+        loss_sum, count = self.loss(mine.to(self.runtime.device))
+        count = count * weight
+        global_count = float(self.runtime.sum(count))
+        # DDP averages gradients over processes: scale so that the average is sum / global count.
+        loss = loss_sum * weight * self.runtime.world_size / max(global_count, 1.0)
+        self.runtime.accelerator.backward(loss)
+        self.runtime.accelerator.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["batch"] += 1
+        if self.state["batch"] >= self._steps_per_epoch():
+            self.state["epoch"], self.state["batch"] = self.state["epoch"] + 1, 0
+        self.state["items"] += global_count
+        self.state["seconds"] += time.perf_counter() - started
+        self._window[0] += float(self.runtime.sum(float(loss_sum.detach()) * weight))
+        self._window[1] += global_count
+        return self._maybe_log(step + 1)
+
+    def _maybe_log(self, step: int) -> dict[str, float]:
+        last = step == total_steps(self.cfg, self.n_train)
+        if step % self.cfg.log_every and not last:
+            return {}
+        loss_sum, items, start = self._window
+        mean = loss_sum / max(items, 1.0)
+        rate = items / max(time.perf_counter() - start, 1e-9)
+        self._window = [0.0, 0.0, time.perf_counter()]
+        self._last_loss, self._rate = mean, rate
+        return {"epoch": self.state["epoch"], "loss": mean, **self.log_extra(mean), "lr": self.scheduler.get_last_lr()[0],
+                f"{self.unit}_per_s": rate}
+
+    def progress(self) -> dict[str, str]:
+        return {"loss": f"{self._last_loss:.3f}", f"{self.unit}/s": f"{getattr(self, '_rate', 0.0):.0f}"}
+
+    # --- validation and the best weights ---------------------------------------------------------
+    def evaluation_due(self, step: int) -> bool:
+        if self.cfg.eval_every:
+            return step % self.cfg.eval_every == 0
+        return self.state["batch"] == 0  # once per epoch, when one has just ended
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """Score validation and keep the best weights (the current ones when there is nothing to validate on)."""
+        if self.validate is None:
+            self.best = trainable_state(self.module)
+            return {"epoch": self.state["epoch"]}
+        result = self.validate()
+        value = result[self.selection.metric]
+        best = self.state["best"]
+        improved = best is None or (value > best if self.selection.higher_is_better else value < best)
+        if improved:
+            self.state["best"], self.state["evals_without_gain"] = value, 0
+            self.best = trainable_state(self.module)
+        else:
+            self.state["evals_without_gain"] += 1
+        return {"epoch": self.state["epoch"], **result}
+
+    def should_stop(self) -> bool:
+        return self.state["evals_without_gain"] >= self.cfg.early_stopping_patience
+
+    def keep_best(self) -> None:
+        load_trainable_state(self.module, self.best)
+
+    # --- resume ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": dict(self.state), "best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state, self.best = dict(state["state"]), state["best"]
+
+    def facts(self, steps: int) -> dict:
+        return {"steps": steps, "epochs_completed": self.state["epoch"], "stopped_early": self.should_stop(),
+                f"train_{self.unit}_per_s": self.state["items"] / max(self.state["seconds"], 1e-9)}

@@ -1,0 +1,214 @@
+"""One Runtime per process: the Accelerator, who this process is, and the reductions across processes.
+
+The CLI and the Python API create it once (`Runtime.create`) and pass it down; stages never
+build their own. On one process every reduction is the identity, so the same code runs under
+`python -m rlhflab ...` and `accelerate launch --num_processes N -m rlhflab ...`.
+
+Conventions (nanoGPT's DDP contract, lm-human-preference-details' batch sizes):
+- the configured batch is the *global* batch; each process takes its share (`shard`);
+- statistics are reduced as sums and counts before dividing (never averages of averages);
+- data order depends only on the seed (the same on every rank), sampling seeds on the rank;
+- only the main process writes files; the others wait at `barrier`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from rlhflab.errors import RlhfLabError
+
+_ACCELERATOR = None  # the process's one Accelerator (Accelerate keeps one state per process anyway)
+
+
+def _accelerator(device: str):
+    global _ACCELERATOR
+    if device not in ("auto", "cpu", "cuda"):
+        raise RlhfLabError(f"runtime.device must be auto, cpu or cuda, got {device!r} (choose the GPU with CUDA_VISIBLE_DEVICES).")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RlhfLabError("runtime.device=cuda was requested but no CUDA GPU is visible; use device=auto or cpu.")
+    use_cpu = device == "cpu" or not torch.cuda.is_available()
+    if _ACCELERATOR is None:
+        from accelerate import Accelerator
+
+        from rlhflab.malloc import keep_freed_memory
+
+        keep_freed_memory()
+        # Precision is applied per stage by Runtime.autocast, so a pipeline (or a test session)
+        # can mix bf16 and fp32 stages in one process without touching Accelerate's global state.
+        _ACCELERATOR = Accelerator(cpu=use_cpu)
+    elif use_cpu != (_ACCELERATOR.device.type == "cpu"):
+        raise RlhfLabError(f"runtime.device={device} differs from the device this process already uses "
+                           f"({_ACCELERATOR.device}); run the stage in its own process.")
+    return _ACCELERATOR
+
+
+@dataclass
+class Runtime:
+    accelerator: Any
+    precision: str  # "no" | "bf16" | "fp16": what `autocast` runs the forward passes in
+
+    @classmethod
+    def create(cls, device: str = "auto", mixed_precision: str = "auto") -> "Runtime":
+        """The process's Runtime for a `runtime:` config section (device, mixed_precision)."""
+        accelerator = _accelerator(device)
+        cpu = accelerator.device.type == "cpu"
+        launched = accelerator.mixed_precision  # what `accelerate launch --mixed_precision` asked for
+        precision = mixed_precision
+        if precision == "auto":
+            precision = launched if launched != "no" else ("bf16" if fast_bf16(cpu) else "no")
+        if precision == "fp16" and (cpu or launched != "fp16"):
+            raise RlhfLabError("mixed_precision=fp16 needs a GPU and loss scaling: launch with `accelerate launch "
+                               "--mixed_precision fp16 ...`, or use bf16 (or no).")
+        return cls(accelerator, precision)
+
+    # --- who this process is -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    # --- precision ---------------------------------------------------------------------------
+    def autocast(self):
+        """The forward-pass precision context (bf16 autocast, or nothing)."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.precision == "fp16":
+            return self.accelerator.autocast()
+        return contextlib.nullcontext()
+
+    # --- data and randomness ---------------------------------------------------------------
+    def shard(self, items: Sequence) -> list:
+        """This process's share of a global batch: every world_size-th item from its rank.
+
+        Raises RlhfLabError when the batch does not split evenly (ranks would disagree on the
+        number of steps, and DDP would wait forever)."""
+        if len(items) % self.world_size:
+            raise RlhfLabError(f"A batch of {len(items)} does not split over {self.world_size} processes; "
+                               f"use a batch size that is a multiple of the number of processes.")
+        return list(items[self.rank :: self.world_size])
+
+    def seed(self, seed: int, *, per_rank: bool) -> None:
+        """Seed python, numpy and torch; `per_rank` gives each process its own sampling stream."""
+        value = seed + (self.rank if per_rank else 0)
+        random.seed(value)
+        np.random.seed(value)
+        torch.manual_seed(value)
+
+    # --- reductions (identity on one process) ----------------------------------------------
+    def sum(self, value: float | torch.Tensor) -> torch.Tensor:
+        return self._reduce(value, "sum")
+
+    def max(self, value: float | torch.Tensor) -> torch.Tensor:
+        return self._reduce(value, "max")
+
+    def mean(self, total: float | torch.Tensor, count: float | torch.Tensor) -> torch.Tensor:
+        """Global mean from local sums and counts: sum(total) / sum(count)."""
+        return self.sum(total) / self.sum(count).clamp(min=1e-12)
+
+    def _reduce(self, value, op: str) -> torch.Tensor:
+        tensor = torch.as_tensor(value, dtype=torch.float64 if not torch.is_tensor(value) else None).to(self.device)
+        if not self.distributed:
+            return tensor
+        tensor = tensor.clone()
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return tensor
+
+    def gather_objects(self, items: list) -> list:
+        """Every process's list, concatenated in rank order (identity on one process)."""
+        if not self.distributed:
+            return list(items)
+        from accelerate.utils import gather_object
+
+        return gather_object(list(items))
+
+    def broadcast(self, value: Any) -> Any:
+        """The main process's `value` on every process (identity on one process)."""
+        if not self.distributed:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
+
+    def free_memory(self) -> None:
+        """Drop Accelerate's references to the stage's models and optimizers (one process runs many stages)."""
+        self.accelerator.free_memory()
+
+
+def fast_bf16(cpu: bool) -> bool:
+    """Whether bf16 matmuls run natively: a GPU that supports them, or a CPU with AVX512-BF16/AMX.
+
+    On such CPUs bf16 autocast doubles SFT throughput; elsewhere it is emulated and slower.
+    """
+    if not cpu:
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = set(next((line for line in handle if line.startswith("flags")), "").split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def frozen_cache_allowed(runtime: Runtime) -> bool:
+    """Reusing the frozen lower blocks' outputs calls into the model's own block list, which
+    FSDP and DeepSpeed shard; plain DDP (and one process) keep whole models, so it stays exact."""
+    from accelerate.utils import DistributedType
+
+    return runtime.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated, or the process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def run_facts(runtime: Runtime, started: float) -> dict:
+    """Where and how long a stage ran: the closing fields of every summary.json."""
+    return {
+        "peak_memory_mb": round(peak_memory_mb(runtime.device), 1),
+        "device": str(runtime.device),
+        "processes": runtime.world_size,
+        "mixed_precision": runtime.precision,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """cpu / cuda / auto (CUDA when present), for code that runs outside a stage (e.g. `rlhflab score`)."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise RlhfLabError(f"device must be auto, cpu or cuda, got {name!r}.")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RlhfLabError("device=cuda was requested but no CUDA GPU is visible; use device=auto or cpu.")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
