@@ -61,11 +61,16 @@ def _stage(args: argparse.Namespace) -> None:
     from rlhflab.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # before torch loads: config errors are instant
+    from rlhflab.engine.runtime import Runtime
     from rlhflab.io import read_json
     from rlhflab.stages.common import run_stage
     from rlhflab.stages.registry import STAGES
 
-    run_dir = run_stage(args.command, cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    runtime = Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
+    run_dir = run_stage(args.command, cfg, runtime=runtime, resume=args.resume, overwrite=args.overwrite,
+                        progress=not args.no_progress)
+    if not runtime.is_main:
+        return  # one process prints (and wrote the run)
     summary = read_json(run_dir.summary_path)
     print(STAGES[args.command].module.format_summary(summary))
     if summary.get("left_out"):

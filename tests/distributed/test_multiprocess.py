@@ -1,0 +1,100 @@
+"""Real multi-process runs through `accelerate launch` on the CPU (gloo): the configured batch
+is the global batch, ranks stay in lockstep, only the main rank writes, and resume works."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[2]
+DDP = ROOT / "configs" / "accelerate" / "ddp.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(out: Path, stage: str, *args: str, processes: int) -> list[dict]:
+    """Run tests/distributed/worker.py on `processes` ranks; returns each rank's report."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    worker = ["-m", "tests.distributed.worker", str(out), stage, *args]
+    if processes == 1:
+        command = [sys.executable, *worker]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP), "--num_processes",
+                   str(processes), "--main_process_port", str(_free_port()), *worker]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
+
+
+def sft_args(runs: Path, model: Path, csv: Path) -> list[str]:
+    return [f"data.source={csv}", "data.per_class=30", f"sft.model={model}", f"runs_dir={runs}", "name=mp",
+            "sft.epochs=1", "sft.max_steps=2", "sft.batch_size=8", "sft.max_length=24", "sft.learning_rate=1e-2",
+            "sft.warmup_ratio=0.0", "runtime.mixed_precision=no"]
+
+
+def test_two_processes_take_the_same_sft_steps_as_one_on_the_same_global_batch(tmp_path, tiny_llama_dir, reviews_csv):
+    one = run_ranks(tmp_path / "one", "sft", *sft_args(tmp_path / "runs1", tiny_llama_dir, reviews_csv), processes=1)
+    two = run_ranks(tmp_path / "two", "sft", *sft_args(tmp_path / "runs2", tiny_llama_dir, reviews_csv), processes=2)
+    assert two[0]["world_size"] == 2 and two[0]["weights"] == two[1]["weights"]  # the ranks agree exactly
+    a = load_file(tmp_path / "runs1" / "mp" / "sft" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "runs2" / "mp" / "sft" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    changed = 0
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=2e-5, rtol=1e-4)
+        changed += not torch.equal(a[name], load_file(tiny_llama_dir / "model.safetensors").get(name, a[name]))
+    assert changed > 0  # the steps trained something
+    losses = [[r["loss"] for r in map(json.loads, (runs / "mp" / "sft" / "metrics.jsonl").read_text().splitlines())
+               if r["split"] == "train"] for runs in (tmp_path / "runs1", tmp_path / "runs2")]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    summary = json.loads((tmp_path / "runs2" / "mp" / "sft" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["frozen_cache"]["used"]
+
+
+def ppo_args(runs: Path, model: Path, csv: Path, reward: str) -> list[str]:
+    return [f"data.source={csv}", "data.per_class=30", f"ppo.policy={model}", f"reward_fn.source={reward}",
+            f"runs_dir={runs}", "name=mp", "ppo.steps=4", "ppo.batch_size=8", "ppo.minibatch_size=4", "ppo.max_new_tokens=6",
+            "ppo.eval_prompts=6", "ppo.eval_every=2", "ppo.kl_horizon=8", "ppo.learning_rate=1e-3",
+            "ppo.checkpoint_every=1", "runtime.mixed_precision=no"]
+
+
+@pytest.fixture
+def toy_reward(tmp_path) -> str:
+    path = tmp_path / "toy_reward.py"
+    path.write_text("def e_share(prompts, responses):\n    return [r.count('e') / max(len(r), 1) for r in responses]\n")
+    return f"{path}:e_share"
+
+
+def test_two_process_ppo_keeps_the_ranks_in_lockstep_writes_once_and_resumes(tmp_path, tiny_llama_dir, reviews_csv, toy_reward):
+    args = ppo_args(tmp_path / "runs", tiny_llama_dir, reviews_csv, toy_reward)
+    straight = run_ranks(tmp_path / "straight", "ppo", *args, processes=2)
+    assert straight[0]["weights"] == straight[1]["weights"]
+    assert straight[0]["beta"] == straight[1]["beta"] != 0.05  # the adaptive beta moved, identically on both ranks
+    run = tmp_path / "runs" / "mp" / "ppo"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]  # one writer: no duplicates
+    assert [r["step"] for r in records if r["split"] == "eval"] == [0, 2, 4]
+    assert len(json.loads((run / "eval_after.json").read_text())) == 6  # both ranks' prompts, gathered
+    assert json.loads((run / "summary.json").read_text())["processes"] == 2
+    assert not (tmp_path / "runs" / "mp" / "ppo.partial").exists()
+
+    resumed_args = [a.replace(str(tmp_path / "runs"), str(tmp_path / "runs-r")) for a in args]
+    stopped = run_ranks(tmp_path / "stopped", "ppo", *resumed_args, "--stop-after", "2", processes=2)
+    assert all(r["interrupted"] for r in stopped)
+    resumed = run_ranks(tmp_path / "resumed", "ppo", *resumed_args, "--resume", processes=2)
+    assert resumed[0]["weights"] == resumed[1]["weights"] == straight[0]["weights"]  # resume equals uninterrupted
+    assert resumed[0]["beta"] == straight[0]["beta"]
