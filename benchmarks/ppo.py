@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from rlhflab.algorithms.online import OnlineRL, gae_targets, resolve
-from rlhflab.config import LoraConfig, PpoConfig
+from rlhflab.algorithms.online import OnlineRL, gae_targets
+from rlhflab.config import LoraConfig, PpoConfig, resolve_rl
 from rlhflab.data import balanced_sample, load_reviews, make_prompts
 from rlhflab.engine.runtime import Runtime, peak_memory_mb
 from rlhflab.models.causal_lm import load_causal_lm
@@ -41,7 +41,7 @@ def main() -> None:
     trainable = args.trainable if args.trainable in ("all", "lora") else [int(i) for i in args.trainable.split(",")]
 
     runtime = Runtime.create("auto", "auto")
-    ppo = resolve(PpoConfig(batch_size=args.batch, minibatch_size=args.minibatch, max_new_tokens=args.tokens))
+    ppo = resolve_rl(PpoConfig(batch_size=args.batch, minibatch_size=args.minibatch, max_new_tokens=args.tokens))
     model, tokenizer = load_causal_lm(args.policy)
     tokenizer.padding_side = "left"
     prompts = make_prompts(balanced_sample(load_reviews("imdb"), 200, seed=0), 3, 5, seed=0)

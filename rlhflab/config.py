@@ -258,7 +258,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raw = _read_yaml(Path(path))
     for item in overrides:
         _apply_override(raw, item)
-    return from_dict(Config, raw)
+    return check_config(from_dict(Config, raw))
 
 
 def to_dict(cfg: Any) -> Any:
@@ -412,3 +412,97 @@ def _type_name(hint: Any) -> str:
 
 def _show(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
+
+
+# --- resolve: range checks and derived defaults, run when a config loads ----------------------
+# (so a bad ppo.minibatch_size fails in a second, not after the stages before PPO have trained)
+
+
+def check_training_config(cfg: TrainingConfig, section: str) -> None:
+    """Range checks the type system cannot express; `section` names the config key in messages."""
+    checks = [
+        (cfg.epochs >= 1, "epochs must be at least 1"),
+        (cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be at least 1 (or null)"),
+        (cfg.batch_size >= 1, "batch_size must be at least 1"),
+        (cfg.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
+        (cfg.learning_rate > 0, "learning_rate must be positive"),
+        (cfg.weight_decay >= 0, "weight_decay must not be negative"),
+        (0 <= cfg.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+        (cfg.grad_clip > 0, "grad_clip must be positive"),
+        (cfg.eval_every is None or cfg.eval_every >= 1, "eval_every must be at least 1 (or null)"),
+        (cfg.early_stopping_patience >= 1, "early_stopping_patience must be at least 1"),
+        (cfg.log_every >= 1, "log_every must be at least 1"),
+        (cfg.checkpoint_every >= 1, "checkpoint_every must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RlhfLabError(f"{section}.{message}.")
+
+
+def check_rl(ppo: PpoConfig) -> None:
+    """Range checks of the RL section (ppo.*)."""
+    checks = [
+        (ppo.steps >= 1, "steps must be at least 1"),
+        (ppo.batch_size >= 1 and ppo.minibatch_size >= 1, "batch_size and minibatch_size must be at least 1"),
+        (ppo.minibatch_size <= ppo.batch_size, "minibatch_size must not exceed batch_size"),
+        (ppo.ppo_epochs >= 1, "ppo_epochs must be at least 1"),
+        (ppo.learning_rate > 0, "learning_rate must be positive"),
+        (ppo.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
+        (ppo.temperature > 0, "temperature must be positive"),
+        (ppo.top_k >= 0 and 0 < ppo.top_p <= 1, "top_k must be >= 0 and top_p in (0, 1]"),
+        (ppo.kl_coef >= 0 and ppo.kl_target > 0 and ppo.kl_horizon > 0, "kl_coef must be >= 0, kl_target and kl_horizon positive"),
+        # beta moves by up to 20% x batch_size / kl_horizon per step: a shorter horizon overshoots below 0.
+        (not ppo.adaptive_kl or ppo.kl_horizon >= ppo.batch_size,
+         f"kl_horizon ({ppo.kl_horizon}) must be at least batch_size ({ppo.batch_size}): each step moves beta by up to "
+         f"20% x batch_size / kl_horizon, so a shorter horizon can drive beta to or below 0"),
+        (ppo.eval_prompts >= 1, "eval_prompts must be at least 1"),
+        (0 <= ppo.gamma <= 1 and 0 <= ppo.lam <= 1, "gamma and lam must be in [0, 1]"),
+        (ppo.clip_range > 0 and ppo.clip_range_value > 0, "clip ranges must be positive"),
+        (ppo.eval_every >= 1 and ppo.sample_every >= 1 and ppo.checkpoint_every >= 1, "eval_every, sample_every and checkpoint_every must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RlhfLabError(f"ppo.{message}.")
+
+
+
+
+def resolve_rl(ppo: PpoConfig, world_size: int = 1) -> PpoConfig:
+    """The RL section with the algorithm's defaults filled in (samples_per_prompt, kl_penalty),
+    checked to split into prompts, processes and minibatches. Raises RlhfLabError naming the setting."""
+    check_rl(ppo)
+    k = ppo.samples_per_prompt or (1 if ppo.algorithm == "ppo" else 4)
+    kl_penalty = ppo.kl_penalty if ppo.kl_penalty != "auto" else ("loss" if ppo.algorithm == "grpo" else "reward")
+    if k < 1 or (ppo.algorithm != "ppo" and k < 2):
+        raise RlhfLabError(f"ppo.samples_per_prompt must be at least {1 if ppo.algorithm == 'ppo' else 2} for "
+                           f"{ppo.algorithm} (its baseline compares responses to the same prompt); got {k}.")
+    if ppo.batch_size % (k * world_size):
+        raise RlhfLabError(f"ppo.batch_size ({ppo.batch_size} responses) must be a multiple of samples_per_prompt ({k}) "
+                           f"x processes ({world_size}).")
+    local = ppo.batch_size // world_size
+    if ppo.minibatch_size % world_size or local % (ppo.minibatch_size // world_size or 1):
+        where = f"ppo.batch_size ({ppo.batch_size})" if world_size == 1 else f"each of {world_size} processes' {local} responses"
+        raise RlhfLabError(f"ppo.minibatch_size ({ppo.minibatch_size}) must divide {where}"
+                           f"{'' if world_size == 1 else ' and split evenly over the processes'}.")
+    return dataclasses.replace(ppo, samples_per_prompt=k, kl_penalty=kl_penalty)
+
+
+def check_evaluate(ev: EvaluateConfig) -> None:
+    if ev.batch_size < 1 or ev.temperature <= 0 or ev.prompts < 1:
+        raise RlhfLabError(f"evaluate.batch_size and evaluate.prompts must be >= 1 and evaluate.temperature > 0 "
+                           f"(got {ev.batch_size}, {ev.prompts}, {ev.temperature}).")
+
+
+def check_config(cfg: Config, world_size: int | None = None) -> Config:
+    """Every range check and derived quantity of every section; returns cfg unchanged."""
+    import os
+
+    world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    check_training_config(cfg.sft, "sft")
+    check_training_config(cfg.reward, "reward")
+    for section, length in (("sft", cfg.sft.max_length), ("reward", cfg.reward.max_length)):
+        if length < 2:
+            raise RlhfLabError(f"{section}.max_length must be at least 2.")
+    resolve_rl(cfg.ppo, world_size)
+    check_evaluate(cfg.evaluate)
+    return cfg

@@ -26,7 +26,6 @@ import torch
 
 from rlhflab.config import PpoConfig
 from rlhflab.engine.runtime import Runtime
-from rlhflab.errors import RlhfLabError
 from rlhflab.models.policy import Policy
 from rlhflab.ops.advantages import grpo_advantages, kl_penalty_in_loss, rloo_advantages, sequence_advantages_to_tokens
 from rlhflab.ops.kl import adaptive_kl_update, kl_per_token, per_token_rewards
@@ -91,27 +90,6 @@ def recipe(cfg: PpoConfig) -> Recipe:
     """The parts `cfg` asks for; cfg.samples_per_prompt and cfg.kl_penalty must be resolved."""
     return Recipe(cfg.algorithm, cfg.samples_per_prompt, critic=cfg.algorithm == "ppo", kl_in_loss=cfg.kl_penalty == "loss",
                   estimator=ESTIMATORS[cfg.algorithm])
-
-
-def resolve(cfg: PpoConfig, world_size: int = 1) -> PpoConfig:
-    """Fill the algorithm's defaults and check that the batch splits into prompts, processes and minibatches.
-
-    Raises RlhfLabError naming the setting to change."""
-    from dataclasses import replace
-
-    k = cfg.samples_per_prompt or (1 if cfg.algorithm == "ppo" else 4)
-    kl_penalty = cfg.kl_penalty if cfg.kl_penalty != "auto" else ("loss" if cfg.algorithm == "grpo" else "reward")
-    if k < 1 or (cfg.algorithm != "ppo" and k < 2):
-        raise RlhfLabError(f"ppo.samples_per_prompt must be at least {1 if cfg.algorithm == 'ppo' else 2} for "
-                           f"{cfg.algorithm} (its baseline compares responses to the same prompt); got {k}.")
-    if cfg.batch_size % (k * world_size):
-        raise RlhfLabError(f"ppo.batch_size ({cfg.batch_size} responses) must be a multiple of samples_per_prompt ({k}) "
-                           f"x processes ({world_size}).")
-    local = cfg.batch_size // world_size
-    if cfg.minibatch_size % world_size or local % (cfg.minibatch_size // world_size or 1):
-        raise RlhfLabError(f"ppo.minibatch_size ({cfg.minibatch_size}) must split over {world_size} processes and "
-                           f"divide each one's {local} responses.")
-    return replace(cfg, samples_per_prompt=k, kl_penalty=kl_penalty)
 
 
 class OnlineRL:

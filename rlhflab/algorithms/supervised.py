@@ -16,33 +16,12 @@ from typing import Any, Callable
 import torch
 
 from rlhflab.checkpoint import load_trainable_state, trainable_state
-from rlhflab.config import TrainingConfig
+from rlhflab.config import TrainingConfig, check_training_config  # noqa: F401  (re-exported)
 from rlhflab.engine.runtime import Runtime
 from rlhflab.errors import RlhfLabError
 
 # rows (global indices into the train split) -> (loss summed over items, number of items)
 Loss = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
-
-
-def check_training_config(cfg: TrainingConfig, section: str) -> None:
-    """Range checks the type system cannot express; `section` names the config key in messages."""
-    checks = [
-        (cfg.epochs >= 1, "epochs must be at least 1"),
-        (cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be at least 1 (or null)"),
-        (cfg.batch_size >= 1, "batch_size must be at least 1"),
-        (cfg.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
-        (cfg.learning_rate > 0, "learning_rate must be positive"),
-        (cfg.weight_decay >= 0, "weight_decay must not be negative"),
-        (0 <= cfg.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
-        (cfg.grad_clip > 0, "grad_clip must be positive"),
-        (cfg.eval_every is None or cfg.eval_every >= 1, "eval_every must be at least 1 (or null)"),
-        (cfg.early_stopping_patience >= 1, "early_stopping_patience must be at least 1"),
-        (cfg.log_every >= 1, "log_every must be at least 1"),
-        (cfg.checkpoint_every >= 1, "checkpoint_every must be at least 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise RlhfLabError(f"{section}.{message}.")
 
 
 def total_steps(cfg: TrainingConfig, n_train: int) -> int:

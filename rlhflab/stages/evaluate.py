@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from rlhflab.config import Config
+from rlhflab.config import Config, check_evaluate
 from rlhflab.data import make_prompts
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.generate import generate, response_logprobs
@@ -79,8 +79,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
 def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunDir:
     started = time.perf_counter()
     ev = cfg.evaluate
-    if ev.batch_size < 1 or ev.temperature <= 0:
-        raise RlhfLabError(f"evaluate.batch_size must be >= 1 and evaluate.temperature > 0 (got {ev.batch_size}, {ev.temperature}).")
+    check_evaluate(ev)
     runtime.seed(cfg.seed, per_rank=False)
     sources = model_sources(cfg)
     prompts, labels = eval_prompts(cfg, load_tokenizer(next(iter(sources.values()))))

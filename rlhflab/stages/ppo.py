@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from rlhflab.algorithms.online import OnlineRL, resolve
-from rlhflab.config import Config, PpoConfig
+from rlhflab.algorithms.online import OnlineRL
+from rlhflab.config import Config, PpoConfig, resolve_rl
 from rlhflab.data import make_prompts
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
@@ -27,31 +27,6 @@ from rlhflab.ops.kl import kl_per_token
 from rlhflab.rewards import RewardFunction, build_reward, probability_reward
 from rlhflab.rollout import Experience, sample, score_rollout
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
-
-
-def check(ppo: PpoConfig) -> None:
-    checks = [
-        (ppo.steps >= 1, "steps must be at least 1"),
-        (ppo.batch_size >= 1 and ppo.minibatch_size >= 1, "batch_size and minibatch_size must be at least 1"),
-        (ppo.minibatch_size <= ppo.batch_size, "minibatch_size must not exceed batch_size"),
-        (ppo.ppo_epochs >= 1, "ppo_epochs must be at least 1"),
-        (ppo.learning_rate > 0, "learning_rate must be positive"),
-        (ppo.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
-        (ppo.temperature > 0, "temperature must be positive"),
-        (ppo.top_k >= 0 and 0 < ppo.top_p <= 1, "top_k must be >= 0 and top_p in (0, 1]"),
-        (ppo.kl_coef >= 0 and ppo.kl_target > 0 and ppo.kl_horizon > 0, "kl_coef must be >= 0, kl_target and kl_horizon positive"),
-        # beta moves by up to 20% x batch_size / kl_horizon per step: a shorter horizon overshoots below 0.
-        (not ppo.adaptive_kl or ppo.kl_horizon >= ppo.batch_size,
-         f"kl_horizon ({ppo.kl_horizon}) must be at least batch_size ({ppo.batch_size}): each step moves beta by up to "
-         f"20% x batch_size / kl_horizon, so a shorter horizon can drive beta to or below 0"),
-        (ppo.eval_prompts >= 1, "eval_prompts must be at least 1"),
-        (0 <= ppo.gamma <= 1 and 0 <= ppo.lam <= 1, "gamma and lam must be in [0, 1]"),
-        (ppo.clip_range > 0 and ppo.clip_range_value > 0, "clip ranges must be positive"),
-        (ppo.eval_every >= 1 and ppo.sample_every >= 1 and ppo.checkpoint_every >= 1, "eval_every, sample_every and checkpoint_every must be at least 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise RlhfLabError(f"ppo.{message}.")
 
 
 def stop_token_ids(tokenizer, stop_token: str | None) -> list[int]:
@@ -66,8 +41,7 @@ def stop_token_ids(tokenizer, stop_token: str | None) -> list[int]:
 
 def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
     """RL from `cfg.ppo.policy` (default: this run's SFT model) against `cfg.reward_fn`; write runs/<name>/ppo."""
-    check(cfg.ppo)
-    ppo = resolve(cfg.ppo, runtime.world_size)
+    ppo = resolve_rl(cfg.ppo, runtime.world_size)
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=True)  # data order below is seeded on its own; sampling differs per rank
     splits = load_splits(cfg)

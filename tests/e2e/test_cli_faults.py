@@ -100,3 +100,12 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path, tiny_llama_dir, review
     assert "--resume" in stderr and "Traceback" not in stderr
     state = json.loads((runs / "term" / "sft.partial" / "checkpoints" / "latest" / "state.json").read_text())
     assert 3 <= state["step"] < 240
+
+
+def test_a_bad_late_setting_fails_before_any_stage_runs(tmp_path):
+    """Resolve before running: a bad ppo.minibatch_size fails in a second, not after SFT and the reward model."""
+    started = time.time()
+    result = rlhflab(tmp_path, "pipeline", "--config", str(Path(__file__).resolve().parents[2] / "configs" / "quick.yaml"),
+                     "ppo.minibatch_size=3", "runs_dir=runs")
+    assert_user_error(result, "ppo.minibatch_size (3) must divide ppo.batch_size (8)")
+    assert time.time() - started < 30 and not (tmp_path / "runs").exists()

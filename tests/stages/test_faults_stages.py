@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from rlhflab.config import Config, DataConfig, PpoConfig, SftConfig
+from rlhflab.config import Config, DataConfig, PpoConfig, SftConfig, check_rl
 from rlhflab.errors import RlhfLabError
 from rlhflab.io import read_json
 from rlhflab.ops.kl import adaptive_kl_update
@@ -58,6 +58,6 @@ def test_beta_never_goes_negative_and_a_horizon_that_would_overshoot_is_refused(
         beta = adaptive_kl_update(beta, kl, 5.0, 10, 64)
         assert beta >= 0.0
     with pytest.raises(RlhfLabError, match="kl_horizon"):
-        ppo.check(PpoConfig(kl_horizon=1, batch_size=64))
-    ppo.check(PpoConfig(kl_horizon=1, batch_size=64, adaptive_kl=False))  # a fixed beta ignores the horizon
-    ppo.check(PpoConfig(kl_horizon=64, batch_size=64))
+        check_rl(PpoConfig(kl_horizon=1, batch_size=64))
+    check_rl(PpoConfig(kl_horizon=1, batch_size=64, adaptive_kl=False))  # a fixed beta ignores the horizon
+    check_rl(PpoConfig(kl_horizon=64, batch_size=64))

@@ -151,7 +151,8 @@ def test_ppo_run_writes_everything_keeps_the_reference_and_trains_every_trainabl
 
 
 def test_reference_is_bit_identical_after_updates(tiny_llama_dir, reward_spec):
-    from rlhflab.algorithms.online import OnlineRL, gae_targets, resolve
+    from rlhflab.algorithms.online import OnlineRL, gae_targets
+    from rlhflab.config import resolve_rl
     from rlhflab.engine.runtime import Runtime
     from rlhflab.models.policy import PolicyWithValue
     from rlhflab.ops.kl import kl_per_token
@@ -160,7 +161,7 @@ def test_reference_is_bit_identical_after_updates(tiny_llama_dir, reward_spec):
     policy, tokenizer = tiny_policy(tiny_llama_dir)
     before = {k: v.clone() for k, v in policy.reference.top.state_dict().items()}
     exp = rollout(policy, tokenizer, PROMPTS, build_reward(RewardFnConfig(source=reward_spec)))
-    cfg = resolve(PpoConfig(batch_size=len(PROMPTS), minibatch_size=2, ppo_epochs=2, kl_horizon=1000))
+    cfg = resolve_rl(PpoConfig(batch_size=len(PROMPTS), minibatch_size=2, ppo_epochs=2, kl_horizon=1000))
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-2)
     module = PolicyWithValue(policy)
     algorithm = OnlineRL(runtime=Runtime.create("cpu", "no"), policy=policy, module=module, prepared=module,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rlhflab.assets import resolve_model
-from rlhflab.config import load_config
+from rlhflab.config import check_rl, load_config
 from rlhflab.stages import ppo as ppo_stage
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
@@ -17,7 +17,7 @@ CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 def test_every_preset_loads_and_its_ppo_settings_check(path):
     cfg = load_config(path)
     assert cfg.name
-    ppo_stage.check(cfg.ppo)
+    check_rl(cfg.ppo)
 
 
 def test_gpt2_imdb_is_the_seed_faithful_setting():
