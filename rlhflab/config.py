@@ -77,6 +77,39 @@ class SftConfig(TrainingConfig):
 
 
 @dataclass
+class PretrainConfig(TrainingConfig):
+    """A decoder-only LM trained from scratch on a corpus, with its own tokenizer (seed 004)."""
+
+    # "shakespeare" (the bundled plays), a .txt file, a folder of .txt/.md files, or a
+    # .csv/.jsonl/.parquet file with a text column (pretrain.text_column, else detected).
+    corpus: str = "shakespeare"
+    text_column: str | None = None
+    validation_fraction: float = 0.1  # the last part of every document (contiguous: no line in both)
+    tokenizer: Literal["word", "char", "bpe"] = "word"  # trained on the train split (tokenizers library)
+    vocab_size: int = 8000  # including the special tokens <unk>, <pad>, <eos>
+    min_frequency: int = 2  # word/bpe: rarer pieces become <unk> / are not merged
+    architecture: Literal["llama", "gpt2"] = "llama"
+    layers: int = 4
+    width: int = 256  # hidden size (d_model)
+    heads: int = 4
+    context: int = 128  # tokens per training block = the model's context length
+    # noam: lr = lr_mul * width^-0.5 * min(step^-0.5, step * warmup^-1.5) (Vaswani et al. 2017; the
+    # seed's "AttentionScheduler, lr_mul 0.3"); cosine: learning_rate with warmup_ratio, as elsewhere.
+    schedule: Literal["noam", "cosine"] = "noam"
+    lr_mul: float = 0.3
+    warmup_steps: int = 200  # noam only
+    epochs: int = 8
+    batch_size: int = 32
+    learning_rate: float = 1e-3  # cosine only
+    weight_decay: float = 0.01
+    eval_batch_size: int = 64
+    checkpoint_every: int = 200
+    # Generated from these at every evaluation (samples.jsonl) and shown in the report.
+    sample_prompts: list[str] = field(default_factory=lambda: ["ROMEO.\n", "To be, or", "The king"])
+    sample_tokens: int = 48
+
+
+@dataclass
 class PairsConfig:
     """Preference pairs (prompt, chosen, rejected[, margin]) for objective: pairs."""
 
@@ -207,7 +240,12 @@ class Config:
     seed: int = 0
     runs_dir: str = "runs"
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    # The pipeline's stages, in order; the default is the IMDB pipeline. A model setting may
+    # name an earlier stage of this run as "run:<stage>" (e.g. reward.model: run:pretrain).
+    stages: list[Literal["pretrain", "sft", "reward", "ppo", "evaluate"]] = field(
+        default_factory=lambda: ["sft", "reward", "ppo", "evaluate"])
     data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SftConfig = field(default_factory=SftConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     reward_fn: RewardFnConfig = field(default_factory=RewardFnConfig)
@@ -258,7 +296,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raw = _read_yaml(Path(path))
     for item in overrides:
         _apply_override(raw, item)
-    return check_config(from_dict(Config, raw))
+    return check_config(resolve_run_references(from_dict(Config, raw)))
 
 
 def to_dict(cfg: Any) -> Any:
@@ -487,6 +525,45 @@ def resolve_rl(ppo: PpoConfig, world_size: int = 1) -> PpoConfig:
     return dataclasses.replace(ppo, samples_per_prompt=k, kl_penalty=kl_penalty)
 
 
+def check_pretrain(pre: PretrainConfig) -> None:
+    check_training_config(pre, "pretrain")
+    checks = [
+        (0 < pre.validation_fraction < 1, "validation_fraction must be between 0 and 1"),
+        (pre.layers >= 1 and pre.width >= 1 and pre.heads >= 1, "layers, width and heads must be at least 1"),
+        (pre.width % pre.heads == 0, f"width ({pre.width}) must be a multiple of heads ({pre.heads})"),
+        (pre.context >= 2, "context must be at least 2 tokens"),
+        (pre.lr_mul > 0 and pre.warmup_steps >= 1, "lr_mul must be positive and warmup_steps at least 1"),
+        (pre.sample_tokens >= 1, "sample_tokens must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RlhfLabError(f"pretrain.{message}.")
+
+
+RUN_REFERENCE = "run:"  # "run:pretrain" = this run's pretrain stage folder
+
+
+def resolve_run_references(cfg: Config) -> Config:
+    """Replace every "run:<stage>" value with <runs_dir>/<name>/<stage> (after overrides, so name= counts)."""
+    def walk(node: Any) -> Any:
+        if dataclasses.is_dataclass(node):
+            for f in dataclasses.fields(node):
+                setattr(node, f.name, walk(getattr(node, f.name)))
+            return node
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, str) and node.startswith(RUN_REFERENCE):
+            stage = node[len(RUN_REFERENCE):]
+            if stage not in ("pretrain", "sft", "reward", "ppo", "evaluate"):
+                raise RlhfLabError(f"{node!r} names no stage; use run:pretrain, run:sft, run:reward or run:ppo.")
+            return str(Path(cfg.runs_dir) / cfg.name / stage)
+        return node
+
+    return walk(cfg)
+
+
 def check_evaluate(ev: EvaluateConfig) -> None:
     if ev.batch_size < 1 or ev.temperature <= 0 or ev.prompts < 1:
         raise RlhfLabError(f"evaluate.batch_size and evaluate.prompts must be >= 1 and evaluate.temperature > 0 "
@@ -498,6 +575,7 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
     import os
 
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    check_pretrain(cfg.pretrain)
     check_training_config(cfg.sft, "sft")
     check_training_config(cfg.reward, "reward")
     for section, length in (("sft", cfg.sft.max_length), ("reward", cfg.reward.max_length)):

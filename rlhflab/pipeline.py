@@ -55,7 +55,7 @@ def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: C
     say = echo if runtime.is_main else (lambda line: None)
     root = Path(cfg.runs_dir) / cfg.name
     forced = False
-    for stage in STAGES:
+    for stage in (name for name in STAGES if name in cfg.stages):
         forced = forced or force == stage  # --force STAGE reruns it and everything after it
         # after the stages before it ran, so their new run ids count
         state = runtime.broadcast(stage_state(cfg, stage) if runtime.is_main else None)
@@ -87,10 +87,14 @@ def headline(stage: str, summary: dict) -> str:
     from rlhflab.data import describe_dropped
 
     line = _numbers(stage, summary)
-    return f"{line} ({describe_dropped(summary['left_out'])} of the data)" if summary.get("left_out") else line
+    return f"{line}; data: {describe_dropped(summary['left_out'])}" if summary.get("left_out") else line
 
 
 def _numbers(stage: str, summary: dict) -> str:
+    if stage == "pretrain":
+        base = summary["baselines"]
+        return (f"validation perplexity {summary['after']['validation']['perplexity']:.1f} "
+                f"(bigram {base['bigram']:.1f}, unigram {base['unigram']:.1f})")
     if stage == "sft":
         before = summary.get("before", {}).get("validation", {}).get("perplexity")
         after = summary["after"].get("validation", summary["after"].get("train", {})).get("perplexity")

@@ -31,6 +31,15 @@ def one_torch_thread():
 
 
 @pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """Keep datasets' arrow cache in tmp and make sure nothing goes to the hub."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    return datasets
+
+
+@pytest.fixture
 def reviews_csv(tmp_path: Path) -> Path:
     path = tmp_path / "reviews.csv"
     with open(path, "w", newline="", encoding="utf-8") as handle:

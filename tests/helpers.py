@@ -87,10 +87,50 @@ def assert_user_error(result, *fragments: str) -> str:
     return line
 
 
-def start_cli(cwd: Path, *args: str) -> subprocess.Popen:
+def start_cli(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     """`rlhflab ARGS...` in its own process: offline, with its own model cache, one thread
-    (e2e cases run side by side)."""
+    (e2e cases run side by side); `env` adds variables."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "RLHFLAB_CACHE": str(cwd / "cache"), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+           "RLHFLAB_CACHE": str(cwd / "cache"), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "rlhflab.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def cli_run(capsys, *args):
+    """`rlhflab ARGS` in this process: (returncode, stdout, stderr)."""
+    from types import SimpleNamespace
+
+    from rlhflab import cli
+
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
+def cli_ok(capsys, *args) -> str:
+    result = cli_run(capsys, *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def finish(process: subprocess.Popen, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Wait for a started CLI process (killing it after `timeout`) and collect its output."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def signal_after_training(process: subprocess.Popen, metrics: Path, steps: int, signum) -> subprocess.CompletedProcess:
+    """Send `signum` once `metrics` holds `steps` train lines (or the process ended), then wait for it."""
+    import time
+
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and metrics.read_text().count('"train"') >= steps:
+            break
+        time.sleep(0.05)
+    process.send_signal(signum)
+    return finish(process)

@@ -97,10 +97,10 @@ class OnlineRL:
 
     eval_split = "eval"
 
-    def __init__(self, *, runtime: Runtime, policy: Policy, module, prepared, optimizer, tokenizer, cfg: PpoConfig,
-                 seed: int, prompts: list[str], rollout: Callable, evaluate: Callable, on_step: Callable[[int, dict], None]):
+    def __init__(self, *, runtime: Runtime, policy: Policy, module, prepared, optimizer, cfg: PpoConfig, seed: int,
+                 prompts: list[str], rollout: Callable, evaluate: Callable, on_step: Callable[[int, dict], None]):
         self.runtime, self.policy, self.module, self.prepared = runtime, policy, module, prepared
-        self.optimizer, self.scheduler, self.tokenizer = optimizer, None, tokenizer
+        self.optimizer, self.scheduler = optimizer, None
         self.cfg, self.seed, self.prompts, self.recipe = cfg, seed, prompts, recipe(cfg)
         self.rollout, self._evaluate, self.on_step = rollout, evaluate, on_step
         self.state: dict[str, Any] = {"beta": cfg.kl_coef, "rollout_tokens": 0, "rollout_seconds": 0.0,

@@ -16,9 +16,8 @@ from typing import Any, Callable
 import torch
 
 from rlhflab.checkpoint import load_trainable_state, trainable_state
-from rlhflab.config import TrainingConfig, check_training_config  # noqa: F401  (re-exported)
+from rlhflab.config import TrainingConfig
 from rlhflab.engine.runtime import Runtime
-from rlhflab.errors import RlhfLabError
 
 # rows (global indices into the train split) -> (loss summed over items, number of items)
 Loss = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
@@ -62,7 +61,7 @@ class Supervised:
         self.cfg, self.seed, self.n_train, self.unit = cfg, seed, n_train, unit
         self.loss, self.validate, self.selection, self.log_extra = loss, validate, selection, log_extra
         self.params = [p for p in prepared.parameters() if p.requires_grad]
-        self.state = {"epoch": 0, "batch": 0, "best": None, "evals_without_gain": 0, "items": 0, "seconds": 0.0}
+        self.state = {"epoch": 0, "batch": 0, "steps": 0, "best": None, "evals_without_gain": 0, "items": 0, "seconds": 0.0}
         self.best = trainable_state(model)
         self._window = [0.0, 0.0, time.perf_counter()]  # loss sum, items, start of the logging window
         self._last_loss = float("nan")
@@ -95,16 +94,18 @@ class Supervised:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        epoch = self.state["epoch"]  # the epoch this step belongs to (logged with it)
         self.state["batch"] += 1
+        self.state["steps"] = step + 1
         if self.state["batch"] >= self._steps_per_epoch():
             self.state["epoch"], self.state["batch"] = self.state["epoch"] + 1, 0
         self.state["items"] += global_count
         self.state["seconds"] += time.perf_counter() - started
         self._window[0] += float(self.runtime.sum(float(loss_sum.detach()) * weight))
         self._window[1] += global_count
-        return self._maybe_log(step + 1)
+        return self._maybe_log(step + 1, epoch)
 
-    def _maybe_log(self, step: int) -> dict[str, float]:
+    def _maybe_log(self, step: int, epoch: int) -> dict[str, float]:
         last = step == total_steps(self.cfg, self.n_train)
         if step % self.cfg.log_every and not last:
             return {}
@@ -113,7 +114,7 @@ class Supervised:
         rate = items / max(time.perf_counter() - start, 1e-9)
         self._window = [0.0, 0.0, time.perf_counter()]
         self._last_loss, self._rate = mean, rate
-        return {"epoch": self.state["epoch"], "loss": mean, **self.log_extra(mean), "lr": self.scheduler.get_last_lr()[0],
+        return {"epoch": epoch, "loss": mean, **self.log_extra(mean), "lr": self.scheduler.get_last_lr()[0],
                 f"{self.unit}_per_s": rate}
 
     def progress(self) -> dict[str, str]:
@@ -127,9 +128,11 @@ class Supervised:
 
     def evaluate(self, step: int) -> dict[str, Any]:
         """Score validation and keep the best weights (the current ones when there is nothing to validate on)."""
+        # the epoch just trained: at an epoch's end the counter has already moved on
+        epoch = self.state["epoch"] - 1 if self.state["batch"] == 0 and self.state["epoch"] > 0 else self.state["epoch"]
         if self.validate is None:
             self.best = trainable_state(self.module)
-            return {"epoch": self.state["epoch"]}
+            return {"epoch": epoch}
         result = self.validate()
         value = result[self.selection.metric]
         best = self.state["best"]
@@ -139,7 +142,7 @@ class Supervised:
             self.best = trainable_state(self.module)
         else:
             self.state["evals_without_gain"] += 1
-        return {"epoch": self.state["epoch"], **result}
+        return {"epoch": epoch, **result}
 
     def should_stop(self) -> bool:
         return self.state["evals_without_gain"] >= self.cfg.early_stopping_patience

@@ -7,10 +7,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Review:
-    """One piece of text and its sentiment: 1 = positive, 0 = negative, None = unlabelled."""
+    """One piece of text and its sentiment: 1 = positive, 0 = negative, None = unlabelled.
+
+    `prompt` is set when the text answers a prompt (a `prompt` column, as labelling exports
+    write): a reward model then reads prompt + text, cutting the prompt, never the text."""
 
     text: str
     label: int | None
+    prompt: str = ""
 
 
 def join_prompt_response(prompt: str, response: str) -> str:

@@ -8,6 +8,7 @@ from rlhflab.data.bundled import BUNDLED, read_bundled
 from rlhflab.data.labels import clean_text, is_missing, label_or_none, normalize_labels
 from rlhflab.data.records import Review
 from rlhflab.data.tables import FILE_TYPES, READERS, Table, read_hf, read_review_dir
+from rlhflab.data.weak_labels import WEAK_SOURCES, read_weak_labels
 from rlhflab.errors import RlhfLabError
 
 # Column names tried, in order, when data.text_column / data.label_column are not set.
@@ -63,6 +64,8 @@ def read_table(source: str, split: str) -> Table:
     source = source.strip()
     if source.lower() in BUNDLED:
         return read_bundled(source.lower())
+    if source.lower() in WEAK_SOURCES:
+        return read_weak_labels(source.lower())
     if source.startswith("hf:"):
         return read_hf(source[3:].strip(), split)
     path = Path(source).expanduser()
@@ -129,7 +132,10 @@ def table_to_reviews(
         )
 
     texts = [cell_text(v, table, i, text_col) for i, v in enumerate(table.data[text_col])]
-    keep = [i for i, text in enumerate(texts) if text]  # empty after cleaning: nothing to learn
+    prompts = ([cell_text(v, table, i, "prompt") for i, v in enumerate(table.data["prompt"])]
+               if "prompt" in table.columns and text_col != "prompt" else [""] * len(texts))
+    # empty after cleaning: nothing to learn (an empty answer to a prompt is still an answer)
+    keep = [i for i, text in enumerate(texts) if text or prompts[i]]
     if not keep:
         raise RlhfLabError(
             f"{table.name} contains no reviews: all {len(texts)} rows have an empty {text_col!r} "
@@ -137,7 +143,7 @@ def table_to_reviews(
         )
     dropped = {**table.dropped, "rows with empty text": len(texts) - len(keep)}
     if label_col is None:
-        return Reviews((Review(texts[i], None) for i in keep), dropped)
+        return Reviews((Review(texts[i], None, prompts[i]) for i in keep), dropped)
 
     raw = table.data[label_col]
     missing = [i for i in keep if is_missing(raw[i])]
@@ -154,7 +160,7 @@ def table_to_reviews(
         first = next(i for i in labelled if label_or_none(raw[i]) is None)
         raise RlhfLabError(f"{err} The first is at {table.where(first)}.") from None
     labels: dict[int, int | None] = dict(zip(labelled, values))
-    return Reviews((Review(texts[i], labels.get(i)) for i in keep), dropped)
+    return Reviews((Review(texts[i], labels.get(i), prompts[i]) for i in keep), dropped)
 
 
 def _rows(n: int) -> str:

@@ -34,13 +34,13 @@ from rlhflab.eval.document import (
 )
 from rlhflab.io import atomic_write_text, read_json
 
-STAGES = ("sft", "reward", "ppo", "evaluate")
-STAGE_TITLES = {"sft": "Supervised fine-tuning", "reward": "Reward model", "ppo": "RL training",
-                "evaluate": "Evaluation"}
+STAGES = ("pretrain", "sft", "reward", "ppo", "evaluate")  # the order of rlhflab/stages/registry.py
+STAGE_TITLES = {"pretrain": "Pretraining", "sft": "Supervised fine-tuning", "reward": "Reward model",
+                "ppo": "RL training", "evaluate": "Evaluation"}
 SPLITS = ("train", "validation", "test")
 SAMPLES_PER_SENTIMENT = 3
 SAMPLE_CHARS = 400  # responses longer than this are cut in the side-by-side tables
-FIGURE_PREFIXES = ("sft_", "reward_", "ppo_", "eval_")
+FIGURE_PREFIXES = ("pretrain_", "sft_", "reward_", "ppo_", "eval_")
 
 
 # -- reading the run directory ------------------------------------------------------------
@@ -196,6 +196,53 @@ def _facts(pairs: list[tuple[str, Any]]) -> Table:
                  numeric=False)
 
 
+def pretrain_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
+    """Seed 004's pretraining: loss and perplexity beside n-gram baselines, per-epoch table, curves, samples."""
+    blocks: list[Block] = [Heading(STAGE_TITLES["pretrain"], anchor="pretrain")]
+    curves = lambda caption: figures.draw(plots.sft_curves, "pretrain_loss", stage.rows, caption=caption)
+    if not stage.done:
+        blocks += _not_run(stage, run_root)
+        if stage.rows:
+            blocks.append(curves("Pretraining loss so far."))
+        return blocks
+    s = stage.summary
+    after, base = s.get("after", {}), s.get("baselines", {})
+    rows = [[split, _num(after[split].get("loss")), _num(after[split].get("perplexity"), 2)] for split in after]
+    rows += [[f"{name} model (validation)", "-", _num(base.get(name), 2)] for name in ("unigram", "bigram") if name in base]
+    blocks.append(Table(["", "loss", "perplexity"], rows,
+                        caption="The pretrained model on train and validation (nats per token), beside smoothed unigram "
+                                "and bigram models of the same tokens: what the transformer learned beyond counts."))
+    epochs = s.get("epochs") or []
+    if epochs:
+        blocks.append(Table(["epoch", "train loss", "train perplexity", "validation loss", "validation perplexity"],
+                            [[str(e.get("epoch")), _num(e.get("train_loss")), _num(e.get("train_perplexity"), 2),
+                              _num(e.get("validation_loss")), _num(e.get("validation_perplexity"), 2)] for e in epochs],
+                            caption="Per epoch: mean train loss logged during it and validation loss at its end."))
+    if stage.rows:
+        blocks.append(curves("Pretraining loss: train (mean over each log window) and validation."))
+    corpus, tokens, tok, model = s.get("corpus", {}), s.get("tokens", {}), s.get("tokenizer", {}), s.get("model", {})
+    blocks.append(_facts([
+        ("corpus", f"{corpus.get('source', '-')}: {corpus.get('documents', '-')} documents"),
+        ("removed in cleaning", ", ".join(f"{v} {k}" for k, v in (corpus.get("removed") or {}).items()) or "-"),
+        ("tokens (train / validation)", f"{tokens.get('train', 0):,} / {tokens.get('validation', 0):,}"),
+        ("tokenizer", f"{tok.get('kind', '-')}, {tok.get('vocab_size', '-')} entries, "
+                      f"{_pct(tok.get('unknown_share_validation'))} unknown in validation"),
+        ("model", f"{model.get('architecture', '-')}: {model.get('layers')} layers, width {model.get('width')}, "
+                  f"{model.get('heads')} heads, context {model.get('context')}"),
+        ("parameters", _params(model.get("parameters"))),
+        ("optimizer steps", s.get("steps")),
+        ("epochs completed", s.get("epochs_completed")),
+        ("stopped early", str(s.get("stopped_early", "-"))),
+        ("train tokens/s", _num(s.get("train_tokens_per_s"), 0)),
+        ("wall time", _seconds(s.get("seconds"))),
+    ]))
+    samples = s.get("samples") or []
+    if samples:
+        blocks.append(Heading("Samples from the pretrained model (unedited)", level=3))
+        blocks += [Preformatted(f"{r.get('prompt', '')}{r.get('response', '')}") for r in samples]
+    return blocks
+
+
 def sft_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     blocks: list[Block] = [Heading(STAGE_TITLES["sft"], anchor="sft")]
     if not stage.done:
@@ -254,6 +301,9 @@ def reward_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block
             blocks.append(loss_figure("Reward model train and validation loss so far."))
         return blocks
     s = stage.summary
+    if str(s.get("labels", "")).startswith("weak"):
+        blocks.append(para(f"Trained on {s['labels']}: what a lexicon says, not what a reader would; its accuracy "
+                           "below is agreement with the lexicon.", note=True))
     metrics = s.get("metrics", {})
     names = [x for x in SPLITS if x in metrics] + [x for x in metrics if x not in SPLITS]
     pairs = s.get("objective") == "pairs"
@@ -695,7 +745,8 @@ def overview_section(run_root: Path, stages: dict[str, Stage]) -> list[Block]:
                            para("Run ", Code(run_root.name), " in ", Code(str(run_root)), ", report built "
                                 f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC.")]
     rows, total = [], 0.0
-    for name, stage in stages.items():
+    for name in pipeline_stages(stages):
+        stage = stages[name]
         if stage.done:
             status = "done"
             seconds = stage.summary.get("seconds")
@@ -707,7 +758,7 @@ def overview_section(run_root: Path, stages: dict[str, Stage]) -> list[Block]:
     rows.append(["total", "", _seconds(total), ""])
     blocks.append(Table(["stage", "status", "wall time", "folder"], rows, numeric=False,
                         caption="Wall time: the seconds field of each stage's summary.json."))
-    missing = [n for n, s in stages.items() if not s.done]
+    missing = [n for n in pipeline_stages(stages) if not stages[n].done]
     if missing:
         blocks.append(para("Not finished: " + ", ".join(missing) + ". ", Code(_command("pipeline", run_root)),
                            " runs (or resumes) the stages that are missing.", note=True))
@@ -720,6 +771,20 @@ def overview_section(run_root: Path, stages: dict[str, Stage]) -> list[Block]:
 
 
 # -- the report ---------------------------------------------------------------------------
+
+
+def pipeline_stages(stages: dict[str, Stage]) -> list[str]:
+    """The stages this run's pipeline has (its configs' `stages` list), plus any stage folder present."""
+    import yaml
+
+    listed = None
+    for stage in stages.values():
+        if stage.config:
+            listed = (yaml.safe_load(stage.config) or {}).get("stages")
+            if listed:
+                break
+    listed = listed or ["sft", "reward", "ppo", "evaluate"]
+    return [name for name in STAGES if name in listed or stages[name].exists]
 
 
 def build_report(run_root: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
@@ -740,10 +805,10 @@ def build_report(run_root: Path, out_dir: Path | None = None) -> tuple[Path, Pat
 
     doc = Document(f"rlhflab report: {run_root.name}")
     doc.add(*overview_section(run_root, stages))
-    doc.add(*sft_section(stages["sft"], run_root, figures))
-    doc.add(*reward_section(stages["reward"], run_root, figures))
-    doc.add(*ppo_section(stages["ppo"], run_root, figures))
-    doc.add(*evaluate_section(stages["evaluate"], run_root, figures))
+    sections = {"pretrain": pretrain_section, "sft": sft_section, "reward": reward_section, "ppo": ppo_section,
+                "evaluate": evaluate_section}
+    for name in pipeline_stages(stages):
+        doc.add(*sections[name](stages[name], run_root, figures))
     doc.add(*ratings_section(run_root))
     doc.add(*configs_section(stages))
 

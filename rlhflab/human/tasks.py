@@ -22,7 +22,6 @@ from typing import Any
 
 from rlhflab.data.labels import is_missing, label_or_none, numeric_scale
 from rlhflab.data.pairs import PROMPT_COLUMNS
-from rlhflab.data.records import join_prompt_response
 from rlhflab.data.sources import TEXT_COLUMNS, cell_text, describe_dropped, read_table
 from rlhflab.data.tables import Table
 from rlhflab.errors import RlhfLabError
@@ -198,7 +197,8 @@ def export_labels(db_path: str | Path, task_name: str, out: str | Path | None = 
                 unmapped += 1  # e.g. "unsure", or "3" of 1-5 stars: not a positive or negative example
                 left_out[f"items labelled {top!r} (neither positive nor negative)"] += 1
                 continue
-            rows.append({"text": join_prompt_response(item["prompt"], item["text"]), "label": values[top]})
+            # prompt and response apart: the reward stage cuts a long prompt, never the response
+            rows.append({**({"prompt": item["prompt"]} if item["prompt"] else {}), "text": item["text"], "label": values[top]})
         else:
             chosen, rejected = (item["text"], item["text_b"]) if top == "a" else (item["text_b"], item["text"])
             if not chosen.strip() or not rejected.strip():

@@ -34,11 +34,13 @@ from rlhflab.stages.common import load_splits, on_main_process, open_run_dir
 
 
 def model_sources(cfg: Config) -> dict[str, str]:
-    """name -> model; by default this run's SFT and PPO models, which must exist."""
+    """name -> model; by default this run's SFT (or pretrained, without SFT) and PPO models, which must exist."""
+    from rlhflab.stages.registry import policy_stage
+
     if cfg.evaluate.models:
         return dict(cfg.evaluate.models)
     runs = Path(cfg.runs_dir) / cfg.name
-    sources = {"sft": str(runs / "sft"), "ppo": str(runs / "ppo")}
+    sources = {policy_stage(cfg): str(runs / policy_stage(cfg)), "ppo": str(runs / "ppo")}
     for stage, path in sources.items():
         if not (Path(path) / "model").exists():
             raise RlhfLabError(f"{path}/model does not exist. Run `rlhflab {stage}` first, or name the models to "

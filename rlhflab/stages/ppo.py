@@ -27,6 +27,7 @@ from rlhflab.ops.kl import kl_per_token
 from rlhflab.rewards import RewardFunction, build_reward, probability_reward
 from rlhflab.rollout import Experience, sample, score_rollout
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
+from rlhflab.stages.registry import policy_stage
 
 
 def stop_token_ids(tokenizer, stop_token: str | None) -> list[int]:
@@ -51,15 +52,18 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     eval_prompts = make_prompts(eval_source, cfg.data.prompt_min_words, cfg.data.prompt_max_words, cfg.seed + 1,
                                 max_tokens=cfg.data.prompt_max_tokens)[: ppo.eval_prompts]
     runs = Path(cfg.runs_dir) / cfg.name
-    policy_source = ppo.policy or str(runs / "sft")
-    if ppo.policy is None and not (runs / "sft" / "model").exists():
-        raise RlhfLabError(f"ppo.policy is not set and {runs / 'sft' / 'model'} does not exist. Run `rlhflab sft` first or set ppo.policy.")
+    start = policy_stage(cfg)  # sft, or pretrain in a pipeline without SFT
+    policy_source = ppo.policy or str(runs / start)
+    if ppo.policy is None and not (runs / start / "model").exists():
+        raise RlhfLabError(f"ppo.policy is not set and {runs / start / 'model'} does not exist. Run `rlhflab {start}` "
+                           f"first or set ppo.policy.")
     rewards = _rewards(cfg, runs, runtime)
     run_dir = open_run_dir(cfg, "ppo", resume=resume, overwrite=overwrite, runtime=runtime)
 
     model, tokenizer = load_causal_lm(policy_source)
     stop_ids = stop_token_ids(tokenizer, ppo.stop_token)
     tokenizer.padding_side = "left"
+    check_context(model, tokenizer, train_prompts + eval_prompts, ppo.max_new_tokens)
     probe = tokenizer(train_prompts[:2], return_tensors="pt", padding=True)
     policy = build_policy(model, ppo.trainable, ppo.lora, cache_frozen=ppo.cache_frozen and frozen_cache_allowed(runtime),
                           probe=(probe.input_ids, probe.attention_mask))
@@ -81,7 +85,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
 
     outputs = StepOutputs(run_dir, runtime, policy, tokenizer, ppo, len(train_prompts))
     algorithm = OnlineRL(runtime=runtime, policy=policy, module=module, prepared=prepared, optimizer=optimizer,
-                         tokenizer=tokenizer, cfg=ppo, seed=cfg.seed, prompts=train_prompts, rollout=rollout,
+                         cfg=ppo, seed=cfg.seed, prompts=train_prompts, rollout=rollout,
                          evaluate=lambda: outputs.keep_rows(held_out()), on_step=outputs.after_step)
     if not resume:
         algorithm.evaluate(0)
@@ -110,6 +114,17 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         **run_facts(runtime, started),
     }
     return finish_run(run_dir, summary, runtime)
+
+
+def check_context(model, tokenizer, prompts: list[str], max_new_tokens: int) -> None:
+    """Refuse prompts + responses longer than the positions the model was trained on (a GPT-2 style
+    model cannot embed them at all; a rotary one would run on positions it never saw)."""
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    longest = max((len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]), default=0)
+    if limit and longest + max_new_tokens > limit:
+        raise RlhfLabError(f"The policy holds {limit} positions, but the longest prompt ({longest} tokens) plus "
+                           f"ppo.max_new_tokens ({max_new_tokens}) needs {longest + max_new_tokens}. Lower ppo.max_new_tokens "
+                           f"or data.prompt_max_words / data.prompt_max_tokens, or pretrain with a longer context.")
 
 
 def _rewards(cfg: Config, runs: Path, runtime: Runtime) -> dict[str, RewardFunction]:

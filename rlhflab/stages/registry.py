@@ -31,15 +31,24 @@ class Stage:
         return importlib.import_module(f"rlhflab.stages.{self.name}")
 
 
+def policy_stage(cfg: Config) -> str:
+    """The stage whose model RL starts from (and evaluation compares against) by default:
+    sft, or pretrain in a pipeline without SFT (seed 004)."""
+    return "pretrain" if "sft" not in cfg.stages and "pretrain" in cfg.stages else "sft"
+
+
 def _ppo_reads(cfg: Config) -> list[str]:
-    return [*(["sft"] if cfg.ppo.policy is None else []), *(["reward"] if cfg.reward_fn.source is None else [])]
+    return [*([policy_stage(cfg)] if cfg.ppo.policy is None else []), *(["reward"] if cfg.reward_fn.source is None else [])]
 
 
 def _evaluate_reads(cfg: Config) -> list[str]:
-    return [*(["sft", "ppo"] if cfg.evaluate.models is None else []), *(["reward"] if cfg.reward_fn.source is None else [])]
+    return [*([policy_stage(cfg), "ppo"] if cfg.evaluate.models is None else []),
+            *(["reward"] if cfg.reward_fn.source is None else [])]
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("pretrain", ("seed", "runtime", "pretrain"), lambda cfg: [],
+          "train a small causal LM from scratch on a corpus, with its own tokenizer"),
     Stage("sft", ("seed", "runtime", "data", "sft"), lambda cfg: [], "supervised fine-tuning of a causal LM on reviews"),
     Stage("reward", ("seed", "runtime", "data", "reward"), lambda cfg: [], "train a reward model on labelled texts or preference pairs"),
     Stage("ppo", ("seed", "runtime", "data", "reward_fn", "ppo"), _ppo_reads, "PPO against the reward, with a KL penalty to the SFT model"),

@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from rlhflab.algorithms.supervised import Selection, Supervised, cache_facts, check_training_config, make_optimizer, total_steps
-from rlhflab.config import Config, RewardConfig
+from rlhflab.algorithms.supervised import Selection, Supervised, cache_facts, make_optimizer, total_steps
+from rlhflab.config import Config, RewardConfig, check_training_config
 from rlhflab.data import load_pairs, split_pairs
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.metrics import classification_metrics, format_classification_table, format_confusion, pairwise_metrics
@@ -32,10 +32,17 @@ from rlhflab.stages.common import finish_run, load_splits, open_run_dir
 SPLITS = ("train", "validation", "test")
 
 
-def _labelled_texts(cfg: Config) -> tuple[dict[str, list[str]], dict[str, torch.Tensor], dict[str, int]]:
+def _labelled_texts(cfg: Config) -> tuple[dict[str, list[str] | EncodedSplit], dict[str, torch.Tensor], dict[str, int]]:
+    """Each split's texts (encoded already when they answer prompts: the prompt gives way from its
+    front, the answer is read whole), labels, and what the reader left out."""
     splits = load_splits(cfg, cfg.reward.data, require_labels=True)
     parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
     texts = {name: [r.text for r in reviews] for name, reviews in parts.items() if reviews}
+    if any(r.prompt for reviews in parts.values() for r in reviews):
+        tokenizer = load_tokenizer(cfg.reward.model)
+        texts = {name: encode_prompt_response([r.prompt for r in reviews], [r.text for r in reviews], tokenizer,
+                                              cfg.reward.max_length, long_response="truncate")[0]
+                 for name, reviews in parts.items() if reviews}
     labels = {name: torch.tensor([float(r.label) for r in reviews]) for name, reviews in parts.items() if reviews}
     return texts, labels, splits.left_out
 
@@ -127,6 +134,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         "parameters": {"trainable": trainable, "total": total},
         "examples": {name: len(data[f"{name}/chosen" if pairs else name]) for name in SPLITS if name in targets},
         "left_out": left_out,
+        "labels": _label_kind(cfg),
         "metrics": metrics,
         "normalization": asdict(meta),
         **algorithm.facts(steps),
@@ -136,6 +144,18 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     if not pairs and "test" in metrics:
         summary["confusion_matrix_test"] = metrics["test"]["confusion_matrix"]
     return finish_run(run_dir, summary, runtime)
+
+
+def _label_kind(cfg: Config) -> str:
+    """What the targets are: preference pairs, human/dataset labels, or a lexicon's weak labels."""
+    from rlhflab.data.weak_labels import THRESHOLD, WEAK_SOURCES
+
+    if cfg.reward.objective == "pairs":
+        return "preference pairs"
+    source = (cfg.reward.data or cfg.data).source.lower()
+    if source in WEAK_SOURCES:
+        return f"weak labels: VADER lexicon on snippets of {WEAK_SOURCES[source]} (compound >= {THRESHOLD} happy, <= -{THRESHOLD} sad)"
+    return "labels from the data"
 
 
 class Scorer:

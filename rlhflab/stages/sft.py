@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from rlhflab.algorithms.supervised import Selection, Supervised, cache_facts, check_training_config, make_optimizer, total_steps
-from rlhflab.config import Config, SftConfig
+from rlhflab.algorithms.supervised import Selection, Supervised, cache_facts, make_optimizer, total_steps
+from rlhflab.config import Config, SftConfig, check_training_config
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
 from rlhflab.errors import RlhfLabError

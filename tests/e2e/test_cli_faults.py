@@ -1,10 +1,8 @@
 """Faults users found (issue 10): run names, argument order, unwritable places, YAML positions,
-SIGTERM, RLHFLAB_DEBUG. Each case asserts what the user now gets."""
+RLHFLAB_DEBUG, checks before any stage runs (SIGTERM: test_cli_interrupt.py). Each case asserts what the user now gets."""
 
 from __future__ import annotations
 
-import json
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -12,22 +10,11 @@ from pathlib import Path
 import pytest
 
 from rlhflab.cli import parse_args
-from tests.helpers import assert_user_error, start_cli
+from tests.helpers import assert_user_error, finish, start_cli
 
 
-def rlhflab(cwd: Path, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    process = start_cli(cwd, *args) if env is None else _start_with(cwd, env, *args)
-    stdout, stderr = process.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-
-
-def _start_with(cwd: Path, env: dict, *args: str) -> subprocess.Popen:
-    import os
-    import sys
-
-    full = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **env}
-    return subprocess.Popen([sys.executable, "-m", "rlhflab.cli", *args], cwd=cwd, env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def rlhflab(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return finish(start_cli(cwd, *args, env=env))
 
 
 @pytest.mark.parametrize("argv", [
@@ -81,25 +68,6 @@ def test_rlhflab_debug_shows_the_traceback_of_a_user_error(tmp_path):
     assert_user_error(quiet, "seed")
     loud = rlhflab(tmp_path, "config", "seed=x", env={"RLHFLAB_DEBUG": "1"})
     assert loud.returncode == 2 and "Traceback" in loud.stderr and loud.stderr.rstrip().splitlines()[-1].startswith("error: ")
-
-
-def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path, tiny_llama_dir, reviews_csv):
-    runs = tmp_path / "runs"
-    args = ["sft", "--no-progress", f"data.source={reviews_csv}", "data.per_class=30", f"sft.model={tiny_llama_dir}",
-            f"runs_dir={runs}", "name=term", "sft.epochs=40", "sft.batch_size=6", "sft.max_length=24", "sft.log_every=1"]
-    process = start_cli(tmp_path, *args)
-    metrics = runs / "term" / "sft.partial" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if metrics.exists() and metrics.read_text().count('"train"') >= 3:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert "--resume" in stderr and "Traceback" not in stderr
-    state = json.loads((runs / "term" / "sft.partial" / "checkpoints" / "latest" / "state.json").read_text())
-    assert 3 <= state["step"] < 240
 
 
 def test_a_bad_late_setting_fails_before_any_stage_runs(tmp_path):

@@ -1,4 +1,5 @@
-"""Ctrl-C on a real `rlhflab sft` process saves a checkpoint; `--resume` finishes the run."""
+"""Ctrl-C, or SIGTERM (what SLURM, Kubernetes and `timeout` send), on a real `rlhflab sft` process
+saves a checkpoint; `--resume` finishes the run."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
+
+import pytest
+
+from tests.helpers import signal_after_training
 
 
-def test_sigint_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_llama_dir, reviews_csv):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_llama_dir, reviews_csv, signum):
     runs = tmp_path / "runs"
     args = [
         sys.executable, "-m", "rlhflab.cli", "sft", "--no-progress",
@@ -19,17 +24,10 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes(tmp_path, tiny_llama_dir,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    metrics = runs / "interrupt" / "sft.partial" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if metrics.exists() and sum(1 for line in metrics.read_text().splitlines() if '"train"' in line) >= 3:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    stopped = signal_after_training(process, runs / "interrupt" / "sft.partial" / "metrics.jsonl", 3, signum)
 
-    assert process.returncode == 130, stderr
-    assert "--resume" in stderr and "Traceback" not in stderr
+    assert stopped.returncode == 130, stopped.stderr
+    assert "--resume" in stopped.stderr and "Traceback" not in stopped.stderr
     state = json.loads((runs / "interrupt" / "sft.partial" / "checkpoints" / "latest" / "state.json").read_text())
     assert 3 <= state["step"] < 240
 

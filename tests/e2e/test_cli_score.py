@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.helpers import assert_user_error, start_cli
+from tests.helpers import assert_user_error, finish, start_cli
 
 
 REWARD_FILE = """\
@@ -71,12 +71,7 @@ def runs(tmp_path_factory, tiny_tokenizer_dir) -> dict[str, subprocess.Completed
             launch(name)
     results = {}
     for name, process in started.items():
-        try:
-            stdout, stderr = process.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        results[name] = finish(process)
     return results
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
 
-from tests.helpers import assert_user_error, start_cli
+from tests.helpers import assert_user_error, finish, start_cli
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +24,7 @@ def results(tmp_path_factory, tiny_bert_dir):
         started[name] = start_cli(folder, *args, "data.source=reviews.csv", "data.per_class=20")
     begin, out = time.perf_counter(), {}
     for name, process in started.items():
-        try:
-            stdout, stderr = process.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            stdout, stderr = process.communicate()
-        out[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        out[name] = finish(process)
     out["seconds"] = time.perf_counter() - begin
     return out
 

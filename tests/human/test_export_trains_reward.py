@@ -7,7 +7,6 @@ import json
 
 from rlhflab.config import Config, DataConfig, PairsConfig, RewardConfig
 from rlhflab.human import tasks
-from rlhflab.stages import reward
 from rlhflab.stages.common import run_stage
 from tests.helpers import NEGATIVE, POSITIVE, synthetic_reviews
 from tests.helpers import FP32

@@ -4,27 +4,17 @@ is counted and printed, rater names cannot be blank, and number labels need an e
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 
-from rlhflab import cli
 from rlhflab.data import load_pairs, load_reviews
 from rlhflab.errors import RlhfLabError
 from rlhflab.human import store, tasks
 from tests.human.conftest import MODELS
+from tests.helpers import cli_ok, cli_run
 
 
-def run(capsys, *args):
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-
-def ok(capsys, *args) -> str:
-    result = run(capsys, *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+run, ok = cli_run, cli_ok
 
 
 def write_jsonl(path, rows):

@@ -6,25 +6,14 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
-from types import SimpleNamespace
 
 import pytest
 
-from rlhflab import cli
 from rlhflab.human import store
-from tests.helpers import assert_user_error
+from tests.helpers import assert_user_error, cli_ok, cli_run
 
 
-def run(capsys, *args):
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
-
-
-def ok(capsys, *args) -> str:
-    result = run(capsys, *args)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+run, ok = cli_run, cli_ok
 
 
 def test_label_create_answer_export_prints_the_reward_command(capsys, tmp_path, db, samples_jsonl):

@@ -47,7 +47,7 @@ def test_label_task_from_a_csv_exports_labels_the_reward_loader_reads(tmp_path, 
     assert result["positive"] + result["negative"] == 8
 
 
-def test_samples_file_shows_the_prompt_apart_and_exports_prompt_plus_response(db, samples_jsonl):
+def test_samples_file_shows_the_prompt_apart_and_exports_prompt_and_response_apart(db, samples_jsonl):
     tasks.create_label_task(db, str(samples_jsonl), name="s")
     with store.opened(db) as conn:
         items = store.task_items(conn, store.get_task(conn, "s")["id"])
@@ -55,7 +55,12 @@ def test_samples_file_shows_the_prompt_apart_and_exports_prompt_plus_response(db
     assert {i["meta"]["fields"]["model"] for i in items} == set(MODELS)  # kept, hidden, on the server
     answer_all(db, "s", lambda item: {"label": "good" if "wonderful" in item["text"] else "bad"})
     rows = [json.loads(line) for line in open(tasks.export_labels(db, "s", db.parent / "out.jsonl")["path"])]
-    assert all(r["text"].startswith("The film number") and " was " in r["text"] for r in rows)
+    # apart, so that the reward stage cuts a long prompt and never the response it judges
+    assert all(r["prompt"].startswith("The film number") and not r["text"].startswith("The film") for r in rows)
+    from rlhflab.data import load_reviews
+
+    reviews = load_reviews(str(db.parent / "out.jsonl"), require_labels=True)
+    assert [(r.prompt, r.text) for r in reviews] == [(r["prompt"], r["text"]) for r in rows]
 
 
 def test_majority_wins_ties_and_unmapped_labels_are_left_out(db, samples_jsonl):

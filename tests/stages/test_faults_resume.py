@@ -10,7 +10,6 @@ import pytest
 
 from rlhflab.config import Config, DataConfig, SftConfig
 from rlhflab.errors import RlhfLabError, RunInterrupted
-from rlhflab.stages import sft
 from rlhflab.stages.common import run_stage
 from rlhflab.engine import loop as engine_loop
 from tests.helpers import StopAt

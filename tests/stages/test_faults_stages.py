@@ -12,7 +12,6 @@ from rlhflab.errors import RlhfLabError
 from rlhflab.io import read_json
 from rlhflab.ops.kl import adaptive_kl_update
 from rlhflab.pipeline import headline
-from rlhflab.stages import ppo
 from rlhflab.stages.common import run_stage
 from tests.helpers import synthetic_reviews
 from tests.helpers import FP32

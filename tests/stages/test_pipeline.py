@@ -13,7 +13,6 @@ import pytest
 from rlhflab import pipeline
 from rlhflab.config import Config, DataConfig, EvaluateConfig, PpoConfig, RewardConfig, SftConfig
 from rlhflab.errors import RlhfLabError, RunInterrupted
-from rlhflab.stages import ppo as ppo_stage
 from rlhflab.engine import loop as engine_loop
 from tests.helpers import StopAt
 from tests.helpers import FP32

@@ -165,7 +165,7 @@ def test_reference_is_bit_identical_after_updates(tiny_llama_dir, reward_spec):
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-2)
     module = PolicyWithValue(policy)
     algorithm = OnlineRL(runtime=Runtime.create("cpu", "no"), policy=policy, module=module, prepared=module,
-                         optimizer=optimizer, tokenizer=tokenizer, cfg=cfg, seed=0, prompts=PROMPTS, rollout=None,
+                         optimizer=optimizer, cfg=cfg, seed=0, prompts=PROMPTS, rollout=None,
                          evaluate=None, on_step=None)
     kl = kl_per_token(exp.logprobs, exp.ref_logprobs) * exp.response_mask
     algorithm.update(exp, gae_targets(exp, kl, 0.1, None, cfg, algorithm.runtime), 0.1, step=0)

@@ -10,7 +10,6 @@ from transformers import AutoModelForSequenceClassification
 from rlhflab.config import load_config
 from rlhflab.rewards import build_reward
 from rlhflab.config import RewardFnConfig
-from rlhflab.stages import reward
 from rlhflab.stages.common import run_stage
 from tests.helpers import needs_asset
 

@@ -7,7 +7,14 @@ import pytest
 
 from rlhflab.io import read_json
 from rlhflab.stages.common import run_stage
-from tests.stages.test_ppo import make_config, reward_spec  # noqa: F401  (fixture)
+from tests.stages.test_ppo import REWARD_FILE, make_config
+
+@pytest.fixture
+def reward_spec(tmp_path):
+    path = tmp_path / "toy_reward.py"
+    path.write_text(REWARD_FILE)
+    return f"{path}:e_share"
+
 
 CORE = {"score_mean", "kl", "beta", "entropy", "clip_fraction", "approx_kl", "policy_loss", "response_length",
         "rollout_tokens_per_s", "train_tokens_per_s"}

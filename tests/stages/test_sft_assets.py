@@ -8,7 +8,6 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from rlhflab.config import load_config
-from rlhflab.stages import sft
 from rlhflab.stages.common import run_stage
 from tests.helpers import needs_asset
 

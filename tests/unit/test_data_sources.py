@@ -88,15 +88,6 @@ def test_acl_imdb_split_folder_itself(tmp_path):
     assert len(load_reviews(str(root / "train"))) == 3
 
 
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    """Keep datasets' arrow cache in tmp and make sure nothing goes to the hub."""
-    datasets = pytest.importorskip("datasets")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
-    return datasets
-
-
 def test_hf_local_parquet_folder(tmp_path, hf_cache):
     folder = tmp_path / "my_ds"
     folder.mkdir()

@@ -110,15 +110,6 @@ def test_numeric_scale(values, scale):
     assert numeric_scale(values) == scale
 
 
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    """Keep datasets' arrow cache in tmp and make sure nothing goes to the hub."""
-    datasets = pytest.importorskip("datasets")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
-    return datasets
-
-
 def test_hf_five_class_label_ids_zero_and_one_are_not_polarity(tmp_path, hf_cache):
     # Only ids 0 and 1 ("1 star", "2 stars") occur: before, they read as negative and positive.
     datasets = hf_cache

@@ -13,10 +13,8 @@ from rlhflab.data import join_prompt_response
 from rlhflab.errors import RlhfLabError
 from rlhflab.models.encoding import encode_prompt_response, prompt_response_ids
 from rlhflab.rewards import build_reward
-from rlhflab.stages import reward
 from rlhflab.stages.common import run_stage
-from tests.helpers import synthetic_reviews
-from tests.helpers import FP32
+from tests.helpers import FP32, synthetic_reviews
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -203,3 +201,21 @@ def test_a_pure_python_tokenizer_follows_the_same_rule():
     assert rows == [[cls, *map(ord, "f good"), sep], [cls, *map(ord, "x ok"), sep]] and cut == 1
     with pytest.raises(RlhfLabError, match="row 1 is 10 tokens long"):
         prompt_response_ids(["abc"], ["goodness"], tokenizer, 8)
+
+
+def test_labelled_answers_to_long_prompts_train_on_the_answers(tmp_path, tiny_bert_dir):
+    """A labels file with a prompt column (what `label export` writes): long prompts give way, the
+    judged answers are read whole, so the labels stay learnable."""
+    from rlhflab.io import read_json
+
+    long_prompt = " ".join(["the cinema was dark and the seats were old"] * 30)
+    path = tmp_path / "labels.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for text, label in synthetic_reviews(30):
+            handle.write(json.dumps({"prompt": long_prompt, "text": text, "label": label}) + "\n")
+    cfg = Config(runtime=FP32, name="tiny", seed=0, runs_dir=str(tmp_path / "runs"),
+                 data=DataConfig(source=str(path), per_class=30),
+                 reward=RewardConfig(model=str(tiny_bert_dir), trainable="all", max_length=48, epochs=20, batch_size=8,
+                                     learning_rate=3e-3, warmup_ratio=0.0, eval_batch_size=16, early_stopping_patience=20))
+    summary = read_json(run_stage("reward", cfg, progress=False).summary_path)
+    assert summary["metrics"]["train"]["accuracy"] >= 0.9

@@ -300,7 +300,7 @@ def test_a_full_disk_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):
     assert target.read_text() == "previous" and names(tmp_path) == ["report.md"]
     monkeypatch.undo()
     with pytest.raises(RlhfLabError, match="disk is full"):
-        with atomic_dir(tmp_path / "ckpt") as tmp:
+        with atomic_dir(tmp_path / "ckpt"):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert names(tmp_path) == ["report.md"]
 

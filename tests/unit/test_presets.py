@@ -8,7 +8,6 @@ import pytest
 
 from rlhflab.assets import resolve_model
 from rlhflab.config import check_rl, load_config
-from rlhflab.stages import ppo as ppo_stage
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
