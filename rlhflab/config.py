@@ -53,7 +53,9 @@ class TrainingConfig:
 
     epochs: int = 2
     max_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
-    batch_size: int = 16
+    batch_size: int = 16  # examples per optimizer step, over all processes
+    # Split each step's batch into this many forward/backward passes (less memory, same step).
+    gradient_accumulation_steps: int = 1
     learning_rate: float = 2e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
@@ -462,6 +464,8 @@ def check_training_config(cfg: TrainingConfig, section: str) -> None:
         (cfg.epochs >= 1, "epochs must be at least 1"),
         (cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be at least 1 (or null)"),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
+        (1 <= cfg.gradient_accumulation_steps <= cfg.batch_size,
+         "gradient_accumulation_steps must be between 1 and batch_size"),
         (cfg.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
         (cfg.learning_rate > 0, "learning_rate must be positive"),
         (cfg.weight_decay >= 0, "weight_decay must not be negative"),

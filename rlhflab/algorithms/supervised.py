@@ -9,6 +9,7 @@ item count, so gradients averaged by DDP equal the one-process gradient of the s
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -84,12 +85,7 @@ class Supervised:
         if len(mine) == 0:  # a last batch smaller than the process count: join in with zero weight
             mine, weight = rows[:1], 0.0
         self.prepared.train()
-        loss_sum, count = self.loss(mine.to(self.runtime.device))
-        count = count * weight
-        global_count = float(self.runtime.sum(count))
-        # DDP averages gradients over processes: scale so that the average is sum / global count.
-        loss = loss_sum * weight * self.runtime.world_size / max(global_count, 1.0)
-        self.runtime.accelerator.backward(loss)
+        loss_sum, global_count = self._backward(mine.to(self.runtime.device), weight)
         self.runtime.accelerator.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -101,9 +97,36 @@ class Supervised:
             self.state["epoch"], self.state["batch"] = self.state["epoch"] + 1, 0
         self.state["items"] += global_count
         self.state["seconds"] += time.perf_counter() - started
-        self._window[0] += float(self.runtime.sum(float(loss_sum.detach()) * weight))
+        self._window[0] += float(self.runtime.sum(loss_sum))
         self._window[1] += global_count
         return self._maybe_log(step + 1, epoch)
+
+    def _backward(self, rows: torch.Tensor, weight: float) -> tuple[float, float]:
+        """Gradients of the mean loss over the global batch, from this process's `rows`; returns
+        (this process's loss sum, the global item count).
+
+        DDP averages gradients over processes, so each process backpropagates its loss sum times
+        world / global count. With gradient_accumulation_steps > 1 the rows go through in
+        micro-batches (gradients synchronised once, on the last) and the scale is applied to the
+        summed gradients, since the global count is known only after the last forward pass."""
+        world, accelerator = self.runtime.world_size, self.runtime.accelerator
+        chunks = rows.split(-(-len(rows) // self.cfg.gradient_accumulation_steps))
+        if len(chunks) == 1:
+            loss_sum, count = self.loss(rows)
+            global_count = float(self.runtime.sum(count * weight))
+            accelerator.backward(loss_sum * weight * world / max(global_count, 1.0))
+            return float(loss_sum.detach()) * weight, global_count
+        total, count = 0.0, 0.0
+        for i, chunk in enumerate(chunks):
+            with contextlib.nullcontext() if i == len(chunks) - 1 else accelerator.no_sync(self.prepared):
+                loss_sum, items = self.loss(chunk)
+                accelerator.backward(loss_sum * weight)
+            total, count = total + float(loss_sum.detach()) * weight, count + items * weight
+        global_count = float(self.runtime.sum(count))
+        for param in self.params:
+            if param.grad is not None:
+                param.grad.mul_(world / max(global_count, 1.0))
+        return total, global_count
 
     def _maybe_log(self, step: int, epoch: int) -> dict[str, float]:
         last = step == total_steps(self.cfg, self.n_train)

@@ -176,8 +176,8 @@ def _write_samples(run_dir: RunDir, runtime: Runtime, model, tokenizer, pre: Pre
 def _last_samples(run_dir: RunDir) -> list[dict]:
     path = run_dir.path / "samples.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line] if path.exists() else []
-    last = max((r["epoch"] for r in rows), default=None)
-    return [r for r in rows if r["epoch"] == last]
+    last = max((r["step"] for r in rows), default=None)  # the last evaluation's samples
+    return [r for r in rows if r["step"] == last]
 
 
 def format_summary(summary: dict) -> str:

@@ -189,3 +189,16 @@ def test_bad_sft_settings_are_clear_errors(tmp_path, tiny_llama_dir, reviews_csv
 def test_a_folder_that_is_not_a_causal_lm_is_rejected(tmp_path, reviews_csv):
     with pytest.raises(RlhfLabError, match="does not exist|Could not load"):
         run_stage("sft", make_config(tmp_path, tmp_path / "no-model", reviews_csv), progress=False)
+
+
+def test_gradient_accumulation_takes_the_same_steps(tmp_path, tiny_llama_dir, reviews_csv):
+    """Micro-batches of a step's batch give the same weights as the whole batch at once."""
+    from safetensors.torch import load_file
+
+    whole = run_stage("sft", make_config(tmp_path / "a", tiny_llama_dir, reviews_csv, max_steps=3), progress=False)
+    split = run_stage("sft", make_config(tmp_path / "b", tiny_llama_dir, reviews_csv, max_steps=3,
+                                         gradient_accumulation_steps=3), progress=False)
+    a, b = (load_file(run.model_dir / "model.safetensors") for run in (whole, split))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)
+    assert any(not torch.equal(a[name], t) for name, t in load_file(tiny_llama_dir / "model.safetensors").items() if name in a)
