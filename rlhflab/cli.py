@@ -99,7 +99,13 @@ def _pipeline(args: argparse.Namespace) -> None:
     from rlhflab import pipeline
 
     report = pipeline.run(cfg, force=args.force, progress=not args.no_progress)
-    print(report)
+    if _is_main_process():
+        print(report)
+
+
+def _is_main_process() -> bool:
+    """Under `accelerate launch` (torchrun) every process runs the command; one of them speaks."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -153,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RlhfLabError as exc:
         if os.environ.get("RLHFLAB_DEBUG") == "1":  # the full traceback, chained causes included
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        if _is_main_process():  # every process hits the same error; one line says it
+            print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except RunInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)

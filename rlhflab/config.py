@@ -521,11 +521,9 @@ def resolve_rl(ppo: PpoConfig, world_size: int = 1) -> PpoConfig:
     if ppo.batch_size % (k * world_size):
         raise RlhfLabError(f"ppo.batch_size ({ppo.batch_size} responses) must be a multiple of samples_per_prompt ({k}) "
                            f"x processes ({world_size}).")
-    local = ppo.batch_size // world_size
-    if ppo.minibatch_size % world_size or local % (ppo.minibatch_size // world_size or 1):
-        where = f"ppo.batch_size ({ppo.batch_size})" if world_size == 1 else f"each of {world_size} processes' {local} responses"
-        raise RlhfLabError(f"ppo.minibatch_size ({ppo.minibatch_size}) must divide {where}"
-                           f"{'' if world_size == 1 else ' and split evenly over the processes'}.")
+    if ppo.minibatch_size % world_size:
+        raise RlhfLabError(f"ppo.minibatch_size ({ppo.minibatch_size}) must be a multiple of the number of processes "
+                           f"({world_size}): each process takes an equal share of every minibatch.")
     return dataclasses.replace(ppo, samples_per_prompt=k, kl_penalty=kl_penalty)
 
 

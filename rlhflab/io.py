@@ -217,12 +217,12 @@ class RunDir:
                     raise RlhfLabError(f"Nothing to resume in {self.final}: {where}. Run without --resume "
                                        f"(with --overwrite to start it again).")
             else:
-                if not overwrite and (self.has_checkpoint(self.partial) or _holds_files(self.final)):
-                    what = ("an interrupted run" if self.has_checkpoint(self.partial) else "a run")
-                    raise RlhfLabError(
-                        f"{self.final} already holds {what}. Pass --resume to continue it, --overwrite to "
-                        f"start again, or choose another name with name=..."
-                    )
+                if not overwrite and self.has_checkpoint(self.partial):
+                    raise RlhfLabError(f"{self.final} already holds an interrupted run. Pass --resume to continue it, "
+                                       f"--overwrite to start again, or choose another name with name=...")
+                if not overwrite and _holds_files(self.final):
+                    raise RlhfLabError(f"{self.final} already holds a finished run. Pass --overwrite to run it again "
+                                       f"(it is replaced only when the new run finishes), or choose another name with name=...")
                 shutil.rmtree(self.partial, ignore_errors=True)
             self.partial.mkdir(parents=True, exist_ok=True)
         self.path = self.partial

@@ -362,7 +362,7 @@ def ppo_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     s = stage.summary
     start, end = s.get("start") or {}, s.get("end") or {}
     keys = [k for k in ("score", "positive_probability", "kl") if k in start or k in end]
-    labels = {"score": "reward (score)", "positive_probability": "P(positive)", "kl": "KL to SFT (nats / response)"}
+    labels = {"score": "reward (score)", "positive_probability": "P(positive)", "kl": "KL to the starting model (nats / response)"}
     rows = []
     for key in keys:
         a, b = start.get(key), end.get(key)
@@ -715,7 +715,7 @@ def _headline(stages: dict[str, Stage]) -> list[list[str]]:
     if ppo:
         start, end = ppo.get("start") or {}, ppo.get("end") or {}
         for key, label in (("score", "held-out reward"), ("positive_probability", "held-out P(positive)"),
-                           ("kl", "KL to SFT")):
+                           ("kl", "KL to the starting model")):
             if key in end:
                 rows.append([_algorithm(ppo), label, _num(start.get(key)), _num(end.get(key))])
     ev = stages["evaluate"].summary
@@ -765,7 +765,7 @@ def overview_section(run_root: Path, stages: dict[str, Stage]) -> list[Block]:
     headline = _headline(stages)
     if headline:
         blocks.append(Table(["stage", "headline", "before", "after"], headline, left=2,
-                            caption="Before → after: SFT against the base model, PPO's first evaluation against "
+                            caption="Before → after: SFT against the base model, RL's first evaluation against "
                                     "its last, and the evaluated models against the reference."))
     return blocks
 

@@ -42,8 +42,7 @@ def open_run_dir(cfg: Config, stage: str, *, resume: bool, overwrite: bool, runt
             error = str(exc)
     if runtime is not None and runtime.distributed:
         error = runtime.broadcast(error)
-        run_dir.path = run_dir.partial
-        run_dir.stage_facts = {}
+        run_dir.path = run_dir.partial  # the other processes read (checkpoints) where the main one writes
     if error:
         raise RlhfLabError(error)
     return run_dir

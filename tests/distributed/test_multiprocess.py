@@ -91,6 +91,7 @@ def test_two_process_ppo_keeps_the_ranks_in_lockstep_writes_once_and_resumes(tmp
     assert [r["step"] for r in records if r["split"] == "eval"] == [0, 2, 4]
     assert len(json.loads((run / "eval_after.json").read_text())) == 6  # both ranks' prompts, gathered
     assert json.loads((run / "summary.json").read_text())["processes"] == 2
+    assert len(json.loads((run / "stage.json").read_text())["key"]) == 16  # the pipeline can tell it is up to date
     assert not (tmp_path / "runs" / "mp" / "ppo.partial").exists()
 
     resumed_args = [a.replace(str(tmp_path / "runs"), str(tmp_path / "runs-r")) for a in args]
@@ -99,3 +100,15 @@ def test_two_process_ppo_keeps_the_ranks_in_lockstep_writes_once_and_resumes(tmp
     resumed = run_ranks(tmp_path / "resumed", "ppo", *resumed_args, "--resume", processes=2)
     assert resumed[0]["weights"] == resumed[1]["weights"] == straight[0]["weights"]  # resume equals uninterrupted
     assert resumed[0]["beta"] == straight[0]["beta"]
+
+
+def test_a_user_error_under_two_processes_is_said_once(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP), "--num_processes", "2",
+               "--main_process_port", str(_free_port()), "-m", "rlhflab", "pipeline", "--config",
+               str(ROOT / "configs" / "quick.yaml"), "ppo.minibatch_size=5", f"runs_dir={tmp_path / 'runs'}"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: ppo.minibatch_size (5) must be a multiple of the number of processes (2): each process "
+                      "takes an equal share of every minibatch."]
+    assert result.returncode != 0 and not (tmp_path / "runs").exists()

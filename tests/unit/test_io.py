@@ -175,7 +175,7 @@ def test_prepare_refuses_existing_run(tmp_path):
     with pytest.raises(RlhfLabError) as info:
         run.prepare(resume=False, overwrite=False)
     message = str(info.value)
-    assert "--resume" in message and "--overwrite" in message
+    assert "finished run" in message and "--overwrite" in message and "--resume" not in message
     assert str(run.final) in message
     assert (run.final / "summary.json").exists()  # nothing deleted
 
