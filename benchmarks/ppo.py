@@ -91,7 +91,7 @@ def main() -> None:
     stop_ids = stop_token_ids(tokenizer, None)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=ppo.learning_rate)
     module = PolicyWithValue(policy)
-    algorithm = OnlineRL(runtime=runtime, policy=policy, module=module, prepared=module, optimizer=optimizer,
+    algorithm = OnlineRL(runtime=runtime, module=module, prepared=module, optimizer=optimizer,
                          cfg=ppo, seed=0, prompts=prompts, rollout=None, evaluate=None, on_step=None)
     rows = []
     for step in range(args.steps + 1):  # step 0 warms up (allocations, kernel choice)

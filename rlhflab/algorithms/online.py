@@ -26,7 +26,6 @@ import torch
 
 from rlhflab.config import PpoConfig
 from rlhflab.engine.runtime import Runtime
-from rlhflab.models.policy import Policy
 from rlhflab.ops.advantages import grpo_advantages, kl_penalty_in_loss, rloo_advantages, sequence_advantages_to_tokens
 from rlhflab.ops.kl import adaptive_kl_update, kl_per_token, per_token_rewards
 from rlhflab.ops.masked import masked_explained_variance, masked_whiten
@@ -97,9 +96,12 @@ class OnlineRL:
 
     eval_split = "eval"
 
-    def __init__(self, *, runtime: Runtime, policy: Policy, module, prepared, optimizer, cfg: PpoConfig, seed: int,
-                 prompts: list[str], rollout: Callable, evaluate: Callable, on_step: Callable[[int, dict], None]):
-        self.runtime, self.policy, self.module, self.prepared = runtime, policy, module, prepared
+    def __init__(self, *, runtime: Runtime, module, prepared, optimizer, cfg: PpoConfig, seed: int, prompts: list[str],
+                 rollout: Callable, evaluate: Callable, on_step: Callable[[int, dict], None]):
+        """`module`: the trainable policy (LM + value head) that checkpoints hold; `prepared`: the same
+        after `accelerator.prepare` (DDP-wrapped under several processes); `rollout(prompts)` ->
+        Experience; `evaluate()` -> held-out metrics; `on_step(step, batch)` writes samples."""
+        self.runtime, self.module, self.prepared = runtime, module, prepared
         self.optimizer, self.scheduler = optimizer, None
         self.cfg, self.seed, self.prompts, self.recipe = cfg, seed, prompts, recipe(cfg)
         self.rollout, self._evaluate, self.on_step = rollout, evaluate, on_step

@@ -84,7 +84,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         return evaluate(policy, tokenizer, rewards, eval_prompts, ppo, sampling, cfg.seed, runtime)
 
     outputs = StepOutputs(run_dir, runtime, policy, tokenizer, ppo, len(train_prompts))
-    algorithm = OnlineRL(runtime=runtime, policy=policy, module=module, prepared=prepared, optimizer=optimizer,
+    algorithm = OnlineRL(runtime=runtime, module=module, prepared=prepared, optimizer=optimizer,
                          cfg=ppo, seed=cfg.seed, prompts=train_prompts, rollout=rollout,
                          evaluate=lambda: outputs.keep_rows(held_out()), on_step=outputs.after_step)
     if not resume:

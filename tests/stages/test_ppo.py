@@ -164,7 +164,7 @@ def test_reference_is_bit_identical_after_updates(tiny_llama_dir, reward_spec):
     cfg = resolve_rl(PpoConfig(batch_size=len(PROMPTS), minibatch_size=2, ppo_epochs=2, kl_horizon=1000))
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-2)
     module = PolicyWithValue(policy)
-    algorithm = OnlineRL(runtime=Runtime.create("cpu", "no"), policy=policy, module=module, prepared=module,
+    algorithm = OnlineRL(runtime=Runtime.create("cpu", "no"), module=module, prepared=module,
                          optimizer=optimizer, cfg=cfg, seed=0, prompts=PROMPTS, rollout=None,
                          evaluate=None, on_step=None)
     kl = kl_per_token(exp.logprobs, exp.ref_logprobs) * exp.response_mask
