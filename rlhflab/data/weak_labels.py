@@ -11,6 +11,8 @@ lexicon says, not what a reader would; summaries and the report say so. The huma
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from rlhflab.data.tables import Table, table_from_rows
 from rlhflab.errors import RlhfLabError
 
@@ -43,8 +45,12 @@ def lexicon_scorer():
     return lambda text: analyzer.polarity_scores(text)["compound"]
 
 
+@lru_cache(maxsize=2)
 def read_weak_labels(source: str) -> Table:
-    """Rows (text, label, compound) of lexicon-labelled snippets of a bundled corpus."""
+    """Rows (text, label, compound) of lexicon-labelled snippets of a bundled corpus.
+
+    Cached: the corpus is a pinned package, and a pipeline reads the same labels in its reward,
+    RL and evaluation stages (about 2 s of cleaning and lexicon scoring each time otherwise)."""
     from rlhflab.data.corpus import load_corpus
 
     corpus = load_corpus(WEAK_SOURCES[source])
