@@ -37,6 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. ppo.steps=40")
     pipeline.add_argument("--force", metavar="STAGE", help="rerun from this stage on (sft, reward, ppo, evaluate, report)")
     pipeline.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sweep = commands.add_parser(
+        "sweep", help="a grid of overrides (key=a,b,c), one pipeline run per point, shared stages trained once; then compare",
+        description="Each override that lists several values (ppo.learning_rate=1e-5,1e-4) is a grid axis; the grid is "
+                    "their product. Stages every point shares run once in <runs_dir>/<name>/; each point is its own run "
+                    "in <runs_dir>/<name>/sweep/<point>/. Rerun the same command to resume.")
+    sweep.add_argument("--config", help="YAML preset (see configs/); defaults apply when omitted")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value[,value...]",
+                       help="several values: a grid axis; one value: holds for every point")
+    sweep.add_argument("--parallel", type=int, default=1, metavar="N",
+                       help="run N points at once (default 1; on a 2-core machine 1 is right: two torch processes "
+                            "slow each other several times over)")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bars (the points never show them)")
+    compare = commands.add_parser("compare", help="RL runs side by side: a table, curves per metric, reward against KL")
+    compare.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP",
+                         help="runs/NAME/sweep (all its points), runs/NAME (its ppo stage) or runs/NAME/ppo")
+    compare.add_argument("--out", metavar="DIR", help="where to write compare.md, compare.json and figures "
+                                                      "(default: the first argument's compare/)")
     score = commands.add_parser("score", help="print the reward of each text")
     score.add_argument("--reward", required=True, help="reward run directory, classifier (hub id or folder), or module:function")
     score.add_argument("--label", default="POSITIVE", help="classifier label whose score is the reward")
@@ -103,6 +120,21 @@ def _pipeline(args: argparse.Namespace) -> None:
         print(report)
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from rlhflab import sweep
+
+    sweep.run(args.config, args.overrides, parallel=args.parallel, progress=not args.no_progress,
+              echo=lambda line: print(line, flush=True))
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from rlhflab.eval.compare import compare
+
+    result = compare(args.runs, args.out)
+    print(result.text)
+    print(result.markdown)  # last line: the path
+
+
 def _is_main_process() -> bool:
     """Under `accelerate launch` (torchrun) every process runs the command; one of them speaks."""
     return os.environ.get("RANK", "0") == "0"
@@ -128,7 +160,8 @@ def _human(args: argparse.Namespace) -> None:
     args.handler(args)  # serve / label / rate: each subcommand parser set its handler
 
 
-COMMANDS = {"pipeline": _pipeline, "score": _score, "config": _config, "report": _report}
+COMMANDS = {"pipeline": _pipeline, "sweep": _sweep, "compare": _compare, "score": _score, "config": _config,
+            "report": _report}
 COMMANDS.update({name: _human for name in ("serve", "label", "rate")})
 
 

@@ -206,9 +206,11 @@ class PpoConfig:
     eval_prompts: int = 64  # held-out prompts (test split) scored before, during and after
     eval_every: int = 10  # steps between evaluations
     sample_every: int = 5  # steps between sample tables in samples.jsonl
-    # Save a loadable policy after every pass over the training prompts (checkpoints/epoch-N),
-    # to inspect later for reward over-optimisation (seed 004).
+    # Save a snapshot of the policy after every pass over the training prompts (checkpoints/epoch-N:
+    # the trainable tensors, or the LoRA adapter, plus a pointer to the starting model), for the
+    # over-optimisation study (seed 004; `rlhflab overopt`). Any model setting loads one.
     snapshot_each_epoch: bool = True
+    snapshot_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # bfloat16: half the disk of float32
     checkpoint_every: int = 5
     cache_frozen: bool = True
 
@@ -225,6 +227,29 @@ class EvaluateConfig:
     temperature: float = 1.0
     batch_size: int = 32
     samples_per_sentiment: int = 4  # side-by-side samples shown per prompt sentiment
+    # Gold judges, name -> source: scorers RL never optimised (a reward run directory, a classifier,
+    # module:function, or the built-in "vader"), each calibrated on held-out labelled texts and
+    # scored beside the proxy reward (rlhflab/eval/gold.py; the over-optimisation study uses them too).
+    gold: dict[str, str] | None = None
+    gold_data: str | None = None  # labelled texts to calibrate the judges on; None: this run's test split
+    gold_reviews: int = 200  # calibration texts, balanced by label where possible
+
+
+@dataclass
+class OveroptConfig:
+    """The over-optimisation study (`rlhflab overopt`): the RL run's starting model and every
+    per-epoch snapshot answer the same held-out prompts; proxy and gold judges (evaluate.gold),
+    KL, separator ratio and diversity per checkpoint, and a verdict (rlhflab/stages/overopt.py)."""
+
+    run: str | None = None  # an RL stage folder (with checkpoints/epoch-N); None: this run's ppo
+    prompts: int = 100  # held-out prompts from the test split, the evaluation's first ones
+    max_new_tokens: int | None = None  # None: ppo.max_new_tokens
+    temperature: float = 1.0
+    separators: list[str] = field(default_factory=lambda: ["\n", " ", ",", "."])  # seed 004's
+    gold_drop: float = 0.05  # a fall in a gold judge's mean score that counts (its own units: probability, compound)
+    separator_drop: float = 0.25  # a fall of the separator ratio below the reference's that counts (share of it)
+    diversity_drop: float = 0.25  # the same for distinct-2 (repeating "great great great" keeps the separators)
+    samples: int = 3  # samples shown per checkpoint
 
 
 @dataclass
@@ -244,7 +269,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     # The pipeline's stages, in order; the default is the IMDB pipeline. A model setting may
     # name an earlier stage of this run as "run:<stage>" (e.g. reward.model: run:pretrain).
-    stages: list[Literal["pretrain", "sft", "reward", "ppo", "evaluate"]] = field(
+    stages: list[Literal["pretrain", "sft", "reward", "ppo", "evaluate", "overopt"]] = field(
         default_factory=lambda: ["sft", "reward", "ppo", "evaluate"])
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -253,6 +278,7 @@ class Config:
     reward_fn: RewardFnConfig = field(default_factory=RewardFnConfig)
     ppo: PpoConfig = field(default_factory=PpoConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    overopt: OveroptConfig = field(default_factory=OveroptConfig)
 
     def __post_init__(self) -> None:
         check_run_name(self.name)
@@ -558,7 +584,7 @@ def resolve_run_references(cfg: Config) -> Config:
             return [walk(v) for v in node]
         if isinstance(node, str) and node.startswith(RUN_REFERENCE):
             stage = node[len(RUN_REFERENCE):]
-            if stage not in ("pretrain", "sft", "reward", "ppo", "evaluate"):
+            if stage not in ("pretrain", "sft", "reward", "ppo", "evaluate", "overopt"):
                 raise RlhfLabError(f"{node!r} names no stage; use run:pretrain, run:sft, run:reward or run:ppo.")
             return str(Path(cfg.runs_dir) / cfg.name / stage)
         return node
@@ -567,9 +593,11 @@ def resolve_run_references(cfg: Config) -> Config:
 
 
 def check_evaluate(ev: EvaluateConfig) -> None:
-    if ev.batch_size < 1 or ev.temperature <= 0 or ev.prompts < 1:
-        raise RlhfLabError(f"evaluate.batch_size and evaluate.prompts must be >= 1 and evaluate.temperature > 0 "
-                           f"(got {ev.batch_size}, {ev.prompts}, {ev.temperature}).")
+    if ev.batch_size < 1 or ev.temperature <= 0 or ev.prompts < 1 or ev.gold_reviews < 2:
+        raise RlhfLabError(f"evaluate.batch_size and evaluate.prompts must be >= 1, evaluate.gold_reviews >= 2 and "
+                           f"evaluate.temperature > 0 (got {ev.batch_size}, {ev.prompts}, {ev.gold_reviews}, {ev.temperature}).")
+    if ev.gold and "proxy" in ev.gold:
+        raise RlhfLabError("evaluate.gold has a judge named 'proxy', the name of the training reward; rename it.")
 
 
 def check_config(cfg: Config, world_size: int | None = None) -> Config:
@@ -585,4 +613,15 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
             raise RlhfLabError(f"{section}.max_length must be at least 2.")
     resolve_rl(cfg.ppo, world_size)
     check_evaluate(cfg.evaluate)
+    check_overopt(cfg.overopt)
     return cfg
+
+
+def check_overopt(ov: OveroptConfig) -> None:
+    drops = (ov.separator_drop, ov.diversity_drop)
+    if ov.prompts < 1 or ov.samples < 0 or ov.temperature <= 0 or ov.gold_drop < 0 or not all(0 < d < 1 for d in drops):
+        raise RlhfLabError(f"overopt: prompts must be >= 1, samples >= 0, temperature > 0, gold_drop >= 0, and "
+                           f"separator_drop and diversity_drop in (0, 1) (got {ov.prompts}, {ov.samples}, {ov.temperature}, "
+                           f"{ov.gold_drop}, {ov.separator_drop}, {ov.diversity_drop}).")
+    if not ov.separators or any(not isinstance(s, str) or len(s) != 1 for s in ov.separators):
+        raise RlhfLabError(f"overopt.separators must be single characters, got {ov.separators!r}.")

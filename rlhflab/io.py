@@ -112,11 +112,11 @@ def atomic_dir(target: Path) -> Iterator[Path]:
             old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
                 os.replace(target, old)
             os.replace(tmp, target)
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -140,6 +140,7 @@ def clean_leftovers(folder: Path) -> None:
 
 
 def _remove(path: Path) -> None:
+    """Delete a file or folder; a symbolic link is unlinked, never followed (see RunDir)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -155,6 +156,10 @@ class RunDir:
     when it finishes (`finish`), so a rerun that fails, or is interrupted, never loses the
     finished stage. `path` is where the run reads and writes now: the partial folder while a run
     is open, the finished folder otherwise.
+
+    The finished folder may be a symbolic link to another run's stage (a sweep point's link to a
+    stage its points share, rlhflab/sweep.py): nothing here deletes, cleans or renames anything
+    through it. A new run of this stage replaces the link itself when it finishes.
     """
 
     def __init__(self, path: Path):
@@ -191,14 +196,16 @@ class RunDir:
     def recover(self) -> None:
         """Finish a swap that a kill interrupted, and clear temp files a killed write left."""
         old = self.final.with_name(f".{self.final.name}.old")
-        if old.exists():
+        if old.exists() or old.is_symlink():
             if not self.final.exists() and (self.partial / "summary.json").exists():
                 os.replace(self.partial, self.final)  # killed between the two renames of `finish`
             if self.final.exists():
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
             else:
                 os.replace(old, self.final)
         for folder in (self.final, self.partial):
+            if folder.is_symlink():
+                continue  # another run's folder (a shared stage): what it holds is not this run's to clean
             clean_leftovers(folder)
             clean_leftovers(folder / "checkpoints")
 
@@ -220,10 +227,14 @@ class RunDir:
                 if not overwrite and self.has_checkpoint(self.partial):
                     raise RlhfLabError(f"{self.final} already holds an interrupted run. Pass --resume to continue it, "
                                        f"--overwrite to start again, or choose another name with name=...")
+                if not overwrite and self.final.is_symlink():
+                    raise RlhfLabError(f"{self.final} links to {self.final.resolve()}, a stage this run shares with others "
+                                       f"(rlhflab sweep). Pass --overwrite to give this run its own (the link is replaced "
+                                       f"when the new run finishes; the shared stage is kept), or rerun the sweep.")
                 if not overwrite and _holds_files(self.final):
                     raise RlhfLabError(f"{self.final} already holds a finished run. Pass --overwrite to run it again "
                                        f"(it is replaced only when the new run finishes), or choose another name with name=...")
-                shutil.rmtree(self.partial, ignore_errors=True)
+                _remove(self.partial)
             self.partial.mkdir(parents=True, exist_ok=True)
         self.path = self.partial
 
@@ -234,18 +245,18 @@ class RunDir:
         if self.path == self.partial:
             old = self.final.with_name(f".{self.final.name}.old")
             with user_os_errors(self.final):
-                if self.final.exists():
-                    shutil.rmtree(old, ignore_errors=True)
-                    os.replace(self.final, old)
+                if self.final.exists() or self.final.is_symlink():
+                    _remove(old)
+                    os.replace(self.final, old)  # a link is moved as the link, its target untouched
                 os.replace(self.partial, self.final)
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
         self.path = self.final
         return self
 
     def discard_failed_start(self) -> None:
         """After a failure: drop the partial folder unless it holds a checkpoint worth resuming."""
         if self.partial.exists() and not self.has_checkpoint(self.partial):
-            shutil.rmtree(self.partial, ignore_errors=True)
+            _remove(self.partial)
             with contextlib.suppress(OSError):
                 self.final.parent.rmdir()  # runs/<name>/, if this failed start was all it held
         self.path = self.final

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from rlhflab.config import Config, parse_yaml, to_dict
 from rlhflab.errors import RlhfLabError, RunInterrupted
@@ -42,20 +42,25 @@ def stage_state(cfg: Config, stage: str) -> str:
     return "stale" if run_dir.final.exists() or partial.exists() else "missing"
 
 
-def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: Callable[[str], None] = print) -> Path:
+def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: Callable[[str], None] = print,
+        only: Sequence[str] | None = None, report: bool = True) -> Path:
     """Run every stage that is not up to date; returns the path of report.html.
 
+    `only`: just these of cfg.stages (`rlhflab sweep` runs the stages its points share this way);
+    `report=False`: no report, and the run folder is returned instead.
     Under `accelerate launch` every process runs this; the main one decides what is up to date
     (and tells the others), prints, and builds the report."""
     from rlhflab.engine.runtime import Runtime
 
     if force is not None and force not in ALL:
         raise RlhfLabError(f"--force takes one of {', '.join(ALL)}; got {force!r}.")
+    if only is not None and set(only) - set(STAGES):
+        raise RlhfLabError(f"Unknown stages {', '.join(sorted(set(only) - set(STAGES)))}; stages are {', '.join(STAGES)}.")
     runtime = Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
     say = echo if runtime.is_main else (lambda line: None)
     root = Path(cfg.runs_dir) / cfg.name
     forced = False
-    for stage in (name for name in STAGES if name in cfg.stages):
+    for stage in (name for name in STAGES if name in cfg.stages and (only is None or name in only)):
         forced = forced or force == stage  # --force STAGE reruns it and everything after it
         # after the stages before it ran, so their new run ids count
         state = runtime.broadcast(stage_state(cfg, stage) if runtime.is_main else None)
@@ -71,6 +76,8 @@ def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: C
             raise RunInterrupted(f"{stage} stopped and saved a checkpoint in {root / stage}.partial; "
                                  f"run the same pipeline command to pick up from there.") from None
         say(f"{stage:<9} done in {_duration(time.perf_counter() - started):<6} {headline(stage, read_json(run_dir.summary_path))}")
+    if not report:
+        return root
     from rlhflab.eval.report import build_report
 
     started = time.perf_counter()
@@ -115,6 +122,9 @@ def _numbers(stage: str, summary: dict) -> str:
             value = f"P(positive) {prob['mean']:.3f}" if prob else f"score {model['score']['mean']:.3f}"
             parts.append(f"{name} {value}")
         return ", ".join(parts)
+    if stage == "overopt":
+        verdict = summary["verdict"]
+        return f"onset at {verdict['onset']} (KL {verdict['kl']:.2f}): {verdict['reason']}" if verdict["onset"] else verdict["reason"]
     return ""
 
 

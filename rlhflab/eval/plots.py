@@ -404,3 +404,126 @@ def confusion_matrix_plot(matrix: Sequence[Sequence[int]], labels: Sequence[str]
                           title: str = "Confusion matrix") -> Path:
     """Counts (and share of each true-label row) per cell: rows true label, columns predicted."""
     return save_figure(confusion_matrix_figure(matrix, labels, title=title), path)
+
+
+def overoptimisation_figure(points: Sequence[Mapping], *, title: str = "Proxy and gold rewards against KL"):
+    """Gao et al. (2022) style: each judge's mean score against √KL to the reference, one
+    marker per checkpoint; the proxy solid, the gold judges dashed."""
+    if not points:
+        raise RlhfLabError("No checkpoints to plot.")
+    fig, axes = _figure(6.6, 4.2)
+    ax = axes[0][0]
+    x = _floats([p["sqrt_kl"] for p in points], "sqrt_kl")
+    ax.plot(x, _floats([p["proxy"] for p in points], "proxy"), marker="o", color=PALETTE[0], label="proxy (optimised)")
+    for i, judge in enumerate(points[0]["gold"]):
+        ax.plot(x, _floats([p["gold"][judge] for p in points], judge), marker="s", linestyle="--", color=_color(i + 1),
+                label=f"gold: {judge}")
+    for p, xi in zip(points, x):
+        ax.annotate(str(p["name"]), (xi, p["proxy"]), fontsize=7, textcoords="offset points", xytext=(3, 4))
+    ax.set_xlabel("√KL to the reference model (√nats per response)")
+    ax.set_ylabel("mean score of the judge")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title)
+    return fig
+
+
+def overoptimisation(points: Sequence[Mapping], path: str | os.PathLike, **kwargs) -> Path:
+    return save_figure(overoptimisation_figure(points, **kwargs), path)
+
+
+def text_signals_figure(points: Sequence[Mapping], *, title: str = "Separator ratio and diversity per checkpoint"):
+    """Seed 004's separator ratio and distinct-1/2 of the samples, one point per checkpoint."""
+    if not points:
+        raise RlhfLabError("No checkpoints to plot.")
+    fig, axes = _figure(6.6, 3.8)
+    ax = axes[0][0]
+    x = list(range(len(points)))
+    for i, (key, label) in enumerate((("separator_ratio", "separator ratio"), ("distinct_1", "distinct-1"),
+                                      ("distinct_2", "distinct-2"))):
+        ax.plot(x, _floats([p[key] for p in points], key), marker="o", color=_color(i), label=label)
+    ax.set_xticks(x, [str(p["name"]) for p in points], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("share")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return fig
+
+
+def text_signals(points: Sequence[Mapping], path: str | os.PathLike, **kwargs) -> Path:
+    return save_figure(text_signals_figure(points, **kwargs), path)
+
+
+# -- several RL runs side by side (rlhflab compare) -------------------------------------
+
+
+def runs_metric_figure(runs: Mapping[str, Sequence[Mapping]], key: str, *, title: str | None = None,
+                       ylabel: str | None = None):
+    """One curve per run of train metric `key` against the step, on shared axes."""
+    fig, axes = _figure(8.5, 4.6)
+    ax = axes[0][0]
+    drawn = 0
+    for i, (name, rows) in enumerate(runs.items()):
+        steps, values = _series(rows, key, "train")
+        if not values:
+            continue
+        color, window = _color(i), _window(len(values))
+        smooth = _rolling(steps, values, window)
+        if smooth[0]:  # the raw steps faintly, the rolling mean as the run's line
+            ax.plot(steps, values, color=color, alpha=0.25, linewidth=1)
+            ax.plot(*smooth, color=color, linewidth=2, label=name)
+        else:
+            ax.plot(steps, values, color=color, linewidth=1.5, marker="o" if len(values) <= 20 else None,
+                    markersize=3, label=name)
+        drawn += 1
+    if not drawn:
+        raise RlhfLabError(f"No run logged {key}.")
+    ax.set_xlabel("RL step")
+    ax.set_ylabel(ylabel or key)
+    ax.grid(alpha=0.3)
+    _integer_steps(ax)
+    ax.legend(fontsize="x-small", ncols=2 if drawn > 6 else 1)
+    ax.set_title(title or key)
+    return fig
+
+
+def runs_metric(runs: Mapping[str, Sequence[Mapping]], key: str, path: str | os.PathLike, *, title: str | None = None,
+                ylabel: str | None = None) -> Path:
+    """`key` from each run's metrics.jsonl train rows against the step, one colour per run."""
+    return save_figure(runs_metric_figure(runs, key, title=title, ylabel=ylabel), path)
+
+
+def reward_kl_frontier_figure(runs: Mapping[str, Sequence[tuple[float, float]]], *, ylabel: str = "held-out reward",
+                              title: str = "Held-out reward against KL"):
+    """One line per run through its evaluations (KL, reward) in step order; a star marks the last."""
+    from matplotlib.lines import Line2D
+
+    fig, axes = _figure(7.5, 4.8)
+    ax = axes[0][0]
+    drawn = 0
+    for i, (name, pairs) in enumerate(runs.items()):
+        if not pairs:
+            continue
+        kl, reward = _floats([p[0] for p in pairs], f"{name} KL"), _floats([p[1] for p in pairs], f"{name} reward")
+        ax.plot(kl, reward, "-o", color=_color(i), markersize=3.5, linewidth=1.3, alpha=0.85, label=name)
+        ax.plot(kl[-1], reward[-1], marker="*", markersize=14, color=_color(i), markeredgecolor="black", linestyle="none")
+        drawn += 1
+    if not drawn:
+        raise RlhfLabError("No run has a held-out evaluation to plot.")
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], marker="*", markersize=11, color="white", markerfacecolor="#999999",
+                          markeredgecolor="black", linestyle="none"))
+    labels.append("last evaluation")
+    ax.legend(handles, labels, fontsize="x-small", ncols=2 if drawn > 6 else 1)
+    ax.set_xlabel("KL to the reference model (nats / response)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    return fig
+
+
+def reward_kl_frontier(runs: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike, *,
+                       ylabel: str = "held-out reward", title: str = "Held-out reward against KL") -> Path:
+    """The reward-KL frontier of several RL runs (see reward_kl_frontier_figure)."""
+    return save_figure(reward_kl_frontier_figure(runs, ylabel=ylabel, title=title), path)

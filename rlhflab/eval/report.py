@@ -34,13 +34,13 @@ from rlhflab.eval.document import (
 )
 from rlhflab.io import atomic_write_text, read_json
 
-STAGES = ("pretrain", "sft", "reward", "ppo", "evaluate")  # the order of rlhflab/stages/registry.py
+STAGES = ("pretrain", "sft", "reward", "ppo", "evaluate", "overopt")  # the order of rlhflab/stages/registry.py
 STAGE_TITLES = {"pretrain": "Pretraining", "sft": "Supervised fine-tuning", "reward": "Reward model",
-                "ppo": "RL training", "evaluate": "Evaluation"}
+                "ppo": "RL training", "evaluate": "Evaluation", "overopt": "Over-optimisation study"}
 SPLITS = ("train", "validation", "test")
 SAMPLES_PER_SENTIMENT = 3
 SAMPLE_CHARS = 400  # responses longer than this are cut in the side-by-side tables
-FIGURE_PREFIXES = ("pretrain_", "sft_", "reward_", "ppo_", "eval_")
+FIGURE_PREFIXES = ("pretrain_", "sft_", "reward_", "ppo_", "eval_", "overopt_")
 
 
 # -- reading the run directory ------------------------------------------------------------
@@ -482,9 +482,32 @@ def evaluate_section(stage: Stage, run_root: Path, figures: Figures) -> list[Blo
                               _pct(c.get("same")), _signed(c.get("mean_delta"))] for m, c in comparison.items()],
                             caption="Per prompt: the share of prompts whose reward went up or down against the "
                                     "reference model's response to the same prompt."))
+    blocks += _judges_blocks(s)
     blocks += _eval_figures(stage, s, names, reference, figures)
     blocks += _sentiment_blocks(models, stage.samples, names, figures)
     blocks += _side_by_side(stage.samples, names)
+    return blocks
+
+
+def _judges_blocks(summary: dict) -> list[Block]:
+    """Gold judges beside the proxy: each one's calibration and each model's share judged positive,
+    and a note wherever the proxy's gain is not matched by a gold judge's."""
+    judges, models = summary.get("judges") or {}, summary.get("models") or {}
+    if not judges:
+        return []
+    names = list(judges)
+    rows = [[n, str(judges[n].get("source", "-")), _num(judges[n].get("accuracy")), _num(judges[n].get("threshold"), 2),
+             *(_pct(((models[m].get("judges") or {}).get(n) or {}).get("positive_rate")) for m in models)] for n in names]
+    blocks: list[Block] = [Table(["judge", "source", "accuracy", "positive at ≥", *(f"positive: {m}" for m in models)], rows, left=2,
+                                 caption="The proxy (the reward RL optimised) and the gold judges it never saw: accuracy on "
+                                         f"{next(iter(judges.values())).get('calibrated_on', 'held-out labelled texts')} at each "
+                                         "judge's threshold, and the share of each model's responses the judge calls positive.")]
+    for model, per_judge in (summary.get("gold_agreement") or {}).items():
+        for judge, g in per_judge.items():
+            if g.get("disagree"):
+                blocks.append(para(f"The proxy and {judge} disagree on {model}: the proxy's share of positive responses "
+                                   f"rose by {_signed(g['proxy_gain'])}, {judge}'s by {_signed(g['gold_gain'])}, under half "
+                                   "of it. Part of the proxy's gain may be the policy exploiting the proxy.", note=True))
     return blocks
 
 
@@ -533,6 +556,62 @@ def evaluation_figures(samples: list[dict], summary: dict, out: Path) -> list[Pa
     reference = summary.get("reference") or names[0]
     _eval_figures(stage, summary, names, reference, figures)
     _sentiment_blocks(summary.get("models") or {}, samples, names, figures)
+    return sorted(figures.written)
+
+
+def overopt_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
+    """Seed 004's over-optimisation investigation with Gao et al.'s proxy-versus-gold view."""
+    blocks: list[Block] = [Heading(STAGE_TITLES["overopt"], anchor="overopt")]
+    if not stage.done:
+        return blocks + _not_run(stage, run_root)
+    s = stage.summary
+    points, judges, verdict = s.get("points") or [], list(s.get("judges") or {}), s.get("verdict") or {}
+    found = f"Onset: {verdict['onset']} at KL {_num(verdict.get('kl'), 2)} nats: " if verdict.get("onset") else "Verdict: "
+    blocks.append(para(f"The RL run {s.get('run', '-')}: its starting model and every per-epoch snapshot answer the same "
+                       f"{s.get('prompts', '-')} held-out prompts. {found}{verdict.get('reason', '-')}."))
+    blocks.append(para(f"Rule: {verdict.get('rule', '-')}.", note=True))
+    peaks = s.get("gold_peak") or {}
+    if peaks:
+        blocks.append(para("Gold peaks: " + "; ".join(f"{j} highest at {p['name']} (KL {_num(p['kl'], 2)}, mean "
+                                                      f"{_num(p['value'])})" for j, p in peaks.items()) + "."))
+    rows = [[str(p["name"]), _num(p["kl"], 2), _num(p["sqrt_kl"], 2), _num(p["proxy"]),
+             *(_num(p["gold"].get(j)) for j in judges if j != "proxy"), _num(p["separator_ratio"]), _num(p["distinct_2"]),
+             _num(p["perplexity_under_reference"], 1)] for p in points]
+    blocks.append(Table(["checkpoint", "KL", "√KL", "proxy", *(j for j in judges if j != "proxy"), "separator ratio",
+                         "distinct-2", "perplexity under start"], rows,
+                        caption="Each judge's mean score (probabilities in 0..1; VADER's compound in -1..1), KL to the "
+                                "starting model (nats per response), seed 004's separator ratio and diversity, per "
+                                "checkpoint. Judge accuracy on "
+                                "labelled texts: " + ", ".join(f"{j} {_num(c.get('accuracy'))}" for j, c in (s.get("judges") or {}).items()) + "."))
+    if points:
+        blocks.append(figures.draw(plots.overoptimisation, "overopt_proxy_gold", points,
+                                   caption="Proxy and gold judges against √KL (Gao et al. 2022): over-optimisation shows "
+                                           "as the proxy still rising while a gold judge falls."))
+        blocks.append(figures.draw(plots.text_signals, "overopt_text_signals", points,
+                                   caption="Seed 004's separator ratio (\\n, space, comma, full stop among words and "
+                                           "characters) and distinct-1/2 per checkpoint."))
+    shown = (yaml_config(stage) or {}).get("overopt", {}).get("samples", 3)
+    for p in points:
+        rows = [[_short(r.get("prompt", "")), _short(r.get("response", "")),
+                 *(_num((r.get("scores") or {}).get(j)) for j in judges)]
+                for r in stage.samples if r.get("model") == p["name"]][:shown]
+        if rows:
+            blocks.append(Heading(f"Samples: {p['name']}", level=3))
+            blocks.append(Table(["prompt", "response", *judges], rows, numeric=False))
+    return blocks
+
+
+def yaml_config(stage: Stage) -> dict | None:
+    import yaml
+
+    return yaml.safe_load(stage.config) if stage.config else None
+
+
+def overopt_figures(points: list[dict], out: Path) -> list[Path]:
+    """The study's two figures, drawn by the stage into its own folder with the report's code."""
+    figures = Figures(out)
+    figures.draw(plots.overoptimisation, "overopt_proxy_gold", points, caption="")
+    figures.draw(plots.text_signals, "overopt_text_signals", points, caption="")
     return sorted(figures.written)
 
 
@@ -737,6 +816,12 @@ def _headline(stages: dict[str, Stage]) -> list[list[str]]:
                 better = (ev.get("comparison") or {}).get(m, {}).get("better")
                 if better is not None:
                     rows.append(["evaluation", f"prompts where {m} beats {ref}", "-", _pct(better)])
+    study = stages["overopt"].summary
+    if study:
+        verdict = study.get("verdict") or {}
+        onset = f"{verdict['onset']} (KL {_num(verdict.get('kl'), 2)})" if verdict.get("onset") else \
+            f"none up to KL {_num(verdict.get('max_kl'), 2)}"
+        rows.append(["over-optimisation", "onset (the rule is in its section)", "-", onset])
     return rows
 
 
@@ -787,6 +872,30 @@ def pipeline_stages(stages: dict[str, Stage]) -> list[str]:
     return [name for name in STAGES if name in listed or stages[name].exists]
 
 
+def sweep_section(run_root: Path) -> list[Block]:
+    """`rlhflab sweep` under this run: the table and figures of <run>/sweep/compare/compare.json
+    (rlhflab/eval/compare.py); nothing when there is none."""
+    path = run_root / "sweep" / "compare" / "compare.json"
+    if not path.is_file():
+        return []
+    data = read_json(path)
+    blocks: list[Block] = [Heading("Sweep", anchor="sweep"),
+                           para("The points of the sweep in ", Code(str(path.parents[1])), ", each its own run; from ",
+                                Code(str(path)), " (", Code(f"rlhflab compare {path.parents[1]}"), " rebuilds it).")]
+    if not isinstance(data, dict) or not data.get("header"):
+        return blocks + [para(f"{path} holds no table; rerun the sweep or rlhflab compare.", note=True)]
+    blocks.append(Table([str(h) for h in data["header"]], [[str(c) for c in row] for row in data.get("rows") or []],
+                        left=1 + len(data.get("columns") or []),
+                        caption="Held-out reward at the last and the best evaluation, KL to the reference at the end, "
+                                "clip fraction and approximate KL over the last steps, per point."))
+    blocks += [para(str(sentence)) for sentence in data.get("sentences") or []]
+    for figure in data.get("figures") or []:
+        image = path.parent / str(figure.get("path", ""))
+        if image.is_file() and image.suffix == ".png":
+            blocks.append(Image(image, str(figure.get("caption", ""))))
+    return blocks
+
+
 def build_report(run_root: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
     """Write report.html and report.md (plus figures/*.png) for `run_root` = runs/<name>, into
     `out_dir` (default run_root/report); returns (html path, markdown path)."""
@@ -806,9 +915,10 @@ def build_report(run_root: Path, out_dir: Path | None = None) -> tuple[Path, Pat
     doc = Document(f"rlhflab report: {run_root.name}")
     doc.add(*overview_section(run_root, stages))
     sections = {"pretrain": pretrain_section, "sft": sft_section, "reward": reward_section, "ppo": ppo_section,
-                "evaluate": evaluate_section}
+                "evaluate": evaluate_section, "overopt": overopt_section}
     for name in pipeline_stages(stages):
         doc.add(*sections[name](stages[name], run_root, figures))
+    doc.add(*sweep_section(run_root))
     doc.add(*ratings_section(run_root))
     doc.add(*configs_section(stages))
 

@@ -25,6 +25,10 @@ def load_causal_lm(name: str, **kwargs: Any):
     """
     from transformers import AutoModelForCausalLM
 
+    from rlhflab.models.snapshot import is_snapshot, load_snapshot
+
+    if is_snapshot(name):  # an RL run's per-epoch snapshot: its base model plus what training changed
+        return load_snapshot(name, **kwargs)
     path = resolve_model(name)
     options = hub_options(name, path)
     config = load_model_config(name, path, options)
@@ -83,6 +87,10 @@ def load_weights(auto_class, name: str, path: str, **kwargs: Any):
 def load_tokenizer(name: str, path: str | None = None, options: dict | None = None):
     from transformers import AutoTokenizer
 
+    from rlhflab.models.snapshot import is_snapshot, snapshot_base
+
+    if path is None and is_snapshot(name):
+        return load_tokenizer(snapshot_base(name))
     path = path or resolve_model(name)
     options = hub_options(name, path) if options is None else options
     try:

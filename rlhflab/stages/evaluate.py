@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from rlhflab.config import Config, check_evaluate
 from rlhflab.data import make_prompts
 from rlhflab.errors import RlhfLabError
+from rlhflab.eval.gold import Judge, build_gold, build_judge, calibrate, gain_check
 from rlhflab.eval.generate import generate, response_logprobs
 from rlhflab.eval.generation_metrics import (
     SENTIMENTS,
@@ -88,6 +89,7 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     runs = Path(cfg.runs_dir) / cfg.name
     score_fn = build_reward(cfg.reward_fn, default_source=str(runs / "reward"), device=runtime.device)
     prob_fn = probability_reward(cfg.reward_fn, default_source=str(runs / "reward"), device=runtime.device)
+    judges, calibration = gold_judges(cfg, runtime)
     # evaluate has no resumable state: a rerun starts again (resume is accepted for the pipeline's sake).
     run_dir = open_run_dir(cfg, "evaluate", resume=False, overwrite=overwrite)
     max_new = ev.max_new_tokens or cfg.ppo.max_new_tokens
@@ -107,12 +109,16 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
         responses = [g.response for g in generations]
         scores = score_fn(prompts, responses).tolist()
         probs = prob_fn(prompts, responses).tolist() if prob_fn is not None else None
-        models[name] = {"source": source, **_model_metrics(model, reference[0], generations, tokenizer, reference[1], ev, runtime),
+        gold = {judge: fn(prompts, responses).tolist() for judge, fn in judges.items()}
+        models[name] = {"source": source, **model_metrics(model, reference[0], generations, tokenizer, reference[1], ev, runtime),
                         "score": distribution(scores),
                         "positive_probability": probability_stats(probs) if probs is not None else None,
-                        "by_sentiment": _by_sentiment(sentiments, scores, probs)}
+                        "by_sentiment": _by_sentiment(sentiments, scores, probs),
+                        **({"judges": {judge: {"mean": sum(v) / len(v), "positive_rate": judges[judge].positive_rate(v)}
+                                       for judge, v in gold.items()}} if judges else {})}
         rows += [{"prompt_id": i, "prompt": prompts[i], "sentiment": sentiments[i], "model": name, "source": source,
-                  "response": response, "score": scores[i], "positive_probability": probs[i] if probs else None}
+                  "response": response, "score": scores[i], "positive_probability": probs[i] if probs else None,
+                  **({"judges": {judge: v[i] for judge, v in gold.items()}} if judges else {})}
                  for i, response in enumerate(responses)]
         bar.update(1)
         bar.set_postfix(model=name, score=f"{models[name]['score']['mean']:.2f}")
@@ -123,6 +129,9 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     write_jsonl(run_dir.path / "samples.jsonl", rows)
     summary = {"prompts": len(prompts), "reward": score_fn.description, "reference": reference_name, "max_new_tokens": max_new,
                "temperature": ev.temperature, "models": models, "comparison": comparison}
+    if judges:
+        summary["judges"] = calibration
+        summary["gold_agreement"] = gold_agreement(models, reference_name)
     from rlhflab.eval.report import evaluation_figures  # matplotlib only now
 
     figures = evaluation_figures(rows, summary, run_dir.path / "figures")
@@ -131,7 +140,52 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     return run_dir.finish(summary)
 
 
-def _model_metrics(model, ref_model, generations, tokenizer, ref_tokenizer, ev, runtime: Runtime) -> dict:
+def gold_judges(cfg: Config, runtime: Runtime) -> tuple[dict[str, Judge], dict[str, dict]]:
+    """The training reward as the judge "proxy" and the judges of evaluate.gold, each with its
+    accuracy on held-out labelled texts; ({}, {}) when evaluate.gold is empty."""
+    if not cfg.evaluate.gold:
+        return {}, {}
+    default = str(Path(cfg.runs_dir) / cfg.name / "reward")
+    judges = {"proxy": build_judge("proxy", cfg.reward_fn.source, cfg.reward_fn, device=runtime.device, default_source=default)}
+    judges |= build_gold(cfg.evaluate.gold, cfg.reward_fn, device=runtime.device)
+    texts, labels, prompts, where = calibration_set(cfg)
+    return judges, {name: {"source": judge.source, "reward": judge.reward.description, "calibrated_on": where,
+                           **calibrate(judge, texts, labels, prompts)} for name, judge in judges.items()}
+
+
+def calibration_set(cfg: Config) -> tuple[list[str], list[int], list[str], str]:
+    """(texts, labels, prompts, description): up to evaluate.gold_reviews labelled held-out texts,
+    balanced by label where both labels are there; from evaluate.gold_data or this run's test split."""
+    import random
+
+    from rlhflab.data import load_reviews
+
+    ev = cfg.evaluate
+    if ev.gold_data:
+        reviews, where = load_reviews(ev.gold_data), ev.gold_data
+    else:
+        splits = load_splits(cfg)
+        reviews, where = (splits.test, "the test split") if splits.test else (splits.validation, "the validation split")
+    by_label = {label: [r for r in reviews if r.label == label] for label in (0, 1)}
+    rng = random.Random(cfg.seed)
+    picked = [r for members in by_label.values() for r in rng.sample(members, min(len(members), ev.gold_reviews // 2))]
+    if not by_label[0] or not by_label[1]:
+        raise RlhfLabError(f"Calibrating the gold judges needs positive and negative labelled texts; {where} has "
+                           f"{len(by_label[1])} positive and {len(by_label[0])} negative. Set evaluate.gold_data to a labelled source.")
+    rng.shuffle(picked)
+    return [r.text for r in picked], [r.label for r in picked], [r.prompt for r in picked], f"{len(picked)} labelled texts of {where}"
+
+
+def gold_agreement(models: dict[str, dict], reference: str) -> dict[str, dict]:
+    """model -> gold judge -> gains in positive rate of the proxy and the judge over the reference model."""
+    first = models[reference]["judges"]
+    return {name: {judge: gain_check(first["proxy"]["positive_rate"], m["judges"]["proxy"]["positive_rate"],
+                                     first[judge]["positive_rate"], value["positive_rate"])
+                   for judge, value in m["judges"].items() if judge != "proxy"}
+            for name, m in models.items() if name != reference}
+
+
+def model_metrics(model, ref_model, generations, tokenizer, ref_tokenizer, ev, runtime: Runtime) -> dict:
     """KL to the reference and perplexity under it (log-probs at temperature 1: the models' own
     distributions, so the KL is exact when sampling at the default temperature 1), diversity, size."""
     own = response_logprobs(model, generations, pad_token_id=tokenizer.pad_token_id, batch_size=ev.batch_size,
@@ -186,4 +240,22 @@ def format_summary(summary: dict) -> str:
     for name, c in summary["comparison"].items():
         lines.append(f"{name} vs {c['vs']}: better on {c['better']:.0%} of prompts, worse on {c['worse']:.0%} "
                      f"(mean change {c['mean_delta']:+.3f})")
-    return "\n".join(lines)
+    return "\n".join(lines + format_judges(summary))
+
+
+def format_judges(summary: dict) -> list[str]:
+    """Lines: each judge's calibration accuracy, each model's share judged positive, disagreements."""
+    if not summary.get("judges"):
+        return []
+    names = list(summary["judges"])
+    lines = ["judges (share of responses judged positive; accuracy on " + next(iter(summary["judges"].values()))["calibrated_on"] + ")",
+             f"{'model':<10}" + "".join(f"{n[:14]:>15}" for n in names),
+             f"{'accuracy':<10}" + "".join(f"{summary['judges'][n]['accuracy']:15.3f}" for n in names)]
+    for model, m in summary["models"].items():
+        lines.append(f"{model:<10}" + "".join(f"{m['judges'][n]['positive_rate']:15.3f}" for n in names))
+    for model, judges in summary.get("gold_agreement", {}).items():
+        for judge, g in judges.items():
+            if g["disagree"]:
+                lines.append(f"{model}: the proxy gained {g['proxy_gain']:+.3f} but {judge} only {g['gold_gain']:+.3f} "
+                             f"(under half): the proxy gain may not be real")
+    return lines

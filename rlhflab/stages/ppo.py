@@ -23,6 +23,7 @@ from rlhflab.errors import RlhfLabError
 from rlhflab.io import RunDir, atomic_dir, write_json
 from rlhflab.models.causal_lm import count_parameters, load_causal_lm
 from rlhflab.models.policy import Policy, PolicyWithValue, build_policy
+from rlhflab.models.snapshot import save_snapshot
 from rlhflab.ops.kl import kl_per_token
 from rlhflab.rewards import RewardFunction, build_reward, probability_reward
 from rlhflab.rollout import Experience, sample, score_rollout
@@ -83,7 +84,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     def held_out() -> tuple[dict, list[dict]]:
         return evaluate(policy, tokenizer, rewards, eval_prompts, ppo, sampling, cfg.seed, runtime)
 
-    outputs = StepOutputs(run_dir, runtime, policy, tokenizer, ppo, len(train_prompts))
+    outputs = StepOutputs(run_dir, runtime, policy, policy_source, ppo, len(train_prompts))
     algorithm = OnlineRL(runtime=runtime, module=module, prepared=prepared, optimizer=optimizer,
                          cfg=ppo, seed=cfg.seed, prompts=train_prompts, rollout=rollout,
                          evaluate=lambda: outputs.keep_rows(held_out()), on_step=outputs.after_step)
@@ -140,8 +141,8 @@ def _rewards(cfg: Config, runs: Path, runtime: Runtime) -> dict[str, RewardFunct
 class StepOutputs:
     """What the RL stage writes besides metrics: sample tables, per-epoch snapshots, held-out rows."""
 
-    def __init__(self, run_dir: RunDir, runtime: Runtime, policy: Policy, tokenizer, ppo: PpoConfig, n_prompts: int):
-        self.run_dir, self.runtime, self.policy, self.tokenizer = run_dir, runtime, policy, tokenizer
+    def __init__(self, run_dir: RunDir, runtime: Runtime, policy: Policy, policy_source: str, ppo: PpoConfig, n_prompts: int):
+        self.run_dir, self.runtime, self.policy, self.policy_source = run_dir, runtime, policy, policy_source
         self.ppo, self.n_prompts = ppo, n_prompts
         self.rows: list[dict] | None = None
 
@@ -154,13 +155,14 @@ class StepOutputs:
             write_json(self.run_dir.path / name, self.rows)
 
     def after_step(self, step: int, batch: dict) -> None:
-        """Samples every sample_every steps; a loadable policy after each pass over the prompts (seed 004)."""
+        """Samples every sample_every steps; a snapshot of the policy after each pass over the prompts
+        (seed 004), for the over-optimisation study (rlhflab/stages/overopt.py)."""
         if self.runtime.is_main and (step % self.ppo.sample_every == 0 or step == 1):
             _write_samples(self.run_dir, step, batch["experience"], batch["kl"])
         prompts_per_step = self.ppo.batch_size // self.ppo.samples_per_prompt
         epoch = step * prompts_per_step // self.n_prompts
         if self.ppo.snapshot_each_epoch and epoch > (step - 1) * prompts_per_step // self.n_prompts and self.runtime.is_main:
-            save_policy(self.policy, self.tokenizer, self.run_dir.checkpoint_dir / f"epoch-{epoch}")
+            save_snapshot(self.policy, self.policy_source, self.run_dir.checkpoint_dir / f"epoch-{epoch}", self.ppo.snapshot_dtype)
 
 
 @torch.no_grad()

@@ -46,6 +46,10 @@ def _evaluate_reads(cfg: Config) -> list[str]:
             *(["reward"] if cfg.reward_fn.source is None else [])]
 
 
+def _overopt_reads(cfg: Config) -> list[str]:
+    return [*(["ppo"] if cfg.overopt.run is None else []), *(["reward"] if cfg.reward_fn.source is None else [])]
+
+
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("pretrain", ("seed", "runtime", "pretrain"), lambda cfg: [],
           "train a small causal LM from scratch on a corpus, with its own tokenizer"),
@@ -54,6 +58,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("ppo", ("seed", "runtime", "data", "reward_fn", "ppo"), _ppo_reads, "PPO against the reward, with a KL penalty to the SFT model"),
     Stage("evaluate", ("seed", "runtime", "data", "reward_fn", "evaluate", "ppo.max_new_tokens"), _evaluate_reads,
           "generate from SFT and PPO (or any models) on held-out prompts and compare"),
+    Stage("overopt", ("seed", "runtime", "data", "reward_fn", "evaluate", "overopt", "ppo.max_new_tokens"), _overopt_reads,
+          "over-optimisation study: proxy and gold rewards, KL and separator ratio at every RL snapshot"),
 )}
 
 

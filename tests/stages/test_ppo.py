@@ -180,7 +180,9 @@ def test_a_snapshot_is_saved_after_each_pass_over_the_prompts(tmp_path, tiny_lla
     run_dir = run_stage("ppo", make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, steps=10), progress=False)
     snapshots = sorted(p.name for p in run_dir.checkpoint_dir.glob("epoch-*"))
     assert snapshots == ["epoch-1", "epoch-2"]  # 80 prompts drawn from 36
-    assert AutoModelForCausalLM.from_pretrained(run_dir.checkpoint_dir / "epoch-1").config.model_type == "llama"
+    model, _ = load_causal_lm(str(run_dir.checkpoint_dir / "epoch-1"))  # the trainable blocks over the starting model
+    assert model.config.model_type == "llama"
+    assert not (run_dir.checkpoint_dir / "epoch-1" / "config.json").exists()  # not a full copy
 
 
 def test_saved_policy_round_trip_gives_identical_outputs(tmp_path, tiny_llama_dir):

@@ -1,0 +1,547 @@
+"""`rlhflab sweep`: a grid of config overrides, one pipeline run per point, then `rlhflab compare`.
+
+    rlhflab sweep --config configs/default.yaml ppo.learning_rate=1e-5,1e-4 ppo.kl_coef=0.02,0.1
+
+An override whose value lists several values (commas outside [..], {..} and quotes) is an axis;
+the grid is the cartesian product of the axes in the order given, the first axis varying slowest.
+The other overrides hold for every point. Layout, with <base> = <runs_dir>/<name>:
+
+    <base>/<stage>/                  stages every point shares, trained once (the base run's own)
+    <base>/sweep/sweep.json          the manifest: axes, fixed overrides, each point's status
+    <base>/sweep/<point>/            each point is a run of its own (runs_dir=<base>/sweep, name=<point>)
+        point.yaml, log.txt          its resolved config and the output of its pipeline process
+        <shared stage> -> ../../<stage>   a relative link to the base run's stage
+    <base>/sweep/compare/            `rlhflab compare <base>/sweep`
+
+A stage is shared when its inputs (the config values the registry says it reads) are the same
+under the base config and every point's, and so is every stage of this run it reads. A sweep over
+PPO settings after `make demo` thus reuses runs/default/sft and runs/default/reward as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from rlhflab.config import Config, check_run_name, dump_yaml, load_config, parse_yaml, to_dict
+from rlhflab.errors import RlhfLabError, RunInterrupted
+from rlhflab.fingerprint import strings
+from rlhflab.io import atomic_write_text, read_json, write_json
+
+SWEEP_DIR = "sweep"
+MANIFEST = "sweep.json"
+POINT_CONFIG = "point.yaml"
+LOG = "log.txt"
+NOT_AXES = ("name", "runs_dir")  # they place the points; every point is <runs_dir>/<name>/sweep/<point>
+POLL_SECONDS = 0.2
+
+
+# -- the grid (pure functions) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Axis:
+    key: str  # dotted config key, e.g. ppo.learning_rate
+    values: tuple[str, ...]  # as the user typed them
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str  # folder name, e.g. learning_rate-1e-5_kl_coef-0.02
+    values: tuple[tuple[str, str], ...]  # (key, value as typed) per axis
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{key}={value}" for key, value in self.values]
+
+
+def split_values(text: str) -> list[str]:
+    """`a,b,[c,d]` -> ['a', 'b', '[c,d]']: a comma inside [..], {..} or quotes does not split."""
+    parts, current, depth, quote = [], [], 0, None
+    for char in text:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        elif char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current).strip())
+    return parts
+
+
+def _parsed(text: str) -> str:
+    """A value as the config will read it (1e-5 and 0.00001 are the same value), as a comparable string."""
+    try:
+        return json.dumps(parse_yaml(text), sort_keys=True, default=str)
+    except Exception:  # noqa: BLE001 -- what YAML cannot read is taken as text, as load_config does
+        return json.dumps(text)
+
+
+def parse_overrides(overrides: Sequence[str]) -> tuple[list[str], list[Axis]]:
+    """Split `key=value` overrides into fixed ones (one value) and grid axes (several values).
+
+    Raises RlhfLabError for a malformed override, an axis with an empty or repeated value, an
+    axis on name/runs_dir, or a key given both as an axis and elsewhere."""
+    fixed: list[str] = []
+    axes: list[Axis] = []
+    keys: dict[str, str] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise RlhfLabError(f"Override {item!r} must look like section.key=value, or section.key=a,b,c for a grid axis.")
+        values = split_values(text)
+        is_axis = len(values) > 1
+        if key in keys and (is_axis or keys[key] == "axis"):
+            raise RlhfLabError(f"{key} is given more than once; give a swept setting once, with all its values ({key}=a,b).")
+        keys[key] = "axis" if is_axis else "fixed"
+        if not is_axis:
+            fixed.append(item)
+            continue
+        if key in NOT_AXES:
+            raise RlhfLabError(f"{key} cannot be swept: each point is its own run in <runs_dir>/<name>/sweep/<point>. "
+                               f"Give {key} one value.")
+        if any(not value for value in values):
+            raise RlhfLabError(f"Sweep axis {item!r} has an empty value; separate the values by single commas ({key}=a,b).")
+        seen: dict[str, str] = {}
+        for value in values:
+            same = seen.setdefault(_parsed(value), value)
+            if same is not value:
+                raise RlhfLabError(f"Sweep axis {key} lists the same value twice ({same} and {value}); give each value once.")
+        axes.append(Axis(key, tuple(values)))
+    return fixed, axes
+
+
+def _labels(axes: Sequence[Axis]) -> dict[str, str]:
+    """The name part of each axis: its last key part, or the whole dotted key where two axes share it."""
+    leaves = [axis.key.rsplit(".", 1)[-1] for axis in axes]
+    return {axis.key: axis.key if leaves.count(leaf) > 1 else leaf for axis, leaf in zip(axes, leaves)}
+
+
+def _clean(value: str) -> str:
+    """A value as part of a folder name: characters outside [A-Za-z0-9.+-] (and `..`) become `-`."""
+    return re.sub(r"\.{2,}", "-", re.sub(r"[^A-Za-z0-9.+-]", "-", value))
+
+
+def grid(axes: Sequence[Axis]) -> list[Point]:
+    """Every combination of the axes' values, the first axis varying slowest, each named
+    `<leaf>-<value>` joined by `_` (e.g. learning_rate-1e-5_kl_coef-0.02).
+
+    Raises RlhfLabError when there are fewer than two points, or a name is not a plain folder name
+    or comes out the same for two points."""
+    if not axes:  # every axis has two values or more (parse_overrides), so any axis makes two points
+        raise RlhfLabError("A sweep needs at least two points: give a setting several values separated by commas "
+                           "(e.g. ppo.learning_rate=1e-5,1e-4). For a single run use `rlhflab pipeline`.")
+    labels = _labels(axes)
+    points: list[Point] = []
+    names: dict[str, Point] = {}
+    for combination in itertools.product(*(axis.values for axis in axes)):
+        values = tuple((axis.key, value) for axis, value in zip(axes, combination))
+        name = "_".join(f"{labels[key]}-{_clean(value)}" for key, value in values)
+        try:
+            check_run_name(name)
+        except RlhfLabError:
+            raise RlhfLabError(f"The sweep point {' '.join(f'{k}={v}' for k, v in values)} would be named {name!r}, which is "
+                               f"not a plain folder name (at most 200 characters); sweep fewer settings or shorter values.") from None
+        if name in names:
+            raise RlhfLabError(f"Two sweep points would share the folder name {name!r} "
+                               f"({' '.join(names[name].overrides)} and {' '.join(f'{k}={v}' for k, v in values)}); "
+                               f"give values that differ in letters or digits.")
+        point = Point(name, values)
+        names[name] = point
+        points.append(point)
+    return points
+
+
+# -- what the points share -----------------------------------------------------------------
+
+
+def _stage_inputs(tree: dict, stage) -> dict:
+    from rlhflab.stages.registry import _pick
+
+    return {key: _pick(tree, key) for key in stage.inputs}
+
+
+def _dependencies(cfg: Config, stage, inputs: dict, root: Path) -> set[str]:
+    """This run's stages that `stage` reads: by name (Stage.reads) or as a path in its inputs (run:<stage>)."""
+    from rlhflab.stages.registry import STAGES
+
+    found = set(stage.reads(cfg))
+    for text in strings(inputs):
+        for other in STAGES:
+            where = str(root / other)
+            if text == where or text.startswith(where + os.sep):
+                found.add(other)
+    found.discard(stage.name)
+    return found
+
+
+def shared_stages(base: Config, points: Sequence[Config]) -> tuple[list[str], list[str]]:
+    """(shared, linked): the stages every point shares with the base run, and those plus the
+    stages outside the pipeline (`stages:`) that the points read from the base run folder.
+
+    `base` and `points` must have the same name and runs_dir, so that `run:<stage>` values
+    resolve to the same paths. A stage is shared when it is in every pipeline, its inputs are
+    equal everywhere, and every stage of this run it reads is shared (or outside the pipeline)."""
+    from rlhflab.stages.registry import STAGES
+
+    configs = [base, *points]
+    if any((c.name, c.runs_dir) != (base.name, base.runs_dir) for c in configs):
+        raise ValueError("shared_stages compares configs with the same name and runs_dir")
+    root = Path(base.runs_dir) / base.name
+    trees = [to_dict(c) for c in configs]
+    in_pipeline = {stage for c in configs for stage in c.stages}
+    shared: list[str] = []
+    outside: set[str] = set()
+    for name, stage in STAGES.items():
+        inputs = [_stage_inputs(tree, stage) for tree in trees]
+        needs = set().union(*(_dependencies(c, stage, i, root) for c, i in zip(configs, inputs)))
+        if (all(name in c.stages for c in configs) and all(i == inputs[0] for i in inputs[1:])
+                and all(d in shared or d not in in_pipeline for d in needs)):
+            shared.append(name)
+        if any(name in c.stages for c in points):
+            outside |= {d for d in needs if d not in in_pipeline}
+    return shared, [name for name in STAGES if name in shared or name in outside]
+
+
+def _rebase(cfg: Config, paths: dict[str, str]) -> Config:
+    """Replace every string value that is a key of `paths` (a point's path of a shared stage) by
+    its value (the base run's path), so the shared stage's key is the same in the point."""
+    def walk(node: Any) -> Any:
+        if dataclasses.is_dataclass(node):
+            for f in dataclasses.fields(node):
+                setattr(node, f.name, walk(getattr(node, f.name)))
+            return node
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return paths.get(node, node) if isinstance(node, str) else node
+
+    return walk(cfg)
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    config: str | None
+    fixed: list[str]
+    axes: list[Axis]
+    points: list[Point]
+    base: Config  # the config with the fixed overrides: runs the shared stages in <base>/<stage>
+    configs: dict[str, Config]  # point name -> the point's own run config
+    shared: list[str]
+    linked: list[str]  # the shared stages and the stages outside the pipeline the points read
+
+    @property
+    def root(self) -> Path:
+        return Path(self.base.runs_dir) / self.base.name
+
+    @property
+    def folder(self) -> Path:
+        return self.root / SWEEP_DIR
+
+    def point_dir(self, point: Point) -> Path:
+        return self.folder / point.name
+
+
+def _quoted(value: str) -> str:
+    return json.dumps(value)  # a YAML double-quoted string: a path stays a string
+
+
+def make_plan(config: str | None, overrides: Sequence[str]) -> Plan:
+    """Parse the grid and load every point's config (so a bad value fails before anything runs)."""
+    fixed, axes = parse_overrides(overrides)
+    points = grid(axes)
+    base = load_config(config, fixed)
+    compared = []
+    for point in points:
+        try:
+            compared.append(load_config(config, [*fixed, *point.overrides]))
+        except RlhfLabError as exc:
+            raise RlhfLabError(f"Sweep point {point.name} ({' '.join(point.overrides)}): {exc}") from None
+    shared, linked = shared_stages(base, compared)
+    root = Path(base.runs_dir) / base.name
+    folder = root / SWEEP_DIR
+    configs = {}
+    for point in points:
+        place = [f"runs_dir={_quoted(str(folder))}", f"name={_quoted(point.name)}"]
+        cfg = load_config(config, [*fixed, *point.overrides, *place])
+        own = folder / point.name
+        configs[point.name] = _rebase(cfg, {str(own / stage): str(root / stage) for stage in linked})
+    return Plan(None if config is None else str(config), fixed, axes, points, base, configs, shared, linked)
+
+
+def _link(folder: Path, stage: str, root: Path) -> bool:
+    """`<point>/<stage> -> ../../<stage>` (relative, so the runs folder can move); True when linked.
+
+    A folder of the point's own (from a sweep where the stage differed) is left alone: its key
+    decides whether the point's pipeline keeps it."""
+    link, target = folder / stage, Path("..") / ".." / stage
+    if link.is_symlink():
+        if os.readlink(link) == str(target):
+            return True
+        link.unlink()  # a link somewhere else: only the link goes
+    elif link.exists():
+        return False
+    if not (root / stage).is_dir():
+        return False
+    os.symlink(target, link, target_is_directory=True)
+    return True
+
+
+def point_done(cfg: Config) -> bool:
+    """Every stage of the point's pipeline finished with its current key."""
+    from rlhflab.pipeline import stage_state
+    from rlhflab.stages.registry import STAGES
+
+    return all(stage_state(cfg, stage) == "done" for stage in STAGES if stage in cfg.stages)
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def _launch(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """One point's pipeline in its own process (same process group: Ctrl-C reaches it too),
+    stdout and stderr appended to `log`."""
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}  {shlex.join(command)}\n")
+        handle.flush()
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM reached the driver (SLURM, `timeout`): handled like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated
+
+
+@dataclass
+class _Job:
+    index: int
+    point: Point
+    process: Any
+    started: float
+
+
+@dataclass
+class Sweep:
+    plan: Plan
+    parallel: int = 1
+    echo: Callable[[str], None] = print
+    manifest: dict = field(default_factory=dict)
+
+    # -- the manifest --
+    def _entry(self, point: Point) -> dict:
+        return next(e for e in self.manifest["points"] if e["name"] == point.name)
+
+    def _save(self) -> None:
+        write_json(self.plan.folder / MANIFEST, self.manifest)
+
+    def _start_manifest(self) -> None:
+        plan = self.plan
+        before = {}
+        if (plan.folder / MANIFEST).is_file():
+            try:
+                before = {e["name"]: e for e in read_json(plan.folder / MANIFEST).get("points", [])}
+            except (RlhfLabError, AttributeError, TypeError, KeyError):
+                before = {}
+        command = ["rlhflab", "sweep", *(["--config", plan.config] if plan.config else []), *plan.fixed,
+                   *(f"{axis.key}={','.join(axis.values)}" for axis in plan.axes)]
+        self.manifest = {
+            "config": plan.config,
+            "command": shlex.join(command),
+            "fixed": plan.fixed,
+            "axes": {axis.key: list(axis.values) for axis in plan.axes},
+            "shared": plan.shared,
+            "base": str(plan.root),
+            "points": [{"name": p.name, "overrides": p.overrides, "status": "pending",
+                        "seconds": (before.get(p.name) or {}).get("seconds"), "error": None,
+                        "log": str(plan.point_dir(p) / LOG)} for p in plan.points],
+        }
+
+    def _prepare(self, point: Point) -> None:
+        folder = self.plan.point_dir(point)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stage in self.plan.linked:
+            _link(folder, stage, self.plan.root)
+        atomic_write_text(folder / POINT_CONFIG, dump_yaml(self.plan.configs[point.name]))
+
+    # -- the run --
+    def run(self) -> None:
+        plan = self.plan
+        self._start_manifest()
+        for point in plan.points:
+            self._prepare(point)
+        todo = []
+        for index, point in enumerate(plan.points, 1):
+            if point_done(plan.configs[point.name]):
+                self._entry(point)["status"] = "done"
+                self._say(index, point, f"{'up to date':<14} {_headline(plan.point_dir(point))}")
+            else:
+                todo.append((index, point))
+        self._save()
+        running: list[_Job] = []
+        handles = _main_thread()  # signal handlers can only be set there
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if handles else None
+        try:
+            while todo or running:
+                while todo and len(running) < self.parallel:
+                    running.append(self._start(*todo.pop(0)))
+                for job in [j for j in running if j.process.poll() is not None]:
+                    running.remove(job)
+                    self._finish(job, job.process.returncode)
+                if running:
+                    time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt as stop:
+            self._stop(running, terminated=isinstance(stop, _Terminated))
+            raise RunInterrupted(self._stopped_message()) from None
+        finally:
+            if handles:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+    def _say(self, index: int, point: Point, text: str) -> None:
+        width = max(len(p.name) for p in self.plan.points)
+        total = len(self.plan.points)
+        self.echo(f"[{index:>{len(str(total))}}/{total}] {point.name:<{width}}  {text}".rstrip())
+
+    def _start(self, index: int, point: Point) -> _Job:
+        folder = self.plan.point_dir(point)
+        command = [sys.executable, "-m", "rlhflab", "pipeline", "--config", str(folder / POINT_CONFIG), "--no-progress"]
+        env = dict(os.environ)
+        if self.parallel > 1 and "OMP_NUM_THREADS" not in env:  # points side by side share the cores
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.parallel))
+        entry = self._entry(point)
+        entry.update(status="running", error=None)
+        self._save()
+        self._say(index, point, f"running ...      log {folder / LOG}")
+        return _Job(index, point, _launch(command, folder / LOG, env), time.perf_counter())
+
+    def _finish(self, job: _Job, code: int | None, *, interrupted: bool = False) -> None:
+        from rlhflab.pipeline import _duration
+
+        entry = self._entry(job.point)
+        seconds = time.perf_counter() - job.started
+        entry["seconds"] = round(seconds, 1)
+        log = self.plan.point_dir(job.point) / LOG
+        if code == 0:
+            entry.update(status="done", error=None)
+            self._say(job.index, job.point, f"done in {_duration(seconds):<6} {_headline(self.plan.point_dir(job.point))}")
+        elif interrupted or code == 130:
+            entry.update(status="interrupted", error=None)
+            self._say(job.index, job.point, f"interrupted after {_duration(seconds)} (a checkpoint is saved)")
+        else:
+            entry.update(status="failed", error=_last_line(log) or f"exit status {code}")
+            self._say(job.index, job.point, f"FAILED after {_duration(seconds)}: {entry['error']}")
+        self._save()
+
+    def _stop(self, running: list[_Job], *, terminated: bool) -> None:
+        """After Ctrl-C (which the points got too: same process group) or SIGTERM (forwarded
+        here): wait for the running points to save their checkpoints and stop."""
+        if running:
+            self.echo(f"stopping: waiting for {len(running)} running point(s) to save a checkpoint ...")
+        for job in running:
+            if terminated:
+                job.process.send_signal(signal.SIGTERM)
+        for job in running:
+            while True:
+                try:
+                    code = job.process.wait()
+                    break
+                except KeyboardInterrupt:  # a second Ctrl-C: the points stop at once on it themselves
+                    continue
+            self._finish(job, code, interrupted=code != 0)
+        self._save()
+
+    def _stopped_message(self) -> str:
+        left = [e["name"] for e in self.manifest["points"] if e["status"] != "done"]
+        return (f"the sweep stopped with {len(left)} of {len(self.manifest['points'])} points not finished "
+                f"({', '.join(left)}); rerun the same command to resume.")
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _headline(folder: Path) -> str:
+    """The point's RL headline (start -> end reward, KL) from ppo/summary.json, if there is one."""
+    from rlhflab.pipeline import headline
+
+    path = folder / "ppo" / "summary.json"
+    if not path.is_file():
+        return ""
+    try:
+        return headline("ppo", read_json(path))
+    except (RlhfLabError, KeyError, TypeError, ValueError):
+        return ""
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return ""
+    return next((line for line in reversed(lines) if line), "")
+
+
+def run(config: str | None, overrides: Sequence[str], *, parallel: int = 1, progress: bool = True,
+        echo: Callable[[str], None] = print) -> Path:
+    """Run the sweep (skipping finished points, resuming cut-off ones), then compare the points;
+    returns the folder of the comparison (<base>/sweep/compare).
+
+    Raises RlhfLabError (after the comparison) when points failed, and RunInterrupted when Ctrl-C
+    or SIGTERM stopped it."""
+    from rlhflab import pipeline
+    from rlhflab.eval.compare import compare
+
+    if parallel < 1:
+        raise RlhfLabError(f"--parallel must be at least 1; got {parallel}.")
+    plan = make_plan(config, overrides)
+    echo(f"sweep     {len(plan.points)} points ({' x '.join(f'{len(a.values)} {a.key}' for a in plan.axes)}) "
+         f"in {plan.folder}")
+    if plan.shared:
+        echo(f"shared    {', '.join(plan.shared)}: trained once, in {plan.root}")
+        try:
+            pipeline.run(plan.base, only=plan.shared, report=False, progress=progress, echo=echo)
+        except RunInterrupted as exc:  # "<stage> stopped and saved a checkpoint in ...; run the same pipeline ..."
+            raise RunInterrupted(f"{str(exc).split(';')[0]}; rerun the same command to resume.") from None
+    else:
+        echo("shared    none: every stage differs between points")
+    sweep = Sweep(plan, parallel=parallel, echo=echo)
+    sweep.run()
+    result = compare([str(plan.folder)], plan.folder / "compare")
+    echo("")
+    echo(result.text)
+    echo(str(result.markdown))
+    failed = [e for e in sweep.manifest["points"] if e["status"] == "failed"]
+    if failed:
+        raise RlhfLabError(f"{len(failed)} of {len(plan.points)} points failed: {', '.join(e['name'] for e in failed)}; "
+                           f"see {', '.join(e['log'] for e in failed)}.")
+    left = [e for e in sweep.manifest["points"] if e["status"] != "done"]
+    if left:
+        raise RunInterrupted(sweep._stopped_message())
+    return result.folder

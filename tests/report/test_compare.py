@@ -1,0 +1,160 @@
+"""`rlhflab compare` on RL runs written here by hand in the ppo stage's real formats
+(summary.json, metrics.jsonl, config.yaml; a sweep's sweep.json and point.yaml): no model runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhflab.errors import RlhfLabError
+from rlhflab.eval.compare import compare
+from rlhflab.eval.report import build_report
+from tests.helpers import assert_user_error, cli_run
+
+CURVES = ["score_mean", "kl", "clip_fraction", "approx_kl", "policy_loss", "beta"]
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def train_row(step: int, clip: float, approx: float) -> dict:
+    return {"step": step, "split": "train", "score_mean": 0.1 * step, "score_std": 0.5, "kl": 0.2 * step, "beta": 0.05,
+            "clip_fraction": clip, "approx_kl": approx, "policy_loss": -0.01 * step, "value_loss": 0.1, "entropy": 4.0}
+
+
+def rl_run(folder: Path, *, steps: int, evals: list[tuple[int, float, float]], seconds: float | None,
+           lr: float = 1e-4, kl_coef: float = 0.05, algorithm: str = "ppo", finished: bool = True) -> None:
+    """A ppo stage folder: evals are (step, KL, P(positive)); clip fraction = step / 100, approx KL = step / 1000."""
+    rows = [{"step": s, "split": "eval", "kl": kl, "score": 2 * p - 1, "positive_probability": p} for s, kl, p in evals]
+    rows += [train_row(s, s / 100, s / 1000) for s in range(1, steps + 1)]
+    rows.sort(key=lambda r: (r["step"], r["split"] != "eval"))
+    target = folder if finished else folder.with_name(folder.name + ".partial")
+    write_jsonl(target / "metrics.jsonl", rows)
+    (target / "config.yaml").write_text(f"name: x\nppo:\n  algorithm: {algorithm}\n  learning_rate: {lr}\n"
+                                        f"  kl_coef: {kl_coef}\n", encoding="utf-8")
+    if finished:
+        evaluations = [{"step": s, "kl": kl, "score": 2 * p - 1, "positive_probability": p} for s, kl, p in evals]
+        write_json(target / "summary.json", {"algorithm": algorithm, "steps": steps, "start": evaluations[0],
+                                             "end": evaluations[-1], "evaluations": evaluations, "seconds": seconds})
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """runs/base/sweep with four points: two finished, one cut off (ppo.partial), one not started."""
+    folder = tmp_path / "runs" / "base" / "sweep"
+    names = ["learning_rate-1e-5", "learning_rate-1e-4", "learning_rate-1e-3", "learning_rate-1e-2"]
+    write_json(folder / "sweep.json", {
+        "config": None, "fixed": ["ppo.steps=12"], "axes": {"ppo.learning_rate": ["1e-5", "1e-4", "1e-3", "1e-2"]},
+        "points": [{"name": n, "overrides": [f"ppo.learning_rate={n.split('-', 1)[1]}"], "status": "done",
+                    "seconds": None, "error": None, "log": str(folder / n / "log.txt")} for n in names]})
+    # p1: final 0.700 at KL 2.0 from 0.5 (+0.2, 0.1 per nat), best 0.800 at step 6
+    rl_run(folder / names[0] / "ppo", steps=12, evals=[(0, 0.0, 0.5), (6, 1.0, 0.8), (12, 2.0, 0.7)], seconds=30.4, lr=1e-5)
+    # p2: final 0.750 at KL 5.0 (+0.25, 0.05 per nat); step 12 logged twice (a resume): the last line counts
+    rl_run(folder / names[1] / "ppo", steps=12, evals=[(0, 0.0, 0.5), (12, 5.0, 0.75)], seconds=61.0)
+    with open(folder / names[1] / "ppo" / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(train_row(12, 0.22, 0.0)) + "\n")
+    # p3: stopped at step 4 of a longer run
+    rl_run(folder / names[2] / "ppo", steps=4, evals=[(0, 0.0, 0.5), (4, 0.5, 0.9)], seconds=None, finished=False)
+    return folder
+
+
+def test_the_table_holds_final_best_and_last_step_means_per_point(sweep):
+    result = compare([str(sweep)])
+    assert result.folder == sweep / "compare"
+    data = json.loads((sweep / "compare" / "compare.json").read_text())
+    assert data["reward"] == "positive_probability"
+    assert data["header"] == ["point", "learning_rate", "final P(positive)", "best P(positive)", "final KL",
+                              "clip fraction (last 10)", "approx. KL (last 10)", "steps", "seconds"]
+    assert data["rows"] == [
+        # clip fraction over steps 3..12 = mean(3..12) / 100 = 0.075; approx KL 0.0075
+        ["learning_rate-1e-5", "1e-5", "0.700", "0.800 (step 6)", "2.00", "0.075", "0.0075", "12", "30"],
+        # step 12's second line: clip (3+..+11)/100 + 0.22 over 10 = 0.085, approx KL (3+..+11)/1000 over 10 = 0.0063
+        ["learning_rate-1e-4", "1e-4", "0.750", "0.750 (step 12)", "5.00", "0.085", "0.0063", "12", "61"],
+        ["learning_rate-1e-3", "1e-3", "not finished", "0.900 (step 4)", "-", "0.025", "0.0025", "4 so far", "-"],
+        ["learning_rate-1e-2", "1e-2", "not finished", "-", "-", "-", "-", "-", "-"],
+    ]
+    first = data["runs"][0]
+    assert first["reward_gain"] == pytest.approx(0.2) and first["reward_per_kl"] == pytest.approx(0.1)
+    assert data["sentences"] == [
+        "learning_rate-1e-4 has the highest final held-out P(positive): 0.750.",
+        "learning_rate-1e-5 gains the most P(positive) per nat of KL: +0.200 over its start at a final KL of 2.00 "
+        "(0.100 per nat).",
+        "Not finished: learning_rate-1e-3, learning_rate-1e-2.",
+    ]
+    figures = sorted(p.name for p in (sweep / "compare" / "figures").iterdir())
+    assert figures == sorted([f"compare_{k}.png" for k in CURVES] + ["compare_frontier.png"])
+    assert [f["path"] for f in data["figures"]][-1] == "figures/compare_frontier.png"
+    markdown = (sweep / "compare" / "compare.md").read_text()
+    assert "0.800 (step 6)" in markdown and "](figures/compare_kl.png)" in markdown
+    assert result.text.splitlines()[0].startswith("| point ") and "not finished" in result.text
+
+
+def test_runs_and_stage_folders_show_algorithm_and_settings_and_fall_back_to_the_score(tmp_path):
+    rl_run(tmp_path / "runs" / "a" / "ppo", steps=3, evals=[(0, 0.0, 0.5), (3, 1.5, 0.6)], seconds=5.0)
+    rl_run(tmp_path / "runs" / "b" / "ppo", steps=3, evals=[(0, 0.0, 0.5), (3, 3.0, 0.7)], seconds=6.0,
+           algorithm="grpo", lr=3e-5, kl_coef=0.1)
+    summary = json.loads((tmp_path / "runs" / "b" / "ppo" / "summary.json").read_text())
+    for entry in [summary["start"], summary["end"], *summary["evaluations"]]:
+        del entry["positive_probability"]  # a reward function without a probability
+    write_json(tmp_path / "runs" / "b" / "ppo" / "summary.json", summary)
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "b" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    write_jsonl(tmp_path / "runs" / "b" / "ppo" / "metrics.jsonl",
+                [{k: v for k, v in r.items() if k != "positive_probability"} for r in rows])
+    out = tmp_path / "out"
+    result = compare([str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b" / "ppo")], out)
+    assert result.data["reward"] == "score"  # one scale for every run
+    assert result.data["rows"] == [
+        ["a", "ppo", "0.0001", "0.05", "0.200", "0.200 (step 3)", "1.50", "0.020", "0.0020", "3", "5"],
+        ["b", "grpo", "3e-05", "0.1", "0.400", "0.400 (step 3)", "3.00", "0.020", "0.0020", "3", "6"],
+    ]
+    assert result.data["header"][:4] == ["run", "algorithm", "learning_rate", "kl_coef"]
+    assert (out / "compare.md").exists() and (out / "figures" / "compare_frontier.png").exists()
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda root: root / "missing", "is not a folder"),
+    (lambda root: (root / "file.txt").write_text("x") and root / "file.txt", "is not a folder"),
+    (lambda root: (root / "empty").mkdir() or root / "empty", "holds no sweep.json"),
+])
+def test_an_argument_that_names_no_rl_run_is_a_one_line_error(tmp_path, capsys, make, fragment):
+    path = make(tmp_path)
+    with pytest.raises(RlhfLabError, match=fragment):
+        compare([str(path)])
+    line = assert_user_error(cli_run(capsys, "compare", path), str(path), fragment)
+    assert "runs/NAME/sweep" in line
+
+
+def test_a_manifest_without_points_is_an_error(tmp_path):
+    write_json(tmp_path / "sweep" / "sweep.json", {"points": "nope"})
+    with pytest.raises(RlhfLabError, match="no list of points"):
+        compare([str(tmp_path / "sweep")])
+
+
+def test_the_cli_prints_the_table_and_the_path_last(sweep, capsys, tmp_path):
+    result = cli_run(capsys, "compare", sweep, "--out", tmp_path / "elsewhere")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == str(tmp_path / "elsewhere" / "compare.md")
+    assert lines[0].startswith("| point") and any("learning_rate-1e-5" in line for line in lines)
+
+
+def test_the_run_report_has_a_sweep_section_when_the_sweep_was_compared(sweep):
+    base = sweep.parent
+    rl_run(base / "ppo", steps=3, evals=[(0, 0.0, 0.5), (3, 1.0, 0.6)], seconds=5.0)
+    _, markdown = build_report(base)
+    assert "## Sweep" not in markdown.read_text()
+    compare([str(sweep)])
+    html, markdown = build_report(base)
+    text = markdown.read_text()
+    assert "## Sweep" in text and "0.800 (step 6)" in text
+    assert "](../sweep/compare/figures/compare_frontier.png)" in text
+    assert html.read_text().count("data:image/png;base64,") >= 7

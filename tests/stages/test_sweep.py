@@ -1,0 +1,220 @@
+"""`rlhflab sweep` on the tiny pipeline of test_pipeline.py: shared stages trained once and linked,
+each point its own pipeline process, reruns skip finished points, failures and Ctrl-C recorded."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from rlhflab import sweep as sweep_module
+from rlhflab.config import dump_yaml, load_config, parse_yaml
+from rlhflab.errors import RlhfLabError, RunInterrupted
+from rlhflab.pipeline import stage_state
+from rlhflab.stages.registry import stage_key
+from tests.helpers import assert_user_error, cli_run, synthetic_reviews
+from tests.stages.test_pipeline import make_config
+
+POINTS = ["learning_rate-1e-5", "learning_rate-1e-4"]
+
+
+class FakeProcess:
+    """Stands in for a point's process: exits with `code`; `on_poll` runs once, at the first poll."""
+
+    def __init__(self, code: int = 0, on_poll=None):
+        self.returncode = code
+        self.on_poll = on_poll
+        self.signals: list[int] = []
+
+    def poll(self):
+        if self.on_poll is not None:
+            action, self.on_poll = self.on_poll, None
+            action()
+        return self.returncode
+
+    def wait(self):
+        return self.returncode
+
+    def send_signal(self, signum):
+        self.signals.append(signum)
+
+
+def run_sweep(config: Path, *overrides: str) -> list[str]:
+    lines: list[str] = []
+    sweep_module.run(str(config), list(overrides), progress=False, echo=lines.append)
+    return lines
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, tiny_llama_dir, tiny_bert_dir):
+    """The tiny pipeline swept over two PPO learning rates, each point in a real `python -m rlhflab` process."""
+    root = tmp_path_factory.mktemp("sweep")
+    reviews = root / "reviews.csv"
+    with open(reviews, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("text", "label"), *synthetic_reviews(30)])
+    config = root / "tiny.yaml"
+    config.write_text(dump_yaml(make_config(root, tiny_llama_dir, tiny_bert_dir, reviews)), encoding="utf-8")
+    launched = []
+    real = sweep_module._launch
+
+    def spy(command, log, env):
+        launched.append(command)
+        return real(command, log, env)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sweep_module, "_launch", spy)
+        patch.setenv("OMP_NUM_THREADS", "1")  # the points' processes: tiny models run faster on one thread
+        lines = run_sweep(config, "ppo.learning_rate=1e-5,1e-4")
+    return config, root / "runs" / "tiny", lines, launched
+
+
+def copy_runs(swept, tmp_path: Path, *stages: str) -> tuple[Path, Path]:
+    """The module's config pointed at a copy of the base run's `stages` (each test its own runs folder)."""
+    config, base, _, _ = swept
+    for stage in stages:
+        shutil.copytree(base / stage, tmp_path / "runs" / "tiny" / stage, symlinks=True)
+    own = tmp_path / "tiny.yaml"
+    text = parse_yaml(config.read_text(encoding="utf-8"))
+    text["runs_dir"] = str(tmp_path / "runs")
+    own.write_text(json.dumps(text), encoding="utf-8")  # JSON is YAML
+    return own, tmp_path / "runs" / "tiny"
+
+
+def test_stages_the_points_share_are_trained_once_and_linked(swept):
+    config, base, lines, launched = swept
+    assert lines[1] == f"shared    sft, reward: trained once, in {base}"
+    assert sorted(p.name for p in base.iterdir()) == ["reward", "sft", "sweep"]  # no PPO in the base run
+    for name in POINTS:
+        point = base / "sweep" / name
+        for stage in ("sft", "reward"):
+            assert (point / stage).is_symlink() and os.readlink(point / stage) == str(Path("..") / ".." / stage)
+            assert (point / stage / "stage.json").read_text() == (base / stage / "stage.json").read_text()
+        for stage in ("ppo", "evaluate"):
+            assert (point / stage / "summary.json").is_file() and not (point / stage).is_symlink()
+        assert (point / "report" / "report.html").is_file() and "up to date" in (point / "log.txt").read_text()
+    assert [command[-3:] for command in launched] == [
+        ["--config", str(base / "sweep" / name / "point.yaml"), "--no-progress"] for name in POINTS]
+    rates = [parse_yaml((base / "sweep" / n / "ppo" / "config.yaml").read_text())["ppo"]["learning_rate"] for n in POINTS]
+    assert rates == [1e-5, 1e-4]
+
+
+def test_a_point_sees_the_linked_stages_as_up_to_date_with_the_base_runs_key(swept):
+    config, base, _, _ = swept
+    base_cfg = load_config(config)
+    point = load_config(base / "sweep" / POINTS[0] / "point.yaml")
+    for stage in ("sft", "reward"):
+        assert stage_key(point, stage)["key"] == stage_key(base_cfg, stage)["key"]
+        assert stage_state(point, stage) == "done"
+    ppo = json.loads((base / "sweep" / POINTS[0] / "ppo" / "stage.json").read_text())
+    sft_run = json.loads((base / "sft" / "stage.json").read_text())["run_id"]
+    assert ppo["references"]["<this run>/sft"] == f"run:{sft_run}"  # the fingerprint followed the link
+
+
+def test_the_manifest_and_the_comparison_cover_every_point(swept):
+    config, base, lines, _ = swept
+    manifest = json.loads((base / "sweep" / "sweep.json").read_text())
+    assert manifest["config"] == str(config) and manifest["axes"] == {"ppo.learning_rate": ["1e-5", "1e-4"]}
+    assert manifest["shared"] == ["sft", "reward"]
+    assert [(p["name"], p["status"], p["overrides"]) for p in manifest["points"]] == [
+        (POINTS[0], "done", ["ppo.learning_rate=1e-5"]), (POINTS[1], "done", ["ppo.learning_rate=1e-4"])]
+    assert all(p["seconds"] > 0 and p["error"] is None for p in manifest["points"])
+    done = [line for line in lines if " done in " in line and line.startswith("[")]
+    assert len(done) == 2 and all("KL" in line for line in done)
+    compared = json.loads((base / "sweep" / "compare" / "compare.json").read_text())
+    assert [row[0] for row in compared["rows"]] == POINTS and compared["rows"][0][1] == "1e-5"
+    assert lines[-1] == str(base / "sweep" / "compare" / "compare.md")
+
+
+def test_rerunning_the_same_command_runs_no_point_again(swept, tmp_path, monkeypatch):
+    own, base = copy_runs(swept, tmp_path, "sft", "reward", "sweep")
+    monkeypatch.setattr(sweep_module, "_launch", lambda *a: pytest.fail("a finished point was started again"))
+    lines = run_sweep(own, "ppo.learning_rate=1e-5,1e-4")
+    assert "sft       up to date" in lines[2] and "reward    up to date" in lines[3]
+    assert [line.split()[2:4] for line in lines if line.startswith("[")] == [["up", "to"], ["up", "to"]]
+    # a point cut off mid-run is started again (its pipeline resumes the stage itself); the other is not
+    shutil.rmtree(base / "sweep" / POINTS[1] / "evaluate")
+    launched = []
+    monkeypatch.setattr(sweep_module, "_launch", lambda command, log, env: launched.append(command) or FakeProcess())
+    run_sweep(own, "ppo.learning_rate=1e-5,1e-4")
+    assert [command[-2] for command in launched] == [str(base / "sweep" / POINTS[1] / "point.yaml")]
+
+
+def test_a_failing_point_is_recorded_and_the_others_still_run(swept, tmp_path, monkeypatch):
+    """The failing point runs for real (its model folder holds no model); the next one is only started."""
+    own, base = copy_runs(swept, tmp_path, "sft", "reward")
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "notes.txt").write_text("hello")
+    real, launched = sweep_module._launch, []
+
+    def launch(command, log, env):
+        launched.append(command[-2])
+        return real(command, log, env) if len(launched) == 1 else FakeProcess()
+
+    monkeypatch.setattr(sweep_module, "_launch", launch)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with pytest.raises(RlhfLabError) as caught:
+        run_sweep(own, f"ppo.policy={not_a_model},null")
+    manifest = json.loads((base / "sweep" / "sweep.json").read_text())
+    statuses = [p["status"] for p in manifest["points"]]
+    assert statuses == ["failed", "done"] and len(launched) == 2
+    bad = manifest["points"][0]
+    assert bad["error"].startswith("error: ") and str(not_a_model) in bad["error"]
+    assert bad["error"] in (base / "sweep" / bad["name"] / "log.txt").read_text()
+    assert str(caught.value) == f"1 of 2 points failed: {bad['name']}; see {bad['log']}."
+    compared = json.loads((base / "sweep" / "compare" / "compare.json").read_text())
+    assert compared["rows"][0][2] == "not finished"
+
+
+def test_sweeping_an_sft_setting_makes_sft_per_point_and_shares_the_reward_model(swept, tmp_path, monkeypatch):
+    own, base = copy_runs(swept, tmp_path, "sft", "reward")
+    monkeypatch.setattr(sweep_module, "_launch", lambda *a: FakeProcess())
+    lines = run_sweep(own, "sft.learning_rate=1e-3,2e-3")
+    assert lines[1] == f"shared    reward: trained once, in {base}"
+    for name in ("learning_rate-1e-3", "learning_rate-2e-3"):
+        point = base / "sweep" / name
+        assert (point / "reward").is_symlink() and not (point / "sft").exists()
+        assert load_config(point / "point.yaml").sft.learning_rate == float(name.split("-", 1)[1])
+
+
+def test_ctrl_c_waits_for_the_running_point_and_says_how_to_resume(swept, tmp_path, monkeypatch):
+    own, base = copy_runs(swept, tmp_path, "sft", "reward")
+    processes = []
+
+    def interrupted(*args):
+        def ctrl_c():
+            raise KeyboardInterrupt
+        processes.append(FakeProcess(130, on_poll=ctrl_c))
+        return processes[-1]
+
+    monkeypatch.setattr(sweep_module, "_launch", interrupted)
+    with pytest.raises(RunInterrupted, match="rerun the same command to resume"):
+        run_sweep(own, "ppo.kl_coef=0.1,0.2")
+    statuses = [p["status"] for p in json.loads((base / "sweep" / "sweep.json").read_text())["points"]]
+    assert statuses == ["interrupted", "pending"] and len(processes) == 1
+    assert processes[0].signals == []  # Ctrl-C reached the point itself (same process group): no second one
+
+    def terminated(*args):  # SIGTERM goes to the driver alone: it passes it on
+        processes.append(FakeProcess(130, on_poll=lambda: os.kill(os.getpid(), signal.SIGTERM)))
+        return processes[-1]
+
+    monkeypatch.setattr(sweep_module, "_launch", terminated)
+    with pytest.raises(RunInterrupted):
+        run_sweep(own, "ppo.kl_coef=0.1,0.2")
+    assert processes[-1].signals == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is not sweep_module._on_sigterm  # the handler is put back
+
+
+def test_bad_grids_fail_in_one_line_before_anything_runs(capsys, tmp_path):
+    result = cli_run(capsys, "sweep", f"runs_dir={tmp_path}", "ppo.steps=3")
+    assert_user_error(result, "rlhflab pipeline")
+    result = cli_run(capsys, "sweep", f"runs_dir={tmp_path}", "ppo.kl_coef=0.1,-1")
+    assert_user_error(result, "kl_coef-", "kl_coef must be >= 0")
+    result = cli_run(capsys, "sweep", f"runs_dir={tmp_path}", "ppo.kl_coef=0.1,0.2", "--parallel", "0")
+    assert_user_error(result, "--parallel")
+    assert not any(tmp_path.iterdir())
