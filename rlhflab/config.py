@@ -279,6 +279,9 @@ class Config:
     ppo: PpoConfig = field(default_factory=PpoConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     overopt: OveroptConfig = field(default_factory=OveroptConfig)
+    # Metrics also to TensorBoard (runs/<name>/tensorboard/) or Weights & Biases (rlhflab/tracking.py);
+    # the package must be installed. No stage's output depends on it.
+    tracking: Literal["none", "tensorboard", "wandb"] = "none"
 
     def __post_init__(self) -> None:
         check_run_name(self.name)
@@ -571,8 +574,8 @@ def check_pretrain(pre: PretrainConfig) -> None:
 RUN_REFERENCE = "run:"  # "run:pretrain" = this run's pretrain stage folder
 
 
-def resolve_run_references(cfg: Config) -> Config:
-    """Replace every "run:<stage>" value with <runs_dir>/<name>/<stage> (after overrides, so name= counts)."""
+def map_strings(cfg: Any, fn) -> Any:
+    """Replace every string value anywhere in `cfg` (dataclasses, dicts, lists) by fn(value), in place."""
     def walk(node: Any) -> Any:
         if dataclasses.is_dataclass(node):
             for f in dataclasses.fields(node):
@@ -582,14 +585,22 @@ def resolve_run_references(cfg: Config) -> Config:
             return {k: walk(v) for k, v in node.items()}
         if isinstance(node, list):
             return [walk(v) for v in node]
-        if isinstance(node, str) and node.startswith(RUN_REFERENCE):
-            stage = node[len(RUN_REFERENCE):]
-            if stage not in ("pretrain", "sft", "reward", "ppo", "evaluate", "overopt"):
-                raise RlhfLabError(f"{node!r} names no stage; use run:pretrain, run:sft, run:reward or run:ppo.")
-            return str(Path(cfg.runs_dir) / cfg.name / stage)
-        return node
+        return fn(node) if isinstance(node, str) else node
 
     return walk(cfg)
+
+
+def resolve_run_references(cfg: Config) -> Config:
+    """Replace every "run:<stage>" value with <runs_dir>/<name>/<stage> (after overrides, so name= counts)."""
+    def resolve(value: str) -> str:
+        if not value.startswith(RUN_REFERENCE):
+            return value
+        stage = value[len(RUN_REFERENCE):]
+        if stage not in ("pretrain", "sft", "reward", "ppo", "evaluate", "overopt"):
+            raise RlhfLabError(f"{value!r} names no stage; use run:pretrain, run:sft, run:reward or run:ppo.")
+        return str(Path(cfg.runs_dir) / cfg.name / stage)
+
+    return map_strings(cfg, resolve)
 
 
 def check_evaluate(ev: EvaluateConfig) -> None:
@@ -614,6 +625,9 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
     resolve_rl(cfg.ppo, world_size)
     check_evaluate(cfg.evaluate)
     check_overopt(cfg.overopt)
+    from rlhflab.tracking import check_tracking
+
+    check_tracking(cfg.tracking)
     return cfg
 
 

@@ -88,6 +88,22 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The objects of a JSON-lines file ([] when there is none); a line that does not parse (the
+    half-written last line of a run still going) is skipped, so readers of live runs never fail."""
+    if not Path(path).is_file():
+        return []
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -166,6 +182,7 @@ class RunDir:
         self.final = Path(path)
         self.path = self.final
         self.stage_facts: dict[str, Any] = {}  # the stage's key (rlhflab/stages/registry.py), set on open
+        self.tracker = None  # an Accelerate tracker when `tracking:` asks for one (rlhflab/tracking.py)
 
     @property
     def partial(self) -> Path:
@@ -240,6 +257,9 @@ class RunDir:
 
     def finish(self, summary: dict[str, Any]) -> "RunDir":
         """Write summary.json and stage.json (the stage's key and a new run id), then put the run in place."""
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
         write_json(self.path / "summary.json", summary)
         write_json(self.path / "stage.json", {**self.stage_facts, "run_id": uuid.uuid4().hex})
         if self.path == self.partial:
@@ -262,9 +282,14 @@ class RunDir:
         self.path = self.final
 
     def log_metrics(self, record: dict[str, Any]) -> None:
-        """Append one JSON line; a line is written whole with a single write call."""
+        """Append one JSON line (a line is written whole with a single write call), and send it to
+        the tracker when `tracking:` set one (rlhflab/tracking.py)."""
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.tracker is not None:
+            from rlhflab.tracking import log
+
+            log(self.tracker, record)
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():

@@ -20,7 +20,6 @@ PPO settings after `make demo` thus reuses runs/default/sft and runs/default/rew
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import os
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rlhflab.config import Config, check_run_name, dump_yaml, load_config, parse_yaml, to_dict
+from rlhflab.config import Config, check_run_name, dump_yaml, load_config, map_strings, parse_yaml, to_dict
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.fingerprint import strings
 from rlhflab.io import atomic_write_text, read_json, write_json
@@ -225,18 +224,7 @@ def shared_stages(base: Config, points: Sequence[Config]) -> tuple[list[str], li
 def _rebase(cfg: Config, paths: dict[str, str]) -> Config:
     """Replace every string value that is a key of `paths` (a point's path of a shared stage) by
     its value (the base run's path), so the shared stage's key is the same in the point."""
-    def walk(node: Any) -> Any:
-        if dataclasses.is_dataclass(node):
-            for f in dataclasses.fields(node):
-                setattr(node, f.name, walk(getattr(node, f.name)))
-            return node
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return paths.get(node, node) if isinstance(node, str) else node
-
-    return walk(cfg)
+    return map_strings(cfg, lambda value: paths.get(value, value))
 
 
 # -- the plan ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from rlhflab.config import parse_yaml
 from rlhflab.errors import RlhfLabError
-from rlhflab.io import atomic_write_text, read_json, write_json
+from rlhflab.io import atomic_write_text, read_json, read_jsonl, write_json
 
 RL_STAGE = "ppo"  # the stage folder of every RL algorithm (ppo, grpo, rloo)
 LAST_STEPS = 10  # clip fraction and approximate KL are averaged over this many last steps
@@ -65,21 +65,6 @@ class Comparison:
 # -- reading --------------------------------------------------------------------------------
 
 
-def _jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file; a line that does not parse (a run still writing) is skipped."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
 def _yaml(path: Path) -> dict | None:
     import yaml
 
@@ -97,7 +82,7 @@ def _read(run: RlRun) -> RlRun:
         summary = read_json(folder / "summary.json")
         run.summary = summary if isinstance(summary, dict) else None
     source = folder if run.summary is not None or not partial.is_dir() else partial
-    run.rows = _jsonl(source / "metrics.jsonl")
+    run.rows = read_jsonl(source / "metrics.jsonl")
     if run.config is None:
         run.config = _yaml(source / "config.yaml")
     return run

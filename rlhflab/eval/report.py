@@ -32,7 +32,7 @@ from rlhflab.eval.document import (
     to_html,
     to_markdown,
 )
-from rlhflab.io import atomic_write_text, read_json
+from rlhflab.io import atomic_write_text, read_json, read_jsonl
 
 STAGES = ("pretrain", "sft", "reward", "ppo", "evaluate", "overopt")  # the order of rlhflab/stages/registry.py
 STAGE_TITLES = {"pretrain": "Pretraining", "sft": "Supervised fine-tuning", "reward": "Reward model",
@@ -64,22 +64,6 @@ class Stage:
         return self.summary is not None
 
 
-def _jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file; a line that does not parse (the half-written last line of a
-    run still going) is skipped rather than failing the whole report."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
 def load_stage(run_root: Path, name: str) -> Stage:
     stage = Stage(name, run_root / name)
     if not stage.exists:
@@ -89,8 +73,8 @@ def load_stage(run_root: Path, name: str) -> Stage:
         if not isinstance(summary, dict):
             raise RlhfLabError(f"{stage.path / 'summary.json'} should hold a JSON object; rerun the {name} stage.")
         stage.summary = summary
-    stage.rows = _jsonl(stage.path / "metrics.jsonl")
-    stage.samples = _jsonl(stage.path / "samples.jsonl")
+    stage.rows = read_jsonl(stage.path / "metrics.jsonl")
+    stage.samples = read_jsonl(stage.path / "samples.jsonl")
     if (stage.path / "config.yaml").exists():
         stage.config = (stage.path / "config.yaml").read_text(encoding="utf-8")
     return stage

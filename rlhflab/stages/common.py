@@ -73,6 +73,10 @@ def _open(cfg: Config, stage: str, run_dir: RunDir, *, resume: bool, overwrite: 
     atomic_write_text(config_path, dump_yaml(cfg))
     write_json(run_dir.path / "stage.json", key)
     run_dir.stage_facts = key
+    from rlhflab.tracking import open_tracker
+
+    run_dir.tracker = open_tracker(cfg.tracking, root=Path(cfg.runs_dir) / cfg.name, stage=stage, run_name=cfg.name,
+                                   config=to_dict(cfg))
 
 
 def finish_run(run_dir: RunDir, summary: dict, runtime) -> RunDir:
