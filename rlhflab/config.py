@@ -609,6 +609,13 @@ def check_evaluate(ev: EvaluateConfig) -> None:
                            f"evaluate.temperature > 0 (got {ev.batch_size}, {ev.prompts}, {ev.gold_reviews}, {ev.temperature}).")
     if ev.gold and "proxy" in ev.gold:
         raise RlhfLabError("evaluate.gold has a judge named 'proxy', the name of the training reward; rename it.")
+    vader = [name for name, source in (ev.gold or {}).items() if isinstance(source, str) and source.strip().lower() == "vader"]
+    if vader:
+        import importlib.util
+
+        if importlib.util.find_spec("vaderSentiment") is None:
+            raise RlhfLabError(f"The gold judge evaluate.gold.{vader[0]}=vader needs the vadersentiment package: "
+                               f"pip install vadersentiment==3.3.2 (or drop that judge).")
 
 
 def check_config(cfg: Config, world_size: int | None = None) -> Config:
@@ -625,6 +632,13 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
     resolve_rl(cfg.ppo, world_size)
     check_evaluate(cfg.evaluate)
     check_overopt(cfg.overopt)
+    if "overopt" in cfg.stages:  # found now, not after SFT, the reward model and RL have trained
+        if not cfg.evaluate.gold:
+            raise RlhfLabError("stages has overopt, which compares the proxy reward with gold judges, and evaluate.gold "
+                               "is empty. Add one, e.g. evaluate.gold.vader=vader (configs/overopt.yaml has two).")
+        if cfg.overopt.run is None and "ppo" in cfg.stages and not cfg.ppo.snapshot_each_epoch:
+            raise RlhfLabError("stages has overopt, which studies the RL run's per-epoch snapshots, and "
+                               "ppo.snapshot_each_epoch is false; set it to true.")
     from rlhflab.tracking import check_tracking
 
     check_tracking(cfg.tracking)

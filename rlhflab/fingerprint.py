@@ -103,11 +103,24 @@ def strings(tree: Any) -> Iterable[str]:
 
 
 def references(tree: Any) -> dict[str, str]:
-    """reference -> fingerprint for every string in `tree` that names something local."""
+    """reference -> fingerprint for every string in `tree` that names something local.
+
+    A single character ("." or "~" as a separator) or a string naming the working folder or
+    one above it is a value, not a reference: hashing it would read the whole tree, the run's
+    own outputs too, and the key would change with every run."""
     out = {}
     for text in strings(tree):
-        if text and text not in out and len(text) < 4096 and "\n" not in text:
+        if len(text.strip()) > 1 and text not in out and len(text) < 4096 and "\n" not in text \
+                and not _holds_the_working_folder(text):
             found = fingerprint(text)
             if found is not None:
                 out[text] = found
     return out
+
+
+def _holds_the_working_folder(text: str) -> bool:
+    try:
+        path, here = Path(text).expanduser().resolve(), Path.cwd().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return path == here or path in here.parents

@@ -71,7 +71,13 @@ def build_gold(gold: dict[str, str] | None, reward_fn: RewardFnConfig, *, device
     """The judges of `evaluate.gold`, by name."""
     if not gold:
         return {}
-    return {name: build_judge(name, source, reward_fn, device=device) for name, source in gold.items()}
+    judges = {}
+    for name, source in gold.items():
+        try:
+            judges[name] = build_judge(name, source, reward_fn, device=device)
+        except RlhfLabError as exc:  # say which judge: there may be several
+            raise RlhfLabError(f"The gold judge evaluate.gold.{name}={source}: {exc}") from exc
+    return judges
 
 
 def calibrate(judge: Judge, texts: Sequence[str], labels: Sequence[int], prompts: Sequence[str] | None = None) -> dict:

@@ -44,18 +44,21 @@ def onset(points: Sequence[dict], *, gold_drop: float, separator_drop: float, di
 
     `points` are the reference model then the checkpoints in training order, each {"name",
     "kl", "proxy": mean proxy score, "gold": {judge: mean score}, "separator_ratio",
-    "distinct_2"}. Checkpoint i is the onset when, from it to the next, the proxy rises while
-    some gold judge falls by more than `gold_drop` (in the judge's own units); or when its
-    separator ratio or its distinct-2 is below the reference's by more than `separator_drop` /
-    `diversity_drop` (shares of the reference's value): text that stopped reading like text.
+    "distinct_2"}. Checkpoint i is the onset when some gold judge falls after it by more than
+    `gold_drop` (in the judge's own units) and stays down, at every later checkpoint, while the
+    proxy ends at least as high as at i: the gold reward peaked while the proxy did not (Gao et
+    al. 2022). A dip that recovers is sampling noise, not an onset. Checkpoint i is also the
+    onset when its separator ratio or distinct-2 is below the reference's by more than
+    `separator_drop` / `diversity_drop` (shares of the reference's value): text that stopped
+    reading like text.
 
     Returns {"onset": name or None, "kl": its KL or None, "reason", "rule", "max_kl": largest KL seen}.
     """
     if not points:
         raise RlhfLabError("The over-optimisation rule needs at least the reference model.")
-    rule = (f"onset = the first checkpoint after which a gold judge's mean score falls by more than {gold_drop:g} "
-            f"while the proxy's rises, or whose separator ratio is more than {separator_drop:.0%} (or whose distinct-2 "
-            f"is more than {diversity_drop:.0%}) below the reference model's")
+    rule = (f"onset = the first checkpoint after which a gold judge's mean score falls by more than {gold_drop:g} and "
+            f"stays down while the proxy's ends no lower, or whose separator ratio is more than {separator_drop:.0%} "
+            f"(or whose distinct-2 is more than {diversity_drop:.0%}) below the reference model's")
     max_kl = max(p["kl"] for p in points)
     found = lambda point, reason: {"onset": point["name"], "kl": point["kl"], "rule": rule, "max_kl": max_kl,  # noqa: E731
                                    "reason": reason}
@@ -64,12 +67,13 @@ def onset(points: Sequence[dict], *, gold_drop: float, separator_drop: float, di
             reference = points[0][key]
             if i > 0 and reference > 0 and point[key] < (1 - drop) * reference:
                 return found(point, f"{label} {point[key]:.3f}, reference {reference:.3f}")
-        if i + 1 < len(points) and points[i + 1]["proxy"] > point["proxy"]:
-            after = points[i + 1]
+        later = points[i + 1:]
+        if later and later[-1]["proxy"] >= point["proxy"]:
             for judge, value in point["gold"].items():
-                if after["gold"][judge] < value - gold_drop:
-                    return found(point, f"from {point['name']} to {after['name']} the proxy rose {point['proxy']:.3f} -> "
-                                        f"{after['proxy']:.3f} while {judge} fell {value:.3f} -> {after['gold'][judge]:.3f}")
+                highest = max(p["gold"][judge] for p in later)
+                if highest < value - gold_drop:
+                    return found(point, f"after {point['name']} {judge} fell from {value:.3f} to at most {highest:.3f} and "
+                                        f"stayed there, while the proxy went {point['proxy']:.3f} -> {later[-1]['proxy']:.3f}")
     return {"onset": None, "kl": None, "rule": rule, "max_kl": max_kl,
             "reason": f"no over-optimisation seen up to KL {max_kl:.2f} nats"}
 

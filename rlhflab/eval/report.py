@@ -888,7 +888,7 @@ def build_report(run_root: Path, out_dir: Path | None = None) -> tuple[Path, Pat
         raise RlhfLabError(f"{run_root} is not a folder. Pass a run folder such as runs/default "
                            "(runs_dir/name, with sft/, reward/, ppo/ or evaluate/ inside).")
     stages = {name: load_stage(run_root, name) for name in STAGES}
-    if not any(s.exists for s in stages.values()):
+    if not any(s.exists for s in stages.values()) and not (run_root / "sweep" / "sweep.json").is_file():
         runs = sorted(d.name for d in run_root.iterdir() if d.is_dir() and any((d / x).is_dir() for x in STAGES))
         hint = (f"It holds the runs {', '.join(runs)}: pass one of them, e.g. {run_root / runs[0]}." if runs
                 else "Run a stage first (e.g. `rlhflab sft name=NAME`) and pass its runs/NAME folder.")

@@ -127,4 +127,11 @@ def load_classifier(name: str):
             f"Could not load the classifier {name!r} ({str(exc).splitlines()[0][:200]}). Pass a local folder, "
             f"a hub id while online, or a reward run directory."
         ) from None
+    # A causal LM (an SFT run) or a bare encoder loads too, with a freshly initialised, random head.
+    architectures = getattr(model.config, "architectures", None) or []
+    if architectures and not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        raise RlhfLabError(
+            f"{name} is not a text classifier (its config.json says {', '.join(map(str, architectures))}), so its "
+            f"classification head would be random weights. Pass a classifier (...ForSequenceClassification) or a "
+            f"reward run directory, or train one with `rlhflab reward`.")
     return model, load_tokenizer(name, path, options)

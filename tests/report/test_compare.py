@@ -158,3 +158,11 @@ def test_the_run_report_has_a_sweep_section_when_the_sweep_was_compared(sweep):
     assert "## Sweep" in text and "0.800 (step 6)" in text
     assert "](../sweep/compare/figures/compare_frontier.png)" in text
     assert html.read_text().count("data:image/png;base64,") >= 7
+
+
+def test_the_report_of_a_sweep_that_shares_no_stage_is_its_sweep(sweep):
+    # A sweep over the seed (or anything SFT reads) trains every stage in the points: the base run
+    # holds only sweep/, and its report is the sweep's, not "nothing to report".
+    compare([str(sweep)])
+    _, markdown = build_report(sweep.parent)
+    assert "## Sweep" in markdown.read_text()

@@ -37,7 +37,14 @@ def test_onset_is_the_checkpoint_after_which_gold_falls_while_proxy_rises():
               point("epoch-3", 8.0, 0.9, 0.45), point("final", 9.0, 0.95, 0.3)]
     verdict = onset(points, gold_drop=0.05, separator_drop=0.25, diversity_drop=0.25)
     assert verdict["onset"] == "epoch-2" and verdict["kl"] == 4.0 and verdict["max_kl"] == 9.0
-    assert "vader fell 0.550 -> 0.450" in verdict["reason"]
+    assert verdict["reason"] == ("after epoch-2 vader fell from 0.550 to at most 0.450 and stayed there, while the proxy "
+                                 "went 0.800 -> 0.950")
+
+
+def test_a_gold_dip_that_recovers_is_noise_not_an_onset():
+    points = [point("start", 0.0, 0.5, 0.1), point("epoch-1", 4.0, 0.88, 0.50), point("epoch-2", 5.0, 0.89, 0.42),
+              point("epoch-3", 5.5, 0.90, 0.51), point("final", 6.0, 0.89, 0.46)]
+    assert onset(points, gold_drop=0.05, separator_drop=0.25, diversity_drop=0.25)["onset"] is None
 
 
 def test_a_gold_fall_within_the_margin_or_without_a_proxy_rise_is_not_an_onset():
@@ -109,3 +116,46 @@ def test_gold_and_overopt_settings_are_checked_when_the_config_loads():
         load_config(None, ["overopt.separator_drop=1.5"])
     cfg = load_config(None, ["evaluate.gold.vader=vader", "stages=[sft,reward,ppo,evaluate,overopt]"])
     assert cfg.evaluate.gold == {"vader": "vader"} and cfg.stages[-1] == "overopt"
+
+
+def test_the_study_key_does_not_hash_the_separators_as_folders(tmp_path, monkeypatch):
+    # "." (the default's full stop) and "/" are folders too: hashed, they made the key read the whole
+    # working folder (runs/ included), so the study was never up to date and every key took minutes.
+    from rlhflab.stages.registry import stage_key
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, [f"runs_dir={tmp_path / 'runs'}", "evaluate.gold.vader=vader",
+                             "overopt.separators=['.', '/', '~', ',']"])
+    before = stage_key(cfg, "overopt")
+    assert not {".", "/", "~"} & set(before["references"])
+    (tmp_path / "new-file.txt").write_text("the working folder changed")
+    assert stage_key(cfg, "overopt")["key"] == before["key"]
+
+
+def test_a_study_that_cannot_run_is_refused_when_the_config_loads(monkeypatch):
+    # Not after SFT, the reward model and RL have trained.
+    study = "stages=[sft,reward,ppo,evaluate,overopt]"
+    with pytest.raises(RlhfLabError, match="evaluate.gold is empty"):
+        load_config(None, [study])
+    with pytest.raises(RlhfLabError, match="snapshot_each_epoch"):
+        load_config(None, [study, "evaluate.gold.vader=vader", "ppo.snapshot_each_epoch=false"])
+    load_config(None, [study, "evaluate.gold.vader=vader", "ppo.snapshot_each_epoch=false", "overopt.run=elsewhere/ppo"])
+    monkeypatch.setitem(__import__("sys").modules, "vaderSentiment", None)  # not installed
+    with pytest.raises(RlhfLabError, match="evaluate.gold.v=vader needs the vadersentiment package"):
+        load_config(None, ["evaluate.gold.v=VADER"])
+
+
+def test_a_gold_judge_that_cannot_load_is_named():
+    from rlhflab.eval.gold import build_gold
+
+    with pytest.raises(RlhfLabError, match=r"^The gold judge evaluate.gold.second=/no/such/judge: .*does not exist"):
+        build_gold({"vader": "vader", "second": "/no/such/judge"}, RewardFnConfig(), device="cpu")
+
+
+def test_no_config_value_naming_the_working_folder_or_above_is_hashed(tmp_path, monkeypatch):
+    from rlhflab.fingerprint import references
+
+    (tmp_path / "data.csv").write_text("text,label\nfine,1\n")
+    monkeypatch.chdir(tmp_path)
+    found = references({"a": ".", "b": "..", "c": str(tmp_path), "d": "/", "e": "~", "f": "data.csv"})
+    assert list(found) == ["data.csv"]

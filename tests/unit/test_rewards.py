@@ -167,6 +167,12 @@ def test_classifier_probability_matches_the_model(classifier):
     assert scores.std() > 1e-3  # the texts really score differently
 
 
+def test_a_model_that_is_no_classifier_is_refused_not_given_a_random_head(tiny_llama_dir):
+    # A causal LM (say an SFT run) as a reward or gold judge loaded with a freshly initialised head.
+    with pytest.raises(RlhfLabError, match="is not a text classifier .*LlamaForCausalLM.*random"):
+        build_reward(RewardFnConfig(source=str(tiny_llama_dir), kind="classifier", label="LABEL_1"))
+
+
 def test_classifier_label_is_found_by_name(classifier):
     folder, model, tokenizer = classifier
     positive = classifier_reward(folder, label="positive", text="response")([""] * 4, TEXTS)
