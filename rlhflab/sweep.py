@@ -356,6 +356,10 @@ class Sweep:
                 before = {e["name"]: e for e in read_json(plan.folder / MANIFEST).get("points", [])}
             except (RlhfLabError, AttributeError, TypeError, KeyError):
                 before = {}
+        dropped = [name for name in before if name not in {p.name for p in plan.points}]
+        if dropped:  # an earlier, different grid under the same name: say so rather than drop them silently
+            self.echo(f"note      {len(dropped)} point(s) of the earlier sweep here are not in this grid and leave "
+                      f"sweep.json and the comparison (their folders stay): {', '.join(dropped)}")
         command = ["rlhflab", "sweep", *(["--config", plan.config] if plan.config else []), *plan.fixed,
                    *(f"{axis.key}={','.join(axis.values)}" for axis in plan.axes)]
         self.manifest = {

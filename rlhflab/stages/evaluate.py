@@ -162,7 +162,10 @@ def calibration_set(cfg: Config) -> tuple[list[str], list[int], list[str], str]:
 
     ev = cfg.evaluate
     if ev.gold_data:
-        reviews, where = load_reviews(ev.gold_data), ev.gold_data
+        try:
+            reviews, where = load_reviews(ev.gold_data), ev.gold_data
+        except RlhfLabError as exc:  # the reader speaks of data.source; this is evaluate.gold_data
+            raise RlhfLabError(f"evaluate.gold_data={ev.gold_data}: {exc}") from exc
     else:
         splits = load_splits(cfg)
         reviews, where = (splits.test, "the test split") if splits.test else (splits.validation, "the validation split")

@@ -144,6 +144,17 @@ def test_rerunning_the_same_command_runs_no_point_again(swept, tmp_path, monkeyp
     assert [command[-2] for command in launched] == [str(base / "sweep" / POINTS[1] / "point.yaml")]
 
 
+def test_a_new_grid_under_the_same_name_says_which_earlier_points_leave_the_manifest(swept, tmp_path, monkeypatch):
+    own, base = copy_runs(swept, tmp_path, "sft", "reward", "sweep")
+    monkeypatch.setattr(sweep_module, "_launch", lambda *a: FakeProcess())
+    lines = run_sweep(own, "ppo.learning_rate=1e-5,3e-4")
+    note = next(line for line in lines if line.startswith("note"))
+    assert note.endswith(f"(their folders stay): {POINTS[1]}")
+    assert (base / "sweep" / POINTS[1]).is_dir()
+    names = [p["name"] for p in json.loads((base / "sweep" / "sweep.json").read_text())["points"]]
+    assert names == [POINTS[0], "learning_rate-3e-4"]
+
+
 def test_a_failing_point_is_recorded_and_the_others_still_run(swept, tmp_path, monkeypatch):
     """The failing point runs for real (its model folder holds no model); the next one is only started."""
     own, base = copy_runs(swept, tmp_path, "sft", "reward")

@@ -159,3 +159,16 @@ def test_no_config_value_naming_the_working_folder_or_above_is_hashed(tmp_path, 
     monkeypatch.chdir(tmp_path)
     found = references({"a": ".", "b": "..", "c": str(tmp_path), "d": "/", "e": "~", "f": "data.csv"})
     assert list(found) == ["data.csv"]
+
+
+def test_calibration_data_errors_name_evaluate_gold_data(tmp_path):
+    from rlhflab.stages.evaluate import calibration_set
+
+    cfg = load_config(None, ["evaluate.gold.vader=vader", f"evaluate.gold_data={tmp_path / 'missing.csv'}"])
+    with pytest.raises(RlhfLabError, match=r"^evaluate.gold_data=.*missing.csv: "):
+        calibration_set(cfg)
+    one_class = tmp_path / "happy.csv"
+    one_class.write_text("text,label\nlovely,1\nsplendid,1\n")
+    cfg.evaluate.gold_data = str(one_class)
+    with pytest.raises(RlhfLabError, match="2 positive and 0 negative"):
+        calibration_set(cfg)
