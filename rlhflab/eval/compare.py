@@ -22,6 +22,7 @@ from rlhflab.io import atomic_write_text, read_json, read_jsonl, write_json
 
 RL_STAGE = "ppo"  # the stage folder of every RL algorithm (ppo, grpo, rloo)
 LAST_STEPS = 10  # clip fraction and approximate KL are averaged over this many last steps
+MIN_KL = 0.5  # nats; a run that moved less is left out of "reward per nat": a sampled KL near 0 is mostly noise
 DEFAULT_KEYS = ("ppo.algorithm", "ppo.learning_rate", "ppo.kl_coef")  # shown for runs outside a sweep
 # metrics.jsonl train keys drawn one figure each: key, title, y label
 CURVES = (
@@ -270,11 +271,12 @@ def sentences(rows: Sequence[dict], reward: str) -> list[str]:
     else:
         best = max(done, key=lambda n: n["final_reward"])
         out.append(f"{best['name']} has the highest final held-out {label}: {best['final_reward']:.3f}.")
-        efficient = [n for n in done if n["reward_per_kl"] is not None and n["final_kl"] > 0]
+        efficient = [n for n in done if n["reward_per_kl"] is not None and n["final_kl"] >= MIN_KL]
         if efficient:
             top = max(efficient, key=lambda n: n["reward_per_kl"])
-            out.append(f"{top['name']} gains the most {label} per nat of KL: {top['reward_gain']:+.3f} over its start "
-                       f"at a final KL of {top['final_kl']:.2f} ({top['reward_per_kl']:.3f} per nat).")
+            out.append(f"Of the runs that moved at least {MIN_KL} nats from their start, {top['name']} gains the most "
+                       f"{label} per nat of KL: {top['reward_gain']:+.3f} over its start at a final KL of "
+                       f"{top['final_kl']:.2f} ({top['reward_per_kl']:.3f} per nat).")
     left = [n["name"] for n in rows if not n["finished"]]
     if left:
         out.append(f"Not finished: {', '.join(left)}.")

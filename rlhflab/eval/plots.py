@@ -418,8 +418,12 @@ def overoptimisation_figure(points: Sequence[Mapping], *, title: str = "Proxy an
     for i, judge in enumerate(points[0]["gold"]):
         ax.plot(x, _floats([p["gold"][judge] for p in points], judge), marker="s", linestyle="--", color=_color(i + 1),
                 label=f"gold: {judge}")
-    for p, xi in zip(points, x):
-        ax.annotate(str(p["name"]), (xi, p["proxy"]), fontsize=7, textcoords="offset points", xytext=(3, 4))
+    span = (max(x) - min(x)) or 1.0
+    labelled: list[float] = []
+    for p, xi in zip(points, x):  # a label where it does not sit on another (late checkpoints bunch up)
+        if all(abs(xi - other) > 0.06 * span for other in labelled):
+            ax.annotate(str(p["name"]), (xi, p["proxy"]), fontsize=7, textcoords="offset points", xytext=(3, 4))
+            labelled.append(xi)
     ax.set_xlabel("√KL to the reference model (√nats per response)")
     ax.set_ylabel("mean score of the judge")
     ax.grid(alpha=0.3)

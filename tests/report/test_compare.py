@@ -86,8 +86,8 @@ def test_the_table_holds_final_best_and_last_step_means_per_point(sweep):
     assert first["reward_gain"] == pytest.approx(0.2) and first["reward_per_kl"] == pytest.approx(0.1)
     assert data["sentences"] == [
         "learning_rate-1e-4 has the highest final held-out P(positive): 0.750.",
-        "learning_rate-1e-5 gains the most P(positive) per nat of KL: +0.200 over its start at a final KL of 2.00 "
-        "(0.100 per nat).",
+        "Of the runs that moved at least 0.5 nats from their start, learning_rate-1e-5 gains the most P(positive) "
+        "per nat of KL: +0.200 over its start at a final KL of 2.00 (0.100 per nat).",
         "Not finished: learning_rate-1e-3, learning_rate-1e-2.",
     ]
     figures = sorted(p.name for p in (sweep / "compare" / "figures").iterdir())
