@@ -9,21 +9,12 @@ from pathlib import Path
 import pytest
 
 from rlhflab.errors import RlhfLabError
+from rlhflab.io import write_json, write_jsonl
 from rlhflab.eval.compare import compare
 from rlhflab.eval.report import build_report
 from tests.helpers import assert_user_error, cli_run
 
 CURVES = ["score_mean", "kl", "clip_fraction", "approx_kl", "policy_loss", "beta"]
-
-
-def write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
 def train_row(step: int, clip: float, approx: float) -> dict:
