@@ -109,7 +109,10 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
         responses = [g.response for g in generations]
         scores = score_fn(prompts, responses).tolist()
         probs = prob_fn(prompts, responses).tolist() if prob_fn is not None else None
-        gold = {judge: fn(prompts, responses).tolist() for judge, fn in judges.items()}
+        # The proxy judge is the reward model's probability, scored just above where it has one.
+        gold = {judge: probs if judge == "proxy" and probs is not None and fn.reward.output == "probability"
+                else fn(prompts, responses).tolist()
+                for judge, fn in judges.items()}
         models[name] = {"source": source, **model_metrics(model, reference[0], generations, tokenizer, reference[1], ev, runtime),
                         "score": distribution(scores),
                         "positive_probability": probability_stats(probs) if probs is not None else None,
