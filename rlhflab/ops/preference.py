@@ -1,0 +1,46 @@
+"""Direct preference optimisation losses (pure tensor functions, no model).
+
+Inputs are sequence log-probabilities of a response given its prompt, summed over the
+response's tokens (`sequence_logprobs`), for the policy and the frozen reference, each (B,):
+the chosen (preferred) and the rejected response of B pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rlhflab.errors import RlhfLabError
+from rlhflab.ops.ppo import logprobs_from_logits
+
+LOSSES = ("sigmoid", "ipo")
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(label) over the positions where `mask` is 1: logits (B, T, V) predicting
+    labels (B, T), mask (B, T) of the response tokens -> (B,) in nats, fp32.
+
+    Padding (mask 0) adds nothing, so a row's value does not depend on how far it was padded."""
+    return (logprobs_from_logits(logits, labels) * mask.float()).sum(-1)
+
+
+def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                    ref_rejected: torch.Tensor, beta: float, loss: str = "sigmoid") -> dict[str, torch.Tensor]:
+    """DPO (Rafailov et al. 2023, eq. 7) or IPO (Azar et al. 2023, eq. 17), averaged over pairs.
+
+    h = (log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l)), all (B,) in nats;
+    sigmoid: -log σ(β h); ipo: (h - 1/(2β))². Returns {"loss": scalar, "chosen_reward":
+    β(log π(y_w) - log π_ref(y_w)), "rejected_reward": the same for y_l (both (B,), detached,
+    the implicit rewards), "margin": their difference}. Raises RlhfLabError for β <= 0 or an
+    unknown loss."""
+    if beta <= 0:
+        raise RlhfLabError(f"The preference loss needs beta > 0, got {beta}.")
+    if loss not in LOSSES:
+        raise RlhfLabError(f"Unknown preference loss {loss!r}; use one of {', '.join(LOSSES)}.")
+    chosen = policy_chosen.float() - ref_chosen.float()
+    rejected = policy_rejected.float() - ref_rejected.float()
+    h = chosen - rejected
+    losses = -F.logsigmoid(beta * h) if loss == "sigmoid" else (h - 1 / (2 * beta)) ** 2
+    chosen_reward, rejected_reward = (beta * chosen).detach(), (beta * rejected).detach()
+    return {"loss": losses.mean(), "chosen_reward": chosen_reward, "rejected_reward": rejected_reward,
+            "margin": chosen_reward - rejected_reward}

@@ -1,0 +1,60 @@
+"""DPO and IPO losses against hand-computed values; sequence log-probs ignore padding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rlhflab.errors import RlhfLabError
+from rlhflab.ops.preference import preference_loss, sequence_logprobs
+
+
+def t(*values):
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def test_dpo_by_hand():
+    # h = (-1 - -2) - (-3 - -2) = 2; beta 0.5: -log sigma(1) = log(1 + e^-1)
+    out = preference_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5)
+    assert out["loss"].item() == pytest.approx(math.log(1 + math.exp(-1)))
+    assert out["chosen_reward"].tolist() == [0.5] and out["rejected_reward"].tolist() == [-0.5]
+    assert out["margin"].tolist() == [1.0]
+
+
+def test_at_the_reference_dpo_is_log_2_and_ipo_is_one_over_four_beta_squared():
+    zero = t(-5.0, -7.0)
+    assert preference_loss(zero, zero - 1, zero, zero - 1, beta=0.1)["loss"].item() == pytest.approx(math.log(2))
+    # IPO: (0 - 1/(2 * 0.5))^2 = 1
+    assert preference_loss(zero, zero, zero, zero, beta=0.5, loss="ipo")["loss"].item() == pytest.approx(1.0)
+
+
+def test_ipo_by_hand_and_its_minimum():
+    # h = 2, beta 0.5: (2 - 1)^2 = 1; h = 1 = 1/(2 beta): 0
+    assert preference_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5, loss="ipo")["loss"].item() == pytest.approx(1.0)
+    assert preference_loss(t(-1.5), t(-2.5), t(-2.0), t(-2.0), beta=0.5, loss="ipo")["loss"].item() == pytest.approx(0.0)
+
+
+def test_the_gradient_raises_the_chosen_and_lowers_the_rejected():
+    chosen, rejected = t(-2.0).requires_grad_(), t(-2.0).requires_grad_()
+    preference_loss(chosen, rejected, t(-2.0), t(-2.0), beta=0.1)["loss"].backward()
+    assert chosen.grad.item() < 0 < rejected.grad.item()  # gradient descent moves them apart
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(RlhfLabError, match="beta > 0"):
+        preference_loss(t(0.0), t(0.0), t(0.0), t(0.0), beta=0.0)
+    with pytest.raises(RlhfLabError, match="Unknown preference loss"):
+        preference_loss(t(0.0), t(0.0), t(0.0), t(0.0), beta=0.1, loss="hinge")
+
+
+def test_sequence_logprobs_ignore_padding():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(1, 3, 7), torch.tensor([[1, 4, 2]])
+    mask = torch.tensor([[0.0, 1.0, 1.0]])  # the prompt's position is not the response
+    padded_logits = torch.cat([logits, torch.randn(1, 2, 7)], dim=1)
+    padded = sequence_logprobs(padded_logits, torch.tensor([[1, 4, 2, 0, 0]]), torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0]]))
+    expected = torch.log_softmax(logits, -1)[0, 1, 4] + torch.log_softmax(logits, -1)[0, 2, 2]
+    assert sequence_logprobs(logits, labels, mask).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert padded.item() == pytest.approx(expected.item(), abs=1e-6)
