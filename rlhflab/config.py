@@ -633,9 +633,7 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
     check_evaluate(cfg.evaluate)
     check_overopt(cfg.overopt)
     if "overopt" in cfg.stages:  # found now, not after SFT, the reward model and RL have trained
-        if not cfg.evaluate.gold:
-            raise RlhfLabError("stages has overopt, which compares the proxy reward with gold judges, and evaluate.gold "
-                               "is empty. Add one, e.g. evaluate.gold.vader=vader (configs/overopt.yaml has two).")
+        check_study_judges(cfg.evaluate)
         if cfg.overopt.run is None and "ppo" in cfg.stages and not cfg.ppo.snapshot_each_epoch:
             raise RlhfLabError("stages has overopt, which studies the RL run's per-epoch snapshots, and "
                                "ppo.snapshot_each_epoch is false; set it to true.")
@@ -643,6 +641,13 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
 
     check_tracking(cfg.tracking)
     return cfg
+
+
+def check_study_judges(ev: EvaluateConfig) -> None:
+    """The over-optimisation study needs at least one gold judge."""
+    if not ev.gold:
+        raise RlhfLabError("The over-optimisation study compares the proxy reward with gold judges, and evaluate.gold is "
+                           "empty. Add one, e.g. evaluate.gold.vader=vader (configs/overopt.yaml has two).")
 
 
 def check_overopt(ov: OveroptConfig) -> None:

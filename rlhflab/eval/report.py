@@ -586,6 +586,7 @@ def overopt_section(stage: Stage, run_root: Path, figures: Figures) -> list[Bloc
 
 
 def yaml_config(stage: Stage) -> dict | None:
+    """The stage's config.yaml as data; None when it has none."""
     import yaml
 
     return yaml.safe_load(stage.config) if stage.config else None
@@ -844,14 +845,11 @@ def overview_section(run_root: Path, stages: dict[str, Stage]) -> list[Block]:
 
 def pipeline_stages(stages: dict[str, Stage]) -> list[str]:
     """The stages this run's pipeline has (its configs' `stages` list), plus any stage folder present."""
-    import yaml
-
     listed = None
     for stage in stages.values():
-        if stage.config:
-            listed = (yaml.safe_load(stage.config) or {}).get("stages")
-            if listed:
-                break
+        listed = (yaml_config(stage) or {}).get("stages")
+        if listed:
+            break
     listed = listed or ["sft", "reward", "ppo", "evaluate"]
     return [name for name in STAGES if name in listed or stages[name].exists]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from rlhflab.config import Config, check_overopt
+from rlhflab.config import Config, check_overopt, check_study_judges
 from rlhflab.engine.runtime import Runtime, run_facts
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.generate import generate
@@ -62,9 +62,7 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     started = time.perf_counter()
     ov = cfg.overopt
     check_overopt(ov)
-    if not cfg.evaluate.gold:
-        raise RlhfLabError("The over-optimisation study compares the proxy reward with gold judges, and evaluate.gold is "
-                           "empty. Add one, e.g. evaluate.gold.vader=vader (configs/overopt.yaml has two).")
+    check_study_judges(cfg.evaluate)  # also when the stage runs on its own, outside a pipeline's stages
     runtime.seed(cfg.seed, per_rank=False)
     models = study_models(rl_run(cfg))
     judges, calibration = gold_judges(cfg, runtime)
