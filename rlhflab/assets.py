@@ -66,6 +66,24 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+BETA_SUFFIX = "@beta="  # "runs/x/ilql@beta=4": an ILQL model steered with that β
+
+
+def split_beta(name: str) -> tuple[str, float | None]:
+    """("runs/x/ilql", 4.0) from "runs/x/ilql@beta=4"; (name, None) without the suffix.
+    Raises RlhfLabError when the suffix holds no number >= 0."""
+    base, sep, value = name.rpartition(BETA_SUFFIX)
+    if not sep:
+        return name, None
+    try:
+        beta = float(value)
+    except ValueError:
+        beta = -1.0
+    if not beta >= 0:
+        raise RlhfLabError(f"{name!r}: the ILQL steering strength after {BETA_SUFFIX!r} must be a number >= 0, e.g. {base}@beta=2.")
+    return base, beta
+
+
 def resolve_model(name: str) -> str:
     """A model reference that `from_pretrained` understands.
 

@@ -61,6 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--flip", action="store_true", help="reward the opposite label")
     score.add_argument("--prompt", default="", help="a prompt the texts continue (scored as prompt + text)")
     score.add_argument("texts", nargs="+", help="texts to score")
+    gen = commands.add_parser(
+        "generate", help="models' samples for the same prompts side by side, with rewards (and best-of-n)",
+        description="Each model (asset name, hub id, folder or run stage directory such as runs/default/sft) answers "
+                    "every prompt -n times; the reward (--reward, else the config's reward_fn, else this run's reward "
+                    "model when it exists) scores each sample, and evaluate.gold judges add columns.")
+    gen.add_argument("--models", nargs="+", required=True, metavar="M", help="models to sample from, in column order")
+    gen.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeat for several)")
+    gen.add_argument("--prompts-file", metavar="FILE",
+                     help=".txt (one prompt per line) or .jsonl/.csv/.json with a prompt column (and optionally group)")
+    gen.add_argument("-n", type=int, default=4, help="samples shown per prompt and model (default 4)")
+    gen.add_argument("--best-of", type=int, metavar="N", help="draw N samples per shown one and keep the highest-reward")
+    gen.add_argument("--reward", metavar="SRC", help="reward run directory, classifier (hub id or folder), or module:function")
+    gen.add_argument("--label", help="classifier label whose score is the reward (default: reward_fn.label)")
+    gen.add_argument("--flip", action="store_true", help="reward the opposite label")
+    gen.add_argument("--config", help="YAML preset (see configs/); its reward_fn and evaluate.gold apply")
+    gen.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. name=negative")
+    gen.add_argument("--max-new-tokens", type=int, help="tokens per response (default: ppo.max_new_tokens, 24)")
+    gen.add_argument("--temperature", type=float, help="sampling temperature (default: evaluate.temperature, 1.0)")
+    gen.add_argument("--seed", type=int, help="sampling seed (default: the config's seed, 0)")
+    gen.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    gen.add_argument("--device", help="auto, cpu or cuda (default: runtime.device)")
     report = commands.add_parser("report", help="build report.html (self-contained) and report.md from a run's stage folders")
     report.add_argument("run_dir", metavar="RUN_DIR", help="the run folder, e.g. runs/default")
     report.add_argument("--out", metavar="DIR", help="where to write the report (default: RUN_DIR/report)")
@@ -107,6 +128,46 @@ def _score(args: argparse.Namespace) -> None:
     scores = reward([args.prompt] * len(args.texts), args.texts)
     for value, text in zip(scores.tolist(), args.texts):
         print(f"{value:9.4f}  {text}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import re
+
+    # --models M [M ...] also swallows key=value overrides typed after it; a model spec such as
+    # runs/x/ilql@beta=2 is not a dotted key, so it stays a model.
+    key = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*=")
+    args.overrides = [*args.overrides, *(m for m in args.models if key.match(m))]
+    models = [m for m in args.models if not key.match(m)]
+    from rlhflab.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # before torch loads: config errors are instant
+    if args.prompt is not None and args.prompts_file is not None:
+        raise RlhfLabError("Pass prompts either with --prompt or with --prompts-file, not both.")
+    from rlhflab.data.prompts import read_prompts
+    from rlhflab.eval.side_by_side import check_request, format_text, scorers, side_by_side, to_json
+
+    notes: list[str] = []
+    groups = None
+    if args.prompts_file is not None:
+        prompts, groups, notes = read_prompts(args.prompts_file)
+    else:
+        prompts = list(args.prompt or [])
+    max_new = args.max_new_tokens if args.max_new_tokens is not None else cfg.ppo.max_new_tokens
+    temperature = args.temperature if args.temperature is not None else cfg.evaluate.temperature
+    check_request(models, prompts, groups, args.n, args.best_of, max_new, temperature)  # before any model loads
+    device_name = args.device or cfg.runtime.device
+    reward, judges, reward_notes = scorers(cfg, reward=args.reward, label=args.label, flip=args.flip,
+                                           device=device_name, need_reward=args.best_of is not None)
+    notes += reward_notes
+    result = side_by_side(models, prompts, groups=groups, n=args.n, best_of=args.best_of, reward=reward, judges=judges,
+                          max_new_tokens=max_new, temperature=temperature,
+                          seed=args.seed if args.seed is not None else cfg.seed, device=device_name,
+                          mixed_precision=cfg.runtime.mixed_precision, batch_size=cfg.evaluate.batch_size,
+                          progress=sys.stderr.isatty())
+    result.notes = notes
+    for note in notes:  # after sampling: an error stays the one line on stderr
+        print(f"note: {note}", file=sys.stderr)
+    print(to_json(result) if args.json else format_text(result))
 
 
 def _pipeline(args: argparse.Namespace) -> None:
@@ -161,7 +222,7 @@ def _human(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"pipeline": _pipeline, "sweep": _sweep, "compare": _compare, "score": _score, "config": _config,
-            "report": _report}
+            "report": _report, "generate": _generate}
 COMMANDS.update({name: _human for name in ("serve", "label", "rate")})
 
 

@@ -20,6 +20,9 @@ import yaml
 
 from rlhflab.errors import RlhfLabError
 
+# Every stage, in the order a pipeline runs them (rlhflab/stages/registry.py declares each).
+STAGE_NAMES = ("pretrain", "sft", "reward", "ppo", "dpo", "ilql", "evaluate", "overopt")
+
 
 @dataclass
 class DataConfig:
@@ -36,6 +39,11 @@ class DataConfig:
     # Then at most this many tokens of the policy's tokenizer (4 characters a token without one).
     # 64 leaves every 2-8 word IMDB prompt as it was; Chinese/Japanese count a character a word.
     prompt_max_tokens: int = 64
+    # RL prompts as they are, instead of the reviews' opening words: a .txt file (one per line) or a
+    # .jsonl/.csv/.json file with a `prompt` column. eval_prompts: the held-out ones (None: the
+    # first of `prompts`; with neither set, openings of the test split's reviews).
+    prompts: str | None = None
+    eval_prompts: str | None = None
 
 
 @dataclass
@@ -216,6 +224,70 @@ class PpoConfig:
 
 
 @dataclass
+class OnPolicyPairsConfig:
+    """Pairs from the starting policy's own samples, ranked by the reward function (AI feedback):
+    k responses per prompt, the best-scored is chosen and the worst rejected."""
+
+    prompts: int = 256  # train-split prompts (fewer when the split is smaller)
+    samples_per_prompt: int = 4
+    max_new_tokens: int | None = None  # None: ppo.max_new_tokens, so responses match RL's
+    temperature: float = 1.0
+    batch_size: int = 32  # prompts x samples generated at once
+
+
+@dataclass
+class DpoConfig(TrainingConfig):
+    """Direct preference optimisation (Rafailov et al. 2023) from preference pairs, against the
+    starting model as the frozen reference (its log-probs are computed once per pair)."""
+
+    policy: str | None = None  # None: this run's SFT model (runs/<name>/sft); else a model id or folder
+    # pairs.source: a prompt/chosen/rejected file (the reward stage's format, the web app's pairs
+    # export); None: on-policy pairs sampled from the policy and ranked by reward_fn.
+    pairs: PairsConfig = field(default_factory=lambda: PairsConfig(fractions=[0.9, 0.1, 0.0]))
+    on_policy: OnPolicyPairsConfig = field(default_factory=OnPolicyPairsConfig)
+    beta: float = 0.1  # strength of the implicit KL constraint
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"  # sigmoid: DPO; ipo: Azar et al. 2023
+    trainable: Literal["all", "lora"] | list[int] = field(default_factory=lambda: [-2, -1])
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    max_length: int = 96  # prompt + response tokens (the prompt gives way from its front)
+    eval_prompts: int = 64  # held-out prompts (test split) answered before and after, as ppo.eval_prompts
+    epochs: int = 2
+    batch_size: int = 16  # pairs per optimizer step
+    learning_rate: float = 1e-4
+    eval_batch_size: int = 16
+
+
+@dataclass
+class IlqlConfig(TrainingConfig):
+    """Implicit language Q-learning (Snell et al. 2022): offline RL from texts with rewards. Two Q
+    heads with Polyak-averaged targets and a V head on the LM's hidden states; generation adds
+    beta * (Q - V) to the LM's log-probs (rlhflab/models/ilql.py)."""
+
+    policy: str | None = None  # None: this run's SFT model; else a model id or folder
+    # A file of scored texts (.jsonl/.csv/.json/.parquet with a text and a reward column); None:
+    # the data section's reviews with their labels as rewards (trlX's ILQL sentiment example).
+    samples: str | None = None
+    text_column: str | None = None  # None: detect (text, sample, review, ...)
+    reward_column: str | None = None  # None: detect (reward, score, label, ...)
+    trainable: Literal["all", "lora"] | list[int] = field(default_factory=lambda: [-2, -1])
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    max_length: int = 64  # tokens per text (longer texts keep their beginning; the reward stays on the last token)
+    gamma: float = 0.99
+    tau: float = 0.7  # expectile of V
+    cql_scale: float = 0.1
+    awac_scale: float = 1.0
+    awac_beta: float = 1.0  # advantage weights exp(awac_beta (Q - V)); 0 is trlX's plain LM loss
+    polyak: float = 0.05  # target heads move this share toward the online heads every step
+    beta: float = 1.0  # the generation default; any other at load time: "<run>/ilql@beta=4"
+    eval_betas: list[float] = field(default_factory=lambda: [0.0, 1.0, 4.0])  # held-out evaluation at each
+    eval_prompts: int = 64
+    epochs: int = 1
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    eval_batch_size: int = 32
+
+
+@dataclass
 class EvaluateConfig:
     """Held-out prompts -> responses of each model -> rewards, KL, perplexity, diversity, figures."""
 
@@ -233,6 +305,10 @@ class EvaluateConfig:
     gold: dict[str, str] | None = None
     gold_data: str | None = None  # labelled texts to calibrate the judges on; None: this run's test split
     gold_reviews: int = 200  # calibration texts, balanced by label where possible
+    # Best-of-n baselines from the reference model: max(best_of) samples for each of the first
+    # best_of_prompts prompts; for each n the best of the first n by the proxy reward is kept.
+    best_of: list[int] = field(default_factory=list)
+    best_of_prompts: int = 64
 
 
 @dataclass
@@ -269,7 +345,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     # The pipeline's stages, in order; the default is the IMDB pipeline. A model setting may
     # name an earlier stage of this run as "run:<stage>" (e.g. reward.model: run:pretrain).
-    stages: list[Literal["pretrain", "sft", "reward", "ppo", "evaluate", "overopt"]] = field(
+    stages: list[Literal[STAGE_NAMES]] = field(
         default_factory=lambda: ["sft", "reward", "ppo", "evaluate"])
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -277,6 +353,8 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     reward_fn: RewardFnConfig = field(default_factory=RewardFnConfig)
     ppo: PpoConfig = field(default_factory=PpoConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    ilql: IlqlConfig = field(default_factory=IlqlConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     overopt: OveroptConfig = field(default_factory=OveroptConfig)
     # Metrics also to TensorBoard (runs/<name>/tensorboard/) or Weights & Biases (rlhflab/tracking.py);
@@ -595,10 +673,10 @@ def resolve_run_references(cfg: Config) -> Config:
     def resolve(value: str) -> str:
         if not value.startswith(RUN_REFERENCE):
             return value
-        stage = value[len(RUN_REFERENCE):]
-        if stage not in ("pretrain", "sft", "reward", "ppo", "evaluate", "overopt"):
-            raise RlhfLabError(f"{value!r} names no stage; use run:pretrain, run:sft, run:reward or run:ppo.")
-        return str(Path(cfg.runs_dir) / cfg.name / stage)
+        stage, _, beta = value[len(RUN_REFERENCE):].partition("@")  # run:ilql@beta=2 keeps its β
+        if stage not in STAGE_NAMES:
+            raise RlhfLabError(f"{value!r} names no stage; use one of {', '.join('run:' + s for s in STAGE_NAMES)}.")
+        return str(Path(cfg.runs_dir) / cfg.name / stage) + (f"@{beta}" if beta else "")
 
     return map_strings(cfg, resolve)
 
@@ -607,6 +685,9 @@ def check_evaluate(ev: EvaluateConfig) -> None:
     if ev.batch_size < 1 or ev.temperature <= 0 or ev.prompts < 1 or ev.gold_reviews < 2:
         raise RlhfLabError(f"evaluate.batch_size and evaluate.prompts must be >= 1, evaluate.gold_reviews >= 2 and "
                            f"evaluate.temperature > 0 (got {ev.batch_size}, {ev.prompts}, {ev.gold_reviews}, {ev.temperature}).")
+    if any(n < 1 for n in ev.best_of) or ev.best_of_prompts < 1:
+        raise RlhfLabError(f"evaluate.best_of values and evaluate.best_of_prompts must be at least 1 (got {ev.best_of}, "
+                           f"{ev.best_of_prompts}).")
     if ev.gold and "proxy" in ev.gold:
         raise RlhfLabError("evaluate.gold has a judge named 'proxy', the name of the training reward; rename it.")
     vader = [name for name, source in (ev.gold or {}).items() if isinstance(source, str) and source.strip().lower() == "vader"]
@@ -616,6 +697,37 @@ def check_evaluate(ev: EvaluateConfig) -> None:
         if importlib.util.find_spec("vaderSentiment") is None:
             raise RlhfLabError(f"The gold judge evaluate.gold.{vader[0]}=vader needs the vadersentiment package: "
                                f"pip install vadersentiment==3.3.2 (or drop that judge).")
+
+
+def check_dpo(dpo: DpoConfig) -> None:
+    check_training_config(dpo, "dpo")
+    on = dpo.on_policy
+    checks = [
+        (dpo.beta > 0, f"beta must be positive, got {dpo.beta}"),
+        (dpo.max_length >= 2 and dpo.eval_prompts >= 1, "max_length must be at least 2 and eval_prompts at least 1"),
+        (on.prompts >= 1 and on.samples_per_prompt >= 2 and on.batch_size >= 1,
+         "on_policy.prompts and batch_size must be at least 1 and on_policy.samples_per_prompt at least 2 (a pair "
+         "needs two responses)"),
+        (on.temperature > 0 and (on.max_new_tokens is None or on.max_new_tokens >= 1),
+         "on_policy.temperature must be positive and on_policy.max_new_tokens at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RlhfLabError(f"dpo.{message}.")
+
+
+def check_ilql(il: IlqlConfig) -> None:
+    check_training_config(il, "ilql")
+    checks = [
+        (0 <= il.gamma <= 1 and 0 < il.tau < 1, f"gamma must be in [0, 1] and tau in (0, 1), got {il.gamma}, {il.tau}"),
+        (min(il.cql_scale, il.awac_scale, il.awac_beta, il.beta) >= 0, "cql_scale, awac_scale, awac_beta and beta must not be negative"),
+        (0 < il.polyak <= 1, f"polyak must be in (0, 1], got {il.polyak}"),
+        (il.max_length >= 2 and il.eval_prompts >= 1, "max_length must be at least 2 and eval_prompts at least 1"),
+        (all(b >= 0 for b in il.eval_betas), f"eval_betas must not be negative, got {il.eval_betas}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RlhfLabError(f"ilql.{message}.")
 
 
 def check_config(cfg: Config, world_size: int | None = None) -> Config:
@@ -630,6 +742,8 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
         if length < 2:
             raise RlhfLabError(f"{section}.max_length must be at least 2.")
     resolve_rl(cfg.ppo, world_size)
+    check_dpo(cfg.dpo)
+    check_ilql(cfg.ilql)
     check_evaluate(cfg.evaluate)
     check_overopt(cfg.overopt)
     if "overopt" in cfg.stages:  # found now, not after SFT, the reward model and RL have trained

@@ -29,8 +29,9 @@ def fingerprint(reference: str) -> str | None:
     `reference`: a bundled asset name, a local file/folder, `file.py:function`, an earlier
     stage's run folder (or its model/), or anything else (then None: the string itself counts).
     """
-    from rlhflab.assets import ASSETS
+    from rlhflab.assets import ASSETS, BETA_SUFFIX
 
+    reference = reference.rpartition(BETA_SUFFIX)[0] or reference  # an ILQL model at some β is its folder
     if reference in ASSETS:
         asset = ASSETS[reference]
         return f"asset:{asset.pip_name}=={asset.version}"

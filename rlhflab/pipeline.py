@@ -111,10 +111,14 @@ def _numbers(stage: str, summary: dict) -> str:
         split = "test" if "test" in metrics else next(iter(metrics))
         key = "pairwise_accuracy" if summary.get("objective") == "pairs" else "accuracy"
         return f"{split} accuracy {metrics[split][key]:.3f}"
-    if stage == "ppo":
+    if stage in ("ppo", "dpo", "ilql"):  # the held-out prompts at the start and the end (ILQL's at its default beta)
         start, end = summary["start"], summary["end"]
-        key = "positive_probability" if "positive_probability" in start else "score"
-        return f"{key} {start[key]:.3f} -> {end[key]:.3f}, KL {end['kl']:.2f}"
+        key = next((k for k in ("positive_probability", "score") if k in start), None)
+        parts = [f"{'P(positive)' if key == 'positive_probability' else 'score'} {start[key]:.3f} -> {end[key]:.3f}"] if key else []
+        parts.append(f"KL {end['kl']:.2f}")
+        parts[0] += f" at beta {summary['beta']:g}" if stage == "ilql" else ""
+        validation = summary["after"].get("validation") if stage == "dpo" else None
+        return ", ".join(parts + ([f"validation pair accuracy {validation['pair_accuracy']:.3f}"] if validation else []))
     if stage == "evaluate":
         parts = []
         for name, model in summary["models"].items():

@@ -12,6 +12,8 @@ import numbers
 import random
 import re
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from rlhflab.data.records import Review
 from rlhflab.errors import RlhfLabError
@@ -25,6 +27,7 @@ _NO_SPACE = (
 _WORD = re.compile(f"[{_NO_SPACE}]|[^\\s{_NO_SPACE}]+")
 # Without a tokenizer a token is taken as 4 characters, the usual average for English BPE.
 CHARS_PER_TOKEN = 4
+PROMPT_FILE_TYPES = (".txt", ".jsonl", ".csv", ".json")
 
 
 def _is_count(n) -> bool:
@@ -110,3 +113,65 @@ def make_prompts(reviews: Sequence[Review], min_words: int, max_words: int, seed
     if max_tokens is None:
         return prompts
     return [cap_tokens(p, max_tokens, tokenizer) for p in prompts]
+
+
+def read_prompts(path: str | Path) -> tuple[list[str], list[str | None] | None, list[str]]:
+    """(prompts, groups or None, notes) from a .txt file (one prompt per line) or a
+    .jsonl/.csv/.json table with a `prompt` column and an optional `group` column.
+
+    Blank lines and empty prompts are skipped and counted in the notes. RlhfLabError for a
+    missing file, another file type, no `prompt` column (naming the columns there) or no prompts."""
+    path = Path(path).expanduser()
+    name = str(path)
+    if not path.is_file():
+        where = "is a folder, not a file" if path.is_dir() else f"was not found ({path.resolve()})"
+        raise RlhfLabError(f"The prompts file {name} {where}. Pass a .txt file with one prompt per line, "
+                           f"or a .jsonl/.csv/.json file with a 'prompt' column.")
+    suffix = path.suffix.lower()
+    if suffix not in PROMPT_FILE_TYPES:
+        raise RlhfLabError(f"The prompts file {name} has the unsupported type {suffix or '(none)'!r}; use a .txt file "
+                           f"(one prompt per line) or a .jsonl/.csv/.json file with a 'prompt' column.")
+    notes: list[str] = []
+    if suffix == ".txt":
+        from rlhflab.data.tables import _read_text
+
+        lines = _read_text(path, name).splitlines()
+        prompts = [line for line in lines if line.strip()]
+        groups = None
+        blank = len(lines) - len(prompts)
+        if blank:
+            notes.append(f"skipped {blank} blank line{'s' * (blank != 1)} in {name}")
+    else:
+        from rlhflab.data.tables import READERS
+
+        table = READERS[suffix](path, name)
+        if "prompt" not in table.columns:
+            present = ", ".join(table.columns) if table.columns else "none"
+            raise RlhfLabError(f"{name} has no 'prompt' column (its columns: {present}). Name the column of "
+                               f"prompts 'prompt' (and optionally one 'group').")
+        raw_groups = table.data["group"] if "group" in table.columns else None
+        prompts, groups, empty = [], [] if raw_groups is not None else None, 0
+        for i, value in enumerate(table.data["prompt"]):
+            text = _cell(value)
+            if not text or not text.strip():
+                empty += 1
+                continue
+            prompts.append(text)
+            if groups is not None:
+                groups.append(_cell(raw_groups[i]) or None)
+        if empty:
+            notes.append(f"skipped {empty} row{'s' * (empty != 1)} with an empty prompt in {name}")
+        if groups is not None and not any(groups):
+            groups = None
+    if not prompts:
+        raise RlhfLabError(f"The prompts file {name} holds no prompts. Write one prompt per line (.txt) or one row "
+                           f"per prompt with a 'prompt' column.")
+    return prompts, groups, notes
+
+
+def _cell(value: Any) -> str:
+    from rlhflab.data.labels import is_missing
+
+    if value is None or is_missing(value):
+        return ""
+    return value if isinstance(value, str) else str(value)

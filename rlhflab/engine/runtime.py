@@ -150,6 +150,17 @@ class Runtime:
 
         return gather_object(list(items))
 
+    def gather_round_robin(self, items: list) -> list:
+        """Undo a round-robin split: rank r held items r, r + W, r + 2W, ... of a list that every
+        process gets back whole, in its original order."""
+        gathered = self.gather_objects(items)
+        world = self.world_size
+        if world == 1:
+            return gathered
+        counts = [len(range(r, len(gathered), world)) for r in range(world)]
+        starts = [sum(counts[:r]) for r in range(world)]
+        return [gathered[starts[i % world] + i // world] for i in range(len(gathered))]
+
     def broadcast(self, value: Any) -> Any:
         """The main process's `value` on every process (identity on one process)."""
         if not self.distributed:

@@ -373,6 +373,42 @@ def sft_curves(rows: Sequence[Mapping], path: str | os.PathLike, *, title: str =
     return loss_curves(rows, path, title=title, ylabel="loss (nats / token)")
 
 
+def metric_panels_figure(rows: Sequence[Mapping], panels: Sequence[tuple[str, Sequence[str]]], *, title: str):
+    """One panel per (panel title, keys), two to a row: each key's train rows as a line and its
+    validation rows as markers, against the optimizer step."""
+    n_rows = -(-len(panels) // 2)
+    fig, axes = _figure(11, 3.4 * n_rows + 0.4, rows=n_rows, cols=2)
+    flat = [ax for row in axes for ax in row]
+    drawn = 0
+    for ax, (name, keys) in zip(flat, panels):
+        for i, key in enumerate(keys):
+            for split, style in (("train", "-"), ("validation", "o-")):
+                steps, values = _series(rows, key, split)
+                if values:
+                    ax.plot(steps, values, style, color=_color(i), linewidth=1.5, markersize=5, label=f"{key} ({split})")
+                    drawn += 1
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+        else:
+            _no_data(ax, f"{', '.join(keys)} not logged")
+        ax.set_title(name)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        _integer_steps(ax)
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    if not drawn:
+        raise RlhfLabError(f"None of {', '.join(k for _, keys in panels for k in keys)} was logged.")
+    fig.suptitle(title)
+    return fig
+
+
+def metric_panels(rows: Sequence[Mapping], path: str | os.PathLike, panels: Sequence[tuple[str, Sequence[str]]], *,
+                  title: str) -> Path:
+    """Training curves of any stage from metrics.jsonl rows (see metric_panels_figure)."""
+    return save_figure(metric_panels_figure(rows, panels, title=title), path)
+
+
 # -- reward model confusion matrix ------------------------------------------------------
 
 

@@ -1,9 +1,10 @@
 """`rlhflab report RUN_DIR`: report.md and one self-contained report.html from a run's stage folders.
 
 Reads only the run directory contract (DESIGN.md): each stage's summary.json, metrics.jsonl,
-samples.jsonl and config.yaml, plus an optional `<runs_dir>/human/rating_summary.json`. No
-model is loaded, so a report of any run builds in seconds on a laptop. Any stage may be
-missing; its section then says so and names the command that produces it.
+samples.jsonl and config.yaml (and dpo's pairs.jsonl and ilql's eval_after.jsonl), plus
+an optional `<runs_dir>/human/rating_summary.json`. No model is loaded, so a report of any run
+builds in seconds on a laptop. Any stage may be missing; its section then says so and names
+the command that produces it.
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ from rlhflab.eval.document import (
 )
 from rlhflab.io import atomic_write_text, read_json, read_jsonl
 
-STAGES = ("pretrain", "sft", "reward", "ppo", "evaluate", "overopt")  # the order of rlhflab/stages/registry.py
+STAGES = ("pretrain", "sft", "reward", "ppo", "dpo", "ilql", "evaluate", "overopt")  # the order of rlhflab/stages/registry.py
 STAGE_TITLES = {"pretrain": "Pretraining", "sft": "Supervised fine-tuning", "reward": "Reward model",
-                "ppo": "RL training", "evaluate": "Evaluation", "overopt": "Over-optimisation study"}
+                "ppo": "RL training", "dpo": "Direct preference optimisation", "ilql": "Offline RL (ILQL)",
+                "evaluate": "Evaluation", "overopt": "Over-optimisation study"}
 SPLITS = ("train", "validation", "test")
 SAMPLES_PER_SENTIMENT = 3
 SAMPLE_CHARS = 400  # responses longer than this are cut in the side-by-side tables
-FIGURE_PREFIXES = ("pretrain_", "sft_", "reward_", "ppo_", "eval_", "overopt_")
+FIGURE_PREFIXES = ("pretrain_", "sft_", "reward_", "ppo_", "dpo_", "ilql_", "eval_", "overopt_")
+HELD_OUT = {"score": "reward (score)", "positive_probability": "P(positive)", "kl": "KL to the starting model (nats / response)"}
 
 
 # -- reading the run directory ------------------------------------------------------------
@@ -238,7 +241,7 @@ def sft_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     s = stage.summary
     before, after = s.get("before", {}), s.get("after", {})
     rows = []
-    for split in [x for x in SPLITS if x in after] + [x for x in after if x not in SPLITS]:
+    for split in _splits(after):
         b = before.get(split, {})
         rows.append([split, _num(after[split].get("loss")), _num(after[split].get("perplexity")),
                      _num(b.get("loss")), _num(b.get("perplexity"))])
@@ -289,7 +292,7 @@ def reward_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block
         blocks.append(para(f"Trained on {s['labels']}: what a lexicon says, not what a reader would; its accuracy "
                            "below is agreement with the lexicon.", note=True))
     metrics = s.get("metrics", {})
-    names = [x for x in SPLITS if x in metrics] + [x for x in metrics if x not in SPLITS]
+    names = _splits(metrics)
     pairs = s.get("objective") == "pairs"
     if pairs:
         rows = [[n, _num(metrics[n].get("loss")), _num(metrics[n].get("pairwise_accuracy")),
@@ -335,33 +338,94 @@ def _algorithm(summary: dict) -> str:
     return str(summary.get("algorithm", "ppo")).upper()
 
 
-def ppo_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
-    blocks: list[Block] = [Heading(STAGE_TITLES["ppo"], anchor="ppo")]
-    curves = lambda caption: figures.draw(plots.training_curves, "ppo_training", stage.rows, caption=caption)
+def _beta(value: Any) -> str:
+    """A generation β as written in the report ("1" for 1.0)."""
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _splits(by_split: dict) -> list[str]:
+    """The keys of a per-split dict, train / validation / test first."""
+    return [x for x in SPLITS if x in by_split] + [x for x in by_split if x not in SPLITS]
+
+
+def _split_table(by_split: dict, header: list[str], cells, caption: str) -> Table:
+    """A row per split of `by_split` (train / validation / test first): its name, then cells(split, its metrics)."""
+    return Table(["split", *header], [[n, *cells(n, by_split[n])] for n in _splits(by_split)], caption=caption)
+
+
+def _counts(by_split: dict) -> str:
+    return " / ".join(f"{split} {by_split[split]}" for split in SPLITS if split in by_split) or "-"
+
+
+def _change(a: Any, b: Any) -> str:
+    return _signed(b - a) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "-"
+
+
+def _held_out_table(columns: dict[str, dict], caption: str, change: bool = True) -> Table:
+    """Mean reward, P(positive) and KL on the held-out prompts: a column per (title, metrics), the
+    first the start; with `change`, a last column of the last minus the first."""
+    values = list(columns.values())
+    rows = [[label, *(_num(v.get(key)) for v in values), *([_change(values[0].get(key), values[-1].get(key))] if change else [])]
+            for key, label in HELD_OUT.items() if any(key in v for v in values)]
+    return Table(["held-out prompts", *columns, *(["change"] if change else [])], rows, caption=caption)
+
+
+def _samples_table(rows: list[dict]) -> Table:
+    """Prompt, response, reward (P(positive) where scored) and KL of the first four samples."""
+    rows = rows[:4]
+    prob = any(r.get("positive_probability") is not None for r in rows)
+    return Table(["prompt", "response", "reward", *(["P(positive)"] if prob else []), "KL"],
+                 [[_short(r.get("prompt", "")), _short(r.get("response", "")), _num(r.get("score")),
+                   *([_num(r.get("positive_probability"))] if prob else []), _num(r.get("kl"))] for r in rows], numeric=False)
+
+
+def _tuning_section(stage: Stage, run_root: Path, curves, body) -> list[Block]:
+    """The section of a stage that tunes the policy: its heading, then body(stage, curves) when it
+    finished, else how to finish it and its training curves so far. `curves(caption)` draws them."""
+    blocks: list[Block] = [Heading(STAGE_TITLES[stage.name], anchor=stage.name)]
     if not stage.done:
-        blocks += _not_run(stage, run_root)
-        if stage.rows:
-            blocks.append(curves("Training curves so far."))
-        return blocks
+        return blocks + _not_run(stage, run_root) + ([curves("Training curves so far.")] if stage.rows else [])
+    return blocks + body(stage, curves)
+
+
+def _panel_curves(stage: Stage, figures: Figures, panels: tuple):
+    return lambda caption: figures.draw(plots.metric_panels, f"{stage.name}_training", stage.rows, panels=panels,
+                                        title=STAGE_TITLES[stage.name], caption=caption)
+
+
+def _run_facts(s: dict) -> list[tuple[str, Any]]:
+    return [("peak memory", f"{_num(s.get('peak_memory_mb'), 0)} MB"), ("wall time", _seconds(s.get("seconds")))]
+
+
+def _training_facts(s: dict, unit: str, digits: int) -> list[tuple[str, Any]]:
+    """The closing facts of a stage trained by the Supervised algorithm (dpo, ilql)."""
+    return [("parameters", _params(s.get("parameters"))), ("steps", s.get("steps")),
+            ("epochs completed", s.get("epochs_completed")),
+            (f"train {unit}/s", _num(s.get(f"train_{unit}_per_s"), digits)), *_run_facts(s)]
+
+
+def ppo_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
+    curves = lambda caption: figures.draw(plots.training_curves, "ppo_training", stage.rows, caption=caption)
+    return _tuning_section(stage, run_root, curves, _ppo_blocks)
+
+
+def _ppo_blocks(stage: Stage, curves) -> list[Block]:
     s = stage.summary
     start, end = s.get("start") or {}, s.get("end") or {}
-    keys = [k for k in ("score", "positive_probability", "kl") if k in start or k in end]
-    labels = {"score": "reward (score)", "positive_probability": "P(positive)", "kl": "KL to the starting model (nats / response)"}
-    rows = []
-    for key in keys:
-        a, b = start.get(key), end.get(key)
-        change = f"{b - a:+.3f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) else "-"
-        rows.append([labels[key], _num(a), _num(b), change])
-    blocks.append(Table(["held-out prompts", f"start (step {start.get('step', 0)})",
-                         f"end (step {end.get('step', s.get('steps', '?'))})", "change"], rows,
-                        caption="Mean reward, probability of positive sentiment and KL to the SFT model on the "
-                                f"held-out evaluation prompts, before and after {_algorithm(s)}."))
+    blocks: list[Block] = [_held_out_table(
+        {f"start (step {start.get('step', 0)})": start, f"end (step {end.get('step', s.get('steps', '?'))})": end},
+        caption="Mean reward, probability of positive sentiment and KL to the SFT model on the held-out evaluation "
+                f"prompts, before and after {_algorithm(s)}.")]
     if stage.rows:
         blocks.append(curves(f"{_algorithm(s)} training: mean reward per step with a rolling mean and the held-out evaluations "
                              "(seed 000, Figure 3), KL to the SFT model, the KL coefficient β and the clip fraction."))
     evaluations = s.get("evaluations") or []
+    keys = [k for k in HELD_OUT if k in start or k in end]
     if len(evaluations) > 2:
-        blocks.append(Table(["step", *(labels[k] for k in keys)],
+        blocks.append(Table(["step", *(HELD_OUT[k] for k in keys)],
                             [[str(e.get("step")), *(_num(e.get(k)) for k in keys)] for e in evaluations],
                             caption="Every held-out evaluation during training."))
     blocks.append(_facts([
@@ -376,15 +440,106 @@ def ppo_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
         ("final β", _num(s.get("final_beta"), 4)),
         ("rollout tokens/s", _num(s.get("rollout_tokens_per_s"), 0)),
         ("train tokens/s", _num(s.get("train_tokens_per_s"), 0)),
-        ("peak memory", f"{_num(s.get('peak_memory_mb'), 0)} MB"),
-        ("wall time", _seconds(s.get("seconds"))),
+        *_run_facts(s),
     ]))
     if stage.samples:
         last = max(r.get("step", 0) for r in stage.samples)
-        rows = [[_short(r.get("prompt", "")), _short(r.get("response", "")), _num(r.get("score")), _num(r.get("kl"))]
-                for r in stage.samples if r.get("step", 0) == last][:4]
         blocks.append(Heading(f"Samples at training step {last}", level=3))
-        blocks.append(Table(["prompt", "response", "reward", "KL"], rows, numeric=False))
+        blocks.append(_samples_table([r for r in stage.samples if r.get("step", 0) == last]))
+    return blocks
+
+
+DPO_PANELS = (("Loss", ("loss",)), ("Pair accuracy", ("pair_accuracy",)),
+              ("Implicit rewards β·log(π/π_ref)", ("chosen_reward", "rejected_reward", "margin")), ("Learning rate", ("lr",)))
+DPO_LOSSES = {"sigmoid": "sigmoid (DPO, Rafailov et al. 2023)", "ipo": "IPO (Azar et al. 2023)"}
+
+
+def dpo_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
+    return _tuning_section(stage, run_root, _panel_curves(stage, figures, DPO_PANELS), _dpo_blocks)
+
+
+def _dpo_blocks(stage: Stage, curves) -> list[Block]:
+    s = stage.summary
+    blocks: list[Block] = [_held_out_table(
+        {"start": s.get("start") or {}, f"end (step {s.get('steps', '?')})": s.get("end") or {}},
+        caption="Mean reward, probability of positive sentiment and KL to the starting model on the held-out "
+                "evaluation prompts, before and after DPO (measured as for RL training).")]
+    before, after = s.get("before") or {}, s.get("after") or {}
+    keys = ("loss", "pair_accuracy", "margin", "chosen_reward", "rejected_reward")
+    blocks.append(_split_table(
+        after, ["pairs", *(k.replace("_", " ") for k in keys)],
+        lambda n, m: [_num(m.get("pairs")), *(f"{_num((before.get(n) or {}).get(k))} → {_num(m.get(k))}" for k in keys)],
+        caption="Preference pairs per split, before → after DPO: the loss; pair accuracy, the share of pairs whose chosen "
+                "response has the higher implicit reward β·log(π/π_ref); the mean margin between the two; and each side's "
+                "mean implicit reward. Before training the policy is its own reference, so every implicit reward is 0."))
+    if stage.rows:
+        blocks.append(curves("DPO training: the loss (train, mean over each log window, and validation), validation pair "
+                             "accuracy, implicit rewards and margin, and the learning rate."))
+    pairs = s.get("pairs") or {}
+    on_policy = pairs.get("source") == "on-policy"
+    source = (f"on-policy (AI feedback): {pairs.get('samples_per_prompt', '-')} samples of the starting policy for each of "
+              f"{pairs.get('prompts', '-')} training prompts, the reward's best against its worst") if on_policy \
+        else str(pairs.get("source", "-"))
+    blocks.append(_facts([
+        ("loss", DPO_LOSSES.get(s.get("loss"), str(s.get("loss", "-")))),
+        ("β", _num(s.get("beta"))),
+        ("pairs", f"{source}; {_counts(pairs)}"),
+        ("pairs left out", ", ".join(f"{v} ({k})" for k, v in (pairs.get("left_out") or {}).items()) or "none"),
+        ("responses cut to max_length", pairs.get("responses_cut_to_max_length")),
+        ("policy (start and reference)", str(s.get("policy", "-"))),
+        ("reward", str(s.get("reward") or "-")),
+        *_training_facts(s, "pairs", 1),
+    ]))
+    examples = read_jsonl(stage.path / "pairs.jsonl")
+    if examples:
+        blocks.append(Heading("Example pairs", level=3))
+        blocks.append(Table(["prompt", "chosen", "rejected", "chosen reward", "rejected reward"],
+                            [[_short(r.get("prompt", "")), _short(r.get("chosen", "")), _short(r.get("rejected", "")),
+                              _num(r.get("chosen_score")), _num(r.get("rejected_score"))] for r in examples[:4]],
+                            numeric=False,
+                            caption=f"The first {min(4, len(examples))} of {len(examples)} pairs (pairs.jsonl). AI feedback: "
+                                    "the reward function ranked the starting policy's own samples; no person chose."))
+    return blocks
+
+
+ILQL_PANELS = (("Loss", ("loss",)), ("TD loss of the Q heads, expectile loss of V", ("q", "v")),
+               ("CQL and AWAC terms", ("cql", "awac")), ("Learning rate", ("lr",)))
+
+
+def ilql_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
+    return _tuning_section(stage, run_root, _panel_curves(stage, figures, ILQL_PANELS), _ilql_blocks)
+
+
+def _ilql_blocks(stage: Stage, curves) -> list[Block]:
+    s = stage.summary
+    beta = _beta(s.get("beta"))
+    blocks: list[Block] = [_held_out_table(
+        {"start": s.get("start") or {}, **{f"β = {_beta(b)}": v for b, v in (s.get("by_beta") or {}).items()}}, change=False,
+        caption="The held-out prompts at the start and after ILQL at each generation β: tokens are sampled from "
+                "logits + β(Q − V), β the steering strength, and β = 0 is the AWAC-trained language model alone. "
+                f"The saved model generates at β = {beta}.")]
+    after, terms = s.get("after") or {}, ("loss", "q", "v", "cql", "awac")
+    blocks.append(_split_table(
+        after, [*terms, "actions"], lambda n, m: [*(_num(m.get(k)) for k in terms), _num(m.get("actions"))],
+        caption="The ILQL loss terms per action (token) after training: the TD loss of the Q heads (q), the expectile "
+                "loss of V (v), the CQL term and the advantage-weighted LM loss (awac); loss is their weighted sum."))
+    if stage.rows:
+        blocks.append(curves("ILQL training: the loss (train, mean over each log window, and validation), its terms on "
+                             "validation, and the learning rate."))
+    samples = s.get("samples") or {}
+    blocks.append(_facts([
+        ("samples", f"{samples.get('source', '-')}; {_counts(samples)}"),
+        ("reward normalisation", f"mean {_num(samples.get('reward_mean'))}, std {_num(samples.get('reward_std'))} over the "
+                                 "training texts (each text's normalised reward sits on its last token)"),
+        ("generation β (default)", beta),
+        ("policy (start)", str(s.get("policy", "-"))),
+        ("held-out reward", str(s.get("reward") or "none (KL only)")),
+        *_training_facts(s, "tokens", 0),
+    ]))
+    rows = [r for r in read_jsonl(stage.path / "eval_after.jsonl") if _beta(r.get("beta")) == beta]
+    if rows:
+        blocks.append(Heading(f"Held-out samples at β = {beta}", level=3))
+        blocks.append(_samples_table(rows))
     return blocks
 
 
@@ -467,6 +622,7 @@ def evaluate_section(stage: Stage, run_root: Path, figures: Figures) -> list[Blo
                             caption="Per prompt: the share of prompts whose reward went up or down against the "
                                     "reference model's response to the same prompt."))
     blocks += _judges_blocks(s)
+    blocks += _best_of_blocks(s)
     blocks += _eval_figures(stage, s, names, reference, figures)
     blocks += _sentiment_blocks(models, stage.samples, names, figures)
     blocks += _side_by_side(stage.samples, names)
@@ -493,6 +649,24 @@ def _judges_blocks(summary: dict) -> list[Block]:
                                    f"rose by {_signed(g['proxy_gain'])}, {judge}'s by {_signed(g['gold_gain'])}, under half "
                                    "of it. Part of the proxy's gain may be the policy exploiting the proxy.", note=True))
     return blocks
+
+
+def _best_of_blocks(summary: dict) -> list[Block]:
+    """The best-of-n baselines of the evaluate stage (evaluate.best_of), when it drew them."""
+    best = summary.get("best_of")
+    if not best:
+        return []
+    rows = best.get("rows") or []
+    judges = list(dict.fromkeys(j for r in rows for j in (r.get("judges") or {})))
+    model = best.get("model", "the reference model")
+    return [Heading("Best of n", level=3), Table(
+        ["n", "mean reward", "P(positive)", "KL bound (nats)", *(f"positive: {j}" for j in judges)],
+        [[str(r.get("n")), _num(r.get("score")), _num(r.get("positive_probability")), _num(r.get("kl_bound")),
+          *(_pct((r.get("judges") or {}).get(j)) for j in judges)] for r in rows],
+        caption=f"Best-of-n from the reference model {model} on the first {best.get('prompts', '-')} evaluation prompts, "
+                f"{best.get('drawn', '-')} samples each: for each n the best of the first n by the proxy reward is kept. "
+                f"Its KL to {model} is the analytic bound log n − (n−1)/n (Stiennon et al. 2020), to read beside the "
+                "tuned models' measured KL in the table above; a judge's column is the share it calls positive.")]
 
 
 def _eval_figures(stage: Stage, summary: dict, names: list[str], reference: str, figures: Figures) -> list[Block]:
@@ -775,13 +949,14 @@ def _headline(stages: dict[str, Stage]) -> list[list[str]]:
         key = "pairwise_accuracy" if reward.get("objective") == "pairs" else "accuracy"
         if key in test:
             rows.append(["reward model", f"test {key.replace('_', ' ')}", "-", _num(test[key])])
-    ppo = stages["ppo"].summary
-    if ppo:
-        start, end = ppo.get("start") or {}, ppo.get("end") or {}
-        for key, label in (("score", "held-out reward"), ("positive_probability", "held-out P(positive)"),
-                           ("kl", "KL to the starting model")):
-            if key in end:
-                rows.append([_algorithm(ppo), label, _num(start.get(key)), _num(end.get(key))])
+    for name in ("ppo", "dpo", "ilql"):
+        tuned = stages[name].summary
+        if tuned:
+            start, end = tuned.get("start") or {}, tuned.get("end") or {}
+            title = _algorithm(tuned) + (f" at β = {_beta(tuned.get('beta'))}" if name == "ilql" else "")
+            rows += [[title, label, _num(start.get(key)), _num(end[key])] for key, label in
+                     (("score", "held-out reward"), ("positive_probability", "held-out P(positive)"),
+                      ("kl", "KL to the starting model")) if key in end]
     ev = stages["evaluate"].summary
     if ev:
         models = ev.get("models") or {}
@@ -835,8 +1010,8 @@ def overview_section(run_root: Path, stages: dict[str, Stage]) -> list[Block]:
     headline = _headline(stages)
     if headline:
         blocks.append(Table(["stage", "headline", "before", "after"], headline, left=2,
-                            caption="Before → after: SFT against the base model, RL's first evaluation against "
-                                    "its last, and the evaluated models against the reference."))
+                            caption="Before → after: SFT against the base model, each tuned policy (PPO, DPO, ILQL) "
+                                    "at its start against its end, and the evaluated models against the reference."))
     return blocks
 
 
@@ -897,7 +1072,7 @@ def build_report(run_root: Path, out_dir: Path | None = None) -> tuple[Path, Pat
     doc = Document(f"rlhflab report: {run_root.name}")
     doc.add(*overview_section(run_root, stages))
     sections = {"pretrain": pretrain_section, "sft": sft_section, "reward": reward_section, "ppo": ppo_section,
-                "evaluate": evaluate_section, "overopt": overopt_section}
+                "dpo": dpo_section, "ilql": ilql_section, "evaluate": evaluate_section, "overopt": overopt_section}
     for name in pipeline_stages(stages):
         doc.add(*sections[name](stages[name], run_root, figures))
     doc.add(*sweep_section(run_root))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlhflab.assets import BUNDLED_HINT, hub_options, resolve_model
+from rlhflab.assets import BETA_SUFFIX, BUNDLED_HINT, hub_options, resolve_model, split_beta
 from rlhflab.errors import RlhfLabError
 
 # Encoder families that transformers can still load as a causal LM (BertLMHeadModel, ...) when
@@ -27,6 +27,7 @@ def load_causal_lm(name: str, **kwargs: Any):
 
     from rlhflab.models.snapshot import is_snapshot, load_snapshot
 
+    name, beta = split_beta(name)
     if is_snapshot(name):  # an RL run's per-epoch snapshot: its base model plus what training changed
         return load_snapshot(name, **kwargs)
     path = resolve_model(name)
@@ -37,7 +38,23 @@ def load_causal_lm(name: str, **kwargs: Any):
         model = load_weights(AutoModelForCausalLM, name, path, config=config, **options, **kwargs)
     except ValueError as exc:
         raise RlhfLabError(f"Could not load model {name}: {_first_line(exc)}") from None
+    _steer_if_ilql(model, name, path, beta)
     return model, load_tokenizer(name, path, options)
+
+
+def _steer_if_ilql(model, name: str, path: str, beta: float | None) -> None:
+    """An ILQL run's model folder holds Q and V heads: generation is then steered by β·(Q − V),
+    β from `name@beta=` or else the one the run saved (rlhflab/models/ilql.py)."""
+    from rlhflab.models.ilql import attach_steering, load_heads
+
+    loaded = load_heads(Path(path), model.get_output_embeddings()) if Path(path).is_dir() else None
+    if loaded is None:
+        if beta is not None:
+            raise RlhfLabError(f"{name} has no ILQL heads, so {BETA_SUFFIX}{beta:g} does not apply; drop it, or "
+                               f"name an ILQL run (runs/<name>/ilql).")
+        return
+    heads, default = loaded
+    attach_steering(model, heads, default if beta is None else beta)
 
 
 def load_model_config(name: str, path: str, options: dict | None = None, *,
@@ -89,6 +106,7 @@ def load_tokenizer(name: str, path: str | None = None, options: dict | None = No
 
     from rlhflab.models.snapshot import is_snapshot, snapshot_base
 
+    name = split_beta(name)[0]
     if path is None and is_snapshot(name):
         return load_tokenizer(snapshot_base(name))
     path = path or resolve_model(name)

@@ -35,13 +35,14 @@ from rlhflab.stages.common import load_splits, on_main_process, open_run_dir
 
 
 def model_sources(cfg: Config) -> dict[str, str]:
-    """name -> model; by default this run's SFT (or pretrained, without SFT) and PPO models, which must exist."""
-    from rlhflab.stages.registry import policy_stage
+    """name -> model; by default this run's SFT (or pretrained, without SFT) model and those its ppo, dpo
+    and ilql stages tuned (PPO when there is none of them), which must exist."""
+    from rlhflab.stages.registry import policy_stage, tuned_stages
 
     if cfg.evaluate.models:
         return dict(cfg.evaluate.models)
     runs = Path(cfg.runs_dir) / cfg.name
-    sources = {policy_stage(cfg): str(runs / policy_stage(cfg)), "ppo": str(runs / "ppo")}
+    sources = {name: str(runs / name) for name in (policy_stage(cfg), *tuned_stages(cfg))}
     for stage, path in sources.items():
         if not (Path(path) / "model").exists():
             raise RlhfLabError(f"{path}/model does not exist. Run `rlhflab {stage}` first, or name the models to "
@@ -51,7 +52,13 @@ def model_sources(cfg: Config) -> dict[str, str]:
 
 def eval_prompts(cfg: Config, tokenizer=None) -> tuple[list[str], list[int | None]]:
     """Prompts from the test split (validation or train when it is empty) and their reviews' labels;
-    at most data.prompt_max_tokens tokens of `tokenizer` (the reference model's)."""
+    at most data.prompt_max_tokens tokens of `tokenizer` (the reference model's). A data.eval_prompts
+    file replaces them (its prompts have no review label)."""
+    if cfg.data.eval_prompts:
+        from rlhflab.data.prompts import read_prompts
+
+        prompts = read_prompts(cfg.data.eval_prompts)[0][: cfg.evaluate.prompts]
+        return prompts, [None] * len(prompts)
     splits = load_splits(cfg)
     reviews = splits.test or splits.validation or splits.train
     # A seed of its own, so these prompts differ from the ones PPO trained and evaluated on.
@@ -135,12 +142,44 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     if judges:
         summary["judges"] = calibration
         summary["gold_agreement"] = gold_agreement(models, reference_name)
+    if ev.best_of:
+        summary["best_of"] = best_of_n(reference[0], reference[1], prompts[: ev.best_of_prompts], score_fn, prob_fn, judges,
+                                       ev, max_new_tokens=max_new, seed=cfg.seed, runtime=runtime)
+        summary["best_of"]["model"] = reference_name
     from rlhflab.eval.report import evaluation_figures  # matplotlib only now
 
     figures = evaluation_figures(rows, summary, run_dir.path / "figures")
     summary["figures"] = {path.stem: str(path.relative_to(run_dir.path.resolve())) for path in figures}
     summary.update(run_facts(runtime, started))
     return run_dir.finish(summary)
+
+
+def best_of_n(model, tokenizer, prompts: list[str], score_fn, prob_fn, judges: dict[str, Judge], ev, *, max_new_tokens: int,
+              seed: int, runtime: Runtime) -> dict:
+    """Best-of-n baselines (Stiennon et al. 2020): max(ev.best_of) samples per prompt from `model`;
+    for each n, the best of the first n by the proxy reward. Each row: the mean reward and
+    P(positive) of the kept responses, each gold judge's positive rate on them, and the KL of the
+    best-of-n policy to the model as the analytic bound log n − (n−1)/n nats."""
+    from rlhflab.eval.side_by_side import best_of_n_kl, select_best
+
+    drawn = max(ev.best_of)
+    repeated = [p for p in prompts for _ in range(drawn)]
+    responses = [g.response for g in generate(model, tokenizer, repeated, max_new_tokens=max_new_tokens,
+                                              temperature=ev.temperature, seed=seed + 1, batch_size=ev.batch_size,
+                                              autocast=runtime.autocast)]
+    scores = score_fn(repeated, responses).view(len(prompts), drawn)
+    probs = prob_fn(repeated, responses).view(len(prompts), drawn) if prob_fn is not None else None
+    rows = []
+    for n in sorted(set(ev.best_of)):
+        kept = [i * drawn + k % n for i, k in enumerate(select_best(scores[:, :n].flatten().tolist(), n))]  # flat rows
+        row = {"n": n, "score": float(scores.flatten()[kept].mean()), "kl_bound": best_of_n_kl(n),
+               "positive_probability": float(probs.flatten()[kept].mean()) if probs is not None else None}
+        if judges:
+            chosen = [responses[k] for k in kept]
+            row["judges"] = {name: judge.positive_rate(judge(prompts, chosen).tolist())
+                             for name, judge in judges.items() if name != "proxy"}
+        rows.append(row)
+    return {"prompts": len(prompts), "drawn": drawn, "rows": rows}
 
 
 def gold_judges(cfg: Config, runtime: Runtime) -> tuple[dict[str, Judge], dict[str, dict]]:

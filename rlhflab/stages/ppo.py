@@ -17,6 +17,7 @@ import torch
 from rlhflab.algorithms.online import OnlineRL
 from rlhflab.config import Config, PpoConfig, resolve_rl
 from rlhflab.data import make_prompts
+from rlhflab.data.prompts import read_prompts
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
 from rlhflab.errors import RlhfLabError
@@ -47,18 +48,9 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=True)  # data order below is seeded on its own; sampling differs per rank
     splits = load_splits(cfg)
-    train_prompts = make_prompts(splits.train, cfg.data.prompt_min_words, cfg.data.prompt_max_words, cfg.seed,
-                                 max_tokens=cfg.data.prompt_max_tokens)
-    eval_source = splits.test or splits.validation or splits.train
-    eval_prompts = make_prompts(eval_source, cfg.data.prompt_min_words, cfg.data.prompt_max_words, cfg.seed + 1,
-                                max_tokens=cfg.data.prompt_max_tokens)[: ppo.eval_prompts]
-    runs = Path(cfg.runs_dir) / cfg.name
-    start = policy_stage(cfg)  # sft, or pretrain in a pipeline without SFT
-    policy_source = ppo.policy or str(runs / start)
-    if ppo.policy is None and not (runs / start / "model").exists():
-        raise RlhfLabError(f"ppo.policy is not set and {runs / start / 'model'} does not exist. Run `rlhflab {start}` "
-                           f"first or set ppo.policy.")
-    rewards = _rewards(cfg, runs, runtime)
+    train_prompts, eval_prompts = prompt_sets(cfg, splits, ppo.eval_prompts)
+    policy_source = starting_policy(cfg, ppo.policy, "ppo.policy")
+    rewards = reward_functions(cfg, runtime)
     run_dir = open_run_dir(cfg, "ppo", resume=resume, overwrite=overwrite, runtime=runtime)
 
     model, tokenizer = load_causal_lm(policy_source)
@@ -128,9 +120,43 @@ def check_context(model, tokenizer, prompts: list[str], max_new_tokens: int) -> 
                            f"or data.prompt_max_words / data.prompt_max_tokens, or pretrain with a longer context.")
 
 
-def _rewards(cfg: Config, runs: Path, runtime: Runtime) -> dict[str, RewardFunction]:
-    """The training reward ("score") and, where the reward model has one, its P(positive)."""
-    default = str(runs / "reward")
+def prompt_sets(cfg: Config, splits, eval_count: int) -> tuple[list[str], list[str]]:
+    """(training prompts, the first `eval_count` held-out prompts): the prompts every RL stage (ppo,
+    dpo, ilql) trains on and reports on. From data.prompts / data.eval_prompts files when set,
+    else the opening words of the train split's and the test split's reviews."""
+    data = cfg.data
+    words = (data.prompt_min_words, data.prompt_max_words)
+    if data.prompts:
+        train = read_prompts(data.prompts)[0]
+    else:
+        train = make_prompts(splits.train, *words, cfg.seed, max_tokens=data.prompt_max_tokens)
+    if data.eval_prompts:
+        held_out = read_prompts(data.eval_prompts)[0]
+    elif data.prompts:
+        held_out = train
+    else:
+        held_out = make_prompts(splits.test or splits.validation or splits.train, *words, cfg.seed + 1,
+                                max_tokens=data.prompt_max_tokens)
+    return train, held_out[:eval_count]
+
+
+def starting_policy(cfg: Config, setting: str | None, key: str) -> str:
+    """The model an RL stage starts from: `setting` (its `key`), else this run's SFT (or pretrain) stage, which must exist."""
+    if setting:
+        return setting
+    start = policy_stage(cfg)  # sft, or pretrain in a pipeline without SFT
+    folder = Path(cfg.runs_dir) / cfg.name / start
+    if not (folder / "model").exists():
+        raise RlhfLabError(f"{key} is not set and {folder / 'model'} does not exist. Run `rlhflab {start}` first or set {key}.")
+    return str(folder)
+
+
+def reward_functions(cfg: Config, runtime: Runtime, *, required: bool = True) -> dict[str, RewardFunction]:
+    """The training reward ("score") and, where the reward model has one, its P(positive). With
+    `required` False and no reward source at all (no reward_fn.source, no reward stage), {}."""
+    default = str(Path(cfg.runs_dir) / cfg.name / "reward")
+    if not required and cfg.reward_fn.source is None and not Path(default).exists():
+        return {}
     rewards = {"score": build_reward(cfg.reward_fn, default_source=default, device=runtime.device)}
     probability = probability_reward(cfg.reward_fn, default_source=default, device=runtime.device)
     if probability is not None:
@@ -187,19 +213,10 @@ def evaluate(policy: Policy, tokenizer, rewards: dict[str, RewardFunction], prom
     for name, fn in rewards.items():
         for row, value in zip(rows, fn([r["prompt"] for r in rows], [r["response"] for r in rows]).tolist()):
             row[name] = value
-    rows = _in_prompt_order(runtime.gather_objects(rows), runtime.world_size)
+    rows = runtime.gather_round_robin(rows)
     results = {"kl": sum(r["kl"] for r in rows) / len(rows)}
     results |= {name: sum(r[name] for r in rows) / len(rows) for name in rewards}
     return results, rows
-
-
-def _in_prompt_order(rows: list[dict], world_size: int) -> list[dict]:
-    """Undo the round-robin split: rank r answered prompts r, r + W, r + 2W, ..."""
-    if world_size == 1:
-        return rows
-    counts = [len(range(r, len(rows), world_size)) for r in range(world_size)]
-    starts = [sum(counts[:r]) for r in range(world_size)]
-    return [rows[starts[i % world_size] + i // world_size] for i in range(len(rows))]
 
 
 def save_policy(policy: Policy, tokenizer, folder: Path) -> None:

@@ -37,12 +37,19 @@ def policy_stage(cfg: Config) -> str:
     return "pretrain" if "sft" not in cfg.stages and "pretrain" in cfg.stages else "sft"
 
 
-def _ppo_reads(cfg: Config) -> list[str]:
-    return [*([policy_stage(cfg)] if cfg.ppo.policy is None else []), *(["reward"] if cfg.reward_fn.source is None else [])]
+def _tuning_reads(section: str) -> Callable[[Config], list[str]]:
+    """ppo, dpo and ilql read their starting policy and the reward unless both are configured."""
+    return lambda cfg: [*([policy_stage(cfg)] if getattr(cfg, section).policy is None else []),
+                        *(["reward"] if cfg.reward_fn.source is None else [])]
+
+
+def tuned_stages(cfg: Config) -> list[str]:
+    """The stages of this run that tune the policy (evaluation compares them with their start)."""
+    return [name for name in ("ppo", "dpo", "ilql") if name in cfg.stages] or ["ppo"]
 
 
 def _evaluate_reads(cfg: Config) -> list[str]:
-    return [*([policy_stage(cfg), "ppo"] if cfg.evaluate.models is None else []),
+    return [*([policy_stage(cfg), *tuned_stages(cfg)] if cfg.evaluate.models is None else []),
             *(["reward"] if cfg.reward_fn.source is None else [])]
 
 
@@ -55,7 +62,13 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           "train a small causal LM from scratch on a corpus, with its own tokenizer"),
     Stage("sft", ("seed", "runtime", "data", "sft"), lambda cfg: [], "supervised fine-tuning of a causal LM on reviews"),
     Stage("reward", ("seed", "runtime", "data", "reward"), lambda cfg: [], "train a reward model on labelled texts or preference pairs"),
-    Stage("ppo", ("seed", "runtime", "data", "reward_fn", "ppo"), _ppo_reads, "PPO against the reward, with a KL penalty to the SFT model"),
+    Stage("ppo", ("seed", "runtime", "data", "reward_fn", "ppo"), _tuning_reads("ppo"), "PPO against the reward, with a KL penalty to the SFT model"),
+    Stage("dpo", ("seed", "runtime", "data", "reward_fn", "dpo", "ppo.max_new_tokens"),
+          _tuning_reads("dpo"),
+          "direct preference optimisation from preference pairs (a file, or on-policy pairs ranked by the reward)"),
+    Stage("ilql", ("seed", "runtime", "data", "reward_fn", "ilql", "ppo.max_new_tokens"),
+          _tuning_reads("ilql"),
+          "offline RL (implicit language Q-learning) from texts with rewards, e.g. reviews and their labels"),
     Stage("evaluate", ("seed", "runtime", "data", "reward_fn", "evaluate", "ppo.max_new_tokens"), _evaluate_reads,
           "generate from SFT and PPO (or any models) on held-out prompts and compare"),
     Stage("overopt", ("seed", "runtime", "data", "reward_fn", "evaluate", "overopt", "ppo.max_new_tokens"), _overopt_reads,

@@ -112,3 +112,30 @@ def test_a_user_error_under_two_processes_is_said_once(tmp_path):
     assert errors == ["error: ppo.minibatch_size (5) must be a multiple of the number of processes (2): each process "
                       "takes an equal share of every minibatch."]
     assert result.returncode != 0 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("stage", ["dpo", "ilql"])
+def test_two_processes_train_dpo_and_ilql_as_one_does_on_the_same_global_batch(tmp_path, tiny_llama_dir, reviews_csv,
+                                                                               pairs_jsonl, stage):
+    settings = {"dpo": [f"dpo.pairs.source={pairs_jsonl}", "dpo.pairs.fractions=[0.8,0.2,0.0]", "dpo.beta=0.5"],
+                "ilql": ["ilql.max_length=24", "ilql.eval_betas=[0.0]"]}[stage]
+    reward = tmp_path / "toy_reward.py"
+    reward.write_text("def e_share(prompts, responses):\n    return [r.count('e') / max(len(r), 1) for r in responses]\n")
+
+    def args(runs: Path) -> list[str]:
+        return [f"data.source={reviews_csv}", "data.per_class=30", f"runs_dir={runs}", "name=mp", f"{stage}.policy={tiny_llama_dir}",
+                f"reward_fn.source={reward}:e_share", "ppo.max_new_tokens=4", f"{stage}.max_steps=2", f"{stage}.batch_size=8",
+                f"{stage}.learning_rate=5e-3", f"{stage}.warmup_ratio=0.0", f"{stage}.eval_prompts=4", "runtime.mixed_precision=no",
+                *settings]
+
+    run_ranks(tmp_path / "one", stage, *args(tmp_path / "runs1"), processes=1)
+    two = run_ranks(tmp_path / "two", stage, *args(tmp_path / "runs2"), processes=2)
+    assert two[0]["weights"] == two[1]["weights"]  # the ranks agree exactly
+    files = ["model.safetensors", *(["ilql_heads.safetensors"] if stage == "ilql" else [])]
+    for name in files:
+        a = load_file(tmp_path / "runs1" / "mp" / stage / "model" / name)
+        b = load_file(tmp_path / "runs2" / "mp" / stage / "model" / name)
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], atol=2e-5, rtol=1e-4)
+    trained, base = load_file(tmp_path / "runs1" / "mp" / stage / "model" / "model.safetensors"), load_file(tiny_llama_dir / "model.safetensors")
+    assert any(not torch.equal(value, base[key]) for key, value in trained.items() if key in base)  # it trained

@@ -129,7 +129,7 @@ def model_summary(name: str, mean: float, above: float) -> dict:
                              for k, s in enumerate(SENTIMENTS)}}
 
 
-def write_evaluate(root: Path) -> None:
+def write_evaluate(root: Path, best_of: dict | None = None) -> None:
     folder = root / "evaluate"
     samples = []
     for pid in range(12):
@@ -144,8 +144,85 @@ def write_evaluate(root: Path) -> None:
         "prompts": 12, "reward": "runs/demo/reward (reward_model, score)", "reference": "sft",
         "models": {"sft": model_summary("sft", -0.0417, 0.4167), "ppo": model_summary("ppo", 0.7012, 0.9167)},
         "comparison": {"ppo": {"vs": "sft", "better": 11 / 12, "worse": 1 / 12, "same": 0.0, "mean_delta": 0.7429}},
-        "figures": {"reward_histograms": "figures/reward_histograms.png"}, "seconds": 95.2})
+        "figures": {"reward_histograms": "figures/reward_histograms.png"}, "seconds": 95.2,
+        **({"best_of": best_of} if best_of else {})})
     (folder / "config.yaml").write_text(config(root.name, "evaluate"), encoding="utf-8")
+
+
+BEST_OF = {"model": "sft", "prompts": 64, "drawn": 16, "rows": [
+    {"n": 1, "score": 0.1, "positive_probability": 0.55, "kl_bound": 0.0, "judges": {"vader": 0.61}},
+    {"n": 4, "score": 0.5432, "positive_probability": 0.7321, "kl_bound": 0.636294, "judges": {"vader": 0.7344}},
+    {"n": 16, "score": 0.9876, "positive_probability": 0.8771, "kl_bound": 1.830084, "judges": {"vader": 0.8125}}]}
+
+
+def pair_metrics(loss, accuracy, chosen, rejected, pairs):
+    return {"loss": loss, "pair_accuracy": accuracy, "chosen_reward": chosen, "rejected_reward": rejected,
+            "margin": chosen - rejected, "pairs": pairs}
+
+
+def write_dpo(root: Path, *, probability: bool = True, pairs: bool = True) -> dict:
+    folder = root / "dpo"
+    start = {"kl": 0.0, "score": 0.1234, "positive_probability": 0.7012}
+    end = {"kl": 0.4817, "score": 0.3456, "positive_probability": 0.7523}
+    if not probability:
+        start, end = ({k: v for k, v in x.items() if k != "positive_probability"} for x in (start, end))
+    counts = {"train": 96, "validation": 12, "test": 12}
+    summary = {
+        "algorithm": "dpo", "loss": "ipo", "beta": 0.1, "policy": "runs/tuned/sft", "reward": "runs/tuned/reward (reward_model, score)",
+        "pairs": {"source": "on-policy", "prompts": 128, "samples_per_prompt": 4, "left_out": {"all samples scored the same": 8},
+                  **counts},
+        "trainable": [-2, -1], "parameters": {"trainable": 7080192, "total": 134515008}, "left_out": {},
+        "before": {split: pair_metrics(0.6931, 0.0, 0.0, 0.0, n) for split, n in counts.items()},
+        "after": {"train": pair_metrics(0.5123, 0.8125, 0.2311, -0.1422, 96),
+                  "validation": pair_metrics(0.6402, 0.5833, 0.0411, -0.0201, 12),
+                  "test": pair_metrics(0.6511, 0.5417, 0.0388, -0.0152, 12)},
+        "start": start, "end": end, "steps": 24, "epochs_completed": 2, "stopped_early": False, "train_pairs_per_s": 7.31,
+        "frozen_cache": {"used": False, "first_trainable_block": None, "seconds": 0.0},
+        "peak_memory_mb": 1834.0, "device": "cpu", "processes": 1, "mixed_precision": "no", "seconds": 312.4}
+    write_json(folder / "summary.json", summary)
+    write_jsonl(folder / "metrics.jsonl",
+                [{"step": s, "split": "train", "epoch": s // 12, "loss": 0.69 - s / 200, "lr": 5e-6, "pairs_per_s": 7.0}
+                 for s in range(4, 28, 4)]
+                + [{"step": s, "split": "validation", "epoch": s // 12, **pair_metrics(0.66, 0.5 + s / 300, 0.02, -0.01, 12)}
+                   for s in (12, 24)])
+    if pairs:
+        write_jsonl(folder / "pairs.jsonl", [{"prompt": f"pair prompt {i}", "chosen": f" great reply {i}", "rejected": f" awful reply {i}",
+                                              "chosen_score": 0.9 + i / 100, "rejected_score": -0.8} for i in range(6)])
+    (folder / "config.yaml").write_text(config(root.name, "dpo"), encoding="utf-8")
+    return summary
+
+
+def write_ilql(root: Path, *, probability: bool = True) -> dict:
+    folder = root / "ilql"
+    by_beta = {"0.0": {"kl": 0.1203, "score": 0.0934, "positive_probability": 0.6011},
+               "1.0": {"kl": 0.5521, "score": 0.2187, "positive_probability": 0.6412},
+               "4.0": {"kl": 2.1043, "score": 0.4561, "positive_probability": 0.7788}}
+    start = {"kl": 0.0, "score": 0.0812, "positive_probability": 0.5934}
+    rows = [{"beta": float(b), "prompt": f"ilql prompt {i}", "response": f" beta {b} reply {i}", "kl": 0.5, "score": 0.25,
+             "positive_probability": 0.625} for b in by_beta for i in range(5)]
+    if not probability:
+        start, by_beta, rows = ({k: v for k, v in start.items() if k != "positive_probability"},
+                                {b: {k: v for k, v in m.items() if k != "positive_probability"} for b, m in by_beta.items()},
+                                [{k: v for k, v in r.items() if k != "positive_probability"} for r in rows])
+    terms = lambda scale, actions: {"loss": 2.3456 * scale, "q": 0.1234, "v": 0.0456, "cql": 3.2109, "awac": 3.0123, "actions": actions}
+    summary = {
+        "algorithm": "ilql", "policy": "runs/tuned/sft",
+        "samples": {"source": "imdb reviews, label as reward", "train": 900, "validation": 100, "reward_mean": 0.5011,
+                    "reward_std": 0.5002},
+        "reward": "runs/tuned/reward (reward_model, score)", "beta": 1.0, "trainable": [-2, -1],
+        "parameters": {"trainable": 7700000, "total": 135000000}, "left_out": {},
+        "after": {"train": terms(1.0, 45000), "validation": terms(1.1, 5012)},
+        "start": start, "end": by_beta["1.0"], "by_beta": by_beta, "steps": 30, "epochs_completed": 1,
+        "stopped_early": False, "train_tokens_per_s": 2345.6,
+        "frozen_cache": {"used": False, "first_trainable_block": None, "seconds": 0.0},
+        "peak_memory_mb": 2210.0, "device": "cpu", "processes": 1, "mixed_precision": "no", "seconds": 200.1}
+    write_json(folder / "summary.json", summary)
+    write_jsonl(folder / "metrics.jsonl",
+                [{"step": s, "split": "train", "epoch": 0, "loss": 3.0 - s / 60, "lr": 1e-4, "tokens_per_s": 2300.0}
+                 for s in range(5, 35, 5)] + [{"step": 30, "split": "validation", "epoch": 0, **terms(1.1, 5012)}])
+    write_jsonl(folder / "eval_after.jsonl", rows)
+    (folder / "config.yaml").write_text(config(root.name, "ilql"), encoding="utf-8")
+    return summary
 
 
 def write_ratings(runs: Path) -> None:
@@ -374,3 +451,82 @@ def test_cli_import_stays_light_and_errors_have_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "rlhflab.cli", "report", str(tmp_path / "missing")],
                             capture_output=True, text=True, check=False)
     assert_user_error(result, "is not a folder")
+
+
+def test_dpo_ilql_and_best_of_n_get_their_sections_tables_and_headlines(tmp_path):
+    root = tmp_path / "runs" / "tuned"
+    write_sft(root)
+    write_dpo(root)
+    write_ilql(root)
+    write_evaluate(root, best_of=BEST_OF)
+    html_path, md_path = build_report(root)
+    md, html = md_path.read_text(), html_path.read_text()
+    for section in ("Direct preference optimisation", "Offline RL (ILQL)"):
+        assert f"## {section}\n" in md and f">{section}</h2>" in html
+    dpo, ilql = md.split("## Direct preference optimisation")[1].split("## Offline RL (ILQL)")
+    ilql = ilql.split("## Evaluation")[0]
+    # DPO: held-out start/end, pair metrics before -> after, facts, example pairs
+    assert "| held-out prompts | start | end (step 24) | change |" in dpo
+    assert "| P(positive) | 0.701 | 0.752 | +0.051 |" in dpo and "| KL to the starting model (nats / response) | 0.000 | 0.482 | +0.482 |" in dpo
+    assert "| validation | 12 | 0.693 → 0.640 | 0.000 → 0.583 | 0.000 → 0.061 |" in dpo
+    for fact in ("IPO (Azar et al. 2023)", "| β | 0.100 |", "4 samples of the starting policy for each of 128 training prompts",
+                 "train 96 / validation 12 / test 12", "8 (all samples scored the same)", "| train pairs/s | 7.3 |",
+                 "1834 MB", "312 s (5.2 min)", "figures/dpo_training.png"):
+        assert fact in dpo, fact
+    assert "The first 4 of 6 pairs" in dpo and "AI feedback" in dpo
+    assert "| pair prompt 3 | great reply 3 | awful reply 3 | 0.930 | -0.800 |" in dpo and "pair prompt 4" not in dpo
+    # ILQL: every beta beside the start, the loss terms, facts, samples at the default beta
+    assert "| held-out prompts | start | β = 0 | β = 1 | β = 4 |" in ilql
+    assert "| P(positive) | 0.593 | 0.601 | 0.641 | 0.779 |" in ilql and "| KL to the starting model (nats / response) | 0.000 | 0.120 | 0.552 | 2.104 |" in ilql
+    assert "logits + β(Q − V)" in ilql and "β = 0 is the AWAC-trained language model alone" in ilql
+    assert "| validation | 2.580 | 0.123 | 0.046 | 3.211 | 3.012 | 5012 |" in ilql
+    for fact in ("imdb reviews, label as reward; train 900 / validation 100", "mean 0.501, std 0.500", "| generation β (default) | 1 |",
+                 "| train tokens/s | 2346 |", "2210 MB", "200 s (3.3 min)", "figures/ilql_training.png"):
+        assert fact in ilql, fact
+    assert "### Held-out samples at β = 1" in ilql and "| ilql prompt 3 | beta 1.0 reply 3 | 0.250 | 0.625 | 0.500 |" in ilql
+    assert "beta 4.0 reply" not in ilql and "ilql prompt 4" not in ilql
+    # best-of-n in the evaluation, after the per-model table
+    evaluation = md.split("## Evaluation")[1]
+    assert "| n | mean reward | P(positive) | KL bound (nats) | positive: vader |" in evaluation
+    assert "| 4 | 0.543 | 0.732 | 0.636 | 73.4% |" in evaluation and "| 16 | 0.988 | 0.877 | 1.830 | 81.2% |" in evaluation
+    assert "first 64 evaluation prompts, 16 samples each" in evaluation and "Stiennon et al. 2020" in evaluation
+    assert evaluation.index("| metric | sft | ppo |") < evaluation.index("| n | mean reward |")
+    # the overview's headline
+    assert "| DPO | held-out P(positive) | 0.701 | 0.752 |" in md and "| DPO | KL to the starting model | 0.000 | 0.482 |" in md
+    assert "| ILQL at β = 1 | held-out P(positive) | 0.593 | 0.641 |" in md and "| ILQL at β = 1 | KL to the starting model | 0.000 | 0.552 |" in md
+    assert {"dpo_training.png", "ilql_training.png"} <= {p.name for p in (root / "report" / "figures").iterdir()}
+
+
+def test_dpo_ilql_and_best_of_n_without_the_optional_keys(tmp_path):
+    """No P(positive), no judges, no pairs.jsonl; then an unfinished DPO run with its curves so far."""
+    root = tmp_path / "runs" / "sparse"
+    write_dpo(root, probability=False, pairs=False)
+    write_ilql(root, probability=False)
+    write_evaluate(root, best_of={**BEST_OF, "rows": [{"n": 2, "score": 0.25, "positive_probability": None, "kl_bound": 0.193147}]})
+    _, md_path = build_report(root)
+    md = md_path.read_text()
+    dpo = md.split("## Direct preference optimisation")[1].split("## Offline RL (ILQL)")[0]
+    assert "| reward (score) | 0.123 | 0.346 | +0.222 |" in dpo and "P(positive)" not in dpo and "Example pairs" not in dpo
+    assert "| ilql prompt 0 | beta 1.0 reply 0 | 0.250 | 0.500 |" in md
+    assert "| n | mean reward | P(positive) | KL bound (nats) |\n" in md and "| 2 | 0.250 | - | 0.193 |" in md
+    (root / "dpo" / "summary.json").unlink()
+    _, md_path = build_report(root)
+    md = md_path.read_text()
+    assert "dpo has no summary.json" in md and "`rlhflab dpo name=sparse runs_dir=" in md
+    assert "Training curves so far." in md and "figures/dpo_training.png" in md
+    write_jsonl(root / "dpo" / "metrics.jsonl", [{"step": 1, "split": "train", "pairs_per_s": 7.0}])  # nothing to draw
+    md = build_report(root)[1].read_text()
+    assert "Figure dpo\\_training was not drawn: None of loss, pair\\_accuracy" in md and "dpo_training.png" not in md
+
+
+def test_pipeline_headlines_for_dpo_and_ilql(tmp_path):
+    from rlhflab.pipeline import headline
+
+    dpo, ilql = write_dpo(tmp_path), write_ilql(tmp_path)
+    assert headline("dpo", dpo) == "P(positive) 0.701 -> 0.752, KL 0.48, validation pair accuracy 0.583"
+    assert headline("ilql", ilql) == "P(positive) 0.593 -> 0.641 at beta 1, KL 0.55"
+    sparse = write_dpo(tmp_path / "b", probability=False)
+    del sparse["after"]["validation"]
+    assert headline("dpo", sparse) == "score 0.123 -> 0.346, KL 0.48"
+    no_reward = {**ilql, "start": {"kl": 0.0}, "end": {"kl": 0.5521}, "beta": 4.0}
+    assert headline("ilql", no_reward) == "KL 0.55 at beta 4"

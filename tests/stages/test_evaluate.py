@@ -100,3 +100,20 @@ def test_generation_is_seeded(tiny_llama_dir):
     first = generate(model, tokenizer, ["the film was"] * 3, max_new_tokens=6, seed=5)
     again = generate(model, tokenizer, ["the film was"] * 3, max_new_tokens=6, seed=5)
     assert [g.response_ids for g in first] == [g.response_ids for g in again]
+
+
+def test_best_of_n_keeps_the_best_of_the_first_n_samples(tmp_path, reviews_csv, tiny_llama_dir):
+    cfg = make_config(tmp_path, reviews_csv, {"sft": str(tiny_llama_dir)}, best_of=[1, 4, 2], best_of_prompts=3)
+    summary = json.loads(run_stage("evaluate", cfg, progress=False).summary_path.read_text())
+    best = summary["best_of"]
+    assert best["model"] == "sft" and best["prompts"] == 3 and best["drawn"] == 4
+    assert [r["n"] for r in best["rows"]] == [1, 2, 4]
+    assert [r["kl_bound"] for r in best["rows"]] == pytest.approx([0.0, torch.log(torch.tensor(2.0)).item() - 0.5,
+                                                                   torch.log(torch.tensor(4.0)).item() - 0.75])
+    # more samples to choose from never lowers the mean of the kept (the first n are a prefix of the first 2n)
+    scores = [r["score"] for r in best["rows"]]
+    assert scores == sorted(scores) and scores[-1] > scores[0]
+    with pytest.raises(RlhfLabError, match="best_of"):
+        from rlhflab.config import check_evaluate
+
+        check_evaluate(EvaluateConfig(best_of=[0]))

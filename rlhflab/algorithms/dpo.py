@@ -1,0 +1,178 @@
+"""Direct preference optimisation as a supervised objective (rlhflab/algorithms/supervised.py).
+
+Pairs become token rows once (`token_pairs`, or `on_policy_pairs` from the policy's own samples
+ranked by a reward function), the frozen reference's sequence log-probs are computed once per
+pair before training (`DpoObjective`), and every step only runs the policy:
+
+    loss = preference_loss(log π(y_w), log π(y_l), log π_ref(y_w), log π_ref(y_l), β)   (ops/preference.py)
+
+The reference is the starting model itself, scored before its first update, so no second copy
+of the model is ever held.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from rlhflab.data.records import join_prompt_response
+from rlhflab.models.encoding import EncodedSplit
+from rlhflab.ops.preference import preference_loss, sequence_logprobs
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """A preference pair as the policy's tokens: `prompt_ids` then a response's ids."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    prompt_ids: tuple[int, ...]
+    chosen_ids: tuple[int, ...]
+    rejected_ids: tuple[int, ...]
+    chosen_score: float | None = None  # the reward function's scores, for on-policy pairs
+    rejected_score: float | None = None
+
+
+def best_and_worst(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """scores (P, k) of k responses to each of P prompts -> (chosen (P,), rejected (P,), usable (P,) bool):
+    the index of the highest and of the lowest score; a prompt whose responses all score the
+    same gives no preference (usable False). Ties between the best go to the first sampled."""
+    chosen, rejected = scores.argmax(-1), scores.argmin(-1)
+    return chosen, rejected, scores.max(-1).values > scores.min(-1).values
+
+
+@torch.no_grad()
+def on_policy_pairs(model, tokenizer, prompts: Sequence[str], reward: Callable, *, k: int, max_new_tokens: int,
+                    temperature: float, seed: int, batch_size: int, runtime) -> tuple[list[TokenPair], int]:
+    """Sample k responses per prompt from `model`, score them with `reward` (prompts, responses) ->
+    (N,), and pair each prompt's best with its worst (AI feedback: the reward function plays the
+    labeller). Returns (pairs in prompt order, prompts left out because all k responses scored the same).
+    Each process samples its share of the prompts; every process gets all pairs."""
+    from rlhflab.eval.generate import generate
+
+    mine = list(prompts[runtime.rank :: runtime.world_size])
+    repeated = [p for p in mine for _ in range(k)]
+    devices = [runtime.device] if runtime.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        generations = generate(model, tokenizer, repeated, max_new_tokens=max_new_tokens, temperature=temperature,
+                               seed=seed + 7919 * runtime.rank, batch_size=batch_size, autocast=runtime.autocast)
+    scores = reward(repeated, [g.response for g in generations]).view(len(mine), k) if mine else torch.zeros(0, k)
+    chosen, rejected, usable = best_and_worst(scores)
+    pairs: list[TokenPair | None] = []
+    for i in range(len(mine)):
+        if not usable[i]:
+            pairs.append(None)
+            continue
+        best, worst = generations[i * k + int(chosen[i])], generations[i * k + int(rejected[i])]
+        pairs.append(TokenPair(best.prompt, best.response, worst.response, tuple(best.prompt_ids),
+                               tuple(best.response_ids), tuple(worst.response_ids),
+                               float(scores[i, chosen[i]]), float(scores[i, rejected[i]])))
+    pairs = runtime.gather_round_robin(pairs)
+    return [p for p in pairs if p is not None], sum(p is None for p in pairs)
+
+
+def token_pairs(pairs, tokenizer) -> list[TokenPair]:
+    """Tokenize (prompt, chosen, rejected) pairs the way the policy reads them: the prompt with
+    its special tokens, then each response as it continues the prompt's text, ended by EOS."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    out = []
+    for pair in pairs:
+        prompt_ids = tokenizer(pair.prompt)["input_ids"] if pair.prompt else []
+
+        def response(text: str) -> tuple[int, ...]:
+            continuation = join_prompt_response(pair.prompt, text)[len(pair.prompt):]
+            return tuple(tokenizer(continuation, add_special_tokens=False)["input_ids"] + eos)
+
+        out.append(TokenPair(pair.prompt, pair.chosen, pair.rejected, tuple(prompt_ids), response(pair.chosen),
+                             response(pair.rejected)))
+    return out
+
+
+def encode_pairs(pairs: Sequence[TokenPair], tokenizer, max_length: int) -> tuple[EncodedSplit, torch.Tensor, int]:
+    """Right-padded rows (2N, T): the N chosen sequences, then the N rejected ones, and the
+    response mask (2N, T) marking response tokens; also how many responses were cut to fit.
+
+    A row is at most max_length tokens: the prompt gives way from its front; a response longer
+    than max_length − 1 keeps its beginning. A pair without prompt tokens starts from EOS (BOS
+    in GPT-2's convention) so that its first response token has something to be predicted from."""
+    start = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+    rows, prompt_lengths, cut = [], [], 0
+    for side in ("chosen_ids", "rejected_ids"):
+        for pair in pairs:
+            prompt, response = list(pair.prompt_ids) or start, list(getattr(pair, side))
+            if len(response) > max_length - 1:
+                response, cut = response[: max_length - 1], cut + 1
+            prompt = prompt[-(max_length - len(response)):]
+            rows.append(prompt + response)
+            prompt_lengths.append(len(prompt))
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    response_mask = torch.zeros_like(ids)
+    for i, (row, p) in enumerate(zip(rows, prompt_lengths)):
+        ids[i, : len(row)] = torch.tensor(row)
+        attention[i, : len(row)] = 1
+        response_mask[i, p : len(row)] = 1
+    return EncodedSplit(ids, attention), response_mask, cut
+
+
+class DpoObjective:
+    """The DPO loss and validation metrics over encoded pair splits.
+
+    `forward(split, rows)` -> logits (rows, T, V) runs the policy (make_forward of rlhflab/models/
+    encoding.py). `data[name]` holds 2N rows (chosen then rejected) and `masks[name]` their
+    response masks. The reference log-probs are the policy's own, computed here, before training."""
+
+    def __init__(self, forward: Callable, data: dict[str, EncodedSplit], masks: dict[str, torch.Tensor], *, beta: float,
+                 loss: str, batch_size: int, model, runtime):
+        self.forward, self.data, self.masks = forward, data, masks
+        self.beta, self.loss_type, self.batch_size, self.model, self.runtime = beta, loss, batch_size, model, runtime
+        self.reference = {name: self.logprobs(name, torch.arange(len(split), device=split.input_ids.device), grad=False)
+                          for name, split in data.items()}
+
+    def pairs(self, name: str) -> int:
+        return len(self.data[name]) // 2
+
+    def logprobs(self, name: str, rows: torch.Tensor, *, grad: bool = True) -> torch.Tensor:
+        """Sequence log-probs (len(rows),) of rows of split `name`, in batches when no gradient is needed."""
+        split, mask = self.data[name], self.masks[name]
+        if grad:
+            logits = self.forward(split, rows)
+            return sequence_logprobs(logits[:, :-1], split.input_ids[rows, 1:], mask[rows, 1:])
+        self.model.eval()
+        with torch.no_grad():
+            return torch.cat([self.logprobs(name, chunk) for chunk in rows.split(self.batch_size)])
+
+    def _loss(self, name: str, pairs: torch.Tensor, grad: bool) -> dict[str, torch.Tensor]:
+        n = self.pairs(name)
+        rows = torch.cat([pairs, pairs + n])
+        policy = self.logprobs(name, rows, grad=grad)
+        reference = self.reference[name][rows]
+        b = len(pairs)
+        return preference_loss(policy[:b], policy[b:], reference[:b], reference[b:], self.beta, self.loss_type)
+
+    def train_loss(self, pairs: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(loss summed over the pairs, pair count): the Supervised algorithm's contract."""
+        return self._loss("train", pairs, grad=True)["loss"] * len(pairs), len(pairs)
+
+    @torch.no_grad()
+    def metrics(self, name: str) -> dict[str, float]:
+        """Loss, pair accuracy (implicit reward of the chosen above the rejected), mean implicit
+        rewards β·(log π − log π_ref) of each side and their margin, over this process's share of
+        the split, summed over processes before dividing."""
+        device = self.data[name].input_ids.device
+        pairs = torch.arange(self.pairs(name), device=device)[self.runtime.rank :: self.runtime.world_size]
+        totals = torch.zeros(6, dtype=torch.float64)
+        for chunk in pairs.split(max(self.batch_size // 2, 1)):
+            out = self._loss(name, chunk, grad=False)
+            totals += torch.tensor([float(out["loss"]) * len(chunk), float((out["margin"] > 0).sum()),
+                                    float(out["chosen_reward"].sum()), float(out["rejected_reward"].sum()),
+                                    float(out["margin"].sum()), len(chunk)], dtype=torch.float64)
+        totals = self.runtime.sum(totals.to(device)).cpu()
+        count = max(float(totals[5]), 1.0)
+        keys = ("loss", "pair_accuracy", "chosen_reward", "rejected_reward", "margin")
+        return {**{key: float(totals[i]) / count for i, key in enumerate(keys)}, "pairs": int(totals[5])}

@@ -1,0 +1,195 @@
+"""The Python API: one call trains a model from prompts and a reward function (online RL), from
+scored texts (ILQL, offline) or from preference pairs (DPO), as trlX's `trlx.train` does.
+
+    import rlhflab
+    result = rlhflab.train(model="smollm2-135m", prompts=[...], reward_fn=lambda samples, prompts, outputs: [...])
+    result.model, result.tokenizer, result.summary, result.run_dir
+
+It runs the same registered stage as the CLI (rlhflab/stages/), on the same config, in this
+process: in a notebook (tqdm.auto draws its widgets), in a script, or under `accelerate launch`
+(every process calls it; the main one writes). In-memory inputs are written to
+<run>/inputs/*.jsonl first, so the run directory says what it was trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from rlhflab.config import Config, check_config, from_dict, load_config, resolve_run_references, to_dict
+from rlhflab.errors import RlhfLabError
+
+TRLX_PARAMETERS = ("samples", "prompts", "outputs")  # trlX calls reward_fn(samples=, prompts=, outputs=, tokenizer=)
+
+
+@dataclass
+class TrainResult:
+    model: Any  # the trained causal LM (an ILQL model steers its generation by its saved beta)
+    tokenizer: Any
+    summary: dict  # the stage's summary.json
+    run_dir: Path  # runs/<name>/<stage>
+    algorithm: str
+
+
+def train(model: str | None = None, *, prompts: Sequence[str] | None = None, eval_prompts: Sequence[str] | None = None,
+          reward_fn: Callable | None = None, samples: Sequence[str] | None = None, rewards: Sequence[float] | None = None,
+          pairs: Sequence[Mapping[str, str]] | None = None, config: Config | Mapping | str | Path | None = None,
+          name: str | None = None, progress: bool = True) -> TrainResult:
+    """Train `model` (a bundled name, hub id, folder or run directory) and return it.
+
+    - `prompts` + `reward_fn` -> online RL (`config` ppo.algorithm: ppo, grpo or rloo; or "dpo" for
+      DPO on pairs sampled from the model and ranked by reward_fn);
+    - `samples` + `rewards` -> ILQL (offline: learns from the scored texts, samples nothing);
+    - `pairs` (dicts with prompt, chosen, rejected) -> DPO.
+    `reward_fn` may take trlX's parameters (samples, prompts, outputs, **kwargs) or rlhflab's
+    (prompts, responses); it returns one number per sample. `eval_prompts` are answered before and
+    after training. `config`: a Config, a YAML path, or nested dicts of settings ("rl" is accepted
+    for the "ppo" section, as trlX names it). The run goes to <runs_dir>/<name>/<stage> (name:
+    `name`, else the config's, else "api"); a finished stage of the same name is trained again.
+    Raises RlhfLabError for inputs that do not fit together or a reward_fn it cannot call."""
+    cfg, algorithm = _config(config, name, reward_fn, samples, rewards, pairs, prompts)
+    from rlhflab.engine.runtime import Runtime
+
+    runtime = Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
+    root = Path(cfg.runs_dir) / cfg.name / "inputs"
+    if prompts is not None:
+        cfg.data.prompts = _write_inputs(root / "prompts.jsonl", [{"prompt": _text(p, "prompts")} for p in prompts])
+    if eval_prompts is not None:
+        cfg.data.eval_prompts = _write_inputs(root / "eval_prompts.jsonl", [{"prompt": _text(p, "eval_prompts")} for p in eval_prompts])
+    if reward_fn is not None:
+        cfg.reward_fn.source = register_reward(reward_fn)
+    stage = {"ppo": "ppo", "grpo": "ppo", "rloo": "ppo"}.get(algorithm, algorithm)
+    section = getattr(cfg, stage)
+    section.policy = model or section.policy or cfg.sft.model
+    if algorithm == "ilql":
+        cfg.ilql.samples = _write_inputs(root / "samples.jsonl", [{"text": _text(t, "samples"), "reward": float(r)}
+                                                                  for t, r in zip(samples, rewards)])
+    if pairs is not None:
+        cfg.dpo.pairs.source = _write_inputs(root / "pairs.jsonl", [_pair(p, i) for i, p in enumerate(pairs)])
+    check_config(cfg)
+    runtime.barrier()  # the main process wrote the inputs the others are about to read
+
+    from rlhflab.io import read_json
+    from rlhflab.models.causal_lm import load_causal_lm
+    from rlhflab.stages.common import run_stage
+
+    run_dir = run_stage(stage, cfg, runtime=runtime, overwrite=True, progress=progress)
+    trained, tokenizer = load_causal_lm(str(run_dir.path))
+    return TrainResult(trained, tokenizer, read_json(run_dir.summary_path), run_dir.path, algorithm)
+
+
+def _config(config, name, reward_fn, samples, rewards, pairs, prompts) -> tuple[Config, str]:
+    """The Config to run and the algorithm the inputs ask for."""
+    chosen = None
+    if isinstance(config, Config):
+        cfg = from_dict(Config, to_dict(config))  # a copy: the caller's object is not changed
+    elif isinstance(config, (str, Path)):
+        cfg = load_config(config)
+    elif config is None or isinstance(config, Mapping):
+        raw = json.loads(json.dumps(dict(config or {})))  # a deep copy of plain data
+        if "rl" in raw:
+            if "ppo" in raw:
+                raise RlhfLabError("config has both 'rl' and 'ppo'; they are the same section, give one.")
+            raw["ppo"] = raw.pop("rl")
+        raw.setdefault("name", "api")
+        chosen = raw.get("ppo", {}).get("algorithm") if isinstance(raw.get("ppo"), dict) else None
+        if chosen in ("dpo", "ilql"):  # trlX-style {"rl": {"algorithm": ...}}: the stage, not a ppo setting
+            del raw["ppo"]["algorithm"]
+        cfg = from_dict(Config, raw)
+    else:
+        raise RlhfLabError(f"config must be a Config, a YAML path or a dict of settings, got {type(config).__name__}.")
+    if name is not None:
+        cfg.name = name
+        Config.__post_init__(cfg)  # the name check
+    cfg = resolve_run_references(cfg)
+
+    offline = samples is not None or rewards is not None
+    if offline and (samples is None or rewards is None or len(samples) != len(rewards)):
+        raise RlhfLabError("ILQL needs samples and rewards of the same length (one reward per sample); got "
+                           f"{'no' if samples is None else len(samples)} samples and {'no' if rewards is None else len(rewards)} rewards.")
+    given = [what for what, present in (("samples/rewards", offline), ("pairs", pairs is not None)) if present]
+    if len(given) > 1:
+        raise RlhfLabError("Give one kind of training data: samples + rewards (ILQL) or pairs (DPO), not both.")
+    if chosen == "ilql" and not offline:
+        raise RlhfLabError("ILQL learns from scored texts: give samples and rewards.")
+    if offline:
+        return cfg, "ilql"
+    if pairs is not None:
+        return cfg, "dpo"
+    if prompts is None or reward_fn is None:
+        raise RlhfLabError("Nothing to train on: give prompts and a reward_fn (online RL), samples and rewards (ILQL), "
+                           "or pairs (DPO).")
+    return cfg, chosen or cfg.ppo.algorithm
+
+
+def adapt_reward_fn(fn: Callable) -> Callable[[list[str], list[str]], Any]:
+    """fn(prompts, responses) for a reward function written for trlX (samples, prompts, outputs,
+    **kwargs; samples = prompt + output) or for rlhflab (prompts, responses), told apart by its
+    parameter names. Raises RlhfLabError when neither fits."""
+    from rlhflab.data.records import join_prompt_response
+
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        raise RlhfLabError(f"reward_fn {fn!r} is not a function whose parameters can be read.") from None
+    names = [p.name for p in parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    var_keyword = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    if names[:2] == ["prompts", "responses"]:
+        return lambda prompts, responses: fn(prompts, responses)
+    if names and names[0] == "samples" or any(n in names for n in ("outputs",)):
+        accepted = [n for n in (*TRLX_PARAMETERS, "tokenizer") if n in names or var_keyword]
+
+        def trlx(prompts: list[str], responses: list[str]):
+            values = {"samples": [join_prompt_response(p, r) for p, r in zip(prompts, responses)], "prompts": prompts,
+                      "outputs": responses, "tokenizer": None}
+            return fn(**{n: values[n] for n in accepted})
+
+        return trlx
+    shown = ", ".join(names) or "none"
+    raise RlhfLabError(f"reward_fn's parameters ({shown}) fit neither trlX's reward_fn(samples, prompts, outputs, **kwargs) "
+                       f"nor rlhflab's fn(prompts, responses); name them one of those ways.")
+
+
+def register_reward(fn: Callable) -> str:
+    """Make an in-memory reward function reachable as a reward source ("module:function"), as the
+    stages load rewards by name. Each process of a multi-process run registers its own."""
+    from rlhflab import _api_rewards
+
+    adapted = adapt_reward_fn(fn)
+    label = getattr(fn, "__qualname__", type(fn).__name__)
+    key = "fn_" + hashlib.sha256(f"{getattr(fn, '__module__', '')}.{label}.{id(fn)}".encode()).hexdigest()[:12]
+    adapted.__name__ = adapted.__qualname__ = key
+    adapted.__doc__ = f"reward_fn {label} passed to rlhflab.train"
+    setattr(_api_rewards, key, adapted)
+    return f"{_api_rewards.__name__}:{key}"
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise RlhfLabError(f"{what} must be strings; got a {type(value).__name__} ({value!r:.60}).")
+    return value
+
+
+def _pair(pair: Any, index: int) -> dict:
+    if not isinstance(pair, Mapping) or not {"chosen", "rejected"} <= set(pair):
+        raise RlhfLabError(f"pairs[{index}] must be a dict with 'chosen' and 'rejected' (and a 'prompt'); got {pair!r:.80}.")
+    return {"prompt": _text(pair.get("prompt", ""), "pair prompts"), "chosen": _text(pair["chosen"], "chosen responses"),
+            "rejected": _text(pair["rejected"], "rejected responses")}
+
+
+def _write_inputs(path: Path, rows: list[dict]) -> str:
+    """Write rows atomically (only the main process; the others read the same file) and return the path."""
+    import os
+
+    from rlhflab.io import write_jsonl
+
+    if not rows:
+        raise RlhfLabError(f"{path.stem.replace('_', ' ')} is empty; give at least one.")
+    if os.environ.get("RANK", "0") == "0":  # set by accelerate launch / torchrun
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(path, rows)
+    return str(path)

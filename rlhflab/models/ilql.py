@@ -1,0 +1,157 @@
+"""ILQL heads on a causal LM (Snell et al. 2022): two Q heads with Polyak targets, a V head, their
+files beside a saved LM, and steered generation through a hook on the LM head.
+
+A Q head maps the last hidden state h (h,) to a vector in hidden space and reads it out with the
+LM's own output embedding E (V, h), frozen and shared: Q(s, ·) = E f(h_s). A head then costs
+~4h² parameters instead of h·V (SmolLM2: V = 49152, h = 576).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlhflab.errors import RlhfLabError
+from rlhflab.io import atomic_open, write_json
+from rlhflab.ops.ilql import polyak_update, steered_logits
+
+HEADS_FILE = "ilql_heads.safetensors"
+HEADS_META = "ilql_heads.json"
+FORMAT = 1
+
+
+@dataclass
+class IlqlOut:
+    qs: tuple[torch.Tensor, torch.Tensor]  # (B, T, V) each, fp32, trainable
+    target_qs: tuple[torch.Tensor, torch.Tensor]  # (B, T, V) each, fp32, no grad
+    v: torch.Tensor  # (B, T) fp32
+
+
+def _mlp(hidden_size: int, out_size: int) -> nn.Sequential:
+    """h -> 2h -> ReLU -> out with the last layer zero: the head starts at exactly 0, like
+    ValueHead, so the first TD targets are the rewards rather than noise."""
+    net = nn.Sequential(nn.Linear(hidden_size, 2 * hidden_size), nn.ReLU(), nn.Linear(2 * hidden_size, out_size))
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    return net
+
+
+class IlqlHeads(nn.Module):
+    """Two Q heads, their two frozen target copies (moved only by `sync_targets`) and a V head,
+    all fp32. `output_embeddings` is the LM's head module (`.weight` (V, h)); it is used detached
+    and is not a submodule (not in state_dict, not moved by `.to`). Raises RlhfLabError when its
+    width is not `hidden_size`."""
+
+    def __init__(self, hidden_size: int, output_embeddings: nn.Module):
+        super().__init__()
+        weight = getattr(output_embeddings, "weight", None)
+        if weight is None or weight.dim() != 2 or weight.shape[1] != hidden_size:
+            shape = None if weight is None else tuple(weight.shape)
+            raise RlhfLabError(f"ILQL heads of hidden size {hidden_size} do not fit this model's output embedding "
+                               f"(weight {shape}, expected (vocab, {hidden_size})); use the model they were trained with.")
+        self.hidden_size = hidden_size
+        self.q_heads = nn.ModuleList(_mlp(hidden_size, hidden_size) for _ in range(2))
+        self.target_q_heads = copy.deepcopy(self.q_heads).requires_grad_(False)
+        self.v_head = _mlp(hidden_size, 1)
+        self._output_embeddings = [output_embeddings]  # a list: the LM's module, not registered here
+
+    def _q(self, head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """E f(h): (B, T, h) fp32 -> (B, T, V); E detached, it belongs to (and trains with) the LM."""
+        return F.linear(head(hidden), self._output_embeddings[0].weight.detach().float())
+
+    def forward(self, hidden: torch.Tensor) -> IlqlOut:
+        """hidden (B, T, h), the LM's last hidden states (gradients flow into them) -> IlqlOut."""
+        hidden = hidden.float()
+        qs = tuple(self._q(head, hidden) for head in self.q_heads)
+        with torch.no_grad():  # the targets are regression targets only
+            target_qs = tuple(self._q(head, hidden) for head in self.target_q_heads)
+        return IlqlOut(qs, target_qs, self.v_head(hidden).squeeze(-1))
+
+    def steering(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden (B, T, h) -> (min of the target Q heads (B, T, V), V (B, T)), fp32, what
+        generation steers by (as trlX: the targets are the slower, more conservative estimate)."""
+        hidden = hidden.float()
+        q = torch.minimum(*(self._q(head, hidden) for head in self.target_q_heads))
+        return q, self.v_head(hidden).squeeze(-1)
+
+    def sync_targets(self, alpha: float) -> None:
+        """Polyak update target ← alpha·online + (1 − alpha)·target of both Q heads."""
+        polyak_update(self.target_q_heads, self.q_heads, alpha)
+
+
+def save_heads(heads: IlqlHeads, folder: Path, *, beta: float) -> None:
+    """Write `ilql_heads.safetensors` (the heads' own weights, targets included) and
+    `ilql_heads.json` ({"hidden_size", "beta": the default generation β, "format": 1}) into a
+    model folder, each atomically. Raises RlhfLabError for β < 0 or an unwritable folder."""
+    from safetensors.torch import save
+
+    if not beta >= 0:
+        raise RlhfLabError(f"The ILQL generation beta must be >= 0, got {beta}.")
+    folder = Path(folder)
+    tensors = {name: value.detach().cpu().contiguous() for name, value in heads.state_dict().items()}
+    with atomic_open(folder / HEADS_FILE, "wb") as handle:
+        handle.write(save(tensors))
+    # the metadata last: a folder with it has complete weights
+    write_json(folder / HEADS_META, {"hidden_size": heads.hidden_size, "beta": float(beta), "format": FORMAT})
+
+
+def load_heads(folder: Path, output_embeddings: nn.Module) -> tuple[IlqlHeads, float] | None:
+    """(heads on the embeddings' device, default generation β) from a model folder; None when it
+    has no ILQL heads (a plain LM). Raises RlhfLabError for a missing, corrupt or mismatched file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights, meta = folder / HEADS_FILE, folder / HEADS_META
+    if not weights.exists() and not meta.exists():
+        return None
+    fix = f"save the ILQL model again, or delete {HEADS_FILE} and {HEADS_META} from {folder} to use it as a plain LM"
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+        hidden_size, beta, fmt = int(info["hidden_size"]), float(info["beta"]), info["format"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RlhfLabError(f"{meta} is missing or unreadable ({type(exc).__name__}: {exc}); {fix}.") from None
+    if fmt != FORMAT:
+        raise RlhfLabError(f"{meta} has format {fmt!r}; this rlhflab reads format {FORMAT}; {fix}.")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise RlhfLabError(f"{weights} is missing or corrupt ({exc}); {fix}.") from None
+    heads = IlqlHeads(hidden_size, output_embeddings)
+    try:
+        heads.load_state_dict(state)
+    except RuntimeError as exc:
+        raise RlhfLabError(f"{weights} does not hold ILQL heads of hidden size {hidden_size} "
+                           f"({str(exc).splitlines()[0]}); {fix}.") from None
+    return heads.to(output_embeddings.weight.device), beta
+
+
+def attach_steering(model: nn.Module, heads: IlqlHeads, beta: float) -> torch.utils.hooks.RemovableHandle:
+    """Make `model` (and its `generate`) an ILQL policy: a forward hook on the LM head replaces its
+    logits (B, T, V) by `steered_logits` from the head's input, the last hidden state (B, T, h)
+    for any architecture ((B, 1, h) per step under the KV cache). The logits keep their dtype.
+    β = 0 gives log-probs: the same distribution as the model, hence the same samples, under
+    shift-invariant sampling (temperature, top-k/p; not a repetition penalty). Sets
+    `model.ilql_beta`; `handle.remove()` restores the plain model. Raises RlhfLabError for β < 0
+    or a model without an LM head."""
+    if not beta >= 0:
+        raise RlhfLabError(f"The ILQL steering strength beta must be >= 0, got {beta}.")
+    lm_head = model.get_output_embeddings()
+    if lm_head is None:
+        raise RlhfLabError(f"{type(model).__name__} has no LM head to steer; ILQL needs a causal language model.")
+
+    def steer(module: nn.Module, inputs: tuple, logits: torch.Tensor) -> torch.Tensor:
+        if heads.v_head[0].weight.device != inputs[0].device:  # the heads follow the model to its device
+            heads.to(inputs[0].device)
+        q, v = heads.steering(inputs[0])
+        return steered_logits(logits, q, v, beta).to(logits.dtype)
+
+    handle = lm_head.register_forward_hook(steer)
+    model.ilql_beta = float(beta)
+    return handle

@@ -1,0 +1,151 @@
+"""Offline RL from scored texts: `rlhflab ilql` (implicit language Q-learning, Snell et al. 2022).
+
+By default the samples are the data section's reviews with their labels as rewards (trlX's ILQL
+sentiment example); `ilql.samples` names any file of texts with rewards. No sampling happens
+while training. Returns are normalised over the training texts (as trlX does) and put on each
+text's last token. The model saved in model/ is a plain causal LM (the AWAC-trained policy)
+plus the heads; loading the folder steers generation by β·(Q − V), with β = ilql.beta unless
+the model is named as "<run>/ilql@beta=<β>" (rlhflab/models/causal_lm.py).
+Held-out prompts are answered at the start and, after training, at every β of ilql.eval_betas.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from rlhflab.algorithms.ilql import Ilql, IlqlModule, IlqlObjective, rewards_at_last_token
+from rlhflab.algorithms.supervised import Selection, cache_facts, make_optimizer, total_steps
+from rlhflab.config import Config, check_ilql
+from rlhflab.data.scored import ScoredTexts, load_scored_texts
+from rlhflab.data.splits import split_sizes
+from rlhflab.engine.loop import run_loop
+from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
+from rlhflab.eval.held_out import held_out
+from rlhflab.io import RunDir, write_jsonl
+from rlhflab.models.blocks import disable_dropout
+from rlhflab.models.causal_lm import count_parameters, load_causal_lm
+from rlhflab.models.encoding import encode, encode_and_cache, make_forward
+from rlhflab.models.ilql import IlqlHeads, attach_steering, save_heads
+from rlhflab.stages.common import finish_run, load_splits, open_run_dir
+from rlhflab.stages.ppo import check_context, prompt_sets, reward_functions, starting_policy
+from rlhflab.stages.sft import configure_trainable, save_model
+
+
+def scored_splits(cfg: Config, splits) -> tuple[dict[str, ScoredTexts], str]:
+    """Train and validation texts with rewards, and where they came from."""
+    il = cfg.ilql
+    if il.samples is None:
+        parts = {"train": splits.train, "validation": splits.validation}
+        return {name: ScoredTexts([r.text for r in reviews], [float(r.label) for r in reviews])
+                for name, reviews in parts.items() if reviews}, f"{cfg.data.source} reviews, label as reward"
+    scored = load_scored_texts(il.samples, text_column=il.text_column, reward_column=il.reward_column)
+    order = torch.randperm(len(scored.texts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    n_train, n_validation, _ = split_sizes(len(order), [0.9, 0.1, 0.0])
+    parts = {"train": order[:n_train], "validation": order[n_train:n_train + n_validation]}
+    return {name: ScoredTexts([scored.texts[i] for i in idx], [scored.rewards[i] for i in idx], scored.left_out)
+            for name, idx in parts.items() if idx}, il.samples
+
+
+def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
+    """ILQL from `cfg.ilql.policy` (default: this run's SFT model); write runs/<name>/ilql."""
+    il = cfg.ilql
+    check_ilql(il)
+    started = time.perf_counter()
+    runtime.seed(cfg.seed, per_rank=False)
+    splits = load_splits(cfg, require_labels=il.samples is None)
+    _, eval_prompts = prompt_sets(cfg, splits, il.eval_prompts)
+    scored, described = scored_splits(cfg, splits)
+    source = starting_policy(cfg, il.policy, "ilql.policy")
+    rewards = reward_functions(cfg, runtime, required=False)
+    run_dir = open_run_dir(cfg, "ilql", resume=resume, overwrite=overwrite, runtime=runtime)
+
+    model, tokenizer = load_causal_lm(source)
+    disable_dropout(model)
+    model.to(runtime.device)
+    max_new = cfg.ppo.max_new_tokens
+    check_context(model, tokenizer, eval_prompts, max_new)
+    sampling = dict(max_new_tokens=max_new, seed=cfg.seed, batch_size=il.eval_batch_size, runtime=runtime)
+    start, _ = held_out(model, None, tokenizer, eval_prompts, rewards, **sampling)
+
+    # Returns normalised over the training texts (trlX): the heads then learn on one scale whatever the reward's units.
+    train_rewards = torch.tensor(scored["train"].rewards)
+    mean, std = float(train_rewards.mean()), float(train_rewards.std()) if len(train_rewards) > 1 else 1.0
+    std = std if std > 0 else 1.0
+    encoded = {name: encode(part.texts, tokenizer, il.max_length, append_eos=True) for name, part in scored.items()}
+    action_rewards = {name: rewards_at_last_token(encoded[name].attention_mask, (torch.tensor(part.rewards) - mean) / std)
+                      .to(runtime.device) for name, part in scored.items()}
+
+    model = configure_trainable(model, il)
+    heads = IlqlHeads(model.config.get_text_config().hidden_size, model.get_output_embeddings()).to(runtime.device)
+    data, first, cache_seconds = encode_and_cache(
+        model, encoded, tokenizer, max_length=il.max_length, append_eos=True, device=runtime.device,
+        cache_frozen=il.cache_frozen and isinstance(il.trainable, list) and frozen_cache_allowed(runtime),
+        batch_size=il.eval_batch_size, autocast=runtime.autocast, progress=progress and runtime.is_main)
+    module = IlqlModule(model, heads, first)
+    trainable, total = count_parameters(module)
+    optimizer, scheduler = make_optimizer(module, il, len(data["train"]))
+    prepared, optimizer = runtime.accelerator.prepare(module, optimizer)
+    objective = IlqlObjective(make_forward(prepared, runtime.autocast), data, action_rewards, settings=il,
+                              batch_size=il.eval_batch_size, model=prepared, runtime=runtime)
+    algorithm = Ilql(
+        heads=heads, polyak=il.polyak, runtime=runtime, model=module, prepared=prepared, optimizer=optimizer,
+        scheduler=scheduler, cfg=il, seed=cfg.seed, n_train=len(data["train"]), loss=objective.train_loss,
+        validate=(lambda: objective.metrics("validation")) if "validation" in data else None,
+        selection=Selection("loss", higher_is_better=False), unit="tokens",
+    )
+    steps = run_loop(algorithm, runtime=runtime, run_dir=run_dir, total_steps=total_steps(il, len(data["train"])),
+                     checkpoint_every=il.checkpoint_every, resume=resume, progress=progress, desc="ilql")
+    algorithm.keep_best()
+    after = {name: objective.metrics(name) for name in data}
+
+    reference, _ = load_causal_lm(source)
+    reference.to(runtime.device)
+    by_beta, samples = {}, []
+    for beta in dict.fromkeys([*il.eval_betas, il.beta]):  # in order, once each
+        handle = attach_steering(model, heads, beta)
+        try:
+            by_beta[str(beta)], rows = held_out(model, reference, tokenizer, eval_prompts, rewards, **sampling)
+        finally:
+            handle.remove()
+        samples += [{"beta": beta, **row} for row in rows]
+    del reference
+    if runtime.is_main:
+        write_jsonl(run_dir.path / "eval_after.jsonl", samples)
+        save_model(model, tokenizer, run_dir)
+        save_heads(heads, run_dir.model_dir, beta=il.beta)
+    summary = {
+        "algorithm": "ilql",
+        "policy": source,
+        "samples": {"source": described, **{name: len(part.texts) for name, part in scored.items()},
+                    "reward_mean": mean, "reward_std": std},
+        "reward": rewards["score"].description if rewards else None,
+        "beta": il.beta,
+        "trainable": il.trainable,
+        "parameters": {"trainable": trainable, "total": total},
+        "left_out": {**splits.left_out, **scored["train"].left_out},
+        "after": after,
+        "start": start,
+        "end": by_beta[str(il.beta)],
+        "by_beta": by_beta,
+        **algorithm.facts(steps),
+        "frozen_cache": cache_facts(first, cache_seconds),
+        **run_facts(runtime, started),
+    }
+    return finish_run(run_dir, summary, runtime)
+
+
+def format_summary(summary: dict) -> str:
+    """The loss terms per action, then the held-out reward and KL at each generation β."""
+    lines = [f"{'split':<11}" + "".join(f"{k:>9}" for k in ("loss", "q", "v", "cql", "awac"))]
+    for name, row in summary["after"].items():
+        lines.append(f"{name:<11}" + "".join(f"{row[k]:9.3f}" for k in ("loss", "q", "v", "cql", "awac")))
+    keys = [k for k in ("score", "positive_probability", "kl") if k in summary["start"]]
+    lines.append(f"{'held out':<12}" + "".join(f"{k:>22}" for k in keys))
+    lines.append(f"{'start':<12}" + "".join(f"{summary['start'][k]:22.3f}" for k in keys))
+    for beta, row in summary["by_beta"].items():
+        lines.append(f"{'beta ' + beta:<12}" + "".join(f"{row[k]:22.3f}" for k in keys))
+    lines.append(f"({summary['seconds']:.0f} s, {summary['train_tokens_per_s']:.0f} train tokens/s, "
+                 f"{summary['samples']['train']} texts from {summary['samples']['source']})")
+    return "\n".join(lines)

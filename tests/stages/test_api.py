@@ -1,0 +1,82 @@
+"""`rlhflab.train`: one call per kind of training data, trlX's reward_fn signature, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import rlhflab
+from rlhflab.api import adapt_reward_fn
+from rlhflab.errors import RlhfLabError
+from tests.helpers import synthetic_reviews
+
+
+def test_reward_fn_signatures_are_told_apart_by_parameter_names():
+    prompts, responses = ["Good", "Bad"], ["film", " plot"]
+    trlx = adapt_reward_fn(lambda samples, prompts, outputs: [len(s) for s in samples])
+    assert trlx(prompts, responses) == [9, 8]  # samples = prompt + output, joined as the reward models read them
+    seen = {}
+
+    def keywords(samples, **kwargs):
+        seen.update(kwargs)
+        return [0.0] * len(samples)
+
+    adapt_reward_fn(keywords)(prompts, responses)
+    assert seen["prompts"] == prompts and seen["outputs"] == responses and "tokenizer" in seen
+    assert adapt_reward_fn(lambda prompts, responses: [len(r) for r in responses])(prompts, responses) == [4, 5]
+    with pytest.raises(RlhfLabError, match=r"parameters \(x, y\) fit neither"):
+        adapt_reward_fn(lambda x, y: [0.0])
+
+
+def config(tmp_path, reviews_csv, **sections):
+    return {"runs_dir": str(tmp_path / "runs"), "runtime": {"device": "cpu", "mixed_precision": "no"},
+            "data": {"source": str(reviews_csv), "per_class": 30}, "ppo": {"max_new_tokens": 5}, **sections}
+
+
+def test_train_with_prompts_and_a_trlx_reward_runs_ppo(tmp_path, tiny_llama_dir, reviews_csv):
+    prompts = ["the film was", "a plot", "the cast", "an ending"]
+    cfg = config(tmp_path, reviews_csv)
+    cfg["rl"] = cfg.pop("ppo") | {"steps": 2, "batch_size": 4, "minibatch_size": 2, "eval_every": 1, "checkpoint_every": 10}
+    result = rlhflab.train(model=str(tiny_llama_dir), prompts=prompts, eval_prompts=prompts[:2],
+                           reward_fn=lambda samples, prompts, outputs: [s.count("e") / len(s) for s in samples],
+                           config=cfg, progress=False)
+    assert result.algorithm == "ppo" and result.summary["steps"] == 2
+    assert result.run_dir == tmp_path / "runs" / "api" / "ppo"
+    stored = [json.loads(line)["prompt"] for line in (tmp_path / "runs/api/inputs/prompts.jsonl").read_text().splitlines()]
+    assert stored == prompts
+    ids = result.tokenizer(["the film"], return_tensors="pt").input_ids
+    assert result.model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] > ids.shape[1]
+
+
+def test_train_with_samples_and_rewards_runs_ilql(tmp_path, tiny_llama_dir, reviews_csv):
+    texts, labels = zip(*synthetic_reviews(8))
+    result = rlhflab.train(str(tiny_llama_dir), samples=list(texts), rewards=[float(x) for x in labels], name="offline",
+                           config=config(tmp_path, reviews_csv, ilql={"max_steps": 2, "batch_size": 4, "eval_prompts": 2,
+                                                                      "eval_betas": [0.0], "max_length": 24}),
+                           progress=False)
+    assert result.algorithm == "ilql" and result.run_dir.name == "ilql" and result.run_dir.parent.name == "offline"
+    assert result.model.ilql_beta == 1.0  # loaded as a steered model
+    assert result.summary["samples"]["train"] + result.summary["samples"]["validation"] == 16
+
+
+def test_train_with_pairs_runs_dpo(tmp_path, tiny_llama_dir, reviews_csv):
+    pairs = [{"prompt": "the film was", "chosen": " great and moving.", "rejected": " dull."}] * 6
+    result = rlhflab.train(str(tiny_llama_dir), pairs=pairs, progress=False,
+                           config=config(tmp_path, reviews_csv, dpo={"max_steps": 2, "batch_size": 2, "eval_prompts": 2,
+                                                                     "pairs": {"fractions": [0.5, 0.5, 0.0]}}))
+    assert result.algorithm == "dpo" and result.summary["pairs"]["train"] == 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "Nothing to train on"),
+    ({"samples": ["a"], "rewards": [1.0, 2.0]}, "same length"),
+    ({"samples": ["a"], "rewards": [1.0], "pairs": [{"chosen": "a", "rejected": "b"}]}, "one kind"),
+    ({"pairs": [{"chosen": "a"}]}, "'chosen' and 'rejected'"),
+    ({"prompts": ["a"], "reward_fn": lambda a, b: [0.0]}, "fit neither"),
+    ({"pairs": [{"chosen": "a", "rejected": "b"}], "config": 3}, "config must be"),
+])
+def test_bad_calls_are_clear_errors(tmp_path, kwargs, message):
+    kwargs.setdefault("config", {"runs_dir": str(tmp_path)})
+    with pytest.raises(RlhfLabError, match=message):
+        rlhflab.train("some-model", **kwargs)

@@ -1,0 +1,74 @@
+"""The ILQL stage on a tiny in-test Llama: labels or a scored-text file, the saved heads, steering at load time."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlhflab.algorithms.ilql import rewards_at_last_token
+from rlhflab.config import Config, DataConfig, IlqlConfig, PpoConfig, RewardFnConfig
+from rlhflab.errors import RlhfLabError
+from rlhflab.models.causal_lm import load_causal_lm
+from rlhflab.stages.common import run_stage
+from tests.helpers import FP32, synthetic_reviews
+
+REWARD_FILE = '''
+def e_share(prompts, responses):
+    return [r.count("e") / max(len(r), 1) for r in responses]
+'''
+
+
+def make_config(tmp_path, model_dir, csv_path, **fields) -> Config:
+    reward = tmp_path / "toy_reward.py"
+    reward.write_text(REWARD_FILE)
+    settings = dict(policy=str(model_dir), max_steps=3, batch_size=8, learning_rate=1e-3, eval_batch_size=8,
+                    eval_prompts=4, log_every=1, warmup_ratio=0.0, max_length=24, eval_betas=[0.0, 2.0], beta=1.0)
+    settings.update(fields)
+    return Config(runtime=FP32, name="tiny", seed=0, runs_dir=str(tmp_path / "runs"),
+                  data=DataConfig(source=str(csv_path), per_class=30), reward_fn=RewardFnConfig(source=f"{reward}:e_share"),
+                  ppo=PpoConfig(max_new_tokens=5), ilql=IlqlConfig(**settings))
+
+
+def test_rewards_sit_on_each_texts_last_action():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    rewards = rewards_at_last_token(mask, torch.tensor([2.0, -1.0, 5.0]))
+    # actions are tokens 1..3; a one-token text has no action, so its reward has nowhere to go
+    assert rewards.tolist() == [[0.0, 2.0, 0.0], [0.0, 0.0, -1.0], [0.0, 0.0, 0.0]]
+
+
+def test_ilql_on_labelled_reviews_saves_a_steerable_model(tmp_path, tiny_llama_dir, reviews_csv):
+    run_dir = run_stage("ilql", make_config(tmp_path, tiny_llama_dir, reviews_csv), progress=False)
+    summary = json.loads((run_dir.path / "summary.json").read_text())
+    assert summary["steps"] == 3 and set(summary["by_beta"]) == {"0.0", "2.0", "1.0"}
+    assert summary["start"]["kl"] == 0.0 and summary["end"] == summary["by_beta"]["1.0"]
+    assert summary["samples"]["train"] == 36 and "label as reward" in summary["samples"]["source"]
+    assert {"q", "v", "cql", "awac"} <= set(summary["after"]["train"])
+    # model/ is a plain causal LM for transformers, and a steered one for rlhflab
+    plain = AutoModelForCausalLM.from_pretrained(run_dir.model_dir)
+    steered, tokenizer = load_causal_lm(str(run_dir.path))
+    assert steered.ilql_beta == 1.0 and load_causal_lm(f"{run_dir.path}@beta=3")[0].ilql_beta == 3.0
+    ids = tokenizer(["the film was"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        base = torch.log_softmax(plain(ids).logits, -1)
+        at_zero = load_causal_lm(f"{run_dir.path}@beta=0")[0](ids).logits
+        at_one = steered(ids).logits
+    assert torch.allclose(base, at_zero, atol=1e-5)  # β = 0 is the trained LM's own distribution
+    assert not torch.allclose(at_zero, at_one, atol=1e-4)  # the heads learned something that moves it
+
+
+def test_ilql_from_a_scored_file_and_its_errors(tmp_path, tiny_llama_dir, reviews_csv):
+    path = tmp_path / "scored.jsonl"
+    rows = [{"text": t, "reward": 2.0 * label - 1.0} for t, label in synthetic_reviews(10)] + [{"text": "", "reward": 1.0}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    run_dir = run_stage("ilql", make_config(tmp_path, tiny_llama_dir, reviews_csv, samples=str(path), max_steps=1), progress=False)
+    summary = json.loads((run_dir.path / "summary.json").read_text())
+    assert summary["samples"]["train"] + summary["samples"]["validation"] == 20
+    assert summary["left_out"]["rows with empty text"] == 1
+    path.write_text(json.dumps({"text": "a fine film", "reward": "great"}))
+    with pytest.raises(RlhfLabError, match="not a number"):
+        run_stage("ilql", make_config(tmp_path, tiny_llama_dir, reviews_csv, samples=str(path)), progress=False)
+    with pytest.raises(RlhfLabError, match="has no ILQL heads"):
+        load_causal_lm(f"{tiny_llama_dir}@beta=2")

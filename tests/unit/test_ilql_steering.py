@@ -1,0 +1,176 @@
+"""ILQL heads on a tiny in-process Llama: start at zero, share the frozen output embedding, steer
+generation through the LM-head hook (β = 0 is the plain model), and round-trip through files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rlhflab.errors import RlhfLabError
+from rlhflab.models.ilql import HEADS_FILE, HEADS_META, IlqlHeads, attach_steering, load_heads, save_heads
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+HIDDEN, VOCAB = 16, 50
+PROMPT = torch.tensor([[1, 7, 3, 9, 4], [1, 5, 5, 2, 8]])
+
+
+def tiny_lm() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval()
+
+
+def random_heads(model, seed: int = 1) -> IlqlHeads:
+    """Heads with every weight (targets included) random, so nothing passes by being zero."""
+    heads = IlqlHeads(HIDDEN, model.get_output_embeddings())
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.normal_(0.0, 0.5)
+    return heads
+
+
+@torch.no_grad()
+def next_token_probs(model) -> torch.Tensor:
+    return torch.softmax(model(PROMPT).logits.float(), dim=-1)  # (B, T, V)
+
+
+def test_heads_start_at_zero_and_do_not_own_the_embedding():
+    model = tiny_lm()
+    heads = IlqlHeads(HIDDEN, model.get_output_embeddings())
+    out = heads(torch.randn(2, 3, HIDDEN))
+    assert [q.shape for q in out.qs + out.target_qs] == [(2, 3, VOCAB)] * 4 and out.v.shape == (2, 3)
+    assert all(torch.count_nonzero(x) == 0 for x in (*out.qs, *out.target_qs, out.v))
+    assert not any(name.startswith("_") or "embed" in name for name in heads.state_dict())
+    # per Q head: h·2h + 2h + 2h·h + h, independent of the vocabulary
+    assert sum(p.numel() for p in heads.q_heads[0].parameters()) == 4 * HIDDEN**2 + 3 * HIDDEN
+    assert not any(p.requires_grad for p in heads.target_q_heads.parameters())
+
+
+def test_q_trains_the_head_not_the_shared_embedding():
+    model = tiny_lm()
+    heads = random_heads(model)
+    out = heads(torch.randn(1, 2, HIDDEN))
+    (out.qs[0].sum() + out.v.sum()).backward()
+    assert model.get_output_embeddings().weight.grad is None
+    assert heads.q_heads[0][0].weight.grad is not None and heads.v_head[0].weight.grad is not None
+    assert not out.target_qs[0].requires_grad
+
+
+def test_sync_targets_copies_at_alpha_one():
+    model = tiny_lm()
+    heads = random_heads(model)
+    hidden = torch.randn(1, 2, HIDDEN)
+    assert not torch.equal(heads(hidden).qs[0], heads(hidden).target_qs[0])
+    heads.sync_targets(1.0)
+    out = heads(hidden)
+    assert torch.equal(out.qs[0], out.target_qs[0]) and torch.equal(out.qs[1], out.target_qs[1])
+
+
+def test_beta_zero_is_the_plain_model_and_remove_restores_it_exactly():
+    model = tiny_lm()
+    with torch.no_grad():
+        plain_logits = model(PROMPT).logits
+    plain = torch.softmax(plain_logits, -1)
+    handle = attach_steering(model, random_heads(model), beta=0.0)
+    assert model.ilql_beta == 0.0
+    assert torch.allclose(next_token_probs(model), plain, atol=1e-6)
+    handle.remove()
+    with torch.no_grad():
+        assert torch.equal(model(PROMPT).logits, plain_logits)
+
+
+def test_a_token_favoured_by_q_gains_probability():
+    model = tiny_lm()
+    heads = IlqlHeads(HIDDEN, model.get_output_embeddings())
+    embedding = model.get_output_embeddings().weight.detach()  # (V, h)
+    favoured = int(embedding.norm(dim=-1).argmax())
+    with torch.no_grad():
+        # f(h) = E[k] for every state: Q(s, j) = E[j]·E[k] is largest at k, the longest row
+        for head in heads.target_q_heads:
+            head[-1].bias.copy_(embedding[favoured])
+    plain = next_token_probs(model)[..., favoured]
+    handle = attach_steering(model, heads, beta=1.0)
+    steered = next_token_probs(model)[..., favoured]
+    handle.remove()
+    assert bool((steered > plain).all())
+    handle = attach_steering(model, heads, beta=3.0)
+    assert bool((next_token_probs(model)[..., favoured] > steered).all())  # a larger β steers harder
+    handle.remove()
+
+
+def test_generate_at_beta_zero_samples_the_same_tokens_one_step_at_a_time():
+    model = tiny_lm()
+    settings = dict(attention_mask=torch.ones_like(PROMPT), do_sample=True, max_new_tokens=8, pad_token_id=0)
+    torch.manual_seed(3)
+    plain = model.generate(PROMPT, **settings)
+    handle = attach_steering(model, random_heads(model), beta=0.0)
+    widths = []  # T of each hidden state the steering hook sees
+    probe = model.get_output_embeddings().register_forward_pre_hook(lambda m, args: widths.append(args[0].shape[1]))
+    torch.manual_seed(3)
+    steered = model.generate(PROMPT, **settings)
+    probe.remove()
+    handle.remove()
+    assert torch.equal(steered, plain)
+    assert set(widths[1:]) == {1}  # with the KV cache, one position per step after the prompt
+
+
+def test_steered_logits_keep_the_model_dtype():
+    model = tiny_lm().to(torch.bfloat16)
+    attach_steering(model, random_heads(model), beta=0.5)
+    with torch.no_grad():
+        logits = model(PROMPT).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny_lm()
+    heads = random_heads(model)
+    model.save_pretrained(tmp_path)
+    save_heads(heads, tmp_path, beta=0.7)
+    assert {HEADS_FILE, HEADS_META} <= {p.name for p in tmp_path.iterdir()}
+
+    reloaded = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    loaded, beta = load_heads(tmp_path, reloaded.get_output_embeddings())
+    assert beta == 0.7
+    hidden = torch.randn(2, 3, HIDDEN)
+    before, after = heads(hidden), loaded(hidden)
+    for a, b in zip((*before.qs, *before.target_qs, before.v), (*after.qs, *after.target_qs, after.v)):
+        assert torch.equal(a, b)
+    attach_steering(model, heads, beta)
+    attach_steering(reloaded, loaded, beta)
+    with torch.no_grad():
+        assert torch.equal(model(PROMPT).logits, reloaded(PROMPT).logits)
+
+
+def test_load_heads_without_heads_bad_files_and_wrong_models(tmp_path):
+    model = tiny_lm()
+    assert load_heads(tmp_path, model.get_output_embeddings()) is None  # a plain LM folder
+    save_heads(random_heads(model), tmp_path, beta=1.0)
+
+    wide = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=24, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2))
+    with pytest.raises(RlhfLabError, match="hidden size 16"):
+        load_heads(tmp_path, wide.get_output_embeddings())
+
+    (tmp_path / HEADS_FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(RlhfLabError, match="corrupt"):
+        load_heads(tmp_path, model.get_output_embeddings())
+    (tmp_path / HEADS_META).write_text("{", encoding="utf-8")
+    with pytest.raises(RlhfLabError, match="unreadable"):
+        load_heads(tmp_path, model.get_output_embeddings())
+    (tmp_path / HEADS_META).unlink()
+    with pytest.raises(RlhfLabError, match="plain LM"):  # half a pair is an error, not "no heads"
+        load_heads(tmp_path, model.get_output_embeddings())
+
+
+def test_negative_beta_is_a_clear_error(tmp_path):
+    model = tiny_lm()
+    heads = IlqlHeads(HIDDEN, model.get_output_embeddings())
+    with pytest.raises(RlhfLabError, match="beta"):
+        attach_steering(model, heads, beta=-1.0)
+    with pytest.raises(RlhfLabError, match="beta"):
+        save_heads(heads, tmp_path, beta=-1.0)
