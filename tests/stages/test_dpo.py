@@ -106,3 +106,24 @@ def test_all_tied_samples_are_a_clear_error(tmp_path, tiny_llama_dir, reviews_cs
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, f"{reward_file}:constant")
     with pytest.raises(RlhfLabError, match="scored the same"):
         run_stage("dpo", cfg, progress=False)
+
+
+def test_dpo_resumed_after_an_interrupt_equals_an_uninterrupted_run(tmp_path, tiny_llama_dir, reviews_csv, reward_file,
+                                                                   monkeypatch):
+    from safetensors.torch import load_file
+
+    from rlhflab.engine import loop as engine_loop
+    from rlhflab.errors import RunInterrupted
+    from tests.helpers import StopAt
+
+    def config(folder):
+        return make_config(folder, tiny_llama_dir, reviews_csv, f"{reward_file}:e_share", checkpoint_every=100)
+
+    straight = run_stage("dpo", config(tmp_path / "a"), progress=False)
+    monkeypatch.setattr(engine_loop, "StopRequest", lambda: StopAt(2))
+    with pytest.raises(RunInterrupted):
+        run_stage("dpo", config(tmp_path / "b"), progress=False)
+    monkeypatch.undo()
+    resumed = run_stage("dpo", config(tmp_path / "b"), resume=True, progress=False)  # the pairs are sampled again, alike
+    a, b = load_file(straight.model_dir / "model.safetensors"), load_file(resumed.model_dir / "model.safetensors")
+    assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)

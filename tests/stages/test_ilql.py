@@ -22,6 +22,7 @@ def e_share(prompts, responses):
 
 
 def make_config(tmp_path, model_dir, csv_path, **fields) -> Config:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     reward = tmp_path / "toy_reward.py"
     reward.write_text(REWARD_FILE)
     settings = dict(policy=str(model_dir), max_steps=3, batch_size=8, learning_rate=1e-3, eval_batch_size=8,
@@ -72,3 +73,24 @@ def test_ilql_from_a_scored_file_and_its_errors(tmp_path, tiny_llama_dir, review
         run_stage("ilql", make_config(tmp_path, tiny_llama_dir, reviews_csv, samples=str(path)), progress=False)
     with pytest.raises(RlhfLabError, match="has no ILQL heads"):
         load_causal_lm(f"{tiny_llama_dir}@beta=2")
+
+
+def test_ilql_resumed_after_an_interrupt_equals_an_uninterrupted_run(tmp_path, tiny_llama_dir, reviews_csv, monkeypatch):
+    from safetensors.torch import load_file
+
+    from rlhflab.engine import loop as engine_loop
+    from rlhflab.errors import RunInterrupted
+    from tests.helpers import StopAt
+
+    settings = dict(max_steps=4, checkpoint_every=100, eval_betas=[0.0])
+    straight = run_stage("ilql", make_config(tmp_path / "a", tiny_llama_dir, reviews_csv, **settings), progress=False)
+    cfg = make_config(tmp_path / "b", tiny_llama_dir, reviews_csv, **settings)
+    monkeypatch.setattr(engine_loop, "StopRequest", lambda: StopAt(2))
+    with pytest.raises(RunInterrupted):
+        run_stage("ilql", cfg, progress=False)
+    monkeypatch.undo()
+    resumed = run_stage("ilql", cfg, resume=True, progress=False)
+    for name in ("model.safetensors", "ilql_heads.safetensors"):  # the Polyak targets too
+        a, b = load_file(straight.model_dir / name), load_file(resumed.model_dir / name)
+        for key in a:
+            assert torch.allclose(a[key], b[key], atol=1e-6), (name, key)
