@@ -139,3 +139,28 @@ def test_two_processes_train_dpo_and_ilql_as_one_does_on_the_same_global_batch(t
             torch.testing.assert_close(b[key], a[key], atol=2e-5, rtol=1e-4)
     trained, base = load_file(tmp_path / "runs1" / "mp" / stage / "model" / "model.safetensors"), load_file(tiny_llama_dir / "model.safetensors")
     assert any(not torch.equal(value, base[key]) for key, value in trained.items() if key in base)  # it trained
+
+
+API_SCRIPT = """
+import os, sys
+import rlhflab
+pairs = [{"prompt": "the film was", "chosen": " great and moving.", "rejected": " dull."}] * 8
+result = rlhflab.train(sys.argv[1], pairs=pairs, progress=False, config={
+    "runs_dir": sys.argv[2], "runtime": {"mixed_precision": "no"}, "data": {"source": sys.argv[3], "per_class": 30},
+    "ppo": {"max_new_tokens": 4}, "dpo": {"max_steps": 2, "batch_size": 4, "eval_prompts": 4,
+                                          "pairs": {"fractions": [0.5, 0.5, 0.0]}}})
+print("rank", os.environ.get("RANK", "0"), "steps", result.summary["steps"], "trained", result.run_dir)
+"""
+
+
+def test_the_python_api_runs_under_accelerate_launch(tmp_path, tiny_llama_dir, reviews_csv):
+    script = tmp_path / "train.py"
+    script.write_text(API_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP), "--num_processes", "2",
+               "--main_process_port", str(_free_port()), str(script), str(tiny_llama_dir), str(tmp_path / "runs"), str(reviews_csv)]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    assert lines == [f"rank {r} steps 2 trained {tmp_path / 'runs' / 'api' / 'dpo'}" for r in (0, 1)]
+    assert (tmp_path / "runs" / "api" / "dpo" / "model" / "model.safetensors").exists()
