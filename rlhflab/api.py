@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -52,26 +53,36 @@ def train(model: str | None = None, *, prompts: Sequence[str] | None = None, eva
     `name`, else the config's, else "api"); a finished stage of the same name is trained again.
     Raises RlhfLabError for inputs that do not fit together or a reward_fn it cannot call."""
     cfg, algorithm = _config(config, name, reward_fn, samples, rewards, pairs, prompts)
+    stage = {"ppo": "ppo", "grpo": "ppo", "rloo": "ppo"}.get(algorithm, algorithm)
+    cfg.stages = [stage]  # the run is this one stage (the report lists no others)
+    section = getattr(cfg, stage)
+    section.policy = model or section.policy or cfg.sft.model
+    # Everything is checked before anything is written: a bad call leaves no trace.
+    inputs = {"prompts": [{"prompt": _text(p, "prompts", i)} for i, p in enumerate(prompts or [])],
+              "eval_prompts": [{"prompt": _text(p, "eval_prompts", i)} for i, p in enumerate(eval_prompts or [])],
+              "samples": [{"text": _text(t, "samples", i), "reward": _number(r, i)} for i, (t, r) in enumerate(zip(samples or [], rewards or []))],
+              "pairs": [_pair(p, i) for i, p in enumerate(pairs or [])]}
+    if reward_fn is not None:
+        cfg.reward_fn.source = register_reward(reward_fn)
+    check_config(cfg)
+
     from rlhflab.engine.runtime import Runtime
 
     runtime = Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
     root = Path(cfg.runs_dir) / cfg.name / "inputs"
     if prompts is not None:
-        cfg.data.prompts = _write_inputs(root / "prompts.jsonl", [{"prompt": _text(p, "prompts")} for p in prompts])
+        cfg.data.prompts = _write_inputs(root, "prompts", inputs["prompts"])
     if eval_prompts is not None:
-        cfg.data.eval_prompts = _write_inputs(root / "eval_prompts.jsonl", [{"prompt": _text(p, "eval_prompts")} for p in eval_prompts])
-    if reward_fn is not None:
-        cfg.reward_fn.source = register_reward(reward_fn)
-    stage = {"ppo": "ppo", "grpo": "ppo", "rloo": "ppo"}.get(algorithm, algorithm)
-    section = getattr(cfg, stage)
-    section.policy = model or section.policy or cfg.sft.model
+        cfg.data.eval_prompts = _write_inputs(root, "eval_prompts", inputs["eval_prompts"])
     if algorithm == "ilql":
-        cfg.ilql.samples = _write_inputs(root / "samples.jsonl", [{"text": _text(t, "samples"), "reward": float(r)}
-                                                                  for t, r in zip(samples, rewards)])
+        cfg.ilql.samples = _write_inputs(root, "samples", inputs["samples"])
     if pairs is not None:
-        cfg.dpo.pairs.source = _write_inputs(root / "pairs.jsonl", [_pair(p, i) for i, p in enumerate(pairs)])
-    check_config(cfg)
+        cfg.dpo.pairs.source = _write_inputs(root, "pairs", inputs["pairs"])
     runtime.barrier()  # the main process wrote the inputs the others are about to read
+    if not progress:  # transformers' own bars (loading and writing weights) too
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
 
     from rlhflab.io import read_json
     from rlhflab.models.causal_lm import load_causal_lm
@@ -84,7 +95,7 @@ def train(model: str | None = None, *, prompts: Sequence[str] | None = None, eva
 
 def _config(config, name, reward_fn, samples, rewards, pairs, prompts) -> tuple[Config, str]:
     """The Config to run and the algorithm the inputs ask for."""
-    chosen = None
+    chosen, online_settings = None, set()
     if isinstance(config, Config):
         cfg = from_dict(Config, to_dict(config))  # a copy: the caller's object is not changed
     elif isinstance(config, (str, Path)):
@@ -99,6 +110,7 @@ def _config(config, name, reward_fn, samples, rewards, pairs, prompts) -> tuple[
         chosen = raw.get("ppo", {}).get("algorithm") if isinstance(raw.get("ppo"), dict) else None
         if chosen in ("dpo", "ilql"):  # trlX-style {"rl": {"algorithm": ...}}: the stage, not a ppo setting
             del raw["ppo"]["algorithm"]
+        online_settings = set(raw.get("ppo") or {}) - {"max_new_tokens", "algorithm"}  # what DPO and ILQL would ignore
         cfg = from_dict(Config, raw)
     else:
         raise RlhfLabError(f"config must be a Config, a YAML path or a dict of settings, got {type(config).__name__}.")
@@ -116,14 +128,15 @@ def _config(config, name, reward_fn, samples, rewards, pairs, prompts) -> tuple[
         raise RlhfLabError("Give one kind of training data: samples + rewards (ILQL) or pairs (DPO), not both.")
     if chosen == "ilql" and not offline:
         raise RlhfLabError("ILQL learns from scored texts: give samples and rewards.")
-    if offline:
-        return cfg, "ilql"
-    if pairs is not None:
-        return cfg, "dpo"
-    if prompts is None or reward_fn is None:
+    if not offline and pairs is None and (prompts is None or reward_fn is None):
         raise RlhfLabError("Nothing to train on: give prompts and a reward_fn (online RL), samples and rewards (ILQL), "
                            "or pairs (DPO).")
-    return cfg, chosen or cfg.ppo.algorithm
+    algorithm = "ilql" if offline else "dpo" if pairs is not None else chosen or cfg.ppo.algorithm
+    if algorithm in ("dpo", "ilql") and online_settings:
+        raise RlhfLabError(f"config's rl/ppo settings {', '.join(sorted(online_settings))} are online RL's, and this call "
+                           f"trains {algorithm.upper()}: set them in the {algorithm!r} section (e.g. {algorithm}.learning_rate, "
+                           f"{algorithm}.max_steps, {algorithm}.epochs).")
+    return cfg, algorithm
 
 
 def adapt_reward_fn(fn: Callable) -> Callable[[list[str], list[str]], Any]:
@@ -161,35 +174,51 @@ def register_reward(fn: Callable) -> str:
 
     adapted = adapt_reward_fn(fn)
     label = getattr(fn, "__qualname__", type(fn).__name__)
-    key = "fn_" + hashlib.sha256(f"{getattr(fn, '__module__', '')}.{label}.{id(fn)}".encode()).hexdigest()[:12]
+    readable = "".join(c if c.isalnum() else "_" for c in label).strip("_") or "reward"  # "<lambda>" -> "lambda"
+    key = f"{readable}_" + hashlib.sha256(f"{getattr(fn, '__module__', '')}.{label}.{id(fn)}".encode()).hexdigest()[:8]
     adapted.__name__ = adapted.__qualname__ = key
     adapted.__doc__ = f"reward_fn {label} passed to rlhflab.train"
     setattr(_api_rewards, key, adapted)
     return f"{_api_rewards.__name__}:{key}"
 
 
-def _text(value: Any, what: str) -> str:
+def _text(value: Any, what: str, index: int) -> str:
     if not isinstance(value, str):
-        raise RlhfLabError(f"{what} must be strings; got a {type(value).__name__} ({value!r:.60}).")
+        raise RlhfLabError(f"{what} must be strings; {what}[{index}] is a {type(value).__name__} ({value!r:.60}).")
     return value
+
+
+def _number(value: Any, index: int) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, (bool, str)) or not math.isfinite(number):
+        raise RlhfLabError(f"rewards must be finite numbers; rewards[{index}] is {value!r:.60}.")
+    return number
 
 
 def _pair(pair: Any, index: int) -> dict:
     if not isinstance(pair, Mapping) or not {"chosen", "rejected"} <= set(pair):
         raise RlhfLabError(f"pairs[{index}] must be a dict with 'chosen' and 'rejected' (and a 'prompt'); got {pair!r:.80}.")
-    return {"prompt": _text(pair.get("prompt", ""), "pair prompts"), "chosen": _text(pair["chosen"], "chosen responses"),
-            "rejected": _text(pair["rejected"], "rejected responses")}
+    return {"prompt": _text(pair.get("prompt", ""), "pair prompts", index),
+            "chosen": _text(pair["chosen"], "chosen responses", index),
+            "rejected": _text(pair["rejected"], "rejected responses", index)}
 
 
-def _write_inputs(path: Path, rows: list[dict]) -> str:
-    """Write rows atomically (only the main process; the others read the same file) and return the path."""
+def _write_inputs(root: Path, stem: str, rows: list[dict]) -> str:
+    """`root/<stem>-<hash of the rows>.jsonl`, written atomically by the main process (the others read
+    the same file after a barrier), and its path. Named by content: a later call never rewrites
+    the file a finished run was trained from."""
     import os
 
     from rlhflab.io import write_jsonl
 
     if not rows:
-        raise RlhfLabError(f"{path.stem.replace('_', ' ')} is empty; give at least one.")
-    if os.environ.get("RANK", "0") == "0":  # set by accelerate launch / torchrun
+        raise RlhfLabError(f"{stem.replace('_', ' ')} is empty; give at least one.")
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
+    path = root / f"{stem}-{digest}.jsonl"
+    if os.environ.get("RANK", "0") == "0" and not path.exists():  # RANK: set by accelerate launch / torchrun
         path.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(path, rows)
     return str(path)

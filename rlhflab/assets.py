@@ -79,8 +79,8 @@ def split_beta(name: str) -> tuple[str, float | None]:
         beta = float(value)
     except ValueError:
         beta = -1.0
-    if not beta >= 0:
-        raise RlhfLabError(f"{name!r}: the ILQL steering strength after {BETA_SUFFIX!r} must be a number >= 0, e.g. {base}@beta=2.")
+    if not 0 <= beta < float("inf"):
+        raise RlhfLabError(f"{name!r}: the ILQL steering strength after {BETA_SUFFIX!r} must be a finite number >= 0, e.g. {base}@beta=2.")
     return base, beta
 
 

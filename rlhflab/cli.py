@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     from rlhflab.stages.registry import STAGES  # a declaration only: no torch
 
     for stage in STAGES.values():
-        _add_run_arguments(commands.add_parser(stage.name, help=stage.doc))
+        _add_run_arguments(commands.add_parser(
+            stage.name, help=stage.doc, description=f"{stage.doc[:1].upper()}{stage.doc[1:]}. Its settings are the "
+            f"{stage.name}.* section of the config: `rlhflab config` prints them all, resolved."))
     pipeline = commands.add_parser("pipeline", help="SFT -> reward -> PPO -> evaluate -> report, skipping stages that are up to date")
     pipeline.add_argument("--config", help="YAML preset (see configs/); defaults apply when omitted")
     pipeline.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. ppo.steps=40")

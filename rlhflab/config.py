@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -432,8 +433,21 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     for key in data:
         if key not in fields:
             raise RlhfLabError(_unknown_key_message(str(key), list(fields), where))
-    values = {key: _convert(data[key], hints[key], _join(where, key)) for key in data}
+    values = {key: _convert(_over_default(fields[key], data[key]), hints[key], _join(where, key)) for key in data}
     return cls(**values)
+
+
+def _over_default(f: dataclasses.Field, value: Any) -> Any:
+    """Settings given for a nested section, over that field's own default: dpo.pairs.source=x keeps
+    dpo.pairs' fractions (which differ from PairsConfig's) instead of falling back to the class's."""
+    if not isinstance(value, dict) or f.default_factory is dataclasses.MISSING:
+        return value
+    default = f.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    base = to_dict(default)
+    return {**base, **{k: _over_default(next(x for x in dataclasses.fields(default) if x.name == k), v)
+                       if k in base and isinstance(v, dict) else v for k, v in value.items()}}
 
 
 def _convert(value: Any, hint: Any, where: str) -> Any:
@@ -703,7 +717,7 @@ def check_dpo(dpo: DpoConfig) -> None:
     check_training_config(dpo, "dpo")
     on = dpo.on_policy
     checks = [
-        (dpo.beta > 0, f"beta must be positive, got {dpo.beta}"),
+        (0 < dpo.beta < math.inf, f"beta must be a positive number, got {dpo.beta}"),
         (dpo.max_length >= 2 and dpo.eval_prompts >= 1, "max_length must be at least 2 and eval_prompts at least 1"),
         (on.prompts >= 1 and on.samples_per_prompt >= 2 and on.batch_size >= 1,
          "on_policy.prompts and batch_size must be at least 1 and on_policy.samples_per_prompt at least 2 (a pair "
@@ -720,10 +734,11 @@ def check_ilql(il: IlqlConfig) -> None:
     check_training_config(il, "ilql")
     checks = [
         (0 <= il.gamma <= 1 and 0 < il.tau < 1, f"gamma must be in [0, 1] and tau in (0, 1), got {il.gamma}, {il.tau}"),
-        (min(il.cql_scale, il.awac_scale, il.awac_beta, il.beta) >= 0, "cql_scale, awac_scale, awac_beta and beta must not be negative"),
+        (all(0 <= x < math.inf for x in (il.cql_scale, il.awac_scale, il.awac_beta, il.beta)),
+         "cql_scale, awac_scale, awac_beta and beta must be finite numbers >= 0"),
         (0 < il.polyak <= 1, f"polyak must be in (0, 1], got {il.polyak}"),
         (il.max_length >= 2 and il.eval_prompts >= 1, "max_length must be at least 2 and eval_prompts at least 1"),
-        (all(b >= 0 for b in il.eval_betas), f"eval_betas must not be negative, got {il.eval_betas}"),
+        (all(0 <= b < math.inf for b in il.eval_betas), f"eval_betas must be finite numbers >= 0, got {il.eval_betas}"),
     ]
     for ok, message in checks:
         if not ok:

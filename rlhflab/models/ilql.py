@@ -91,8 +91,8 @@ def save_heads(heads: IlqlHeads, folder: Path, *, beta: float) -> None:
     model folder, each atomically. Raises RlhfLabError for β < 0 or an unwritable folder."""
     from safetensors.torch import save
 
-    if not beta >= 0:
-        raise RlhfLabError(f"The ILQL generation beta must be >= 0, got {beta}.")
+    if not 0 <= beta < float("inf"):
+        raise RlhfLabError(f"The ILQL generation beta must be a finite number >= 0, got {beta}.")
     folder = Path(folder)
     tensors = {name: value.detach().cpu().contiguous() for name, value in heads.state_dict().items()}
     with atomic_open(folder / HEADS_FILE, "wb") as handle:
@@ -140,8 +140,8 @@ def attach_steering(model: nn.Module, heads: IlqlHeads, beta: float) -> torch.ut
     shift-invariant sampling (temperature, top-k/p; not a repetition penalty). Sets
     `model.ilql_beta`; `handle.remove()` restores the plain model. Raises RlhfLabError for β < 0
     or a model without an LM head."""
-    if not beta >= 0:
-        raise RlhfLabError(f"The ILQL steering strength beta must be >= 0, got {beta}.")
+    if not 0 <= beta < float("inf"):
+        raise RlhfLabError(f"The ILQL steering strength beta must be a finite number >= 0, got {beta}.")
     lm_head = model.get_output_embeddings()
     if lm_head is None:
         raise RlhfLabError(f"{type(model).__name__} has no LM head to steer; ILQL needs a causal language model.")

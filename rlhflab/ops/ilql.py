@@ -97,8 +97,8 @@ def steered_logits(logits: torch.Tensor, q: torch.Tensor, v: torch.Tensor, beta:
     """log π_β(a|s) + β (Q(s, a) − V(s)), fp32: the ILQL policy π ∝ π_β exp(β (Q − V)) as logits
     (Snell et al. 2022, policy extraction). logits, q (..., V); v (...). β = 0 gives the base
     model's log-probs. Raises RlhfLabError for β < 0."""
-    if not beta >= 0:
-        raise RlhfLabError(f"The ILQL steering strength beta must be >= 0, got {beta}.")
+    if not 0 <= beta < float("inf"):
+        raise RlhfLabError(f"The ILQL steering strength beta must be a finite number >= 0, got {beta}.")
     logp = torch.log_softmax(logits.float(), dim=-1)
     if beta == 0:
         return logp  # exactly the base distribution, whatever the heads hold

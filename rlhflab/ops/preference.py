@@ -33,8 +33,8 @@ def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, 
     β(log π(y_w) - log π_ref(y_w)), "rejected_reward": the same for y_l (both (B,), detached,
     the implicit rewards), "margin": their difference}. Raises RlhfLabError for β <= 0 or an
     unknown loss."""
-    if beta <= 0:
-        raise RlhfLabError(f"The preference loss needs beta > 0, got {beta}.")
+    if not 0 < beta < float("inf"):
+        raise RlhfLabError(f"The preference loss needs a finite beta > 0, got {beta}.")
     if loss not in LOSSES:
         raise RlhfLabError(f"Unknown preference loss {loss!r}; use one of {', '.join(LOSSES)}.")
     chosen = policy_chosen.float() - ref_chosen.float()

@@ -43,8 +43,13 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     on_policy = dpo.pairs.source is None
     rewards = reward_functions(cfg, runtime, required=on_policy)
     pc = dpo.pairs
-    file_pairs = None if on_policy else load_pairs(pc.source, prompt_column=pc.prompt_column, chosen_column=pc.chosen_column,
-                                                   rejected_column=pc.rejected_column, split=pc.split)
+    file_pairs = None
+    if not on_policy:
+        try:
+            file_pairs = load_pairs(pc.source, prompt_column=pc.prompt_column, chosen_column=pc.chosen_column,
+                                    rejected_column=pc.rejected_column, split=pc.split)
+        except RlhfLabError as exc:  # the readers speak of data.source and *_column; here they are dpo.pairs.*
+            raise RlhfLabError(f"dpo.pairs.source={pc.source}: {exc}") from exc
     run_dir = open_run_dir(cfg, "dpo", resume=resume, overwrite=overwrite, runtime=runtime)
 
     model, tokenizer = load_causal_lm(source)

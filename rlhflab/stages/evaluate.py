@@ -170,7 +170,7 @@ def best_of_n(model, tokenizer, prompts: list[str], score_fn, prob_fn, judges: d
     scores = score_fn(repeated, responses).view(len(prompts), drawn)
     probs = prob_fn(repeated, responses).view(len(prompts), drawn) if prob_fn is not None else None
     rows = []
-    for n in sorted(set(ev.best_of)):
+    for n in sorted({1, *ev.best_of}):  # n = 1: the model alone on the same prompts, the baseline
         kept = [i * drawn + k % n for i, k in enumerate(select_best(scores[:, :n].flatten().tolist(), n))]  # flat rows
         row = {"n": n, "score": float(scores.flatten()[kept].mean()), "kl_bound": best_of_n_kl(n),
                "positive_probability": float(probs.flatten()[kept].mean()) if probs is not None else None}
@@ -285,7 +285,20 @@ def format_summary(summary: dict) -> str:
     for name, c in summary["comparison"].items():
         lines.append(f"{name} vs {c['vs']}: better on {c['better']:.0%} of prompts, worse on {c['worse']:.0%} "
                      f"(mean change {c['mean_delta']:+.3f})")
-    return "\n".join(lines + format_judges(summary))
+    return "\n".join(lines + format_judges(summary) + format_best_of(summary))
+
+
+def format_best_of(summary: dict) -> list[str]:
+    """Lines: best-of-n's mean reward, P(positive) and KL bound per n (empty without evaluate.best_of)."""
+    best = summary.get("best_of")
+    if not best:
+        return []
+    lines = [f"best-of-n from {best['model']} on the first {best['prompts']} prompts ({best['drawn']} drawn each; "
+             f"KL to {best['model']} at most log n - (n-1)/n)", f"{'n':>4}{'score':>8}{'P(pos)':>8}{'KL <=':>8}"]
+    for row in best["rows"]:
+        prob = row["positive_probability"]
+        lines.append(f"{row['n']:>4}{row['score']:8.3f}{'-' if prob is None else f'{prob:.3f}':>8}{row['kl_bound']:8.2f}")
+    return lines
 
 
 def format_judges(summary: dict) -> list[str]:

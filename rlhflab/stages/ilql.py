@@ -103,7 +103,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     reference, _ = load_causal_lm(source)
     reference.to(runtime.device)
     by_beta, samples = {}, []
-    for beta in dict.fromkeys([*il.eval_betas, il.beta]):  # in order, once each
+    for beta in sorted({*il.eval_betas, il.beta}):
         handle = attach_steering(model, heads, beta)
         try:
             by_beta[str(beta)], rows = held_out(model, reference, tokenizer, eval_prompts, rewards, **sampling)

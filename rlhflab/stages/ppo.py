@@ -155,8 +155,11 @@ def reward_functions(cfg: Config, runtime: Runtime, *, required: bool = True) ->
     """The training reward ("score") and, where the reward model has one, its P(positive). With
     `required` False and no reward source at all (no reward_fn.source, no reward stage), {}."""
     default = str(Path(cfg.runs_dir) / cfg.name / "reward")
-    if not required and cfg.reward_fn.source is None and not Path(default).exists():
-        return {}
+    if cfg.reward_fn.source is None and not Path(default).exists():
+        if not required:
+            return {}
+        raise RlhfLabError(f"No reward: reward_fn.source is not set and this run has no reward model ({default}). Run "
+                           f"`rlhflab reward` first, or set reward_fn.source (a reward run, a classifier or module:function).")
     rewards = {"score": build_reward(cfg.reward_fn, default_source=default, device=runtime.device)}
     probability = probability_reward(cfg.reward_fn, default_source=default, device=runtime.device)
     if probability is not None:

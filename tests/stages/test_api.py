@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 import rlhflab
 from rlhflab.api import adapt_reward_fn
@@ -43,8 +44,8 @@ def test_train_with_prompts_and_a_trlx_reward_runs_ppo(tmp_path, tiny_llama_dir,
                            config=cfg, progress=False)
     assert result.algorithm == "ppo" and result.summary["steps"] == 2
     assert result.run_dir == tmp_path / "runs" / "api" / "ppo"
-    stored = [json.loads(line)["prompt"] for line in (tmp_path / "runs/api/inputs/prompts.jsonl").read_text().splitlines()]
-    assert stored == prompts
+    (inputs,) = (tmp_path / "runs/api/inputs").glob("prompts-*.jsonl")
+    assert [json.loads(line)["prompt"] for line in inputs.read_text().splitlines()] == prompts
     ids = result.tokenizer(["the film"], return_tensors="pt").input_ids
     assert result.model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] > ids.shape[1]
 
@@ -75,8 +76,33 @@ def test_train_with_pairs_runs_dpo(tmp_path, tiny_llama_dir, reviews_csv):
     ({"pairs": [{"chosen": "a"}]}, "'chosen' and 'rejected'"),
     ({"prompts": ["a"], "reward_fn": lambda a, b: [0.0]}, "fit neither"),
     ({"pairs": [{"chosen": "a", "rejected": "b"}], "config": 3}, "config must be"),
+    ({"samples": ["a", "b"], "rewards": [1.0, "abc"]}, r"rewards\[1\] is 'abc'"),
+    ({"samples": ["a"], "rewards": [float("nan")]}, "finite"),
+    ({"prompts": ["a", 3], "reward_fn": lambda prompts, responses: [0.0]}, r"prompts\[1\] is a int"),
+    ({"pairs": [{"chosen": "a", "rejected": "b"}], "config": {"rl": {"learning_rate": 1e-5}}}, "set them in the 'dpo' section"),
+    ({"prompts": [], "reward_fn": lambda prompts, responses: [0.0]}, "prompts is empty"),
 ])
-def test_bad_calls_are_clear_errors(tmp_path, kwargs, message):
-    kwargs.setdefault("config", {"runs_dir": str(tmp_path)})
+def test_bad_calls_are_clear_errors_and_leave_nothing(tmp_path, kwargs, message):
+    config = kwargs.setdefault("config", {})
+    if isinstance(config, dict):
+        config["runs_dir"] = str(tmp_path / "runs")
     with pytest.raises(RlhfLabError, match=message):
         rlhflab.train("some-model", **kwargs)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_inputs_are_named_by_content_and_the_reward_by_its_function(tmp_path, tiny_llama_dir, reviews_csv):
+    def sentiment(samples, prompts, outputs):
+        return [s.count("e") / len(s) for s in samples]
+
+    cfg = config(tmp_path, reviews_csv)
+    cfg["rl"] = cfg.pop("ppo") | {"steps": 1, "batch_size": 2, "minibatch_size": 2, "eval_prompts": 2}
+    first = rlhflab.train(str(tiny_llama_dir), prompts=["a film", "the plot"], reward_fn=sentiment, config=cfg, progress=False)
+    assert "sentiment_" in first.summary["reward"]  # the user's function, by name
+    with pytest.raises(RlhfLabError, match="raised ZeroDivisionError"):  # fails while training
+        rlhflab.train(str(tiny_llama_dir), prompts=["other prompts"], reward_fn=lambda samples: [1 / 0 for _ in samples],
+                      config=cfg, progress=False)
+    # the finished run is still there and still names the file it was trained on, unchanged
+    used = yaml.safe_load((first.run_dir / "config.yaml").read_text())["data"]["prompts"]
+    assert [json.loads(line)["prompt"] for line in open(used)] == ["a film", "the plot"]
+    assert first.run_dir.joinpath("summary.json").exists()

@@ -103,11 +103,11 @@ def test_generation_is_seeded(tiny_llama_dir):
 
 
 def test_best_of_n_keeps_the_best_of_the_first_n_samples(tmp_path, reviews_csv, tiny_llama_dir):
-    cfg = make_config(tmp_path, reviews_csv, {"sft": str(tiny_llama_dir)}, best_of=[1, 4, 2], best_of_prompts=3)
+    cfg = make_config(tmp_path, reviews_csv, {"sft": str(tiny_llama_dir)}, best_of=[4, 2], best_of_prompts=3)
     summary = json.loads(run_stage("evaluate", cfg, progress=False).summary_path.read_text())
     best = summary["best_of"]
     assert best["model"] == "sft" and best["prompts"] == 3 and best["drawn"] == 4
-    assert [r["n"] for r in best["rows"]] == [1, 2, 4]
+    assert [r["n"] for r in best["rows"]] == [1, 2, 4]  # n = 1 always: the baseline on the same prompts
     assert [r["kl_bound"] for r in best["rows"]] == pytest.approx([0.0, torch.log(torch.tensor(2.0)).item() - 0.5,
                                                                    torch.log(torch.tensor(4.0)).item() - 0.75])
     # more samples to choose from never lowers the mean of the kept (the first n are a prefix of the first 2n)
@@ -117,3 +117,4 @@ def test_best_of_n_keeps_the_best_of_the_first_n_samples(tmp_path, reviews_csv, 
         from rlhflab.config import check_evaluate
 
         check_evaluate(EvaluateConfig(best_of=[0]))
+    assert "best-of-n from sft on the first 3 prompts" in evaluate.format_summary(summary)

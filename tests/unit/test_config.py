@@ -329,3 +329,20 @@ def test_shipped_presets_load_and_round_trip(preset, tmp_path):
 def test_an_optional_section_reports_its_own_unknown_key():
     with pytest.raises(RlhfLabError, match=r"reward\.data\.per_clas.*reward\.data\.per_class"):
         load_config(overrides=["reward.data.per_clas=3"])
+
+
+def test_a_setting_inside_a_nested_section_keeps_that_sections_own_defaults():
+    from rlhflab.config import load_config
+
+    cfg = load_config(None, ["dpo.pairs.source=pairs.jsonl"])
+    assert cfg.dpo.pairs.source == "pairs.jsonl" and cfg.dpo.pairs.fractions == [0.9, 0.1, 0.0]  # dpo's, not PairsConfig's
+    assert cfg.reward.pairs.fractions == [0.8, 0.1, 0.1]
+
+
+@pytest.mark.parametrize("override", ["dpo.beta=.inf", "ilql.beta=.nan", "ilql.beta=.inf", "ilql.eval_betas=[.inf]",
+                                      "ilql.polyak=0", "ilql.tau=1", "dpo.on_policy.samples_per_prompt=1"])
+def test_offline_settings_out_of_range_are_refused_when_the_config_loads(override):
+    from rlhflab.config import load_config
+
+    with pytest.raises(RlhfLabError, match=override.split(".")[0]):
+        load_config(None, [override])
