@@ -81,7 +81,8 @@ def scorers(cfg, *, reward: str | None = None, label: str | None = None, flip: b
             need_reward: bool = False) -> tuple[Callable | None, dict[str, Callable], list[str]]:
     """(reward function or None, gold judges by name, notes) for a `Config`.
 
-    The reward: `reward` (a source build_reward takes) with the config's other reward_fn settings,
+    The reward: `reward` (a source build_reward takes) with the config's other reward_fn settings
+    (reward_fn.output=probability scores a labels reward model by P(positive)),
     else reward_fn.source, else the run's reward model (<runs_dir>/<name>/reward) where one was
     trained; else None and a note saying so (RlhfLabError instead when `need_reward`, as best-of-n
     does). `label` and `flip` apply on top. Judges: evaluate.gold, raw scores (not calibrated)."""
@@ -93,8 +94,8 @@ def scorers(cfg, *, reward: str | None = None, label: str | None = None, flip: b
     from rlhflab.rewards import build_reward
 
     reward_cfg = cfg.reward_fn
-    if reward:  # a new source: its kind and output are found again
-        reward_cfg = replace(reward_cfg, source=reward, kind="auto", output="auto")
+    if reward:  # a new source; the config's kind and output still apply (both auto unless set)
+        reward_cfg = replace(reward_cfg, source=reward)
     reward_cfg = replace(reward_cfg, label=label or reward_cfg.label, flip=flip or reward_cfg.flip)
     default = Path(cfg.runs_dir) / cfg.name / "reward"
     default_source = str(default) if reward_model_dir(default) is not None else None
