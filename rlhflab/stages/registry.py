@@ -70,7 +70,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           _tuning_reads("ilql"),
           "offline RL (implicit language Q-learning) from texts with rewards, e.g. reviews and their labels"),
     Stage("evaluate", ("seed", "runtime", "data", "reward_fn", "evaluate", "ppo.max_new_tokens"), _evaluate_reads,
-          "generate from SFT and PPO (or any models) on held-out prompts and compare"),
+          "generate from SFT and the tuned models (PPO, DPO, ILQL; or any models) on held-out prompts and compare"),
     Stage("overopt", ("seed", "runtime", "data", "reward_fn", "evaluate", "overopt", "ppo.max_new_tokens"), _overopt_reads,
           "over-optimisation study: proxy and gold rewards, KL and separator ratio at every RL snapshot"),
 )}
