@@ -94,3 +94,12 @@ def test_ilql_resumed_after_an_interrupt_equals_an_uninterrupted_run(tmp_path, t
         a, b = load_file(straight.model_dir / name), load_file(resumed.model_dir / name)
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-6), (name, key)
+
+
+def test_a_steered_model_name_is_fingerprinted_as_its_run(tmp_path):
+    from rlhflab.fingerprint import fingerprint
+
+    run = tmp_path / "runs" / "x" / "ilql"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    assert fingerprint(f"{run}@beta=2") == fingerprint(str(run)) is not None  # a retrained ILQL run makes evaluate stale
