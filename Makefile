@@ -45,6 +45,7 @@ bench: setup
 	$(BIN)/python benchmarks/sft.py
 	$(BIN)/python benchmarks/reward.py
 	$(BIN)/python benchmarks/ppo.py
+	$(BIN)/python benchmarks/offline.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
