@@ -7,7 +7,7 @@ pair before training (`DpoObjective`), and every step only runs the policy:
     loss = preference_loss(log π(y_w), log π(y_l), log π_ref(y_w), log π_ref(y_l), β)   (ops/preference.py)
 
 The reference is the starting model itself, scored before its first update, so no second copy
-of the model is ever held.
+of the model is held while training.
 """
 
 from __future__ import annotations
