@@ -42,14 +42,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     source = starting_policy(cfg, dpo.policy, "dpo.policy")
     on_policy = dpo.pairs.source is None
     rewards = reward_functions(cfg, runtime, required=on_policy)
-    pc = dpo.pairs
-    file_pairs = None
-    if not on_policy:
-        try:
-            file_pairs = load_pairs(pc.source, prompt_column=pc.prompt_column, chosen_column=pc.chosen_column,
-                                    rejected_column=pc.rejected_column, split=pc.split)
-        except RlhfLabError as exc:  # the readers speak of data.source and *_column; here they are dpo.pairs.*
-            raise RlhfLabError(f"dpo.pairs.source={pc.source}: {exc}") from exc
+    file_pairs = None if on_policy else _file_pairs(dpo.pairs)  # data errors before any model loads
     run_dir = open_run_dir(cfg, "dpo", resume=resume, overwrite=overwrite, runtime=runtime)
 
     model, tokenizer = load_causal_lm(source)
@@ -60,23 +53,10 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     sampling = dict(max_new_tokens=max_new, seed=cfg.seed, batch_size=dpo.eval_batch_size, runtime=runtime)
     start, _ = held_out(model, None, tokenizer, eval_prompts, rewards, **sampling)
     if on_policy:
-        op = dpo.on_policy
-        pairs, ties = on_policy_pairs(model, tokenizer, train_prompts[: op.prompts], rewards["score"],
-                                      k=op.samples_per_prompt, max_new_tokens=max_new, temperature=op.temperature,
-                                      seed=cfg.seed, batch_size=op.batch_size, runtime=runtime)
-        if runtime.is_main:
-            write_jsonl(run_dir.path / "pairs.jsonl", [
-                {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "chosen_score": p.chosen_score,
-                 "rejected_score": p.rejected_score} for p in pairs])
-        if not pairs:
-            raise RlhfLabError(f"All {ties} prompts' {op.samples_per_prompt} samples scored the same under the reward, "
-                               f"so no pair says which is better. Use a reward that tells responses apart, or more samples.")
-        pair_facts = {"source": "on-policy", "prompts": min(op.prompts, len(train_prompts)),
-                      "samples_per_prompt": op.samples_per_prompt, "left_out": {"all samples scored the same": ties} if ties else {}}
+        pairs, pair_facts = _on_policy_pairs(cfg, model, tokenizer, train_prompts, rewards["score"], max_new, runtime, run_dir)
     else:
-        pairs = token_pairs(file_pairs, tokenizer)
-        pair_facts = {"source": pc.source, "left_out": {}}
-    parts = split_pairs(pairs, pc.fractions, cfg.seed)
+        pairs, pair_facts = token_pairs(file_pairs, tokenizer), {"source": dpo.pairs.source, "left_out": {}}
+    parts = split_pairs(pairs, dpo.pairs.fractions, cfg.seed)
 
     model = configure_trainable(model, dpo)
     trainable, total = count_parameters(model)
@@ -131,6 +111,33 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         **run_facts(runtime, started),
     }
     return finish_run(run_dir, summary, runtime)
+
+
+def _file_pairs(pc) -> list:
+    """The pairs of dpo.pairs.source (the reward stage's reader)."""
+    try:
+        return load_pairs(pc.source, prompt_column=pc.prompt_column, chosen_column=pc.chosen_column,
+                          rejected_column=pc.rejected_column, split=pc.split)
+    except RlhfLabError as exc:  # the readers speak of data.source and *_column; here they are dpo.pairs.*
+        raise RlhfLabError(f"dpo.pairs.source={pc.source}: {exc}") from exc
+
+
+def _on_policy_pairs(cfg: Config, model, tokenizer, prompts: list[str], reward, max_new: int, runtime: Runtime,
+                     run_dir: RunDir) -> tuple[list, dict]:
+    """Pairs from the starting model's own samples ranked by the reward (written to pairs.jsonl), and their facts."""
+    op = cfg.dpo.on_policy
+    pairs, ties = on_policy_pairs(model, tokenizer, prompts[: op.prompts], reward, k=op.samples_per_prompt,
+                                  max_new_tokens=max_new, temperature=op.temperature, seed=cfg.seed,
+                                  batch_size=op.batch_size, runtime=runtime)
+    if runtime.is_main:
+        write_jsonl(run_dir.path / "pairs.jsonl", [
+            {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "chosen_score": p.chosen_score,
+             "rejected_score": p.rejected_score} for p in pairs])
+    if not pairs:
+        raise RlhfLabError(f"All {ties} prompts' {op.samples_per_prompt} samples scored the same under the reward, "
+                           f"so no pair says which is better. Use a reward that tells responses apart, or more samples.")
+    return pairs, {"source": "on-policy", "prompts": min(op.prompts, len(prompts)), "samples_per_prompt": op.samples_per_prompt,
+                   "left_out": {"all samples scored the same": ties} if ties else {}}
 
 
 def format_summary(summary: dict) -> str:

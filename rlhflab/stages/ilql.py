@@ -100,17 +100,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     algorithm.keep_best()
     after = {name: objective.metrics(name) for name in data}
 
-    reference, _ = load_causal_lm(source)
-    reference.to(runtime.device)
-    by_beta, samples = {}, []
-    for beta in sorted({*il.eval_betas, il.beta}):
-        handle = attach_steering(model, heads, beta)
-        try:
-            by_beta[str(beta)], rows = held_out(model, reference, tokenizer, eval_prompts, rewards, **sampling)
-        finally:
-            handle.remove()
-        samples += [{"beta": beta, **row} for row in rows]
-    del reference
+    by_beta, samples = _held_out_by_beta(model, heads, source, tokenizer, eval_prompts, rewards, il, sampling, runtime)
     if runtime.is_main:
         write_jsonl(run_dir.path / "eval_after.jsonl", samples)
         save_model(model, tokenizer, run_dir)
@@ -134,6 +124,23 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         **run_facts(runtime, started),
     }
     return finish_run(run_dir, summary, runtime)
+
+
+def _held_out_by_beta(model, heads, source: str, tokenizer, prompts: list[str], rewards: dict, il, sampling: dict,
+                      runtime: Runtime) -> tuple[dict, list[dict]]:
+    """The held-out metrics ({str(β): metrics}) and rows of the model steered at each β of eval_betas and
+    the default one, each against the starting model (loaded again, once, for the KL)."""
+    reference, _ = load_causal_lm(source)
+    reference.to(runtime.device)
+    by_beta, samples = {}, []
+    for beta in sorted({*il.eval_betas, il.beta}):
+        handle = attach_steering(model, heads, beta)
+        try:
+            by_beta[str(beta)], rows = held_out(model, reference, tokenizer, prompts, rewards, **sampling)
+        finally:
+            handle.remove()
+        samples += [{"beta": beta, **row} for row in rows]
+    return by_beta, samples
 
 
 def format_summary(summary: dict) -> str:
