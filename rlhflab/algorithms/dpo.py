@@ -147,11 +147,11 @@ class DpoObjective:
         with torch.no_grad():
             return torch.cat([self.logprobs(name, chunk) for chunk in rows.split(self.batch_size)])
 
-    def _loss(self, name: str, pairs: torch.Tensor, grad: bool) -> dict[str, torch.Tensor]:
+    def _loss(self, name: str, pairs: torch.Tensor, grad: bool, start: bool = False) -> dict[str, torch.Tensor]:
         n = self.pairs(name)
         rows = torch.cat([pairs, pairs + n])
-        policy = self.logprobs(name, rows, grad=grad)
         reference = self.reference[name][rows]
+        policy = reference if start else self.logprobs(name, rows, grad=grad)  # at the start the policy is the reference
         b = len(pairs)
         return preference_loss(policy[:b], policy[b:], reference[:b], reference[b:], self.beta, self.loss_type)
 
@@ -160,15 +160,16 @@ class DpoObjective:
         return self._loss("train", pairs, grad=True)["loss"] * len(pairs), len(pairs)
 
     @torch.no_grad()
-    def metrics(self, name: str) -> dict[str, float]:
+    def metrics(self, name: str, *, start: bool = False) -> dict[str, float]:
         """Loss, pair accuracy (implicit reward of the chosen above the rejected), mean implicit
         rewards β·(log π − log π_ref) of each side and their margin, over this process's share of
-        the split, summed over processes before dividing."""
+        the split, summed over processes before dividing. `start`: before the first update, from
+        the reference log-probs alone (no forward pass)."""
         device = self.data[name].input_ids.device
         pairs = torch.arange(self.pairs(name), device=device)[self.runtime.rank :: self.runtime.world_size]
         totals = torch.zeros(6, dtype=torch.float64)
         for chunk in pairs.split(max(self.batch_size // 2, 1)):
-            out = self._loss(name, chunk, grad=False)
+            out = self._loss(name, chunk, grad=False, start=start)
             totals += torch.tensor([float(out["loss"]) * len(chunk), float((out["margin"] > 0).sum()),
                                     float(out["chosen_reward"].sum()), float(out["rejected_reward"].sum()),
                                     float(out["margin"].sum()), len(chunk)], dtype=torch.float64)

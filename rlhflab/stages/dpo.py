@@ -75,7 +75,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     prepared, optimizer = runtime.accelerator.prepare(SplitForward(model, first), optimizer)
     objective = DpoObjective(make_forward(prepared, runtime.autocast), data, masks, beta=dpo.beta, loss=dpo.loss,
                              batch_size=dpo.eval_batch_size, model=prepared, runtime=runtime)
-    before = {name: objective.metrics(name) for name in data}
+    before = {name: objective.metrics(name, start=True) for name in data}
     algorithm = Supervised(
         runtime=runtime, model=model, prepared=prepared, optimizer=optimizer, scheduler=scheduler, cfg=dpo, seed=cfg.seed,
         n_train=len(parts.train), loss=objective.train_loss,

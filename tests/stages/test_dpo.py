@@ -127,3 +127,28 @@ def test_dpo_resumed_after_an_interrupt_equals_an_uninterrupted_run(tmp_path, ti
     resumed = run_stage("dpo", config(tmp_path / "b"), resume=True, progress=False)  # the pairs are sampled again, alike
     a, b = load_file(straight.model_dir / "model.safetensors"), load_file(resumed.model_dir / "model.safetensors")
     assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
+
+
+def test_at_step_zero_the_policy_scores_every_pair_as_the_cached_reference_does(tiny_llama_dir):
+    from rlhflab.algorithms.dpo import DpoObjective
+    from rlhflab.engine.runtime import Runtime
+    from rlhflab.models.blocks import freeze_all_but_blocks
+    from rlhflab.models.encoding import SplitForward, encode_and_cache, make_forward
+
+    model, tokenizer = load_causal_lm(str(tiny_llama_dir))
+    freeze_all_but_blocks(model, [2, 3])
+    pairs = [TokenPair("", "", "", (5, 6, 7)[: 1 + i % 3], tuple(range(8, 9 + i % 4)), tuple(range(20, 22 + i % 2)))
+             for i in range(6)]
+    split, mask, _ = encode_pairs(pairs, tokenizer, max_length=16)
+    runtime = Runtime.create("cpu", "no")
+    data, first, _ = encode_and_cache(model, {"train": split}, tokenizer, max_length=16, append_eos=False, device="cpu",
+                                      cache_frozen=True, batch_size=4, autocast=runtime.autocast, progress=False)
+    assert first == 2  # the frozen lower blocks are cached, as in a real run
+    objective = DpoObjective(make_forward(SplitForward(model, first), runtime.autocast), data, {"train": mask}, beta=0.5,
+                             loss="sigmoid", batch_size=4, model=model, runtime=runtime)
+    # training batches of 3 pairs (6 rows) against the reference scored in batches of 4 rows
+    policy = torch.cat([objective.logprobs("train", torch.tensor([i, i + 1, i + 2, i + 6, i + 7, i + 8]))
+                        for i in (0, 3)]).detach()
+    reference = objective.reference["train"][[0, 1, 2, 6, 7, 8, 3, 4, 5, 9, 10, 11]]
+    assert torch.allclose(policy, reference, atol=1e-5)
+    assert objective.metrics("train")["loss"] == pytest.approx(objective.metrics("train", start=True)["loss"], abs=1e-6)
