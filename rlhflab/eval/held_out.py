@@ -34,10 +34,16 @@ def held_out(model, reference, tokenizer, prompts: list[str], rewards: dict, *, 
         reference_lp = response_logprobs(reference, generations, **options)
         for row, a, b in zip(rows, policy_lp, reference_lp):
             row["kl"] = float((a - b).sum())
+    return score_rows(rows, rewards, runtime)
+
+
+def score_rows(rows: list[dict], rewards: dict, runtime) -> tuple[dict[str, float], list[dict]]:
+    """Score this process's rows ({"prompt", "response", "kl"}) with every reward (name ->
+    RewardFunction), gather every process's rows in prompt order (round robin), and return the
+    means of "kl" and of each reward over all of them, with the rows."""
     for name, fn in rewards.items():
         values = fn([r["prompt"] for r in rows], [r["response"] for r in rows]).tolist() if rows else []
         for row, value in zip(rows, values):
             row[name] = value
     rows = runtime.gather_round_robin(rows)
-    metrics = {key: sum(r[key] for r in rows) / max(len(rows), 1) for key in ("kl", *rewards)}
-    return metrics, rows
+    return {key: sum(r[key] for r in rows) / max(len(rows), 1) for key in ("kl", *rewards)}, rows

@@ -21,6 +21,7 @@ from rlhflab.data.prompts import read_prompts
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
 from rlhflab.errors import RlhfLabError
+from rlhflab.eval.held_out import score_rows
 from rlhflab.io import RunDir, atomic_dir, write_json
 from rlhflab.models.causal_lm import count_parameters, load_causal_lm
 from rlhflab.models.policy import Policy, PolicyWithValue, build_policy
@@ -213,13 +214,7 @@ def evaluate(policy: Policy, tokenizer, rewards: dict[str, RewardFunction], prom
                                 stop_ids=sampling["stop_ids"], non_stop_penalty=None, autocast=runtime.autocast)
             kl = (kl_per_token(exp.logprobs, exp.ref_logprobs, ppo.kl_estimator) * exp.response_mask).sum(-1).cpu()
             rows += [{"prompt": p, "response": r, "kl": float(k)} for p, r, k in zip(chunk, exp.responses, kl)]
-    for name, fn in rewards.items():
-        for row, value in zip(rows, fn([r["prompt"] for r in rows], [r["response"] for r in rows]).tolist()):
-            row[name] = value
-    rows = runtime.gather_round_robin(rows)
-    results = {"kl": sum(r["kl"] for r in rows) / len(rows)}
-    results |= {name: sum(r[name] for r in rows) / len(rows) for name in rewards}
-    return results, rows
+    return score_rows(rows, rewards, runtime)
 
 
 def save_policy(policy: Policy, tokenizer, folder: Path) -> None:
