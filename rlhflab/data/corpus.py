@@ -223,11 +223,11 @@ def _read_table(source: str, text_column: str | None) -> Corpus:
     from rlhflab.data.sources import TEXT_COLUMNS, _pick_column, read_table
 
     table = read_table(source, "train")
-    column = _pick_column(table, text_column, TEXT_COLUMNS, "text") if table.columns else None
+    column = _pick_column(table, text_column, TEXT_COLUMNS, "text", "pretrain") if table.columns else None
     if column is None:
         raise RlhfLabError(
             f"{table.name} has no text column: looked for {', '.join(TEXT_COLUMNS)}; columns are: "
-            f"{', '.join(table.columns) or '(none)'}. Pass the column holding the text as text_column."
+            f"{', '.join(table.columns) or '(none)'}. Set pretrain.text_column to the column holding the text."
         )
     rows = []
     for value in table.data[column]:

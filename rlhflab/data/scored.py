@@ -25,8 +25,8 @@ def load_scored_texts(source: str, *, text_column: str | None = None, reward_col
     Rows with empty text or no reward are left out and counted; a reward that is not a finite
     number is an RlhfLabError naming its row."""
     table = read_table(str(source), "train")
-    text_col = _pick_column(table, text_column, TEXT_COLUMNS, "text")
-    reward_col = _pick_column(table, reward_column, REWARD_COLUMNS, "reward")
+    text_col = _pick_column(table, text_column, TEXT_COLUMNS, "text", "ilql")
+    reward_col = _pick_column(table, reward_column, REWARD_COLUMNS, "reward", "ilql")
     if text_col is None or reward_col is None:
         kind, tried = ("text", TEXT_COLUMNS) if text_col is None else ("reward", REWARD_COLUMNS)
         raise RlhfLabError(f"{table.name} has no {kind} column: looked for {', '.join(tried)}; columns are: "

@@ -87,14 +87,15 @@ def read_table(source: str, split: str) -> Table:
 
 
 def _pick_column(
-    table: Table, wanted: str | None, candidates: tuple[str, ...], kind: str
+    table: Table, wanted: str | None, candidates: tuple[str, ...], kind: str, section: str = "data"
 ) -> str | None:
-    """The explicit column if given (must exist), else the first candidate present."""
+    """The explicit column if given (must exist), else the first candidate present. `section` is
+    the config section whose `<kind>_column` setting named it, for the error message."""
     if wanted is not None:
         if wanted not in table.columns:
             raise RlhfLabError(
-                f"data.{kind}_column {wanted!r} not found in {table.name}; columns are: "
-                f"{', '.join(table.columns)}. Set data.{kind}_column to one of them."
+                f"{section}.{kind}_column {wanted!r} not found in {table.name}; columns are: "
+                f"{', '.join(table.columns)}. Set {section}.{kind}_column to one of them."
             )
         return wanted
     for name in candidates:
