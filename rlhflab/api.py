@@ -35,6 +35,10 @@ class TrainResult:
     run_dir: Path  # runs/<name>/<stage>
     algorithm: str
 
+    def __repr__(self) -> str:  # not the whole model and tokenizer, as the default would print
+        return (f"TrainResult(algorithm={self.algorithm!r}, run_dir={str(self.run_dir)!r}, "
+                f"model={type(self.model).__name__}, steps={self.summary.get('steps')})")
+
 
 def train(model: str | None = None, *, prompts: Sequence[str] | None = None, eval_prompts: Sequence[str] | None = None,
           reward_fn: Callable | None = None, samples: Sequence[str] | None = None, rewards: Sequence[float] | None = None,
@@ -51,7 +55,12 @@ def train(model: str | None = None, *, prompts: Sequence[str] | None = None, eva
     after training. `config`: a Config, a YAML path, or nested dicts of settings ("rl" is accepted
     for the "ppo" section, as trlX names it). The run goes to <runs_dir>/<name>/<stage> (name:
     `name`, else the config's, else "api"); a finished stage of the same name is trained again.
-    Raises RlhfLabError for inputs that do not fit together or a reward_fn it cannot call."""
+    The lists may be any sequences: lists, tuples, numpy arrays, torch tensors, pandas Series (and
+    a DataFrame for `pairs`). Raises RlhfLabError for inputs that do not fit together or a
+    reward_fn it cannot call."""
+    prompts, eval_prompts, samples = (_listed(v, what) for v, what in
+                                      ((prompts, "prompts"), (eval_prompts, "eval_prompts"), (samples, "samples")))
+    rewards, pairs = _listed(rewards, "rewards"), _listed(pairs, "pairs")
     cfg, algorithm = _config(config, name, reward_fn, samples, rewards, pairs, prompts)
     stage = {"ppo": "ppo", "grpo": "ppo", "rloo": "ppo"}.get(algorithm, algorithm)
     cfg.stages = [stage]  # the run is this one stage (the report lists no others)
@@ -62,6 +71,11 @@ def train(model: str | None = None, *, prompts: Sequence[str] | None = None, eva
               "eval_prompts": [{"prompt": _text(p, "eval_prompts", i)} for i, p in enumerate(eval_prompts or [])],
               "samples": [{"text": _text(t, "samples", i), "reward": _number(r, i)} for i, (t, r) in enumerate(zip(samples or [], rewards or []))],
               "pairs": [_pair(p, i) for i, p in enumerate(pairs or [])]}
+    if pairs is not None:  # the file reader's checks, here, so that a bad pair is named by its index
+        from rlhflab.data.pairs import table_to_pairs
+        from rlhflab.data.tables import table_from_rows
+
+        table_to_pairs(table_from_rows(inputs["pairs"], "pairs", lambda i: f"pairs[{i}]"), section="dpo.pairs")
     if reward_fn is not None:
         cfg.reward_fn.source = register_reward(reward_fn)
     check_config(cfg)
@@ -122,7 +136,7 @@ def _config(config, name, reward_fn, samples, rewards, pairs, prompts) -> tuple[
     offline = samples is not None or rewards is not None
     if offline and (samples is None or rewards is None or len(samples) != len(rewards)):
         raise RlhfLabError("ILQL needs samples and rewards of the same length (one reward per sample); got "
-                           f"{'no' if samples is None else len(samples)} samples and {'no' if rewards is None else len(rewards)} rewards.")
+                           f"{_count(samples, 'sample')} and {_count(rewards, 'reward')}.")
     given = [what for what, present in (("samples/rewards", offline), ("pairs", pairs is not None)) if present]
     if len(given) > 1:
         raise RlhfLabError("Give one kind of training data: samples + rewards (ILQL) or pairs (DPO), not both.")
@@ -182,9 +196,33 @@ def register_reward(fn: Callable) -> str:
     return f"{_api_rewards.__name__}:{key}"
 
 
+def _listed(value: Any, what: str) -> list | None:
+    """`value` as a plain list (None stays None): numpy arrays, tensors and pandas Series via
+    tolist(), a DataFrame as its rows; one string is refused, as it would be read letter by letter."""
+    if value is None or isinstance(value, list):
+        return value
+    if isinstance(value, (str, bytes)):
+        raise RlhfLabError(f"{what} must be a list, not one string; wrap it in a list: {what}=[{value!r:.40}].")
+    if isinstance(value, Mapping):
+        raise RlhfLabError(f"{what} must be a list, not a dict; give a list of {what}.")
+    if hasattr(value, "to_dict") and hasattr(value, "columns"):  # a pandas DataFrame: its rows
+        return value.to_dict("records")
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    try:
+        return list(value)
+    except TypeError:
+        raise RlhfLabError(f"{what} must be a list, got {value!r:.40} ({type(value).__name__}).") from None
+
+
+def _count(items: list | None, noun: str) -> str:
+    n = 0 if items is None else len(items)
+    return f"{n or 'no'} {noun}{'s' * (n != 1)}"
+
+
 def _text(value: Any, what: str, index: int) -> str:
     if not isinstance(value, str):
-        raise RlhfLabError(f"{what} must be strings; {what}[{index}] is a {type(value).__name__} ({value!r:.60}).")
+        raise RlhfLabError(f"{what} must be strings; {what}[{index}] is {value!r:.60} ({type(value).__name__}).")
     return value
 
 

@@ -724,6 +724,8 @@ def check_dpo(dpo: DpoConfig) -> None:
          "needs two responses)"),
         (on.temperature > 0 and (on.max_new_tokens is None or on.max_new_tokens >= 1),
          "on_policy.temperature must be positive and on_policy.max_new_tokens at least 1"),
+        (dpo.pairs.margin_column is None, "pairs.margin_column is set, but DPO's loss has no margin (the reward "
+         "stage's Bradley-Terry loss has one): unset it"),
     ]
     for ok, message in checks:
         if not ok:
@@ -734,11 +736,16 @@ def check_ilql(il: IlqlConfig) -> None:
     check_training_config(il, "ilql")
     checks = [
         (0 <= il.gamma <= 1 and 0 < il.tau < 1, f"gamma must be in [0, 1] and tau in (0, 1), got {il.gamma}, {il.tau}"),
-        (all(0 <= x < math.inf for x in (il.cql_scale, il.awac_scale, il.awac_beta, il.beta)),
-         "cql_scale, awac_scale, awac_beta and beta must be finite numbers >= 0"),
+        *((0 <= getattr(il, key) < math.inf, f"{key} must be a finite number >= 0, got {getattr(il, key)}")
+          for key in ("cql_scale", "awac_scale", "awac_beta", "beta")),
         (0 < il.polyak <= 1, f"polyak must be in (0, 1], got {il.polyak}"),
         (il.max_length >= 2 and il.eval_prompts >= 1, "max_length must be at least 2 and eval_prompts at least 1"),
         (all(0 <= b < math.inf for b in il.eval_betas), f"eval_betas must be finite numbers >= 0, got {il.eval_betas}"),
+        (il.samples is not None or il.text_column is None and il.reward_column is None,
+         "text_column and reward_column name columns of ilql.samples, which is not set (the data section's reviews "
+         "are used, each label as its reward): set ilql.samples, or drop the column settings"),
+        (il.text_column is None or il.text_column != il.reward_column,
+         f"text_column and reward_column are both {il.text_column!r}; the text and its reward need two columns"),
     ]
     for ok, message in checks:
         if not ok:

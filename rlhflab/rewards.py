@@ -48,12 +48,13 @@ class RewardFunction:
         values = _score_tensor(self.score(prompts, responses), self.description)
         if values.dim() != 1 or values.numel() != len(responses):
             raise RlhfLabError(
-                f"The reward {self.description} returned {values.numel()} scores of shape {tuple(values.shape)} "
-                f"for {len(responses)} responses; it must return one number per response."
+                f"The reward {self.description} returned {values.numel()} score{'s' * (values.numel() != 1)} of shape "
+                f"{tuple(values.shape)} for {len(responses)} response{'s' * (len(responses) != 1)}; it must return one "
+                f"number per response."
             )
         if not torch.isfinite(values).all():
             bad = int((~torch.isfinite(values)).sum())
-            raise RlhfLabError(f"The reward {self.description} returned {bad} non-finite scores (nan or inf).")
+            raise RlhfLabError(f"The reward {self.description} returned {bad} non-finite score{'s' * (bad != 1)} (nan or inf).")
         return self.flip(values) if self.flip else values
 
 
@@ -63,6 +64,12 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real)  # bools too (1/0), and numpy scalars
 
 
+def _a(value) -> str:
+    """'a list', 'an int': the type of `value` with its article, for messages."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 def _score_tensor(raw, description: str) -> torch.Tensor:
     """What a score function returned as a float tensor; RlhfLabError when it is not numbers."""
     if isinstance(raw, torch.Tensor) and not raw.is_complex():
@@ -70,14 +77,14 @@ def _score_tensor(raw, description: str) -> torch.Tensor:
     fix = "It must return one number per response (a list, array or tensor)."
     # A dict iterates over its keys and a string over its characters: never scores.
     if isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, Iterable):
-        raise RlhfLabError(f"The reward {description} returned a {type(raw).__name__}, not a list of numbers. {fix}")
+        raise RlhfLabError(f"The reward {description} returned {_a(raw)}, not a list of numbers. {fix}")
     try:
         items = list(raw)
     except Exception as exc:  # a generator that fails while it yields
         raise RlhfLabError(f"Reading the scores the reward {description} returned raised {type(exc).__name__}: {exc}".splitlines()[0]) from exc
     bad = next((i for i, v in enumerate(items) if not _is_number(v)), None)
     if bad is not None:
-        raise RlhfLabError(f"The reward {description} returned a {type(raw).__name__} whose item {bad} is "
+        raise RlhfLabError(f"The reward {description} returned {_a(raw)} whose item {bad} is "
                            f"{items[bad]!r}, so not a list of numbers. {fix}")
     return torch.tensor([float(v) for v in items], dtype=torch.float32)
 

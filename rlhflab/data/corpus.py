@@ -222,7 +222,7 @@ def _read_folder(root: Path, name: str) -> Corpus:
 def _read_table(source: str, text_column: str | None) -> Corpus:
     from rlhflab.data.sources import TEXT_COLUMNS, _pick_column, read_table
 
-    table = read_table(source, "train")
+    table = read_table(source, "train", "pretrain.corpus")
     column = _pick_column(table, text_column, TEXT_COLUMNS, "text", "pretrain") if table.columns else None
     if column is None:
         raise RlhfLabError(

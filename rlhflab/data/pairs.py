@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rlhflab.data.labels import clean_text, is_missing
-from rlhflab.data.sources import cell_text, read_table
+from rlhflab.data.sources import _pick_column, cell_text, read_table
 from rlhflab.data.splits import _check_fractions, _check_seed, checked_sizes
 from rlhflab.data.tables import Table
 from rlhflab.errors import RlhfLabError
@@ -55,15 +55,17 @@ def load_pairs(
     rejected_column: str | None = None,
     margin_column: str | None = None,
     split: str = "train",
+    section: str = "reward.pairs",
 ) -> list[Pair]:
     """Load preference pairs from a bundled name, `hf:<id>`, or a .csv/.jsonl/.json/.parquet
     file. Columns are detected by name when not given; texts are cleaned like reviews.
 
     Chosen/rejected cells may also be chat conversations (lists of {"role", "content"}
     messages, as in trl-lib/ultrafeedback_binarized): the last message is the response, and
-    when there is no prompt column the earlier messages of the chosen side form the prompt."""
-    table = read_table(str(source), split)
-    return table_to_pairs(table, prompt_column, chosen_column, rejected_column, margin_column)
+    when there is no prompt column the earlier messages of the chosen side form the prompt.
+    `section` is the config section of these settings (reward.pairs, dpo.pairs), for messages."""
+    table = read_table(str(source), split, f"{section}.source")
+    return table_to_pairs(table, prompt_column, chosen_column, rejected_column, margin_column, section)
 
 
 def table_to_pairs(
@@ -72,6 +74,7 @@ def table_to_pairs(
     chosen_column: str | None = None,
     rejected_column: str | None = None,
     margin_column: str | None = None,
+    section: str = "reward.pairs",
 ) -> list[Pair]:
     """The rows of `table` as validated, cleaned `Pair`s (one per row, in order)."""
     if len(table) == 0:
@@ -79,10 +82,10 @@ def table_to_pairs(
             f"{table.name} contains no preference pairs: it has no rows. Point the source at a "
             "file with one row per pair (prompt, chosen, rejected)."
         )
-    prompt_col = _pick(table, prompt_column, PROMPT_COLUMNS, "prompt")
-    chosen_col = _pick(table, chosen_column, CHOSEN_COLUMNS, "chosen")
-    rejected_col = _pick(table, rejected_column, REJECTED_COLUMNS, "rejected")
-    margin_col = _pick(table, margin_column, MARGIN_COLUMNS, "margin")
+    prompt_col = _pick_column(table, prompt_column, PROMPT_COLUMNS, "prompt", section)
+    chosen_col = _pick_column(table, chosen_column, CHOSEN_COLUMNS, "chosen", section)
+    rejected_col = _pick_column(table, rejected_column, REJECTED_COLUMNS, "rejected", section)
+    margin_col = _pick_column(table, margin_column, MARGIN_COLUMNS, "margin", section)
     for col, kind, candidates in (
         (chosen_col, "chosen", CHOSEN_COLUMNS),
         (rejected_col, "rejected", REJECTED_COLUMNS),
@@ -90,12 +93,12 @@ def table_to_pairs(
         if col is None:
             raise RlhfLabError(
                 f"{table.name} has no {kind} column: looked for {', '.join(candidates)}; columns "
-                f"are: {', '.join(table.columns)}. Set {kind}_column to the column holding the "
+                f"are: {', '.join(table.columns)}. Set {section}.{kind}_column to the column holding the "
                 f"{'preferred' if kind == 'chosen' else 'dispreferred'} responses."
             )
     if chosen_col == rejected_col:
         raise RlhfLabError(
-            f"chosen_column and rejected_column are both {chosen_col!r} in {table.name}; a pair "
+            f"{section}.chosen_column and rejected_column are both {chosen_col!r} in {table.name}; a pair "
             "needs two different columns. Set them to the preferred and the dispreferred column."
         )
 
@@ -120,7 +123,7 @@ def table_to_pairs(
         raise RlhfLabError(
             f"{_rows(len(same))} of {table.name} {'has' if len(same) == 1 else 'have'} the same "
             f"text in {chosen_col!r} and {rejected_col!r}; the first is at {table.where(same[0])}. "
-            "A pair must differ (identical responses teach the reward model nothing): remove "
+            "A pair must differ (identical responses teach nothing): remove "
             "those rows."
         )
 
@@ -135,12 +138,12 @@ def table_to_pairs(
     return [Pair(prompts[i], chosen[i], rejected[i], margins[i], f"{table.where(i)} of {table.name}") for i in range(n)]
 
 
-def split_pairs(pairs: Sequence[Pair], fractions: Sequence[float], seed: int) -> PairSplits:
+def split_pairs(pairs: Sequence[Pair], fractions: Sequence[float], seed: int, section: str = "reward.pairs") -> PairSplits:
     """Deterministic train/validation/test split (shuffle by `seed`, then cut by
     `split_sizes`); fractions are checked exactly as `split_reviews` checks them."""
     fractions = _check_fractions(fractions)
     rng = random.Random(_check_seed(seed))
-    sizes = checked_sizes(len(pairs), fractions, "preference pairs", "Check the pair source.")
+    sizes = checked_sizes(len(pairs), fractions, "preference pairs", f"Check {section}.source.", f"{section}.fractions")
     shuffled = list(pairs)
     rng.shuffle(shuffled)
     parts, start = [], 0
@@ -151,26 +154,6 @@ def split_pairs(pairs: Sequence[Pair], fractions: Sequence[float], seed: int) ->
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def _pick(table: Table, wanted: str | None, candidates: tuple[str, ...], kind: str) -> str | None:
-    """The explicit column if given (must exist), else the first candidate present (exact
-    name first, then any case)."""
-    if wanted is not None:
-        if wanted not in table.columns:
-            raise RlhfLabError(
-                f"{kind}_column {wanted!r} not found in {table.name}; columns are: "
-                f"{', '.join(table.columns)}. Set {kind}_column to one of them."
-            )
-        return wanted
-    for name in candidates:
-        if name in table.columns:
-            return name
-    lowered = {c.lower(): c for c in table.columns}
-    for name in candidates:
-        if name in lowered:
-            return lowered[name]
-    return None
 
 
 def _rows(n: int) -> str:

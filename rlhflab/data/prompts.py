@@ -116,10 +116,22 @@ def make_prompts(reviews: Sequence[Review], min_words: int, max_words: int, seed
 
 
 def read_prompts(path: str | Path) -> tuple[list[str], list[str | None] | None, list[str]]:
-    """(prompts, groups or None, notes) from a .txt file (one prompt per line) or a
+    """(prompts, groups or None, notes): `load_prompts`, with the blank prompts it skipped told in
+    the notes (for `rlhflab generate`)."""
+    prompts, groups, blank = load_prompts(path)
+    if not blank:
+        return prompts, groups, []
+    name = str(Path(path).expanduser())
+    if Path(path).suffix.lower() == ".txt":
+        return prompts, groups, [f"skipped {blank} blank line{'s' * (blank != 1)} in {name}"]
+    return prompts, groups, [f"skipped {blank} row{'s' * (blank != 1)} with an empty prompt in {name}"]
+
+
+def load_prompts(path: str | Path) -> tuple[list[str], list[str | None] | None, int]:
+    """(prompts, groups or None, blank) from a .txt file (one prompt per line) or a
     .jsonl/.csv/.json table with a `prompt` column and an optional `group` column.
 
-    Blank lines and empty prompts are skipped and counted in the notes. RlhfLabError for a
+    Blank lines and empty prompts are skipped; `blank` counts them. RlhfLabError for a
     missing file, another file type, no `prompt` column (naming the columns there) or no prompts."""
     path = Path(path).expanduser()
     name = str(path)
@@ -131,7 +143,6 @@ def read_prompts(path: str | Path) -> tuple[list[str], list[str | None] | None, 
     if suffix not in PROMPT_FILE_TYPES:
         raise RlhfLabError(f"The prompts file {name} has the unsupported type {suffix or '(none)'!r}; use a .txt file "
                            f"(one prompt per line) or a .jsonl/.csv/.json file with a 'prompt' column.")
-    notes: list[str] = []
     if suffix == ".txt":
         from rlhflab.data.tables import _read_text
 
@@ -139,8 +150,6 @@ def read_prompts(path: str | Path) -> tuple[list[str], list[str | None] | None, 
         prompts = [line for line in lines if line.strip()]
         groups = None
         blank = len(lines) - len(prompts)
-        if blank:
-            notes.append(f"skipped {blank} blank line{'s' * (blank != 1)} in {name}")
     else:
         from rlhflab.data.tables import READERS
 
@@ -150,23 +159,21 @@ def read_prompts(path: str | Path) -> tuple[list[str], list[str | None] | None, 
             raise RlhfLabError(f"{name} has no 'prompt' column (its columns: {present}). Name the column of "
                                f"prompts 'prompt' (and optionally one 'group').")
         raw_groups = table.data["group"] if "group" in table.columns else None
-        prompts, groups, empty = [], [] if raw_groups is not None else None, 0
+        prompts, groups, blank = [], [] if raw_groups is not None else None, 0
         for i, value in enumerate(table.data["prompt"]):
             text = _cell(value)
             if not text or not text.strip():
-                empty += 1
+                blank += 1
                 continue
             prompts.append(text)
             if groups is not None:
                 groups.append(_cell(raw_groups[i]) or None)
-        if empty:
-            notes.append(f"skipped {empty} row{'s' * (empty != 1)} with an empty prompt in {name}")
         if groups is not None and not any(groups):
             groups = None
     if not prompts:
         raise RlhfLabError(f"The prompts file {name} holds no prompts. Write one prompt per line (.txt) or one row "
                            f"per prompt with a 'prompt' column.")
-    return prompts, groups, notes
+    return prompts, groups, blank
 
 
 def _cell(value: Any) -> str:

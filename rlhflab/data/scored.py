@@ -24,7 +24,7 @@ def load_scored_texts(source: str, *, text_column: str | None = None, reward_col
     """Rows of a .jsonl/.csv/.json/.parquet file (or hf:<id>) with a text and a numeric reward.
     Rows with empty text or no reward are left out and counted; a reward that is not a finite
     number is an RlhfLabError naming its row."""
-    table = read_table(str(source), "train")
+    table = read_table(str(source), "train", "ilql.samples")
     text_col = _pick_column(table, text_column, TEXT_COLUMNS, "text", "ilql")
     reward_col = _pick_column(table, reward_column, REWARD_COLUMNS, "reward", "ilql")
     if text_col is None or reward_col is None:
@@ -40,18 +40,19 @@ def load_scored_texts(source: str, *, text_column: str | None = None, reward_col
         if is_missing(raw_reward):
             missing += 1
             continue
+        where = f"The reward ({reward_col!r}) at {table.where(i)} of {table.name}"
         if isinstance(raw_reward, bool) or not isinstance(raw_reward, (numbers.Real, str)):
-            raise RlhfLabError(f"The reward at {table.where(i)} is {raw_reward!r}, not a number.")
+            raise RlhfLabError(f"{where} is {raw_reward!r}, not a number.")
         try:
             value = float(raw_reward)
         except ValueError:
-            raise RlhfLabError(f"The reward at {table.where(i)} is {raw_reward!r}, not a number.") from None
+            raise RlhfLabError(f"{where} is {raw_reward!r}, not a number.") from None
         if not math.isfinite(value):
-            raise RlhfLabError(f"The reward at {table.where(i)} is {value}; rewards must be finite numbers.")
+            raise RlhfLabError(f"{where} is {value}; rewards must be finite numbers.")
         texts.append(text)
         rewards.append(value)
     if not texts:
-        raise RlhfLabError(f"{table.name} has no row with both a text and a reward ({empty} empty texts, "
-                           f"{missing} missing rewards).")
+        raise RlhfLabError(f"{table.name} has no row with both a text and a reward (rows with an empty text: {empty}, "
+                           f"without a reward: {missing}).")
     left_out = {**table.dropped, "rows with empty text": empty, "rows without a reward": missing}
     return ScoredTexts(texts, rewards, {k: v for k, v in left_out.items() if v})

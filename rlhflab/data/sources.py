@@ -59,8 +59,9 @@ def load_reviews(
     return table_to_reviews(table, text_column, label_column, require_labels)
 
 
-def read_table(source: str, split: str) -> Table:
-    """Pick the reader for `source` and return its raw rows."""
+def read_table(source: str, split: str, setting: str = "data.source") -> Table:
+    """Pick the reader for `source` and return its raw rows. `setting` names the config key that
+    gave `source`, for the error messages."""
     source = source.strip()
     if source.lower() in BUNDLED:
         return read_bundled(source.lower())
@@ -72,16 +73,17 @@ def read_table(source: str, split: str) -> Table:
     if path.is_dir():
         return read_review_dir(path, split, source)
     if not path.exists():
+        bundled = " a bundled source (imdb, rotten-tomatoes) or" if setting == "data.source" else ""
         raise RlhfLabError(
-            f"data.source {source!r} was not found: no file or directory at {path.resolve()}. "
-            "Check the path, or use a bundled source (imdb, rotten-tomatoes) or hf:<dataset id>."
+            f"{setting} {source!r} was not found: no file or directory at {path.resolve()}. "
+            f"Check the path, or use{bundled} hf:<dataset id>."
         )
     reader = READERS.get(path.suffix.lower())
     if reader is None:
+        folder = ", an aclImdb folder (pos/ and neg/), imdb or rotten-tomatoes" if setting == "data.source" else ""
         raise RlhfLabError(
-            f"data.source {source!r} has an unsupported file type {path.suffix or '(none)'!r}. "
-            f"Supported: {', '.join(FILE_TYPES)} files, an aclImdb folder (pos/ and neg/), "
-            "hf:<dataset id>, imdb or rotten-tomatoes. Convert the file to one of these."
+            f"{setting} {source!r} has an unsupported file type {path.suffix or '(none)'!r}. "
+            f"Supported: {', '.join(FILE_TYPES)} files, hf:<dataset id>{folder}. Convert the file to one of these."
         )
     return reader(path, source)
 
@@ -139,8 +141,8 @@ def table_to_reviews(
     keep = [i for i, text in enumerate(texts) if text or prompts[i]]
     if not keep:
         raise RlhfLabError(
-            f"{table.name} contains no reviews: all {len(texts)} rows have an empty {text_col!r} "
-            "column. Check data.text_column."
+            f"{table.name} contains no reviews: the {text_col!r} column is empty in every row "
+            f"({len(texts)}). Check data.text_column."
         )
     dropped = {**table.dropped, "rows with empty text": len(texts) - len(keep)}
     if label_col is None:
@@ -169,8 +171,14 @@ def _rows(n: int) -> str:
 
 
 def cell_text(value: object, table: Table, index: int, column: str) -> str:
+    """One cell as cleaned text ("" when missing). Numbers become their text; a list or an object
+    is an RlhfLabError, as its text ("['a', 'b']") is never what the file meant."""
     if is_missing(value):
         return ""
+    if isinstance(value, (list, tuple, dict)) or type(value).__name__ == "ndarray":
+        kind = "an object" if isinstance(value, dict) else "a list"
+        raise RlhfLabError(f"column {column!r} of {table.name} holds {kind}, not text, at {table.where(index)}. "
+                           "Give each row plain text there.")
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")

@@ -110,19 +110,21 @@ def split_sizes(n: int, fractions: Sequence[float]) -> list[int]:
     return sizes
 
 
-def checked_sizes(n: int, fractions: list[float], noun: str, fix: str) -> list[int]:
-    """Part sizes for n items; an error when a part with a positive fraction would be empty."""
+def checked_sizes(n: int, fractions: list[float], noun: str, fix: str, setting: str = "data.fractions") -> list[int]:
+    """Part sizes for n items; an error when a part with a positive fraction would be empty.
+    `setting` names the fractions' config key, for the message."""
     if n == 0:
         raise RlhfLabError(f"there are no {noun} to split into train/validation/test. {fix}")
     sizes = split_sizes(n, fractions)
     for part, fraction, size in zip(PARTS, fractions, sizes):
         if fraction > 0 and size == 0:
-            needed = math.ceil(1 / fraction - 1e-9)
-            raise RlhfLabError(
-                f"the {part} split gets 0 of {n} {noun} (fraction {fraction:g}). Use at least "
-                f"{needed} {noun}, raise the {part} fraction to at least {1 / max(n, 1):.3g}"
-                + (f", or set it to 0 to skip {part}." if part != "train" else ".")
-            )
+            fixes = [f"use at least {math.ceil(1 / fraction - 1e-9)} {noun}"]
+            if n > 1:  # with one item, a bigger share for this part leaves nothing for train
+                fixes.append(f"raise the {part} fraction to at least {1 / n:.3g}")
+            if part != "train":
+                fixes.append(f"set it to 0 to skip {part}")
+            said = fixes[0] if len(fixes) == 1 else ", ".join(fixes[:-1]) + ", or " + fixes[-1]
+            raise RlhfLabError(f"the {part} split gets 0 of {n} {noun} ({setting} gives it {fraction:g}): {said}.")
     return sizes
 
 

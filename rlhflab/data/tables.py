@@ -142,12 +142,12 @@ def read_jsonl(path: Path, name: str) -> Table:
         except json.JSONDecodeError as err:
             raise RlhfLabError(
                 f"line {number} of {name} is not valid JSON ({err.msg}). Fix or delete that "
-                "line: each line must be one JSON object like {\"text\": ..., \"label\": ...}."
+                "line: each line must be one JSON object, one row: {\"column\": value, ...}."
             ) from None
         if not isinstance(row, dict):
             raise RlhfLabError(
                 f"line {number} of {name} is a JSON {type(row).__name__}, not an object. Each "
-                "line must be one JSON object like {\"text\": ..., \"label\": ...}."
+                "line must be one JSON object, one row: {\"column\": value, ...}."
             )
         rows.append(row)
         lines.append(number)
@@ -163,14 +163,14 @@ def read_json(path: Path, name: str) -> Table:
             return read_jsonl(path, name)
         raise RlhfLabError(
             f"{name} is not valid JSON ({err.msg} at line {err.lineno}). Fix the file; it "
-            "must hold a list of objects like [{\"text\": ..., \"label\": ...}]."
+            "must hold a list of objects, one a row: [{\"column\": value, ...}]."
         ) from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         held = (
             "a list with non-object items" if isinstance(rows, list) else f"a {type(rows).__name__}"
         )
         raise RlhfLabError(
-            f"{name} must hold a JSON list of objects like [{{\"text\": ..., \"label\": ...}}], "
+            f"{name} must hold a JSON list of objects, one a row: [{{\"column\": value, ...}}], "
             f"but it holds {held}. "
             "Reshape it, or save one object per line as a .jsonl file."
         )

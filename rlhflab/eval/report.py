@@ -209,13 +209,14 @@ def pretrain_section(stage: Stage, run_root: Path, figures: Figures) -> list[Blo
         blocks.append(curves("Pretraining loss: train (mean over each log window) and validation."))
     corpus, tokens, tok, model = s.get("corpus", {}), s.get("tokens", {}), s.get("tokenizer", {}), s.get("model", {})
     blocks.append(_facts([
-        ("corpus", f"{corpus.get('source', '-')}: {corpus.get('documents', '-')} documents"),
+        ("corpus", f"{corpus.get('source', '-')}: {corpus.get('documents', '-')} document{'s' * (corpus.get('documents') != 1)}"),
         ("removed in cleaning", ", ".join(f"{v} {k}" for k, v in (corpus.get("removed") or {}).items()) or "-"),
         ("tokens (train / validation)", f"{tokens.get('train', 0):,} / {tokens.get('validation', 0):,}"),
         ("tokenizer", f"{tok.get('kind', '-')}, {tok.get('vocab_size', '-')} entries, "
                       f"{_pct(tok.get('unknown_share_validation'))} unknown in validation"),
-        ("model", f"{model.get('architecture', '-')}: {model.get('layers')} layers, width {model.get('width')}, "
-                  f"{model.get('heads')} heads, context {model.get('context')}"),
+        ("model", f"{model.get('architecture', '-')}: {model.get('layers')} layer{'s' * (model.get('layers') != 1)}, "
+                  f"width {model.get('width')}, {model.get('heads')} head{'s' * (model.get('heads') != 1)}, "
+                  f"context {model.get('context')}"),
         ("parameters", _params(model.get("parameters"))),
         ("optimizer steps", s.get("steps")),
         ("epochs completed", s.get("epochs_completed")),

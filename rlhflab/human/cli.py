@@ -137,8 +137,9 @@ def _label_create(args: argparse.Namespace) -> None:
     result = create_label_task(args.db, args.source, kind=args.kind, name=args.name, labels=args.labels, question=args.question,
                                text_column=args.text_column, prompt_column=args.prompt_column, columns=args.columns,
                                models=args.models, limit=args.limit, seed=args.seed)
-    print(f"Created {result['kind']} task {result['name']!r} with {result['items']} items in {args.db}.")
-    print(f"Kept {result['items']} items; {describe_dropped(result['left_out'])}.")
+    items = f"{result['items']} item{'s' * (result['items'] != 1)}"
+    print(f"Created {result['kind']} task {result['name']!r} with {items} in {args.db}.")
+    print(f"Kept {items}; {describe_dropped(result['left_out'])}.")
     scale = numeric_scale(args.labels) if args.kind == "label" else []
     if scale:  # told now, so nobody is surprised that the export asks for a mapping
         print(f"The labels {' '.join(args.labels)} are numbers, not positive/negative: export with --positive and "
@@ -177,9 +178,10 @@ def _rate_create(args: argparse.Namespace) -> None:
         result = _generate_and_create(args)
     from rlhflab.data.sources import describe_dropped
 
-    print(f"Created rating task {result['name']!r}: {result['items']} responses ({result['prompts']} prompts x "
+    prompts = f"{result['prompts']} prompt{'s' * (result['prompts'] != 1)}"
+    print(f"Created rating task {result['name']!r}: {result['items']} response{'s' * (result['items'] != 1)} ({prompts} x "
           f"{len(result['models'])} models: {', '.join(result['models'])}), shuffled, sources hidden.")
-    print(f"Kept {result['prompts']} prompts; {describe_dropped(result['left_out'])}.")
+    print(f"Kept {prompts}; {describe_dropped(result['left_out'])}.")
     print(_serve_hint(args.db, result["name"]))
 
 

@@ -63,7 +63,7 @@ def generate_samples(models: list[tuple[str, str]], prompts: list[dict[str, Any]
     texts = [p["prompt"] for p in prompts]
     rows = []
     for name, source in models:
-        log(f"generating {len(texts)} responses with {name} ({source})")
+        log(f"generating {len(texts)} response{'s' * (len(texts) != 1)} with {name} ({source})")
         responses = generate_responses(source, texts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         scores = reward(texts, responses).tolist() if reward is not None else [None] * len(texts)
         for prompt, response, score in zip(prompts, responses, scores):

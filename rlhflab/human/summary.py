@@ -129,8 +129,9 @@ def compare(baseline: dict[Any, float], other: dict[Any, float], alpha: float = 
 def format_rating_table(summary: dict[str, Any]) -> str:
     """Markdown: the per-model table, then one line per comparison with its test."""
     lines = [
-        f"Blind rating `{summary['task']}`: {summary['prompts']} prompts, {summary['items']} responses, "
-        f"{summary['raters']} rater{'s' if summary['raters'] != 1 else ''}, {summary['ratings']} ratings.",
+        f"Blind rating `{summary['task']}`: {summary['prompts']} prompt{'s' * (summary['prompts'] != 1)}, "
+        f"{summary['items']} response{'s' * (summary['items'] != 1)}, "
+        f"{summary['raters']} rater{'s' if summary['raters'] != 1 else ''}, {summary['ratings']} rating{'s' * (summary['ratings'] != 1)}.",
         "",
         "| model | reward score | positivity (1-5) | sense (1-5) | ratings |",
         "| --- | --- | --- | --- | --- |",

@@ -53,7 +53,7 @@ def create_label_task(db_path: str | Path, source: str, *, kind: str = "label", 
     _check_limit(limit)
     config = answers.label_config(labels, question) if kind == "label" else answers.pairs_config(question)
     _check_source(source)
-    table = read_table(str(source), "train")
+    table = read_table(str(source), "train", "--from")
     if len(table) == 0:
         raise RlhfLabError(f"{table.name} has no rows. Point --from at a file with one text per row.")
     left_out = Counter(table.dropped)  # what the reader passed over (files in a folder, ...)

@@ -69,7 +69,7 @@ def resolve_block_indices(indices: Sequence[int], n_blocks: int, key: str = "sft
     for index in indices:
         if not -n_blocks <= index < n_blocks:
             raise RlhfLabError(
-                f"{key}: block index {index} is out of range: the model has {n_blocks} blocks "
+                f"{key}: block index {index} is out of range: the model has {n_blocks} block{'s' * (n_blocks != 1)} "
                 f"(0..{n_blocks - 1}, or -1..-{n_blocks} from the top)."
             )
         out.add(index % n_blocks)

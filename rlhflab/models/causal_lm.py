@@ -17,8 +17,10 @@ ENCODER_FAMILIES = {
 }
 
 
-def load_causal_lm(name: str, **kwargs: Any):
-    """Return `(model, tokenizer)`; the tokenizer always has a pad token.
+def load_causal_lm(name: str, *, steering: bool = True, **kwargs: Any):
+    """Return `(model, tokenizer)`; the tokenizer always has a pad token. An ILQL run's model is
+    steered by its heads; with `steering` False (a training stage's starting model) it is the plain
+    LM, and a `name@beta=` is refused (see `refuse_steering`).
 
     Raises RlhfLabError for a missing, unreachable or corrupt model, and for a model that is
     not a decoder-only LM (an encoder such as BERT, an encoder-decoder such as T5).
@@ -27,6 +29,8 @@ def load_causal_lm(name: str, **kwargs: Any):
 
     from rlhflab.models.snapshot import is_snapshot, load_snapshot
 
+    if not steering:
+        refuse_steering(name)
     name, beta = split_beta(name)
     if is_snapshot(name):  # an RL run's per-epoch snapshot: its base model plus what training changed
         return load_snapshot(name, **kwargs)
@@ -38,8 +42,20 @@ def load_causal_lm(name: str, **kwargs: Any):
         model = load_weights(AutoModelForCausalLM, name, path, config=config, **options, **kwargs)
     except ValueError as exc:
         raise RlhfLabError(f"Could not load model {name}: {_first_line(exc)}") from None
-    _steer_if_ilql(model, name, path, beta)
+    if steering:
+        _steer_if_ilql(model, name, path, beta)
     return model, load_tokenizer(name, path, options)
+
+
+def refuse_steering(name: str, key: str | None = None) -> None:
+    """Refuse `name@beta=` as the model a stage trains (`key`: the setting naming it). Training
+    would sample from the steered distribution while the saved model drops the steering, so
+    training starts from the ILQL run's plain LM."""
+    base, beta = split_beta(name)
+    if beta is not None:
+        setting = f"{key}=" if key else ""
+        raise RlhfLabError(f"{setting}{name} asks for ILQL steering, which training does not use: drop the {BETA_SUFFIX}{beta:g} "
+                           f"part ({setting}{base}); training starts from the plain language model of that ILQL run.")
 
 
 def _steer_if_ilql(model, name: str, path: str, beta: float | None) -> None:

@@ -16,7 +16,7 @@ from rlhflab.assets import hub_options, resolve_model
 from rlhflab.errors import RlhfLabError
 from rlhflab.io import atomic_dir, read_json
 from rlhflab.models.blocks import freeze_all_but_blocks, resolve_block_indices, transformer_blocks
-from rlhflab.models.causal_lm import load_model_config, load_tokenizer, load_weights
+from rlhflab.models.causal_lm import load_model_config, load_tokenizer, load_weights, refuse_steering
 
 POSITIVE = "POSITIVE"
 META_FILE = "rlhflab_reward.json"
@@ -32,9 +32,11 @@ class RewardMeta:
 
 
 def load_reward_backbone(name: str):
-    """(model with a fresh one-output head, tokenizer) from an encoder, a causal LM, or a run."""
+    """(model with a fresh one-output head, tokenizer) from an encoder, a causal LM, or a run (an
+    ILQL run's plain LM: its heads do not load here, and a `@beta=` name is refused)."""
     from transformers import AutoModelForSequenceClassification
 
+    refuse_steering(name, "reward.model")
     path = resolve_model(name)
     options = hub_options(name, path)
     tokenizer = load_tokenizer(name, path, options)

@@ -72,7 +72,8 @@ def load_snapshot(folder: str | Path, **kwargs):
 
     folder = Path(folder).expanduser()
     meta = read_json(folder / SNAPSHOT_FILE)
-    model, tokenizer = load_causal_lm(snapshot_base(folder), **kwargs)
+    # The snapshot is the trained policy itself: a base that is an ILQL run starts it as a plain LM.
+    model, tokenizer = load_causal_lm(snapshot_base(folder), steering=False, **kwargs)
     if meta.get("kind") == "lora":
         from peft import PeftModel
 

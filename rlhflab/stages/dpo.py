@@ -38,14 +38,15 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=False)
     splits = load_splits(cfg)
-    train_prompts, eval_prompts = prompt_sets(cfg, splits, dpo.eval_prompts)
+    prompts = prompt_sets(cfg, splits, dpo.eval_prompts)
+    train_prompts, eval_prompts = prompts.train, prompts.held_out
     source = starting_policy(cfg, dpo.policy, "dpo.policy")
     on_policy = dpo.pairs.source is None
     rewards = reward_functions(cfg, runtime, required=on_policy)
     file_pairs = None if on_policy else _file_pairs(dpo.pairs)  # data errors before any model loads
     run_dir = open_run_dir(cfg, "dpo", resume=resume, overwrite=overwrite, runtime=runtime)
 
-    model, tokenizer = load_causal_lm(source)
+    model, tokenizer = load_causal_lm(source, steering=False)  # an ILQL run's heads must not steer training
     disable_dropout(model)  # the reference log-probs are computed once: they must not depend on a dropout mask
     model.to(runtime.device)
     max_new = dpo.on_policy.max_new_tokens or cfg.ppo.max_new_tokens
@@ -56,7 +57,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         pairs, pair_facts = _on_policy_pairs(cfg, model, tokenizer, train_prompts, rewards["score"], max_new, runtime, run_dir)
     else:
         pairs, pair_facts = token_pairs(file_pairs, tokenizer), {"source": dpo.pairs.source, "left_out": {}}
-    parts = split_pairs(pairs, dpo.pairs.fractions, cfg.seed)
+    parts = split_pairs(pairs, dpo.pairs.fractions, cfg.seed, "dpo.pairs")
 
     model = configure_trainable(model, dpo)
     trainable, total = count_parameters(model)
@@ -86,7 +87,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
                      checkpoint_every=dpo.checkpoint_every, resume=resume, progress=progress, desc=f"dpo ({dpo.loss})")
     algorithm.keep_best()
     after = {name: objective.metrics(name) for name in data}
-    reference, _ = load_causal_lm(source)
+    reference, _ = load_causal_lm(source, steering=False)
     end, rows = held_out(model, reference.to(runtime.device), tokenizer, eval_prompts, rewards, **sampling)
     del reference
     if runtime.is_main:
@@ -101,7 +102,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         "pairs": {**pair_facts, **{name: len(getattr(parts, name)) for name in SPLITS}},
         "trainable": dpo.trainable,
         "parameters": {"trainable": trainable, "total": total},
-        "left_out": splits.left_out,
+        "left_out": {**splits.left_out, **prompts.left_out},
         "before": before,
         "after": after,
         "start": start,
@@ -115,11 +116,8 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
 
 def _file_pairs(pc) -> list:
     """The pairs of dpo.pairs.source (the reward stage's reader)."""
-    try:
-        return load_pairs(pc.source, prompt_column=pc.prompt_column, chosen_column=pc.chosen_column,
-                          rejected_column=pc.rejected_column, split=pc.split)
-    except RlhfLabError as exc:  # the readers speak of data.source and *_column; here they are dpo.pairs.*
-        raise RlhfLabError(f"dpo.pairs.source={pc.source}: {exc}") from exc
+    return load_pairs(pc.source, prompt_column=pc.prompt_column, chosen_column=pc.chosen_column,
+                      rejected_column=pc.rejected_column, split=pc.split, section="dpo.pairs")
 
 
 def _on_policy_pairs(cfg: Config, model, tokenizer, prompts: list[str], reward, max_new: int, runtime: Runtime,
@@ -134,7 +132,8 @@ def _on_policy_pairs(cfg: Config, model, tokenizer, prompts: list[str], reward, 
             {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "chosen_score": p.chosen_score,
              "rejected_score": p.rejected_score} for p in pairs])
     if not pairs:
-        raise RlhfLabError(f"All {ties} prompts' {op.samples_per_prompt} samples scored the same under the reward, "
+        raise RlhfLabError(f"Every prompt's {op.samples_per_prompt} samples ({ties} prompt{'s' * (ties != 1)}) scored "
+                           f"the same under the reward, "
                            f"so no pair says which is better. Use a reward that tells responses apart, or more samples.")
     return pairs, {"source": "on-policy", "prompts": min(op.prompts, len(prompts)), "samples_per_prompt": op.samples_per_prompt,
                    "left_out": {"all samples scored the same": ties} if ties else {}}
@@ -142,15 +141,18 @@ def _on_policy_pairs(cfg: Config, model, tokenizer, prompts: list[str], reward, 
 
 def format_summary(summary: dict) -> str:
     """Pair metrics before and after, and the held-out reward and KL next to the start."""
-    lines = [f"{'split':<11} {'loss':>7} {'pair acc':>9} {'margin':>8}   {'pair acc before':>15}"]
+    lines = [f"{'split':<11} {'loss':>7} {'pair acc':>9} {'margin':>8}"]
     for name, row in summary["after"].items():
-        prior = summary["before"].get(name, {}).get("pair_accuracy")
-        lines.append(f"{name:<11} {row['loss']:7.3f} {row['pair_accuracy']:9.3f} {row['margin']:8.3f}   "
-                     f"{'-' if prior is None else f'{prior:.3f}':>15}")
+        lines.append(f"{name:<11} {row['loss']:7.3f} {row['pair_accuracy']:9.3f} {row['margin']:8.3f}")
+    start_loss = summary["before"].get("train", {}).get("loss")
+    if start_loss is not None:  # the one number "before" can take: the policy starts as the reference
+        lines.append(f"(before training every margin is 0, as the policy is the reference: loss {start_loss:.3f}, "
+                     "pair accuracy 0, as a tie is not a correct pair)")
     keys = [k for k in ("score", "positive_probability", "kl") if k in summary["end"]]
     lines.append(f"{'held out':<8}" + "".join(f"{k:>22}" for k in keys))
     for name in ("start", "end"):
         lines.append(f"{name:<8}" + "".join(f"{summary[name][k]:22.3f}" for k in keys))
     lines.append(f"({summary['seconds']:.0f} s, {summary['train_pairs_per_s']:.1f} pairs/s, "
-                 f"{summary['pairs']['train']} training pairs from {summary['pairs']['source']})")
+                 f"{summary['pairs']['train']} training pair{'s' * (summary['pairs']['train'] != 1)} from "
+                 f"{summary['pairs']['source']})")
     return "\n".join(lines)

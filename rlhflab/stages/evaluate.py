@@ -50,15 +50,16 @@ def model_sources(cfg: Config) -> dict[str, str]:
     return sources
 
 
-def eval_prompts(cfg: Config, tokenizer=None) -> tuple[list[str], list[int | None]]:
+def eval_prompts(cfg: Config, tokenizer=None) -> tuple[list[str], list[int | None], dict[str, int]]:
     """Prompts from the test split (validation or train when it is empty) and their reviews' labels;
     at most data.prompt_max_tokens tokens of `tokenizer` (the reference model's). A data.eval_prompts
-    file replaces them (its prompts have no review label)."""
+    file replaces them (its prompts have no review label); the third item counts what was left out."""
     if cfg.data.eval_prompts:
-        from rlhflab.data.prompts import read_prompts
+        from rlhflab.data.prompts import load_prompts
 
-        prompts = read_prompts(cfg.data.eval_prompts)[0][: cfg.evaluate.prompts]
-        return prompts, [None] * len(prompts)
+        prompts, _, blank = load_prompts(cfg.data.eval_prompts)
+        prompts = prompts[: cfg.evaluate.prompts]
+        return prompts, [None] * len(prompts), {"prompts left blank in data.eval_prompts": blank} if blank else {}
     splits = load_splits(cfg)
     reviews = splits.test or splits.validation or splits.train
     # A seed of its own, so these prompts differ from the ones PPO trained and evaluated on.
@@ -67,7 +68,7 @@ def eval_prompts(cfg: Config, tokenizer=None) -> tuple[list[str], list[int | Non
     n = min(cfg.evaluate.prompts, len(prompts))
     if n < 1:
         raise RlhfLabError(f"evaluate.prompts must be at least 1, got {cfg.evaluate.prompts}.")
-    return prompts[:n], [r.label for r in reviews[:n]]
+    return prompts[:n], [r.label for r in reviews[:n]], splits.left_out
 
 
 def model_size(model) -> tuple[int, float]:
@@ -92,7 +93,7 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     check_evaluate(ev)
     runtime.seed(cfg.seed, per_rank=False)
     sources = model_sources(cfg)
-    prompts, labels = eval_prompts(cfg, load_tokenizer(next(iter(sources.values()))))
+    prompts, labels, left_out = eval_prompts(cfg, load_tokenizer(next(iter(sources.values()))))
     runs = Path(cfg.runs_dir) / cfg.name
     score_fn = build_reward(cfg.reward_fn, default_source=str(runs / "reward"), device=runtime.device)
     prob_fn = probability_reward(cfg.reward_fn, default_source=str(runs / "reward"), device=runtime.device)
@@ -138,7 +139,7 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
                   for name in list(sources)[1:]}
     write_jsonl(run_dir.path / "samples.jsonl", rows)
     summary = {"prompts": len(prompts), "reward": score_fn.description, "reference": reference_name, "max_new_tokens": max_new,
-               "temperature": ev.temperature, "models": models, "comparison": comparison}
+               "temperature": ev.temperature, "models": models, "comparison": comparison, "left_out": left_out}
     if judges:
         summary["judges"] = calibration
         summary["gold_agreement"] = gold_agreement(models, reference_name)

@@ -55,13 +55,14 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=False)
     splits = load_splits(cfg, require_labels=il.samples is None)
-    _, eval_prompts = prompt_sets(cfg, splits, il.eval_prompts)
+    prompts = prompt_sets(cfg, splits, il.eval_prompts)
+    eval_prompts = prompts.held_out
     scored, described = scored_splits(cfg, splits)
     source = starting_policy(cfg, il.policy, "ilql.policy")
     rewards = reward_functions(cfg, runtime, required=False)
     run_dir = open_run_dir(cfg, "ilql", resume=resume, overwrite=overwrite, runtime=runtime)
 
-    model, tokenizer = load_causal_lm(source)
+    model, tokenizer = load_causal_lm(source, steering=False)  # an earlier ILQL run's heads must not steer training
     disable_dropout(model)
     model.to(runtime.device)
     max_new = cfg.ppo.max_new_tokens
@@ -114,7 +115,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         "beta": il.beta,
         "trainable": il.trainable,
         "parameters": {"trainable": trainable, "total": total},
-        "left_out": {**splits.left_out, **scored["train"].left_out},
+        "left_out": {**splits.left_out, **prompts.left_out, **scored["train"].left_out},
         "after": after,
         "start": start,
         "end": by_beta[str(il.beta)],
@@ -130,7 +131,7 @@ def _held_out_by_beta(model, heads, source: str, tokenizer, prompts: list[str], 
                       runtime: Runtime) -> tuple[dict, list[dict]]:
     """The held-out metrics ({str(β): metrics}) and rows of the model steered at each β of eval_betas and
     the default one, each against the starting model (loaded again, once, for the KL)."""
-    reference, _ = load_causal_lm(source)
+    reference, _ = load_causal_lm(source, steering=False)
     reference.to(runtime.device)
     by_beta, samples = {}, []
     for beta in sorted({*il.eval_betas, il.beta}):
@@ -153,6 +154,7 @@ def format_summary(summary: dict) -> str:
     lines.append(f"{'start':<12}" + "".join(f"{summary['start'][k]:22.3f}" for k in keys))
     for beta, row in summary["by_beta"].items():
         lines.append(f"{'beta ' + beta:<12}" + "".join(f"{row[k]:22.3f}" for k in keys))
+    texts = summary["samples"]["train"]
     lines.append(f"({summary['seconds']:.0f} s, {summary['train_tokens_per_s']:.0f} train tokens/s, "
-                 f"{summary['samples']['train']} texts from {summary['samples']['source']})")
+                 f"{texts} text{'s' * (texts != 1)} from {summary['samples']['source']})")
     return "\n".join(lines)

@@ -72,7 +72,8 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     reference, points, rows = None, [], []
     bar = tqdm(total=len(models), desc="overopt", disable=not progress, dynamic_ncols=True)
     for name, source in models.items():
-        model, tokenizer = load_causal_lm(source)
+        # Each point is the RL policy as trained: from its start's plain LM, unsteered even when that is an ILQL run.
+        model, tokenizer = load_causal_lm(source, steering=False)
         model.to(runtime.device).eval()
         reference = reference or (model, tokenizer)
         generations = generate(model, tokenizer, prompts, max_new_tokens=max_new, temperature=ov.temperature,

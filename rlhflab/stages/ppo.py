@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,13 +18,13 @@ import torch
 from rlhflab.algorithms.online import OnlineRL
 from rlhflab.config import Config, PpoConfig, resolve_rl
 from rlhflab.data import make_prompts
-from rlhflab.data.prompts import read_prompts
+from rlhflab.data.prompts import load_prompts
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.held_out import score_rows
 from rlhflab.io import RunDir, atomic_dir, write_json
-from rlhflab.models.causal_lm import count_parameters, load_causal_lm
+from rlhflab.models.causal_lm import count_parameters, load_causal_lm, refuse_steering
 from rlhflab.models.policy import Policy, PolicyWithValue, build_policy
 from rlhflab.models.snapshot import save_snapshot
 from rlhflab.ops.kl import kl_per_token
@@ -49,12 +50,13 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=True)  # data order below is seeded on its own; sampling differs per rank
     splits = load_splits(cfg)
-    train_prompts, eval_prompts = prompt_sets(cfg, splits, ppo.eval_prompts)
+    prompts = prompt_sets(cfg, splits, ppo.eval_prompts)
+    train_prompts, eval_prompts = prompts.train, prompts.held_out
     policy_source = starting_policy(cfg, ppo.policy, "ppo.policy")
     rewards = reward_functions(cfg, runtime)
     run_dir = open_run_dir(cfg, "ppo", resume=resume, overwrite=overwrite, runtime=runtime)
 
-    model, tokenizer = load_causal_lm(policy_source)
+    model, tokenizer = load_causal_lm(policy_source, steering=False)
     stop_ids = stop_token_ids(tokenizer, ppo.stop_token)
     tokenizer.padding_side = "left"
     check_context(model, tokenizer, train_prompts + eval_prompts, ppo.max_new_tokens)
@@ -102,7 +104,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         "trainable": ppo.trainable,
         "parameters": {"trainable": trainable, "total": total},
         "reference": policy.reference.description,
-        "left_out": splits.left_out,
+        "left_out": {**splits.left_out, **prompts.left_out},
         "steps": steps,
         **algorithm.summary(),
         **run_facts(runtime, started),
@@ -121,29 +123,48 @@ def check_context(model, tokenizer, prompts: list[str], max_new_tokens: int) -> 
                            f"or data.prompt_max_words / data.prompt_max_tokens, or pretrain with a longer context.")
 
 
-def prompt_sets(cfg: Config, splits, eval_count: int) -> tuple[list[str], list[str]]:
-    """(training prompts, the first `eval_count` held-out prompts): the prompts every RL stage (ppo,
-    dpo, ilql) trains on and reports on. From data.prompts / data.eval_prompts files when set,
-    else the opening words of the train split's and the test split's reviews."""
+@dataclass
+class PromptSets:
+    """The prompts an RL stage trains on and reports on, and the blank ones its files held."""
+
+    train: list[str]
+    held_out: list[str]
+    left_out: dict[str, int]  # for the summary's "left_out": reason -> count, reason a plural noun first
+
+
+def prompt_sets(cfg: Config, splits, eval_count: int) -> PromptSets:
+    """The training prompts and the first `eval_count` held-out prompts every RL stage (ppo, dpo,
+    ilql) trains on and reports on. From data.prompts / data.eval_prompts files when set, else
+    the opening words of the train split's and the test split's reviews."""
     data = cfg.data
     words = (data.prompt_min_words, data.prompt_max_words)
+    left_out: dict[str, int] = {}
+
+    def read(key: str) -> list[str]:
+        prompts, _, blank = load_prompts(getattr(data, key))
+        if blank:
+            left_out[f"prompts left blank in data.{key}"] = blank
+        return prompts
+
     if data.prompts:
-        train = read_prompts(data.prompts)[0]
+        train = read("prompts")
     else:
         train = make_prompts(splits.train, *words, cfg.seed, max_tokens=data.prompt_max_tokens)
     if data.eval_prompts:
-        held_out = read_prompts(data.eval_prompts)[0]
+        held_out = read("eval_prompts")
     elif data.prompts:
         held_out = train
     else:
         held_out = make_prompts(splits.test or splits.validation or splits.train, *words, cfg.seed + 1,
                                 max_tokens=data.prompt_max_tokens)
-    return train, held_out[:eval_count]
+    return PromptSets(train, held_out[:eval_count], left_out)
 
 
 def starting_policy(cfg: Config, setting: str | None, key: str) -> str:
-    """The model an RL stage starts from: `setting` (its `key`), else this run's SFT (or pretrain) stage, which must exist."""
+    """The model an RL stage starts from: `setting` (its `key`; not an ILQL model's `@beta=`), else this
+    run's SFT (or pretrain) stage, which must exist. Load it with load_causal_lm(..., steering=False)."""
     if setting:
+        refuse_steering(setting, key)  # before any work, naming the setting
         return setting
     start = policy_stage(cfg)  # sft, or pretrain in a pipeline without SFT
     folder = Path(cfg.runs_dir) / cfg.name / start

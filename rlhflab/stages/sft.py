@@ -20,7 +20,7 @@ from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
 from rlhflab.errors import RlhfLabError
 from rlhflab.io import RunDir, atomic_dir
 from rlhflab.models.blocks import freeze_all_but_blocks, resolve_block_indices, transformer_blocks
-from rlhflab.models.causal_lm import count_parameters, load_causal_lm, with_lora
+from rlhflab.models.causal_lm import count_parameters, load_causal_lm, refuse_steering, with_lora
 from rlhflab.models.encoding import EncodedSplit, SplitForward, encode_and_cache, make_forward
 from rlhflab.ops.lm_loss import perplexity, token_nll_sum
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
@@ -43,6 +43,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     """Fine-tune `cfg.sft.model` on `cfg.data`; write runs/<name>/sft."""
     sft = cfg.sft
     check_training_config(sft, "sft")
+    refuse_steering(sft.model, "sft.model")
     if sft.max_length < 2:
         raise RlhfLabError("sft.max_length must be at least 2.")
     started = time.perf_counter()
@@ -52,7 +53,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         raise RlhfLabError("The train split is empty; give data.fractions a larger train part.")
     run_dir = open_run_dir(cfg, "sft", resume=resume, overwrite=overwrite, runtime=runtime)
 
-    model, tokenizer = load_causal_lm(sft.model)
+    model, tokenizer = load_causal_lm(sft.model, steering=False)
     model.config.use_cache = False
     model = configure_trainable(model, sft).to(runtime.device)
     trainable, total = count_parameters(model)

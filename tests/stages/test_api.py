@@ -78,7 +78,14 @@ def test_train_with_pairs_runs_dpo(tmp_path, tiny_llama_dir, reviews_csv):
     ({"pairs": [{"chosen": "a", "rejected": "b"}], "config": 3}, "config must be"),
     ({"samples": ["a", "b"], "rewards": [1.0, "abc"]}, r"rewards\[1\] is 'abc'"),
     ({"samples": ["a"], "rewards": [float("nan")]}, "finite"),
-    ({"prompts": ["a", 3], "reward_fn": lambda prompts, responses: [0.0]}, r"prompts\[1\] is a int"),
+    ({"prompts": ["a", 3], "reward_fn": lambda prompts, responses: [0.0]}, r"prompts\[1\] is 3 \(int\)"),
+    ({"prompts": "This movie was", "reward_fn": lambda prompts, responses: [0.0]}, r"not one string; wrap it in a list: "
+                                                                                  r"prompts=\['This movie was'\]"),
+    ({"samples": "abc", "rewards": [1.0, 0.0, 1.0]}, "samples must be a list, not one string"),
+    ({"samples": {"a": 1.0}, "rewards": [1.0]}, "samples must be a list, not a dict"),
+    ({"samples": 3, "rewards": [1.0]}, r"samples must be a list, got 3 \(int\)"),
+    ({"pairs": [{"chosen": "a", "rejected": "b"}, {"chosen": "same", "rejected": "same"}]},
+     r"1 row of pairs has the same text in 'chosen' and 'rejected'; the first is at pairs\[1\]"),
     ({"pairs": [{"chosen": "a", "rejected": "b"}], "config": {"rl": {"learning_rate": 1e-5}}}, "set them in the 'dpo' section"),
     ({"prompts": [], "reward_fn": lambda prompts, responses: [0.0]}, "prompts is empty"),
 ])
@@ -89,6 +96,27 @@ def test_bad_calls_are_clear_errors_and_leave_nothing(tmp_path, kwargs, message)
     with pytest.raises(RlhfLabError, match=message):
         rlhflab.train("some-model", **kwargs)
     assert not (tmp_path / "runs").exists()
+
+
+def test_numpy_torch_and_pandas_inputs_are_read_as_lists(tmp_path, tiny_llama_dir, reviews_csv):
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    texts, labels = zip(*synthetic_reviews(4))
+    cfg = config(tmp_path, reviews_csv, ilql={"max_steps": 1, "batch_size": 4, "eval_prompts": 2, "eval_betas": [0.0],
+                                              "max_length": 16})
+    result = rlhflab.train(str(tiny_llama_dir), samples=pd.Series(texts), rewards=torch.tensor(labels, dtype=torch.float32),
+                           config=cfg, progress=False)
+    assert result.summary["samples"]["train"] + result.summary["samples"]["validation"] == 8
+    assert repr(result).startswith("TrainResult(algorithm='ilql', run_dir=") and len(repr(result)) < 300
+    (inputs,) = (tmp_path / "runs/api/inputs").glob("samples-*.jsonl")
+    assert [json.loads(line)["reward"] for line in inputs.read_text().splitlines()] == [float(x) for x in labels]
+    frame = pd.DataFrame({"prompt": ["the film"] * 4, "chosen": [" great."] * 4, "rejected": [" dull."] * 4})
+    from rlhflab.api import _listed
+
+    assert _listed(frame, "pairs")[0] == {"prompt": "the film", "chosen": " great.", "rejected": " dull."}
+    assert _listed(np.array(["a", "b"]), "prompts") == ["a", "b"] and _listed(("a",), "prompts") == ["a"]
 
 
 def test_inputs_are_named_by_content_and_the_reward_by_its_function(tmp_path, tiny_llama_dir, reviews_csv):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -103,3 +104,71 @@ def test_a_steered_model_name_is_fingerprinted_as_its_run(tmp_path):
     (run / "model").mkdir(parents=True)
     (run / "model" / "config.json").write_text("{}")
     assert fingerprint(f"{run}@beta=2") == fingerprint(str(run)) is not None  # a retrained ILQL run makes evaluate stale
+
+
+class _Loaded(Exception):
+    """Stops a stage right after it loaded its starting model."""
+
+
+def test_training_starts_from_the_plain_lm_of_an_ilql_run(tmp_path, tiny_llama_dir, reviews_csv, monkeypatch):
+    from safetensors.torch import save_file
+
+    from rlhflab.config import SftConfig
+    from rlhflab.models import causal_lm
+    from rlhflab.models.reward_model import load_reward_backbone
+    from rlhflab.models.snapshot import SNAPSHOT_FILE
+    from rlhflab.stages import ilql as ilql_stage
+    from rlhflab.stages import ppo as ppo_stage
+    from rlhflab.stages import sft as sft_stage
+
+    eval_prompts = tmp_path / "eval.txt"
+    eval_prompts.write_text("the film was\n\na plot that\n", encoding="utf-8")
+    cfg = make_config(tmp_path / "a", tiny_llama_dir, reviews_csv, max_steps=1, eval_betas=[0.0])
+    cfg.data.eval_prompts = str(eval_prompts)
+    run_dir = run_stage("ilql", cfg, progress=False)
+    summary = json.loads((run_dir.path / "summary.json").read_text())
+    assert summary["left_out"] == {"prompts left blank in data.eval_prompts": 1}
+    run = str(run_dir.path)
+
+    plain, tokenizer = load_causal_lm(run, steering=False)
+    assert not hasattr(plain, "ilql_beta")  # evaluation and generation keep steering (see above)
+    ids = tokenizer(["the film was"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(plain(ids).logits, AutoModelForCausalLM.from_pretrained(run_dir.model_dir)(ids).logits)
+
+    # A steered name is refused by every training stage, naming the setting, before any model loads.
+    fix = rf"drop the @beta=2 part \(.*{re.escape(run)}\); training starts from the plain language model"
+    bad = make_config(tmp_path / "b", tiny_llama_dir, reviews_csv)
+    for stage in ("ilql", "ppo", "dpo"):
+        getattr(bad, stage).policy = f"{run}@beta=2"
+        with pytest.raises(RlhfLabError, match=rf"{stage}\.policy={re.escape(run)}@beta=2 asks for ILQL steering.*{fix}"):
+            run_stage(stage, bad, progress=False)
+    bad.sft = SftConfig(model=f"{run}@beta=2")
+    with pytest.raises(RlhfLabError, match=rf"sft\.model=.*{fix}"):
+        run_stage("sft", bad, progress=False)
+    with pytest.raises(RlhfLabError, match=rf"reward\.model=.*{fix}"):
+        load_reward_backbone(f"{run}@beta=2")
+    with pytest.raises(RlhfLabError, match=fix):
+        load_causal_lm(f"{run}@beta=2", steering=False)
+
+    # A plain ILQL run as the starting policy loads without its heads.
+    steered = []
+
+    def load_and_stop(name, **kwargs):
+        steered.append(hasattr(causal_lm.load_causal_lm(name, **kwargs)[0], "ilql_beta"))
+        raise _Loaded
+
+    start = make_config(tmp_path / "c", tiny_llama_dir, reviews_csv, policy=run)
+    start.ppo.policy, start.sft = run, SftConfig(model=run)
+    for stage, module in (("ilql", ilql_stage), ("ppo", ppo_stage), ("sft", sft_stage)):
+        monkeypatch.setattr(module, "load_causal_lm", load_and_stop)
+        with pytest.raises(_Loaded):
+            run_stage(stage, start, progress=False)
+    assert steered == [False, False, False]
+
+    # So does a policy snapshot that started from it (the RL policy itself, not the ILQL model).
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    save_file({}, str(snapshot / "weights.safetensors"))
+    (snapshot / SNAPSHOT_FILE).write_text(json.dumps({"base": run, "kind": "tensors", "dtype": "float32"}))
+    assert not hasattr(load_causal_lm(str(snapshot))[0], "ilql_beta")

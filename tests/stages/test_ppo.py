@@ -185,6 +185,21 @@ def test_a_snapshot_is_saved_after_each_pass_over_the_prompts(tmp_path, tiny_lla
     assert not (run_dir.checkpoint_dir / "epoch-1" / "config.json").exists()  # not a full copy
 
 
+def test_blank_prompts_of_the_prompt_files_are_counted_in_left_out(tmp_path, tiny_llama_dir, reviews_csv, reward_spec):
+    from rlhflab.data import describe_dropped
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the film was\n\n   \na plot that\nI liked the\n", encoding="utf-8")
+    eval_prompts = tmp_path / "eval.jsonl"  # the Python API writes its prompts as such a file
+    eval_prompts.write_text('{"prompt": "the acting"}\n{"prompt": "  "}\n', encoding="utf-8")
+    cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, steps=1, eval_every=100)
+    cfg.data.prompts, cfg.data.eval_prompts = str(prompts), str(eval_prompts)
+    summary = json.loads(run_stage("ppo", cfg, progress=False).summary_path.read_text())
+    assert summary["left_out"] == {"prompts left blank in data.prompts": 2, "prompts left blank in data.eval_prompts": 1}
+    assert describe_dropped(summary["left_out"]) == (
+        "left out 3: 2 prompts left blank in data.prompts, 1 prompt left blank in data.eval_prompts")
+
+
 def test_saved_policy_round_trip_gives_identical_outputs(tmp_path, tiny_llama_dir):
     policy, tokenizer = tiny_policy(tiny_llama_dir)
     with torch.no_grad():

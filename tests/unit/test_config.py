@@ -346,3 +346,17 @@ def test_offline_settings_out_of_range_are_refused_when_the_config_loads(overrid
 
     with pytest.raises(RlhfLabError, match=override.split(".")[0]):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["ilql.beta=-1"], r"^ilql\.beta must be a finite number >= 0, got -1\.0\.$"),
+    (["ilql.text_column=review"], r"ilql\.text_column and reward_column name columns of ilql\.samples, which is not set"),
+    (["ilql.samples=s.jsonl", "ilql.text_column=score", "ilql.reward_column=score"],
+     r"both 'score'; the text and its reward need two columns"),
+    (["dpo.pairs.margin_column=margin"], r"dpo\.pairs\.margin_column is set, but DPO's loss has no margin"),
+])
+def test_offline_settings_that_would_be_ignored_or_clash_name_the_one_key(overrides, message):
+    from rlhflab.config import load_config
+
+    with pytest.raises(RlhfLabError, match=message):
+        load_config(None, overrides)

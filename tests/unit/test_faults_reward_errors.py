@@ -27,6 +27,15 @@ def failing_generator(prompts, responses):
 
 def wrong_count(prompts, responses):
     return [0.5] * (len(responses) + 1)
+
+def one_score(prompts, responses):
+    return [0.5]
+
+def one_number(prompts, responses):
+    return 1
+
+def one_nan(prompts, responses):
+    return [float("nan"), 0.5]
 """
 
 
@@ -61,6 +70,9 @@ def test_the_error_stays_one_line(reward_file):
         ("keyed", "returned a dict, not a list of numbers"),
         ("failing_generator", "raised RuntimeError: lost the connection"),
         ("wrong_count", "returned 3 scores of shape (3,) for 2 responses"),
+        ("one_score", "returned 1 score of shape (1,) for 2 responses"),
+        ("one_number", "returned an int, not a list of numbers"),
+        ("one_nan", "returned 1 non-finite score (nan or inf)"),
     ],
 )
 def test_bad_returns_are_errors(reward_file, name, fragment):

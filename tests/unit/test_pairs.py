@@ -304,8 +304,21 @@ def test_split_no_pairs():
 
 
 def test_split_too_few_pairs_for_a_part():
-    with pytest.raises(RlhfLabError, match=r"the validation split gets 0 of 3 preference pairs .*at least 20 preference pairs"):
+    with pytest.raises(RlhfLabError, match=r"the validation split gets 0 of 3 preference pairs \(reward\.pairs\.fractions "
+                                           r"gives it 0\.05\): use at least 20 preference pairs, raise the validation "
+                                           r"fraction to at least 0\.333, or set it to 0 to skip validation\.$"):
         split_pairs(make_pairs(3), [0.9, 0.05, 0.05], seed=0)
+    with pytest.raises(RlhfLabError, match=r"0 of 1 preference pairs \(dpo\.pairs\.fractions gives it 0\.1\): use at "
+                                           r"least 10 preference pairs, or set it to 0 to skip validation\.$"):
+        split_pairs(make_pairs(1), [0.9, 0.1, 0.0], seed=0, section="dpo.pairs")  # no "raise it": train would be empty
+
+
+def test_messages_name_the_settings_of_the_section_that_reads_the_pairs(tmp_path):
+    with pytest.raises(RlhfLabError, match=r"^dpo\.pairs\.source '.*nope\.jsonl' was not found: .*or use hf:<dataset id>\.$"):
+        load_pairs(str(tmp_path / "nope.jsonl"), section="dpo.pairs")
+    path = write(tmp_path / "p.csv", "prompt,good,rejected\np,a,b\n")
+    with pytest.raises(RlhfLabError, match=r"Set dpo\.pairs\.chosen_column to the column"):
+        load_pairs(str(path), section="dpo.pairs")
 
 
 @settings(max_examples=60, deadline=None)

@@ -37,3 +37,16 @@ def test_a_pretraining_table_names_the_pretrain_setting(tmp_path):
         load_corpus(str(path), text_column="line")
     with pytest.raises(RlhfLabError, match=r"Set pretrain\.text_column to the column holding the text"):
         load_corpus(str(path))
+
+
+def test_file_errors_name_the_file_setting_the_row_and_the_column(tmp_path):
+    with pytest.raises(RlhfLabError, match=r"^ilql\.samples '.*nope\.jsonl' was not found: .* Check the path, or use "
+                                           r"hf:<dataset id>\.$"):
+        load_scored_texts(str(tmp_path / "nope.jsonl"))
+    path = tmp_path / "scored.jsonl"
+    path.write_text(json.dumps({"text": "fine", "reward": 1}) + "\n" + json.dumps({"text": "fine", "reward": "high"}))
+    with pytest.raises(RlhfLabError, match=rf"The reward \('reward'\) at line 2 of {path} is 'high', not a number"):
+        load_scored_texts(str(path))
+    path.write_text(json.dumps({"text": ["a", "b"], "reward": 1}))
+    with pytest.raises(RlhfLabError, match=r"column 'text' of .* holds a list, not text, at line 1"):
+        load_scored_texts(str(path))
