@@ -104,7 +104,11 @@ def test_generation_is_seeded(tiny_llama_dir):
 
 def test_best_of_n_keeps_the_best_of_the_first_n_samples(tmp_path, reviews_csv, tiny_llama_dir):
     cfg = make_config(tmp_path, reviews_csv, {"sft": str(tiny_llama_dir)}, best_of=[4, 2], best_of_prompts=3)
+    prompts = tmp_path / "eval.txt"
+    prompts.write_text("the film\n\nthe plot\nthe cast\n  \nan ending\n", encoding="utf-8")
+    cfg.data.eval_prompts = str(prompts)
     summary = json.loads(run_stage("evaluate", cfg, progress=False).summary_path.read_text())
+    assert summary["prompts"] == 4 and summary["left_out"] == {"prompts left blank in data.eval_prompts": 2}
     best = summary["best_of"]
     assert best["model"] == "sft" and best["prompts"] == 3 and best["drawn"] == 4
     assert [r["n"] for r in best["rows"]] == [1, 2, 4]  # n = 1 always: the baseline on the same prompts
