@@ -151,6 +151,7 @@ def load_prompts(path: str | Path) -> tuple[list[str], list[str | None] | None, 
         groups = None
         blank = len(lines) - len(prompts)
     else:
+        from rlhflab.data.sources import check_scalar
         from rlhflab.data.tables import READERS
 
         table = READERS[suffix](path, name)
@@ -161,6 +162,7 @@ def load_prompts(path: str | Path) -> tuple[list[str], list[str | None] | None, 
         raw_groups = table.data["group"] if "group" in table.columns else None
         prompts, groups, blank = [], [] if raw_groups is not None else None, 0
         for i, value in enumerate(table.data["prompt"]):
+            check_scalar(value, table, i, "prompt")
             text = _cell(value)
             if not text or not text.strip():
                 blank += 1

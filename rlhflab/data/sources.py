@@ -170,15 +170,20 @@ def _rows(n: int) -> str:
     return f"{n} row" if n == 1 else f"{n} rows"
 
 
+def check_scalar(value: object, table: Table, index: int, column: str) -> None:
+    """RlhfLabError when a cell meant to hold one text or number holds a list or an object."""
+    if isinstance(value, (list, tuple, dict)) or type(value).__name__ == "ndarray":
+        kind = "an object" if isinstance(value, dict) else "a list"
+        raise RlhfLabError(f"column {column!r} of {table.name} holds {kind}, not text, at {table.where(index)}. "
+                           "Give each row plain text there.")
+
+
 def cell_text(value: object, table: Table, index: int, column: str) -> str:
     """One cell as cleaned text ("" when missing). Numbers become their text; a list or an object
     is an RlhfLabError, as its text ("['a', 'b']") is never what the file meant."""
     if is_missing(value):
         return ""
-    if isinstance(value, (list, tuple, dict)) or type(value).__name__ == "ndarray":
-        kind = "an object" if isinstance(value, dict) else "a list"
-        raise RlhfLabError(f"column {column!r} of {table.name} holds {kind}, not text, at {table.where(index)}. "
-                           "Give each row plain text there.")
+    check_scalar(value, table, index, column)
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")

@@ -67,6 +67,10 @@ def test_read_prompts_errors_name_the_fix(tmp_path):
     other.write_bytes(b"")
     with pytest.raises(RlhfLabError, match="unsupported type"):
         read_prompts(other)
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text('{"prompt": "fine"}\n{"prompt": ["a", "b"]}\n', encoding="utf-8")
+    with pytest.raises(RlhfLabError, match=r"column 'prompt' of .*listed\.jsonl holds a list, not text, at line 2"):
+        read_prompts(listed)
 
 
 def test_the_prompt_study_example_has_three_groups_of_five():
