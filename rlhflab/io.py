@@ -8,9 +8,11 @@ import json
 import uuid
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from rlhflab.errors import RlhfLabError
 
@@ -155,6 +157,49 @@ def clean_leftovers(folder: Path) -> None:
                 os.replace(entry, original)
 
 
+# -- links in a run folder ---------------------------------------------------------------------
+
+SWEEP_DIR = "sweep"  # <runs_dir>/<name>/sweep/<point>/: the points of `rlhflab sweep` (rlhflab/sweep.py)
+
+
+def shared_stage_link(stage: str) -> Path:
+    """What a sweep point's `<stage>` links to: the base run's stage, `../../<stage>` (relative,
+    so the runs folder can move)."""
+    return Path("..") / ".." / stage
+
+
+def _is_shared_stage_link(link: Path, stage: str) -> bool:
+    """A link that `rlhflab sweep` made: `<base>/sweep/<point>/<stage> -> ../../<stage>`, whose
+    target is a real folder (or nothing yet) of the base run, not another link."""
+    try:
+        text = os.readlink(link)
+    except OSError:
+        return False
+    target = link.parent.parent.parent / stage
+    return (text == str(shared_stage_link(stage)) and link.parent.parent.name == SWEEP_DIR
+            and not target.is_symlink())
+
+
+def _refuse_link(link: Path) -> None:
+    try:
+        where = os.readlink(link)
+    except OSError:
+        where = "?"
+    raise RlhfLabError(f"{link} is a symbolic link (to {where}), where rlhflab expects a real file or folder of the run: "
+                       f"it cleans, resumes and replaces only what is inside the run, so it leaves this run alone. "
+                       f"Remove the link (or put a copy of what it points to in its place) and run again, "
+                       f"or choose another name with name=...")
+
+
+def _first_link_inside(folder: Path) -> Path | None:
+    """The first symbolic link anywhere under `folder` (links are not followed), or None."""
+    for top, dirs, files in os.walk(folder):
+        for name in sorted(dirs + files):
+            if os.path.islink(os.path.join(top, name)):
+                return Path(top) / name
+    return None
+
+
 def _remove(path: Path) -> None:
     """Delete a file or folder; a symbolic link is unlinked, never followed (see RunDir)."""
     if path.is_dir() and not path.is_symlink():
@@ -211,8 +256,14 @@ class RunDir:
         return (self.final / "summary.json").exists()
 
     def recover(self) -> None:
-        """Finish a swap that a kill interrupted, and clear temp files a killed write left."""
+        """Finish a swap that a kill interrupted, and clear temp files a killed write left.
+
+        Raises RlhfLabError, before anything is changed, when a symbolic link stands where the run
+        has a folder or file (a handed run folder whose `checkpoints/` links elsewhere would have
+        its cleaning and resume act on the link's target); only a sweep's link to a shared stage
+        (see the class docstring) is allowed, and nothing is cleaned through it."""
         old = self.final.with_name(f".{self.final.name}.old")
+        self._refuse_links(old)
         if old.exists() or old.is_symlink():
             if not self.final.exists() and (self.partial / "summary.json").exists():
                 os.replace(self.partial, self.final)  # killed between the two renames of `finish`
@@ -220,11 +271,25 @@ class RunDir:
                 _remove(old)
             else:
                 os.replace(old, self.final)
+        self._refuse_links(self.final)
         for folder in (self.final, self.partial):
             if folder.is_symlink():
                 continue  # another run's folder (a shared stage): what it holds is not this run's to clean
             clean_leftovers(folder)
             clean_leftovers(folder / "checkpoints")
+
+    def _refuse_links(self, *folders: Path) -> None:
+        """Raise RlhfLabError for a link among `folders` and the partial folder (a sweep's shared-stage
+        link excepted) or anywhere inside them."""
+        for folder in (*folders, self.partial):
+            if folder.is_symlink():
+                if folder != self.partial and _is_shared_stage_link(folder, self.final.name):
+                    continue
+                _refuse_link(folder)
+            if folder.is_dir():
+                inner = _first_link_inside(folder)
+                if inner is not None:
+                    _refuse_link(inner)
 
     def prepare(self, *, resume: bool, overwrite: bool) -> None:
         """Open the partial folder for a new run (or the interrupted one, on resume).
@@ -275,7 +340,7 @@ class RunDir:
 
     def discard_failed_start(self) -> None:
         """After a failure: drop the partial folder unless it holds a checkpoint worth resuming."""
-        if self.partial.exists() and not self.has_checkpoint(self.partial):
+        if self.partial.is_dir() and not self.partial.is_symlink() and not self.has_checkpoint(self.partial):
             _remove(self.partial)
             with contextlib.suppress(OSError):
                 self.final.parent.rmdir()  # runs/<name>/, if this failed start was all it held
@@ -313,3 +378,107 @@ def truncate_jsonl(path: Path, after_step: int) -> None:
 
 def _holds_files(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
+
+
+# -- one writer per run ----------------------------------------------------------------------
+
+LOCK_POLL_SECONDS = 0.2
+_held: set[str] = set()  # lock files this process holds: it re-enters its own lock (pipeline -> stage)
+
+
+def lock_path(run: Path) -> Path:
+    """`<runs_dir>/.<name>.lock`, beside the run folder: taking the lock writes nothing inside the run."""
+    run = Path(run)
+    return run.parent / f".{run.name}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(run: Path, *, wait: float = 0.0, waiting: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold `run` (runs/<name>) as its one writer: an exclusive flock on `lock_path(run)`, which the
+    kernel releases when the process dies, so the lock of a killed process is taken over.
+
+    Waits up to `wait` seconds for another holder to let go, calling `waiting(holder)` once.
+    Raises RlhfLabError naming the process that holds it. Re-entrant within a process."""
+    path = lock_path(run)
+    key = str(path)
+    if key in _held:
+        yield
+        return
+    created = not path.parent.exists()
+    with user_os_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline, told = time.monotonic() + wait, False
+    while True:
+        fd = _try_lock(path)
+        if fd is not None:
+            break
+        holder = _describe_holder(path)
+        if time.monotonic() >= deadline:
+            raise RlhfLabError(f"{run} is in use: {holder} is writing it, and a run has one writer at a time. "
+                               f"Wait for it to finish, or stop it, then run again.")
+        if waiting is not None and not told:
+            waiting(holder)
+            told = True
+        time.sleep(LOCK_POLL_SECONDS)
+    if fd >= 0:
+        with contextlib.suppress(OSError):  # who holds it, for the message a second writer gets
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {' '.join(['rlhflab', *sys.argv[1:]])[:300]}\n".encode(), 0)
+    _held.add(key)
+    try:
+        yield
+    finally:
+        _held.discard(key)
+        if fd >= 0:
+            _unlock(path, fd, unlink=True)
+        if created:
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # a runs_dir made only for the lock (a command that failed early)
+
+
+def _try_lock(path: Path) -> int | None:
+    """A locked fd on `path`; None when another process holds it; -1 where the file system has no
+    locks (or no lock file can be made): the run goes on unlocked then, as before locks existed."""
+    import fcntl
+
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+        except FileNotFoundError:
+            continue  # the last holder of a runs_dir made for its lock removed it between mkdir and open
+        except OSError:
+            return -1
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:
+            os.close(fd)
+            return -1
+        # The holder before us unlinks the file as it lets go: a lock on that unlinked file guards
+        # nothing, so lock the file that is at the path now.
+        with contextlib.suppress(FileNotFoundError):
+            here, ours = os.stat(path), os.fstat(fd)
+            if (here.st_ino, here.st_dev) == (ours.st_ino, ours.st_dev):
+                return fd
+        os.close(fd)
+
+
+def _unlock(path: Path, fd: int, *, unlink: bool) -> None:
+    if unlink:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still held, so no one can lock the old file after us (see _try_lock)
+    os.close(fd)  # releases the flock
+
+
+def _describe_holder(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    pid, _, command = text.partition(" ")
+    if not pid.isdigit():
+        return "another process"
+    return f"process {pid} ({command})" if command else f"process {pid}"

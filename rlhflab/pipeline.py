@@ -14,8 +14,9 @@ from typing import Callable, Sequence
 
 from rlhflab.config import Config, parse_yaml, to_dict
 from rlhflab.errors import RlhfLabError, RunInterrupted
+from rlhflab.interrupt import stop_at_once, stop_with_parent
 from rlhflab.io import RunDir, read_json
-from rlhflab.stages.common import run_stage
+from rlhflab.stages.common import one_writer, run_stage
 from rlhflab.stages.registry import STAGES, stage_key
 
 ALL = (*STAGES, "report")
@@ -56,9 +57,21 @@ def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: C
         raise RlhfLabError(f"--force takes one of {', '.join(ALL)}; got {force!r}.")
     if only is not None and set(only) - set(STAGES):
         raise RlhfLabError(f"Unknown stages {', '.join(sorted(set(only) - set(STAGES)))}; stages are {', '.join(STAGES)}.")
-    runtime = Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
-    say = echo if runtime.is_main else (lambda line: None)
     root = Path(cfg.runs_dir) / cfg.name
+    with stop_at_once():
+        try:
+            stop_with_parent()  # a sweep's point: stop when the sweep's driver dies
+            runtime = Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
+            with one_writer(cfg, runtime):  # stage_state cleans leftovers: only the run's one writer may
+                return _run(cfg, runtime, root, force=force, progress=progress, echo=echo, only=only, report=report)
+        except KeyboardInterrupt:  # between stages (a stage converts its own)
+            raise RunInterrupted("the pipeline stopped outside a stage; the finished stages are kept: run the same "
+                                 "pipeline command to continue.") from None
+
+
+def _run(cfg: Config, runtime, root: Path, *, force: str | None, progress: bool, echo: Callable[[str], None],
+         only: Sequence[str] | None, report: bool) -> Path:
+    say = echo if runtime.is_main else (lambda line: None)
     forced = False
     for stage in (name for name in STAGES if name in cfg.stages and (only is None or name in only)):
         forced = forced or force == stage  # --force STAGE reruns it and everything after it
@@ -73,7 +86,11 @@ def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: C
         try:
             run_dir = run_stage(stage, cfg, runtime=runtime, resume=resume, overwrite=not resume, progress=progress)
         except RunInterrupted:
-            raise RunInterrupted(f"{stage} stopped and saved a checkpoint in {root / stage}.partial; "
+            run_dir = RunDir(root / stage)
+            if not run_dir.has_checkpoint(run_dir.partial):
+                raise RunInterrupted(f"{stage} stopped before its first checkpoint, and nothing of it was kept; "
+                                     f"run the same pipeline command to start it again.") from None
+            raise RunInterrupted(f"{stage} stopped and saved a checkpoint in {run_dir.partial}; "
                                  f"run the same pipeline command to pick up from there.") from None
         say(f"{stage:<9} done in {_duration(time.perf_counter() - started):<6} {headline(stage, read_json(run_dir.summary_path))}")
     if not report:

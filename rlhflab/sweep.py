@@ -36,14 +36,15 @@ from typing import Any, Callable, Sequence
 from rlhflab.config import Config, check_run_name, dump_yaml, load_config, map_strings, parse_yaml, to_dict
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.fingerprint import strings
-from rlhflab.io import atomic_write_text, read_json, write_json
+from rlhflab.interrupt import PARENT_ENV, stop_at_once
+from rlhflab.io import SWEEP_DIR, atomic_write_text, read_json, run_lock, shared_stage_link, write_json
 
-SWEEP_DIR = "sweep"
 MANIFEST = "sweep.json"
 POINT_CONFIG = "point.yaml"
 LOG = "log.txt"
 NOT_AXES = ("name", "runs_dir")  # they place the points; every point is <runs_dir>/<name>/sweep/<point>
 POLL_SECONDS = 0.2
+LOCK_WAIT_SECONDS = 300.0  # how long a rerun waits for a point's earlier process (stopping after a kill of its driver)
 
 
 # -- the grid (pure functions) ------------------------------------------------------------
@@ -285,7 +286,7 @@ def _link(folder: Path, stage: str, root: Path) -> bool:
 
     A folder of the point's own (from a sweep where the stage differed) is left alone: its key
     decides whether the point's pipeline keeps it."""
-    link, target = folder / stage, Path("..") / ".." / stage
+    link, target = folder / stage, shared_stage_link(stage)
     if link.is_symlink():
         if os.readlink(link) == str(target):
             return True
@@ -310,20 +311,16 @@ def point_done(cfg: Config) -> bool:
 
 
 def _launch(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    """One point's pipeline in its own process (same process group: Ctrl-C reaches it too),
-    stdout and stderr appended to `log`."""
+    """One point's pipeline in its own process, stdout and stderr appended to `log`.
+
+    In a session of its own, so that a Ctrl-C at the terminal reaches the driver alone, which
+    passes one stop on to each point (a background driver's `kill -INT` reaches no point otherwise);
+    and told to stop when the driver dies (rlhflab.interrupt.stop_with_parent)."""
     with open(log, "a", encoding="utf-8") as handle:
         handle.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}  {shlex.join(command)}\n")
         handle.flush()
-        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM reached the driver (SLURM, `timeout`): handled like Ctrl-C."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise _Terminated
+        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**env, PARENT_ENV: str(os.getpid())}, start_new_session=True)
 
 
 @dataclass
@@ -385,19 +382,15 @@ class Sweep:
     def run(self) -> None:
         plan = self.plan
         self._start_manifest()
-        for point in plan.points:
-            self._prepare(point)
         todo = []
         for index, point in enumerate(plan.points, 1):
-            if point_done(plan.configs[point.name]):
-                self._entry(point)["status"] = "done"
+            status = self._judge(index, point)
+            if status == "done":
                 self._say(index, point, f"{'up to date':<14} {_headline(plan.point_dir(point))}")
-            else:
+            elif status == "todo":
                 todo.append((index, point))
         self._save()
         running: list[_Job] = []
-        handles = _main_thread()  # signal handlers can only be set there
-        previous = signal.signal(signal.SIGTERM, _on_sigterm) if handles else None
         try:
             while todo or running:
                 while todo and len(running) < self.parallel:
@@ -407,12 +400,33 @@ class Sweep:
                     self._finish(job, job.process.returncode)
                 if running:
                     time.sleep(POLL_SECONDS)
-        except KeyboardInterrupt as stop:
-            self._stop(running, terminated=isinstance(stop, _Terminated))
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (rlhflab.interrupt.stop_at_once, set by `run`)
+            self._stop(running)
             raise RunInterrupted(self._stopped_message()) from None
-        finally:
-            if handles:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+    def _judge(self, index: int, point: Point) -> str:
+        """Set the point's folder up and say whether it is 'done', 'todo' or 'failed' (another
+        process still writes it: an earlier run's point, stopping after its driver was killed, is waited for)."""
+        folder = self.plan.point_dir(point)
+
+        def waiting(holder: str) -> None:
+            self._say(index, point, f"waiting for {holder}, which still writes this point, to stop ...")
+
+        try:
+            with run_lock(folder, wait=LOCK_WAIT_SECONDS, waiting=waiting):
+                self._prepare(point)
+                done = point_done(self.plan.configs[point.name])
+        except RlhfLabError as exc:
+            if not str(exc).startswith(f"{folder} is in use"):
+                raise
+            self._entry(point).update(status="failed", error=f"error: {exc}")
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / LOG, "a", encoding="utf-8") as handle:  # where the sweep's error says to look
+                handle.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}  not started\nerror: {exc}\n")
+            self._say(index, point, f"FAILED: {exc}")
+            return "failed"
+        self._entry(point)["status"] = "done" if done else "pending"
+        return "done" if done else "todo"
 
     def _say(self, index: int, point: Point, text: str) -> None:
         width = max(len(p.name) for p in self.plan.points)
@@ -449,21 +463,23 @@ class Sweep:
             self._say(job.index, job.point, f"FAILED after {_duration(seconds)}: {entry['error']}")
         self._save()
 
-    def _stop(self, running: list[_Job], *, terminated: bool) -> None:
-        """After Ctrl-C (which the points got too: same process group) or SIGTERM (forwarded
-        here): wait for the running points to save their checkpoints and stop."""
+    def _stop(self, running: list[_Job]) -> None:
+        """After Ctrl-C or SIGTERM: pass one SIGTERM on to each running point (each in a session of
+        its own: nothing else reaches it), and wait for them to save a checkpoint and stop. A
+        second Ctrl-C passes a second one on, which stops the points at once."""
         if running:
             self.echo(f"stopping: waiting for {len(running)} running point(s) to save a checkpoint ...")
         for job in running:
-            if terminated:
-                job.process.send_signal(signal.SIGTERM)
+            job.process.send_signal(signal.SIGTERM)
         for job in running:
             while True:
                 try:
                     code = job.process.wait()
                     break
-                except KeyboardInterrupt:  # a second Ctrl-C: the points stop at once on it themselves
-                    continue
+                except KeyboardInterrupt:
+                    for other in running:
+                        if other.process.poll() is None:
+                            other.process.send_signal(signal.SIGTERM)
             self._finish(job, code, interrupted=code != 0)
         self._save()
 
@@ -471,12 +487,6 @@ class Sweep:
         left = [e["name"] for e in self.manifest["points"] if e["status"] != "done"]
         return (f"the sweep stopped with {len(left)} of {len(self.manifest['points'])} points not finished "
                 f"({', '.join(left)}); rerun the same command to resume.")
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _headline(folder: Path) -> str:
@@ -505,14 +515,22 @@ def run(config: str | None, overrides: Sequence[str], *, parallel: int = 1, prog
     """Run the sweep (skipping finished points, resuming cut-off ones), then compare the points;
     returns the folder of the comparison (<base>/sweep/compare).
 
-    Raises RlhfLabError (after the comparison) when points failed, and RunInterrupted when Ctrl-C
-    or SIGTERM stopped it."""
-    from rlhflab import pipeline
-    from rlhflab.eval.compare import compare
-
+    Raises RlhfLabError (after the comparison) when points failed or another process runs the
+    same sweep, and RunInterrupted when Ctrl-C or SIGTERM stopped it."""
     if parallel < 1:
         raise RlhfLabError(f"--parallel must be at least 1; got {parallel}.")
     plan = make_plan(config, overrides)
+    with run_lock(plan.root), stop_at_once():  # one driver per sweep; Ctrl-C honoured also in the background
+        try:
+            return _run(plan, parallel=parallel, progress=progress, echo=echo)
+        except KeyboardInterrupt:  # outside the points' loop (which says what stopped)
+            raise RunInterrupted("the sweep stopped; rerun the same command to resume.") from None
+
+
+def _run(plan: Plan, *, parallel: int, progress: bool, echo: Callable[[str], None]) -> Path:
+    from rlhflab import pipeline
+    from rlhflab.eval.compare import compare
+
     echo(f"sweep     {len(plan.points)} points ({' x '.join(f'{len(a.values)} {a.key}' for a in plan.axes)}) "
          f"in {plan.folder}")
     if plan.shared:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from rlhflab.config import Config, DataConfig, dump_yaml, parse_yaml, to_dict
 from rlhflab.errors import RlhfLabError, RunInterrupted
-from rlhflab.io import RunDir, atomic_write_text, read_json, write_json
+from rlhflab.interrupt import stop_at_once
+from rlhflab.io import RunDir, atomic_write_text, read_json, run_lock, write_json
 
 
 def load_splits(cfg: Config, data: DataConfig | None = None, *, require_labels: bool = False):
@@ -110,20 +112,53 @@ def on_main_process(runtime, work: Callable[[], RunDir], final: Path) -> RunDir:
 
 def run_stage(name: str, cfg: Config, *, runtime=None, resume: bool = False, overwrite: bool = False,
               progress: bool = True) -> RunDir:
-    """Run one registered stage on `runtime` (default: this process's, from cfg.runtime); a run
-    that fails before its first checkpoint leaves nothing behind."""
+    """Run one registered stage on `runtime` (default: this process's, from cfg.runtime) as the
+    run folder's one writer; a run that fails before its first checkpoint leaves nothing behind.
+
+    Raises RlhfLabError when another process writes the run, and RunInterrupted when Ctrl-C or
+    SIGTERM stops it (at a step boundary with a checkpoint inside the training loop; at once, and
+    keeping only a checkpoint already saved, anywhere else)."""
     from rlhflab.engine.runtime import Runtime
     from rlhflab.stages.registry import STAGES
 
     runtime = runtime or Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
-    try:
-        return STAGES[name].module.run(cfg, runtime=runtime, resume=resume, overwrite=overwrite, progress=progress)
-    except RunInterrupted:
-        raise
-    except BaseException:
+    run_dir = RunDir(Path(cfg.runs_dir) / cfg.name / name)
+    with one_writer(cfg, runtime), stop_at_once():
+        try:
+            return STAGES[name].module.run(cfg, runtime=runtime, resume=resume, overwrite=overwrite, progress=progress)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:
+            if runtime.is_main:
+                run_dir.discard_failed_start()
+            if run_dir.has_checkpoint(run_dir.partial):
+                raise RunInterrupted(f"{name} stopped; its last checkpoint is kept in {run_dir.partial}. "
+                                     f"Continue with --resume.") from None
+            raise RunInterrupted(f"{name} stopped before its first checkpoint; nothing of this run was kept "
+                                 f"(run the same command to start it again).") from None
+        except BaseException:
+            if runtime.is_main:
+                run_dir.discard_failed_start()
+            raise
+
+
+@contextlib.contextmanager
+def one_writer(cfg: Config, runtime) -> Iterator[None]:
+    """Hold runs/<name> for this command (rlhflab.io.run_lock): the main process takes the lock and
+    the other processes of the same launch follow it (or raise its error)."""
+    root = Path(cfg.runs_dir) / cfg.name
+    with contextlib.ExitStack() as stack:
+        error = None
         if runtime.is_main:
-            RunDir(Path(cfg.runs_dir) / cfg.name / name).discard_failed_start()
-        raise
+            try:
+                stack.enter_context(run_lock(root))
+            except RlhfLabError as exc:
+                error = str(exc)
+        if runtime.distributed:
+            error = runtime.broadcast(error)
+        if error:
+            raise RlhfLabError(error)
+        yield
 
 
 def _diff_keys(a, b, prefix: str = "") -> set[str]:

@@ -6,8 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -196,6 +200,7 @@ def test_sweeping_an_sft_setting_makes_sft_per_point_and_shares_the_reward_model
 def test_ctrl_c_waits_for_the_running_point_and_says_how_to_resume(swept, tmp_path, monkeypatch):
     own, base = copy_runs(swept, tmp_path, "sft", "reward")
     processes = []
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def interrupted(*args):
         def ctrl_c():
@@ -208,9 +213,9 @@ def test_ctrl_c_waits_for_the_running_point_and_says_how_to_resume(swept, tmp_pa
         run_sweep(own, "ppo.kl_coef=0.1,0.2")
     statuses = [p["status"] for p in json.loads((base / "sweep" / "sweep.json").read_text())["points"]]
     assert statuses == ["interrupted", "pending"] and len(processes) == 1
-    assert processes[0].signals == []  # Ctrl-C reached the point itself (same process group): no second one
+    assert processes[0].signals == [signal.SIGTERM]  # the point runs in a session of its own: the driver passes one on
 
-    def terminated(*args):  # SIGTERM goes to the driver alone: it passes it on
+    def terminated(*args):
         processes.append(FakeProcess(130, on_poll=lambda: os.kill(os.getpid(), signal.SIGTERM)))
         return processes[-1]
 
@@ -218,7 +223,7 @@ def test_ctrl_c_waits_for_the_running_point_and_says_how_to_resume(swept, tmp_pa
     with pytest.raises(RunInterrupted):
         run_sweep(own, "ppo.kl_coef=0.1,0.2")
     assert processes[-1].signals == [signal.SIGTERM]
-    assert signal.getsignal(signal.SIGTERM) is not sweep_module._on_sigterm  # the handler is put back
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # the handlers are put back
 
 
 def test_bad_grids_fail_in_one_line_before_anything_runs(capsys, tmp_path):
@@ -229,3 +234,136 @@ def test_bad_grids_fail_in_one_line_before_anything_runs(capsys, tmp_path):
     result = cli_run(capsys, "sweep", f"runs_dir={tmp_path}", "ppo.kl_coef=0.1,0.2", "--parallel", "0")
     assert_user_error(result, "--parallel")
     assert not any(tmp_path.iterdir())
+
+
+# -- one writer per point, and no point outlives its driver ----------------------------------------
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from rlhflab.io import run_lock
+with run_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_lock(run: Path, seconds: float = 600) -> subprocess.Popen:
+    """Another process holding `run`'s lock (for `seconds`), once it said so."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_rerun_waits_for_a_point_an_earlier_process_still_writes(swept, tmp_path, monkeypatch):
+    own, base = copy_runs(swept, tmp_path, "sft", "reward")
+    holder = hold_lock(base / "sweep" / "kl_coef-0.1", seconds=1.5)  # a point stopping after its driver was killed
+    launched = []
+
+    def launch(command, log, env):
+        launched.append((command[-2], holder.poll()))
+        return FakeProcess()
+
+    monkeypatch.setattr(sweep_module, "_launch", launch)
+    lines = run_sweep(own, "ppo.kl_coef=0.1,0.2")
+    waiting = [line for line in lines if "waiting for" in line]
+    assert waiting == [f"[1/2] kl_coef-0.1  waiting for process {holder.pid} (rlhflab {base / 'sweep' / 'kl_coef-0.1'} 1.5), "
+                       f"which still writes this point, to stop ..."]
+    assert launched == [(str(base / "sweep" / "kl_coef-0.1" / "point.yaml"), 0),  # after the holder ended
+                        (str(base / "sweep" / "kl_coef-0.2" / "point.yaml"), 0)]
+
+
+def test_a_point_another_process_keeps_writing_is_failed_and_the_sweep_held_once(swept, tmp_path, monkeypatch):
+    own, base = copy_runs(swept, tmp_path, "sft", "reward")
+    monkeypatch.setattr(sweep_module, "LOCK_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(sweep_module, "_launch", lambda *a: FakeProcess())
+    busy = base / "sweep" / "kl_coef-0.1"
+    holder = hold_lock(busy)
+    try:
+        with pytest.raises(RlhfLabError, match=r"^1 of 2 points failed: kl_coef-0.1; see "):
+            run_sweep(own, "ppo.kl_coef=0.1,0.2")
+        manifest = json.loads((base / "sweep" / "sweep.json").read_text())
+        assert [p["status"] for p in manifest["points"]] == ["failed", "done"]
+        assert manifest["points"][0]["error"].startswith(f"error: {busy} is in use: process {holder.pid} ")
+        assert manifest["points"][0]["error"] in (busy / "log.txt").read_text()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the same sweep twice at once: the second driver is refused in one line
+    holder = hold_lock(base)
+    try:
+        with pytest.raises(RlhfLabError, match=f"^{base} is in use: process {holder.pid} "):
+            run_sweep(own, "ppo.kl_coef=0.1,0.2")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie no one reaped yet counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def start_sweep(own: Path, base: Path, *, background: bool) -> tuple[subprocess.Popen, int, Path]:
+    """`rlhflab sweep` over two PPO points in its own process (from a shell's `&` when `background`:
+    SIGINT ignored, as a shell does); returns it, the driver's pid and the first point's folder,
+    once that point has logged a training step."""
+    command = [sys.executable, "-m", "rlhflab", "sweep", "--config", str(own), "--no-progress", "ppo.steps=400",
+               "ppo.kl_coef=0.1,0.2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    pid_file = own.parent / "driver.pid"
+    if background:
+        script = f"{shlex.join(command)} & echo $! > {shlex.quote(str(pid_file))}; wait $!"
+        process = subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    else:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    point = base / "sweep" / "kl_coef-0.1"
+    metrics = point / "ppo.partial" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and '"train"' in metrics.read_text():
+            break
+        time.sleep(0.1)
+    assert process.poll() is None, process.communicate()
+    driver = int(pid_file.read_text()) if background else process.pid
+    return process, driver, point
+
+
+def point_pid(point: Path) -> int:
+    return int((point.parent / f".{point.name}.lock").read_text().split()[0])
+
+
+def test_a_point_does_not_outlive_its_driver_killed_with_sigkill(swept, tmp_path):
+    own, base = copy_runs(swept, tmp_path, "sft", "reward")
+    process, driver, point = start_sweep(own, base, background=False)
+    pid = point_pid(point)
+    assert pid != driver and alive(pid)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    deadline = time.time() + 30
+    while time.time() < deadline and alive(pid):
+        time.sleep(0.1)
+    assert not alive(pid), "the point kept running without its driver"
+    assert (point / "ppo.partial" / "checkpoints" / "latest" / "state.json").is_file()  # SIGTERM: it saved a checkpoint
+    assert (point / "log.txt").read_text().strip().splitlines()[-1].startswith("interrupted: ppo stopped and saved")
+    with sweep_module.run_lock(point):  # nothing holds the point any more
+        pass
+
+
+def test_a_background_sweep_stops_on_sigint_and_its_point_saves_a_checkpoint(swept, tmp_path):
+    own, base = copy_runs(swept, tmp_path, "sft", "reward")
+    process, driver, point = start_sweep(own, base, background=True)
+    pid = point_pid(point)
+    os.kill(driver, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == ("interrupted: the sweep stopped with 2 of 2 points not finished "
+                                               "(kl_coef-0.1, kl_coef-0.2); rerun the same command to resume.")
+    assert "Traceback" not in stderr and not alive(pid)
+    manifest = json.loads((base / "sweep" / "sweep.json").read_text())
+    assert [p["status"] for p in manifest["points"]] == ["interrupted", "pending"]
+    assert (point / "ppo.partial" / "checkpoints" / "latest" / "state.json").is_file()
