@@ -199,6 +199,9 @@ def test_gradient_accumulation_takes_the_same_steps(tmp_path, tiny_llama_dir, re
     split = run_stage("sft", make_config(tmp_path / "b", tiny_llama_dir, reviews_csv, max_steps=3,
                                          gradient_accumulation_steps=3), progress=False)
     a, b = (load_file(run.model_dir / "model.safetensors") for run in (whole, split))
+    # Adam moves every weight by about the learning rate (2e-2) whatever its gradient's size, so a
+    # gradient near zero amplifies the last-bit differences of summing in another order (2.8e-5 on
+    # an AMX Xeon); a wrong accumulation moves weights by a sizeable part of the learning rate.
     for name in a:
-        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(b[name], a[name], atol=2e-4, rtol=1e-4)
     assert any(not torch.equal(a[name], t) for name, t in load_file(tiny_llama_dir / "model.safetensors").items() if name in a)
