@@ -1,30 +1,35 @@
 """Policy prompts: the opening words of reviews, with a seeded random length.
 
-A word is a whitespace-separated word, except in scripts written without spaces (Chinese,
-Japanese, Thai, ...), where each character counts as a word: otherwise a "3-5 word" prompt of a
-Chinese review would be the whole review. `max_tokens` caps a prompt by tokens as well (by the
-policy's tokenizer when one is given), for any text the word rule leaves long.
+A word is what Unicode's line-breaking rules (UAX #14) let a line end after: a run of
+characters up to whitespace, or up to and including a script's own word mark (Tibetan tsheg,
+Ethiopic wordspace: line-break class BA). In scripts written without spaces (classes ID, CJ,
+SA and the aksara classes: Chinese, Japanese, Yi, Thai, Khmer, Myanmar, Javanese, Balinese,
+...) each grapheme counts as a word: otherwise a "3-5 word" prompt of such a review would be the
+whole review. `max_tokens` caps a prompt by tokens as well (by the policy's tokenizer when one
+is given), for any text the word rule leaves long.
 """
 
 from __future__ import annotations
 
+import itertools
 import numbers
 import random
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import regex
+
 from rlhflab.data.records import Review
 from rlhflab.errors import RlhfLabError
 
-# Scripts written without spaces between words: Thai, Lao, Tibetan, Myanmar, Khmer, CJK
-# punctuation, kana, CJK ideographs (and extensions), full-width forms.
-_NO_SPACE = (
-    "\u0e00-\u0eff\u0f00-\u0fff\u1000-\u109f\u1780-\u17ff\u3000-\u303f\u3040-\u30ff\u31f0-\u31ff"
-    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef\U00020000-\U0003134f"
-)
-_WORD = re.compile(f"[{_NO_SPACE}]|[^\\s{_NO_SPACE}]+")
+# From the Unicode character database (the `regex` module's, newer than Python's own), not a
+# list of scripts: a character after which a line may break with no space between.
+_NO_SPACE = r"[\p{lb=ID}\p{lb=CJ}\p{lb=SA}\p{lb=AK}\p{lb=AP}\p{lb=AS}]"
+# A break-after mark of a script's own (not shared punctuation such as the en dash or a tab).
+_MARK = r"[\p{lb=BA}--[\p{sc=Common}\p{sc=Inherited}]]"
+_GAP = r"[\s\p{lb=ZW}]"  # whitespace, and the zero-width space some no-space scripts separate words with
+_WORD = regex.compile(rf"(?={_NO_SPACE})\X|(?:(?!{_NO_SPACE}|{_MARK}|{_GAP}).)+{_MARK}?|{_MARK}", regex.V1 | regex.DOTALL)
 # Without a tokenizer a token is taken as 4 characters, the usual average for English BPE.
 CHARS_PER_TOKEN = 4
 PROMPT_FILE_TYPES = (".txt", ".jsonl", ".csv", ".json")
@@ -34,26 +39,29 @@ def _is_count(n) -> bool:
     return isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 1
 
 
-def _words(text: str) -> list[re.Match]:
-    return list(_WORD.finditer(text))
+def _words(text: str, n: int | None = None) -> list[regex.Match]:
+    """The first `n` words of `text` (all with None), found lazily: a prompt reads a review's start."""
+    return list(itertools.islice(_WORD.finditer(text), n))
 
 
-def _join(text: str, words: list[re.Match]) -> str:
-    """The words as they read in `text`, any whitespace between two of them made one space."""
+def _join(text: str, words: list[regex.Match]) -> str:
+    """The words as they read in `text`, any whitespace between two of them made one space (a
+    zero-width space stays as it was)."""
     out = []
     for i, word in enumerate(words):
         if i and word.start() > words[i - 1].end():
-            out.append(" ")
+            gap = text[words[i - 1].end():word.start()]
+            out.append(" " if any(c.isspace() for c in gap) else gap)
         out.append(word.group())
     return "".join(out)
 
 
 def prompt_words(text: str, n: int) -> str:
     """The first `n` words of `text` (all of it when shorter), whitespace between them made one
-    space; each character of a script written without spaces is a word."""
+    space; each grapheme of a script written without spaces is a word (see the module's doc)."""
     if not _is_count(n):
         raise RlhfLabError(f"a prompt needs at least 1 word, got n={n!r}.")
-    return _join(text, _words(text)[:n])
+    return _join(text, _words(text, n))
 
 
 def cap_tokens(prompt: str, max_tokens: int, tokenizer=None) -> str:

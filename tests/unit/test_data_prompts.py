@@ -47,3 +47,37 @@ def test_make_prompts_fixed_length():
 def test_make_prompts_validates_range(lo, hi):
     with pytest.raises(RlhfLabError, match="min_words"):
         make_prompts(REVIEWS, lo, hi, seed=0)
+
+
+# Scripts written without spaces that no hand-made list named (issue 19): the word rule comes from
+# Unicode's line-break classes, so each of these is cut to a few characters, not the whole review.
+YI = "ꆈꌠꁱꂷꀋꁨꑌꇁꉌꐥꃀꄸꐚꆏꌐꀕꐯꊿꇬꉐ" * 10  # Yi syllables (line-break class ID)
+JAVANESE = "ꦥꦶꦭꦩ꧀ꦲꦶꦏꦸꦥꦸꦤꦶꦏꦱꦼꦤꦼꦁꦤꦺꦩ꧀ꦧꦺꦴꦤ꧀" * 10  # Javanese script (aksara classes)
+KHMER = "ភាពយន្តនេះល្អណាស់ហើយតួសម្តែងពូកែ" * 10  # line-break class SA
+
+
+@pytest.mark.parametrize("text, first_three", [
+    (YI, "ꆈꌠꁱ"),
+    (JAVANESE, "ꦥꦶꦭꦩ꧀ꦲꦶ"),  # graphemes: a letter with its vowel sign, or two joined by the pangkon
+    (KHMER, "ភាពយ"),
+])
+def test_scripts_without_spaces_count_each_grapheme_as_a_word(text, first_three):
+    assert prompt_words(text, 3) == first_three
+    prompts = make_prompts([Review(text, 1)] * 20, 3, 5, seed=0)
+    assert all(len(p) <= 12 and text.startswith(p) for p in prompts)  # not the 64-token cap's whole review
+
+
+def test_spaced_scripts_keep_whole_words():
+    # Korean, Arabic, Hindi and Hebrew letters are category Lo too, but their words are spaced.
+    assert prompt_words("이 영화 정말 좋아요 최고", 3) == "이 영화 정말"
+    assert prompt_words("هذا الفيلم رائع جدا", 2) == "هذا الفيلم"
+    assert prompt_words("यह फिल्म बहुत अच्छी है", 3) == "यह फिल्म बहुत"
+    assert prompt_words("הסרט הזה מצוין", 2) == "הסרט הזה"
+
+
+def test_a_scripts_own_word_mark_ends_a_word():
+    # Tibetan writes a tsheg after each syllable, Ethiopic a wordspace after each word, not a space.
+    assert prompt_words("བོད་ཡིག་ནི་ཧ་ཅང་", 2) == "བོད་ཡིག་"
+    assert prompt_words("ሰላም፡ዓለም፡እንዴት፡ነህ", 2) == "ሰላም፡ዓለም፡"
+    # Shared punctuation that lines may break after (en dash, tab) is not a word mark.
+    assert prompt_words("1990–2000 was\tgreat fun", 2) == "1990–2000 was"

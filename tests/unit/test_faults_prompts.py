@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import regex
 
 from rlhflab.config import Config, DataConfig, load_config
 from rlhflab.data import Review, make_prompts
@@ -32,9 +33,11 @@ def test_mixed_scripts_keep_their_spacing():
 
 @pytest.mark.parametrize("text", [CHINESE, JAPANESE, THAI])
 def test_cjk_prompts_have_three_to_five_characters(text):
-    reviews = [Review(text[i:], 1) for i in range(50)]
+    # Characters as a reader sees them (graphemes): a Thai vowel sign stays with its consonant.
+    starts = [m.start() for m in regex.finditer(r"\X", text)][:50]
+    reviews = [Review(text[i:], 1) for i in starts]
     prompts = make_prompts(reviews, 3, 5, seed=0, max_tokens=64)
-    assert {len(p) for p in prompts} == {3, 4, 5}
+    assert {len(regex.findall(r"\X", p)) for p in prompts} == {3, 4, 5}
     assert all(r.text.startswith(p) for r, p in zip(reviews, prompts))
 
 
