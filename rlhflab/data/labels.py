@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import unicodedata
 from collections.abc import Iterable
+from html.parser import HTMLParser
 
 from rlhflab.errors import RlhfLabError
 
@@ -164,3 +166,30 @@ def clean_text(text: str) -> str:
     # split()/join collapses every whitespace run (newlines included) and strips the ends,
     # at twice the speed of re.sub(r"\s+", ...).
     return " ".join(_BR.sub(" ", text).split())
+
+
+def has_text(text: str) -> bool:
+    """True when `text` shows something a reader would see once HTML is read as HTML: tags,
+    comments and entities alone (`<p></p>`, `<i> </i>`, `&nbsp;`, `<!-- empty -->`) show nothing,
+    and neither do spaces, control or zero-width characters. `a < b` and `<3` are text."""
+    if "<" in text or "&" in text:
+        text = _shown(text)
+    # Categories Z* (separators) and C* (controls, format characters such as U+200B) show nothing.
+    return any(not unicodedata.category(c).startswith(("Z", "C")) for c in text)
+
+
+class _Shown(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)  # &nbsp; -> U+00A0, &amp; -> &
+        self.parts: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+
+def _shown(text: str) -> str:
+    """The character data of `text` read as HTML (tags, comments and declarations dropped)."""
+    parser = _Shown()
+    parser.feed(text)
+    parser.close()
+    return "".join(parser.parts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhflab.data.bundled import BUNDLED, read_bundled
-from rlhflab.data.labels import clean_text, is_missing, label_or_none, normalize_labels
+from rlhflab.data.labels import clean_text, has_text, is_missing, label_or_none, normalize_labels
 from rlhflab.data.records import Review
 from rlhflab.data.tables import FILE_TYPES, READERS, Table, read_hf, read_review_dir
 from rlhflab.data.weak_labels import WEAK_SOURCES, read_weak_labels
@@ -113,8 +113,8 @@ def _pick_column(
 def table_to_reviews(
     table: Table, text_column: str | None, label_column: str | None, require_labels: bool
 ) -> Reviews:
-    """Clean texts, drop empty ones (counted in `.dropped`), and turn labels into 1/0 (or None
-    when allowed)."""
+    """Clean texts, drop those with nothing to read (empty, or only markup: counted in `.dropped`),
+    and turn labels into 1/0 (or None when allowed)."""
     if len(table) == 0:
         passed = f" ({describe_dropped(table.dropped)})" if table.dropped else ""
         raise RlhfLabError(
@@ -137,14 +137,18 @@ def table_to_reviews(
     texts = [cell_text(v, table, i, text_col) for i, v in enumerate(table.data[text_col])]
     prompts = ([cell_text(v, table, i, "prompt") for i, v in enumerate(table.data["prompt"])]
                if "prompt" in table.columns and text_col != "prompt" else [""] * len(texts))
-    # empty after cleaning: nothing to learn (an empty answer to a prompt is still an answer)
-    keep = [i for i, text in enumerate(texts) if text or prompts[i]]
+    # No text left after cleaning, or only HTML markup (`<p></p>`, `&nbsp;`): nothing to learn
+    # (an empty answer to a prompt is still an answer). The text is trained on as cleaned.
+    shown = [has_text(text) or has_text(prompts[i]) for i, text in enumerate(texts)]
+    keep = [i for i, ok in enumerate(shown) if ok]
     if not keep:
         raise RlhfLabError(
-            f"{table.name} contains no reviews: the {text_col!r} column is empty in every row "
-            f"({len(texts)}). Check data.text_column."
+            f"{table.name} contains no reviews: the {text_col!r} column is empty (or only HTML markup) in every "
+            f"row ({len(texts)}). Check data.text_column."
         )
-    dropped = {**table.dropped, "rows with empty text": len(texts) - len(keep)}
+    blank = sum(1 for i, ok in enumerate(shown) if not ok and not texts[i] and not prompts[i])
+    dropped = {**table.dropped, "rows with empty text": blank,
+               "rows with only markup or invisible characters": len(texts) - len(keep) - blank}
     if label_col is None:
         return Reviews((Review(texts[i], None, prompts[i]) for i in keep), dropped)
 

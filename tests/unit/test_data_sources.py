@@ -170,6 +170,23 @@ def test_empty_texts_are_dropped(tmp_path):
     assert load_reviews(str(path)) == [Review("kept", 1)]
 
 
+@pytest.mark.parametrize("markup", ["<p></p>", "<i> </i>", "&nbsp;", "<div><br /></div>", "<!-- empty -->",
+                                    "<P>&#160;</P>", "\u200b", "<br>&nbsp;<br/>"])
+def test_a_row_with_only_markup_is_left_out_and_counted(tmp_path, markup):
+    rows = [{"text": "kept", "label": 1}, {"text": markup, "label": 0}, {"text": "", "label": 1}]
+    path = write_jsonl(tmp_path / "r.jsonl", rows)
+    reviews = load_reviews(str(path))
+    assert reviews == [Review("kept", 1)]
+    assert reviews.dropped == {"rows with empty text": 1, "rows with only markup or invisible characters": 1}
+
+
+def test_text_with_markup_or_angle_brackets_is_kept_as_written(tmp_path):
+    rows = [{"text": "<i>Great</i> film", "label": 1}, {"text": "<3", "label": 1}, {"text": "a < b &amp; c", "label": 0}]
+    reviews = load_reviews(str(write_jsonl(tmp_path / "r.jsonl", rows)))
+    assert [r.text for r in reviews] == ["<i>Great</i> film", "<3", "a < b &amp; c"]
+    assert reviews.dropped == {}
+
+
 def test_unlabelled_loading(tmp_path):
     path = write(tmp_path / "r.csv", "text\nfirst\nsecond\n")
     assert load_reviews(str(path), require_labels=False) == [Review("first", None), Review("second", None)]
