@@ -19,6 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import MappingView, Set as AbstractSet
 from typing import Any, Callable, Mapping, Sequence
 
 from rlhflab.config import Config, check_config, from_dict, load_config, resolve_run_references, to_dict
@@ -56,11 +57,14 @@ def train(model: str | None = None, *, prompts: Sequence[str] | None = None, eva
     for the "ppo" section, as trlX names it). The run goes to <runs_dir>/<name>/<stage> (name:
     `name`, else the config's, else "api"); a finished stage of the same name is trained again.
     The lists may be any sequences: lists, tuples, numpy arrays, torch tensors, pandas Series (and
-    a DataFrame for `pairs`). Raises RlhfLabError for inputs that do not fit together or a
-    reward_fn it cannot call."""
+    a DataFrame for `pairs`), never a set or dict view (no order). Raises RlhfLabError, naming the
+    argument and before anything is written, for inputs that are empty, all blank or do not fit
+    together, or a reward_fn it cannot call; a call that fails before its stage has a checkpoint
+    leaves no inputs files behind."""
     prompts, eval_prompts, samples = (_listed(v, what) for v, what in
                                       ((prompts, "prompts"), (eval_prompts, "eval_prompts"), (samples, "samples")))
     rewards, pairs = _listed(rewards, "rewards"), _listed(pairs, "pairs")
+    _ordered(config, "config")
     cfg, algorithm = _config(config, name, reward_fn, samples, rewards, pairs, prompts)
     stage = {"ppo": "ppo", "grpo": "ppo", "rloo": "ppo"}.get(algorithm, algorithm)
     cfg.stages = [stage]  # the run is this one stage (the report lists no others)
@@ -71,6 +75,8 @@ def train(model: str | None = None, *, prompts: Sequence[str] | None = None, eva
               "eval_prompts": [{"prompt": _text(p, "eval_prompts", i)} for i, p in enumerate(eval_prompts or [])],
               "samples": [{"text": _text(t, "samples", i), "reward": _number(r, i)} for i, (t, r) in enumerate(zip(samples or [], rewards or []))],
               "pairs": [_pair(p, i) for i, p in enumerate(pairs or [])]}
+    for what, given in (("prompts", prompts), ("eval_prompts", eval_prompts), ("samples", samples), ("pairs", pairs)):
+        _check_rows(what, given, inputs[what])
     if pairs is not None:  # the file reader's checks, here, so that a bad pair is named by its index
         from rlhflab.data.pairs import table_to_pairs
         from rlhflab.data.tables import table_from_rows
@@ -84,25 +90,33 @@ def train(model: str | None = None, *, prompts: Sequence[str] | None = None, eva
 
     runtime = Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
     root = Path(cfg.runs_dir) / cfg.name / "inputs"
-    if prompts is not None:
-        cfg.data.prompts = _write_inputs(root, "prompts", inputs["prompts"])
-    if eval_prompts is not None:
-        cfg.data.eval_prompts = _write_inputs(root, "eval_prompts", inputs["eval_prompts"])
-    if algorithm == "ilql":
-        cfg.ilql.samples = _write_inputs(root, "samples", inputs["samples"])
-    if pairs is not None:
-        cfg.dpo.pairs.source = _write_inputs(root, "pairs", inputs["pairs"])
-    runtime.barrier()  # the main process wrote the inputs the others are about to read
-    if not progress:  # transformers' own bars (loading and writing weights) too
-        from transformers.utils import logging
+    made = [folder for folder in (root, root.parent, root.parent.parent) if not folder.exists()]  # removed again on failure
+    written: list[Path] = []  # files this call created (not ones an earlier call left with the same content)
+    try:
+        if prompts is not None:
+            cfg.data.prompts = _write_inputs(root, "prompts", inputs["prompts"], written)
+        if eval_prompts is not None:
+            cfg.data.eval_prompts = _write_inputs(root, "eval_prompts", inputs["eval_prompts"], written)
+        if algorithm == "ilql":
+            cfg.ilql.samples = _write_inputs(root, "samples", inputs["samples"], written)
+        if pairs is not None:
+            cfg.dpo.pairs.source = _write_inputs(root, "pairs", inputs["pairs"], written)
+        runtime.barrier()  # the main process wrote the inputs the others are about to read
+        if not progress:  # transformers' own bars (loading and writing weights) too
+            from transformers.utils import logging
 
-        logging.disable_progress_bar()
+            logging.disable_progress_bar()
+
+        from rlhflab.stages.common import run_stage
+
+        run_dir = run_stage(stage, cfg, runtime=runtime, overwrite=True, progress=progress)
+    except BaseException:
+        _forget_inputs(written, made, Path(cfg.runs_dir) / cfg.name, stage)
+        raise
 
     from rlhflab.io import read_json
     from rlhflab.models.causal_lm import load_causal_lm
-    from rlhflab.stages.common import run_stage
 
-    run_dir = run_stage(stage, cfg, runtime=runtime, overwrite=True, progress=progress)
     trained, tokenizer = load_causal_lm(str(run_dir.path))
     return TrainResult(trained, tokenizer, read_json(run_dir.summary_path), run_dir.path, algorithm)
 
@@ -198,13 +212,15 @@ def register_reward(fn: Callable) -> str:
 
 def _listed(value: Any, what: str) -> list | None:
     """`value` as a plain list (None stays None): numpy arrays, tensors and pandas Series via
-    tolist(), a DataFrame as its rows; one string is refused, as it would be read letter by letter."""
+    tolist(), a DataFrame as its rows; one string is refused, as it would be read letter by letter,
+    and so is an unordered container (set, dict view), whose order would not match its partner's."""
     if value is None or isinstance(value, list):
         return value
     if isinstance(value, (str, bytes)):
         raise RlhfLabError(f"{what} must be a list, not one string; wrap it in a list: {what}=[{value!r:.40}].")
     if isinstance(value, Mapping):
         raise RlhfLabError(f"{what} must be a list, not a dict; give a list of {what}.")
+    _ordered(value, what)
     if hasattr(value, "to_dict") and hasattr(value, "columns"):  # a pandas DataFrame: its rows
         return value.to_dict("records")
     if hasattr(value, "tolist"):
@@ -213,6 +229,66 @@ def _listed(value: Any, what: str) -> list | None:
         return list(value)
     except TypeError:
         raise RlhfLabError(f"{what} must be a list, got {value!r:.40} ({type(value).__name__}).") from None
+
+
+def _ordered(value: Any, what: str) -> None:
+    """RlhfLabError for a set, frozenset or dict view in `value` (or nested in a config dict or
+    list): its iteration order is arbitrary, so rewards would be paired with the wrong samples and
+    settings lists read in no fixed order."""
+    if isinstance(value, (AbstractSet, MappingView)):
+        kind = type(value).__name__
+        raise RlhfLabError(f"{what} is a {kind}, which has no order (its items could be paired with the wrong "
+                           f"others); give a list in the order you mean, e.g. {what}=[...].")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _ordered(item, f"{what}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _ordered(item, f"{what}[{index}]")
+
+
+def _check_rows(what: str, given: list | None, rows: list[dict]) -> None:
+    """An empty argument, or one whose texts are all blank, named as the caller wrote it (before
+    any file is written: the stage's reader would name the internal inputs file instead)."""
+    if given is None:
+        return
+    if not rows:
+        raise RlhfLabError(f"{what} is empty; give at least one.")
+    if what in ("prompts", "eval_prompts") and not any(row["prompt"].strip() for row in rows):
+        # the rule of rlhflab.data.prompts.load_prompts, which skips blank prompts
+        raise RlhfLabError(f"{what} holds no prompt with text ({_all_blank(rows)}); give at least one prompt with words "
+                           "in it.")
+    if what == "samples":
+        from rlhflab.data.sources import cell_text
+        from rlhflab.data.tables import table_from_rows
+
+        table = table_from_rows(rows, "samples", lambda i: f"samples[{i}]")
+        if not any(cell_text(text, table, i, "text") for i, text in enumerate(table.data["text"])):
+            # ilql.samples' reader leaves out rows without text, and refuses a file with none
+            raise RlhfLabError(f"samples holds no text ({_all_blank(rows)}); give at least one sample with words in it.")
+
+
+def _all_blank(rows: list) -> str:
+    return "the one given is empty or only spaces" if len(rows) == 1 else f"all {len(rows)} are empty or only spaces"
+
+
+def _forget_inputs(written: list[Path], made: list[Path], run_root: Path, stage: str) -> None:
+    """After a failed call: remove the inputs this call wrote unless a stage folder (a resumable
+    `<stage>.partial`, or a finished one) names them in its config.yaml, then the folders it made
+    if that leaves them empty."""
+    import contextlib
+
+    if not written:  # other processes write nothing, and an earlier call's files are not ours to remove
+        return
+    configs = [folder / "config.yaml" for folder in (run_root / stage, run_root / f"{stage}.partial")]
+    named = "".join(c.read_text(encoding="utf-8", errors="replace") for c in configs if c.is_file())
+    for path in written:
+        if str(path) not in named:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    for folder in made:  # innermost first
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty: whatever else is there by now stays
 
 
 def _count(items: list | None, noun: str) -> str:
@@ -244,19 +320,18 @@ def _pair(pair: Any, index: int) -> dict:
             "rejected": _text(pair["rejected"], "rejected responses", index)}
 
 
-def _write_inputs(root: Path, stem: str, rows: list[dict]) -> str:
+def _write_inputs(root: Path, stem: str, rows: list[dict], written: list[Path]) -> str:
     """`root/<stem>-<hash of the rows>.jsonl`, written atomically by the main process (the others read
-    the same file after a barrier), and its path. Named by content: a later call never rewrites
-    the file a finished run was trained from."""
+    the same file after a barrier), and its path; a file it creates is appended to `written`.
+    Named by content: a later call never rewrites the file a finished run was trained from."""
     import os
 
     from rlhflab.io import write_jsonl
 
-    if not rows:
-        raise RlhfLabError(f"{stem.replace('_', ' ')} is empty; give at least one.")
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:12]
     path = root / f"{stem}-{digest}.jsonl"
     if os.environ.get("RANK", "0") == "0" and not path.exists():  # RANK: set by accelerate launch / torchrun
         path.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(path, rows)
+        written.append(path)
     return str(path)

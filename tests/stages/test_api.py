@@ -88,6 +88,22 @@ def test_train_with_pairs_runs_dpo(tmp_path, tiny_llama_dir, reviews_csv):
      r"1 row of pairs has the same text in 'chosen' and 'rejected'; the first is at pairs\[1\]"),
     ({"pairs": [{"chosen": "a", "rejected": "b"}], "config": {"rl": {"learning_rate": 1e-5}}}, "set them in the 'dpo' section"),
     ({"prompts": [], "reward_fn": lambda prompts, responses: [0.0]}, "prompts is empty"),
+    # unordered containers: the rewards would be re-paired with other samples
+    ({"samples": ["good film", "bad film"], "rewards": {1.0, 0.0}}, "rewards is a set, which has no order"),
+    ({"samples": ["good film"], "rewards": frozenset([1.0])}, "rewards is a frozenset"),
+    ({"samples": {"good film": 1.0, "bad film": 0.0}.keys(), "rewards": [1.0, 0.0]}, "samples is a dict_keys"),
+    ({"samples": ["good film", "bad film"], "rewards": {"a": 1.0, "b": 0.0}.values()}, "rewards is a dict_values"),
+    ({"prompts": {"a film", "the plot"}, "reward_fn": lambda prompts, responses: [0.0]}, "prompts is a set"),
+    ({"pairs": [{"chosen": "a", "rejected": "b"}], "config": {"dpo": {"pairs": {"fractions": {0.5, 0.25}}}}},
+     r"config\['dpo'\]\['pairs'\]\['fractions'\] is a set"),
+    # empty or all-blank inputs are named as the caller gave them, before any file is written
+    ({"prompts": ["a film"], "eval_prompts": [], "reward_fn": lambda prompts, responses: [0.0]}, "^eval_prompts is empty"),
+    ({"prompts": ["  ", "", "\n"], "reward_fn": lambda prompts, responses: [0.0]},
+     r"^prompts holds no prompt with text \(all 3 are empty or only spaces\)"),
+    ({"prompts": ["a film"], "eval_prompts": [" "], "reward_fn": lambda prompts, responses: [0.0]},
+     r"^eval_prompts holds no prompt with text \(the one given is empty or only spaces\)"),
+    ({"samples": [" ", ""], "rewards": [1.0, 0.0]}, r"^samples holds no text \(all 2"),
+    ({"pairs": []}, "^pairs is empty"),
 ])
 def test_bad_calls_are_clear_errors_and_leave_nothing(tmp_path, kwargs, message):
     config = kwargs.setdefault("config", {})
@@ -134,3 +150,33 @@ def test_inputs_are_named_by_content_and_the_reward_by_its_function(tmp_path, ti
     used = yaml.safe_load((first.run_dir / "config.yaml").read_text())["data"]["prompts"]
     assert [json.loads(line)["prompt"] for line in open(used)] == ["a film", "the plot"]
     assert first.run_dir.joinpath("summary.json").exists()
+
+
+def test_a_call_that_fails_before_its_stage_starts_leaves_no_inputs(tmp_path, monkeypatch):
+    """The inputs files exist while the stage runs; a failure that leaves no stage folder takes them
+    away again (and the folders the call made), while a resumable stage that names them keeps them."""
+    import rlhflab.stages.common as common
+
+    seen = []
+
+    def failing(stage, cfg, **_):
+        seen.append(sorted(p.name.split("-")[0] for p in (tmp_path / "runs/api/inputs").iterdir()))
+        raise RlhfLabError("the model could not be loaded")
+
+    monkeypatch.setattr(common, "run_stage", failing)
+    call = dict(prompts=["a film"], eval_prompts=["the plot"], reward_fn=lambda prompts, responses: [0.0] * len(prompts),
+                config={"runs_dir": str(tmp_path / "runs"), "runtime": {"device": "cpu"}}, progress=False)
+    with pytest.raises(RlhfLabError, match="could not be loaded"):
+        rlhflab.train("some-model", **call)
+    assert seen == [["eval_prompts", "prompts"]] and not (tmp_path / "runs").exists()
+
+    def interrupted(stage, cfg, **_):  # stopped with a checkpoint: its config.yaml names the inputs
+        partial = tmp_path / "runs/api/ppo.partial"
+        partial.mkdir()
+        (partial / "config.yaml").write_text(yaml.safe_dump({"data": {"prompts": cfg.data.prompts}}))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "run_stage", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rlhflab.train("some-model", **call)
+    assert [p.name.split("-")[0] for p in (tmp_path / "runs/api/inputs").iterdir()] == ["prompts"]  # eval_prompts: unnamed
