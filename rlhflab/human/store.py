@@ -3,7 +3,8 @@
     tasks    one labelling or rating job (kind: label | pairs | rating); `config` is what raters
              may see (question, label set, scales), `info` is hidden (models, where items came from)
     items    what a rater judges, in a shuffled `position`; `id` is random and opaque, and `meta`
-             (model, source, reward score, original row) never leaves the server
+             (model, source, reward score, original row) never leaves the server. Each rater
+             gets the items in an order of their own (`rater_order`)
     raters   people, by the name they type in
     answers  one per (item, rater): the value as JSON, when, and how long the rater took
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import re
 import secrets
 import sqlite3
@@ -220,13 +222,27 @@ def progress(conn: sqlite3.Connection, task_id: int, rater: int) -> tuple[int, i
     return int(answered), int(total)
 
 
+def rater_order(task_id: int, rater: int, n: int) -> list[int]:
+    """The item positions 0..n-1 in the order this rater sees them: a shuffle seeded by the task
+    and the rater, so raters see different orders (order effects average out over raters) and
+    one rater's order is the same on every request (a reload, a restart, undo)."""
+    order = list(range(n))
+    random.Random(f"rlhflab-order:{task_id}:{rater}").shuffle(order)  # a str seed hashes the same in every process
+    return order
+
+
 def next_item(conn: sqlite3.Connection, task_id: int, rater: int) -> sqlite3.Row | None:
-    """The first item (by position) this rater has not answered, or None when all are done."""
-    return conn.execute(
+    """The first item, in this rater's order (`rater_order`), they have not answered; None when all are done."""
+    rows = conn.execute(
         "SELECT * FROM items i WHERE i.task_id = ? AND NOT EXISTS "
-        "(SELECT 1 FROM answers a WHERE a.item_id = i.id AND a.rater_id = ?) ORDER BY i.position LIMIT 1",
+        "(SELECT 1 FROM answers a WHERE a.item_id = i.id AND a.rater_id = ?)",
         (task_id, rater),
-    ).fetchone()
+    ).fetchall()
+    if not rows:
+        return None
+    total = conn.execute("SELECT MAX(position) + 1 FROM items WHERE task_id = ?", (task_id,)).fetchone()[0]
+    rank = {position: index for index, position in enumerate(rater_order(task_id, rater, total))}
+    return min(rows, key=lambda row: rank[row["position"]])
 
 
 def get_item(conn: sqlite3.Connection, task_id: int, item_id: str) -> sqlite3.Row:

@@ -136,9 +136,28 @@ def test_rating_with_the_keyboard_is_stored_and_undo_works(browser, app):
     wait_for(browser, lambda d: progress(d) == "3 of 12")
     assert answers_of(db, "rate-me")[-1] == (third, {"positivity": 2, "sense": 3})
 
-    # An incomplete rating is not sent: Enter with only positivity set does nothing.
+    # An incomplete rating is not sent, and the page says what is missing.
+    status = lambda d: (d.find_element("id", "status").text, "warning" in d.find_element("id", "status").get_attribute("class"))  # noqa: E731
+    fourth = shown_text(browser)
+    keys(browser, Keys.ENTER)
+    assert status(browser) == ("Not sent: score Positivity and Sense (1–5), then press Enter.", True)
     keys(browser, "5", Keys.ENTER)
     assert progress(browser) == "3 of 12" and len(answers_of(db, "rate-me")) == 3
+    assert status(browser) == ("Not sent: score Sense (1–5), then press Enter.", True)
+    keys(browser, "3")  # complete: the warning goes
+    assert status(browser) == ("", False) and selected_scores(browser) == {"positivity": 5, "sense": 3}
+    keys(browser, Keys.ENTER)
+    wait_for(browser, lambda d: progress(d) == "4 of 12")
+
+    # 4, down, 2: down on the last scale stays there (no wrap to positivity), so 2 scores sense
+    fifth = shown_text(browser)
+    keys(browser, "4", Keys.ARROW_DOWN, "2")
+    assert selected_scores(browser) == {"positivity": 4, "sense": 2}
+    keys(browser, Keys.ARROW_UP, Keys.ARROW_UP, "1")  # and up stops at the first scale
+    assert selected_scores(browser) == {"positivity": 1, "sense": 2}
+    keys(browser, Keys.ENTER)
+    wait_for(browser, lambda d: progress(d) == "5 of 12")
+    assert answers_of(db, "rate-me")[3:] == [(fourth, {"positivity": 5, "sense": 3}), (fifth, {"positivity": 1, "sense": 2})]
 
     SCREENS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(SCREENS / "rating-desktop.png"))

@@ -149,12 +149,44 @@ def test_undo_returns_the_last_item_with_its_answer(make_client, db, rating_task
 
 def test_raters_are_independent(make_client, rating_task):
     client = make_client()
+    bob_first = next_of(client, rating_task, "Bob")["item"]["id"]
     item = next_of(client, rating_task, "Ada")["item"]["id"]
     answer(client, rating_task, item, {"positivity": 3, "sense": 3}, rater="Ada")
     assert next_of(client, rating_task, "Ada")["progress"]["answered"] == 1
     bob = next_of(client, rating_task, "Bob")
-    assert bob["progress"]["answered"] == 0 and bob["item"]["id"] == item
+    assert bob["progress"]["answered"] == 0 and bob["item"]["id"] == bob_first
     assert client.post(f"/api/tasks/{rating_task}/undo", json={"rater": "Bob"}).json()["undone"] is None
+
+
+def order_of(client, task, rater) -> list[str]:
+    """The item ids in the order `rater` is given them (answering each as it comes)."""
+    seen, state = [], next_of(client, task, rater)
+    while state["item"] is not None:
+        assert next_of(client, task, rater)["item"]["id"] == state["item"]["id"]  # a reload shows the same item
+        seen.append(state["item"]["id"])
+        state = answer(client, task, state["item"]["id"], {"positivity": 3, "sense": 3}, rater=rater).json()
+    return seen
+
+
+def test_each_rater_has_an_order_of_their_own_that_a_reload_keeps(make_client, db, rating_task):
+    from rlhflab.human import store
+
+    client = make_client()
+    ada, bob = order_of(client, rating_task, "Ada"), order_of(client, rating_task, "Bob")
+    by_position = [item_id for (item_id,) in rows(db, "SELECT id FROM items ORDER BY position")]
+    assert sorted(ada) == sorted(bob) == sorted(by_position) and len(ada) == 16
+    assert ada != bob and by_position not in (ada, bob)  # not one order for everybody
+    # the order is the rater's seeded shuffle, so it survives a restart of the server
+    (task_id,) = rows(db, "SELECT id FROM tasks WHERE name = 'rate-me'")[0]
+    (ada_id,) = rows(db, "SELECT id FROM raters WHERE name = 'Ada'")[0]
+    assert ada == [by_position[p] for p in store.rater_order(task_id, ada_id, 16)]
+    assert store.rater_order(task_id, ada_id, 16) == store.rater_order(task_id, ada_id, 16) != list(range(16))
+    # undo brings back the last item, then the order goes on as before
+    undone = client.post(f"/api/tasks/{rating_task}/undo", json={"rater": "Ada"}).json()
+    assert undone["item"]["id"] == ada[-1]
+    client.post(f"/api/tasks/{rating_task}/undo", json={"rater": "Ada"})
+    restarted = make_client()
+    assert next_of(restarted, rating_task, "Ada")["item"]["id"] == ada[-2]
 
 
 def test_label_and_pair_tasks(make_client, db, samples_jsonl):

@@ -62,8 +62,10 @@
     $("error").hidden = !message;
   }
 
-  function setStatus(message) {
+  // A warning (what is missing before a submit) stands out, and goes once the answer is complete.
+  function setStatus(message, warning = false) {
     $("status").textContent = message;
+    $("status").classList.toggle("warning", warning);
   }
 
   function renderRater() {
@@ -202,7 +204,7 @@
         row.className = "scale" + (state.active === index ? " active" : "");
         row.dataset.scale = scale.name;
         const legend = document.createElement("legend");
-        legend.textContent = scale.name.charAt(0).toUpperCase() + scale.name.slice(1);
+        legend.textContent = capitalised(scale.name);
         const buttons = document.createElement("div");
         buttons.className = "scale-buttons";
         buttons.setAttribute("role", "radiogroup");
@@ -240,12 +242,20 @@
       $("hint").textContent = "Keys: 1–5 score the highlighted scale · ← → change it · ↑ ↓ switch scale · Enter submit · U undo";
     }
     $("submit").hidden = kind !== "rating" && state.selected === null;
-    $("submit").disabled = kind === "rating" && !ratingComplete();
+    // Not disabled when incomplete: a click (like Enter) then says what is missing.
+    $("submit").setAttribute("aria-disabled", String(kind === "rating" && !ratingComplete()));
+    if ($("status").classList.contains("warning") && (kind === "rating" ? ratingComplete() : state.selected !== null)) setStatus("");
+  }
+
+  function missingScales() {
+    return state.task.scales.filter((s) => !Number.isInteger(state.values[s.name]));
   }
 
   function ratingComplete() {
-    return state.task.scales.every((s) => Number.isInteger(state.values[s.name]));
+    return missingScales().length === 0;
   }
+
+  const capitalised = (name) => name.charAt(0).toUpperCase() + name.slice(1);
 
   // --- actions -----------------------------------------------------------------------
 
@@ -268,14 +278,26 @@
     }
   }
 
+  // Enter or Submit: send a complete answer, or say what is still missing (never nothing).
   function submitSelected() {
     const kind = state.task && state.task.kind;
-    if (kind === "label" && state.selected !== null) submit({ label: state.task.labels[state.selected] });
-    else if (kind === "pairs" && state.selected) submit({ choice: state.selected });
-    else if (kind === "rating" && ratingComplete()) {
+    if (!kind || state.busy || !state.item) return;
+    if (kind === "label") {
+      if (state.selected !== null) submit({ label: state.task.labels[state.selected] });
+      else setStatus(`Choose a label first: press 1–${state.task.labels.length}, or ← → then Enter.`, true);
+    } else if (kind === "pairs") {
+      if (state.selected) submit({ choice: state.selected });
+      else setStatus("Choose a response first: press 1 or 2 (A or B), or ← → then Enter.", true);
+    } else if (ratingComplete()) {
       const answer = {};
       for (const s of state.task.scales) answer[s.name] = state.values[s.name];
       submit(answer);
+    } else {
+      const missing = missingScales();
+      state.active = state.task.scales.indexOf(missing[0]); // keys now act on the first missing scale
+      renderControls();
+      const names = missing.map((s) => capitalised(s.name)).join(" and ");
+      setStatus(`Not sent: score ${names} (${missing[0].min}–${missing[0].max}), then press Enter.`, true);
     }
   }
 
@@ -335,7 +357,8 @@
         state.values[scale.name] = Math.max(scale.min, Math.min(scale.max, next));
         renderControls();
       } else if (key === "ArrowDown" || key === "ArrowUp") {
-        state.active = (state.active + (key === "ArrowDown" ? 1 : scales.length - 1)) % scales.length;
+        // Stops at the first and last scale: wrapping round made "4, ↓, 2" overwrite the first score.
+        state.active = Math.max(0, Math.min(scales.length - 1, state.active + (key === "ArrowDown" ? 1 : -1)));
         renderControls();
       } else if (key === "Enter") submitSelected();
       else handled = false;
