@@ -61,11 +61,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     rcreate.add_argument("--max-new-tokens", type=int, default=24, help="response length when generating (default 24)")
     rcreate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature when generating (default 1.0)")
     rcreate.add_argument("--question", help="the question shown above each response")
+    rcreate.add_argument("--run", help="the run folder these samples belong to, whose report shows the ratings (default: "
+                         "the run of --from-samples runs/<name>/evaluate/samples.jsonl, or of the --models run folders)")
     _common(rcreate)
     rcreate.set_defaults(handler=_rate_create)
     summary = rate_commands.add_parser("summary", help="per-model table of reward, positivity and sense, with significance tests")
-    summary.add_argument("--task", help="rating task (default: the latest)")
-    summary.add_argument("--out", help="folder for rating_summary.json and .md (default: the database's folder)")
+    summary.add_argument("--task", help="rating task (default: the latest one that has ratings)")
+    summary.add_argument("--out", help="folder for rating_summary.json and .md (default: <run>/human/<task>/ for a task "
+                         "of a run, which that run's report shows; else <database folder>/<task>/)")
     _db(summary)
     summary.set_defaults(handler=_rate_summary)
 
@@ -75,7 +78,8 @@ def _db(parser: argparse.ArgumentParser) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", help="task name (default: from the file; blind-rating for a rating)")
+    parser.add_argument("--name", help="task name (default: from the file; blind-rating for a rating); needed for a "
+                        "second task of the same items")
     parser.add_argument("--seed", type=int, default=0, help="seed for the shuffled order (default 0)")
     _db(parser)
 
@@ -166,12 +170,14 @@ def _label_export(args: argparse.Namespace) -> None:
 
 def _rate_create(args: argparse.Namespace) -> None:
     from rlhflab.errors import RlhfLabError
-    from rlhflab.human.tasks import create_rating_task, read_samples
+    from rlhflab.human.tasks import check_run, create_rating_task, read_samples, run_of_samples
 
+    check_run(args.run)  # a wrong --run fails before anything is read or generated
     if args.from_samples:
         samples = read_samples(args.from_samples)
         result = create_rating_task(args.db, samples, name=args.name, models=args.models, prompts=args.prompts,
-                                    seed=args.seed, question=args.question, origin=args.from_samples)
+                                    seed=args.seed, question=args.question, origin=args.from_samples,
+                                    run=args.run or run_of_samples(args.from_samples))
     else:
         if not args.models:
             raise RlhfLabError("Say what to rate: --from-samples runs/<name>/evaluate/samples.jsonl, or --models SFT_RUN PPO_RUN to generate.")
@@ -182,6 +188,12 @@ def _rate_create(args: argparse.Namespace) -> None:
     print(f"Created rating task {result['name']!r}: {result['items']} response{'s' * (result['items'] != 1)} ({prompts} x "
           f"{len(result['models'])} models: {', '.join(result['models'])}), shuffled, sources hidden.")
     print(f"Kept {prompts}; {describe_dropped(result['left_out'])}.")
+    if result["run"]:
+        print(f"The ratings belong to the run {result['run']}: `rlhflab rate summary` writes them to its human/ folder, "
+              "and its report shows them.")
+    else:
+        print("The samples are from no run folder, so no run's report will show these ratings; create the task with "
+              "--run RUN_DIR to attach them to one.")
     print(_serve_hint(args.db, result["name"]))
 
 
@@ -191,7 +203,7 @@ def _generate_and_create(args: argparse.Namespace) -> dict:
     from rlhflab.config import load_config
     from rlhflab.errors import RlhfLabError
     from rlhflab.human.generation import check_models, generate_samples, held_out_prompts, parse_models
-    from rlhflab.human.tasks import create_rating_task
+    from rlhflab.human.tasks import create_rating_task, run_of_models
     from rlhflab.io import atomic_write_text
 
     models = parse_models(args.models)
@@ -216,7 +228,8 @@ def _generate_and_create(args: argparse.Namespace) -> dict:
     prompts = held_out_prompts(cfg, n)
     samples = generate_samples(models, prompts, reward, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, seed=args.seed)
-    result = create_rating_task(args.db, samples, name=args.name, seed=args.seed, question=args.question, origin="generated")
+    result = create_rating_task(args.db, samples, name=args.name, seed=args.seed, question=args.question, origin="generated",
+                                run=args.run or run_of_models([source for _, source in models]))
     path = Path(args.db).parent / f"{result['name']}-samples.jsonl"
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in samples))
     print(f"Samples (with models and scores) saved to {path}")
@@ -224,9 +237,15 @@ def _generate_and_create(args: argparse.Namespace) -> dict:
 
 
 def _rate_summary(args: argparse.Namespace) -> None:
-    from rlhflab.human.summary import format_rating_table, rating_summary, write_rating_summary
+    from rlhflab.errors import RlhfLabError
+    from rlhflab.human.summary import format_rating_table, rating_summary, summary_folder, write_rating_summary
 
     summary = rating_summary(args.db, args.task)
+    if not summary["ratings"]:  # said before the (empty) table, in one line; nothing is written
+        raise RlhfLabError(f"Task {summary['task']!r} has no ratings yet (0 of {summary['items']} responses rated), so "
+                           "nothing was written and any earlier summary is kept. Rate in the app (`rlhflab serve`) first.")
+    out = Path(args.out) if args.out else summary_folder(summary, args.db)
     print(format_rating_table(summary), end="")
-    json_path, md_path = write_rating_summary(summary, args.out or Path(args.db).parent)
-    print(f"\nwrote {json_path} and {md_path}")
+    json_path, md_path = write_rating_summary(summary, out)
+    shown = f"; `rlhflab report {summary['run']}` shows it" if summary["run"] and not args.out else ""
+    print(f"\nwrote {json_path} and {md_path}{shown}")

@@ -1,14 +1,20 @@
 """Seed 004's table for a blind rating: per model, the reward model's score, positivity and
 sense (mean, std), the number of ratings, and whether the models differ significantly.
 
-    summary = rating_summary("runs/human/rlhflab.sqlite")         # the latest rating task
+    summary = rating_summary("runs/human/rlhflab.sqlite")         # the latest rating task with ratings
     print(format_rating_table(summary))                             # Markdown
-    write_rating_summary(summary, "runs/human")                     # rating_summary.json + .md
+    write_rating_summary(summary, summary_folder(summary, db))      # rating_summary.json + .md
 
-`rating_summary.json` (what the pipeline report reads):
+Ratings belong to the run whose samples were rated: a task made from runs/<name>/evaluate/samples.jsonl
+(or with `rate create --run`) records that run folder, and its summary goes to
+`runs/<name>/human/<task>/`, which is where `rlhflab report runs/<name>` looks (and only there,
+so no other run's report shows them). A task from samples of no run writes to `<db folder>/<task>/`.
+A summary of no ratings is never written: it would replace one that has them.
+
+`rating_summary.json`:
 
     {
-      "task": "blind-rating", "created_at": "2025-01-31T12:00:00.000+00:00",
+      "task": "blind-rating", "created_at": "2025-01-31T12:00:00.000+00:00", "run": "/abs/runs/default",
       "prompts": 20, "items": 40, "raters": 2, "ratings": 80, "alpha": 0.05,
       "models": [                       # in the task's order; the first is the baseline
         {"model": "sft", "source": "runs/default/sft", "responses": 20, "ratings": 40,
@@ -50,13 +56,19 @@ TEST_NAMES = {"wilcoxon": "Wilcoxon signed-rank (paired over prompts)", "mannwhi
 
 
 def rating_summary(db_path: str | Path, task: str | None = None) -> dict[str, Any]:
-    """The summary of rating task `task` (default: the most recently created one)."""
+    """The summary of rating task `task` (default: the most recently created one that has ratings,
+    so a new, unrated task never hides the ratings already made). RlhfLabError when there is none."""
     with store.opened(db_path, create=False) as conn:
         if task is None:
             tasks = store.list_tasks(conn, "rating")
             if not tasks:
                 raise RlhfLabError(f"{db_path} has no rating task. Create one with `rlhflab rate create`.")
-            info = tasks[-1]
+            rated = [t for t in tasks if t["answers"]]
+            if not rated:
+                shown = ", ".join(f"{t['name']} (0 of {t['items']} responses rated)" for t in tasks[-3:])
+                raise RlhfLabError(f"No rating task in {db_path} has ratings yet ({shown}). Rate in the app "
+                                   "(`rlhflab serve`), then run `rlhflab rate summary` again.")
+            info = rated[-1]
         else:
             info = store.get_task(conn, task)
             if info["kind"] != "rating":
@@ -95,7 +107,7 @@ def summarise(task: dict, items: list[dict], answers: list[dict]) -> dict[str, A
             comparisons.append(compare(_means(values[metric][models[0]]), _means(values[metric][model]))
                                | {"model": model, "baseline": models[0], "metric": metric})
     return {
-        "task": task["name"], "created_at": task["created_at"], "prompts": len({_key(i["meta"]["prompt_id"]) for i in items}),
+        "task": task["name"], "created_at": task["created_at"], "run": task["info"].get("run"), "prompts": len({_key(i["meta"]["prompt_id"]) for i in items}),
         "items": len(items), "raters": len({a["rater"] for a in answers}), "ratings": len(answers), "alpha": ALPHA,
         "models": rows, "comparisons": comparisons,
     }
@@ -150,8 +162,24 @@ def format_rating_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_folder(summary: dict[str, Any], db_path: str | Path) -> Path:
+    """Where a task's summary goes: `<run>/human/<task>/` for a task of a run, else
+    `<db folder>/<task>/`. RlhfLabError when the run folder is gone."""
+    run = summary.get("run")
+    if run is None:
+        return Path(db_path).parent / summary["task"]
+    if not Path(run).is_dir():
+        raise RlhfLabError(f"The run folder {run} whose samples task {summary['task']!r} rates no longer exists. "
+                           "Pass --out FOLDER to write the summary elsewhere.")
+    return Path(run) / "human" / summary["task"]
+
+
 def write_rating_summary(summary: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """rating_summary.json and rating_summary.md in `out_dir` (atomic writes)."""
+    """rating_summary.json and rating_summary.md in `out_dir` (atomic writes). A summary with no
+    ratings is refused (RlhfLabError): it would replace a table of ratings with an empty one."""
+    if not summary.get("ratings"):
+        raise RlhfLabError(f"Task {summary['task']!r} has no ratings yet ({summary['items']} responses to rate), so "
+                           "nothing was written and any earlier summary is kept. Rate in the app (`rlhflab serve`) first.")
     out = Path(out_dir)
     json_path, md_path = out / SUMMARY_JSON, out / SUMMARY_MD
     write_json(json_path, summary)

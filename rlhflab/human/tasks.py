@@ -13,6 +13,7 @@ in the item's hidden meta.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -70,9 +71,12 @@ def create_label_task(db_path: str | Path, source: str, *, kind: str = "label", 
     if limit is not None and len(items) > limit:
         left_out[f"items beyond --limit {limit}"] += len(items) - limit
         items = items[:limit]
+    fingerprint = items_fingerprint(items)
     with store.opened(db_path) as conn:
+        if name is None:
+            _refuse_duplicate(conn, kind, fingerprint, "label create")
         name = name or _free_name(conn, f"{_stem(source)}-{kind}")
-        store.create_task(conn, name, kind, config, {"from": str(source), "seed": seed}, items)
+        store.create_task(conn, name, kind, config, {"from": str(source), "seed": seed, "fingerprint": fingerprint}, items)
     return {"name": name, "kind": kind, "items": len(items), "left_out": dict(left_out)}
 
 
@@ -293,11 +297,14 @@ def read_samples(path: str | Path) -> list[dict[str, Any]]:
 
 def create_rating_task(db_path: str | Path, samples: list[dict[str, Any]], *, name: str | None = None,
                        models: list[str] | None = None, prompts: int | None = None, seed: int = 0,
-                       question: str | None = None, origin: str = "samples") -> dict[str, Any]:
+                       question: str | None = None, origin: str = "samples", run: str | Path | None = None) -> dict[str, Any]:
     """A blind rating of two or more models' responses to the same prompts (first `prompts`
     prompts that every model answered); items are shuffled, one per (prompt, model). An empty
-    response is rated like any other. Returns counts, with `left_out` (reason -> count)."""
+    response is rated like any other. `run`: the run folder the samples came from (its report
+    shows the ratings; see `run_of_samples`). Without `name`, the same samples rated a second
+    time are refused (the existing task is named). Returns counts, with `left_out` (reason -> count)."""
     _check_limit(prompts, "--prompts")
+    run = check_run(run)
     chosen = _pick_models(samples, models, exactly=None, name=origin)
     grouped, left_out = _group_by_prompt(samples, chosen, count_other_models=False)  # others: by --models
     by_prompt = {key: r for key, r in grouped.items() if len(r) == len(chosen)}
@@ -318,13 +325,76 @@ def create_rating_task(db_path: str | Path, samples: list[dict[str, Any]], *, na
             items.append({"prompt": _clean(row["prompt"]), "text": str(row["response"]), "meta": {"prompt_id": key, **_sample_meta(row)}})
     random.Random(seed).shuffle(items)  # models interleaved: position says nothing about the source
     sources = {m: str(by_prompt[keys[0]][m].get("source", m)) for m in chosen}
-    info = {"models": chosen, "sources": sources, "from": origin, "prompts": len(keys), "seed": seed}
+    fingerprint = items_fingerprint(items)
+    info = {"models": chosen, "sources": sources, "from": origin, "prompts": len(keys), "seed": seed,
+            "run": run, "fingerprint": fingerprint}
     with store.opened(db_path) as conn:
+        if name is None:
+            _refuse_duplicate(conn, "rating", fingerprint, "rate create")
         # Not named after the models: raters see the task name.
         name = name or _free_name(conn, "blind-rating")
         store.create_task(conn, name, "rating", answers.rating_config(question), info, items)
-    return {"name": name, "kind": "rating", "items": len(items), "prompts": len(keys), "models": chosen,
+    return {"name": name, "kind": "rating", "items": len(items), "prompts": len(keys), "models": chosen, "run": run,
             "left_out": {reason: n for reason, n in left_out.items() if n}}
+
+
+def run_of_samples(path: str | Path) -> str | None:
+    """The run folder an evaluation's samples file belongs to (runs/<name> for
+    runs/<name>/evaluate/samples.jsonl: its parent is a stage folder), as an absolute path; else None."""
+    from rlhflab.config import STAGE_NAMES
+
+    folder = Path(path).expanduser().resolve().parent
+    return str(folder.parent) if folder.name in STAGE_NAMES else None
+
+
+def run_of_models(sources: list[str]) -> str | None:
+    """The one run folder that every model folder (runs/<name>/<stage>) lies in, else None."""
+    from rlhflab.config import STAGE_NAMES
+
+    runs = set()
+    for source in sources:
+        path = Path(source).expanduser()
+        path = path.parent if path.name == "model" else path  # runs/<name>/<stage>/model
+        if not path.is_dir() or path.name not in STAGE_NAMES:
+            return None
+        runs.add(str(path.resolve().parent))
+    return runs.pop() if len(runs) == 1 else None
+
+
+def check_run(run: str | Path | None) -> str | None:
+    """`run` as an absolute path; RlhfLabError when it is not a folder."""
+    if run is None:
+        return None
+    path = Path(run).expanduser()
+    if not path.is_dir():
+        raise RlhfLabError(f"--run {run}: no such run folder. Pass the folder of the run whose samples these are (runs/<name>).")
+    return str(path.resolve())
+
+
+def items_fingerprint(items: list[dict]) -> str:
+    """What makes two tasks the same: their items' texts (and the model behind each), in any
+    order, so a second create of the same samples is found whatever its shuffle seed."""
+    def key(item: dict) -> list:
+        meta = item.get("meta") or {}
+        texts = [item.get("text") or "", item.get("text_b") or ""]
+        sides = [meta.get("a"), meta.get("b")]
+        if item.get("text_b") is not None and texts[1] < texts[0]:  # a pair is the same pair whichever side is shown first
+            texts, sides = texts[::-1], sides[::-1]
+        return [item.get("prompt") or "", *texts, str(meta.get("model")), json.dumps(sides, sort_keys=True, default=str)]
+
+    rows = sorted(json.dumps(key(item), ensure_ascii=False) for item in items)
+    return hashlib.sha256("\n".join(rows).encode("utf-8")).hexdigest()
+
+
+def _refuse_duplicate(conn, kind: str, fingerprint: str, command: str) -> None:
+    """RlhfLabError when a task of `kind` already holds exactly these items: a second task would
+    split the raters' answers, and the first one's answers would seem to be gone."""
+    for task in store.list_tasks(conn, kind):
+        known = task["info"].get("fingerprint") or items_fingerprint(store.task_items(conn, task["id"]))
+        if known == fingerprint:
+            done = f"{task['answers']} answer{'s' * (task['answers'] != 1)} so far"
+            raise RlhfLabError(f"Task {task['name']!r} already holds these items ({done}); open it with `rlhflab serve` "
+                               f"(?task={task['name']}), or pass --name NEW to `rlhflab {command}` for a second task of them.")
 
 
 def _pick_models(rows: list[dict], models: list[str] | None, *, exactly: int | None, name: str) -> list[str]:

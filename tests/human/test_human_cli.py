@@ -42,7 +42,10 @@ def test_rate_create_from_samples_and_summary_write_the_table(capsys, tmp_path, 
     out = ok(capsys, "rate", "summary", "--db", db)
     assert "| beta-model | 1.53 ± 0.03 | 5.00 ± 0.00 | 4.00 ± 0.00 | 6 |" in out
     assert "| beta-model vs alpha-model | positivity | +3.00 | Wilcoxon signed-rank (paired over prompts) | 6 | 0.0312 | yes |" in out
-    assert (db.parent / "rating_summary.json").exists() and (db.parent / "rating_summary.md").exists()
+    # samples of no run folder: the summary goes beside the database, in the task's own folder
+    assert "The samples are from no run folder" in ok(capsys, "rate", "create", "--from-samples", samples_jsonl, "--db", db,
+                                                      "--prompts", "2", "--name", "other")
+    assert (db.parent / "blind-rating" / "rating_summary.json").exists() and (db.parent / "blind-rating" / "rating_summary.md").exists()
     ok(capsys, "rate", "summary", "--db", db, "--task", "blind-rating", "--out", tmp_path / "elsewhere")
     assert json.loads((tmp_path / "elsewhere" / "rating_summary.json").read_text())["ratings"] == 12
 
@@ -102,6 +105,9 @@ def test_rate_create_generates_with_each_model_and_scores_with_the_reward(capsys
     assert [s["prompt"] for s in samples[:4]] == [s["prompt"] for s in samples[4:]]  # the same prompts for both
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM items").fetchone()[0] == 8
+    with store.opened(db) as conn:  # one rating: a summary of none is refused
+        item = store.task_items(conn, store.get_task(conn, "blind-rating")["id"])[0]
+        store.add_answer(conn, item["id"], store.rater_id(conn, "ada"), {"positivity": 3, "sense": 3})
     out = ok(capsys, "rate", "summary", "--db", db)
     mean_sft = sum(s["score"] for s in samples[:4]) / 4
     assert f"| sft | {mean_sft:.2f} ± " in out

@@ -134,8 +134,11 @@ def test_bad_inputs_say_what_to_do(tmp_path, db, setup, kwargs, fragment):
 
 def test_task_names_are_unique_and_export_checks_its_task(db, samples_jsonl):
     tasks.create_label_task(db, str(samples_jsonl), name="t")
-    assert tasks.create_label_task(db, str(samples_jsonl))["name"] == "samples-label"
-    assert tasks.create_label_task(db, str(samples_jsonl))["name"] == "samples-label-2"
+    # the same items again without a name: the task that holds them is named, nothing is created
+    with pytest.raises(RlhfLabError, match=r"Task 't' already holds these items \(0 answers so far\).*--name NEW"):
+        tasks.create_label_task(db, str(samples_jsonl), seed=5)
+    assert tasks.create_label_task(db, str(samples_jsonl), limit=4)["name"] == "samples-label"  # other items: a new task
+    assert tasks.create_label_task(db, str(samples_jsonl), limit=4, seed=1)["name"] == "samples-label-2"
     with pytest.raises(RlhfLabError, match="already exists"):
         tasks.create_label_task(db, str(samples_jsonl), name="t")
     with pytest.raises(RlhfLabError, match="no answers yet"):
@@ -149,7 +152,7 @@ def test_task_names_are_unique_and_export_checks_its_task(db, samples_jsonl):
 def test_rating_task_takes_shared_prompts_and_checks_its_inputs(tmp_path, db, samples_jsonl):
     samples = tasks.read_samples(samples_jsonl)
     created = tasks.create_rating_task(db, samples + [{"prompt_id": 99, "prompt": "x", "model": "alpha-model", "response": "only one"}], prompts=5)
-    assert created == {"name": "blind-rating", "kind": "rating", "items": 10, "prompts": 5, "models": list(MODELS),
+    assert created == {"name": "blind-rating", "kind": "rating", "items": 10, "prompts": 5, "models": list(MODELS), "run": None,
                        "left_out": {"prompts without a response from every model": 1, "prompts beyond --prompts 5": 3}}
     with store.opened(db) as conn:
         info = store.get_task(conn, "blind-rating")

@@ -84,7 +84,9 @@ def test_more_models_compare_to_the_first_and_files_are_written(tmp_path, db, sa
     samples = tasks.read_samples(samples_jsonl)
     third = [{**row, "model": "gamma-model", "score": 0.0} for row in samples if row["model"] == "alpha-model"]
     tasks.create_rating_task(db, samples + third, name="three", models=["gamma-model", *MODELS])
+    rate(db, "three", {"ada": lambda model, prompt_id: (3, 4) if prompt_id < 2 else None})  # a summary needs ratings
     summary = rating_summary(db, "three")
+    assert summary["ratings"] == 6 and summary["run"] is None
     assert [m["model"] for m in summary["models"]] == ["gamma-model", *MODELS]
     assert {(c["model"], c["baseline"]) for c in summary["comparisons"]} == {(m, "gamma-model") for m in MODELS}
     json_path, md_path = write_rating_summary(summary, tmp_path / "out")
