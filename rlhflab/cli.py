@@ -12,6 +12,7 @@ from rlhflab.errors import RlhfLabError, RunInterrupted
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool the closed pipe ended
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +119,11 @@ def _stage(args: argparse.Namespace) -> None:
 
         print(f"data: {describe_dropped(summary['left_out'])}")
     print(f"model: {run_dir.model_dir}" if run_dir.model_dir.exists() else f"results: {run_dir.path}")
+    from rlhflab.rewards import describe_reads
+
+    crowded = describe_reads(summary.get("reward_reads") or {})
+    if crowded:
+        print(f"note: {crowded}. Set reward_fn.text=response to score the responses alone.")
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -130,6 +136,10 @@ def _score(args: argparse.Namespace) -> None:
     scores = reward([args.prompt] * len(args.texts), args.texts)
     for value, text in zip(scores.tolist(), args.texts):
         print(f"{value:9.4f}  {text}")
+    note = reward.reads.note() if reward.reads else None
+    if note:  # stderr: stdout stays `value  text` lines
+        print(f"note: {note}. The scores then say more about the prompt than about the texts; leave out --prompt "
+              f"to score each text alone.", file=sys.stderr)
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -203,14 +213,50 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+# How long another process waits for the main one to report a user error before it says it itself.
+NON_MAIN_ERROR_WAIT_S = 60.0
+
+
+def _let_the_main_process_say_it(exc: RlhfLabError) -> None:
+    """On a non-main process of a multi-process launch, wait before exiting with a user error.
+
+    torchrun ends every process of the group as soon as one exits non-zero. Every process hits
+    the same error at about the same time, but only the main one prints it: were this one to exit
+    first, the launcher could kill the main process before its line is out (seen on a busy
+    machine). So wait: the launcher ends this process once the main one has printed and exited. An
+    error this process alone hit (the main one waits in a collective) is said here after the wait.
+    """
+    import time
+
+    parent = os.getppid()
+    deadline = time.monotonic() + NON_MAIN_ERROR_WAIT_S
+    while time.monotonic() < deadline and os.getppid() == parent:  # a new parent: the launcher is gone
+        time.sleep(0.05)
+    print(f"error (process {os.environ.get('RANK')}): {exc}", file=sys.stderr, flush=True)
+
+
 def _report(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from rlhflab.eval.report import build_report
 
+    _refuse_stage_folder(Path(args.run_dir))
     html, markdown = build_report(Path(args.run_dir), Path(args.out) if args.out else None)
     print(markdown)
     print(html)  # last line: scripts take the HTML path with `tail -1`
+
+
+def _refuse_stage_folder(path) -> None:
+    """A stage's folder (runs/default/ppo) where the run folder (runs/default) goes: name the run folder."""
+    from rlhflab.stages.registry import STAGES
+
+    if not path.is_dir() or any((path / name).is_dir() for name in STAGES):
+        return  # not a folder (the report says so), or a run folder (whatever its own name)
+    holds_stage_files = any((path / name).exists() for name in ("stage.json", "summary.json", "metrics.jsonl"))
+    if (path.name in STAGES or holds_stage_files) and any((path.parent / name).is_dir() for name in STAGES):
+        run = path.parent
+        raise RlhfLabError(f"{path} is the {path.name} stage of the run {run}: pass the run folder, {run} "
+                           f"(`rlhflab report {run}`).")
 
 
 def _config(args: argparse.Namespace) -> None:
@@ -231,17 +277,60 @@ COMMANDS.update({name: _human for name in ("serve", "label", "rate")})
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Flags and `key=value` overrides in any order (`rlhflab ppo --config X --overwrite name=a`)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     if hasattr(args, "overrides"):
         overrides = [item for item in extra if "=" in item and not item.startswith("-")]
         args.overrides = [*(args.overrides or []), *overrides]
         extra = [item for item in extra if item not in overrides]
+        dashed = next((item for item in extra if _dashed_override(item, argv)), None)
+        if dashed is not None:
+            # The argparse habit (--sft.epochs=3): say the spelling that works, in one line.
+            print(f"error: unrecognized argument {dashed}: config overrides take no dashes; write "
+                  f"{_dashed_override(dashed, argv)}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
 
+def _dashed_override(item: str, argv: list[str]) -> str | None:
+    """`sft.epochs=3` for `--sft.epochs=3` (or `--sft.epochs 3`) when the key starts with a config
+    section or top-level setting; None for anything else."""
+    import dataclasses
+    import re
+
+    from rlhflab.config import Config
+
+    match = re.fullmatch(r"--?([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(=.*)?", item)
+    if not match or match.group(1).split(".")[0] not in {f.name for f in dataclasses.fields(Config)}:
+        return None
+    key, value = match.group(1), match.group(2)
+    if value is not None:
+        return f"{key}{value}"
+    position = argv.index(item)
+    following = argv[position + 1] if position + 1 < len(argv) else None
+    if following is None or following.startswith("-") or "=" in following:
+        return f"{key}=VALUE"
+    return f"{key}={following}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:  # --help and errors too: a reader that went away fails here, not at interpreter exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # `rlhflab ... | head -3`: the reader closed the pipe. End quietly, as Unix tools do when
+        # SIGPIPE kills them (status 128 + 13); stdout goes to devnull so that the flush at
+        # interpreter exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     from rlhflab.malloc import keep_freed_memory
 
@@ -256,7 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RLHFLAB_DEBUG") == "1":  # the full traceback, chained causes included
             traceback.print_exc()
         if _is_main_process():  # every process hits the same error; one line says it
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        else:
+            _let_the_main_process_say_it(exc)
         return EXIT_USER_ERROR
     except RunInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)

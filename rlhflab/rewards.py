@@ -6,9 +6,12 @@
 Sources: a reward model trained by `rlhflab reward` (a run directory), any text classifier
 from the hub or a local folder (the score of a label looked up by name), or a Python callable
 `module:function` / `path/to/file.py:function` called as fn(prompts, responses) -> list[float].
-Models read prompt + response cut to reward_fn.max_length tokens from the prompt's front, so the
-response is always judged whole (`rlhflab.models.encoding.prompt_response_ids`). Whatever a
-callable raises or returns amiss is an RlhfLabError naming it.
+Models read prompt + response cut from the prompt's front, so the response is always judged
+whole (`rlhflab.models.encoding.prompt_response_ids`), to at most reward_fn.max_length tokens, the
+tokenizer's limit, and, for a reward model trained by rlhflab, the length it was trained on
+(reward.max_length, recorded in rlhflab_reward.json): a model scored on longer texts than it saw
+ranks them by patterns it never learned. `RewardFunction.reads` counts the texts whose prompt took
+most of that budget. Whatever a callable raises or returns amiss is an RlhfLabError naming it.
 """
 
 from __future__ import annotations
@@ -25,9 +28,59 @@ import torch
 
 from rlhflab.config import RewardFnConfig
 from rlhflab.errors import RlhfLabError
-from rlhflab.models.encoding import pad_rows, prompt_response_ids
+from rlhflab.models.encoding import fit_prompt_response, pad_rows
 
 ScoreFn = Callable[[list[str], list[str]], "Sequence[float] | torch.Tensor"]
+
+
+@dataclass
+class TextsRead:
+    """How a scoring model spent its token budget on the texts it scored since it was built.
+
+    A prompt that fills most of the budget leaves the response a few tokens at the end: the score
+    then says more about the prompt than about the response."""
+
+    max_length: int  # tokens the model reads per text
+    limited_by: str  # what set max_length (see scoring_length)
+    texts: int = 0
+    prompt_most: int = 0  # texts whose prompt took more than half of max_length
+    prompts_cut: int = 0  # texts whose prompt lost its front
+    responses_cut: int = 0  # texts whose response alone exceeded max_length (read from its beginning)
+    most_prompt_tokens: int = 0  # the most prompt tokens in one text
+
+    def add(self, prompt_tokens: list[int], prompts_cut: int, responses_cut: int) -> None:
+        self.texts += len(prompt_tokens)
+        self.prompt_most += sum(2 * n > self.max_length for n in prompt_tokens)
+        self.prompts_cut += prompts_cut
+        self.responses_cut += responses_cut
+        self.most_prompt_tokens = max([self.most_prompt_tokens, *prompt_tokens])
+
+    def summary(self, total: Callable[[int], int] = int) -> dict:
+        """The counts for a stage's summary.json; `total` sums a count over processes (Runtime.sum)."""
+        counts = {name: int(total(getattr(self, name))) for name in ("texts", "prompt_most", "prompts_cut", "responses_cut")}
+        return {"max_length": self.max_length, "limited_by": self.limited_by, **counts}
+
+    def note(self) -> str | None:
+        """One sentence when prompts crowded out the responses, else None."""
+        return describe_reads(self.summary(), self.most_prompt_tokens)
+
+
+def describe_reads(reads: dict, most_prompt_tokens: int | None = None) -> str | None:
+    """One sentence from TextsRead.summary() (as a summary.json holds it) when prompts crowded out
+    the responses, else None."""
+    texts, length = reads.get("texts", 0), reads.get("max_length")
+    parts = []
+    if reads.get("prompt_most"):
+        most = f"up to {most_prompt_tokens} prompt tokens" if most_prompt_tokens else ""
+        cut = reads.get("prompts_cut", 0)
+        cut = f"{cut} prompt{'s' * (cut != 1)} cut from the front" if cut else ""
+        detail = "; ".join(x for x in (most, cut) if x)
+        parts.append(f"in {reads['prompt_most']} of {texts} texts the prompt took more than half of the {length} "
+                     f"tokens the reward reads ({reads.get('limited_by')}{'; ' + detail if detail else ''})")
+    if reads.get("responses_cut"):
+        parts.append(f"{reads['responses_cut']} of {texts} responses alone exceeded those {length} tokens and were "
+                     f"scored from their beginning, without the prompt")
+    return "; ".join(parts) or None
 
 
 @dataclass
@@ -38,6 +91,7 @@ class RewardFunction:
     score: ScoreFn
     flip: Callable[[torch.Tensor], torch.Tensor] | None = None
     output: str = "score"  # what the numbers are: score, probability, logit or logit_diff
+    reads: TextsRead | None = None  # models only: how their token budget was spent
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         prompts, responses = list(prompts), list(responses)
@@ -105,14 +159,16 @@ def build_reward(cfg: RewardFnConfig, *, default_source: str | None = None, devi
             kind = "callable"
         else:
             kind = "classifier"
+    reads = None
     if kind == "callable":
         score, output = _callable_score(source), "score"
     else:
-        score, output = _model_score(source, kind, cfg, device)
+        score, output, reads = _model_score(source, kind, cfg, device)
     flip = None
     if cfg.flip:
         flip = (lambda x: 1.0 - x) if output == "probability" else (lambda x: -x)
-    return RewardFunction(f"{source} ({kind}, {output}{', flipped' if cfg.flip else ''})", score, flip, output)
+    length = f", reads {reads.max_length} tokens" if reads else ""
+    return RewardFunction(f"{source} ({kind}, {output}{', flipped' if cfg.flip else ''}{length})", score, flip, output, reads)
 
 
 def probability_reward(cfg: RewardFnConfig, *, default_source: str | None = None,
@@ -214,15 +270,33 @@ def _cached(loader: Callable, source: str):
     probability of the same model, and must not hold (or load) it twice."""
     from rlhflab.models.reward_model import reward_model_dir
 
+    from rlhflab.models.reward_model import META_FILE
+
     folder = reward_model_dir(source) or Path(source).expanduser()
     key = (loader.__name__, str(folder.resolve()) if folder.exists() else source)
-    stamp = (folder / "config.json").stat().st_mtime if (folder / "config.json").exists() else None
+    # A changed file reloads: the weights' config, the reward meta, the run's config (its length).
+    files = (folder / "config.json", folder / META_FILE, folder.parent / "config.yaml")
+    stamp = tuple(path.stat().st_mtime if path.is_file() else None for path in files)
     if key not in _LOADED or _LOADED[key][0] != stamp:
         _LOADED[key] = (stamp, loader(source))
     return _LOADED[key][1]
 
 
-def _model_score(source: str, kind: str, cfg: RewardFnConfig, device: str | torch.device) -> tuple[ScoreFn, str]:
+def scoring_length(cfg: RewardFnConfig, tokenizer, trained: int | None) -> tuple[int, str]:
+    """(tokens a model reads per text, what set that number): the least of reward_fn.max_length,
+    the tokenizer's limit and the length a reward model was trained on."""
+    limits = [(cfg.max_length, "reward_fn.max_length")]
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and tokenizer_limit >= 2:
+        limits.append((tokenizer_limit, "the tokenizer's limit"))
+    if trained:
+        limits.append((trained, "the length it was trained on, reward.max_length"))
+    # On a tie the training length is the reason worth naming (the last listed wins).
+    return min(limits, key=lambda item: (item[0], -limits.index(item)))
+
+
+def _model_score(source: str, kind: str, cfg: RewardFnConfig,
+                 device: str | torch.device) -> tuple[ScoreFn, str, TextsRead]:
     from rlhflab.engine.runtime import resolve_device
 
     device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -247,7 +321,8 @@ def _model_score(source: str, kind: str, cfg: RewardFnConfig, device: str | torc
         index = label_index(model.config.id2label, cfg.label)
         transform = lambda logits: logits_to_reward(logits, index, output)  # noqa: E731
     model.to(device).eval()
-    max_length = min(cfg.max_length, getattr(tokenizer, "model_max_length", cfg.max_length) or cfg.max_length)
+    max_length, limited_by = scoring_length(cfg, tokenizer, meta.max_length if kind == "reward_model" else None)
+    reads = TextsRead(max_length, limited_by)
 
     @torch.no_grad()
     def score(prompts: list[str], responses: list[str]) -> torch.Tensor:
@@ -257,11 +332,12 @@ def _model_score(source: str, kind: str, cfg: RewardFnConfig, device: str | torc
         for start in range(0, len(responses), cfg.batch_size):
             # Too long a text loses the front of its prompt, never the response being judged; a
             # response longer than max_length alone keeps its beginning (as plain texts do).
-            rows, _ = prompt_response_ids(prompts[start : start + cfg.batch_size], responses[start : start + cfg.batch_size],
-                                          tokenizer, max_length, long_response="truncate")
-            batch = pad_rows(rows, tokenizer).to(device)
+            fitted = fit_prompt_response(prompts[start : start + cfg.batch_size], responses[start : start + cfg.batch_size],
+                                         tokenizer, max_length, long_response="truncate")
+            reads.add(fitted.prompt_tokens, fitted.prompts_cut, fitted.responses_cut)
+            batch = pad_rows(fitted.rows, tokenizer).to(device)
             out.append(transform(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits).cpu())
         return torch.cat(out)
 
-    return score, output
+    return score, output, reads
 

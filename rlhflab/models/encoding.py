@@ -70,6 +70,20 @@ def truncation_side(tokenizer, side: str):
         tokenizer.truncation_side = before
 
 
+@dataclass
+class FittedTexts:
+    """Token ids of joined prompt + response texts cut to a budget, and how the budget was spent.
+
+    rows: ids per text (special tokens included); prompt_tokens: how many of a row's ids are
+    prompt text; prompts_cut: texts whose prompt lost its front; responses_cut: texts whose
+    response did not fit alone (read without its prompt, keeping its beginning)."""
+
+    rows: list[list[int]]
+    prompt_tokens: list[int]
+    prompts_cut: int
+    responses_cut: int
+
+
 def prompt_response_ids(
     prompts: Sequence[str],
     responses: Sequence[str],
@@ -90,6 +104,22 @@ def prompt_response_ids(
     and the `setting` to raise; with long_response="truncate" it is read alone and keeps its
     beginning instead, like any plain text (scoring, where an error mid-run helps no one).
     """
+    fitted = fit_prompt_response(prompts, responses, tokenizer, max_length, long_response=long_response,
+                                 setting=setting, where=where)
+    return fitted.rows, fitted.prompts_cut
+
+
+def fit_prompt_response(
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    tokenizer,
+    max_length: int,
+    *,
+    long_response: Literal["error", "truncate"] = "error",
+    setting: str = "max_length",
+    where: Sequence[str] | None = None,
+) -> FittedTexts:
+    """`prompt_response_ids` with the share of each row the prompt takes (FittedTexts)."""
     prompts, responses = list(prompts), list(responses)
     texts = [join_prompt_response(p, r) for p, r in zip(prompts, responses)]
     # Character offsets in each joined text: where its first visible character and its
@@ -97,8 +127,8 @@ def prompt_response_ids(
     heads = [len(t) - len(t.lstrip()) for t in texts]
     starts = [len(t) - len(r.lstrip()) for t, r in zip(texts, responses)]
     with truncation_side(tokenizer, "left"):
-        rows, kept_from = _left_truncated(tokenizer, texts, max_length, starts)
-    cut_prompts = 0
+        rows, kept_from, prompt_tokens = _left_truncated(tokenizer, texts, max_length, starts)
+    cut_prompts = cut_responses = 0
     for i, first in enumerate(kept_from):
         if first <= heads[i]:
             continue  # the whole text fits
@@ -115,27 +145,34 @@ def prompt_response_ids(
             )
         with truncation_side(tokenizer, "right"):
             rows[i] = tokenizer(responses[i], truncation=True, max_length=max_length)["input_ids"]
-    return rows, cut_prompts
+        prompt_tokens[i] = 0
+        cut_responses += 1
+    return FittedTexts(rows, prompt_tokens, cut_prompts, cut_responses)
 
 
-def _left_truncated(tokenizer, texts: list[str], max_length: int, starts: list[int]) -> tuple[list[list[int]], list[int]]:
-    """Ids of each text cut from the left to max_length, and the character offset of the
-    first text character kept (len(text) when none is)."""
+def _left_truncated(tokenizer, texts: list[str], max_length: int,
+                    starts: list[int]) -> tuple[list[list[int]], list[int], list[int]]:
+    """Ids of each text cut from the left to max_length, the character offset of the first text
+    character kept (len(text) when none is), and how many kept tokens are prompt text (before
+    `starts`, the response's first character)."""
     if not getattr(tokenizer, "is_fast", False):  # a pure Python tokenizer has no offsets: judge by token counts
         rows = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-        kept = []
-        for text, start in zip(texts, starts):
+        kept, prompt_tokens = [], []
+        for text, start, row in zip(texts, starts, rows):
+            response = len(tokenizer(text[start:])["input_ids"])  # special tokens counted on both sides
             if len(tokenizer(text)["input_ids"]) <= max_length:
                 kept.append(0)
             else:
-                kept.append(start if len(tokenizer(text[start:])["input_ids"]) <= max_length else start + 1)
-        return rows, kept
+                kept.append(start if response <= max_length else start + 1)
+            prompt_tokens.append(max(len(row) - response, 0))
+        return rows, kept, prompt_tokens
     enc = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=True,
                     return_special_tokens_mask=True)
-    kept = []
-    for text, offsets, special in zip(texts, enc["offset_mapping"], enc["special_tokens_mask"]):
+    kept, prompt_tokens = [], []
+    for text, start, offsets, special in zip(texts, starts, enc["offset_mapping"], enc["special_tokens_mask"]):
         kept.append(min((a for (a, b), s in zip(offsets, special) if not s and b > a), default=len(text)))
-    return list(enc["input_ids"]), kept
+        prompt_tokens.append(sum(1 for (a, b), s in zip(offsets, special) if not s and b > a and a < start))
+    return list(enc["input_ids"]), kept, prompt_tokens
 
 
 def encode_prompt_response(prompts: Sequence[str], responses: Sequence[str], tokenizer, max_length: int,

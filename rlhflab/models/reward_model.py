@@ -9,7 +9,7 @@ mean 0 and std 1 on a reference set.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rlhflab.assets import hub_options, resolve_model
@@ -29,6 +29,9 @@ class RewardMeta:
     bias: float
     reference: str  # which texts set gain and bias
     base_model: str
+    # Tokens per text in training (reward.max_length): scoring reads no more, since a head trained on
+    # 256 tokens judges a 512-token text by patterns it never saw. None: not recorded (older models).
+    max_length: int | None = None
 
 
 def load_reward_backbone(name: str):
@@ -109,11 +112,26 @@ def load_reward_model(path: str | Path):
             f"Train one with `rlhflab reward`, or use a classifier with reward.kind=classifier."
         )
     meta = RewardMeta(**read_json(folder / META_FILE))
+    if meta.max_length is None:
+        meta = replace(meta, max_length=_length_from_run_config(folder))
     try:
         model = load_weights(AutoModelForSequenceClassification, str(path), str(folder))
     except ValueError as exc:
         raise RlhfLabError(f"Could not load the reward model in {folder}: {str(exc).splitlines()[0][:200]}") from None
     return model, load_tokenizer(str(folder), str(folder)), meta
+
+
+def _length_from_run_config(folder: Path) -> int | None:
+    """reward.max_length from the config.yaml of the run stage that saved `folder` (models saved
+    before the length was recorded beside them), else None."""
+    import yaml
+
+    try:
+        settings = yaml.safe_load((folder.parent / "config.yaml").read_text(encoding="utf-8"))
+        length = settings["reward"]["max_length"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    return length if isinstance(length, int) and not isinstance(length, bool) and length >= 2 else None
 
 
 def load_classifier(name: str):

@@ -140,6 +140,8 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     write_jsonl(run_dir.path / "samples.jsonl", rows)
     summary = {"prompts": len(prompts), "reward": score_fn.description, "reference": reference_name, "max_new_tokens": max_new,
                "temperature": ev.temperature, "models": models, "comparison": comparison, "left_out": left_out}
+    if score_fn.reads:  # prompts that crowd out the responses in the reward model's token budget
+        summary["reward_reads"] = score_fn.reads.summary()
     if judges:
         summary["judges"] = calibration
         summary["gold_agreement"] = gold_agreement(models, reference_name)

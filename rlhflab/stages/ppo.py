@@ -101,6 +101,8 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         "kl_penalty": ppo.kl_penalty,
         "policy": policy_source,
         "reward": rewards["score"].description,
+        # how the reward model's token budget went: prompts that crowd out the response (summed over processes)
+        **({"reward_reads": rewards["score"].reads.summary(runtime.sum)} if rewards["score"].reads else {}),
         "trainable": ppo.trainable,
         "parameters": {"trainable": trainable, "total": total},
         "reference": policy.reference.description,

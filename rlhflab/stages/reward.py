@@ -124,7 +124,8 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     metrics = {name: scorer.metrics(name, raw) for name, raw in final_scores.items()}
     reference = "validation" if has_validation else "train"
     gain, bias = normalization(torch.cat(list(final_scores[reference].values())))
-    meta = RewardMeta(objective=rw.objective, gain=gain, bias=bias, reference=f"{reference} split", base_model=rw.model)
+    meta = RewardMeta(objective=rw.objective, gain=gain, bias=bias, reference=f"{reference} split", base_model=rw.model,
+                      max_length=rw.max_length)
     if runtime.is_main:
         save_reward_model(model, tokenizer, meta, run_dir.model_dir)
     summary = {

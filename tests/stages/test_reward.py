@@ -44,6 +44,9 @@ def test_classifier_from_labels_learns_and_saves_a_plain_model(tmp_path, tiny_be
     model = AutoModelForSequenceClassification.from_pretrained(run_dir.model_dir)  # plain transformers
     assert model.config.num_labels == 1 and model.config.id2label[0] == "POSITIVE"
     assert "Confusion matrix" in reward.format_summary(summary)
+    # The training length is recorded with the model, and scoring reads no more (issue 19).
+    assert json.loads((run_dir.model_dir / META_FILE).read_text())["max_length"] == 32
+    assert build_reward(RewardFnConfig(source=str(run_dir.path))).reads.max_length == 32
 
 
 def test_normalised_scores_have_mean_zero_and_std_one_on_the_reference_split(tmp_path, tiny_bert_dir, reviews_csv):

@@ -520,3 +520,88 @@ def test_reward_function_result_is_detached_on_cpu():
     assert not out.requires_grad
     assert out.device.type == "cpu"
     assert out.tolist() == [3.0, 3.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# A reward model scores at the length it was trained on (issue 19, §4)
+
+LONG_PROMPT = " ".join(f"we sat in row {i} and the seat was near the door" for i in range(30))  # ~300 words
+
+
+@pytest.fixture(scope="module")
+def trained_at_16(tmp_path_factory, tiny_tokenizer_dir):
+    """(run stage folder, model, tokenizer): a reward model whose rlhflab_reward.json records max_length=16."""
+    tokenizer = _tokenizer(tiny_tokenizer_dir)
+    model = _tiny_bert(tokenizer, 1, {0: "POSITIVE"})
+    run = tmp_path_factory.mktemp("reward-16")
+    meta = RewardMeta(objective="labels", gain=2.0, bias=-1.0, reference="test", base_model="x", max_length=16)
+    save_reward_model(model, tokenizer, meta, run / "model")
+    return run, model, tokenizer
+
+
+def _score_of_last_tokens(model, tokenizer, prompt, response, length) -> float:
+    """2 * logit - 1 of the model on the last `length` tokens of prompt + response."""
+    from rlhflab.data import join_prompt_response
+
+    ids = tokenizer(join_prompt_response(prompt, response))["input_ids"][-length:]
+    with torch.no_grad():
+        return 2.0 * model(input_ids=torch.tensor([ids])).logits[0, 0].item() - 1.0
+
+
+def test_a_reward_model_scores_at_its_training_length_not_reward_fn_max_length(trained_at_16):
+    run, model, tokenizer = trained_at_16
+    reward = build_reward(RewardFnConfig(source=str(run)))  # reward_fn.max_length: the default 512
+    responses = ["the film was great and the cast was charming.", "dull."]
+    scores = reward([LONG_PROMPT] * 2, responses).tolist()
+    assert reward.reads.max_length == 16 and "reads 16 tokens" in reward.description
+    for response, value in zip(responses, scores):
+        assert value == pytest.approx(_score_of_last_tokens(model, tokenizer, LONG_PROMPT, response, 16), abs=1e-4)
+    # Reading 512 tokens (what scoring did before) gives other numbers.
+    assert scores[1] != pytest.approx(_score_of_last_tokens(model, tokenizer, LONG_PROMPT, responses[1], 512), abs=1e-3)
+
+
+def test_reward_fn_max_length_only_shortens_what_a_reward_model_reads(trained_at_16):
+    run, _, _ = trained_at_16
+    shorter = build_reward(RewardFnConfig(source=str(run), max_length=8))
+    assert (shorter.reads.max_length, shorter.reads.limited_by) == (8, "reward_fn.max_length")
+    longer = build_reward(RewardFnConfig(source=str(run), max_length=64))
+    assert (longer.reads.max_length, longer.reads.limited_by) == (16, "the length it was trained on, reward.max_length")
+
+
+def test_a_model_saved_before_the_length_was_recorded_takes_it_from_its_run_config(tmp_path, trained_at_16):
+    import json
+    import shutil
+
+    run, _, _ = trained_at_16
+    old = tmp_path / "reward"
+    shutil.copytree(run / "model", old / "model")
+    meta = json.loads((old / "model" / META_FILE).read_text())
+    del meta["max_length"]
+    (old / "model" / META_FILE).write_text(json.dumps(meta))
+    # No config.yaml beside it: reward_fn.max_length and the tokenizer's limit are all there is.
+    assert build_reward(RewardFnConfig(source=str(old), max_length=40)).reads.max_length == 40
+    (old / "config.yaml").write_text("name: old\nreward:\n  max_length: 24\n  epochs: 1\n")
+    assert build_reward(RewardFnConfig(source=str(old), max_length=40)).reads.max_length == 24
+
+
+def test_texts_whose_prompt_takes_most_of_the_budget_are_counted_and_said(trained_at_16):
+    run, _, _ = trained_at_16
+    reward = build_reward(RewardFnConfig(source=str(run)))
+    reward([LONG_PROMPT, "so:", ""], ["great.", "great.", "great."])
+    assert reward.reads.summary() == {"max_length": 16, "limited_by": "the length it was trained on, reward.max_length",
+                                      "texts": 3, "prompt_most": 1, "prompts_cut": 1, "responses_cut": 0}
+    note = reward.reads.note()
+    assert note.startswith("in 1 of 3 texts the prompt took more than half of the 16 tokens the reward reads")
+    assert "1 prompt cut from the front" in note and f"up to {reward.reads.most_prompt_tokens} prompt tokens" in note
+    assert 8 < reward.reads.most_prompt_tokens < 16
+
+
+def test_scoring_the_response_alone_leaves_no_note(trained_at_16):
+    run, _, _ = trained_at_16
+    reward = build_reward(RewardFnConfig(source=str(run), text="response"))
+    reward([LONG_PROMPT], ["great."])
+    assert reward.reads.summary()["prompt_most"] == 0 and reward.reads.note() is None
+    long_response = build_reward(RewardFnConfig(source=str(run), text="response"))
+    long_response([""], [LONG_PROMPT])
+    assert long_response.reads.responses_cut == 1
+    assert "1 of 1 responses alone exceeded those 16 tokens" in long_response.reads.note()
