@@ -122,3 +122,38 @@ def test_best_of_n_keeps_the_best_of_the_first_n_samples(tmp_path, reviews_csv, 
 
         check_evaluate(EvaluateConfig(best_of=[0]))
     assert "best-of-n from sft on the first 3 prompts" in evaluate.format_summary(summary)
+
+
+def test_evaluate_scores_at_the_reward_models_training_length_and_counts_crowding_prompts(tmp_path, reviews_csv,
+                                                                                          tiny_llama_dir, tiny_tokenizer_dir):
+    """Issue 19: the reward model reads the 6 tokens it was trained on (not reward_fn.max_length's 512),
+    and summary.json counts the texts whose prompt took more than half of them (one-token answers to
+    prompts of 3 to 5 tokens)."""
+    from dataclasses import replace
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from rlhflab.data import join_prompt_response
+    from rlhflab.models.encoding import fit_prompt_response
+    from rlhflab.models.reward_model import RewardMeta, save_reward_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=1, id2label={0: "POSITIVE"}, label2id={"POSITIVE": 0},
+                        pad_token_id=tokenizer.pad_token_id or 0)
+    torch.manual_seed(0)
+    meta = RewardMeta(objective="labels", gain=1.0, bias=0.0, reference="test", base_model="x", max_length=6)
+    save_reward_model(BertForSequenceClassification(config).eval(), tokenizer, meta, tmp_path / "reward" / "model")
+    cfg = make_config(tmp_path, reviews_csv, {"sft": str(tiny_llama_dir)}, max_new_tokens=1)
+    cfg.reward_fn = replace(cfg.reward_fn, source=str(tmp_path / "reward"))
+    summary = json.loads(run_stage("evaluate", cfg, progress=False).summary_path.read_text())
+    reads = summary["reward_reads"]
+    assert summary["reward"].endswith("reads 6 tokens)")
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "evaluate" / "samples.jsonl").read_text().splitlines()]
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    fitted = fit_prompt_response([r["prompt"] for r in rows], [r["response"] for r in rows], tokenizer, 6, long_response="truncate")
+    assert reads == {"max_length": 6, "limited_by": "the length it was trained on, reward.max_length", "texts": 12,
+                     "prompt_most": sum(2 * n > 6 for n in fitted.prompt_tokens), "prompts_cut": fitted.prompts_cut,
+                     "responses_cut": fitted.responses_cut}
+    assert 0 < reads["prompt_most"] < 12  # prompts of 4 or 5 tokens, not those of 3
+    assert max(len(tokenizer(join_prompt_response(r["prompt"], r["response"]))["input_ids"]) for r in rows) > 6  # 512 would differ
