@@ -5,20 +5,35 @@ Arguments: a sweep folder (runs/x/sweep: all its points, in the manifest's order
 contract: each RL run's summary.json, metrics.jsonl and config.yaml (a sweep point's point.yaml).
 Writes <out>/compare.json, <out>/compare.md and <out>/figures/compare_*.png; the run report
 shows compare.json of <run>/sweep/compare as its "Sweep" section.
+
+Runs may come from someone else, so their files are read as data (rlhflab/eval/run_files.py):
+only regular files inside the folder an argument names, never through a symbolic link. The
+rule for a run's file that cannot be used (a link, JSON or YAML that does not parse, a YAML tag
+such as `!!python/object`, a list where an object goes, a string where a number goes): its
+numbers show as missing ("-", "not finished") and a sentence names the file and why; the
+comparison still builds. An argument that names no RL run, or a sweep.json without a usable
+list of points (it says what to compare), is an RlhfLabError.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlhflab.config import parse_yaml
 from rlhflab.errors import RlhfLabError
-from rlhflab.io import atomic_write_text, read_json, read_jsonl, write_json
+from rlhflab.eval.run_files import (
+    HandedFileError,
+    read_json_lines,
+    read_json_object,
+    read_yaml_mapping,
+    writable_folder,
+)
+from rlhflab.io import atomic_write_text, write_json
 
 RL_STAGE = "ppo"  # the stage folder of every RL algorithm (ppo, grpo, rloo)
 LAST_STEPS = 10  # clip fraction and approximate KL are averaged over this many last steps
@@ -48,6 +63,8 @@ class RlRun:
     config: dict | None = None
     summary: dict | None = None
     rows: list[dict] = field(default_factory=list)
+    root: Path | None = None  # the folder the argument named: nothing outside it is read (default: folder's parent)
+    problems: list[str] = field(default_factory=list)  # files of this run that were not used, and why
 
     @property
     def finished(self) -> bool:
@@ -66,39 +83,61 @@ class Comparison:
 # -- reading --------------------------------------------------------------------------------
 
 
-def _yaml(path: Path) -> dict | None:
-    import yaml
-
+def _handed(run: RlRun, read, relative: Path, default=None):
+    """read(root, relative) of a run's file; a file that cannot be used (HandedFileError) is
+    noted in run.problems and gives `default`. A config we cannot read only costs its columns."""
     try:
-        data = parse_yaml(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # a config we cannot read only costs its columns
-        return None
-    return data if isinstance(data, dict) else None
+        return read(run.root, relative.as_posix())
+    except HandedFileError as exc:
+        run.problems.append(str(exc))
+        return default
 
 
 def _read(run: RlRun) -> RlRun:
     """Fill in summary, metrics and config: from the finished folder, or what an unfinished run left in <stage>.partial."""
-    folder, partial = run.folder, run.folder.with_name(f"{run.folder.name}.partial")
-    if (folder / "summary.json").is_file():
-        summary = read_json(folder / "summary.json")
-        run.summary = summary if isinstance(summary, dict) else None
-    source = folder if run.summary is not None or not partial.is_dir() else partial
-    run.rows = read_jsonl(source / "metrics.jsonl")
+    run.root = run.root or run.folder.parent
+    folder = run.folder.relative_to(run.root)  # Path(".") when the argument is the stage folder itself
+    partial = folder.with_name(f"{folder.name}.partial") if folder.name else None
+    run.summary = _handed(run, read_json_object, folder / "summary.json")
+    unfinished = run.summary is None and partial is not None and (run.root / partial).is_dir()
+    source = partial if unfinished else folder
+    run.rows = _handed(run, read_json_lines, source / "metrics.jsonl", [])
     if run.config is None:
-        run.config = _yaml(source / "config.yaml")
+        run.config = (_handed(run, read_yaml_mapping, source / "config.yaml") or (None, None))[1]
     return run
 
 
 def _is_rl_stage(path: Path) -> bool:
     if path.name in (RL_STAGE, f"{RL_STAGE}.partial"):
         return True
-    if (path / "summary.json").is_file():
-        try:
-            summary = read_json(path / "summary.json")
-        except RlhfLabError:
-            return False
-        return isinstance(summary, dict) and "end" in summary and "evaluations" in summary
-    return False
+    try:
+        summary = read_json_object(path, "summary.json")
+    except HandedFileError:
+        return False
+    return summary is not None and "end" in summary and "evaluations" in summary
+
+
+def _point_names(path: Path) -> list[tuple[str, dict[str, str]]]:
+    """(name, swept key -> value) of each point a sweep.json lists; RlhfLabError naming the file
+    when it has no usable list (a name must be one folder inside the sweep)."""
+    try:
+        manifest = read_json_object(path, "sweep.json")
+    except HandedFileError as exc:
+        raise RlhfLabError(f"{exc} Rerun the sweep to rewrite it.") from None
+    points = manifest.get("points") if manifest else None
+    if not isinstance(points, list) or not all(isinstance(p, dict) and "name" in p for p in points):
+        raise RlhfLabError(f"{path / 'sweep.json'} has no list of points; rerun the sweep to rewrite it.")
+    out = []
+    for point in points:
+        name, overrides = point["name"], point.get("overrides", [])
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise RlhfLabError(f"{path / 'sweep.json'} lists a point named {name!r}, which is not a folder inside "
+                               f"{path}; rerun the sweep to rewrite it.")
+        if not isinstance(overrides, list) or not all(isinstance(item, str) for item in overrides):
+            raise RlhfLabError(f"{path / 'sweep.json'}: the overrides of point {name} are not a list of key=value "
+                               "strings; rerun the sweep to rewrite it.")
+        out.append((name, dict(item.split("=", 1) for item in overrides if "=" in item)))
+    return out
 
 
 def _is_run(path: Path) -> bool:
@@ -112,23 +151,21 @@ def resolve(argument: str) -> list[RlRun]:
     path = Path(argument)
     if not path.is_dir():
         raise RlhfLabError(f"{argument} is not a folder. {USAGE}")
-    if (path / "sweep.json").is_file():
-        manifest = read_json(path / "sweep.json")
-        points = manifest.get("points") if isinstance(manifest, dict) else None
-        if not isinstance(points, list) or not all(isinstance(p, dict) and "name" in p for p in points):
-            raise RlhfLabError(f"{path / 'sweep.json'} has no list of points; rerun the sweep to rewrite it.")
+    if os.path.lexists(path / "sweep.json"):
         runs = []
-        for point in points:
-            swept = dict(item.split("=", 1) for item in point.get("overrides", []) if "=" in item)
-            config = _yaml(path / point["name"] / "point.yaml")
-            runs.append(RlRun(point["name"], path / point["name"] / RL_STAGE, swept, config))
+        for name, swept in _point_names(path):
+            run = RlRun(name, path / name / RL_STAGE, swept, root=path)
+            run.config = (_handed(run, read_yaml_mapping, Path(name, "point.yaml")) or (None, None))[1]
+            runs.append(run)
         return runs
     if _is_rl_stage(path):
-        name = path.resolve().parent.name if path.name in (RL_STAGE, f"{RL_STAGE}.partial") else path.resolve().name
+        stage = path.name in (RL_STAGE, f"{RL_STAGE}.partial")
+        name = path.resolve().parent.name if stage else path.resolve().name
         folder = path.with_name(RL_STAGE) if path.name == f"{RL_STAGE}.partial" else path
-        return [RlRun(name, folder)]
+        # runs/x/ppo(.partial): runs/x is the run handed over; a stage folder of another name is its own root
+        return [RlRun(name, folder, root=path.parent if stage else path)]
     if _is_run(path):
-        return [RlRun(path.resolve().name, path / RL_STAGE)]
+        return [RlRun(path.resolve().name, path / RL_STAGE, root=path)]
     raise RlhfLabError(f"{argument} holds no sweep.json, no stage folders and no RL summary. {USAGE}")
 
 
@@ -160,17 +197,27 @@ def collect(arguments: Sequence[str]) -> tuple[list[RlRun], list[str]]:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+    """A finite number from a run's file, else None (a string, a list, NaN, an int beyond float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _by_step(rows: list[dict], split: str) -> list[dict]:
     """Rows of one split (rows without a split are train rows), one per step (the last logged), by step."""
     out: dict[int, dict] = {}
     for row in rows:
-        if row.get("split", "train") == split and isinstance(row.get("step"), (int, float)):
-            out[int(row["step"])] = row
+        step = _number(row.get("step"))
+        if row.get("split", "train") == split and step is not None:
+            out[int(step)] = row
     return [out[step] for step in sorted(out)]
 
 
@@ -179,8 +226,9 @@ def evaluations(run: RlRun) -> list[dict]:
     rows = _by_step(run.rows, "eval")
     if rows:
         return rows
-    listed = (run.summary or {}).get("evaluations") or []
-    return sorted((e for e in listed if isinstance(e, dict)), key=lambda e: e.get("step", 0))
+    listed = (run.summary or {}).get("evaluations")
+    listed = [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
+    return sorted(listed, key=lambda e: _number(e.get("step")) or 0.0)
 
 
 def reward_key(runs: Sequence[RlRun]) -> str:
@@ -207,13 +255,14 @@ def numbers(run: RlRun, key: str) -> dict:
     out["best_step"] = best.get("step") if best else None
     out["clip_fraction_last"] = _mean_last(train, "clip_fraction")
     out["approx_kl_last"] = _mean_last(train, "approx_kl")
-    out["steps"] = (run.summary or {}).get("steps") if run.finished else (int(train[-1]["step"]) if train else None)
+    steps = _number((run.summary or {}).get("steps")) if run.finished else (_number(train[-1]["step"]) if train else None)
+    out["steps"] = None if steps is None else int(steps)
     out["seconds"] = _number((run.summary or {}).get("seconds")) if run.finished else None
-    start = (run.summary or {}).get("start") if run.finished else (evals[0] if evals else None)
-    end = (run.summary or {}).get("end") if run.finished else None
-    out["start_reward"] = _number((start or {}).get(key))
-    out["final_reward"] = _number((end or {}).get(key))
-    out["final_kl"] = _number((end or {}).get("kl"))
+    start = _dict((run.summary or {}).get("start")) if run.finished else (evals[0] if evals else {})
+    end = _dict((run.summary or {}).get("end")) if run.finished else {}
+    out["start_reward"] = _number(start.get(key))
+    out["final_reward"] = _number(end.get(key))
+    out["final_kl"] = _number(end.get("kl"))
     gain = None if out["final_reward"] is None or out["start_reward"] is None else out["final_reward"] - out["start_reward"]
     out["reward_gain"] = gain
     out["reward_per_kl"] = gain / out["final_kl"] if gain is not None and out["final_kl"] else None
@@ -233,7 +282,7 @@ def _value(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:g}"
-    return value if isinstance(value, str) else json.dumps(value)
+    return value if isinstance(value, str) else json.dumps(value, default=str)  # YAML dates are not JSON
 
 
 def _pick(tree: dict | None, key: str) -> Any:
@@ -283,6 +332,11 @@ def sentences(rows: Sequence[dict], reward: str) -> list[str]:
     return out
 
 
+def problems(runs: Sequence[RlRun]) -> list[str]:
+    """A sentence per file of a run that was not used (the rule in the module docstring)."""
+    return [f"Left out of {run.name}: {problem}" for run in runs for problem in run.problems]
+
+
 def _plain_table(header: list[str], body: list[list[str]]) -> str:
     """A Markdown pipe table with aligned columns, for the terminal."""
     cells = [header, *body]
@@ -300,9 +354,12 @@ def _figures(runs: Sequence[RlRun], reward: str, folder: Path) -> list[dict]:
 
     label = "P(positive)" if reward == "positive_probability" else "reward"
     written = []
-    series = {run.name: _by_step(run.rows, "train") for run in runs}
+    train = {run.name: _by_step(run.rows, "train") for run in runs}
     for key, title, ylabel in CURVES:
-        if not any(_number(r.get(key)) is not None for rows in series.values() for r in rows):
+        # only finite numbers reach the plot: a handed metrics.jsonl may hold anything
+        series = {name: [{"step": _number(r["step"]), key: _number(r.get(key))} for r in rows
+                         if _number(r.get(key)) is not None] for name, rows in train.items()}
+        if not any(series.values()):
             continue  # no run logged it (e.g. an algorithm without that statistic)
         path = plots.runs_metric(series, key, folder / f"compare_{key}.png", title=title, ylabel=ylabel)
         written.append({"path": path, "caption": f"{title} ({key} in metrics.jsonl) per step, one colour per run; "
@@ -330,12 +387,14 @@ def compare(arguments: Sequence[str], out: str | Path | None = None) -> Comparis
     from rlhflab.eval.document import Code, Document, Heading, Image, Table, para, to_markdown
 
     runs, keys = collect([str(a) for a in arguments])
+    if out is None:  # inside the first argument: its compare/ must be a real folder, not a link to elsewhere
+        writable_folder(Path(arguments[0]), "compare/figures")
     out = Path(out) if out is not None else Path(arguments[0]) / "compare"
     reward = reward_key(runs)
     rows = [numbers(run, reward) for run in runs]
     sweep = all((Path(a) / "sweep.json").is_file() for a in arguments)
     header, body = table(runs, keys, reward, rows, sweep=sweep)
-    said = sentences(rows, reward)
+    said = sentences(rows, reward) + problems(runs)
     figures = _figures(runs, reward, out / "figures")
 
     doc = Document("rlhflab compare")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -103,18 +107,83 @@ def check_decoder_only(name: str, config) -> None:
 def load_weights(auto_class, name: str, path: str, **kwargs: Any):
     """`auto_class.from_pretrained(path)`, with a corrupt weights file or a load failure as RlhfLabError.
 
-    ValueError (a model that does not fit `auto_class`) passes through for the caller to explain.
+    A pickled `.bin` that torch's safe loader refuses (it would run code, or it is not a tensor
+    file at all) is an RlhfLabError too; see `refuse_unsafe_pickles`. ValueError (a model that
+    does not fit `auto_class`) passes through for the caller to explain.
     """
     from safetensors import SafetensorError
 
     try:
-        return auto_class.from_pretrained(path, **kwargs)
+        with refuse_unsafe_pickles():
+            return auto_class.from_pretrained(path, **kwargs)
     except SafetensorError as exc:
         raise RlhfLabError(
             f"{_corrupt_file(path)} is corrupt ({_first_line(exc)}); re-save or re-download the model."
         ) from None
     except OSError as exc:
         raise RlhfLabError(_load_failure(name, path, exc)) from None
+
+
+@contextlib.contextmanager
+def refuse_unsafe_pickles():
+    """Turn an error raised inside `torch.load` (which transformers and peft call with
+    weights_only=True for `.bin` weights) into one RlhfLabError naming the file.
+
+    torch's safe unpickler refuses a pickle that would call a function (a `__reduce__` that runs
+    code), and random bytes fail in it too; either way nothing of the file ran, and the user gets
+    how to convert it instead of a 40-line UnpicklingError. Errors from anywhere else (and file
+    system errors) pass through unchanged.
+    """
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol before refusing the file: the refusal says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            yield
+    except Exception as exc:
+        refused = _torch_load_failure(exc)
+        if refused is None:
+            raise
+        raise RlhfLabError(refused) from None
+
+
+def _torch_load_failure(exc: BaseException) -> str | None:
+    """The message for `exc` when it (or an error it wraps: transformers 4 re-raised these as
+    OSError) was raised inside torch.load; None otherwise."""
+    import torch.serialization
+
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code is torch.serialization.load.__code__:
+                if isinstance(error, OSError):
+                    return None  # the file could not be opened: not a question of its content
+                return _refusal(tb.tb_frame.f_locals.get("f"), error)
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _refusal(file: Any, error: BaseException) -> str:
+    file = os.fspath(file) if isinstance(file, (str, os.PathLike)) else "pytorch_model.bin"  # read from a stream
+    # torch's reason is one sentence of its long text, among advice on weights_only and allowlisting
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    reasons = [p for p in paragraphs if not p.startswith(boilerplate)] or paragraphs or [type(error).__name__]
+    reason = re.split(r"(?<=\.)\s", " ".join(reasons[0].split()))[0][:160].rstrip(".")
+    name = Path(file).name
+    target = Path(file).with_name(name.replace("pytorch_model", "model").removesuffix(".bin") + ".safetensors")
+    convert = (f"python -c \"import torch; from safetensors.torch import save_file; save_file({{k: v.clone().contiguous() "
+               f"for k, v in torch.load('{file}', weights_only=False).items()}}, '{target}')\"")
+    return (f"{file} is not a plain tensor file (torch's safe loader refused it: {reason}), so it was not loaded and "
+            f"nothing in it ran. A pickled .bin can run code when loaded: get the model as .safetensors, or, only if "
+            f"you trust where the file came from, convert it once with {convert} and delete the .bin. If it should "
+            f"be plain weights, it is corrupt: re-save or re-download it.")
 
 
 def load_tokenizer(name: str, path: str | None = None, options: dict | None = None):

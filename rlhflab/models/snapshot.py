@@ -68,7 +68,9 @@ def snapshot_base(folder: str | Path) -> str:
 
 def load_snapshot(folder: str | Path, **kwargs):
     """(model, tokenizer) of a snapshot: its base model with the saved tensors put in."""
-    from rlhflab.models.causal_lm import load_causal_lm
+    from safetensors import SafetensorError
+
+    from rlhflab.models.causal_lm import load_causal_lm, refuse_unsafe_pickles
 
     folder = Path(folder).expanduser()
     meta = read_json(folder / SNAPSHOT_FILE)
@@ -77,10 +79,15 @@ def load_snapshot(folder: str | Path, **kwargs):
     if meta.get("kind") == "lora":
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, str(folder)).merge_and_unload(), tokenizer
+        with refuse_unsafe_pickles():  # an adapter_model.bin is unpickled by peft
+            return PeftModel.from_pretrained(model, str(folder)).merge_and_unload(), tokenizer
     from safetensors.torch import load_file
 
-    tensors = load_file(str(folder / "weights.safetensors"))
+    try:
+        tensors = load_file(str(folder / "weights.safetensors"))
+    except (SafetensorError, FileNotFoundError) as exc:
+        raise RlhfLabError(f"{folder / 'weights.safetensors'} cannot be read ({exc}); the snapshot {folder} is "
+                           "incomplete or corrupt: copy it again, or use the run's full model.") from None
     own = dict(model.named_parameters())
     unknown = sorted(set(tensors) - set(own))
     if unknown:

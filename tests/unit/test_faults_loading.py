@@ -3,6 +3,7 @@ unreachable hub (issue 10). No network: the hub is offline, or its probe is fake
 
 from __future__ import annotations
 
+import random
 import shutil
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from rlhflab import assets
 from rlhflab.errors import RlhfLabError
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.models.reward_model import load_classifier, load_reward_backbone
-from tests.helpers import needs_asset
+from tests.helpers import assert_user_error, finish, needs_asset, start_cli
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -195,3 +196,120 @@ def test_no_loader_trusts_remote_code():
     offenders = [str(p) for p in root.rglob("*.py") if "trust_remote_code" in p.read_text(encoding="utf-8")]
     assert offenders == []
 
+
+
+# -- pickled weights (issue 19): refused in one line, never run ---------------------------------
+
+
+class _Payload:
+    """Unpickled without torch's safe loader, this creates `marker`: what a malicious .bin does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def _bin(kind: str, marker: Path) -> bytes:
+    import io
+    import pickle
+
+    import torch
+
+    if kind == "random bytes":
+        return random.Random(0).randbytes(4096)
+    if kind == "pickle":
+        return pickle.dumps({"model.embed_tokens.weight": _Payload(marker)}, protocol=2)
+    buffer = io.BytesIO()  # torch.save's zip format, the usual pytorch_model.bin
+    torch.save({"model.embed_tokens.weight": _Payload(marker)}, buffer)
+    return buffer.getvalue()
+
+
+UNSAFE = ["pickle", "torch.save", "random bytes"]
+
+
+def test_the_payload_really_runs_code_when_unpickled_unsafely(tmp_path):
+    """So the tests below prove something: these bytes run code under a plain pickle.load."""
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "ran"
+    pickle.loads(_bin("pickle", marker))
+    assert marker.exists()
+    marker.unlink()
+    (tmp_path / "w.bin").write_bytes(_bin("torch.save", marker))
+    torch.load(tmp_path / "w.bin", weights_only=False)
+    assert marker.exists()
+
+
+def _refused_in_one_line(exc: pytest.ExceptionInfo, file: Path) -> str:
+    message = one_line(exc)
+    assert message.startswith(f"{file} is not a plain tensor file (torch's safe loader refused it: ")
+    assert "so it was not loaded and nothing in it ran" in message
+    assert f"torch.load('{file}', weights_only=False)" in message and "save_file(" in message
+    return message
+
+
+@pytest.mark.parametrize("kind", UNSAFE)
+@pytest.mark.parametrize("loader", [load_causal_lm, load_reward_backbone, load_classifier])
+def test_a_pickled_bin_is_refused_in_one_line_and_never_run(tmp_path, tiny_llama_dir, loader, kind):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+    (folder / "pytorch_model.bin").write_bytes(_bin(kind, marker))
+    with pytest.raises(RlhfLabError) as exc:
+        loader(str(folder))
+    message = _refused_in_one_line(exc, folder / "pytorch_model.bin")
+    assert f"'{folder / 'model.safetensors'}'" in message
+    assert not marker.exists()
+    if kind == "pickle":
+        assert "GLOBAL" in message and "weights_only` argument" not in message  # torch's reason, not its advice
+
+
+@pytest.mark.parametrize("kind", UNSAFE)
+def test_a_pickled_adapter_of_a_lora_snapshot_is_refused_in_one_line(tmp_path, tiny_llama_dir, kind):
+    from peft import LoraConfig
+
+    from rlhflab.io import write_json
+
+    folder = tmp_path / "snapshot"
+    LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM").save_pretrained(folder)
+    write_json(folder / "snapshot.json", {"base": str(tiny_llama_dir), "base_is_path": False, "kind": "lora",
+                                          "dtype": "float32"})
+    marker = tmp_path / "ran"
+    (folder / "adapter_model.bin").write_bytes(_bin(kind, marker))
+    with pytest.raises(RlhfLabError) as exc:
+        load_causal_lm(str(folder))
+    message = _refused_in_one_line(exc, folder / "adapter_model.bin")
+    assert f"'{folder / 'adapter_model.safetensors'}'" in message
+    assert not marker.exists()
+
+
+def test_other_errors_inside_a_load_pass_through(tmp_path):
+    from rlhflab.models.causal_lm import refuse_unsafe_pickles
+
+    with pytest.raises(KeyError):
+        with refuse_unsafe_pickles():
+            raise KeyError("not from torch.load")
+    import torch
+
+    with pytest.raises(FileNotFoundError):  # a missing file is not "not a plain tensor file"
+        with refuse_unsafe_pickles():
+            torch.load(tmp_path / "missing.bin", weights_only=True)
+
+
+def test_the_cli_refuses_a_pickled_model_with_exit_2_and_one_line(tmp_path, tiny_llama_dir):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+    (folder / "pytorch_model.bin").write_bytes(_bin("torch.save", marker))
+    (tmp_path / "my_reward.py").write_text("def length(prompts, responses):\n    return [len(r) for r in responses]\n")
+    result = finish(start_cli(tmp_path, "generate", "--models", str(folder), "--prompt", "A film", "-n", "1",
+                              "--max-new-tokens", "2", "--reward", f"{tmp_path / 'my_reward.py'}:length"))
+    assert_user_error(result, str(folder / "pytorch_model.bin"), "is not a plain tensor file", "not loaded",
+                      "safetensors")
+    assert not marker.exists()
