@@ -260,9 +260,11 @@ def _refuse_stage_folder(path) -> None:
 
 
 def _config(args: argparse.Namespace) -> None:
-    from rlhflab.config import dump_yaml, load_config
+    from rlhflab.config import check_runtime, dump_yaml, load_config
 
-    print(dump_yaml(load_config(args.config, args.overrides)), end="")
+    cfg = load_config(args.config, args.overrides)  # every check a stage runs on its settings
+    check_runtime(cfg.runtime)  # and what the stages' runtime refuses on this machine
+    print(dump_yaml(cfg), end="")
 
 
 def _human(args: argparse.Namespace) -> None:

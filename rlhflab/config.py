@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import yaml
 
@@ -23,6 +23,58 @@ from rlhflab.errors import RlhfLabError
 
 # Every stage, in the order a pipeline runs them (rlhflab/stages/registry.py declares each).
 STAGE_NAMES = ("pretrain", "sft", "reward", "ppo", "dpo", "ilql", "evaluate", "overopt")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric setting may take: a finite number in [low, high]; an end named in
+    `open` ("low", "high" or "both") is itself refused; None leaves that side unbounded.
+
+    Each section declares one `RANGES` table, field name -> Bounds (for a list, every item);
+    `check_ranges` applies it when the config loads. A null value is never range-checked: where
+    the type admits it, null means "the default" (never 0)."""
+
+    low: float | None = None
+    high: float | None = None
+    open: Literal["", "low", "high", "both"] = ""
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        low_open, high_open = self.open in ("low", "both"), self.open in ("high", "both")
+        if self.low is not None and (value < self.low or low_open and value == self.low):
+            return False
+        return self.high is None or not (value > self.high or high_open and value == self.high)
+
+    def describe(self) -> str:
+        low_open, high_open = self.open in ("low", "both"), self.open in ("high", "both")
+        low, high = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        if self.low is not None:
+            if not low_open and self.low >= 1 and float(self.low).is_integer():
+                return f"at least {low}"
+            return f"{'>' if low_open else '>='} {low}"
+        if self.high is not None:
+            return f"{'<' if high_open else '<='} {high}"
+        return "a finite number"
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def at_least(n: int) -> Bounds:
+    return Bounds(low=n)
+
+
+ANY = Bounds()  # any finite number
+POSITIVE = Bounds(low=0, open="low")
+NON_NEGATIVE = Bounds(low=0)
+UNIT = Bounds(low=0, high=1)  # [0, 1]: probabilities, discounts, shares
+COUNT = at_least(1)
 
 
 @dataclass
@@ -46,6 +98,11 @@ class DataConfig:
     prompts: str | None = None
     eval_prompts: str | None = None
 
+    RANGES: ClassVar[dict[str, Bounds]] = {
+        "per_class": COUNT, "fractions": UNIT,  # fractions also sum to 1 (check_data)
+        "prompt_min_words": COUNT, "prompt_max_words": COUNT, "prompt_max_tokens": COUNT,
+    }
+
 
 @dataclass
 class LoraConfig:
@@ -54,6 +111,9 @@ class LoraConfig:
     dropout: float = 0.0
     # None: every linear layer of the decoder blocks (peft's "all-linear").
     target_modules: list[str] | None = None
+
+    # alpha / r scales the update: an alpha of 0 would train an adapter that changes nothing.
+    RANGES: ClassVar[dict[str, Bounds]] = {"r": COUNT, "alpha": COUNT, "dropout": Bounds(0, 1, "high")}
 
 
 @dataclass
@@ -77,6 +137,14 @@ class TrainingConfig:
     log_every: int = 10
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
 
+    RANGES: ClassVar[dict[str, Bounds]] = {
+        "epochs": COUNT, "max_steps": COUNT, "batch_size": COUNT,
+        "gradient_accumulation_steps": COUNT,  # at most batch_size (check_training_config)
+        "learning_rate": POSITIVE, "weight_decay": NON_NEGATIVE, "warmup_ratio": Bounds(0, 1, "high"),
+        "grad_clip": POSITIVE, "eval_every": COUNT, "early_stopping_patience": COUNT, "eval_batch_size": COUNT,
+        "log_every": COUNT, "checkpoint_every": COUNT,
+    }
+
 
 @dataclass
 class SftConfig(TrainingConfig):
@@ -85,6 +153,8 @@ class SftConfig(TrainingConfig):
     trainable: Literal["all", "lora"] | list[int] = field(default_factory=lambda: [-2, -1])
     lora: LoraConfig = field(default_factory=LoraConfig)
     max_length: int = 64  # tokens per review (longer reviews are truncated)
+
+    RANGES: ClassVar[dict[str, Bounds]] = {**TrainingConfig.RANGES, "trainable": ANY, "max_length": at_least(2)}
 
 
 @dataclass
@@ -119,6 +189,14 @@ class PretrainConfig(TrainingConfig):
     sample_prompts: list[str] = field(default_factory=lambda: ["ROMEO.\n", "To be, or", "The king"])
     sample_tokens: int = 48
 
+    RANGES: ClassVar[dict[str, Bounds]] = {
+        **TrainingConfig.RANGES,
+        "validation_fraction": Bounds(0, 1, "both"),
+        "vocab_size": COUNT,  # and at least what the tokenizer kind needs (check_pretrain)
+        "min_frequency": COUNT, "layers": COUNT, "width": COUNT, "heads": COUNT,  # width % heads == 0
+        "context": at_least(2), "lr_mul": POSITIVE, "warmup_steps": COUNT, "sample_tokens": COUNT,
+    }
+
 
 @dataclass
 class PairsConfig:
@@ -131,6 +209,8 @@ class PairsConfig:
     rejected_column: str | None = None
     margin_column: str | None = None  # optional: Bradley-Terry with a margin
     fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+
+    RANGES: ClassVar[dict[str, Bounds]] = {"fractions": UNIT}  # and sum to 1 (check_fractions)
 
 
 @dataclass
@@ -154,6 +234,8 @@ class RewardConfig(TrainingConfig):
     eval_batch_size: int = 64
     checkpoint_every: int = 100
 
+    RANGES: ClassVar[dict[str, Bounds]] = {**TrainingConfig.RANGES, "trainable": ANY, "max_length": at_least(2)}
+
 
 @dataclass
 class RewardFnConfig:
@@ -170,6 +252,8 @@ class RewardFnConfig:
     text: Literal["response", "prompt+response"] = "prompt+response"  # what the model reads
     batch_size: int = 32
     max_length: int = 512  # tokens; longer texts are truncated
+
+    RANGES: ClassVar[dict[str, Bounds]] = {"batch_size": COUNT, "max_length": at_least(2)}
 
 
 @dataclass
@@ -223,6 +307,21 @@ class PpoConfig:
     checkpoint_every: int = 5
     cache_frozen: bool = True
 
+    RANGES: ClassVar[dict[str, Bounds]] = {
+        "samples_per_prompt": COUNT,  # at least 2 for grpo and rloo (resolve_rl)
+        "trainable": ANY, "steps": COUNT, "batch_size": COUNT,
+        "minibatch_size": COUNT,  # divides batch_size (resolve_rl)
+        "ppo_epochs": COUNT, "learning_rate": POSITIVE, "max_new_tokens": COUNT,
+        "temperature": POSITIVE, "top_k": NON_NEGATIVE,  # top_k 0: no top-k filter (transformers' meaning)
+        "top_p": Bounds(0, 1, "low"), "non_stop_penalty": ANY,
+        "kl_coef": NON_NEGATIVE, "kl_target": POSITIVE,
+        "kl_horizon": COUNT,  # at least batch_size with adaptive_kl (check_rl)
+        "gamma": UNIT, "lam": UNIT, "clip_range": POSITIVE, "clip_range_value": POSITIVE,
+        "vf_coef": POSITIVE,  # 0 would leave the value head that GAE reads untrained
+        "grad_clip": POSITIVE, "eval_prompts": COUNT, "eval_every": COUNT, "sample_every": COUNT,
+        "checkpoint_every": COUNT,
+    }
+
 
 @dataclass
 class OnPolicyPairsConfig:
@@ -234,6 +333,11 @@ class OnPolicyPairsConfig:
     max_new_tokens: int | None = None  # None: ppo.max_new_tokens, so responses match RL's
     temperature: float = 1.0
     batch_size: int = 32  # prompts x samples generated at once
+
+    RANGES: ClassVar[dict[str, Bounds]] = {
+        "prompts": COUNT, "samples_per_prompt": at_least(2),  # a pair needs two responses
+        "max_new_tokens": COUNT, "temperature": POSITIVE, "batch_size": COUNT,
+    }
 
 
 @dataclass
@@ -256,6 +360,10 @@ class DpoConfig(TrainingConfig):
     batch_size: int = 16  # pairs per optimizer step
     learning_rate: float = 1e-4
     eval_batch_size: int = 16
+
+    RANGES: ClassVar[dict[str, Bounds]] = {
+        **TrainingConfig.RANGES, "beta": POSITIVE, "trainable": ANY, "max_length": at_least(2), "eval_prompts": COUNT,
+    }
 
 
 @dataclass
@@ -287,6 +395,12 @@ class IlqlConfig(TrainingConfig):
     learning_rate: float = 1e-4
     eval_batch_size: int = 32
 
+    RANGES: ClassVar[dict[str, Bounds]] = {
+        **TrainingConfig.RANGES, "trainable": ANY, "max_length": at_least(2), "gamma": UNIT,
+        "tau": Bounds(0, 1, "both"), "cql_scale": NON_NEGATIVE, "awac_scale": NON_NEGATIVE, "awac_beta": NON_NEGATIVE,
+        "polyak": Bounds(0, 1, "low"), "beta": NON_NEGATIVE, "eval_betas": NON_NEGATIVE, "eval_prompts": COUNT,
+    }
+
 
 @dataclass
 class EvaluateConfig:
@@ -311,6 +425,12 @@ class EvaluateConfig:
     best_of: list[int] = field(default_factory=list)
     best_of_prompts: int = 64
 
+    RANGES: ClassVar[dict[str, Bounds]] = {
+        "prompts": COUNT, "max_new_tokens": COUNT, "temperature": POSITIVE, "batch_size": COUNT,
+        "samples_per_sentiment": NON_NEGATIVE, "gold_reviews": at_least(2),  # both labels to calibrate on
+        "best_of": COUNT, "best_of_prompts": COUNT,
+    }
+
 
 @dataclass
 class OveroptConfig:
@@ -328,12 +448,17 @@ class OveroptConfig:
     diversity_drop: float = 0.25  # the same for distinct-2 (repeating "great great great" keeps the separators)
     samples: int = 3  # samples shown per checkpoint
 
+    RANGES: ClassVar[dict[str, Bounds]] = {
+        "prompts": COUNT, "max_new_tokens": COUNT, "temperature": POSITIVE, "gold_drop": NON_NEGATIVE,
+        "separator_drop": Bounds(0, 1, "both"), "diversity_drop": Bounds(0, 1, "both"), "samples": NON_NEGATIVE,
+    }
+
 
 @dataclass
 class RuntimeConfig:
     """Where every stage runs. Under `accelerate launch` the launcher picks processes and devices."""
 
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present (pick a GPU with CUDA_VISIBLE_DEVICES)
     # auto: bf16 where the hardware runs it natively (recent GPUs, CPUs with AVX512-BF16), else no.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
 
@@ -361,6 +486,9 @@ class Config:
     # Metrics also to TensorBoard (runs/<name>/tensorboard/) or Weights & Biases (rlhflab/tracking.py);
     # the package must be installed. No stage's output depends on it.
     tracking: Literal["none", "tensorboard", "wandb"] = "none"
+
+    # Seeds feed numpy (below 2**32) after offsets such as + rank and + step: 2**31 leaves room.
+    RANGES: ClassVar[dict[str, Bounds]] = {"seed": Bounds(0, 2**31 - 1)}
 
     def __post_init__(self) -> None:
         check_run_name(self.name)
@@ -576,91 +704,136 @@ def _show(value: Any) -> str:
 
 
 # --- resolve: range checks and derived defaults, run when a config loads ----------------------
-# (so a bad ppo.minibatch_size fails in a second, not after the stages before PPO have trained)
+# (so a bad ppo.minibatch_size fails in a second, not after the stages before PPO have trained).
+# Each stage calls its section's check too, so the Python API and a stage run alone refuse the
+# same values; `check_config` runs them all.
 
 
-def check_training_config(cfg: TrainingConfig, section: str) -> None:
-    """Range checks the type system cannot express; `section` names the config key in messages."""
-    checks = [
-        (cfg.epochs >= 1, "epochs must be at least 1"),
-        (cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be at least 1 (or null)"),
-        (cfg.batch_size >= 1, "batch_size must be at least 1"),
-        (1 <= cfg.gradient_accumulation_steps <= cfg.batch_size,
-         "gradient_accumulation_steps must be between 1 and batch_size"),
-        (cfg.eval_batch_size >= 1, "eval_batch_size must be at least 1"),
-        (cfg.learning_rate > 0, "learning_rate must be positive"),
-        (cfg.weight_decay >= 0, "weight_decay must not be negative"),
-        (0 <= cfg.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
-        (cfg.grad_clip > 0, "grad_clip must be positive"),
-        (cfg.eval_every is None or cfg.eval_every >= 1, "eval_every must be at least 1 (or null)"),
-        (cfg.early_stopping_patience >= 1, "early_stopping_patience must be at least 1"),
-        (cfg.log_every >= 1, "log_every must be at least 1"),
-        (cfg.checkpoint_every >= 1, "checkpoint_every must be at least 1"),
-    ]
+def check_ranges(section: Any, where: str) -> None:
+    """Every numeric value of `section` (and of its nested sections) inside its class's RANGES, and
+    no empty string where null means the default. Raises RlhfLabError naming the key
+    (`where`.field), the range, the value and the default."""
+    ranges = getattr(type(section), "RANGES", {})
+    defaults = {f.name: f.default for f in dataclasses.fields(section)}
+    for f in dataclasses.fields(section):
+        value, key = getattr(section, f.name), _join(where, f.name)
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key)
+            continue
+        if value == "" and _admits_none(type(section), f.name):  # e.g. data.prompts="" would read as unset
+            raise RlhfLabError(f"{key} is empty; leave it out (or set it to null) for the default, or give a value.")
+        bounds = ranges.get(f.name)
+        if bounds is None:
+            continue
+        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or bounds.holds(item):
+                continue  # None (the default) and the words of a Literal | list field ("all") are not numbers
+            shown = key if index is None else f"{key}[{index}]"
+            finite = "a finite number " if not math.isfinite(item) else ""
+            default = defaults[f.name]
+            null = ""
+            if index is None and _admits_none(type(section), f.name):
+                null = " (or null, the default)" if default is None else " (or null)"
+            hint = f" The default is {default!r}." if isinstance(default, (int, float)) and not isinstance(default, bool) else ""
+            raise RlhfLabError(f"{shown} must be {finite}{bounds.describe()}{null}, got {item!r}.{hint}")
+
+
+def _admits_none(cls: type, name: str) -> bool:
+    hint = typing.get_type_hints(cls)[name]
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _refuse(checks: list[tuple[bool, str]], section: str) -> None:
     for ok, message in checks:
         if not ok:
             raise RlhfLabError(f"{section}.{message}.")
 
 
+def check_training_config(cfg: TrainingConfig, section: str) -> None:
+    """Ranges and cross-field checks of a supervised section; `section` names its key in messages."""
+    check_ranges(cfg, section)
+    _refuse([(cfg.gradient_accumulation_steps <= cfg.batch_size,
+              f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must not exceed batch_size "
+              f"({cfg.batch_size}): each pass needs at least one example")], section)
+    for name in ("data", "pairs"):  # reward.data, reward.pairs, dpo.pairs
+        nested = getattr(cfg, name, None)
+        if isinstance(nested, DataConfig):
+            check_data(nested, f"{section}.{name}")
+        elif isinstance(nested, PairsConfig):
+            check_fractions(nested.fractions, f"{section}.{name}.fractions")
+
+
+def check_fractions(fractions: list[float], key: str) -> None:
+    """Three shares (train, validation, test) that sum to 1, train above 0."""
+    from rlhflab.data.splits import _check_fractions
+
+    try:
+        _check_fractions(fractions)
+    except RlhfLabError as exc:
+        raise RlhfLabError(f"{key}: {exc}") from None
+
+
+def check_data(data: DataConfig, where: str = "data") -> None:
+    """Ranges of a data section, its split fractions and its prompt lengths."""
+    check_ranges(data, where)
+    check_fractions(data.fractions, f"{where}.fractions")
+    if data.prompt_min_words > data.prompt_max_words:
+        raise RlhfLabError(f"{where}.prompt_min_words ({data.prompt_min_words}) must not exceed "
+                           f"{where}.prompt_max_words ({data.prompt_max_words}); a prompt's length is drawn between them.")
+
+
 def check_rl(ppo: PpoConfig) -> None:
-    """Range checks of the RL section (ppo.*)."""
-    checks = [
-        (ppo.steps >= 1, "steps must be at least 1"),
-        (ppo.batch_size >= 1 and ppo.minibatch_size >= 1, "batch_size and minibatch_size must be at least 1"),
+    """Ranges and cross-field checks of the RL section (ppo.*)."""
+    check_ranges(ppo, "ppo")
+    _refuse([
         (ppo.minibatch_size <= ppo.batch_size, "minibatch_size must not exceed batch_size"),
-        (ppo.ppo_epochs >= 1, "ppo_epochs must be at least 1"),
-        (ppo.learning_rate > 0, "learning_rate must be positive"),
-        (ppo.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
-        (ppo.temperature > 0, "temperature must be positive"),
-        (ppo.top_k >= 0 and 0 < ppo.top_p <= 1, "top_k must be >= 0 and top_p in (0, 1]"),
-        (ppo.kl_coef >= 0 and ppo.kl_target > 0 and ppo.kl_horizon > 0, "kl_coef must be >= 0, kl_target and kl_horizon positive"),
         # beta moves by up to 20% x batch_size / kl_horizon per step: a shorter horizon overshoots below 0.
         (not ppo.adaptive_kl or ppo.kl_horizon >= ppo.batch_size,
          f"kl_horizon ({ppo.kl_horizon}) must be at least batch_size ({ppo.batch_size}): each step moves beta by up to "
          f"20% x batch_size / kl_horizon, so a shorter horizon can drive beta to or below 0"),
-        (ppo.eval_prompts >= 1, "eval_prompts must be at least 1"),
-        (0 <= ppo.gamma <= 1 and 0 <= ppo.lam <= 1, "gamma and lam must be in [0, 1]"),
-        (ppo.clip_range > 0 and ppo.clip_range_value > 0, "clip ranges must be positive"),
-        (ppo.eval_every >= 1 and ppo.sample_every >= 1 and ppo.checkpoint_every >= 1, "eval_every, sample_every and checkpoint_every must be at least 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise RlhfLabError(f"ppo.{message}.")
-
-
+    ], "ppo")
 
 
 def resolve_rl(ppo: PpoConfig, world_size: int = 1) -> PpoConfig:
     """The RL section with the algorithm's defaults filled in (samples_per_prompt, kl_penalty),
     checked to split into prompts, processes and minibatches. Raises RlhfLabError naming the setting."""
     check_rl(ppo)
-    k = ppo.samples_per_prompt or (1 if ppo.algorithm == "ppo" else 4)
+    k = ppo.samples_per_prompt if ppo.samples_per_prompt is not None else (1 if ppo.algorithm == "ppo" else 4)
     kl_penalty = ppo.kl_penalty if ppo.kl_penalty != "auto" else ("loss" if ppo.algorithm == "grpo" else "reward")
-    if k < 1 or (ppo.algorithm != "ppo" and k < 2):
-        raise RlhfLabError(f"ppo.samples_per_prompt must be at least {1 if ppo.algorithm == 'ppo' else 2} for "
-                           f"{ppo.algorithm} (its baseline compares responses to the same prompt); got {k}.")
+    if ppo.algorithm != "ppo" and k < 2:
+        raise RlhfLabError(f"ppo.samples_per_prompt must be at least 2 for {ppo.algorithm} (its baseline compares "
+                           f"responses to the same prompt); got {k}.")
     if ppo.batch_size % (k * world_size):
         raise RlhfLabError(f"ppo.batch_size ({ppo.batch_size} responses) must be a multiple of samples_per_prompt ({k}) "
                            f"x processes ({world_size}).")
     if ppo.minibatch_size % world_size:
         raise RlhfLabError(f"ppo.minibatch_size ({ppo.minibatch_size}) must be a multiple of the number of processes "
                            f"({world_size}): each process takes an equal share of every minibatch.")
+    if ppo.batch_size % ppo.minibatch_size:
+        # The update splits each rollout into batch_size / minibatch_size equal steps; a remainder
+        # would be one small minibatch whose noisy step weighs as much as a full one.
+        divisors = [d for d in range(world_size, ppo.batch_size + 1, world_size) if ppo.batch_size % d == 0]
+        raise RlhfLabError(f"ppo.minibatch_size ({ppo.minibatch_size}) must divide ppo.batch_size ({ppo.batch_size}) so "
+                           f"every update step takes the same number of responses; e.g. "
+                           f"{', '.join(map(str, divisors[-6:]))}.")
     return dataclasses.replace(ppo, samples_per_prompt=k, kl_penalty=kl_penalty)
 
 
 def check_pretrain(pre: PretrainConfig) -> None:
     check_training_config(pre, "pretrain")
-    checks = [
-        (0 < pre.validation_fraction < 1, "validation_fraction must be between 0 and 1"),
-        (pre.layers >= 1 and pre.width >= 1 and pre.heads >= 1, "layers, width and heads must be at least 1"),
+    from rlhflab.models.tokenizers import minimum_vocab_size  # stdlib only at import
+
+    smallest = minimum_vocab_size(pre.tokenizer)
+    blank = [i for i, prompt in enumerate(pre.sample_prompts) if not prompt.strip()]
+    _refuse([
         (pre.width % pre.heads == 0, f"width ({pre.width}) must be a multiple of heads ({pre.heads})"),
-        (pre.context >= 2, "context must be at least 2 tokens"),
-        (pre.lr_mul > 0 and pre.warmup_steps >= 1, "lr_mul must be positive and warmup_steps at least 1"),
-        (pre.sample_tokens >= 1, "sample_tokens must be at least 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise RlhfLabError(f"pretrain.{message}.")
+        (pre.vocab_size >= smallest, f"vocab_size must be at least {smallest} for a {pre.tokenizer} tokenizer, "
+                                     f"got {pre.vocab_size}"),
+        # An empty prompt gives the model no token to continue: sampling fails at the first evaluation.
+        (not blank, f"sample_prompts[{blank[0] if blank else 0}] is blank; every sample prompt needs text "
+                    f"to continue (e.g. 'To be, or'), or drop it"),
+    ], "pretrain")
 
 
 RUN_REFERENCE = "run:"  # "run:pretrain" = this run's pretrain stage folder
@@ -696,12 +869,7 @@ def resolve_run_references(cfg: Config) -> Config:
 
 
 def check_evaluate(ev: EvaluateConfig) -> None:
-    if ev.batch_size < 1 or ev.temperature <= 0 or ev.prompts < 1 or ev.gold_reviews < 2:
-        raise RlhfLabError(f"evaluate.batch_size and evaluate.prompts must be >= 1, evaluate.gold_reviews >= 2 and "
-                           f"evaluate.temperature > 0 (got {ev.batch_size}, {ev.prompts}, {ev.gold_reviews}, {ev.temperature}).")
-    if any(n < 1 for n in ev.best_of) or ev.best_of_prompts < 1:
-        raise RlhfLabError(f"evaluate.best_of values and evaluate.best_of_prompts must be at least 1 (got {ev.best_of}, "
-                           f"{ev.best_of_prompts}).")
+    check_ranges(ev, "evaluate")
     if ev.gold and "proxy" in ev.gold:
         raise RlhfLabError("evaluate.gold has a judge named 'proxy', the name of the training reward; rename it.")
     vader = [name for name, source in (ev.gold or {}).items() if isinstance(source, str) and source.strip().lower() == "vader"]
@@ -715,41 +883,45 @@ def check_evaluate(ev: EvaluateConfig) -> None:
 
 def check_dpo(dpo: DpoConfig) -> None:
     check_training_config(dpo, "dpo")
-    on = dpo.on_policy
-    checks = [
-        (0 < dpo.beta < math.inf, f"beta must be a positive number, got {dpo.beta}"),
-        (dpo.max_length >= 2 and dpo.eval_prompts >= 1, "max_length must be at least 2 and eval_prompts at least 1"),
-        (on.prompts >= 1 and on.samples_per_prompt >= 2 and on.batch_size >= 1,
-         "on_policy.prompts and batch_size must be at least 1 and on_policy.samples_per_prompt at least 2 (a pair "
-         "needs two responses)"),
-        (on.temperature > 0 and (on.max_new_tokens is None or on.max_new_tokens >= 1),
-         "on_policy.temperature must be positive and on_policy.max_new_tokens at least 1"),
+    _refuse([
         (dpo.pairs.margin_column is None, "pairs.margin_column is set, but DPO's loss has no margin (the reward "
          "stage's Bradley-Terry loss has one): unset it"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise RlhfLabError(f"dpo.{message}.")
+    ], "dpo")
 
 
 def check_ilql(il: IlqlConfig) -> None:
     check_training_config(il, "ilql")
-    checks = [
-        (0 <= il.gamma <= 1 and 0 < il.tau < 1, f"gamma must be in [0, 1] and tau in (0, 1), got {il.gamma}, {il.tau}"),
-        *((0 <= getattr(il, key) < math.inf, f"{key} must be a finite number >= 0, got {getattr(il, key)}")
-          for key in ("cql_scale", "awac_scale", "awac_beta", "beta")),
-        (0 < il.polyak <= 1, f"polyak must be in (0, 1], got {il.polyak}"),
-        (il.max_length >= 2 and il.eval_prompts >= 1, "max_length must be at least 2 and eval_prompts at least 1"),
-        (all(0 <= b < math.inf for b in il.eval_betas), f"eval_betas must be finite numbers >= 0, got {il.eval_betas}"),
+    _refuse([
         (il.samples is not None or il.text_column is None and il.reward_column is None,
          "text_column and reward_column name columns of ilql.samples, which is not set (the data section's reviews "
          "are used, each label as its reward): set ilql.samples, or drop the column settings"),
         (il.text_column is None or il.text_column != il.reward_column,
          f"text_column and reward_column are both {il.text_column!r}; the text and its reward need two columns"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise RlhfLabError(f"ilql.{message}.")
+    ], "ilql")
+
+
+def check_reward(rw: RewardConfig) -> None:
+    check_training_config(rw, "reward")
+    if rw.objective == "pairs" and rw.pairs.source is None:
+        raise RlhfLabError("reward.objective is pairs but reward.pairs.source is not set; point it at a file of "
+                           "prompt/chosen/rejected rows.")
+
+
+def check_runtime(rt: RuntimeConfig) -> None:
+    """What `Runtime.create` refuses about this machine and launcher, without building one: for
+    `rlhflab config`, since a config may be checked on one machine and run on another, the
+    stages run it when they start (a GPU is looked for only when runtime.device is cuda)."""
+    import os
+
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # set by `accelerate launch --mixed_precision`
+    if rt.mixed_precision == "fp16" and (rt.device == "cpu" or launched != "fp16"):
+        raise RlhfLabError("runtime.mixed_precision=fp16 needs a GPU and loss scaling: launch with `accelerate launch "
+                           "--mixed_precision fp16 ...`, or use bf16 (or no).")
+    if rt.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RlhfLabError("runtime.device=cuda was requested but no CUDA GPU is visible; use device=auto or cpu.")
 
 
 def check_config(cfg: Config, world_size: int | None = None) -> Config:
@@ -757,12 +929,11 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
     import os
 
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    check_ranges(cfg, "")
+    check_data(cfg.data)
     check_pretrain(cfg.pretrain)
     check_training_config(cfg.sft, "sft")
-    check_training_config(cfg.reward, "reward")
-    for section, length in (("sft", cfg.sft.max_length), ("reward", cfg.reward.max_length)):
-        if length < 2:
-            raise RlhfLabError(f"{section}.max_length must be at least 2.")
+    check_reward(cfg.reward)
     resolve_rl(cfg.ppo, world_size)
     check_dpo(cfg.dpo)
     check_ilql(cfg.ilql)
@@ -787,10 +958,6 @@ def check_study_judges(ev: EvaluateConfig) -> None:
 
 
 def check_overopt(ov: OveroptConfig) -> None:
-    drops = (ov.separator_drop, ov.diversity_drop)
-    if ov.prompts < 1 or ov.samples < 0 or ov.temperature <= 0 or ov.gold_drop < 0 or not all(0 < d < 1 for d in drops):
-        raise RlhfLabError(f"overopt: prompts must be >= 1, samples >= 0, temperature > 0, gold_drop >= 0, and "
-                           f"separator_drop and diversity_drop in (0, 1) (got {ov.prompts}, {ov.samples}, {ov.temperature}, "
-                           f"{ov.gold_drop}, {ov.separator_drop}, {ov.diversity_drop}).")
+    check_ranges(ov, "overopt")
     if not ov.separators or any(not isinstance(s, str) or len(s) != 1 for s in ov.separators):
         raise RlhfLabError(f"overopt.separators must be single characters, got {ov.separators!r}.")

@@ -25,7 +25,8 @@ Loss = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
 
 
 def total_steps(cfg: TrainingConfig, n_train: int) -> int:
-    return min(cfg.epochs * -(-n_train // cfg.batch_size), cfg.max_steps or 10**12)
+    steps = cfg.epochs * -(-n_train // cfg.batch_size)
+    return steps if cfg.max_steps is None else min(steps, cfg.max_steps)  # None: no cap
 
 
 def make_optimizer(model, cfg: TrainingConfig, n_train: int):
@@ -145,7 +146,7 @@ class Supervised:
 
     # --- validation and the best weights ---------------------------------------------------------
     def evaluation_due(self, step: int) -> bool:
-        if self.cfg.eval_every:
+        if self.cfg.eval_every is not None:
             return step % self.cfg.eval_every == 0
         return self.state["batch"] == 0  # once per epoch, when one has just ended
 

@@ -68,7 +68,7 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     judges, calibration = gold_judges(cfg, runtime)
     prompts = eval_prompts(cfg, load_tokenizer(models["start"]))[0][: ov.prompts]
     run_dir = open_run_dir(cfg, "overopt", resume=False, overwrite=overwrite)
-    max_new = ov.max_new_tokens or cfg.ppo.max_new_tokens
+    max_new = ov.max_new_tokens if ov.max_new_tokens is not None else cfg.ppo.max_new_tokens
     reference, points, rows = None, [], []
     bar = tqdm(total=len(models), desc="overopt", disable=not progress, dynamic_ncols=True)
     for name, source in models.items():

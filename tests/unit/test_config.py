@@ -349,7 +349,7 @@ def test_offline_settings_out_of_range_are_refused_when_the_config_loads(overrid
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["ilql.beta=-1"], r"^ilql\.beta must be a finite number >= 0, got -1\.0\.$"),
+    (["ilql.beta=-1"], r"^ilql\.beta must be >= 0, got -1\.0\. The default is 1\.0\.$"),
     (["ilql.text_column=review"], r"ilql\.text_column and reward_column name columns of ilql\.samples, which is not set"),
     (["ilql.samples=s.jsonl", "ilql.text_column=score", "ilql.reward_column=score"],
      r"both 'score'; the text and its reward need two columns"),
@@ -360,3 +360,167 @@ def test_offline_settings_that_would_be_ignored_or_clash_name_the_one_key(overri
 
     with pytest.raises(RlhfLabError, match=message):
         load_config(None, overrides)
+
+
+
+# --- every check runs when the config loads (issue 19) --------------------------------------------
+
+
+def _sections(cls=Config, where=""):
+    """(key of the section, its class) for Config and every section nested in it."""
+    import dataclasses
+    import typing
+
+    yield where, cls
+    for name, hint in typing.get_type_hints(cls).items():
+        if typing.get_origin(hint) is typing.ClassVar:
+            continue
+        for member in (hint, *typing.get_args(hint)):
+            if dataclasses.is_dataclass(member):
+                yield from _sections(member, f"{where}.{name}".lstrip("."))
+
+
+def _numeric_fields():
+    """(dotted key, base type) of every int or float setting, lists of them included."""
+    import dataclasses
+    import typing
+
+    found = []
+    for where, cls in _sections():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            members = set(typing.get_args(hint)) | {hint}
+            members |= {a for m in list(members) if typing.get_origin(m) is list for a in typing.get_args(m)}
+            for base in (float, int):
+                if base in members:
+                    found.append((f"{where}.{f.name}".lstrip("."), cls, f.name, base))
+                    break
+    return found
+
+
+NUMERIC = _numeric_fields()
+
+
+def test_every_numeric_setting_of_every_section_has_a_declared_range():
+    missing = [key for key, cls, name, _ in NUMERIC if name not in getattr(cls, "RANGES", {})]
+    assert missing == []
+    assert len(NUMERIC) > 100  # the walk found the sections' fields, not just the top level
+
+
+@pytest.mark.parametrize("key", [key for key, _, _, base in NUMERIC if base is float])
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_no_float_setting_takes_nan_or_infinity(key, value):
+    import re
+
+    is_list = key.endswith(("fractions", "eval_betas"))
+    with pytest.raises(RlhfLabError, match="^" + re.escape(key + ("[0]" if is_list else "")) + " must be a finite number"):
+        load_config(None, [f"{key}={'[' + value + ']' if is_list else value}"])
+
+
+@pytest.mark.parametrize("override, message", [
+    # the inputs of issue 19, each refused with the key, the range and the default
+    ("sft.learning_rate=.inf", r"^sft\.learning_rate must be a finite number > 0, got inf\. The default is 0\.0002\.$"),
+    ("ppo.vf_coef=.nan", r"^ppo\.vf_coef must be a finite number > 0, got nan\. The default is 0\.1\.$"),
+    ("evaluate.temperature=.nan", r"^evaluate\.temperature must be a finite number > 0, got nan\."),
+    ("reward_fn.batch_size=0", r"^reward_fn\.batch_size must be at least 1, got 0\. The default is 32\.$"),
+    ("seed=-1", r"^seed must be in \[0, 2147483647\], got -1\. The default is 0\.$"),
+    ("sft.lora.r=0", r"^sft\.lora\.r must be at least 1, got 0\. The default is 16\.$"),
+    ("dpo.lora.alpha=0", r"^dpo\.lora\.alpha must be at least 1, got 0\."),
+    # zero never stands for "the default": null does
+    ("evaluate.max_new_tokens=0", r"^evaluate\.max_new_tokens must be at least 1 \(or null, the default\), got 0\.$"),
+    ("ppo.samples_per_prompt=0", r"^ppo\.samples_per_prompt must be at least 1 \(or null, the default\), got 0\.$"),
+    ("dpo.on_policy.max_new_tokens=0", r"^dpo\.on_policy\.max_new_tokens must be at least 1"),
+    ("overopt.max_new_tokens=0", r"^overopt\.max_new_tokens must be at least 1"),
+    ("sft.max_steps=0", r"^sft\.max_steps must be at least 1 \(or null, the default\)"),
+    ("data.per_class=0", r"^data\.per_class must be at least 1 \(or null\), got 0\. The default is 1000\.$"),
+    ("reward_fn.source=''", r"^reward_fn\.source is empty; leave it out \(or set it to null\) for the default"),
+    ("ppo.minibatch_size=7", r"^ppo\.minibatch_size \(7\) must divide ppo\.batch_size \(64\) .* e\.g\. 2, 4, 8, 16, 32, 64\.$"),
+    ("runtime.device=gpu", r"^runtime\.device: must be one of 'auto', 'cpu', 'cuda'; got 'gpu'"),
+    ("pretrain.sample_prompts=['']", r"^pretrain\.sample_prompts\[0\] is blank"),
+    ("pretrain.sample_prompts=['ROMEO.', ' ']", r"^pretrain\.sample_prompts\[1\] is blank"),
+    ("data.prompt_min_words=0", r"^data\.prompt_min_words must be at least 1, got 0\."),
+    ("data.prompt_min_words=6", r"^data\.prompt_min_words \(6\) must not exceed data\.prompt_max_words \(5\)"),
+    ("reward.data={prompt_max_words: 2}", r"^reward\.data\.prompt_min_words \(3\) must not exceed reward\.data\.prompt_max_words \(2\)"),
+    ("data.fractions=[0.5,0.5,0.5]", r"^data\.fractions: split fractions must be three numbers"),
+    ("dpo.pairs.fractions=[0,0.5,0.5]", r"^dpo\.pairs\.fractions: the train fraction must be above 0"),
+    ("ppo.top_p=0", r"^ppo\.top_p must be in \(0, 1\], got 0\.0\."),
+    ("sft.warmup_ratio=1", r"^sft\.warmup_ratio must be in \[0, 1\), got 1\.0\."),
+    ("pretrain.validation_fraction=1", r"^pretrain\.validation_fraction must be in \(0, 1\)"),
+    ("evaluate.best_of=[4, 0]", r"^evaluate\.best_of\[1\] must be at least 1, got 0\.$"),
+    ("reward.objective=pairs", r"^reward\.objective is pairs but reward\.pairs\.source is not set"),
+])
+def test_a_value_that_means_nothing_is_refused_when_the_config_loads(override, message):
+    with pytest.raises(RlhfLabError, match=message):
+        load_config(None, [override])
+
+
+def test_a_tokenizers_smallest_vocabulary_is_checked_when_the_config_loads():
+    assert load_config(None, ["pretrain.tokenizer=word", "pretrain.vocab_size=100"]).pretrain.vocab_size == 100
+    with pytest.raises(RlhfLabError, match=r"^pretrain\.vocab_size must be at least 259 for a bpe tokenizer, got 100\.$"):
+        load_config(None, ["pretrain.tokenizer=bpe", "pretrain.vocab_size=100"])
+
+
+def test_null_means_the_default_and_the_stages_fill_it_in():
+    from rlhflab.algorithms.supervised import total_steps
+    from rlhflab.config import TrainingConfig, resolve_rl
+
+    cfg = load_config(None, ["evaluate.max_new_tokens=null", "ppo.samples_per_prompt=null", "sft.max_steps=null"])
+    assert cfg.evaluate.max_new_tokens is None and cfg.ppo.samples_per_prompt is None
+    assert resolve_rl(cfg.ppo).samples_per_prompt == 1
+    assert resolve_rl(load_config(None, ["ppo.algorithm=grpo"]).ppo).samples_per_prompt == 4
+    assert total_steps(TrainingConfig(epochs=2, batch_size=16, max_steps=None), 100) == 14  # 2 x ceil(100 / 16)
+    assert total_steps(TrainingConfig(epochs=2, batch_size=16, max_steps=3), 100) == 3
+
+
+@pytest.mark.parametrize("batch, minibatch, world, message", [
+    (64, 16, 1, None),
+    (64, 64, 1, None),
+    (64, 7, 1, r"minibatch_size \(7\) must divide ppo\.batch_size \(64\)"),
+    (48, 32, 1, r"minibatch_size \(32\) must divide ppo\.batch_size \(48\).* 12, 16, 24, 48\.$"),
+    # with two processes: a share of each minibatch per process, so only even divisors are offered
+    (64, 12, 2, r"minibatch_size \(12\) must divide ppo\.batch_size \(64\).* 8, 16, 32, 64\.$"),
+    (8, 5, 2, r"minibatch_size \(5\) must be a multiple of the number of processes \(2\)"),
+])
+def test_every_minibatch_of_a_rollout_has_the_same_size(batch, minibatch, world, message):
+    from rlhflab.config import PpoConfig, resolve_rl
+
+    cfg = PpoConfig(batch_size=batch, minibatch_size=minibatch, kl_horizon=1000)
+    if message is None:
+        assert resolve_rl(cfg, world).minibatch_size == minibatch
+    else:
+        with pytest.raises(RlhfLabError, match=message):
+            resolve_rl(cfg, world)
+
+
+def test_minibatch_checks_under_a_launcher_run_when_the_config_loads(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RlhfLabError, match=r"ppo\.minibatch_size \(5\) must be a multiple of the number of processes \(2\)"):
+        load_config(None, ["ppo.batch_size=8", "ppo.minibatch_size=5", "ppo.kl_horizon=1000"])
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["ppo.minibatch_size=7"], "ppo.minibatch_size (7) must divide ppo.batch_size (64)"),
+    (["runtime.device=gpu"], "runtime.device: must be one of"),
+    (["runtime.device=cuda"], "runtime.device=cuda was requested but no CUDA GPU is visible"),
+    (["runtime.mixed_precision=fp16"], "runtime.mixed_precision=fp16 needs a GPU"),
+    (["seed=-1"], "seed must be in [0, 2147483647]"),
+])
+def test_rlhflab_config_refuses_what_a_stage_would_refuse(capsys, monkeypatch, overrides, fragment):
+    import torch
+
+    from tests.helpers import assert_user_error, cli_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on any machine
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert_user_error(cli_run(capsys, "config", *overrides), fragment)
+
+
+def test_rlhflab_config_prints_a_config_that_passes_every_check(capsys):
+    from tests.helpers import cli_run
+
+    result = cli_run(capsys, "config", "ppo.minibatch_size=32", "evaluate.max_new_tokens=null")
+    assert result.returncode == 0
+    assert load_config(None, []).ppo.minibatch_size == 16
+    printed = from_dict(Config, __import__("yaml").safe_load(result.stdout))
+    assert printed.ppo.minibatch_size == 32 and printed.evaluate.max_new_tokens is None
