@@ -5,17 +5,26 @@ samples.jsonl and config.yaml (and dpo's pairs.jsonl and ilql's eval_after.jsonl
 an optional `<runs_dir>/human/rating_summary.json`. No model is loaded, so a report of any run
 builds in seconds on a laptop. Any stage may be missing; its section then says so and names
 the command that produces it.
+
+A run folder may come from someone else, so it is read as data (rlhflab/eval/run_files.py): only
+regular files inside it are read or embedded, never a symbolic link or a figure path that is
+absolute or climbs out with `..`. The rule for a file that cannot be used (such a path, JSON or
+YAML that does not parse, a YAML tag such as `!!python/object`, a list where an object goes, a
+string where a number goes): what it feeds is shown as missing, with a note naming the file and
+why, and the rest of the report still builds (exit 0). Only a run folder that is no run at all, or
+an output folder that is a link, is an error (RlhfLabError).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from rlhflab.errors import RlhfLabError
@@ -33,7 +42,18 @@ from rlhflab.eval.document import (
     to_html,
     to_markdown,
 )
-from rlhflab.io import atomic_write_text, read_json, read_jsonl
+from rlhflab.eval.run_files import (
+    SHAPE_ERRORS,
+    HandedFileError,
+    debug,
+    first_line,
+    read_json_lines,
+    read_json_object,
+    read_yaml_mapping,
+    run_file,
+    writable_folder,
+)
+from rlhflab.io import atomic_write_text, read_json
 
 STAGES = ("pretrain", "sft", "reward", "ppo", "dpo", "ilql", "evaluate", "overopt")  # the order of rlhflab/stages/registry.py
 STAGE_TITLES = {"pretrain": "Pretraining", "sft": "Supervised fine-tuning", "reward": "Reward model",
@@ -57,6 +77,8 @@ class Stage:
     rows: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
     config: str | None = None
+    config_data: dict | None = None
+    problems: list[str] = field(default_factory=list)  # files of this stage that were not used, and why
 
     @property
     def exists(self) -> bool:
@@ -68,18 +90,29 @@ class Stage:
 
 
 def load_stage(run_root: Path, name: str) -> Stage:
+    """A stage's files, each through run_files; one that cannot be used is left out and said in
+    `problems` (a summary.json left out makes the stage not done)."""
     stage = Stage(name, run_root / name)
     if not stage.exists:
         return stage
-    if (stage.path / "summary.json").exists():
-        summary = read_json(stage.path / "summary.json")
-        if not isinstance(summary, dict):
-            raise RlhfLabError(f"{stage.path / 'summary.json'} should hold a JSON object; rerun the {name} stage.")
-        stage.summary = summary
-    stage.rows = read_jsonl(stage.path / "metrics.jsonl")
-    stage.samples = read_jsonl(stage.path / "samples.jsonl")
-    if (stage.path / "config.yaml").exists():
-        stage.config = (stage.path / "config.yaml").read_text(encoding="utf-8")
+    try:
+        run_file(run_root, name, folder=True)
+    except HandedFileError as exc:
+        stage.problems.append(str(exc))
+        return stage
+    try:
+        stage.summary = read_json_object(run_root, f"{name}/summary.json")
+    except HandedFileError as exc:
+        stage.problems.append(str(exc))
+    for attribute, file in (("rows", "metrics.jsonl"), ("samples", "samples.jsonl")):
+        try:
+            setattr(stage, attribute, read_json_lines(run_root, f"{name}/{file}"))
+        except HandedFileError as exc:
+            stage.problems.append(str(exc))
+    try:
+        stage.config, stage.config_data = read_yaml_mapping(run_root, f"{name}/config.yaml") or (None, None)
+    except HandedFileError as exc:
+        stage.problems.append(str(exc))
     return stage
 
 
@@ -104,6 +137,13 @@ def _signed(value: Any) -> str:
 
 def _pct(value: Any) -> str:
     return "-" if value is None else f"{float(value):.1%}"
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from a handed summary, else None (a string, a list, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _seconds(value: Any) -> str:
@@ -169,9 +209,24 @@ class Figures:
                 old.unlink(missing_ok=True)
 
 
+def _stage_lines(stage: Stage, file: str) -> list[dict]:
+    """The rows of another JSON-lines file of the stage ([] and a note when it may not be read)."""
+    try:
+        return read_json_lines(stage.path.parent, f"{stage.name}/{file}")
+    except HandedFileError as exc:
+        stage.problems.append(str(exc))
+        return []
+
+
+def _problems(stage: Stage) -> list[Block]:
+    return [para(f"Left out: {problem}", note=True) for problem in stage.problems]
+
+
 def _not_run(stage: Stage, run_root: Path) -> list[Block]:
-    """What to say for a stage without summary.json."""
+    """What to say for a stage without a usable summary.json."""
     command = _command(stage.name, run_root)
+    if stage.path.is_symlink() or os.path.lexists(stage.path / "summary.json"):
+        return []  # there but not used: the notes at the top of the section say why
     if not stage.exists:
         return [para(f"Not run: {stage.path} does not exist. Produce it with ", Code(command), ".", note=True)]
     return [para(f"Not run to the end: {stage.path} has no summary.json (the run was interrupted or is still "
@@ -491,7 +546,7 @@ def _dpo_blocks(stage: Stage, curves) -> list[Block]:
         ("reward", str(s.get("reward") or "-")),
         *_training_facts(s, "pairs", 1),
     ]))
-    examples = read_jsonl(stage.path / "pairs.jsonl")
+    examples = _stage_lines(stage, "pairs.jsonl")
     if examples:
         blocks.append(Heading("Example pairs", level=3))
         blocks.append(Table(["prompt", "chosen", "rejected", "chosen reward", "rejected reward"],
@@ -537,7 +592,7 @@ def _ilql_blocks(stage: Stage, curves) -> list[Block]:
         ("held-out reward", str(s.get("reward") or "none (KL only)")),
         *_training_facts(s, "tokens", 0),
     ]))
-    rows = [r for r in read_jsonl(stage.path / "eval_after.jsonl") if _beta(r.get("beta")) == beta]
+    rows = [r for r in _stage_lines(stage, "eval_after.jsonl") if _beta(r.get("beta")) == beta]
     if rows:
         blocks.append(Heading(f"Held-out samples at β = {beta}", level=3))
         blocks.append(_samples_table(rows))
@@ -674,10 +729,9 @@ def _eval_figures(stage: Stage, summary: dict, names: list[str], reference: str,
     """Redraw the distribution figures from samples.jsonl; without it fall back to the PNGs
     the evaluate stage listed in its summary."""
     if not stage.samples:
-        listed = [(k, stage.path / v) for k, v in (summary.get("figures") or {}).items()]
-        found = [Image(p, k.replace("_", " ")) for k, p in listed if p.is_file() and p.suffix == ".png"]
+        listed = [(str(v), str(k).replace("_", " ")) for k, v in (summary.get("figures") or {}).items()]
         note = para(f"{stage.path / 'samples.jsonl'} is missing, so the figures could not be redrawn.", note=True)
-        return [note, *found]
+        return [note, *_listed_images(stage.path.parent, stage.path.name, listed)]
     blocks: list[Block] = []
     scores = {m: v for m, v in _scores_by_model(stage.samples, names, "score").items() if v}
     if scores:
@@ -761,10 +815,9 @@ def overopt_section(stage: Stage, run_root: Path, figures: Figures) -> list[Bloc
 
 
 def yaml_config(stage: Stage) -> dict | None:
-    """The stage's config.yaml as data; None when it has none."""
-    import yaml
-
-    return yaml.safe_load(stage.config) if stage.config else None
+    """The stage's config.yaml as data (read with the safe loader); None when it has none or it
+    could not be used."""
+    return stage.config_data
 
 
 def overopt_figures(points: list[dict], out: Path) -> list[Path]:
@@ -929,60 +982,77 @@ def ratings_section(run_root: Path) -> list[Block]:
 def configs_section(stages: dict[str, Stage]) -> list[Block]:
     blocks: list[Block] = [Heading("Configs", anchor="configs")]
     found = [s for s in stages.values() if s.config is not None]
+    unused = [para(f"Left out: {p}", note=True) for s in stages.values() for p in s.problems if "config.yaml" in p]
     if not found:
-        return blocks + [para("No stage left a config.yaml.", note=True)]
+        return blocks + unused + [para("No stage left a usable config.yaml.", note=True)]
     blocks.append(para("The resolved config each stage ran with (its config.yaml)."))
-    return blocks + [Preformatted(s.config, summary=f"{s.name}/config.yaml", language="yaml") for s in found]
+    return blocks + unused + [Preformatted(s.config, summary=f"{s.name}/config.yaml", language="yaml") for s in found]
+
+
+def _sft_headline(sft: dict, name: str) -> list[list[str]]:
+    before = (sft.get("before") or {}).get("validation", {})
+    after = (sft.get("after") or {}).get("validation", {})
+    return [["SFT", "validation perplexity", _num(before.get("perplexity")), _num(after.get("perplexity"))]] if after else []
+
+
+def _reward_headline(reward: dict, name: str) -> list[list[str]]:
+    test = (reward.get("metrics") or {}).get("test") or {}
+    key = "pairwise_accuracy" if reward.get("objective") == "pairs" else "accuracy"
+    return [["reward model", f"test {key.replace('_', ' ')}", "-", _num(test[key])]] if key in test else []
+
+
+def _tuned_headline(tuned: dict, name: str) -> list[list[str]]:
+    start, end = tuned.get("start") or {}, tuned.get("end") or {}
+    title = _algorithm(tuned) + (f" at β = {_beta(tuned.get('beta'))}" if name == "ilql" else "")
+    return [[title, label, _num(start.get(key)), _num(end[key])] for key, label in
+            (("score", "held-out reward"), ("positive_probability", "held-out P(positive)"),
+             ("kl", "KL to the starting model")) if key in end]
+
+
+def _evaluate_headline(ev: dict, name: str) -> list[list[str]]:
+    rows = []
+    models = ev.get("models") or {}
+    names = list(models)
+    if names:
+        ref = ev.get("reference") or names[0]
+        for m in names:
+            if m == ref or ref not in models:
+                continue
+            rows.append(["evaluation", f"mean reward, {ref} → {m}", _num((models[ref].get("score") or {}).get("mean")),
+                         _num((models[m].get("score") or {}).get("mean"))])
+            ref_prob, prob = models[ref].get("positive_probability"), models[m].get("positive_probability")
+            if ref_prob and prob:
+                rows.append(["evaluation", f"mean P(positive), {ref} → {m}", _num(ref_prob.get("mean")), _num(prob.get("mean"))])
+            if models[m].get("kl_to_reference") is not None:
+                rows.append(["evaluation", f"KL of {m} to {ref} (nats / response)", "-", _num(models[m]["kl_to_reference"])])
+            better = (ev.get("comparison") or {}).get(m, {}).get("better")
+            if better is not None:
+                rows.append(["evaluation", f"prompts where {m} beats {ref}", "-", _pct(better)])
+    return rows
+
+
+def _overopt_headline(study: dict, name: str) -> list[list[str]]:
+    verdict = study.get("verdict") or {}
+    onset = f"{verdict['onset']} (KL {_num(verdict.get('kl'), 2)})" if verdict.get("onset") else \
+        f"none up to KL {_num(verdict.get('max_kl'), 2)}"
+    return [["over-optimisation", "onset (the rule is in its section)", "-", onset]]
+
+
+HEADLINES = {"sft": _sft_headline, "reward": _reward_headline, "ppo": _tuned_headline, "dpo": _tuned_headline,
+             "ilql": _tuned_headline, "evaluate": _evaluate_headline, "overopt": _overopt_headline}
 
 
 def _headline(stages: dict[str, Stage]) -> list[list[str]]:
-    """[stage, metric, before, after] rows: the numbers a reader looks for first."""
+    """[stage, metric, before, after] rows: the numbers a reader looks for first. A summary whose
+    values have other types than these read gives no rows; its own section says why."""
     rows = []
-    sft = stages["sft"].summary
-    if sft:
-        before = (sft.get("before") or {}).get("validation", {})
-        after = (sft.get("after") or {}).get("validation", {})
-        if after:
-            rows.append(["SFT", "validation perplexity", _num(before.get("perplexity")), _num(after.get("perplexity"))])
-    reward = stages["reward"].summary
-    if reward:
-        test = (reward.get("metrics") or {}).get("test") or {}
-        key = "pairwise_accuracy" if reward.get("objective") == "pairs" else "accuracy"
-        if key in test:
-            rows.append(["reward model", f"test {key.replace('_', ' ')}", "-", _num(test[key])])
-    for name in ("ppo", "dpo", "ilql"):
-        tuned = stages[name].summary
-        if tuned:
-            start, end = tuned.get("start") or {}, tuned.get("end") or {}
-            title = _algorithm(tuned) + (f" at β = {_beta(tuned.get('beta'))}" if name == "ilql" else "")
-            rows += [[title, label, _num(start.get(key)), _num(end[key])] for key, label in
-                     (("score", "held-out reward"), ("positive_probability", "held-out P(positive)"),
-                      ("kl", "KL to the starting model")) if key in end]
-    ev = stages["evaluate"].summary
-    if ev:
-        models = ev.get("models") or {}
-        names = list(models)
-        if names:
-            ref = ev.get("reference") or names[0]
-            for m in names:
-                if m == ref or ref not in models:
-                    continue
-                rows.append(["evaluation", f"mean reward, {ref} → {m}", _num((models[ref].get("score") or {}).get("mean")),
-                             _num((models[m].get("score") or {}).get("mean"))])
-                ref_prob, prob = models[ref].get("positive_probability"), models[m].get("positive_probability")
-                if ref_prob and prob:
-                    rows.append(["evaluation", f"mean P(positive), {ref} → {m}", _num(ref_prob.get("mean")), _num(prob.get("mean"))])
-                if models[m].get("kl_to_reference") is not None:
-                    rows.append(["evaluation", f"KL of {m} to {ref} (nats / response)", "-", _num(models[m]["kl_to_reference"])])
-                better = (ev.get("comparison") or {}).get(m, {}).get("better")
-                if better is not None:
-                    rows.append(["evaluation", f"prompts where {m} beats {ref}", "-", _pct(better)])
-    study = stages["overopt"].summary
-    if study:
-        verdict = study.get("verdict") or {}
-        onset = f"{verdict['onset']} (KL {_num(verdict.get('kl'), 2)})" if verdict.get("onset") else \
-            f"none up to KL {_num(verdict.get('max_kl'), 2)}"
-        rows.append(["over-optimisation", "onset (the rule is in its section)", "-", onset])
+    for name, headline in HEADLINES.items():
+        if stages[name].summary:
+            try:
+                rows += headline(stages[name].summary, name)
+            except SHAPE_ERRORS:
+                if debug():
+                    raise
     return rows
 
 
@@ -995,10 +1065,10 @@ def overview_section(run_root: Path, stages: dict[str, Stage]) -> list[Block]:
         stage = stages[name]
         if stage.done:
             status = "done"
-            seconds = stage.summary.get("seconds")
-            total += float(seconds or 0)
+            seconds = _number(stage.summary.get("seconds"))
+            total += seconds or 0.0
         else:
-            status = "incomplete" if stage.exists else "not run"
+            status = ("left out (see its section)" if stage.problems else "incomplete") if stage.exists else "not run"
             seconds = None
         rows.append([STAGE_TITLES[name], status, _seconds(seconds), str(stage.path)])
     rows.append(["total", "", _seconds(total), ""])
@@ -1024,8 +1094,9 @@ def pipeline_stages(stages: dict[str, Stage]) -> list[str]:
     listed = None
     for stage in stages.values():
         listed = (yaml_config(stage) or {}).get("stages")
-        if listed:
+        if isinstance(listed, list) and listed:
             break
+        listed = None  # none, or not a list of stage names
     listed = listed or ["sft", "reward", "ppo", "evaluate"]
     return [name for name in STAGES if name in listed or stages[name].exists]
 
@@ -1033,25 +1104,64 @@ def pipeline_stages(stages: dict[str, Stage]) -> list[str]:
 def sweep_section(run_root: Path) -> list[Block]:
     """`rlhflab sweep` under this run: the table and figures of <run>/sweep/compare/compare.json
     (rlhflab/eval/compare.py); nothing when there is none."""
-    path = run_root / "sweep" / "compare" / "compare.json"
-    if not path.is_file():
+    relative = "sweep/compare/compare.json"
+    path = run_root / relative
+    if not os.path.lexists(path):
         return []
-    data = read_json(path)
     blocks: list[Block] = [Heading("Sweep", anchor="sweep"),
                            para("The points of the sweep in ", Code(str(path.parents[1])), ", each its own run; from ",
                                 Code(str(path)), " (", Code(f"rlhflab compare {path.parents[1]}"), " rebuilds it).")]
-    if not isinstance(data, dict) or not data.get("header"):
+    try:
+        data = read_json_object(run_root, relative)
+    except HandedFileError as exc:
+        return blocks + [para(f"Left out: {exc}", note=True)]
+    if not data or not data.get("header"):
         return blocks + [para(f"{path} holds no table; rerun the sweep or rlhflab compare.", note=True)]
-    blocks.append(Table([str(h) for h in data["header"]], [[str(c) for c in row] for row in data.get("rows") or []],
-                        left=1 + len(data.get("columns") or []),
-                        caption="Held-out reward at the last and the best evaluation, KL to the reference at the end, "
-                                "clip fraction and approximate KL over the last steps, per point."))
-    blocks += [para(str(sentence)) for sentence in data.get("sentences") or []]
-    for figure in data.get("figures") or []:
-        image = path.parent / str(figure.get("path", ""))
-        if image.is_file() and image.suffix == ".png":
-            blocks.append(Image(image, str(figure.get("caption", ""))))
+    try:
+        blocks.append(Table([str(h) for h in data["header"]], [[str(c) for c in row] for row in data.get("rows") or []],
+                            left=1 + len(data.get("columns") or []),
+                            caption="Held-out reward at the last and the best evaluation, KL to the reference at the "
+                                    "end, clip fraction and approximate KL over the last steps, per point."))
+        blocks += [para(str(sentence)) for sentence in data.get("sentences") or []]
+        figures = [(str(f.get("path", "")), str(f.get("caption", ""))) for f in data.get("figures") or []]
+    except SHAPE_ERRORS as exc:
+        if debug():
+            raise
+        return blocks[:2] + [para(f"Left out: {path} does not have the shape of compare.json ({first_line(exc)}).",
+                                  note=True)]
+    blocks += _listed_images(run_root, "sweep/compare", figures)
     return blocks
+
+
+def _listed_images(root: Path, folder: str, figures: list[tuple[str, str]]) -> list[Block]:
+    """Image blocks of the PNGs a handed file lists (paths relative to `root / folder`): only
+    regular files inside `root`, checked by run_file; any other is a note, never embedded."""
+    blocks: list[Block] = []
+    for relative, caption in figures:
+        try:
+            image = run_file(root, PurePath(folder, relative))  # an absolute `relative` stays absolute: refused
+        except HandedFileError as exc:
+            blocks.append(para(f"Figure {caption or relative} skipped: {exc}", note=True))
+            continue
+        if image is not None and image.suffix == ".png":
+            blocks.append(Image(image, caption))
+    return blocks
+
+
+def _section(build, stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
+    """A stage's section with a note per file of it that was left out; a summary whose values
+    have other types than the section reads leaves the section out with a note (the rule in
+    the module docstring), not a traceback."""
+    try:
+        blocks = build(stage, run_root, figures)
+    except SHAPE_ERRORS as exc:
+        if debug():
+            raise
+        stage.problems.append(f"{stage.path / 'summary.json'} (or metrics.jsonl, samples.jsonl, config.yaml beside it) "
+                              f"does not have the shape this report reads ({first_line(exc)}), so its section is left out.")
+        stage.summary = None
+        blocks = [Heading(STAGE_TITLES[stage.name], anchor=stage.name)]
+    return blocks[:1] + _problems(stage) + blocks[1:]
 
 
 def build_report(run_root: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
@@ -1067,15 +1177,18 @@ def build_report(run_root: Path, out_dir: Path | None = None) -> tuple[Path, Pat
         hint = (f"It holds the runs {', '.join(runs)}: pass one of them, e.g. {run_root / runs[0]}." if runs
                 else "Run a stage first (e.g. `rlhflab sft name=NAME`) and pass its runs/NAME folder.")
         raise RlhfLabError(f"{run_root} has none of the stage folders {', '.join(STAGES)}: nothing to report. {hint}")
+    if out_dir is None:  # inside the handed run: its report/ must be a real folder, not a link to elsewhere
+        writable_folder(run_root, "report/figures")
     out_dir = Path(out_dir) if out_dir is not None else run_root / "report"
     figures = Figures(out_dir / "figures")
 
     doc = Document(f"rlhflab report: {run_root.name}")
-    doc.add(*overview_section(run_root, stages))
     sections = {"pretrain": pretrain_section, "sft": sft_section, "reward": reward_section, "ppo": ppo_section,
                 "dpo": dpo_section, "ilql": ilql_section, "evaluate": evaluate_section, "overopt": overopt_section}
-    for name in pipeline_stages(stages):
-        doc.add(*sections[name](stages[name], run_root, figures))
+    built = [_section(sections[name], stages[name], run_root, figures) for name in pipeline_stages(stages)]
+    doc.add(*overview_section(run_root, stages))  # after the sections: a section left out is not "done"
+    for blocks in built:
+        doc.add(*blocks)
     doc.add(*sweep_section(run_root))
     doc.add(*ratings_section(run_root))
     doc.add(*configs_section(stages))
