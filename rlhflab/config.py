@@ -90,7 +90,8 @@ class DataConfig:
     prompt_min_words: int = 3
     prompt_max_words: int = 5
     # Then at most this many tokens of the policy's tokenizer (4 characters a token without one).
-    # 64 leaves every 2-8 word IMDB prompt as it was; Chinese/Japanese count a character a word.
+    # 64 leaves every 2-8 word IMDB prompt as it was. In scripts written without spaces (Chinese,
+    # Yi, Thai, Javanese, ...) a character counts as a word (rlhflab/data/prompts.py).
     prompt_max_tokens: int = 64
     # RL prompts as they are, instead of the reviews' opening words: a .txt file (one per line) or a
     # .jsonl/.csv/.json file with a `prompt` column. eval_prompts: the held-out ones (None: the
