@@ -2,9 +2,9 @@
 
 Reads only the run directory contract (DESIGN.md): each stage's summary.json, metrics.jsonl,
 samples.jsonl and config.yaml (and dpo's pairs.jsonl and ilql's eval_after.jsonl), plus
-an optional `<runs_dir>/human/rating_summary.json`. No model is loaded, so a report of any run
-builds in seconds on a laptop. Any stage may be missing; its section then says so and names
-the command that produces it.
+the run's own human ratings (`human/<task>/rating_summary.json`). No model is loaded, so a
+report of any run builds in seconds on a laptop. Any stage may be missing; its section then
+says so and names the command that produces it.
 
 A run folder may come from someone else, so it is read as data (rlhflab/eval/run_files.py): only
 regular files inside it are read or embedded, never a symbolic link or a figure path that is
@@ -53,7 +53,7 @@ from rlhflab.eval.run_files import (
     run_file,
     writable_folder,
 )
-from rlhflab.io import atomic_write_text, read_json
+from rlhflab.io import atomic_write_text
 
 STAGES = ("pretrain", "sft", "reward", "ppo", "dpo", "ilql", "evaluate", "overopt")  # the order of rlhflab/stages/registry.py
 STAGE_TITLES = {"pretrain": "Pretraining", "sft": "Supervised fine-tuning", "reward": "Reward model",
@@ -961,22 +961,42 @@ def _rating_formatter():
 
 
 def ratings_section(run_root: Path) -> list[Block]:
-    path = run_root.parent / "human" / "rating_summary.json"
+    """The run's own human ratings: `<run>/human/<task>/rating_summary.json`, which `rlhflab rate
+    summary` writes for a task made from this run's samples. Ratings of other runs live in theirs,
+    so none show here; files that may not be read (see run_files) are named in a note."""
     blocks: list[Block] = [Heading("Human ratings", anchor="ratings")]
-    if not path.exists():
-        return blocks + [para(f"No human ratings: {path} does not exist. Rate samples in the rating web app to add "
-                              "them.", note=True)]
-    data = read_json(path)
-    blocks.append(para("From ", Code(str(path)), "."))
-    formatter = _rating_formatter()
-    if formatter is not None:
+    found, notes = [], []
+    try:
+        human = run_file(run_root, "human", folder=True)
+        tasks = sorted(entry.name for entry in os.scandir(human)) if human else []
+    except (HandedFileError, OSError) as exc:
+        notes.append(para(f"Left out: {first_line(exc)}", note=True))
+        tasks = []
+    for task in tasks:
+        relative = f"human/{task}/rating_summary.json"
         try:
-            text = formatter(data)
-        except Exception:  # noqa: BLE001 -- a summary of another schema must not cost the whole report: show it generically
-            text = None
-        if isinstance(text, str) and text.strip():
-            return blocks + markdown_blocks(text)
-    return blocks + json_tables(data)
+            data = read_json_object(run_root, relative)
+        except HandedFileError as exc:
+            notes.append(para(f"Left out: {exc}", note=True))
+            continue
+        if data is not None:
+            found.append((str(data.get("created_at") or ""), task, run_root / relative, data))
+    if not found:
+        return blocks + notes + [para(
+            f"No human ratings of this run ({run_root / 'human'} holds no rating_summary.json). Rate its samples with "
+            f"`rlhflab rate create --from-samples {run_root / 'evaluate' / 'samples.jsonl'}` and the web app, then "
+            "`rlhflab rate summary` writes them here.", note=True)]
+    formatter = _rating_formatter()
+    for _, _, path, data in sorted(found, key=lambda f: f[:2]):  # oldest task first
+        blocks.append(para("From ", Code(str(path)), "."))
+        text = None
+        if formatter is not None:
+            try:
+                text = formatter(data)
+            except Exception:  # noqa: BLE001 -- a summary of another schema must not cost the whole report: show it generically
+                text = None
+        blocks += markdown_blocks(text) if isinstance(text, str) and text.strip() else json_tables(data)
+    return blocks + notes
 
 
 def configs_section(stages: dict[str, Stage]) -> list[Block]:

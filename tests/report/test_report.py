@@ -225,8 +225,9 @@ def write_ilql(root: Path, *, probability: bool = True) -> dict:
     return summary
 
 
-def write_ratings(runs: Path) -> None:
-    write_json(runs / "human" / "rating_summary.json", {
+def write_ratings(root: Path) -> None:
+    """The run's own ratings, where `rlhflab rate summary` writes them (<run>/human/<task>/)."""
+    write_json(root / "human" / "rating-sft-vs-ppo" / "rating_summary.json", {
         "task": "rating-sft-vs-ppo", "created_at": "2025-11-21T06:00:00Z", "prompts": 20, "items": 40, "raters": 2,
         "ratings": 80, "alpha": 0.05,
         "models": [{"model": m, "source": f"runs/demo/{m}", "responses": 20, "ratings": 40,
@@ -242,7 +243,7 @@ def full_run(runs: Path) -> Path:
     write_reward(root)
     write_ppo(root)
     write_evaluate(root)
-    write_ratings(runs)
+    write_ratings(root)
     return root
 
 
@@ -384,7 +385,7 @@ def test_ratings_fall_back_to_generic_tables(tmp_path, monkeypatch):
     monkeypatch.setattr(report_module, "_rating_formatter", lambda: None)
     root = tmp_path / "runs" / "rated"
     (root / "ppo").mkdir(parents=True)  # a stage folder, so there is a run to report
-    write_json(tmp_path / "runs" / "human" / "rating_summary.json",
+    write_json(root / "human" / "some-task" / "rating_summary.json",
                {"raters": 3, "note": "<b>hi</b>", "models": {"sft": {"mean": 2.5, "n": 9}, "ppo": {"mean": 4.25, "n": 9}},
                 "pairs": [{"a": "sft", "b": "ppo", "b_wins": 7}]})
     html_path, md_path = build_report(root)
