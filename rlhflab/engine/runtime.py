@@ -197,8 +197,23 @@ def frozen_cache_allowed(runtime: Runtime) -> bool:
     return runtime.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak, so that a stage's `peak_memory_mb` is its own and not the running maximum
+    of every stage this process ran before it (a pipeline runs them all in one process).
+
+    On Linux, writing 5 to /proc/self/clear_refs resets the resident-set high-water mark that
+    ru_maxrss and VmHWM report (proc(5)); elsewhere the process's peak stays cumulative."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated, or the process's peak resident memory on the CPU."""
+    """Peak GPU memory allocated, or the process's peak resident memory on the CPU, since the
+    last `reset_peak_memory`."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -118,12 +118,13 @@ def run_stage(name: str, cfg: Config, *, runtime=None, resume: bool = False, ove
     Raises RlhfLabError when another process writes the run, and RunInterrupted when Ctrl-C or
     SIGTERM stops it (at a step boundary with a checkpoint inside the training loop; at once, and
     keeping only a checkpoint already saved, anywhere else)."""
-    from rlhflab.engine.runtime import Runtime
+    from rlhflab.engine.runtime import Runtime, reset_peak_memory
     from rlhflab.stages.registry import STAGES
 
     runtime = runtime or Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
     run_dir = RunDir(Path(cfg.runs_dir) / cfg.name / name)
     with one_writer(cfg, runtime), stop_at_once():
+        reset_peak_memory(runtime.device)  # the summary's peak_memory_mb is this stage's own
         try:
             return STAGES[name].module.run(cfg, runtime=runtime, resume=resume, overwrite=overwrite, progress=progress)
         except RunInterrupted:

@@ -1,0 +1,26 @@
+"""A stage's peak_memory_mb is its own peak, not the running maximum of the process."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhflab.engine.runtime import peak_memory_mb, reset_peak_memory
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not Path("/proc/self/clear_refs").exists(),
+                    reason="the resident-set peak is reset through /proc/self/clear_refs (Linux)")
+def test_the_peak_restarts_after_a_reset():
+    big = b"x" * (400 * 2**20)  # written, so its pages are resident
+    del big
+    before = peak_memory_mb(CPU)
+    assert before >= 400
+    reset_peak_memory(CPU)
+    after = peak_memory_mb(CPU)
+    assert after < before - 300  # what an earlier stage touched and freed no longer counts
+    kept = b"y" * (200 * 2**20)
+    assert peak_memory_mb(CPU) >= after + 190  # a new peak is seen
+    del kept
