@@ -1002,7 +1002,8 @@ def ratings_section(run_root: Path) -> list[Block]:
 def configs_section(stages: dict[str, Stage]) -> list[Block]:
     blocks: list[Block] = [Heading("Configs", anchor="configs")]
     found = [s for s in stages.values() if s.config is not None]
-    unused = [para(f"Left out: {p}", note=True) for s in stages.values() for p in s.problems if "config.yaml" in p]
+    unused = [para(f"Left out: {p}", note=True) for s in stages.values() for p in s.problems
+              if p.startswith(str(s.path / "config.yaml"))]
     if not found:
         return blocks + unused + [para("No stage left a usable config.yaml.", note=True)]
     blocks.append(para("The resolved config each stage ran with (its config.yaml)."))
