@@ -6,7 +6,9 @@ checkpoint of a top-two-blocks run is a few tens of MB, not the whole model.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import pickle
 import random
 import warnings
@@ -67,25 +69,69 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler, loop: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+def save_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler, loop: dict[str, Any], extra: dict[str, Any] | None = None,
+                    kept: str | None = None) -> None:
     """Write `folder` atomically: a crash mid-save leaves the previous checkpoint intact.
 
     `extra` holds tensors, numbers, strings, lists and dicts only (what a safe load reads back).
+    Raises RlhfLabError when the disk fills up, saying what was kept: `kept` (the caller knows
+    which run it belongs to), else whether `folder` holds a previous checkpoint.
     """
+    state = {
+        "format": FORMAT,
+        "model": trainable_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng_state(),
+        "extra": extra or {},
+    }
     with atomic_dir(folder) as tmp:
-        torch.save(
-            {
-                "format": FORMAT,
-                "model": trainable_state(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "rng": rng_state(),
-                "extra": extra or {},
-            },
-            tmp / "state.pt",
-        )
-        # state.json is written last: its presence marks a complete checkpoint.
-        (tmp / "state.json").write_text(json.dumps(loop, indent=2) + "\n", encoding="utf-8")
+        try:
+            torch.save(state, tmp / "state.pt")
+            # state.json is written last: its presence marks a complete checkpoint.
+            (tmp / "state.json").write_text(json.dumps(loop, indent=2) + "\n", encoding="utf-8")
+        except (RuntimeError, OSError) as exc:
+            needed, free = _tensor_bytes(state), _free_bytes(tmp)
+            if not _out_of_space(exc, needed, free):
+                raise
+            if kept is None:
+                kept = ("the previous checkpoint there is unchanged" if (folder / "state.json").is_file()
+                        else "no checkpoint was written") + "; free space and run again"
+            # One line instead of torch's "unexpected pos ..." traceback; atomic_dir removes the partial file.
+            room = f"{_size(free)} free, " if free is not None else ""
+            raise RlhfLabError(f"Cannot save the checkpoint {folder}: the disk is full ({room}the checkpoint needs "
+                               f"about {_size(needed)}); {kept}.") from None
+
+
+def _out_of_space(exc: BaseException, needed: int, free: int | None) -> bool:
+    """Whether a failed write ran out of space. torch.save's zip writer reports ENOSPC as a RuntimeError
+    ("unexpected pos ...", "file write failed") without an errno, so that one is judged by the space left."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return free is not None and free < needed
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def _tensor_bytes(value: Any) -> int:
+    """The bytes of the tensors in nested dicts, lists and tuples: about what torch.save writes."""
+    if torch.is_tensor(value):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} KB"
 
 
 def load_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -10,6 +10,7 @@ item count, so gradients averaged by DDP equal the one-process gradient of the s
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -98,9 +99,11 @@ class Supervised:
             self.state["epoch"], self.state["batch"] = self.state["epoch"] + 1, 0
         self.state["items"] += global_count
         self.state["seconds"] += time.perf_counter() - started
-        self._window[0] += float(self.runtime.sum(loss_sum))
+        step_loss = float(self.runtime.sum(loss_sum))
+        self._window[0] += step_loss
         self._window[1] += global_count
-        return self._maybe_log(step + 1, epoch)
+        # A NaN or infinite loss is returned at once, whatever log_every says: the loop stops the run on it.
+        return self._maybe_log(step + 1, epoch, force=not math.isfinite(step_loss))
 
     def _backward(self, rows: torch.Tensor, weight: float) -> tuple[float, float]:
         """Gradients of the mean loss over the global batch, from this process's `rows`; returns
@@ -129,9 +132,9 @@ class Supervised:
                 param.grad.mul_(world / max(global_count, 1.0))
         return total, global_count
 
-    def _maybe_log(self, step: int, epoch: int) -> dict[str, float]:
+    def _maybe_log(self, step: int, epoch: int, force: bool = False) -> dict[str, float]:
         last = step == total_steps(self.cfg, self.n_train)
-        if step % self.cfg.log_every and not last:
+        if step % self.cfg.log_every and not last and not force:
             return {}
         loss_sum, items, start = self._window
         mean = loss_sum / max(items, 1.0)

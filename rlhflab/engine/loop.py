@@ -4,10 +4,14 @@
 Under several processes every rank runs this loop in lockstep; only the main process writes
 (metrics, checkpoints), a stop request on any rank stops them all at the same step, and a
 checkpoint holds every rank's random state so a resumed run continues each rank's stream.
+
+A loss that becomes NaN or infinite stops the run at that step, on every rank, with one
+RlhfLabError naming the step and the likely causes; no checkpoint is written with non-finite weights.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import torch
@@ -15,7 +19,7 @@ from tqdm.auto import tqdm
 
 from rlhflab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rlhflab.engine.runtime import Runtime
-from rlhflab.errors import RunInterrupted
+from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.interrupt import StopRequest
 from rlhflab.io import RunDir
 
@@ -24,7 +28,9 @@ class Algorithm(Protocol):
     """What a stage trains, driven by `run_loop`.
 
     `step` does one unit of training (an optimizer step for supervised stages, a rollout and
-    its updates for RL) and returns the metrics to log for it ({} logs nothing). The loop calls
+    its updates for RL) and returns the metrics to log for it ({} logs nothing); a step whose
+    loss is not finite must return it (under every key holding "loss"), even when it would
+    otherwise log nothing, as the loop stops the run on it. The loop calls
     `evaluate` whenever `evaluation_due` says so and once more after the last step, unless the
     last step was just evaluated. `state_dict` is what, beside the trainable weights, optimizer
     and scheduler, a resumed run needs (tensors, numbers, strings, lists and dicts only).
@@ -62,15 +68,25 @@ def run_loop(algorithm: Algorithm, *, runtime: Runtime, run_dir: RunDir, total_s
         position["evaluated_at"] = position["step"]
         log({"step": position["step"], "split": algorithm.eval_split, **algorithm.evaluate(position["step"])})
 
+    saved: dict[str, Any] = {"step": position["step"] if resume else None}  # the checkpoint on disk
+    lr = None  # the learning rate of the last step, for the message when training diverges
+
     def checkpoint() -> None:
-        _save(algorithm, runtime, run_dir, position)
+        _save(algorithm, runtime, run_dir, position, saved["step"], lr)
+        saved["step"] = position["step"]
 
     bar = tqdm(total=total_steps, initial=position["step"], desc=desc, disable=not (progress and runtime.is_main),
                dynamic_ncols=True)
     with StopRequest() as stop:
         while position["step"] < total_steps and not algorithm.should_stop():
+            lr = algorithm.optimizer.param_groups[0]["lr"]  # read before the scheduler moves it on
             record = algorithm.step(position["step"])
             position["step"] += 1
+            bad = non_finite_loss(record)
+            if runtime.max(float(bad is not None)) > 0:  # every rank stops here, before logging or evaluating NaNs
+                bar.close()
+                what = f"the training {bad[0]} became {bad[1]}" if bad else "a training loss became NaN or infinite on another process"
+                raise RlhfLabError(_diverged(runtime, run_dir, position["step"], saved["step"], what, lr))
             if record:
                 log({"step": position["step"], "split": "train", **record})
                 bar.set_postfix(algorithm.progress())
@@ -91,13 +107,76 @@ def run_loop(algorithm: Algorithm, *, runtime: Runtime, run_dir: RunDir, total_s
     return position["step"]
 
 
-def _save(algorithm: Algorithm, runtime: Runtime, run_dir: RunDir, position: dict) -> None:
+def non_finite_loss(record: dict[str, Any]) -> tuple[str, float] | None:
+    """The first (key, value) of `record` whose key holds "loss" (loss, policy_loss, value_loss, ...)
+    and whose value is NaN or infinite; None when there is none."""
+    for key, value in record.items():
+        if "loss" in key.lower() and isinstance(value, (int, float)) and not math.isfinite(value):
+            return key, float(value)
+    return None
+
+
+def _diverged(runtime: Runtime, run_dir: RunDir, step: int, saved_step: int | None, what: str, lr: float | None) -> str:
+    """The one line that stops a run whose loss (or weights) stopped being finite at `step`."""
+    section = run_dir.final.name  # the stage folder is named as its config section (sft, reward, ppo, ...)
+    used = f"{lr:.3g} at this step; " if lr is not None else ""
+    causes = [f"a learning rate too high ({used}lower it in the {section}: settings)",
+              "extreme values in the data (rewards, scores)"]
+    if runtime.precision != "no":
+        causes.append(f"overflow in {runtime.precision} mixed precision (try runtime.mixed_precision=no)")
+    if saved_step is not None:
+        kept = (f"The checkpoint of step {saved_step} in {run_dir.checkpoint_dir} is kept, though resuming with the "
+                f"same settings repeats the same steps")
+    else:
+        kept = "No checkpoint had been saved, so nothing of this run is kept"
+    if run_dir.is_finished():
+        kept += f"; the finished run {run_dir.final} is unchanged"
+    return (f"{section} stopped at step {step}: {what}. Likely causes: {', '.join(causes[:-1])} or {causes[-1]}. "
+            f"{kept}. Fix the cause and start again with --overwrite.")
+
+
+def _weights_finite(module: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters() if p.requires_grad)
+
+
+def _save(algorithm: Algorithm, runtime: Runtime, run_dir: RunDir, position: dict, saved_step: int | None,
+          lr: float | None) -> None:
+    """Write the checkpoint on the main process; every rank raises the same RlhfLabError when the
+    weights are no longer finite (nothing is written) or the main process could not write it."""
+    if runtime.max(float(not _weights_finite(algorithm.module))) > 0:
+        # A step's update can blow the weights up while its loss, computed before it, was still finite.
+        raise RlhfLabError(_diverged(runtime, run_dir, position["step"], saved_step,
+                                     "the trainable weights became NaN or infinite", lr))
     rngs = runtime.gather_objects([rng_state()])  # every rank's stream, for a resume under the same ranks
+    error = None
     if runtime.is_main:
-        save_checkpoint(run_dir.checkpoint_dir / "latest", model=algorithm.module, optimizer=algorithm.optimizer,
-                        scheduler=algorithm.scheduler, loop=position,
-                        extra={"algorithm": algorithm.state_dict(), "rng_by_rank": rngs})
-    runtime.barrier()
+        try:
+            save_checkpoint(run_dir.checkpoint_dir / "latest", model=algorithm.module, optimizer=algorithm.optimizer,
+                            scheduler=algorithm.scheduler, loop=position,
+                            extra={"algorithm": algorithm.state_dict(), "rng_by_rank": rngs},
+                            kept=_kept_on_failed_save(run_dir, saved_step))
+        except RlhfLabError as exc:  # a full disk: the other ranks must not wait for the main one forever
+            error = str(exc)
+            if not runtime.distributed:
+                raise
+        except BaseException:
+            if runtime.distributed:
+                runtime.broadcast("the main process failed to save a checkpoint (see its traceback)")
+            raise
+    if runtime.distributed:
+        error = runtime.broadcast(error)  # also the barrier: the others go on once the main process has written
+        if error:
+            raise RlhfLabError(error)
+
+
+def _kept_on_failed_save(run_dir: RunDir, saved_step: int | None) -> str:
+    if saved_step is None:
+        kept = "no checkpoint of this run had been saved yet, so a rerun starts it again"
+    else:
+        kept = f"the checkpoint of step {saved_step} is kept (free space, then continue with --resume)"
+    if run_dir.is_finished():
+        kept += f"; the finished run {run_dir.final} is unchanged"
+    return kept
 
 
 def _restore(algorithm: Algorithm, runtime: Runtime, run_dir: RunDir) -> dict:

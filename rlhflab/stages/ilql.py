@@ -11,6 +11,7 @@ Held-out prompts are answered at the start and, after training, at every β of i
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -22,6 +23,7 @@ from rlhflab.data.scored import ScoredTexts, load_scored_texts
 from rlhflab.data.splits import split_sizes
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
+from rlhflab.errors import RlhfLabError
 from rlhflab.eval.held_out import held_out
 from rlhflab.io import RunDir, write_jsonl
 from rlhflab.models.blocks import disable_dropout
@@ -48,6 +50,31 @@ def scored_splits(cfg: Config, splits) -> tuple[dict[str, ScoredTexts], str]:
             for name, idx in parts.items() if idx}, il.samples
 
 
+def normalised_returns(scored: dict[str, ScoredTexts], source: str) -> tuple[dict[str, torch.Tensor], float, float]:
+    """Each split's rewards normalised over the training texts (as trlX does, so the heads learn on one scale
+    whatever the reward's units), in the float32 the heads train on: ({split: (N,)}, mean, std).
+
+    Raises RlhfLabError when a value is not finite there: rewards near float32's limit (3e38) overflow
+    the mean, and a validation reward far outside the training ones overflows once normalised."""
+    rescale = "rescale all rewards (dividing them by one number changes nothing after normalising)"
+    train = torch.tensor(scored["train"].rewards)
+    mean, std = float(train.mean()), float(train.std()) if len(train) > 1 else 1.0
+    if not (math.isfinite(mean) and math.isfinite(std)):  # NaN or inf here would quietly make every return NaN or 0
+        raise RlhfLabError(f"The training rewards of {source} overflow the 32-bit floats ILQL trains in (their mean "
+                           f"comes out as {mean:g}, their standard deviation as {std:g}): {rescale}.")
+    std = std if std > 0 else 1.0
+    returns = {}
+    for split, part in scored.items():
+        returns[split] = (torch.tensor(part.rewards) - mean) / std
+        bad = (~torch.isfinite(returns[split])).nonzero().flatten().tolist()
+        if bad:
+            raise RlhfLabError(
+                f"A {split} reward of {source}, {part.rewards[bad[0]]:g}, becomes {float(returns[split][bad[0]])} when "
+                f"normalised in the 32-bit floats ILQL trains in (the training rewards' mean is {mean:g}, their "
+                f"standard deviation {std:g}). Check that reward, or {rescale}.")
+    return returns, mean, std
+
+
 def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
     """ILQL from `cfg.ilql.policy` (default: this run's SFT model); write runs/<name>/ilql."""
     il = cfg.ilql
@@ -58,6 +85,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     prompts = prompt_sets(cfg, splits, il.eval_prompts)
     eval_prompts = prompts.held_out
     scored, described = scored_splits(cfg, splits)
+    returns, mean, std = normalised_returns(scored, described)  # checked before any model is loaded
     source = starting_policy(cfg, il.policy, "ilql.policy")
     rewards = reward_functions(cfg, runtime, required=False)
     run_dir = open_run_dir(cfg, "ilql", resume=resume, overwrite=overwrite, runtime=runtime)
@@ -70,13 +98,9 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     sampling = dict(max_new_tokens=max_new, seed=cfg.seed, batch_size=il.eval_batch_size, runtime=runtime)
     start, _ = held_out(model, None, tokenizer, eval_prompts, rewards, **sampling)
 
-    # Returns normalised over the training texts (trlX): the heads then learn on one scale whatever the reward's units.
-    train_rewards = torch.tensor(scored["train"].rewards)
-    mean, std = float(train_rewards.mean()), float(train_rewards.std()) if len(train_rewards) > 1 else 1.0
-    std = std if std > 0 else 1.0
     encoded = {name: encode(part.texts, tokenizer, il.max_length, append_eos=True) for name, part in scored.items()}
-    action_rewards = {name: rewards_at_last_token(encoded[name].attention_mask, (torch.tensor(part.rewards) - mean) / std)
-                      .to(runtime.device) for name, part in scored.items()}
+    action_rewards = {name: rewards_at_last_token(encoded[name].attention_mask, returns[name]).to(runtime.device)
+                      for name in scored}
 
     model = configure_trainable(model, il)
     heads = IlqlHeads(model.config.get_text_config().hidden_size, model.get_output_embeddings()).to(runtime.device)
