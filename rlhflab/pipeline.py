@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import yaml
+
 from rlhflab.config import Config, parse_yaml, to_dict
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.interrupt import stop_at_once, stop_with_parent
@@ -38,7 +40,11 @@ def stage_state(cfg: Config, stage: str) -> str:
         return "done"
     partial = run_dir.partial
     if run_dir.has_checkpoint(partial) and _stored_key(partial) == key and (partial / "config.yaml").exists():
-        if parse_yaml((partial / "config.yaml").read_text(encoding="utf-8")) == to_dict(cfg):
+        try:
+            same = parse_yaml((partial / "config.yaml").read_text(encoding="utf-8")) == to_dict(cfg)
+        except (yaml.YAMLError, UnicodeDecodeError):  # not plain YAML (e.g. a Python tag): not resumable
+            same = False
+        if same:
             return "partial"
     return "stale" if run_dir.final.exists() or partial.exists() else "missing"
 
@@ -110,7 +116,10 @@ def headline(stage: str, summary: dict) -> str:
     """One line of the numbers that matter for a finished stage, and what its data reader left out."""
     from rlhflab.data import describe_dropped
 
-    line = _numbers(stage, summary)
+    try:
+        line = _numbers(stage, summary)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, StopIteration):
+        return "(its summary.json is not one rlhflab wrote; `rlhflab report` shows what it holds)"
     return f"{line}; data: {describe_dropped(summary['left_out'])}" if summary.get("left_out") else line
 
 

@@ -50,6 +50,18 @@ def open_run_dir(cfg: Config, stage: str, *, resume: bool, overwrite: bool, runt
     return run_dir
 
 
+def _read_own_yaml(path: Path):
+    """A run's config.yaml for the resume check; a handed file that is not plain YAML (a Python tag,
+    a syntax error) is one line, never constructed (the safe loader)."""
+    import yaml
+
+    try:
+        return parse_yaml(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RlhfLabError(f"{path} is not plain YAML ({str(exc).splitlines()[0]}); this run cannot be resumed. "
+                           f"Start again with --overwrite.") from None
+
+
 def _open(cfg: Config, stage: str, run_dir: RunDir, *, resume: bool, overwrite: bool) -> None:
     from rlhflab.stages.registry import stage_key
 
@@ -57,7 +69,7 @@ def _open(cfg: Config, stage: str, run_dir: RunDir, *, resume: bool, overwrite: 
     run_dir.prepare(resume=resume, overwrite=overwrite)
     config_path = run_dir.path / "config.yaml"
     if resume and config_path.exists():
-        before = parse_yaml(config_path.read_text(encoding="utf-8"))
+        before = _read_own_yaml(config_path)
         if before != to_dict(cfg):
             changed = sorted(_diff_keys(before, to_dict(cfg)))
             raise RlhfLabError(
@@ -65,6 +77,9 @@ def _open(cfg: Config, stage: str, run_dir: RunDir, *, resume: bool, overwrite: 
                 f"Resume with the same config, or start again with --overwrite."
             )
         started = read_json(run_dir.path / "stage.json") if (run_dir.path / "stage.json").exists() else {}
+        if not isinstance(started, dict):
+            raise RlhfLabError(f"{run_dir.path / 'stage.json'} is not a JSON object; this run cannot be resumed. "
+                               f"Start again with --overwrite.")
         if started.get("key") not in (None, key["key"]):
             changed = sorted(k for k in set(key["references"]) | set(started.get("references", {}))
                              if key["references"].get(k) != started.get("references", {}).get(k))

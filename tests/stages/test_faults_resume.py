@@ -52,3 +52,38 @@ def test_resume_never_runs_a_pickle_put_in_place_of_the_checkpoint(interrupted_s
     with pytest.raises(RlhfLabError, match="could run code.*--overwrite"):
         run_stage("sft", cfg, resume=True, progress=False)
     assert not marker.exists()
+
+
+def test_resume_of_a_config_with_a_python_tag_is_one_line_and_never_constructed(interrupted_sft, tmp_path):
+    cfg, state = interrupted_sft
+    marker = tmp_path / "pwned"
+    (state.parent.parent.parent / "config.yaml").write_text(f'!!python/object/apply:os.system ["touch {marker}"]\n')
+    with pytest.raises(RlhfLabError, match=r"config.yaml is not plain YAML .*; this run cannot be resumed. Start again with --overwrite."):
+        run_stage("sft", cfg, resume=True, progress=False)
+    assert not marker.exists()
+    assert state.exists()  # the checkpoint is kept
+
+
+def test_resume_of_a_stage_json_that_is_not_an_object_is_one_line(interrupted_sft):
+    cfg, state = interrupted_sft
+    (state.parent.parent.parent / "stage.json").write_text("[1, 2]\n")
+    with pytest.raises(RlhfLabError, match=r"stage.json is not a JSON object; this run cannot be resumed"):
+        run_stage("sft", cfg, resume=True, progress=False)
+
+
+def test_a_pipeline_on_a_handed_partial_with_a_python_tag_starts_the_stage_again(interrupted_sft, tmp_path):
+    """The pipeline never constructs the tag: a partial whose config is not plain YAML is stale."""
+    from rlhflab.pipeline import stage_state
+
+    cfg, state = interrupted_sft
+    marker = tmp_path / "pwned"
+    (state.parent.parent.parent / "config.yaml").write_text(f'!!python/object/apply:os.system ["touch {marker}"]\n')
+    assert stage_state(cfg, "sft") == "stale"
+    assert not marker.exists()
+
+
+def test_a_finished_stage_with_an_odd_summary_gets_a_headline_that_says_so():
+    from rlhflab.pipeline import headline
+
+    assert "not one rlhflab wrote" in headline("sft", {"after": "a string"})
+    assert "not one rlhflab wrote" in headline("reward", {"metrics": []})
