@@ -134,3 +134,20 @@ def signal_after_training(process: subprocess.Popen, metrics: Path, steps: int, 
         time.sleep(0.05)
     process.send_signal(signum)
     return finish(process)
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from rlhflab.io import run_lock
+with run_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def hold_lock(run: Path, seconds: float = 600) -> subprocess.Popen:
+    """Another process holding `run`'s lock (for `seconds`), once it said so."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder

@@ -21,7 +21,7 @@ from rlhflab.config import dump_yaml, load_config, parse_yaml
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.pipeline import stage_state
 from rlhflab.stages.registry import stage_key
-from tests.helpers import assert_user_error, cli_run, synthetic_reviews
+from tests.helpers import assert_user_error, cli_run, hold_lock, synthetic_reviews
 from tests.stages.test_pipeline import make_config
 
 POINTS = ["learning_rate-1e-5", "learning_rate-1e-4"]
@@ -238,21 +238,6 @@ def test_bad_grids_fail_in_one_line_before_anything_runs(capsys, tmp_path):
 
 # -- one writer per point, and no point outlives its driver ----------------------------------------
 
-HOLD = """
-import sys, time
-from pathlib import Path
-from rlhflab.io import run_lock
-with run_lock(Path(sys.argv[1])):
-    print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
-"""
-
-
-def hold_lock(run: Path, seconds: float = 600) -> subprocess.Popen:
-    """Another process holding `run`'s lock (for `seconds`), once it said so."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run), str(seconds)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    return holder
 
 
 def test_a_rerun_waits_for_a_point_an_earlier_process_still_writes(swept, tmp_path, monkeypatch):

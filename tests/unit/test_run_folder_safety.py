@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,22 +13,8 @@ import pytest
 
 from rlhflab.errors import RlhfLabError
 from rlhflab.io import RunDir, lock_path, run_lock
+from tests.helpers import hold_lock
 
-HOLD = """
-import sys, time
-from pathlib import Path
-from rlhflab.io import run_lock
-with run_lock(Path(sys.argv[1])):
-    print("held", flush=True)
-    time.sleep(float(sys.argv[2]))
-"""
-
-
-def hold_lock(run: Path, seconds: float = 600) -> subprocess.Popen:
-    """Another process holding `run`'s lock (for `seconds`), once it said so."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run), str(seconds)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    return holder
 
 
 def files(folder: Path) -> dict[str, bytes]:
