@@ -206,7 +206,10 @@ def policy_forward(policy: Policy, input_ids, attention_mask, response_start: in
 
 def _head(lm: nn.Module, hidden: torch.Tensor, response_start: int, temperature: float) -> torch.Tensor:
     """LM-head logits (fp32, / temperature) at the positions that predict response tokens."""
-    return lm.get_output_embeddings()(hidden[:, response_start - 1 : -1]).float() / temperature
+    logits = lm.get_output_embeddings()(hidden[:, response_start - 1 : -1]).float()
+    # x / 1.0 is x to the bit, but over (B, R, V) it reads and writes the whole tensor once more
+    # (0.70 of 1.82 s of a default PPO step's scoring, and a second copy of the logits in memory).
+    return logits if temperature == 1.0 else logits / temperature
 
 
 @torch.no_grad()
