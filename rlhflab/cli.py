@@ -247,16 +247,18 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _refuse_stage_folder(path) -> None:
-    """A stage's folder (runs/default/ppo) where the run folder (runs/default) goes: name the run folder."""
+    """A folder inside a run (runs/default/ppo, runs/default/sft/model, runs/default/report, ...)
+    where the run folder (runs/default) goes: name the run folder."""
     from rlhflab.stages.registry import STAGES
 
-    if not path.is_dir() or any((path / name).is_dir() for name in STAGES):
+    def is_run(folder) -> bool:
+        return any((folder / name).is_dir() for name in STAGES)
+
+    if not path.is_dir() or is_run(path):
         return  # not a folder (the report says so), or a run folder (whatever its own name)
-    holds_stage_files = any((path / name).exists() for name in ("stage.json", "summary.json", "metrics.jsonl"))
-    if (path.name in STAGES or holds_stage_files) and any((path.parent / name).is_dir() for name in STAGES):
-        run = path.parent
-        raise RlhfLabError(f"{path} is the {path.name} stage of the run {run}: pass the run folder, {run} "
-                           f"(`rlhflab report {run}`).")
+    run = next((parent for parent in list(path.parents)[:3] if is_run(parent)), None)
+    if run is not None:
+        raise RlhfLabError(f"{path} is inside the run {run}: pass the run folder, {run} (`rlhflab report {run}`).")
 
 
 def _config(args: argparse.Namespace) -> None:
@@ -318,11 +320,20 @@ def _dashed_override(item: str, argv: list[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from rlhflab.interrupt import stop_at_once
+
     try:
         try:
-            return _main(argv)
+            # From the first moment, not only once a stage starts: SIGTERM would otherwise kill a
+            # starting command with status 143 and no word, and a background job would ignore Ctrl-C.
+            with stop_at_once():
+                return _main(argv)
         finally:  # --help and errors too: a reader that went away fails here, not at interpreter exit
             sys.stdout.flush()
+    except KeyboardInterrupt:  # a stop before or after the command's own handling (parsing, imports)
+        if _is_main_process():
+            print("interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # `rlhflab ... | head -3`: the reader closed the pipe. End quietly, as Unix tools do when
         # SIGPIPE kills them (status 128 + 13); stdout goes to devnull so that the flush at

@@ -8,6 +8,7 @@ import json
 import uuid
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -263,6 +264,8 @@ class RunDir:
         its cleaning and resume act on the link's target); only a sweep's link to a shared stage
         (see the class docstring) is allowed, and nothing is cleaned through it."""
         old = self.final.with_name(f".{self.final.name}.old")
+        if self.final.parent.is_symlink():  # runs/<name> itself links elsewhere
+            _refuse_link(self.final.parent)
         self._refuse_links(old)
         if old.exists() or old.is_symlink():
             if not self.final.exists() and (self.partial / "summary.json").exists():
@@ -368,11 +371,21 @@ class RunDir:
 
 
 def truncate_jsonl(path: Path, after_step: int) -> None:
-    """Keep the lines of a step log up to `after_step` (lines without a step are kept)."""
+    """Keep the lines of a step log up to `after_step` (lines without a step are kept).
+
+    A line that is not a JSON object, or whose step is not a number (the half-written last line a
+    kill leaves, or a damaged one), is dropped, as `read_jsonl` skips it."""
     if not path.exists():
         return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line and json.loads(line).get("step", 0) <= after_step]
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        step = row.get("step", 0) if isinstance(row, dict) else None
+        if isinstance(step, (int, float)) and not isinstance(step, bool) and step <= after_step:
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -404,6 +417,8 @@ def run_lock(run: Path, *, wait: float = 0.0, waiting: Callable[[str], None] | N
     if key in _held:
         yield
         return
+    if Path(run).is_symlink():  # cleaning and recovery would act on the link's target
+        _refuse_link(Path(run))
     created = not path.parent.exists()
     with user_os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -444,11 +459,18 @@ def _try_lock(path: Path) -> int | None:
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+            # O_NOFOLLOW: a handed runs folder whose lock file links elsewhere must not have us
+            # truncate and write the link's target (ELOOP is refused below).
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # not inherited by child processes
         except FileNotFoundError:
             continue  # the last holder of a runs_dir made for its lock removed it between mkdir and open
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                _refuse_link(path)
             return -1
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device put there: never written
+            os.close(fd)
+            raise RlhfLabError(f"{path} is not a regular file; rlhflab keeps a run's lock there. Remove it and run again.")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -460,7 +482,7 @@ def _try_lock(path: Path) -> int | None:
         # The holder before us unlinks the file as it lets go: a lock on that unlinked file guards
         # nothing, so lock the file that is at the path now.
         with contextlib.suppress(FileNotFoundError):
-            here, ours = os.stat(path), os.fstat(fd)
+            here, ours = os.lstat(path), os.fstat(fd)
             if (here.st_ino, here.st_dev) == (ours.st_ino, ours.st_dev):
                 return fd
         os.close(fd)

@@ -38,3 +38,24 @@ def test_sigterm_while_dpo_samples_its_pairs_exits_130_and_leaves_nothing(tmp_pa
     assert stderr.strip().splitlines() == ["interrupted: dpo stopped before its first checkpoint; nothing of this run "
                                            "was kept (run the same command to start it again)."]
     assert not (runs / "t").exists() and not (runs / ".t.lock").exists()
+
+
+def test_a_stop_while_the_command_starts_exits_130_with_one_line(monkeypatch, capsys):
+    """Before any stage installs its handlers (parsing the command line): SIGTERM, and Ctrl-C
+    sent to a background job (which starts with SIGINT ignored), both end with 130 and a word."""
+    from rlhflab import cli
+
+    def stopped_while_parsing(argv):
+        os.kill(os.getpid(), sent)
+        time.sleep(5)  # the handler interrupts this
+        raise AssertionError("the stop request was not handled")
+
+    monkeypatch.setattr(cli, "parse_args", stopped_while_parsing)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts a background job
+    try:
+        for sent in (signal.SIGTERM, signal.SIGINT):
+            assert cli.main(["sft"]) == 130
+            assert capsys.readouterr().err == "interrupted\n"
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # put back as it was
+    finally:
+        signal.signal(signal.SIGINT, previous)

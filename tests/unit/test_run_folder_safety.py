@@ -161,3 +161,44 @@ def test_a_pipeline_on_a_run_whose_checkpoints_link_elsewhere_exits_2_and_touche
     assert_user_error(result, f"{sft / 'checkpoints'} is a symbolic link (to {elsewhere})")
     assert files(elsewhere) == before
     assert sorted(p.name for p in elsewhere.iterdir()) == [".data.old", ".notes.txt.123.tmp", ".thesis.old"]
+
+
+def test_a_lock_file_that_links_elsewhere_is_refused_and_its_target_untouched(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    os.symlink(victim, lock_path(runs / "colleague"))
+    with pytest.raises(RlhfLabError, match=r"\.colleague\.lock is a symbolic link \(to .*victim.txt\)"):
+        with run_lock(runs / "colleague"):
+            pass
+    assert victim.read_text() == "keep me\n"
+    assert lock_path(runs / "colleague").is_symlink()
+
+
+def test_a_lock_file_that_is_not_a_regular_file_is_refused(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    os.mkfifo(lock_path(runs / "x"))
+    with pytest.raises(RlhfLabError, match=r"\.x\.lock is not a regular file"):
+        with run_lock(runs / "x"):
+            pass
+
+
+def test_a_run_folder_that_is_a_link_is_refused_and_nothing_is_cleaned_through_it(tmp_path, capsys):
+    from tests.helpers import assert_user_error, cli_run
+
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "sft").mkdir(parents=True)
+    (elsewhere / "sft" / ".notes.tmp").write_text("notes")
+    (elsewhere / "sft" / ".model.old").mkdir()
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    os.symlink(elsewhere, runs / "shared", target_is_directory=True)
+    before = files(elsewhere)
+    with pytest.raises(RlhfLabError, match=r"runs/shared is a symbolic link"):
+        RunDir(runs / "shared" / "sft").recover()
+    result = cli_run(capsys, "sft", f"runs_dir={runs}", "name=shared", "sft.model=/nowhere/model")
+    assert_user_error(result, f"{runs / 'shared'} is a symbolic link (to {elsewhere})")
+    assert files(elsewhere) == before
+    assert sorted(p.name for p in (elsewhere / "sft").iterdir()) == [".model.old", ".notes.tmp"]
