@@ -6,6 +6,7 @@ checkpoint of a top-two-blocks run is a few tens of MB, not the whole model.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -13,14 +14,14 @@ import pickle
 import random
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from rlhflab.errors import RlhfLabError
-from rlhflab.io import atomic_dir
+from rlhflab.io import RunDir, atomic_dir
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -28,6 +29,11 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy `state` into `model`'s parameters. Raises RlhfLabError when it is not a dict of tensors
+    shaped like the model's parameters (a foreign or damaged checkpoint)."""
+    if not isinstance(state, dict):
+        raise RlhfLabError("The checkpoint's weights are not a table of tensors, so it is corrupt or not an rlhflab "
+                           "checkpoint. Start again with --overwrite.")
     params = dict(model.named_parameters())
     missing = [name for name in state if name not in params]
     if missing:
@@ -35,6 +41,14 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             f"The checkpoint does not match this model (unknown weights such as {missing[0]}). "
             f"Resume with the same config that started the run."
         )
+    for name, value in state.items():
+        if not torch.is_tensor(value) or value.shape != params[name].shape:
+            got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+            raise RlhfLabError(
+                f"The checkpoint does not match this model (weight {name} is {got}, the model's is "
+                f"{tuple(params[name].shape)}). Resume with the same config that started the run, or start again "
+                f"with --overwrite."
+            )
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)
@@ -59,12 +73,25 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    numpy = state["numpy"]
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
-                         numpy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
+    """Restore what `rng_state` returned. Raises RlhfLabError when `state` is not such a thing."""
+    try:
+        version, internal, gauss = state["python"]
+        numpy = state["numpy"]
+        keys = numpy["keys"].numpy().astype(np.uint32)
+        python = (version, tuple(internal), gauss)
+        numpy_state = (numpy["kind"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gaussian"])
+        previous = random.getstate(), np.random.get_state()
+        try:
+            random.setstate(python)
+            np.random.set_state(numpy_state)
+            torch.set_rng_state(state["torch"])
+        except Exception:
+            random.setstate(previous[0])
+            np.random.set_state(previous[1])
+            raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError):
+        raise RlhfLabError("The checkpoint's random-number state is corrupt or not from rlhflab. "
+                           "Start again with --overwrite.") from None
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -85,30 +112,58 @@ def save_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler, loo
         "rng": rng_state(),
         "extra": extra or {},
     }
-    with atomic_dir(folder) as tmp:
-        try:
+    if kept is None:
+        kept = ("the previous checkpoint there is unchanged" if (folder / "state.json").is_file()
+                else "no checkpoint was written") + "; free space and run again"
+    with out_of_space_is_one_line("the checkpoint", folder, needed=_tensor_bytes(state), kept=kept):
+        with atomic_dir(folder) as tmp:
             torch.save(state, tmp / "state.pt")
             # state.json is written last: its presence marks a complete checkpoint.
             (tmp / "state.json").write_text(json.dumps(loop, indent=2) + "\n", encoding="utf-8")
-        except (RuntimeError, OSError) as exc:
-            needed, free = _tensor_bytes(state), _free_bytes(tmp)
-            if not _out_of_space(exc, needed, free):
-                raise
-            if kept is None:
-                kept = ("the previous checkpoint there is unchanged" if (folder / "state.json").is_file()
-                        else "no checkpoint was written") + "; free space and run again"
-            # One line instead of torch's "unexpected pos ..." traceback; atomic_dir removes the partial file.
-            room = f"{_size(free)} free, " if free is not None else ""
-            raise RlhfLabError(f"Cannot save the checkpoint {folder}: the disk is full ({room}the checkpoint needs "
-                               f"about {_size(needed)}); {kept}.") from None
+
+
+@contextlib.contextmanager
+def out_of_space_is_one_line(what: str, folder: Path, *, needed: int, kept: str) -> Iterator[None]:
+    """Turn a write of `what` into `folder` that ran out of space into one RlhfLabError saying so and
+    what was `kept` (the folder itself is written atomically, so it is unchanged).
+
+    Libraries report a full disk in their own ways: torch.save's zip writer as a RuntimeError with no
+    errno ("unexpected pos ..."), judged by the space left against `needed` bytes; safetensors as a
+    SafetensorError naming "os error 28"; Python as OSError(ENOSPC)."""
+    try:
+        yield
+    except Exception as exc:
+        free = _free_bytes(folder.parent)
+        if isinstance(exc, RlhfLabError) and isinstance(exc.__cause__, OSError):
+            exc = exc.__cause__  # atomic_dir's own one line, whose "kept" knows only the folder
+        elif isinstance(exc, RlhfLabError):
+            raise
+        if not _out_of_space(exc, needed, free):
+            raise
+        room = f"{_size(free)} free, " if free is not None else ""
+        raise RlhfLabError(f"Cannot save {what} {folder}: the disk is full ({room}{what} needs "
+                           f"about {_size(needed)}); {kept}.") from None
+
+
+def kept_after_failure(run_dir: RunDir) -> str:
+    """What a run that fails now leaves, in words: its last checkpoint (resumable), the finished run."""
+    try:
+        step = json.loads((run_dir.checkpoint_dir / "latest" / "state.json").read_text(encoding="utf-8"))["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        step = None
+    kept = (f"the checkpoint of step {step} is kept (free space, then continue with --resume)" if step is not None
+            else "no checkpoint of this run had been saved yet, so a rerun starts it again")
+    if run_dir.is_finished():
+        kept += f"; the finished run {run_dir.final} is unchanged"
+    return kept
 
 
 def _out_of_space(exc: BaseException, needed: int, free: int | None) -> bool:
-    """Whether a failed write ran out of space. torch.save's zip writer reports ENOSPC as a RuntimeError
-    ("unexpected pos ...", "file write failed") without an errno, so that one is judged by the space left."""
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return free is not None and free < needed
+    if f"os error {errno.ENOSPC}" in str(exc) or os.strerror(errno.ENOSPC) in str(exc):
+        return True
+    return isinstance(exc, RuntimeError) and free is not None and free < needed
 
 
 def _free_bytes(folder: Path) -> int | None:
@@ -164,12 +219,42 @@ def load_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler) -> 
         raise RlhfLabError(f"The checkpoint in {folder} was not written by rlhflab. {start_again}")
     if state.get("format") != FORMAT:
         raise RlhfLabError(f"The checkpoint in {folder} was written by an older rlhflab. {start_again}")
+    corrupt = f"The checkpoint {file} is corrupt or not an rlhflab checkpoint. {start_again}"
+    if not _is_loop(loop):
+        raise RlhfLabError(f"The checkpoint {folder / 'state.json'} is corrupt or not an rlhflab checkpoint. "
+                           f"{start_again}")
+    shapes = {"model": dict, "optimizer": dict, "scheduler": (dict, type(None)), "rng": dict, "extra": dict}
+    if any(not isinstance(state.get(key), kind) for key, kind in shapes.items()):
+        raise RlhfLabError(corrupt)
     load_trainable_state(model, state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state["scheduler"] is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        _check_optimizer_shapes(optimizer)
+    except (RlhfLabError, TypeError, ValueError, KeyError, IndexError, AttributeError, RuntimeError):
+        raise RlhfLabError(corrupt) from None
     return loop, state["extra"]
+
+
+def _check_optimizer_shapes(optimizer) -> None:
+    """The loaded per-parameter state (Adam's moments) must be shaped like its parameter, else the first
+    step fails deep inside torch."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for value in optimizer.state.get(param, {}).values():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError("optimizer state shaped unlike its parameter")
+
+
+def _is_loop(loop: Any) -> bool:
+    """state.json holds the loop position: a whole-number step and the step last evaluated (or null)."""
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    return (isinstance(loop, dict) and whole(loop.get("step"))
+            and (loop.get("evaluated_at") is None or whole(loop.get("evaluated_at"))))
 
 
 def _first_line(exc: Exception) -> str:

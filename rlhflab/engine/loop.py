@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from rlhflab.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlhflab.checkpoint import kept_after_failure, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from rlhflab.engine.runtime import Runtime
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.interrupt import StopRequest
@@ -154,7 +154,7 @@ def _save(algorithm: Algorithm, runtime: Runtime, run_dir: RunDir, position: dic
             save_checkpoint(run_dir.checkpoint_dir / "latest", model=algorithm.module, optimizer=algorithm.optimizer,
                             scheduler=algorithm.scheduler, loop=position,
                             extra={"algorithm": algorithm.state_dict(), "rng_by_rank": rngs},
-                            kept=_kept_on_failed_save(run_dir, saved_step))
+                            kept=kept_after_failure(run_dir))
         except RlhfLabError as exc:  # a full disk: the other ranks must not wait for the main one forever
             error = str(exc)
             if not runtime.distributed:
@@ -167,16 +167,6 @@ def _save(algorithm: Algorithm, runtime: Runtime, run_dir: RunDir, position: dic
         error = runtime.broadcast(error)  # also the barrier: the others go on once the main process has written
         if error:
             raise RlhfLabError(error)
-
-
-def _kept_on_failed_save(run_dir: RunDir, saved_step: int | None) -> str:
-    if saved_step is None:
-        kept = "no checkpoint of this run had been saved yet, so a rerun starts it again"
-    else:
-        kept = f"the checkpoint of step {saved_step} is kept (free space, then continue with --resume)"
-    if run_dir.is_finished():
-        kept += f"; the finished run {run_dir.final} is unchanged"
-    return kept
 
 
 def _restore(algorithm: Algorithm, runtime: Runtime, run_dir: RunDir) -> dict:

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from rlhflab.algorithms.supervised import Selection, Supervised, cache_facts, make_optimizer, total_steps
+from rlhflab.checkpoint import kept_after_failure, out_of_space_is_one_line
 from rlhflab.config import Config, SftConfig, check_training_config
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
@@ -123,9 +124,11 @@ def save_model(model, tokenizer, run_dir: RunDir) -> None:
     """model/ loads with plain AutoModelForCausalLM: LoRA adapters are merged in first."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    with atomic_dir(run_dir.model_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    with out_of_space_is_one_line("the model", run_dir.model_dir, needed=needed, kept=kept_after_failure(run_dir)):
+        with atomic_dir(run_dir.model_dir) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
 
 
 def format_summary(summary: dict) -> str:

@@ -238,3 +238,27 @@ def test_a_full_disk_in_the_loop_names_the_checkpoint_kept_and_the_finished_run(
     assert message.endswith(f"; the checkpoint of step 2 is kept (free space, then continue with --resume); "
                             f"the finished run {run_dir.final} is unchanged.")
     assert json.loads((run_dir.checkpoint_dir / "latest" / "state.json").read_text())["step"] == 2
+
+
+def test_a_full_disk_while_the_model_is_saved_is_one_line_naming_the_checkpoint_to_resume(tmp_path):
+    from safetensors import SafetensorError
+
+    from rlhflab.stages.sft import save_model
+
+    class FillsTheDisk(torch.nn.Linear):
+        def save_pretrained(self, folder):
+            (folder / "model.safetensors").write_bytes(b"\0" * 100)
+            # what safetensors raised when a small tmpfs filled up under it
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    run_dir = _run_dir(tmp_path, finished=True)
+    model = FillsTheDisk(64, 64)  # 4,160 float32 weights: 16 KB
+    save_checkpoint(run_dir.checkpoint_dir / "latest", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                    scheduler=None, loop={"step": 6})
+    with pytest.raises(RlhfLabError) as info:
+        save_model(model, tokenizer=None, run_dir=run_dir)
+    message = str(info.value)
+    assert message.startswith(f"Cannot save the model {run_dir.model_dir}: the disk is full (")
+    assert message.endswith(f"the model needs about 16 KB); the checkpoint of step 6 is kept (free space, then continue "
+                            f"with --resume); the finished run {run_dir.final} is unchanged.")
+    assert not run_dir.model_dir.exists() and [p.name for p in run_dir.path.iterdir()] == ["checkpoints"]
