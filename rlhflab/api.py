@@ -19,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import MappingView, Set as AbstractSet
+from collections.abc import Iterator, MappingView, Set as AbstractSet
 from typing import Any, Callable, Mapping, Sequence
 
 from rlhflab.config import Config, check_config, from_dict, load_config, resolve_run_references, to_dict
@@ -129,7 +129,7 @@ def _config(config, name, reward_fn, samples, rewards, pairs, prompts) -> tuple[
     elif isinstance(config, (str, Path)):
         cfg = load_config(config)
     elif config is None or isinstance(config, Mapping):
-        raw = json.loads(json.dumps(dict(config or {})))  # a deep copy of plain data
+        raw = json.loads(json.dumps(dict(config or {}), default=_plain))  # a deep copy of plain data
         if "rl" in raw:
             if "ppo" in raw:
                 raise RlhfLabError("config has both 'rl' and 'ppo'; they are the same section, give one.")
@@ -210,6 +210,15 @@ def register_reward(fn: Callable) -> str:
     return f"{_api_rewards.__name__}:{key}"
 
 
+def _plain(value: Any) -> Any:
+    """A numpy scalar or array, or a torch tensor, in a config dict as plain numbers and lists
+    (json.dumps's `default`); anything else is an RlhfLabError naming its type."""
+    if hasattr(value, "tolist") and not isinstance(value, (AbstractSet, MappingView)):
+        return value.tolist()
+    raise RlhfLabError(f"config holds a {type(value).__name__} ({value!r:.40}); settings are numbers, strings, "
+                       f"booleans, lists and dicts.")
+
+
 def _listed(value: Any, what: str) -> list | None:
     """`value` as a plain list (None stays None): numpy arrays, tensors and pandas Series via
     tolist(), a DataFrame as its rows; one string is refused, as it would be read letter by letter,
@@ -221,10 +230,17 @@ def _listed(value: Any, what: str) -> list | None:
     if isinstance(value, Mapping):
         raise RlhfLabError(f"{what} must be a list, not a dict; give a list of {what}.")
     _ordered(value, what)
+    if isinstance(value, Iterator):  # a generator, map(), iter(): read once, and maybe drawn from a set
+        raise RlhfLabError(f"{what} is an iterator ({type(value).__name__}), which may have no order and is read "
+                           f"only once; give a list in the order you mean, e.g. {what}=list(...).")
     if hasattr(value, "to_dict") and hasattr(value, "columns"):  # a pandas DataFrame: its rows
         return value.to_dict("records")
     if hasattr(value, "tolist"):
-        return value.tolist()
+        listed = value.tolist()
+        if not isinstance(listed, list):  # a 0-d array around one object, e.g. np.array({1.0, 0.0}) holds a set
+            _ordered(listed, what)
+            raise RlhfLabError(f"{what} is a 0-dimensional array of {type(listed).__name__}; give a list.")
+        return listed
     try:
         return list(value)
     except TypeError:

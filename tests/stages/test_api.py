@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -94,6 +95,11 @@ def test_train_with_pairs_runs_dpo(tmp_path, tiny_llama_dir, reviews_csv):
     ({"samples": {"good film": 1.0, "bad film": 0.0}.keys(), "rewards": [1.0, 0.0]}, "samples is a dict_keys"),
     ({"samples": ["good film", "bad film"], "rewards": {"a": 1.0, "b": 0.0}.values()}, "rewards is a dict_values"),
     ({"prompts": {"a film", "the plot"}, "reward_fn": lambda prompts, responses: [0.0]}, "prompts is a set"),
+    ({"samples": ["good film", "bad film"], "rewards": iter({1.0, 0.0})}, "rewards is an iterator"),
+    ({"samples": ["good film", "bad film"], "rewards": map(float, {1, 0})}, "rewards is an iterator .map."),
+    ({"samples": (s for s in ["good film", "bad film"]), "rewards": [1.0, 0.0]}, "samples is an iterator .generator."),
+    ({"samples": ["good film", "bad film"], "rewards": np.array({1.0, 0.0})}, "rewards is a set"),
+    ({"samples": ["good film"], "rewards": [1.0], "config": {"ilql": {"max_steps": object()}}}, "config holds a object"),
     ({"pairs": [{"chosen": "a", "rejected": "b"}], "config": {"dpo": {"pairs": {"fractions": {0.5, 0.25}}}}},
      r"config\['dpo'\]\['pairs'\]\['fractions'\] is a set"),
     # empty or all-blank inputs are named as the caller gave them, before any file is written
@@ -180,3 +186,12 @@ def test_a_call_that_fails_before_its_stage_starts_leaves_no_inputs(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         rlhflab.train("some-model", **call)
     assert [p.name.split("-")[0] for p in (tmp_path / "runs/api/inputs").iterdir()] == ["prompts"]  # eval_prompts: unnamed
+
+
+def test_numpy_numbers_in_a_config_dict_are_read_as_plain_numbers(tmp_path):
+    from rlhflab.api import _config
+
+    cfg, _ = _config({"ilql": {"max_steps": np.int64(2), "beta": np.float32(0.5)}, "runs_dir": str(tmp_path)},
+                     None, None, ["a"], [1.0], None, None)
+    assert cfg.ilql.max_steps == 2 and isinstance(cfg.ilql.max_steps, int)
+    assert cfg.ilql.beta == 0.5
