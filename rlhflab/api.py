@@ -325,6 +325,11 @@ def _number(value: Any, index: int) -> float:
         number = float("nan")
     if isinstance(value, (bool, str)) or not math.isfinite(number):
         raise RlhfLabError(f"rewards must be finite numbers; rewards[{index}] is {value!r:.60}.")
+    from rlhflab.data.scored import reward_problem
+
+    problem = reward_problem(number)  # as the samples reader checks them: in float32
+    if problem is not None:
+        raise RlhfLabError(f"rewards[{index}] is {value!r:.60}: {problem}.")
     return number
 
 

@@ -96,6 +96,7 @@ def test_train_with_pairs_runs_dpo(tmp_path, tiny_llama_dir, reviews_csv):
     ({"samples": ["good film", "bad film"], "rewards": {"a": 1.0, "b": 0.0}.values()}, "rewards is a dict_values"),
     ({"prompts": {"a film", "the plot"}, "reward_fn": lambda prompts, responses: [0.0]}, "prompts is a set"),
     ({"samples": ["good film", "bad film"], "rewards": iter({1.0, 0.0})}, "rewards is an iterator"),
+    ({"samples": ["good film", "bad film"], "rewards": [0.0, 1e39]}, r"^rewards\[1\] is 1e\+39: beyond the .* 32-bit floats"),
     ({"samples": ["good film", "bad film"], "rewards": map(float, {1, 0})}, "rewards is an iterator .map."),
     ({"samples": (s for s in ["good film", "bad film"]), "rewards": [1.0, 0.0]}, "samples is an iterator .generator."),
     ({"samples": ["good film", "bad film"], "rewards": np.array({1.0, 0.0})}, "rewards is a set"),
