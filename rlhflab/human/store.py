@@ -87,6 +87,10 @@ def now() -> str:
 def connect(db_path: str | Path, *, create: bool = True) -> sqlite3.Connection:
     """Open (and create, with its schema) the database; autocommit, writes go through `write`."""
     path = Path(db_path).expanduser()
+    if path.is_symlink():  # its tables (and -wal/-shm files) would go into whatever file it points to
+        raise RlhfLabError(f"The labelling database {path} is a symbolic link; rlhflab writes into the database "
+                           "file itself, so it does not follow links. Put the database file there, or point --db at "
+                           "the file the link names.")
     if not path.exists():
         if not create:
             raise RlhfLabError(

@@ -40,10 +40,11 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from rlhflab.errors import RlhfLabError
+from rlhflab.eval.run_files import writable_folder
 from rlhflab.human import store
 from rlhflab.io import atomic_write_text, write_json
 
@@ -167,11 +168,15 @@ def summary_folder(summary: dict[str, Any], db_path: str | Path) -> Path:
     `<db folder>/<task>/`. RlhfLabError when the run folder is gone."""
     run = summary.get("run")
     if run is None:
-        return Path(db_path).parent / summary["task"]
-    if not Path(run).is_dir():
-        raise RlhfLabError(f"The run folder {run} whose samples task {summary['task']!r} rates no longer exists. "
-                           "Pass --out FOLDER to write the summary elsewhere.")
-    return Path(run) / "human" / summary["task"]
+        root, relative = Path(db_path).parent, PurePath(summary["task"])
+    else:
+        if not Path(run).is_dir():
+            raise RlhfLabError(f"The run folder {run} whose samples task {summary['task']!r} rates no longer exists. "
+                               "Pass --out FOLDER to write the summary elsewhere.")
+        root, relative = Path(run), PurePath("human", summary["task"])
+    # A run handed over with human/ or human/<task>/ as a link would have the summary written outside it.
+    writable_folder(root, relative)
+    return root / relative
 
 
 def write_rating_summary(summary: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
