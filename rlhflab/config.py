@@ -13,10 +13,12 @@ import math
 import re
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
 
+import regex
 import yaml
 
 from rlhflab.errors import RlhfLabError
@@ -39,7 +41,7 @@ class Bounds:
     open: Literal["", "low", "high", "both"] = ""
 
     def holds(self, value: float) -> bool:
-        if not math.isfinite(value):
+        if not math.isfinite(value) or isinstance(value, float) and abs(value) > FLOAT32_MAX:
             return False
         low_open, high_open = self.open in ("low", "both"), self.open in ("high", "both")
         if self.low is not None and (value < self.low or low_open and value == self.low):
@@ -58,6 +60,11 @@ class Bounds:
         if self.high is not None:
             return f"{'<' if high_open else '<='} {high}"
         return "a finite number"
+
+
+# The largest finite float32 (torch.finfo(torch.float32).max): training runs in 32-bit (or narrower)
+# floats, so a float setting beyond it (1e39) would overflow to inf there.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _number(value: float | None) -> str:
@@ -284,6 +291,7 @@ class PpoConfig:
     top_k: int = 0
     top_p: float = 1.0
     stop_token: str | None = None  # ends a response besides EOS (e.g. "."); must be one token
+    SPACE_OK: ClassVar[frozenset[str]] = frozenset({"stop_token"})  # "\n" is a stop token; "" is not
     non_stop_penalty: float | None = None  # score for responses that never stop
     kl_estimator: Literal["k1", "k3"] = "k1"
     kl_coef: float = 0.05  # initial beta
@@ -444,6 +452,7 @@ class OveroptConfig:
     max_new_tokens: int | None = None  # None: ppo.max_new_tokens
     temperature: float = 1.0
     separators: list[str] = field(default_factory=lambda: ["\n", " ", ",", "."])  # seed 004's
+    SPACE_OK: ClassVar[frozenset[str]] = frozenset({"separators"})  # "\n" and " " are separators
     gold_drop: float = 0.05  # a fall in a gold judge's mean score that counts (its own units: probability, compound)
     separator_drop: float = 0.25  # a fall of the separator ratio below the reference's that counts (share of it)
     diversity_drop: float = 0.25  # the same for distinct-2 (repeating "great great great" keeps the separators)
@@ -721,8 +730,8 @@ def check_ranges(section: Any, where: str) -> None:
         if dataclasses.is_dataclass(value):
             check_ranges(value, key)
             continue
-        if value == "" and _admits_none(type(section), f.name):  # e.g. data.prompts="" would read as unset
-            raise RlhfLabError(f"{key} is empty; leave it out (or set it to null) for the default, or give a value.")
+        _check_blank(value, key, f.name in getattr(type(section), "SPACE_OK", ()), _admits_none(type(section), f.name),
+                     defaults[f.name])
         bounds = ranges.get(f.name)
         if bounds is None:
             continue
@@ -731,13 +740,50 @@ def check_ranges(section: Any, where: str) -> None:
             if isinstance(item, bool) or not isinstance(item, (int, float)) or bounds.holds(item):
                 continue  # None (the default) and the words of a Literal | list field ("all") are not numbers
             shown = key if index is None else f"{key}[{index}]"
-            finite = "a finite number " if not math.isfinite(item) else ""
             default = defaults[f.name]
             null = ""
             if index is None and _admits_none(type(section), f.name):
                 null = " (or null, the default)" if default is None else " (or null)"
             hint = f" The default is {default!r}." if isinstance(default, (int, float)) and not isinstance(default, bool) else ""
-            raise RlhfLabError(f"{shown} must be {finite}{bounds.describe()}{null}, got {item!r}.{hint}")
+            if not math.isfinite(item) or isinstance(item, float) and abs(item) > FLOAT32_MAX:
+                rest = "" if bounds.low is None and bounds.high is None else f" {bounds.describe()}"
+                need = f"a finite number in 32-bit floats (magnitude at most {FLOAT32_MAX:.8g}){rest and ' and' + rest}"
+            else:
+                need = bounds.describe()
+            raise RlhfLabError(f"{shown} must be {need}{null}, got {item!r}.{hint}")
+
+
+def _blank(text: str) -> bool:
+    """True when `text` shows nothing: empty, or only spaces, controls, zero-width or other
+    default-ignorable characters (a blank is never a meaningful path, name, model or column)."""
+    return all(unicodedata.category(c).startswith(("Z", "C")) or _INVISIBLE.match(c) for c in text)
+
+
+_INVISIBLE = regex.compile(r"[\p{Default_Ignorable_Code_Point}\u2800]")
+
+
+def _check_blank(value: Any, key: str, space_ok: bool, nullable: bool, default: Any) -> None:
+    """No blank string in a string setting, nor among the items or names of a list or mapping of
+    strings. `space_ok` fields (a stop token, separator characters) may be whitespace, never ""."""
+    def bad(text: Any) -> bool:
+        return isinstance(text, str) and (text == "" if space_ok else _blank(text))
+
+    what = lambda text: "empty" if text == "" else "blank"  # noqa: E731
+    if bad(value):
+        if nullable:
+            raise RlhfLabError(f"{key} is {what(value)}; leave it out (or set it to null) for the default, or give a value.")
+        shown = f" (the default is {default!r})" if isinstance(default, str) else ""
+        raise RlhfLabError(f"{key} is {what(value)}; give a value{shown}, or leave it out for the default.")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if bad(item):
+                raise RlhfLabError(f"{key}[{i}] is blank; every item needs text, got {item!r}.")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if bad(name):
+                raise RlhfLabError(f"{key} has an entry whose name is {what(name)} ({name!r}); every entry needs a name.")
+            if bad(item):
+                raise RlhfLabError(f"{_join(key, str(name))} is {what(item)}; give a value, got {item!r}.")
 
 
 def _admits_none(cls: type, name: str) -> bool:
@@ -931,6 +977,9 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
 
     world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
     check_ranges(cfg, "")
+    if not cfg.stages:
+        raise RlhfLabError("stages is empty: a pipeline needs at least one stage. Leave it out for the default "
+                           "([sft, reward, ppo, evaluate]) or name some, e.g. stages=[sft, reward].")
     check_data(cfg.data)
     check_pretrain(cfg.pretrain)
     check_training_config(cfg.sft, "sft")

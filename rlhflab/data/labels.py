@@ -9,6 +9,8 @@ import unicodedata
 from collections.abc import Iterable
 from html.parser import HTMLParser
 
+import regex
+
 from rlhflab.errors import RlhfLabError
 
 # Spellings seen in the wild (IMDB, Kaggle CSVs, the Shakespeare set) -> 1 positive / 0 negative.
@@ -171,11 +173,17 @@ def clean_text(text: str) -> str:
 def has_text(text: str) -> bool:
     """True when `text` shows something a reader would see once HTML is read as HTML: tags,
     comments and entities alone (`<p></p>`, `<i> </i>`, `&nbsp;`, `<!-- empty -->`) show nothing,
-    and neither do spaces, control or zero-width characters. `a < b` and `<3` are text."""
+    and neither do spaces, control or zero-width characters, the content of <script> and <style>,
+    Default_Ignorable_Code_Point characters (the Hangul fillers U+3164/U+FFA0/U+115F/U+1160, the
+    combining grapheme joiner U+034F, ...) or the blank Braille pattern U+2800. `a < b` and `<3` are text."""
     if "<" in text or "&" in text:
         text = _shown(text)
     # Categories Z* (separators) and C* (controls, format characters such as U+200B) show nothing.
-    return any(not unicodedata.category(c).startswith(("Z", "C")) for c in text)
+    return any(not unicodedata.category(c).startswith(("Z", "C")) and not _BLANK.match(c) for c in text)
+
+
+# Characters drawn as nothing although their category is a letter or symbol.
+_BLANK = regex.compile(r"[\p{Default_Ignorable_Code_Point}\u2800]")
 
 
 class _Shown(HTMLParser):
@@ -184,7 +192,8 @@ class _Shown(HTMLParser):
         self.parts: list[str] = []
 
     def handle_data(self, data: str) -> None:
-        self.parts.append(data)
+        if self.cdata_elem not in ("script", "style"):  # set while inside <script>/<style>
+            self.parts.append(data)
 
 
 def _shown(text: str) -> str:

@@ -420,9 +420,9 @@ def test_no_float_setting_takes_nan_or_infinity(key, value):
 
 @pytest.mark.parametrize("override, message", [
     # the inputs of issue 19, each refused with the key, the range and the default
-    ("sft.learning_rate=.inf", r"^sft\.learning_rate must be a finite number > 0, got inf\. The default is 0\.0002\.$"),
-    ("ppo.vf_coef=.nan", r"^ppo\.vf_coef must be a finite number > 0, got nan\. The default is 0\.1\.$"),
-    ("evaluate.temperature=.nan", r"^evaluate\.temperature must be a finite number > 0, got nan\."),
+    ("sft.learning_rate=.inf", r"^sft\.learning_rate must be a finite number in 32-bit floats \(magnitude at most 3\.4028235e\+38\) and > 0, got inf\. The default is 0\.0002\.$"),
+    ("ppo.vf_coef=.nan", r"^ppo\.vf_coef must be a finite number in 32-bit floats \(magnitude at most 3\.4028235e\+38\) and > 0, got nan\. The default is 0\.1\.$"),
+    ("evaluate.temperature=.nan", r"^evaluate\.temperature must be a finite number in 32-bit floats \(magnitude at most 3\.4028235e\+38\) and > 0, got nan\."),
     ("reward_fn.batch_size=0", r"^reward_fn\.batch_size must be at least 1, got 0\. The default is 32\.$"),
     ("seed=-1", r"^seed must be in \[0, 2147483647\], got -1\. The default is 0\.$"),
     ("sft.lora.r=0", r"^sft\.lora\.r must be at least 1, got 0\. The default is 16\.$"),
@@ -453,6 +453,49 @@ def test_no_float_setting_takes_nan_or_infinity(key, value):
 def test_a_value_that_means_nothing_is_refused_when_the_config_loads(override, message):
     with pytest.raises(RlhfLabError, match=message):
         load_config(None, [override])
+
+
+F32 = r"a finite number in 32-bit floats \(magnitude at most 3\.4028235e\+38\)"
+
+
+@pytest.mark.parametrize("override, message", [
+    # finite in float64 but not in the float32 training runs in (issue 19 follow-up)
+    ("sft.learning_rate=1e39", rf"^sft\.learning_rate must be {F32} and > 0, got 1e\+39\. The default is 0\.0002\.$"),
+    ("ppo.non_stop_penalty=-1e39", rf"^ppo\.non_stop_penalty must be {F32} \(or null, the default\), got -1e\+39\.$"),
+    ("ilql.eval_betas=[1e39]", rf"^ilql\.eval_betas\[0\] must be {F32} and >= 0, got 1e\+39\.$"),
+    ("ppo.kl_coef=1e39", rf"^ppo\.kl_coef must be {F32} and >= 0, got 1e\+39\. The default is 0\.05\.$"),
+    ("dpo.beta=1e39", rf"^dpo\.beta must be {F32} and > 0, got 1e\+39\."),
+    # the words once, not "a finite number a finite number"
+    ("ppo.non_stop_penalty=.nan", rf"^ppo\.non_stop_penalty must be {F32} \(or null, the default\), got nan\.$"),
+    # a blank string is never a path, name or model; null (where allowed) is the default
+    ('data.source=""', r"^data\.source is empty; give a value \(the default is 'imdb'\), or leave it out for the default\.$"),
+    ('sft.model=""', r"^sft\.model is empty; give a value \(the default is 'smollm2-135m'\)"),
+    ('reward.model=""', r"^reward\.model is empty; give a value \(the default is 'minilm-l6'\)"),
+    ('data.split=""', r"^data\.split is empty; give a value \(the default is 'train'\)"),
+    ('runs_dir=""', r"^runs_dir is empty; give a value \(the default is 'runs'\)"),
+    ('runs_dir=" "', r"^runs_dir is blank; give a value"),
+    ("sft.lora.target_modules=['']", r"^sft\.lora\.target_modules\[0\] is blank; every item needs text, got ''\.$"),
+    ("evaluate.models={a: ''}", r"^evaluate\.models\.a is empty; give a value, got ''\.$"),
+    ("evaluate.models={'': x}", r"^evaluate\.models has an entry whose name is empty"),
+    ('pretrain.sample_prompts=["\\u200b"]', r"^pretrain\.sample_prompts\[0\] is blank"),
+    ('ppo.stop_token=""', r"^ppo\.stop_token is empty; leave it out \(or set it to null\)"),
+    ("stages=[]", r"^stages is empty: a pipeline needs at least one stage\."),
+])
+def test_a_float32_overflow_a_blank_string_or_no_stage_is_refused_when_the_config_loads(override, message):
+    with pytest.raises(RlhfLabError, match=message):
+        load_config(None, [override])
+
+
+def test_float32_limit_is_torchs_and_values_up_to_it_and_meaningful_whitespace_pass():
+    import torch
+
+    from rlhflab.config import FLOAT32_MAX
+
+    assert FLOAT32_MAX == float(torch.finfo(torch.float32).max)
+    cfg = load_config(None, ["ppo.non_stop_penalty=-3.4028234663852886e38", "ppo.kl_coef=3.4e38",
+                             'ppo.stop_token="\\n"', 'overopt.separators=["\\n", " ", ","]'])
+    assert cfg.ppo.non_stop_penalty == -FLOAT32_MAX and cfg.ppo.kl_coef == 3.4e38
+    assert cfg.ppo.stop_token == "\n" and cfg.overopt.separators == ["\n", " ", ","]
 
 
 def test_a_tokenizers_smallest_vocabulary_is_checked_when_the_config_loads():

@@ -171,7 +171,11 @@ def test_empty_texts_are_dropped(tmp_path):
 
 
 @pytest.mark.parametrize("markup", ["<p></p>", "<i> </i>", "&nbsp;", "<div><br /></div>", "<!-- empty -->",
-                                    "<P>&#160;</P>", "\u200b", "<br>&nbsp;<br/>"])
+                                    "<P>&#160;</P>", "\u200b", "<br>&nbsp;<br/>",
+                                    # default-ignorable fillers, the blank Braille pattern, script/style content
+                                    "\u3164", "&#x3164;", "&#x115F;&#x1160;", "\u034f", "\uffa0", "\u2800\u2800\u2800",
+                                    "<p>\u3164</p>", "<script>x=1</script>", "<style>p { color: red }</style>",
+                                    "<SCRIPT>x=1"])
 def test_a_row_with_only_markup_is_left_out_and_counted(tmp_path, markup):
     rows = [{"text": "kept", "label": 1}, {"text": markup, "label": 0}, {"text": "", "label": 1}]
     path = write_jsonl(tmp_path / "r.jsonl", rows)
@@ -184,6 +188,13 @@ def test_text_with_markup_or_angle_brackets_is_kept_as_written(tmp_path):
     rows = [{"text": "<i>Great</i> film", "label": 1}, {"text": "<3", "label": 1}, {"text": "a < b &amp; c", "label": 0}]
     reviews = load_reviews(str(write_jsonl(tmp_path / "r.jsonl", rows)))
     assert [r.text for r in reviews] == ["<i>Great</i> film", "<3", "a < b &amp; c"]
+    assert reviews.dropped == {}
+
+
+def test_text_beside_fillers_or_a_script_is_kept_byte_for_byte(tmp_path):
+    texts = ["Great\u3164film", "\u2800ok", "<script>x=1</script> Good film", "fine<style>p{}</style>", "\u034fyes"]
+    reviews = load_reviews(str(write_jsonl(tmp_path / "r.jsonl", [{"text": t, "label": 1} for t in texts])))
+    assert [r.text for r in reviews] == texts
     assert reviews.dropped == {}
 
 
