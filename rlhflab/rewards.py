@@ -268,9 +268,7 @@ _LOADED: dict[tuple, tuple] = {}
 def _cached(loader: Callable, source: str):
     """Load a scoring model once per process: PPO asks for the training reward and the positive
     probability of the same model, and must not hold (or load) it twice."""
-    from rlhflab.models.reward_model import reward_model_dir
-
-    from rlhflab.models.reward_model import META_FILE
+    from rlhflab.models.reward_model import META_FILE, reward_model_dir
 
     folder = reward_model_dir(source) or Path(source).expanduser()
     key = (loader.__name__, str(folder.resolve()) if folder.exists() else source)

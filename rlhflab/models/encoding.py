@@ -84,28 +84,10 @@ class FittedTexts:
     responses_cut: int
 
 
-def prompt_response_ids(
-    prompts: Sequence[str],
-    responses: Sequence[str],
-    tokenizer,
-    max_length: int,
-    *,
-    long_response: Literal["error", "truncate"] = "error",
-    setting: str = "max_length",
-    where: Sequence[str] | None = None,
-) -> tuple[list[list[int]], int]:
-    """Token ids (special tokens included, at most `max_length` each) of every
-    `join_prompt_response(prompt, response)`, and how many prompts were shortened.
-
-    Too long a text loses the front of its prompt, never the response: a reward model judges
-    the response, and two responses cut to the same prompt prefix would score the same. Special
-    tokens (BERT's [CLS] ... [SEP], a BOS) survive, as tokenizers add them after truncating.
-    A response that does not fit alone raises RlhfLabError naming `where[i]` (what the text is)
-    and the `setting` to raise; with long_response="truncate" it is read alone and keeps its
-    beginning instead, like any plain text (scoring, where an error mid-run helps no one).
-    """
-    fitted = fit_prompt_response(prompts, responses, tokenizer, max_length, long_response=long_response,
-                                 setting=setting, where=where)
+def prompt_response_ids(prompts: Sequence[str], responses: Sequence[str], tokenizer, max_length: int,
+                        **options) -> tuple[list[list[int]], int]:
+    """`fit_prompt_response`'s token ids, and how many prompts were shortened."""
+    fitted = fit_prompt_response(prompts, responses, tokenizer, max_length, **options)
     return fitted.rows, fitted.prompts_cut
 
 
@@ -119,7 +101,16 @@ def fit_prompt_response(
     setting: str = "max_length",
     where: Sequence[str] | None = None,
 ) -> FittedTexts:
-    """`prompt_response_ids` with the share of each row the prompt takes (FittedTexts)."""
+    """Token ids (special tokens included, at most `max_length` each) of every
+    `join_prompt_response(prompt, response)`, with the number of prompt tokens each row kept (FittedTexts).
+
+    Too long a text loses the front of its prompt, never the response: a reward model judges
+    the response, and two responses cut to the same prompt prefix would score the same. Special
+    tokens (BERT's [CLS] ... [SEP], a BOS) survive, as tokenizers add them after truncating.
+    A response that does not fit alone raises RlhfLabError naming `where[i]` (what the text is)
+    and the `setting` to raise; with long_response="truncate" it is read alone and keeps its
+    beginning instead, like any plain text (scoring, where an error mid-run helps no one).
+    """
     prompts, responses = list(prompts), list(responses)
     texts = [join_prompt_response(p, r) for p, r in zip(prompts, responses)]
     # Character offsets in each joined text: where its first visible character and its
