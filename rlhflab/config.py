@@ -315,6 +315,12 @@ class PpoConfig:
     snapshot_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # bfloat16: half the disk of float32
     checkpoint_every: int = 5
     cache_frozen: bool = True
+    # What samples the rollouts: hf (transformers' generate on the policy), vllm (a vLLM engine on the
+    # same GPU, sent the policy's weights before each rollout; `pip install rlhflab[vllm]`, CUDA, one
+    # process), auto (vllm when it is installed and the run is on CUDA, else hf). Either way the
+    # training log-probs are recomputed by the policy (rlhflab/vllm_rollout.py).
+    rollout_engine: Literal["auto", "hf", "vllm"] = "auto"
+    vllm_gpu_memory_utilization: float = 0.3  # the share of the GPU's memory vLLM may take (weights + KV cache)
 
     RANGES: ClassVar[dict[str, Bounds]] = {
         "samples_per_prompt": COUNT,  # at least 2 for grpo and rloo (resolve_rl)
@@ -328,7 +334,7 @@ class PpoConfig:
         "gamma": UNIT, "lam": UNIT, "clip_range": POSITIVE, "clip_range_value": POSITIVE,
         "vf_coef": POSITIVE,  # 0 would leave the value head that GAE reads untrained
         "grad_clip": POSITIVE, "eval_prompts": COUNT, "eval_every": COUNT, "sample_every": COUNT,
-        "checkpoint_every": COUNT,
+        "checkpoint_every": COUNT, "vllm_gpu_memory_utilization": Bounds(0, 1, "low"),
     }
 
 
