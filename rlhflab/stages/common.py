@@ -133,13 +133,16 @@ def run_stage(name: str, cfg: Config, *, runtime=None, resume: bool = False, ove
     Raises RlhfLabError when another process writes the run, and RunInterrupted when Ctrl-C or
     SIGTERM stops it (at a step boundary with a checkpoint inside the training loop; at once, and
     keeping only a checkpoint already saved, anywhere else)."""
-    from rlhflab.engine.runtime import Runtime, reset_peak_memory
+    from rlhflab.engine.runtime import Runtime, release_memory, reset_peak_memory
     from rlhflab.stages.registry import STAGES
 
     runtime = runtime or Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
     run_dir = RunDir(Path(cfg.runs_dir) / cfg.name / name)
-    with one_writer(cfg, runtime), stop_at_once():
-        reset_peak_memory(runtime.device)  # the summary's peak_memory_mb is this stage's own
+    with one_writer(cfg, runtime), stop_at_once(), _released_after(runtime):
+        # The summary's peak_memory_mb is this stage's own: it starts from what the process holds
+        # now, with what the stages before this one freed handed back to the OS.
+        release_memory(runtime.device)
+        reset_peak_memory(runtime.device)
         try:
             return STAGES[name].module.run(cfg, runtime=runtime, resume=resume, overwrite=overwrite, progress=progress)
         except RunInterrupted:
@@ -156,6 +159,18 @@ def run_stage(name: str, cfg: Config, *, runtime=None, resume: bool = False, ove
             if runtime.is_main:
                 run_dir.discard_failed_start()
             raise
+
+
+@contextlib.contextmanager
+def _released_after(runtime) -> Iterator[None]:
+    """Hand back what the stage freed once it has ended (finished, failed or stopped), so that
+    whatever the process does next (the pipeline's next stage, the report) does not sit on it."""
+    from rlhflab.engine.runtime import release_memory
+
+    try:
+        yield
+    finally:
+        release_memory(runtime.device)
 
 
 @contextlib.contextmanager

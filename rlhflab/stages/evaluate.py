@@ -102,18 +102,31 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     run_dir = open_run_dir(cfg, "evaluate", resume=False, overwrite=overwrite)
     max_new = ev.max_new_tokens if ev.max_new_tokens is not None else cfg.ppo.max_new_tokens
     sentiments = _prompt_sentiments(prompts, labels, prob_fn)
-    reference = None  # (model, tokenizer) of the first model, kept to score every other model's text
     rows: list[dict] = []
-    models: dict[str, dict] = {}
+    facts: dict[str, dict] = {}  # name -> what its own pass measured (size, scores)
     reference_name = next(iter(sources))
+    reference_tokenizer = None
+    answered: dict[str, tuple[list, list]] = {}  # name -> (generations, their log-probs under the model)
+    best_of = None
     bar = tqdm(total=len(sources), desc="evaluate", disable=not progress, dynamic_ncols=True)
+    # One language model in memory at a time (each is 0.5 GB in fp32 for SmolLM2-135M, with its
+    # bf16 autocast copies on top): every model answers and scores its own text in turn, and the
+    # reference model is loaded again at the end for the log-probs of the others' text.
     for name, source in sources.items():
         model, tokenizer = load_causal_lm(source)
         model.to(runtime.device)
-        reference = reference or (model, tokenizer)
-        _check_same_vocab(tokenizer, reference[1], name, reference_name)
+        reference_tokenizer = reference_tokenizer or tokenizer
+        _check_same_vocab(tokenizer, reference_tokenizer, name, reference_name)
         generations = generate(model, tokenizer, prompts, max_new_tokens=max_new, temperature=ev.temperature,
                                seed=cfg.seed, batch_size=ev.batch_size, autocast=runtime.autocast)
+        answered[name] = (generations, response_logprobs(model, generations, pad_token_id=tokenizer.pad_token_id,
+                                                         batch_size=ev.batch_size, autocast=runtime.autocast))
+        parameters, size_mb = model_size(model)
+        if name == reference_name and ev.best_of:
+            best_of = best_of_n(model, tokenizer, prompts[: ev.best_of_prompts], score_fn, prob_fn, judges, ev,
+                                max_new_tokens=max_new, seed=cfg.seed, runtime=runtime)
+            best_of["model"] = reference_name
+        del model  # before the next one loads
         responses = [g.response for g in generations]
         scores = score_fn(prompts, responses).tolist()
         probs = prob_fn(prompts, responses).tolist() if prob_fn is not None else None
@@ -121,19 +134,21 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
         gold = {judge: probs if judge == "proxy" and probs is not None and fn.reward.output == "probability"
                 else fn(prompts, responses).tolist()
                 for judge, fn in judges.items()}
-        models[name] = {"source": source, **model_metrics(model, reference[0], generations, tokenizer, reference[1], ev, runtime),
-                        "score": distribution(scores),
-                        "positive_probability": probability_stats(probs) if probs is not None else None,
-                        "by_sentiment": _by_sentiment(sentiments, scores, probs),
-                        **({"judges": {judge: {"mean": sum(v) / len(v), "positive_rate": judges[judge].positive_rate(v)}
-                                       for judge, v in gold.items()}} if judges else {})}
+        facts[name] = {"parameters": parameters, "size_mb": size_mb, "score": distribution(scores),
+                       "positive_probability": probability_stats(probs) if probs is not None else None,
+                       "by_sentiment": _by_sentiment(sentiments, scores, probs),
+                       **({"judges": {judge: {"mean": sum(v) / len(v), "positive_rate": judges[judge].positive_rate(v)}
+                                      for judge, v in gold.items()}} if judges else {})}
         rows += [{"prompt_id": i, "prompt": prompts[i], "sentiment": sentiments[i], "model": name, "source": source,
                   "response": response, "score": scores[i], "positive_probability": probs[i] if probs else None,
                   **({"judges": {judge: v[i] for judge, v in gold.items()}} if judges else {})}
                  for i, response in enumerate(responses)]
         bar.update(1)
-        bar.set_postfix(model=name, score=f"{models[name]['score']['mean']:.2f}")
+        bar.set_postfix(model=name, score=f"{facts[name]['score']['mean']:.2f}")
     bar.close()
+    metrics = reference_metrics(sources[reference_name], answered, reference_name, ev, runtime)
+    models = {name: {"source": source, "parameters": facts[name].pop("parameters"), "size_mb": facts[name].pop("size_mb"),
+                     **metrics[name], **facts[name]} for name, source in sources.items()}
     first = [r["score"] for r in rows if r["model"] == reference_name]
     comparison = {name: {"vs": reference_name, **reward_shift(first, [r["score"] for r in rows if r["model"] == name])}
                   for name in list(sources)[1:]}
@@ -145,10 +160,8 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     if judges:
         summary["judges"] = calibration
         summary["gold_agreement"] = gold_agreement(models, reference_name)
-    if ev.best_of:
-        summary["best_of"] = best_of_n(reference[0], reference[1], prompts[: ev.best_of_prompts], score_fn, prob_fn, judges,
-                                       ev, max_new_tokens=max_new, seed=cfg.seed, runtime=runtime)
-        summary["best_of"]["model"] = reference_name
+    if best_of:
+        summary["best_of"] = best_of
     from rlhflab.eval.report import evaluation_figures  # matplotlib only now
 
     figures = evaluation_figures(rows, summary, run_dir.path / "figures")
@@ -240,12 +253,37 @@ def model_metrics(model, ref_model, generations, tokenizer, ref_tokenizer, ev, r
                             autocast=runtime.autocast)
     ref = own if model is ref_model else response_logprobs(
         ref_model, generations, pad_token_id=ref_tokenizer.pad_token_id, batch_size=ev.batch_size, autocast=runtime.autocast)
-    kl, perplexity = kl_and_perplexity([x.tolist() for x in own], [x.tolist() for x in ref])
     parameters, size_mb = model_size(model)
+    return {"parameters": parameters, "size_mb": size_mb, **text_metrics(generations, own, ref)}
+
+
+def text_metrics(generations, own: list, ref: list) -> dict:
+    """KL to the reference and perplexity under it from each response's per-token log-probs under
+    its own model (`own`) and the reference (`ref`), lists of (R_i,) fp32 tensors; diversity and length."""
+    kl, perplexity = kl_and_perplexity([x.tolist() for x in own], [x.tolist() for x in ref])
     responses = [g.response for g in generations]
-    return {"parameters": parameters, "size_mb": size_mb, "kl_to_reference": kl, "perplexity_under_reference": perplexity,
+    return {"kl_to_reference": kl, "perplexity_under_reference": perplexity,
             "distinct_1": distinct_n(responses, 1), "distinct_2": distinct_n(responses, 2),
             "mean_length": sum(len(g.response_ids) for g in generations) / len(generations)}
+
+
+def reference_metrics(reference_source: str, answered: dict[str, tuple[list, list]], reference_name: str, ev,
+                      runtime: Runtime) -> dict[str, dict]:
+    """name -> `text_metrics` of its generations against the reference model, given name ->
+    (generations, their log-probs under their own model). The reference model is loaded once,
+    and only when another model's text needs it (its own text is scored with its own log-probs)."""
+    result = {reference_name: text_metrics(answered[reference_name][0], answered[reference_name][1],
+                                           answered[reference_name][1])}
+    others = [name for name in answered if name != reference_name]
+    if others:
+        model, tokenizer = load_causal_lm(reference_source)
+        model.to(runtime.device)
+        for name in others:
+            generations, own = answered[name]
+            ref = response_logprobs(model, generations, pad_token_id=tokenizer.pad_token_id, batch_size=ev.batch_size,
+                                    autocast=runtime.autocast)
+            result[name] = text_metrics(generations, own, ref)
+    return result
 
 
 def _prompt_sentiments(prompts: list[str], labels: list[int | None], prob_fn) -> list[str]:

@@ -157,3 +157,36 @@ def test_evaluate_scores_at_the_reward_models_training_length_and_counts_crowdin
                      "responses_cut": fitted.responses_cut}
     assert 0 < reads["prompt_most"] < 12  # prompts of 4 or 5 tokens, not those of 3
     assert max(len(tokenizer(join_prompt_response(r["prompt"], r["response"]))["input_ids"]) for r in rows) > 6  # 512 would differ
+
+
+def test_evaluate_holds_one_language_model_at_a_time_with_the_same_figures(tmp_path, reviews_csv, tiny_llama_dir,
+                                                                           perturbed_llama_dir, monkeypatch):
+    """Each model is dropped before the next loads (the reference is loaded again for the others'
+    log-probs), and KL and perplexity are those of both models side by side (model_metrics)."""
+    import gc
+    import weakref
+
+    cfg = make_config(tmp_path, reviews_csv, {"sft": str(tiny_llama_dir), "ppo": str(perturbed_llama_dir)})
+    alive: list[weakref.ref] = []
+    most = [0]
+    loads: list[str] = []
+
+    def counting_load(source, **kwargs):
+        gc.collect()
+        most[0] = max(most[0], 1 + sum(ref() is not None for ref in alive))
+        loads.append(str(source))
+        model, tokenizer = load_causal_lm(source, **kwargs)
+        alive.append(weakref.ref(model))
+        return model, tokenizer
+
+    monkeypatch.setattr(evaluate, "load_causal_lm", counting_load)
+    summary = json.loads(run_stage("evaluate", cfg, progress=False).summary_path.read_text())
+    assert most[0] == 1
+    assert loads == [str(tiny_llama_dir), str(perturbed_llama_dir), str(tiny_llama_dir)]
+    prompts = evaluate.eval_prompts(cfg)[0]
+    sft, tokenizer = load_causal_lm(str(tiny_llama_dir))
+    ppo, _ = load_causal_lm(str(perturbed_llama_dir))
+    generations = generate(ppo, tokenizer, prompts, max_new_tokens=6, seed=0, batch_size=5)
+    together = evaluate.model_metrics(ppo, sft, generations, tokenizer, tokenizer, cfg.evaluate, evaluate.Runtime.create("cpu", "no"))
+    for key in ("kl_to_reference", "perplexity_under_reference", "mean_length", "parameters", "size_mb"):
+        assert summary["models"]["ppo"][key] == pytest.approx(together[key], rel=1e-5), key
