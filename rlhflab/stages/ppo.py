@@ -32,6 +32,7 @@ from rlhflab.rewards import RewardFunction, build_reward, probability_reward
 from rlhflab.rollout import Experience, sample, score_rollout
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
 from rlhflab.stages.registry import policy_stage
+from rlhflab.vllm_rollout import build_vllm_rollout, resolve_rollout_engine
 
 
 def stop_token_ids(tokenizer, stop_token: str | None) -> list[int]:
@@ -47,6 +48,7 @@ def stop_token_ids(tokenizer, stop_token: str | None) -> list[int]:
 def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
     """RL from `cfg.ppo.policy` (default: this run's SFT model) against `cfg.reward_fn`; write runs/<name>/ppo."""
     ppo = resolve_rl(cfg.ppo, runtime.world_size)
+    engine_name = resolve_rollout_engine(ppo.rollout_engine, device_type=runtime.device.type, processes=runtime.world_size)
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=True)  # data order below is seeded on its own; sampling differs per rank
     splits = load_splits(cfg)
@@ -70,9 +72,17 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     prepared, optimizer = runtime.accelerator.prepare(module, optimizer)
     sampling = dict(max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature, top_k=ppo.top_k, top_p=ppo.top_p,
                     stop_ids=stop_ids, autocast=runtime.autocast)
+    engine = None
+    if engine_name == "vllm":  # sent the policy's weights before each rollout; built at the first
+        longest = max(len(ids) for ids in tokenizer(train_prompts)["input_ids"])
+        engine = build_vllm_rollout(policy, tokenizer, precision=runtime.precision, seed=cfg.seed,
+                                    gpu_memory_utilization=ppo.vllm_gpu_memory_utilization,
+                                    max_model_len=longest + ppo.max_new_tokens, max_new_tokens=ppo.max_new_tokens,
+                                    temperature=ppo.temperature, top_k=ppo.top_k, top_p=ppo.top_p, stop_ids=stop_ids)
 
     def rollout(prompts: list[str]) -> Experience:
-        sampled = sample(policy, tokenizer, prompts, **sampling)
+        # Either engine gives token ids only: the log-probs training uses are computed here, by the policy.
+        sampled = engine.sample(policy, prompts) if engine is not None else sample(policy, tokenizer, prompts, **sampling)
         return score_rollout(policy, tokenizer, rewards["score"], prompts, sampled, temperature=ppo.temperature,
                              stop_ids=stop_ids, non_stop_penalty=ppo.non_stop_penalty, autocast=runtime.autocast)
 
@@ -97,6 +107,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         save_policy(policy, tokenizer, run_dir.model_dir)
     summary = {
         "algorithm": ppo.algorithm,
+        "rollout_engine": engine_name,  # what sampled the training rollouts (evaluations sample with hf)
         "samples_per_prompt": ppo.samples_per_prompt,
         "kl_penalty": ppo.kl_penalty,
         "policy": policy_source,
