@@ -17,8 +17,7 @@ import torch
 from rlhflab.config import Config, DataConfig, PpoConfig, RewardFnConfig, load_config, resolve_rl
 from rlhflab.errors import RlhfLabError
 from rlhflab.models.causal_lm import load_causal_lm
-from rlhflab.models.policy import build_policy, policy_forward
-from rlhflab.ops.ppo import logprobs_from_logits
+from rlhflab.models.policy import build_policy, position_ids_for
 from rlhflab.rollout import score_rollout
 from rlhflab.vllm_rollout import VllmRollout, policy_weights, resolve_rollout_engine, sampling_settings
 from tests.helpers import FP32
@@ -212,8 +211,12 @@ def test_vllm_samples_are_scored_by_the_policy_never_by_the_engine(tiny_llama_di
     stop_ids = [tokenizer.eos_token_id]
     exp = score_rollout(policy, tokenizer, lambda p, r: torch.zeros(len(r)), PROMPTS, sampled, temperature=1.0,
                         stop_ids=stop_ids, non_stop_penalty=None, autocast=NO_AUTOCAST)
-    out = policy_forward(policy, exp.input_ids, exp.attention_mask, exp.response_start, 1.0)
-    expected = logprobs_from_logits(out.logits, exp.input_ids[:, exp.response_start :])
+    # The policy's own log-probs of the sampled tokens, from a plain forward of the whole LM.
+    with torch.no_grad():
+        logits = policy.model(input_ids=exp.input_ids, attention_mask=exp.attention_mask,
+                              position_ids=position_ids_for(exp.attention_mask)).logits.float()
+    width = exp.response_start
+    expected = torch.log_softmax(logits[:, width - 1 : -1], dim=-1).gather(-1, exp.input_ids[:, width:, None]).squeeze(-1)
     mask = exp.response_mask.bool()
     torch.testing.assert_close(exp.logprobs[mask], expected[mask], rtol=0, atol=1e-5)
     assert (exp.logprobs[mask] < -1e-3).all()  # the engine's made-up log-prob of 0 is nowhere
