@@ -2,7 +2,9 @@
 
     python benchmarks/sft.py [--model smollm2-135m] [--batch 16] [--length 64] [--steps 5]
 
-Prints figures; it is not a pass/fail test. Each path runs a warm-up step first.
+Prints figures; it is not a pass/fail test. Each path runs a warm-up step first. Then each path
+as a fraction of the fp32 and bf16 GEMM rates measured at the model's own shapes, with one
+forward's tokens as rows, in the same run (benchmarks/ceiling.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import time
 
 import torch
 
+from ceiling import (PassFactors, Phase, causal_keys, ceiling_header, ceiling_table, flops_per_token, gemm_ceiling,
+                     pass_factors, phase_line, work)
 from rlhflab.config import SftConfig
 from rlhflab.data import balanced_sample, load_reviews
 from rlhflab.malloc import keep_freed_memory
@@ -73,13 +77,19 @@ def main() -> None:
     all_params = list(model.parameters())
     paths.append(("train all weights", step(lambda: model(input_ids=ids, attention_mask=mask).logits, all_params)))
 
-    rows = []
+    rows, factors = [], {}
     for name, fn in paths:
         model.requires_grad_(False)
         for p in all_params if name == "train all weights" else top_params:
             p.requires_grad_(True)
         model.train(name.startswith("train"))
         rows.append((name, timed(fn, args.steps, False), timed(fn, args.steps, True)))
+        # GEMM passes per token of this path, read from what trains while it ran.
+        if name.startswith("build"):
+            n_blocks = len(pass_factors(model, train=False).blocks)
+            factors[name] = PassFactors(tuple(int(i < first) for i in range(n_blocks)), 0)
+        else:
+            factors[name] = pass_factors(model, train=name.startswith("train"), skip_below=first if "cached" in name else None)
 
     print(f"model {args.model} loaded in {load_seconds:.1f} s; batch {args.batch} x {args.length} = {tokens} real tokens; "
           f"{torch.get_num_threads()} threads")
@@ -87,6 +97,22 @@ def main() -> None:
     for name, fp32, bf16 in rows:
         print(f"{name:<42} {fp32:11.3f} {tokens / fp32:9.0f} {bf16:11.3f} {tokens / bf16:9.0f}")
     print(f"peak memory: {peak_memory_mb(torch.device('cpu')):.0f} MB (process RSS)")
+
+    # Against the GEMM rates at the model's shapes, one forward's tokens as rows, measured now.
+    flops = flops_per_token(model.config)
+    lengths = mask.sum(dim=1).tolist()
+    ceilings = {dtype: gemm_ceiling(model.config, ids.numel(), dtype) for dtype in (torch.float32, torch.bfloat16)}
+    print(f"\nagainst this host's GEMM rates, measured in this run (work counts real tokens, backward GEMMs at the "
+          f"forward rate; benchmarks/ceiling.py):")
+    print(ceiling_header(flops, f"model {args.model}"))
+    print(*ceiling_table(list(ceilings.values())), sep="\n")
+    for name, fp32, bf16 in rows:
+        blocks, head = work(flops, factors[name], tokens=tokens, head_tokens=tokens, attention_keys=causal_keys(lengths))
+        print(f"{name} ({factors[name].describe()}):")
+        for dtype, seconds in ((torch.float32, fp32), (torch.bfloat16, bf16)):
+            ceiling = ceilings[dtype]
+            phase = Phase(f"  {ceiling.label.split(' ')[0]}", tokens, seconds, blocks + head, ceiling.seconds(blocks, head), ceiling.label)
+            print(phase_line(phase, width=8))
 
 
 if __name__ == "__main__":

@@ -113,6 +113,7 @@ def test_pass_factors_follow_what_trains(ceiling):
     freeze_all_but_blocks(model, [1])
     assert ceiling.pass_factors(model, train=True).blocks == (1, 3, 2, 2)  # above a trained block: input gradient
     assert top.describe() == "2 blocks x3, 2 blocks x1, lm_head x2"
+    assert top.describe(head=False) == "2 blocks x3, 2 blocks x1"
 
 
 def test_work_counts_blocks_attention_and_head(ceiling):
