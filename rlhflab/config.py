@@ -235,6 +235,10 @@ class RewardConfig(TrainingConfig):
     dropout: bool = False
     pairs: PairsConfig = field(default_factory=PairsConfig)
     max_length: int = 256
+    # What a text longer than max_length keeps: its beginning, or its first quarter of the budget
+    # from the beginning and the rest from its end (Sun et al. 2019; labelled texts only: a
+    # prompt + response loses its prompt's front instead).
+    truncation: Literal["head", "head+tail"] = "head"
     epochs: int = 4
     batch_size: int = 32
     learning_rate: float = 5e-4
