@@ -58,11 +58,15 @@ class Supervised:
 
     def __init__(self, *, runtime: Runtime, model, prepared, optimizer, scheduler, cfg: TrainingConfig, seed: int,
                  n_train: int, loss: Loss, validate: Callable[[], dict[str, Any]] | None, selection: Selection, unit: str,
-                 log_extra: Callable[[float], dict[str, float]] = lambda mean_loss: {}):
+                 log_extra: Callable[[float], dict[str, float]] = lambda mean_loss: {},
+                 batches: Callable[[torch.Generator], list[torch.Tensor]] | None = None):
         self.runtime, self.module, self.prepared = runtime, model, prepared  # module: unwrapped; prepared: DDP etc.
         self.optimizer, self.scheduler = optimizer, scheduler
         self.cfg, self.seed, self.n_train, self.unit = cfg, seed, n_train, unit
         self.loss, self.validate, self.selection, self.log_extra = loss, validate, selection, log_extra
+        # An epoch's batches from its generator (ceil(n_train / batch_size) of them, every row once);
+        # None: a plain random permutation cut into batches.
+        self.batches = batches
         self.params = [p for p in prepared.parameters() if p.requires_grad]
         self.state = {"epoch": 0, "batch": 0, "steps": 0, "best": None, "evals_without_gain": 0, "items": 0, "seconds": 0.0}
         self.best = trainable_state(model)
@@ -73,6 +77,8 @@ class Supervised:
     def _batch(self) -> torch.Tensor:
         """This step's global batch: the order depends only on (seed, epoch), so a resumed epoch replays it."""
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.state["epoch"])
+        if self.batches is not None:
+            return self.batches(generator)[self.state["batch"]]
         batches = torch.randperm(self.n_train, generator=generator).split(self.cfg.batch_size)
         return batches[self.state["batch"]]
 

@@ -35,16 +35,45 @@ class EncodedSplit:
         return EncodedSplit(self.input_ids.to(device), self.attention_mask.to(device), hidden)
 
 
-def encode(texts: list[str], tokenizer, max_length: int, *, append_eos: bool = False) -> EncodedSplit:
-    """Tokenize and right-pad; a text longer than max_length keeps its beginning. With
-    append_eos, EOS ends every text that fits in max_length (so a language model learns where
-    a review stops)."""
-    with truncation_side(tokenizer, "right"):
-        rows = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+def encode(texts: list[str], tokenizer, max_length: int, *, append_eos: bool = False,
+           keep: Literal["head", "head+tail"] = "head") -> EncodedSplit:
+    """Tokenize and right-pad; a text longer than max_length keeps its beginning, or with
+    keep="head+tail" its first and last tokens (`head_and_tail_ids`). With append_eos, EOS ends
+    every text that fits in max_length (so a language model learns where a review stops)."""
+    if keep == "head+tail":
+        rows = head_and_tail_ids(texts, tokenizer, max_length)
+    else:
+        with truncation_side(tokenizer, "right"):
+            rows = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
     eos = tokenizer.eos_token_id
     if append_eos and eos is not None:
         rows = [ids + [eos] if len(ids) < max_length and (not ids or ids[-1] != eos) else ids for ids in rows]
     return pad_rows(rows, tokenizer)
+
+
+def head_and_tail_ids(texts: Sequence[str], tokenizer, max_length: int) -> list[list[int]]:
+    """Token ids (special tokens included, at most max_length each) of each text; one too long
+    keeps its first quarter of the budget from its beginning and the rest from its end.
+
+    A review's verdict often sits in its last sentences: Sun et al. (2019, "How to Fine-Tune
+    BERT for Text Classification?") found head + tail the best cut of long IMDB reviews.
+    Raises RlhfLabError when a text must be cut and max_length leaves under 2 tokens beside the
+    special tokens."""
+    enc = tokenizer(list(texts), add_special_tokens=True, return_special_tokens_mask=True)
+    rows = []
+    for ids, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
+        # the tokenizer's own special tokens ([CLS] ... [SEP], a BOS) stay at either end
+        front = next((i for i, s in enumerate(special) if not s), len(ids))
+        back = next((i for i, s in enumerate(reversed(special)) if not s), 0) if front < len(ids) else 0
+        if len(ids) > max_length:
+            budget = max_length - front - back
+            if budget < 2:
+                raise RlhfLabError(f"max_length={max_length} leaves {max(budget, 0)} tokens beside the special tokens; "
+                                   f"head+tail truncation needs at least 2.")
+            head = budget // 4
+            ids = ids[:front + head] + ids[len(ids) - back - (budget - head):]
+        rows.append(list(ids))
+    return rows
 
 
 def pad_rows(rows: list[list[int]], tokenizer) -> EncodedSplit:
@@ -212,27 +241,84 @@ class SplitForward(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-def make_forward(prepared: torch.nn.Module, autocast) -> Callable[[EncodedSplit, torch.Tensor], torch.Tensor]:
-    """forward(split, rows) -> logits through `prepared` (a SplitForward, possibly DDP-wrapped)."""
+def make_forward(prepared: torch.nn.Module, autocast, *, trim: bool = False,
+                 multiple: int = 1) -> Callable[[EncodedSplit, torch.Tensor], torch.Tensor]:
+    """forward(split, rows) -> logits through `prepared` (a SplitForward, possibly DDP-wrapped).
+
+    trim: cut the rows' columns to the longest of them first, rounded up to a `multiple`
+    (`take_rows`), so a batch of short texts does not pay for the split's longest one. The
+    logits are then (rows, T_rows, ...), not (rows, T, ...): fine for a pooled classifier head,
+    not for callers that index positions of T.
+    """
 
     def forward(split: EncodedSplit, idx: torch.Tensor) -> torch.Tensor:
-        hidden = split.hidden[idx] if split.hidden is not None else None
+        if trim:
+            part = take_rows(split, idx, multiple)
+            input_ids, attention_mask, hidden = part.input_ids, part.attention_mask, part.hidden
+        else:
+            input_ids, attention_mask = split.input_ids[idx], split.attention_mask[idx]
+            hidden = split.hidden[idx] if split.hidden is not None else None
         with autocast():
-            return prepared(split.input_ids[idx], split.attention_mask[idx], hidden)
+            return prepared(input_ids, attention_mask, hidden)
 
     return forward
 
 
+def row_lengths(split: EncodedSplit) -> torch.Tensor:
+    """Real tokens per row (N,), padding excluded."""
+    return split.attention_mask.sum(dim=1)
+
+
+def take_rows(split: EncodedSplit, idx: torch.Tensor, multiple: int = 1) -> EncodedSplit:
+    """Rows `idx` of a right-padded split, their columns cut to the longest of them, rounded up
+    to a multiple of `multiple` (at most the split's width).
+
+    Exact for right padding: the columns dropped are padding in every row taken, which attention
+    masks out (encoders) or which comes after every real token (decoders). Rounding keeps the
+    number of distinct batch shapes small: glibc, told to keep freed memory (rlhflab/malloc.py),
+    reuses blocks of the sizes it has seen, while a new width every step fragments its heap."""
+    mask = split.attention_mask[idx]
+    longest = max(int(mask.sum(dim=1).max()), 1) if len(idx) else 1
+    width = min(-(-longest // multiple) * multiple, mask.shape[1])
+    hidden = None if split.hidden is None else split.hidden[idx, :width]
+    return EncodedSplit(split.input_ids[idx, :width], mask[:, :width], hidden)
+
+
+def length_grouped_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator, *,
+                           megabatch: int = 50) -> list[torch.Tensor]:
+    """Random batches of rows of similar length, so that trimming each batch (`take_rows`) saves
+    padding (transformers' `group_by_length`, with the batch order shuffled as well).
+
+    A random permutation of the rows is cut into megabatches of `megabatch` batches; each is
+    sorted by length (longest first, ties in permutation order) and cut into batches of
+    `batch_size`, and the batches are shuffled. Every row appears in exactly one batch; every
+    batch holds `batch_size` rows except at most one, and there are ceil(N / batch_size) of them,
+    as with plain shuffling. The same generator state gives the same batches.
+
+    lengths: (N,) tokens per row. Raises RlhfLabError for a batch_size or megabatch below 1.
+    """
+    if batch_size < 1 or megabatch < 1:
+        raise RlhfLabError(f"length_grouped_batches needs batch_size and megabatch of at least 1, got {batch_size} and {megabatch}.")
+    lengths = torch.as_tensor(lengths).cpu()
+    batches: list[torch.Tensor] = []
+    for group in torch.randperm(len(lengths), generator=generator).split(batch_size * megabatch):
+        # stable sort: equal lengths keep the random order, so the result depends on the generator only
+        order = torch.sort(lengths[group], descending=True, stable=True).indices
+        batches.extend(group[order].split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def encode_and_cache(model, texts: dict[str, list[str] | EncodedSplit], tokenizer, *, max_length: int, append_eos: bool,
-                     device, cache_frozen: bool, batch_size: int, autocast, progress: bool):
-    """Encode every named text list (or take the EncodedSplit given) onto `device`; cache the
-    frozen lower blocks when possible.
+                     device, cache_frozen: bool, batch_size: int, autocast, progress: bool,
+                     keep: Literal["head", "head+tail"] = "head"):
+    """Encode every named text list (or take the EncodedSplit given) onto `device`, cutting long
+    texts as `encode(keep=...)` does; cache the frozen lower blocks when possible.
 
     Returns (splits by name, first trainable block or None, seconds spent caching).
     """
     import time
 
-    data = {name: (items if isinstance(items, EncodedSplit) else encode(items, tokenizer, max_length, append_eos=append_eos)).to(device)
+    data = {name: (items if isinstance(items, EncodedSplit) else encode(items, tokenizer, max_length, append_eos=append_eos, keep=keep)).to(device)
             for name, items in texts.items() if len(items)}
     first = cache_start(model, cache_frozen, next(iter(data.values())))
     started = time.perf_counter()

@@ -24,8 +24,10 @@ from rlhflab.models.blocks import disable_dropout
 from rlhflab.models.causal_lm import count_parameters, load_tokenizer
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
-from rlhflab.models.encoding import EncodedSplit, SplitForward, encode_and_cache, encode_prompt_response, make_forward
-from rlhflab.models.reward_model import RewardMeta, configure_trainable, load_reward_backbone, save_reward_model
+from rlhflab.models.encoding import (EncodedSplit, SplitForward, encode_and_cache, encode_prompt_response, length_grouped_batches,
+                                     make_forward, row_lengths)
+from rlhflab.models.reward_model import (RewardMeta, configure_trainable, load_reward_backbone, save_reward_model,
+                                         use_matmul_attention)
 from rlhflab.ops.reward_loss import bradley_terry_loss, label_loss, normalization
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
 
@@ -76,10 +78,16 @@ def _pair_inputs(cfg: Config) -> tuple[dict[str, EncodedSplit], dict[str, torch.
 
 @torch.no_grad()
 def raw_scores(forward: Callable, split: EncodedSplit, batch_size: int, model) -> torch.Tensor:
-    """The head's output for every row of a split (N,), in fp32."""
+    """The head's output for every row of a split (N,), in fp32, in the split's row order.
+
+    Rows go through longest first, so that each batch holds texts of similar length and a
+    trimming `forward` (make_forward(trim=True)) computes little padding."""
     model.eval()
-    parts = [forward(split, idx).squeeze(-1).float() for idx in torch.arange(len(split), device=split.input_ids.device).split(batch_size)]
-    return torch.cat(parts).cpu()
+    order = torch.sort(row_lengths(split), descending=True, stable=True).indices
+    scores = torch.empty(len(split))
+    for idx in order.split(batch_size):
+        scores[idx.cpu()] = forward(split, idx).squeeze(-1).float().cpu()
+    return scores
 
 
 def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
@@ -99,33 +107,52 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         disable_dropout(model)
     configure_trainable(model, rw.trainable)
     model.to(runtime.device)
+    # On a CPU, a 32-review MiniLM training step takes 0.49 s at 128 tokens, 0.74 at 192 and
+    # 1.2-1.4 at 256 with matmul attention, against 0.9-1.0, 1.4 and 1.4-1.6 with torch's
+    # flash-attention kernel (2-core Xeon, bf16), for about 0.7 GB more memory at 256 tokens
+    # (it keeps each layer's attention probabilities for the backward pass). GPUs keep their kernels.
+    matmul_attention = runtime.device.type == "cpu" and use_matmul_attention(model)
     trainable, total = count_parameters(model)
     data, first, cache_seconds = encode_and_cache(
         model, texts, tokenizer, max_length=rw.max_length, append_eos=False, device=runtime.device,
         cache_frozen=rw.cache_frozen and rw.trainable != "all" and frozen_cache_allowed(runtime),
         batch_size=rw.eval_batch_size, autocast=runtime.autocast, progress=progress and runtime.is_main,
+        keep=rw.truncation,
     )
     targets = {name: value.to(runtime.device) for name, value in targets.items()}
     train_name = "train/chosen" if pairs else "train"
     optimizer, scheduler = make_optimizer(model, rw, len(data[train_name]))
     prepared, optimizer = runtime.accelerator.prepare(SplitForward(model, first), optimizer)
-    scorer = Scorer(make_forward(prepared, runtime.autocast), data, targets, pairs, rw.eval_batch_size, prepared)
+    scorer = Scorer(make_forward(prepared, runtime.autocast, trim=True, multiple=32), data, targets, pairs, rw.eval_batch_size, prepared)
     has_validation = ("validation/chosen" if pairs else "validation") in data
+    # Batches of similar length: trimmed to their longest text, they compute a fifth fewer padded
+    # tokens than random batches of IMDB reviews at max_length 256 (41 % are cut to 256, the rest
+    # are shorter). A pair's length is its longer side's.
+    train_lengths = row_lengths(data[train_name])
+    if pairs:
+        train_lengths = torch.maximum(train_lengths, row_lengths(data["train/rejected"]))
     algorithm = Supervised(
         runtime=runtime, model=model, prepared=prepared, optimizer=optimizer, scheduler=scheduler, cfg=rw, seed=cfg.seed,
         n_train=len(data[train_name]), loss=scorer.train_loss,
         validate=(lambda: scorer.metrics("validation")) if has_validation else None,
         selection=Selection("pairwise_accuracy" if pairs else "accuracy", higher_is_better=True), unit="examples",
+        batches=lambda generator: length_grouped_batches(train_lengths, rw.batch_size, generator),
     )
     steps = run_loop(algorithm, runtime=runtime, run_dir=run_dir, total_steps=total_steps(rw, len(data[train_name])),
                      checkpoint_every=rw.checkpoint_every, resume=resume, progress=progress, desc="reward")
     algorithm.keep_best()
-    final_scores = {name: scorer.split_scores(name) for name in SPLITS if name in targets}
+    # The loop always validates after the last step; when that evaluation was the best, the kept
+    # weights are the ones it scored, and its validation scores are reused instead of recomputed.
+    reuse = algorithm.state["evals_without_gain"] == 0 and scorer.last_validation is not None
+    final_scores = {name: scorer.last_validation if reuse and name == "validation" else scorer.split_scores(name)
+                    for name in SPLITS if name in targets}
     metrics = {name: scorer.metrics(name, raw) for name, raw in final_scores.items()}
     reference = "validation" if has_validation else "train"
     gain, bias = normalization(torch.cat(list(final_scores[reference].values())))
     meta = RewardMeta(objective=rw.objective, gain=gain, bias=bias, reference=f"{reference} split", base_model=rw.model,
-                      max_length=rw.max_length)
+                      max_length=rw.max_length, truncation=rw.truncation)
+    if matmul_attention:
+        model.set_attn_implementation("sdpa")  # saved with an attention every transformers install has
     if runtime.is_main:
         save_reward_model(model, tokenizer, meta, run_dir.model_dir)
     summary = {
@@ -169,6 +196,7 @@ class Scorer:
                  batch_size: int, model):
         self.forward, self.data, self.targets, self.pairs = forward, data, targets, pairs
         self.batch_size, self.model = batch_size, model
+        self.last_validation: dict[str, torch.Tensor] | None = None  # raw scores of the latest validation
 
     def train_loss(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(loss summed over the rows, number of rows)."""
@@ -186,6 +214,8 @@ class Scorer:
 
     def metrics(self, name: str, raw: dict[str, torch.Tensor] | None = None) -> dict:
         raw = raw or self.split_scores(name)
+        if name == "validation":
+            self.last_validation = raw
         target = self.targets[name].cpu()
         if self.pairs:
             loss = float(bradley_terry_loss(raw["chosen"], raw["rejected"], target))

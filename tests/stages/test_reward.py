@@ -49,6 +49,26 @@ def test_classifier_from_labels_learns_and_saves_a_plain_model(tmp_path, tiny_be
     assert build_reward(RewardFnConfig(source=str(run_dir.path))).reads.max_length == 32
 
 
+def test_final_validation_metrics_are_those_of_the_best_logged_evaluation(tmp_path, tiny_bert_dir, reviews_csv):
+    """The kept weights are the best validation's; their final validation metrics (reused from
+    that evaluation when it was the last, else scored again) must be its figures."""
+    for epochs in (1, 3, 8):
+        run_dir = run_stage("reward", make_config(tmp_path / str(epochs), tiny_bert_dir, reviews_csv, epochs=epochs), progress=False)
+        logged = [json.loads(line) for line in (run_dir.path / "metrics.jsonl").read_text().splitlines()]
+        evaluations = [r for r in logged if r.get("split") == "validation"]
+        best = max(evaluations, key=lambda r: r["accuracy"])  # max keeps the first of equals, as the stage does
+        final = summary_of(run_dir)["metrics"]["validation"]
+        assert final["accuracy"] == best["accuracy"]
+        assert final["loss"] == pytest.approx(best["loss"], abs=1e-6)
+
+
+def test_head_and_tail_truncation_is_used_and_recorded(tmp_path, tiny_bert_dir, reviews_csv):
+    run_dir = run_stage("reward", make_config(tmp_path, tiny_bert_dir, reviews_csv, truncation="head+tail", max_length=8),
+                        progress=False)
+    assert json.loads((run_dir.model_dir / META_FILE).read_text())["truncation"] == "head+tail"
+    assert summary_of(run_dir)["normalization"]["truncation"] == "head+tail"
+
+
 def test_normalised_scores_have_mean_zero_and_std_one_on_the_reference_split(tmp_path, tiny_bert_dir, reviews_csv):
     cfg = make_config(tmp_path, tiny_bert_dir, reviews_csv, epochs=2)
     run_dir = run_stage("reward", cfg, progress=False)
