@@ -9,8 +9,7 @@ import torch
 
 from rlhflab.models.blocks import recording_lower
 from rlhflab.models.causal_lm import sample_tokens
-from rlhflab.models.policy import Policy, policy_forward, reference_logits, shared_lower
-from rlhflab.ops.ppo import logprobs_from_logits
+from rlhflab.models.policy import Policy, policy_forward, reference_logprobs, shared_lower
 
 
 @dataclass
@@ -85,12 +84,11 @@ def score_rollout(policy: Policy, tokenizer, reward_fn, prompts: list[str], samp
     policy.model.eval()
     with autocast():
         lower = sampled.lower if sampled.lower is not None else shared_lower(policy, sequences, attention_mask)
+        # No entropy here: the logged entropy is the training pass's (OnlineRL.update), as it always was.
         out = policy_forward(policy, sequences, attention_mask, width, temperature, lower)
-        ref_logits = reference_logits(policy, sequences, attention_mask, width, temperature, lower)
-    logprobs = logprobs_from_logits(out.logits, response)
-    ref_logprobs = logprobs_from_logits(ref_logits, response)
+        ref_logprobs = reference_logprobs(policy, sequences, attention_mask, width, temperature, lower)
     scores = reward_fn(prompts, texts).to(sequences.device)
     if non_stop_penalty is not None:
         scores = torch.where(stopped, scores, torch.full_like(scores, non_stop_penalty))
-    return Experience(prompts, texts, sequences, attention_mask, width, response_mask, logprobs, ref_logprobs,
+    return Experience(prompts, texts, sequences, attention_mask, width, response_mask, out.logprobs, ref_logprobs,
                       out.values.float(), scores.float(), stopped, lower)

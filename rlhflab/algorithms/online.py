@@ -28,8 +28,8 @@ from rlhflab.config import PpoConfig
 from rlhflab.engine.runtime import Runtime
 from rlhflab.ops.advantages import grpo_advantages, kl_penalty_in_loss, rloo_advantages, sequence_advantages_to_tokens
 from rlhflab.ops.kl import adaptive_kl_update, kl_per_token, per_token_rewards
-from rlhflab.ops.masked import masked_explained_variance, masked_whiten
-from rlhflab.ops.ppo import entropy_from_logits, gae, logprobs_from_logits, policy_loss, value_loss
+from rlhflab.ops.masked import masked_explained_variance, masked_mean, masked_whiten
+from rlhflab.ops.ppo import gae, policy_loss, value_loss
 from rlhflab.rollout import Experience
 
 
@@ -174,9 +174,9 @@ class OnlineRL:
                 mask = exp.response_mask[idx]
                 lower = exp.lower[idx] if exp.lower is not None else None
                 with self.runtime.autocast():
-                    logits, values = self.prepared(exp.input_ids[idx], exp.attention_mask[idx], exp.response_start,
-                                                   cfg.temperature, lower)
-                logprobs = logprobs_from_logits(logits, exp.input_ids[idx, exp.response_start:])
+                    # log-probs of the response tokens straight from the hidden states: no (B, R, V) logits
+                    logprobs, entropy, values = self.prepared(exp.input_ids[idx], exp.attention_mask[idx],
+                                                              exp.response_start, cfg.temperature, lower)
                 loss, terms = policy_loss(logprobs, exp.logprobs[idx], targets.advantages[idx], mask, cfg.clip_range)
                 terms["policy_loss"] = float(loss.detach())
                 if recipe.critic:
@@ -192,7 +192,7 @@ class OnlineRL:
                 self.runtime.accelerator.clip_grad_norm_(params, cfg.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                terms["entropy"] = float(entropy_from_logits(logits.detach(), mask))
+                terms["entropy"] = float(masked_mean(entropy, mask))  # of the policy before this minibatch's step
                 for key, value in terms.items():
                     stats.setdefault(key, []).append(value)
         return {key: float(self.runtime.sum(sum(v) / len(v))) / self.runtime.world_size for key, v in stats.items()}

@@ -1,7 +1,7 @@
 """The RL policy: a causal LM with a value head, and its frozen reference policy.
 
 The reference is never a second full copy when it need not be; three small classes, one
-interface (`logits`):
+interface (`logprobs`, of the response tokens):
 - SharedFrozenBlocks (trainable decoder blocks, the CPU default): blocks below the first
   trainable one are frozen and identical in policy and reference, so their output is computed
   once per rollout and shared; the reference keeps only a frozen copy of the top blocks;
@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from rlhflab.models.causal_lm import with_lora
+from rlhflab.ops.ppo import entropy_per_token, logprobs_from_logits
+from rlhflab.ops.token_logprobs import token_logprobs
 from rlhflab.models.blocks import (
     cache_is_exact,
     disable_dropout,
@@ -74,20 +76,24 @@ class PolicyWithValue(nn.Module):
         self._policy = [policy]  # a list: not registered as a submodule twice
 
     def forward(self, input_ids, attention_mask, response_start: int, temperature: float, lower=None):
-        out = policy_forward(self._policy[0], input_ids, attention_mask, response_start, temperature, lower)
-        return out.logits, out.values
+        """-> (logprobs (B, R) fp32 with grad, entropy (B, R) fp32 without, values (B, R)) of the response tokens.
+
+        The log-probs are computed here, not by the caller, so that everything carrying a gradient
+        (the LM head too, when it trains) runs inside the forward DDP wraps."""
+        out = policy_forward(self._policy[0], input_ids, attention_mask, response_start, temperature, lower, entropy=True)
+        return out.logprobs, out.entropy, out.values
 
 
 class Reference:
-    """The frozen reference policy: logits (B, R, V) at the response positions."""
+    """The frozen reference policy: log-probs (B, R) of the response tokens."""
 
     description = ""
 
     def to(self, device) -> "Reference":
         return self
 
-    def logits(self, policy: Policy, input_ids, attention_mask, response_start: int, temperature: float,
-               lower: torch.Tensor | None) -> torch.Tensor:
+    def logprobs(self, policy: Policy, input_ids, attention_mask, response_start: int, temperature: float,
+                 lower: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -103,10 +109,10 @@ class SharedFrozenBlocks(Reference):
         self.top.to(device)
         return self
 
-    def logits(self, policy, input_ids, attention_mask, response_start, temperature, lower):
+    def logprobs(self, policy, input_ids, attention_mask, response_start, temperature, lower):
         with from_hidden(policy.lm, policy.first, lower, self.top):
             hidden = _last_hidden(policy.lm, input_ids, attention_mask, position_ids_for(attention_mask))
-        return _head(policy.lm, hidden, response_start, temperature)
+        return response_logprobs(policy.lm, hidden, input_ids, response_start, temperature)[0]
 
 
 class AdapterOff(Reference):
@@ -114,10 +120,11 @@ class AdapterOff(Reference):
 
     description = "adapter switched off"
 
-    def logits(self, policy, input_ids, attention_mask, response_start, temperature, lower):
+    def logprobs(self, policy, input_ids, attention_mask, response_start, temperature, lower):
         with policy.model.disable_adapter():
             hidden = _last_hidden(policy.lm, input_ids, attention_mask, position_ids_for(attention_mask))
-        return _head(policy.lm, hidden, response_start, temperature)
+            # inside: an adapter on the LM head (target_modules naming it) must be off here too
+            return response_logprobs(policy.lm, hidden, input_ids, response_start, temperature)[0]
 
 
 class FrozenCopy(Reference):
@@ -132,9 +139,9 @@ class FrozenCopy(Reference):
         self.model.to(device)
         return self
 
-    def logits(self, policy, input_ids, attention_mask, response_start, temperature, lower):
+    def logprobs(self, policy, input_ids, attention_mask, response_start, temperature, lower):
         hidden = _last_hidden(self.model, input_ids, attention_mask, position_ids_for(attention_mask))
-        return _head(self.model, hidden, response_start, temperature)
+        return response_logprobs(self.model, hidden, input_ids, response_start, temperature)[0]
 
 
 def build_policy(model: nn.Module, trainable, lora_cfg=None, *, cache_frozen: bool = True, probe=None) -> Policy:
@@ -175,7 +182,8 @@ def _last_hidden(lm: nn.Module, input_ids, attention_mask, position_ids) -> torc
 
 @dataclass
 class ForwardOut:
-    logits: torch.Tensor  # (B, R, V) over response positions, divided by the temperature, fp32
+    logprobs: torch.Tensor  # (B, R) fp32: log softmax(logits / temperature) of each response token
+    entropy: torch.Tensor | None  # (B, R) fp32 nats of that softmax, no grad; None unless asked for
     values: torch.Tensor  # (B, R)
 
 
@@ -187,12 +195,13 @@ def shared_lower(policy: Policy, input_ids, attention_mask) -> torch.Tensor | No
 
 
 def policy_forward(policy: Policy, input_ids, attention_mask, response_start: int, temperature: float,
-                   lower: torch.Tensor | None = None) -> ForwardOut:
-    """Logits and values at the positions that predict response tokens.
+                   lower: torch.Tensor | None = None, *, entropy: bool = False) -> ForwardOut:
+    """Log-probs of the response tokens (and their entropy, if asked) and values at the positions that predict them.
 
-    input_ids (B, T) = left-padded prompt (width `response_start`) + response. Only the R =
-    T - response_start positions that predict response tokens go through the LM head, which
-    is most of the cost of a small model's forward pass.
+    input_ids (B, T) = left-padded prompt (width `response_start`) + response (R = T -
+    response_start tokens, the labels; padding included, mask the result). Only the R positions
+    that predict response tokens go through the LM head, which is most of the cost of a small
+    model's forward pass, and their (B, R, V) logits are never materialised (response_logprobs).
     """
     lm = policy.lm
     position_ids = position_ids_for(attention_mask)
@@ -201,7 +210,37 @@ def policy_forward(policy: Policy, input_ids, attention_mask, response_start: in
             hidden = _last_hidden(lm, input_ids, attention_mask, position_ids)
     else:
         hidden = _last_hidden(lm, input_ids, attention_mask, position_ids)
-    return ForwardOut(_head(lm, hidden, response_start, temperature), policy.value_head(hidden[:, response_start - 1 : -1]))
+    logprobs, ent = response_logprobs(lm, hidden, input_ids, response_start, temperature, entropy=entropy)
+    return ForwardOut(logprobs, ent, policy.value_head(hidden[:, response_start - 1 : -1]))
+
+
+def head_weight(lm: nn.Module) -> torch.Tensor | None:
+    """The LM head's weight (V, H) when the head is exactly `hidden @ weight.T`, else None.
+
+    A head with a bias, a LoRA adapter (target_modules naming lm_head) or hooks is not, and
+    goes through the module instead."""
+    head = lm.get_output_embeddings()
+    if type(head) is nn.Linear and head.bias is None and not head._forward_hooks and not head._forward_pre_hooks:
+        return head.weight
+    return None
+
+
+def response_logprobs(lm: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor, response_start: int,
+                      temperature: float, *, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-probs (B, R) fp32, entropy (B, R) fp32 or None) of the response tokens input_ids[:, response_start:].
+
+    hidden (B, T, H) is the LM's last hidden state; position t predicts token t + 1. The log-probs
+    are of softmax(lm_head(hidden) / temperature), computed chunk by chunk from the hidden states
+    (rlhflab/ops/token_logprobs.py) so no (B, R, V) fp32 logits exist; a head that is not a plain
+    linear map takes the plain path (full logits, then log_softmax).
+    """
+    labels = input_ids[:, response_start:]
+    states = hidden[:, response_start - 1 : -1]
+    weight = head_weight(lm)
+    if weight is not None:
+        return token_logprobs(states, weight, labels, temperature, entropy=entropy)
+    logits = _head(lm, hidden, response_start, temperature)
+    return logprobs_from_logits(logits, labels), entropy_per_token(logits.detach()) if entropy else None
 
 
 def _head(lm: nn.Module, hidden: torch.Tensor, response_start: int, temperature: float) -> torch.Tensor:
@@ -213,7 +252,7 @@ def _head(lm: nn.Module, hidden: torch.Tensor, response_start: int, temperature:
 
 
 @torch.no_grad()
-def reference_logits(policy: Policy, input_ids, attention_mask, response_start: int, temperature: float,
-                     lower: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, R, V) logits of the frozen reference at the response positions."""
-    return policy.reference.logits(policy, input_ids, attention_mask, response_start, temperature, lower)
+def reference_logprobs(policy: Policy, input_ids, attention_mask, response_start: int, temperature: float,
+                       lower: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, R) fp32 log-probs of the response tokens input_ids[:, response_start:] under the frozen reference."""
+    return policy.reference.logprobs(policy, input_ids, attention_mask, response_start, temperature, lower)

@@ -93,15 +93,19 @@ def value_loss(
     return loss, stats
 
 
-def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked mean over tokens of the entropy of softmax(logits), logits (B, T, V) -> scalar fp32."""
+def entropy_per_token(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of softmax(logits) at each position, logits (..., V) -> (...) fp32."""
     logp = torch.log_softmax(logits.float(), dim=-1)  # logsumexp inside: stable for any logit scale
     p = logp.exp()
     # -inf logits (banned tokens) have p = 0 and contribute 0, not 0 * -inf = NaN;
     # zeroing logp first also keeps the gradient finite there
     finite_logp = torch.where(p > 0, logp, torch.zeros((), device=logp.device))
-    entropy = -(p * finite_logp).sum(dim=-1)  # (B, T)
-    return masked_mean(entropy, mask)
+    return -(p * finite_logp).sum(dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over tokens of the entropy of softmax(logits), logits (B, T, V) -> scalar fp32."""
+    return masked_mean(entropy_per_token(logits), mask)
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -46,18 +46,21 @@ def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(hidden.dtype, weight.dtype)
 
 
-def _logits_fp32(logits: torch.Tensor, temperature: float, *, writable: bool = False) -> torch.Tensor:
-    """fp32 (fp64 for fp64) logits of a chunk divided by T; a fresh tensor when `writable` (`logits` may be kept)."""
-    z = logits.to(_softmax_dtype(logits.dtype))  # the same tensor when `logits` is already fp32
-    fresh = z is not logits
-    if temperature != 1.0:  # x / 1.0 is x to the bit: skip a pass over (rows, V)
-        return z.div_(temperature) if fresh else z / temperature
-    return z.clone() if writable and not fresh else z
-
-
 def _softmax_dtype(dtype: torch.dtype) -> torch.dtype:
     """fp32 for the softmax math, or fp64 when the GEMM ran in fp64 (gradcheck)."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def _shifted(logits: torch.Tensor, shift: torch.Tensor, temperature: float) -> torch.Tensor:
+    """A fresh fp32 (c, V) tensor float(logits) / T - shift, shift (c, 1) fp32, in as few passes as possible.
+
+    The fp32 math is the plain path's (`logits.float() / T`, then subtract); with T = 1 the
+    upcast and the subtraction are one pass (bf16 - fp32 computes in fp32)."""
+    if temperature == 1.0:  # x / 1.0 is x to the bit: skip a pass over (rows, V)
+        return torch.sub(logits, shift)
+    acc = _softmax_dtype(logits.dtype)
+    z = logits.to(acc).div_(temperature) if logits.dtype != acc else torch.div(logits, temperature)
+    return z.sub_(shift)
 
 
 class _TokenLogprobs(torch.autograd.Function):
@@ -77,19 +80,27 @@ class _TokenLogprobs(torch.autograd.Function):
                 logits = hidden[start:stop].to(dtype) @ w.T  # (c, V) in the GEMM's dtype
                 if keep_logits:
                     kept.append(logits)
-                z = _logits_fp32(logits, temperature)
-                y = labels[start:stop].unsqueeze(1)
-                picked = z.gather(1, y).squeeze(1)
-                top = z.amax(dim=1, keepdim=True)  # logsumexp's shift: stable for any logit scale
-                e = torch.sub(z, top).exp_()  # (c, V) exp(z - max)
-                total = e.sum(dim=1)
-                lse = top.squeeze(1) + total.log()
-                lse_all[start:stop] = lse
-                logprobs[start:stop] = picked - lse
+                # logsumexp's shift, the row maximum (of the GEMM's output: max commutes with the exact
+                # upcast and with dividing by T > 0), keeps exp finite for any logit scale
+                top = logits.amax(dim=1, keepdim=True).to(acc)
+                if temperature != 1.0:
+                    top = top / temperature
+                d = _shifted(logits, top, temperature)  # (c, V) z - max z
+                picked = logits.gather(1, labels[start:stop].unsqueeze(1)).to(acc)  # z[y], as the plain path has it
+                if temperature != 1.0:
+                    picked = picked / temperature
+                e = torch.exp(d) if want_entropy else d.exp_()  # exp(z - max z)
+                total = e.sum(dim=1, keepdim=True)
+                log_total = total.log()
+                lse = top + log_total  # (c, 1) logsumexp(z)
+                lse_all[start:stop] = lse.squeeze(1)
+                logprobs[start:stop] = (picked - lse).squeeze(1)
                 if want_entropy:
-                    # sum_v p_v z_v = sum_v e_v z_v / sum_v e_v, without a normalised copy of p
-                    entropy[start:stop] = lse - torch.linalg.vecdot(e, z) / total
-                del z, e
+                    # H = -sum p log p with p = e / total, log p = d - log total:
+                    # H = log total - sum(e * d) / total (a batched dot product, no (c, V) temporary)
+                    dot = torch.bmm(e.unsqueeze(1), d.unsqueeze(2)).view(-1, 1)
+                    entropy[start:stop] = (log_total - dot / total).squeeze(1)
+                del d, e
         ctx.temperature, ctx.dtype, ctx.chunk_rows = temperature, dtype, chunk_rows
         # Saved (not ctx attributes) so that autograd frees them once backward has run.
         ctx.keep_logits = keep_logits
@@ -107,23 +118,23 @@ class _TokenLogprobs(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         acc = _softmax_dtype(dtype)
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        g_scaled = grad_logprobs.to(acc) / T  # (N,) d loss / d logits = g / T * (onehot - p)
+        minus_g = grad_logprobs.to(acc).div(-T).unsqueeze(1)  # (N, 1): d loss / d logits = -g / T * (p - onehot)
         with torch.autocast(hidden.device.type, enabled=False):
             for i, start in enumerate(range(0, hidden.shape[0], chunk_rows)):
                 stop = min(start + chunk_rows, hidden.shape[0])
                 h = hidden[start:stop].to(dtype)
                 logits = kept[i] if ctx.keep_logits else h @ w.T
-                p = _logits_fp32(logits, T, writable=ctx.keep_logits)
-                p.sub_(lse_all[start:stop].unsqueeze(1)).exp_()  # softmax(z), fp32, as in forward
-                g = g_scaled[start:stop].unsqueeze(1)
-                grad_logits = p.mul_(-g)  # -g/T * p
-                grad_logits.scatter_add_(1, labels[start:stop].unsqueeze(1), g)  # + g/T at the label
-                grad_logits = grad_logits.to(dtype)
+                p = _shifted(logits, lse_all[start:stop].unsqueeze(1), T).exp_()  # softmax(z) in fp32, as in forward
+                y = labels[start:stop].unsqueeze(1)
+                p.scatter_add_(1, y, p.new_full(y.shape, -1.0))  # p - onehot, in fp32 (no cancellation in bf16)
+                # times -g / T, written straight in the GEMM's dtype (fp32 math, one rounding on the store)
+                grad_logits = torch.mul(p, minus_g[start:stop], out=torch.empty(p.shape, dtype=dtype, device=p.device))
+                del p
                 if need_h:
                     grad_h[start:stop] = (grad_logits @ w).to(hidden.dtype)
                 if need_w:
                     grad_w += grad_logits.T @ h
-                del p, grad_logits
+                del grad_logits
         if need_w:
             grad_w = grad_w.to(weight.dtype)
         return grad_h, grad_w, None, None, None, None, None, None

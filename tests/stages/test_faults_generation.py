@@ -13,7 +13,6 @@ import torch
 from rlhflab.eval.generate import generate
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.models.policy import build_policy, policy_forward
-from rlhflab.ops.ppo import logprobs_from_logits
 from rlhflab import rollout as rollout_module
 from rlhflab.rollout import response_mask_from, sample, score_rollout
 
@@ -123,7 +122,7 @@ def test_rollout_log_probs_are_those_of_the_sampling_distribution(opinionated_ll
     # And the training forward (policy in train mode) gives the same log-probs.
     policy.model.train()
     out = policy_forward(policy, exp.input_ids, exp.attention_mask, exp.response_start, 0.7, exp.lower)
-    again = logprobs_from_logits(out.logits, response)
+    again = out.logprobs
     torch.testing.assert_close(again[exp.response_mask.bool()], exp.logprobs[exp.response_mask.bool()], atol=1e-5, rtol=0)
 
 

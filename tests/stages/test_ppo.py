@@ -12,7 +12,6 @@ from rlhflab.config import Config, DataConfig, PpoConfig, RewardFnConfig
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.models.policy import build_policy, policy_forward
-from rlhflab.ops.ppo import logprobs_from_logits
 from rlhflab.rollout import response_mask_from, sample, score_rollout
 from rlhflab.stages import ppo as ppo_stage
 from rlhflab.stages.common import run_stage
@@ -76,7 +75,7 @@ def test_at_step_zero_kl_is_exactly_zero_and_the_ratio_is_one(tiny_llama_dir, tr
     assert torch.equal(exp.logprobs, exp.ref_logprobs)  # policy == reference, bit for bit
     policy.model.train()
     out = policy_forward(policy, exp.input_ids, exp.attention_mask, exp.response_start, 1.0, exp.lower)
-    logprobs = logprobs_from_logits(out.logits, exp.input_ids[:, exp.response_start:])
+    logprobs = out.logprobs
     ratio = torch.exp(logprobs - exp.logprobs)[exp.response_mask.bool()]
     torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-6, rtol=0)
     assert torch.all(out.values == 0)  # the value head starts at zero
@@ -97,7 +96,7 @@ def test_training_forward_log_probs_equal_the_sampling_distribution(tiny_llama_d
     mask, _ = response_mask_from(response, [tokenizer.eos_token_id])
     attention = torch.cat([enc.attention_mask, mask], dim=1)
     out = policy_forward(policy, gen.sequences, attention, width, 0.7)
-    recomputed = logprobs_from_logits(out.logits, response)
+    recomputed = out.logprobs
     torch.testing.assert_close(recomputed[mask.bool()], sampled[mask.bool()], atol=1e-4, rtol=0)
 
 
@@ -116,7 +115,7 @@ def test_padding_and_batch_size_do_not_change_log_probs_values_or_scores(tiny_ll
         prompt_len = int(batch.attention_mask[i, : batch.response_start].sum())
         alone_mask = torch.cat([torch.ones(1, prompt_len, dtype=torch.long), batch.response_mask[i : i + 1]], dim=1)
         out = policy_forward(policy, alone_ids, alone_mask, prompt_len, 1.0)
-        logprobs = logprobs_from_logits(out.logits, alone_ids[:, prompt_len:])
+        logprobs = out.logprobs
         valid = batch.response_mask[i].bool()
         torch.testing.assert_close(logprobs[0, valid], batch.logprobs[i, valid], atol=1e-5, rtol=0)
         torch.testing.assert_close(out.values[0, valid], batch.values[i, valid], atol=1e-5, rtol=0)
