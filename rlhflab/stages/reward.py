@@ -128,15 +128,17 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     # Batches of similar length: trimmed to their longest text, they compute a fifth fewer padded
     # tokens than random batches of IMDB reviews at max_length 256 (41 % are cut to 256, the rest
     # are shorter). A pair's length is its longer side's.
+    # When every text has the same length there is nothing to save: plain shuffled batches.
     train_lengths = row_lengths(data[train_name])
     if pairs:
         train_lengths = torch.maximum(train_lengths, row_lengths(data["train/rejected"]))
+    grouped = bool(train_lengths.min() < train_lengths.max())
     algorithm = Supervised(
         runtime=runtime, model=model, prepared=prepared, optimizer=optimizer, scheduler=scheduler, cfg=rw, seed=cfg.seed,
         n_train=len(data[train_name]), loss=scorer.train_loss,
         validate=(lambda: scorer.metrics("validation")) if has_validation else None,
         selection=Selection("pairwise_accuracy" if pairs else "accuracy", higher_is_better=True), unit="examples",
-        batches=lambda generator: length_grouped_batches(train_lengths, rw.batch_size, generator),
+        batches=(lambda generator: length_grouped_batches(train_lengths, rw.batch_size, generator)) if grouped else None,
     )
     steps = run_loop(algorithm, runtime=runtime, run_dir=run_dir, total_steps=total_steps(rw, len(data[train_name])),
                      checkpoint_every=rw.checkpoint_every, resume=resume, progress=progress, desc="reward")
