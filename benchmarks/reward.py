@@ -88,8 +88,8 @@ def main() -> None:
     keys = encoder_keys(split.attention_mask.sum(dim=1).tolist())
     dtype = torch.bfloat16 if bf16 else torch.float32
     ceilings = {rows: gemm_ceiling(model.config, rows * width, dtype) for rows in sorted({args.batch, 64})}
-    print(f"\nagainst this host's GEMM rate, measured in this run (work counts real tokens, backward GEMMs at the "
-          f"forward rate; benchmarks/ceiling.py):")
+    print("\nagainst this host's GEMM rate, measured in this run (work counts real tokens, backward GEMMs at the "
+          "forward rate; benchmarks/ceiling.py):")
     print(ceiling_header(flops, args.model))
     print(*ceiling_table(list(ceilings.values())), sep="\n")
     for trainable, passes in timed:

@@ -102,8 +102,8 @@ def main() -> None:
     flops = flops_per_token(model.config)
     lengths = mask.sum(dim=1).tolist()
     ceilings = {dtype: gemm_ceiling(model.config, ids.numel(), dtype) for dtype in (torch.float32, torch.bfloat16)}
-    print(f"\nagainst this host's GEMM rates, measured in this run (work counts real tokens, backward GEMMs at the "
-          f"forward rate; benchmarks/ceiling.py):")
+    print("\nagainst this host's GEMM rates, measured in this run (work counts real tokens, backward GEMMs at the "
+          "forward rate; benchmarks/ceiling.py):")
     print(ceiling_header(flops, f"model {args.model}"))
     print(*ceiling_table(list(ceilings.values())), sep="\n")
     for name, fp32, bf16 in rows:
