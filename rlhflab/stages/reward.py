@@ -127,12 +127,12 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     has_validation = ("validation/chosen" if pairs else "validation") in data
     # Batches of similar length: trimmed to their longest text, they compute a fifth fewer padded
     # tokens than random batches of IMDB reviews at max_length 256 (41 % are cut to 256, the rest
-    # are shorter). A pair's length is its longer side's.
-    # When every text has the same length there is nothing to save: plain shuffled batches.
+    # are shorter).
+    # When every text has the same length there is nothing to save: plain shuffled batches. Pairs
+    # keep plain batches too: their texts are short, and batches sorted by length would group
+    # pairs by a feature that can go with the preference (long chosen answers), a bias per batch.
     train_lengths = row_lengths(data[train_name])
-    if pairs:
-        train_lengths = torch.maximum(train_lengths, row_lengths(data["train/rejected"]))
-    grouped = bool(train_lengths.min() < train_lengths.max())
+    grouped = not pairs and bool(train_lengths.min() < train_lengths.max())
     algorithm = Supervised(
         runtime=runtime, model=model, prepared=prepared, optimizer=optimizer, scheduler=scheduler, cfg=rw, seed=cfg.seed,
         n_train=len(data[train_name]), loss=scorer.train_loss,
