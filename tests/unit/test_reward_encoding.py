@@ -90,6 +90,25 @@ def test_matmul_attention_gives_sdpa_outputs_and_gradients(tiny_bert_dir, padded
                                    reference(input_ids=ids, attention_mask=mask).logits.float(), atol=0.05, rtol=0.05)
 
 
+def test_long_keys_go_to_sdpa(tiny_bert_dir, monkeypatch):
+    from transformers.integrations import sdpa_attention
+
+    from rlhflab.models import reward_model
+
+    calls = []
+    real = sdpa_attention.sdpa_attention_forward
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", lambda *a, **k: calls.append(a[1].shape[2]) or real(*a, **k))
+    monkeypatch.setattr(reward_model, "MATMUL_MAX_KEYS", 8)
+    reference, model = _classifier(tiny_bert_dir), _classifier(tiny_bert_dir)
+    assert use_matmul_attention(model)
+    for width, sdpa_calls in ((8, 0), (12, model.config.num_hidden_layers)):  # one call a layer
+        calls.clear()
+        ids = torch.randint(5, 100, (2, width), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        assert len(calls) == sdpa_calls
+
+
 def test_decoders_keep_their_attention(tiny_llama_dir):
     from transformers import AutoModelForSequenceClassification as Auto
 
