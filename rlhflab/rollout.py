@@ -39,6 +39,28 @@ def response_mask_from(tokens: torch.Tensor, stop_ids: list[int]) -> tuple[torch
     return mask, is_stop.any(dim=-1)
 
 
+@contextlib.contextmanager
+def casts_kept(model: torch.nn.Module):
+    """Within the autocast region entered inside this block, each frozen weight is cast once, not at every call.
+
+    torch's autocast keeps its bf16 copy of a weight until the region ends only for leaf tensors
+    that require grad; a frozen fp32 weight is cast again at every call - at every decode step, for
+    the 28 frozen blocks and the tied LM head of a default PPO rollout. Marked as requiring grad
+    while sampling (under no_grad: no graph is built), they are cached too: the same bf16 values,
+    cast once per rollout. The marks are removed on the way out, whatever happens.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError("casts_kept is for sampling under torch.no_grad()")
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    for param in frozen:
+        param.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
+
+
 @dataclass
 class Sampled:
     sequences: torch.Tensor  # (B, P+R): left-padded prompt, then the sampled tokens
@@ -56,7 +78,7 @@ def sample(policy: Policy, tokenizer, prompts: list[str], *, max_new_tokens: int
     enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
     policy.model.eval()
     recording = recording_lower(policy.lm, policy.first) if policy.first is not None else contextlib.nullcontext()
-    with autocast(), recording as chunks:
+    with casts_kept(policy.model), autocast(), recording as chunks:
         out = sample_tokens(policy.model, enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_k=top_k, top_p=top_p, pad_token_id=tokenizer.pad_token_id,
                             eos_token_id=stop_ids or None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -132,3 +134,44 @@ def test_sample_tokens_runs_the_loop_only_for_pure_sampling(tiny_llama_dir, monk
         out = sample_tokens(model, enc.input_ids, enc.attention_mask, top_k=top_k, top_p=top_p, **common)
         assert out.shape[1] > enc.input_ids.shape[1]  # generate ran (the stub returns the prompt)
     assert calls == ["decode"]
+
+
+def test_frozen_weights_are_cast_once_per_rollout_with_the_same_samples(tiny_llama_dir, monkeypatch):
+    """casts_kept changes how often autocast casts a frozen weight, never what it samples, and leaves
+    every requires_grad flag as it found it - also when sampling fails."""
+    from rlhflab import rollout
+    from rlhflab.models.causal_lm import load_causal_lm
+    from rlhflab.models.policy import build_policy
+
+    model, tokenizer = load_causal_lm(str(tiny_llama_dir))
+    policy = build_policy(model, [-1])
+    flags = [p.requires_grad for p in policy.model.parameters()]
+    assert not all(flags) and any(flags)
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    args = dict(max_new_tokens=6, temperature=1.0, top_k=0, top_p=1.0, stop_ids=[], autocast=bf16)
+    casts = []
+
+    def runs(kept: bool):
+        if not kept:
+            monkeypatch.setattr(rollout, "casts_kept", lambda model: contextlib.nullcontext())
+        torch.manual_seed(5)
+        with torch.profiler.profile() as prof:
+            out = rollout.sample(policy, tokenizer, PROMPTS, **args)
+        casts.append(sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy"))
+        monkeypatch.undo()
+        return out.sequences
+
+    assert torch.equal(runs(True), runs(False))
+    assert casts[0] < casts[1]  # fewer casts with the frozen weights kept
+    assert [p.requires_grad for p in policy.model.parameters()] == flags
+
+    def broken(*a, **k):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(rollout, "sample_tokens", broken)
+    with pytest.raises(ValueError):
+        rollout.sample(policy, tokenizer, PROMPTS, **args)
+    assert [p.requires_grad for p in policy.model.parameters()] == flags
+    with pytest.raises(RuntimeError):
+        with rollout.casts_kept(policy.model):
+            pass
