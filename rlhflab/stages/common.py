@@ -138,7 +138,7 @@ def run_stage(name: str, cfg: Config, *, runtime=None, resume: bool = False, ove
 
     runtime = runtime or Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
     run_dir = RunDir(Path(cfg.runs_dir) / cfg.name / name)
-    with one_writer(cfg, runtime), stop_at_once(), _released_after(runtime):
+    with one_writer(cfg, runtime), stop_at_once():
         # The summary's peak_memory_mb is this stage's own: it starts from what the process holds
         # now, with what the stages before this one freed handed back to the OS.
         release_memory(runtime.device)
@@ -159,18 +159,6 @@ def run_stage(name: str, cfg: Config, *, runtime=None, resume: bool = False, ove
             if runtime.is_main:
                 run_dir.discard_failed_start()
             raise
-
-
-@contextlib.contextmanager
-def _released_after(runtime) -> Iterator[None]:
-    """Hand back what the stage freed once it has ended (finished, failed or stopped), so that
-    whatever the process does next (the pipeline's next stage, the report) does not sit on it."""
-    from rlhflab.engine.runtime import release_memory
-
-    try:
-        yield
-    finally:
-        release_memory(runtime.device)
 
 
 @contextlib.contextmanager
