@@ -8,21 +8,6 @@ from rlhflab.ops.kl import kl_per_token
 from rlhflab.ops.masked import masked_mean
 
 
-def group_ids(
-    n_prompts: int, samples_per_prompt: int, *, device: torch.device | str | None = None
-) -> torch.Tensor:
-    """Prompt index of each rollout, LongTensor (n_prompts * samples_per_prompt,).
-
-    Rollouts are prompt-major: [p0, p0, ..., p1, p1, ...], so ids are [0]*k + [1]*k + ....
-    Raises ValueError for n_prompts < 1 or samples_per_prompt < 1.
-    """
-    if n_prompts < 1 or samples_per_prompt < 1:
-        raise ValueError(
-            f"group_ids needs n_prompts >= 1 and samples_per_prompt >= 1 (got {n_prompts}, {samples_per_prompt})"
-        )
-    return torch.arange(n_prompts, device=device).repeat_interleave(samples_per_prompt)
-
-
 def _group_index(scores: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(scores as fp32 detached (N,), compact group index (N,) in [0, G), G).
 
@@ -34,7 +19,7 @@ def _group_index(scores: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tens
             f"scores and groups must both be 1-D of the same length (got {tuple(scores.shape)} and {tuple(groups.shape)})"
         )
     if groups.dtype.is_floating_point or groups.dtype.is_complex or groups.dtype == torch.bool:
-        raise ValueError(f"groups must hold integer prompt ids (got dtype {groups.dtype}); see group_ids")
+        raise ValueError(f"groups must hold integer prompt ids (got dtype {groups.dtype})")
     _, index = torch.unique(groups, return_inverse=True)
     n_groups = int(index.max()) + 1 if index.numel() else 0
     # advantages are targets: no gradient may flow through them

@@ -62,10 +62,3 @@ def adaptive_kl_update(beta: float, current_kl: float, target: float, horizon: f
         raise ValueError(f"adaptive KL needs target > 0 and horizon > 0 (got target={target}, horizon={horizon})")
     error = min(max(current_kl / target - 1.0, -0.2), 0.2)
     return max(beta * (1.0 + error * n_steps / horizon), 0.0)
-
-
-def fixed_kl_update(
-    beta: float, current_kl: float | None = None, target: float | None = None, horizon: float | None = None, n_steps: int | None = None
-) -> float:
-    """Constant KL coefficient; same signature as adaptive_kl_update so the two are interchangeable."""
-    return beta

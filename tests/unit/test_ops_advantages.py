@@ -1,4 +1,4 @@
-"""Group ids, GRPO / Dr. GRPO / RLOO advantages, token broadcast and the k3 KL-in-loss term."""
+"""GRPO / Dr. GRPO / RLOO advantages, token broadcast and the k3 KL-in-loss term."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlhflab.ops.advantages import (
-    group_ids,
     grpo_advantages,
     kl_penalty_in_loss,
     rloo_advantages,
@@ -19,25 +18,13 @@ from rlhflab.ops.advantages import (
 
 from tests.helpers import close
 
+
+def group_ids(n_prompts: int, samples_per_prompt: int) -> torch.Tensor:
+    """Prompt-major ids [0]*k + [1]*k + ..., as the rollout lays samples out."""
+    return torch.arange(n_prompts).repeat_interleave(samples_per_prompt)
+
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-# ---------------------------------------------------------------------------------------------
-# group ids
-
-
-def test_group_ids_are_prompt_major():
-    ids = group_ids(3, 2)
-    assert ids.tolist() == [0, 0, 1, 1, 2, 2]
-    assert ids.dtype == torch.long
-    assert group_ids(1, 4).tolist() == [0, 0, 0, 0]
-    assert group_ids(2, 1).tolist() == [0, 1]
-
-
-@pytest.mark.parametrize("n, k", [(0, 2), (2, 0), (-1, 3)])
-def test_group_ids_reject_empty_or_negative_sizes(n, k):
-    with pytest.raises(ValueError, match="samples_per_prompt"):
-        group_ids(n, k)
 
 
 # ---------------------------------------------------------------------------------------------

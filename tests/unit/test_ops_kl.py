@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhflab.ops.kl import adaptive_kl_update, fixed_kl_update, kl_per_token, last_valid_index, per_token_rewards
+from rlhflab.ops.kl import adaptive_kl_update, kl_per_token, last_valid_index, per_token_rewards
 
 
 from tests.helpers import close
@@ -140,9 +140,3 @@ def test_adaptive_kl_rejects_nonpositive_target_or_horizon():
         adaptive_kl_update(0.1, 1.0, 0.0, 10000, 256)
     with pytest.raises(ValueError):
         adaptive_kl_update(0.1, 1.0, 6.0, 0, 256)
-
-
-def test_fixed_kl_update_keeps_beta_and_shares_the_signature():
-    assert fixed_kl_update(0.05) == 0.05
-    assert fixed_kl_update(0.05, 12.0, 6.0, 10000, 256) == 0.05
-    assert fixed_kl_update(0.05, current_kl=12.0, target=6.0, horizon=10000, n_steps=256) == 0.05
