@@ -167,7 +167,7 @@ class SftConfig(TrainingConfig):
 
 @dataclass
 class PretrainConfig(TrainingConfig):
-    """A decoder-only LM trained from scratch on a corpus, with its own tokenizer (seed 004)."""
+    """A decoder-only LM trained from scratch on a corpus, with its own tokenizer."""
 
     # "shakespeare" (the bundled plays), a .txt file, a folder of .txt/.md files, or a
     # .csv/.jsonl/.parquet file with a text column (pretrain.text_column, else detected).
@@ -223,10 +223,10 @@ class PairsConfig:
 
 @dataclass
 class RewardConfig(TrainingConfig):
-    # labels: a classifier on labelled texts (seed 000); pairs: Bradley-Terry on preferences (seed 003).
+    # labels: a classifier on labelled texts; pairs: Bradley-Terry on preferences (Ouyang et al. 2022).
     objective: Literal["labels", "pairs"] = "labels"
     # A BERT-family encoder (minilm-l6, bert-base-uncased, ...) or a causal LM / SFT run directory,
-    # whose LM head is replaced by a scalar head (seed 004).
+    # whose LM head is replaced by a scalar head.
     model: str = "minilm-l6"
     # "head" (only the scalar head), "all", or block indices trained along with the head.
     trainable: Literal["head", "all"] | list[int] = field(default_factory=lambda: [-1])
@@ -314,7 +314,7 @@ class PpoConfig:
     sample_every: int = 5  # steps between sample tables in samples.jsonl
     # Save a snapshot of the policy after every pass over the training prompts (checkpoints/epoch-N:
     # the trainable tensors, or the LoRA adapter, plus a pointer to the starting model), for the
-    # over-optimisation study (seed 004; `rlhflab overopt`). Any model setting loads one.
+    # over-optimisation study (`rlhflab overopt`). Any model setting loads one.
     snapshot_each_epoch: bool = True
     snapshot_dtype: Literal["bfloat16", "float32"] = "bfloat16"  # bfloat16: half the disk of float32
     checkpoint_every: int = 5
@@ -461,7 +461,7 @@ class OveroptConfig:
     prompts: int = 100  # held-out prompts from the test split, the evaluation's first ones
     max_new_tokens: int | None = None  # None: ppo.max_new_tokens
     temperature: float = 1.0
-    separators: list[str] = field(default_factory=lambda: ["\n", " ", ",", "."])  # seed 004's
+    separators: list[str] = field(default_factory=lambda: ["\n", " ", ",", "."])  # newline, space, comma, full stop
     SPACE_OK: ClassVar[frozenset[str]] = frozenset({"separators"})  # "\n" and " " are separators
     gold_drop: float = 0.05  # a fall in a gold judge's mean score that counts (its own units: probability, compound)
     separator_drop: float = 0.25  # a fall of the separator ratio below the reference's that counts (share of it)

@@ -1,6 +1,7 @@
 """Weak labels for a corpus: snippets of the plays, labelled happy/sad by a lexicon judge.
 
-Seed 004 trained its reward model on 268 hand-labelled snippets; a user on a fresh machine has
+The Shakespeare RLHF exercise (Deep Learning Curriculum, topic 7) trained its reward model on
+268 hand-labelled snippets; a user on a fresh machine has
 none. `data.source: shakespeare-lexicon` gives the unattended route: every speech of the bundled
 plays is cut into snippets of up to four lines, each scored with VADER (Hutto & Gilbert 2014;
 package `vadersentiment`, lexicon bundled, no downloads), compound >= 0.5 labelled 1 (happy),

@@ -1,6 +1,6 @@
 """Signals of reward over-optimisation, and the rule that reads them (pure Python, no torch).
 
-Seed 004 saw its PPO policy turn "unreadable but high-score" and measured it by the share of
+The Shakespeare RLHF exercise (Deep Learning Curriculum, topic 7) saw its PPO policy turn "unreadable but high-score" and measured it by the share of
 separator tokens ("\\n", " ", ",", ".") in the samples: a policy that strings positive words
 together regardless of sentence structure writes fewer of them. Gao et al. (2022) measure the
 same thing as the gap between the proxy reward RL optimises and an independent gold reward:
@@ -17,7 +17,7 @@ from rlhflab.errors import RlhfLabError
 
 SEPARATORS = ("\n", " ", ",", ".")
 # Words, single whitespace characters, single punctuation characters: a tokenizer-independent
-# version of seed 004's word-level tokens, so the ratio compares models with any vocabulary.
+# version of that exercise's word-level tokens, so the ratio compares models with any vocabulary.
 _PIECES = re.compile(r"\w+|\s|[^\w\s]")
 
 

@@ -83,7 +83,7 @@ def _no_data(ax, text: str = "no data") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#666666")
 
 
-# -- reward distributions (seed 000 Figure 4, seed 003 box plot + histogram) ---------------
+# -- reward distributions (histograms side by side; overlaid with a box plot) ---------------
 
 
 def reward_histograms_figure(scores: Mapping[str, Sequence[float]], *, xlabel: str = "reward",
@@ -152,11 +152,11 @@ def reward_overlay_figure(scores: Mapping[str, Sequence[float]], *, xlabel: str 
 
 def reward_overlay(scores: Mapping[str, Sequence[float]], path: str | os.PathLike, *, xlabel: str = "reward",
                    title: str | None = None, bins: int = 25) -> Path:
-    """Overlaid translucent histograms beside a box plot per model (seed 003)."""
+    """Overlaid translucent histograms beside a box plot per model."""
     return save_figure(reward_overlay_figure(scores, xlabel=xlabel, title=title, bins=bins), path)
 
 
-# -- per-prompt reward map (seed 000 Figure 5) -------------------------------------------
+# -- per-prompt reward map -------------------------------------------
 
 
 def reward_map_figure(x: Sequence[float], y: Sequence[float], *, x_name: str = "SFT", y_name: str = "PPO",
@@ -247,7 +247,7 @@ def sentiment_breakdown(by_sentiment: Mapping[str, Mapping[str, float | None]], 
     return save_figure(sentiment_breakdown_figure(by_sentiment, ylabel=ylabel, title=title), path)
 
 
-# -- training curves (seed 000 Figure 3) ------------------------------------------------
+# -- training curves ------------------------------------------------
 
 
 def _series(rows: Sequence[Mapping], key: str, split: str) -> tuple[list[float], list[float]]:
@@ -473,7 +473,7 @@ def overoptimisation(points: Sequence[Mapping], path: str | os.PathLike, **kwarg
 
 
 def text_signals_figure(points: Sequence[Mapping], *, title: str = "Separator ratio and diversity per checkpoint"):
-    """Seed 004's separator ratio and distinct-1/2 of the samples, one point per checkpoint."""
+    """The separator ratio and distinct-1/2 of the samples, one point per checkpoint."""
     if not points:
         raise RlhfLabError("No checkpoints to plot.")
     fig, axes = _figure(6.6, 3.8)

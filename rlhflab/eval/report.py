@@ -239,7 +239,7 @@ def _facts(pairs: list[tuple[str, Any]]) -> Table:
 
 
 def pretrain_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
-    """Seed 004's pretraining: loss and perplexity beside n-gram baselines, per-epoch table, curves, samples."""
+    """Pretraining: loss and perplexity beside n-gram baselines, per-epoch table, curves, samples."""
     blocks: list[Block] = [Heading(STAGE_TITLES["pretrain"], anchor="pretrain")]
     curves = lambda caption: figures.draw(plots.sft_curves, "pretrain_loss", stage.rows, caption=caption)
     if not stage.done:
@@ -303,7 +303,7 @@ def sft_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
                      _num(b.get("loss")), _num(b.get("perplexity"))])
     blocks.append(Table(["split", "loss", "perplexity", "loss before SFT", "perplexity before SFT"], rows,
                         caption="Loss (nats per token) and perplexity per split after SFT, and before it where "
-                                "measured (seed 000, Table 1)."))
+                                "measured."))
     if stage.rows:
         blocks.append(figures.draw(plots.sft_curves, "sft_loss", stage.rows,
                                    caption="SFT loss: train (mean over each log window) and validation."))
@@ -361,14 +361,14 @@ def reward_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block
                  _num(metrics[n].get("n"))] for n in names]
         blocks.append(Table(["split", "loss", "accuracy", "precision", "recall", "F1", "examples"], rows,
                             caption="Reward model metrics per split; precision, recall and F1 are macro averages "
-                                    "over the two classes (seed 000, Table 1)."))
+                                    "over the two classes."))
         confusion = _confusion(s)
         if confusion:
             split, matrix = confusion
             labels = ["negative (0)", "positive (1)"] if len(matrix) == 2 else [str(i) for i in range(len(matrix))]
             blocks.append(Table(["true \\ predicted", *labels], [[labels[i], *map(str, row)] for i, row in enumerate(matrix)],
                                 caption=f"Confusion matrix on {split}: rows are the true label, columns the "
-                                        "predicted one (seed 000, Table 2)."))
+                                        "predicted one."))
             blocks.append(figures.draw(plots.confusion_matrix_plot, "reward_confusion", matrix, labels,
                                        title=f"Reward model confusion matrix ({split})",
                                        caption=f"Confusion matrix on the {split} split."))
@@ -476,8 +476,8 @@ def _ppo_blocks(stage: Stage, curves) -> list[Block]:
         caption="Mean reward, probability of positive sentiment and KL to the SFT model on the held-out evaluation "
                 f"prompts, before and after {_algorithm(s)}.")]
     if stage.rows:
-        blocks.append(curves(f"{_algorithm(s)} training: mean reward per step with a rolling mean and the held-out evaluations "
-                             "(seed 000, Figure 3), KL to the SFT model, the KL coefficient β and the clip fraction."))
+        blocks.append(curves(f"{_algorithm(s)} training: mean reward per step with a rolling mean and the held-out evaluations"
+                             ", KL to the SFT model, the KL coefficient β and the clip fraction."))
     evaluations = s.get("evaluations") or []
     keys = [k for k in HELD_OUT if k in start or k in end]
     if len(evaluations) > 2:
@@ -652,7 +652,7 @@ def _eval_metric_table(models: dict[str, dict]) -> Table:
     rows = [[label, *(fn(models[n]) for n in names)] for label, fn in rows_spec]
     return Table(["metric", *names], rows,
                  caption=f"Per-model metrics on the evaluation prompts; {names[0]} is the reference for KL and "
-                         "perplexity. Model sizes as saved (seed 003).")
+                         "perplexity. Model sizes as saved.")
 
 
 def evaluate_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
@@ -737,9 +737,9 @@ def _eval_figures(stage: Stage, summary: dict, names: list[str], reference: str,
     if scores:
         blocks.append(figures.draw(plots.reward_histograms, "eval_reward_histograms", scores,
                                    caption="Reward per response for each model, same bins; the dashed line is the "
-                                           "mean (seed 000, Figure 4)."))
+                                           "mean."))
         blocks.append(figures.draw(plots.reward_overlay, "eval_reward_overlay", scores,
-                                   caption="The same rewards overlaid, and as box plots (seed 003)."))
+                                   caption="The same rewards overlaid, and as box plots."))
     probs = {m: v for m, v in _scores_by_model(stage.samples, names, "positive_probability").items() if v}
     if probs:
         blocks.append(figures.draw(plots.reward_histograms, "eval_positive_probability", probs, xlabel="P(positive)",
@@ -756,7 +756,7 @@ def _eval_figures(stage: Stage, summary: dict, names: list[str], reference: str,
             blocks.append(figures.draw(plots.reward_map, f"eval_reward_map_{_slug(model)}", [p[0] for p in pairs],
                                        [p[1] for p in pairs], x_name=reference, y_name=model,
                                        caption=f"Reward map: each point is one prompt, {reference}'s reward across, "
-                                               f"{model}'s up; above the diagonal {model} did better (seed 000, Figure 5)."))
+                                               f"{model}'s up; above the diagonal {model} did better."))
     return blocks
 
 
@@ -773,7 +773,7 @@ def evaluation_figures(samples: list[dict], summary: dict, out: Path) -> list[Pa
 
 
 def overopt_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
-    """Seed 004's over-optimisation investigation with Gao et al.'s proxy-versus-gold view."""
+    """The over-optimisation study with Gao et al.'s proxy-versus-gold view."""
     blocks: list[Block] = [Heading(STAGE_TITLES["overopt"], anchor="overopt")]
     if not stage.done:
         return blocks + _not_run(stage, run_root)
@@ -793,7 +793,7 @@ def overopt_section(stage: Stage, run_root: Path, figures: Figures) -> list[Bloc
     blocks.append(Table(["checkpoint", "KL", "√KL", "proxy", *(j for j in judges if j != "proxy"), "separator ratio",
                          "distinct-2", "perplexity under start"], rows,
                         caption="Each judge's mean score (probabilities in 0..1; VADER's compound in -1..1), KL to the "
-                                "starting model (nats per response), seed 004's separator ratio and diversity, per "
+                                "starting model (nats per response), the separator ratio and diversity, per "
                                 "checkpoint. Judge accuracy on "
                                 "labelled texts: " + ", ".join(f"{j} {_num(c.get('accuracy'))}" for j, c in (s.get("judges") or {}).items()) + "."))
     if points:
@@ -801,7 +801,7 @@ def overopt_section(stage: Stage, run_root: Path, figures: Figures) -> list[Bloc
                                    caption="Proxy and gold judges against √KL (Gao et al. 2022): over-optimisation shows "
                                            "as the proxy still rising while a gold judge falls."))
         blocks.append(figures.draw(plots.text_signals, "overopt_text_signals", points,
-                                   caption="Seed 004's separator ratio (\\n, space, comma, full stop among words and "
+                                   caption="The separator ratio (\\n, space, comma, full stop among words and "
                                            "characters) and distinct-1/2 per checkpoint."))
     shown = (yaml_config(stage) or {}).get("overopt", {}).get("samples", 3)
     for p in points:

@@ -1,5 +1,5 @@
 """Human feedback: a web app (SQLite-backed) for labelling texts and preference pairs, and for
-blind ratings of several models' responses (seed 004), plus exports for `rlhflab reward`.
+blind ratings of several models' responses, plus exports for `rlhflab reward`.
 
     store.py       SQLite schema and queries        answers.py   task kinds, answer validation
     tasks.py       create tasks, export labels      summary.py   the blind-rating table + tests

@@ -14,7 +14,8 @@ from rlhflab.errors import RlhfLabError
 
 DEFAULT_LABELS = ("good", "bad")
 CHOICES = ("a", "b")
-# Seed 004: positivity and sense (coherence), each 1-5.
+# Positivity and sense (coherence), each 1-5, as in the Shakespeare RLHF exercise of the
+# Deep Learning Curriculum (Hilton, topic 7).
 SCALES = (
     {"name": "positivity", "min": 1, "max": 5, "low": "very negative", "high": "very positive"},
     {"name": "sense", "min": 1, "max": 5, "low": "makes no sense", "high": "makes perfect sense"},

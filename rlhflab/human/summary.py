@@ -1,4 +1,4 @@
-"""Seed 004's table for a blind rating: per model, the reward model's score, positivity and
+"""The table for a blind rating: per model, the reward model's score, positivity and
 sense (mean, std), the number of ratings, and whether the models differ significantly.
 
     summary = rating_summary("runs/human/rlhflab.sqlite")         # the latest rating task with ratings

@@ -1,10 +1,10 @@
-"""`rlhflab overopt`: when did RL start hacking the reward? (seed 004; Gao et al. 2022)
+"""`rlhflab overopt`: when did RL start hacking the reward? (Gao et al. 2022)
 
 The RL run's starting model (the reference) and each of its per-epoch snapshots
 (checkpoints/epoch-N) and final model answer the same held-out prompts. For each: the proxy
 reward's and every gold judge's mean score and share of positive responses (evaluate.gold,
 calibrated on labelled texts), KL to the reference and its square root, perplexity under the reference,
-seed 004's separator ratio, distinct-1/2, and a few samples. A stated rule names the first
+the separator ratio, distinct-1/2, and a few samples. A stated rule names the first
 checkpoint that over-optimises, or says none did up to the largest KL seen
 (rlhflab/eval/overoptimisation.py). Writes summary.json, samples.jsonl and figures/*.png.
 """

@@ -220,7 +220,7 @@ class StepOutputs:
 
     def after_step(self, step: int, batch: dict) -> None:
         """Samples every sample_every steps; a snapshot of the policy after each pass over the prompts
-        (seed 004), for the over-optimisation study (rlhflab/stages/overopt.py)."""
+        for the over-optimisation study (rlhflab/stages/overopt.py)."""
         if self.runtime.is_main and (step % self.ppo.sample_every == 0 or step == 1):
             _write_samples(self.run_dir, step, batch["experience"], batch["kl"])
         prompts_per_step = self.ppo.batch_size // self.ppo.samples_per_prompt

@@ -1,4 +1,4 @@
-"""Pretraining from scratch: `rlhflab pretrain` (seed 004).
+"""Pretraining from scratch: `rlhflab pretrain`.
 
 Cleans a corpus (the bundled Shakespeare plays by default), splits every document 90:10 into
 contiguous train and validation parts, trains a tokenizer on the train part (word, char or

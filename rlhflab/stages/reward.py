@@ -1,8 +1,8 @@
 """Reward-model training: `rlhflab reward`.
 
-Three seeds, one stage: a BERT-family classifier on labelled reviews (seed 000), a
-Bradley-Terry model on preference pairs (seed 003), and a causal LM whose LM head is replaced
-by a scalar head (seed 004). The model with the best validation accuracy is saved to model/
+Three kinds, one stage: a BERT-family classifier on labelled reviews, a Bradley-Terry model
+on preference pairs (Ouyang et al. 2022), and a causal LM whose LM head is replaced by a
+scalar head. The model with the best validation accuracy is saved to model/
 with the gain and bias that normalise its scores.
 """
 
@@ -233,7 +233,7 @@ class Scorer:
 
 
 def format_summary(summary: dict) -> str:
-    """The tables printed at the end: seed 000's Tables 1 and 2, or pairwise accuracy."""
+    """The tables printed at the end: metrics per split and the confusion matrix, or pairwise accuracy."""
     metrics = summary["metrics"]
     timing = f"({summary['seconds']:.0f} s, {summary['train_examples_per_s']:.0f} train examples/s)"
     if summary["objective"] == "pairs":

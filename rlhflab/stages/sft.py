@@ -1,7 +1,7 @@
 """Supervised fine-tuning: `rlhflab sft`.
 
 Trains a causal LM on the train split's review text and reports loss and perplexity on
-train, validation and test (seed 000, Table 1), with early stopping on validation loss.
+train, validation and test, with early stopping on validation loss.
 When only the top blocks train, the frozen lower blocks run once per review and their
 outputs are reused every epoch (`sft.cache_frozen`).
 """
@@ -132,7 +132,7 @@ def save_model(model, tokenizer, run_dir: RunDir) -> None:
 
 
 def format_summary(summary: dict) -> str:
-    """The loss/perplexity table printed at the end (seed 000, Table 1)."""
+    """The loss/perplexity table printed at the end."""
     before = summary.get("before", {})
     lines = [f"{'split':<11} {'loss':>8} {'perplexity':>11}   {'perplexity before SFT':>21}"]
     for name in SPLITS:

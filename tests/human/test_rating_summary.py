@@ -1,4 +1,4 @@
-"""Seed 004's table: per-model reward / positivity / sense statistics and the significance tests."""
+"""The blind-rating table: per-model reward / positivity / sense statistics and the significance tests."""
 
 from __future__ import annotations
 

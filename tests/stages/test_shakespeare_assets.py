@@ -1,4 +1,4 @@
-"""The Shakespeare chain (seed 004) on the bundled plays: pretrain from scratch -> reward model from
+"""The Shakespeare chain on the bundled plays: pretrain from scratch -> reward model from
 the pretrained LM on weak (lexicon) labels -> PPO -> evaluate -> report with a pretraining section."""
 
 from __future__ import annotations

@@ -59,8 +59,8 @@ def test_unequal_precision_and_recall():
     assert m["accuracy"] == pytest.approx(2 / 6)
 
 
-def test_seed_table_2_counts_reproduce_seed_table_1_test_row():
-    # Seed 000, Table 2 (test): rows true 0/1, columns predicted 0/1 -> Table 1 test row 0.905.
+def test_confusion_counts_give_accuracy_precision_recall_f1():
+    # A published confusion matrix (test): rows true 0/1, columns predicted 0/1 -> accuracy 0.905.
     y_true = [0] * 200 + [1] * 200
     y_pred = [0] * 179 + [1] * 21 + [0] * 17 + [1] * 183
     m = classification_metrics(y_true, y_pred)
