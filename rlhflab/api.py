@@ -22,6 +22,7 @@ from pathlib import Path
 from collections.abc import Iterator, MappingView, Set as AbstractSet
 from typing import Any, Callable, Mapping, Sequence
 
+from rlhflab.algorithms.recipes import ALGORITHM_NAMES
 from rlhflab.config import Config, check_config, from_dict, load_config, resolve_run_references, to_dict
 from rlhflab.errors import RlhfLabError
 
@@ -47,8 +48,9 @@ def train(model: str | None = None, *, prompts: Sequence[str] | None = None, eva
           name: str | None = None, progress: bool = True) -> TrainResult:
     """Train `model` (a bundled name, hub id, folder or run directory) and return it.
 
-    - `prompts` + `reward_fn` -> online RL (`config` ppo.algorithm: ppo, grpo or rloo; or "dpo" for
-      DPO on pairs sampled from the model and ranked by reward_fn);
+    - `prompts` + `reward_fn` -> online RL (`config` ppo.algorithm: any recipe of
+      rlhflab/algorithms/recipes.py, ppo by default; or "dpo" for DPO on pairs sampled from the
+      model and ranked by reward_fn);
     - `samples` + `rewards` -> ILQL (offline: learns from the scored texts, samples nothing);
     - `pairs` (dicts with prompt, chosen, rejected) -> DPO.
     `reward_fn` may take trlX's parameters (samples, prompts, outputs, **kwargs) or rlhflab's
@@ -66,7 +68,7 @@ def train(model: str | None = None, *, prompts: Sequence[str] | None = None, eva
     rewards, pairs = _listed(rewards, "rewards"), _listed(pairs, "pairs")
     _ordered(config, "config")
     cfg, algorithm = _config(config, name, reward_fn, samples, rewards, pairs, prompts)
-    stage = {"ppo": "ppo", "grpo": "ppo", "rloo": "ppo"}.get(algorithm, algorithm)
+    stage = "ppo" if algorithm in ALGORITHM_NAMES else algorithm  # every online recipe trains in the RL stage
     cfg.stages = [stage]  # the run is this one stage (the report lists no others)
     section = getattr(cfg, stage)
     section.policy = model or section.policy or cfg.sft.model

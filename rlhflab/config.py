@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Literal, Sequence
 import regex
 import yaml
 
+from rlhflab.algorithms.recipes import ALGORITHM_NAMES, get_recipe
 from rlhflab.errors import RlhfLabError
 
 # Every stage, in the order a pipeline runs them (rlhflab/stages/registry.py declares each).
@@ -273,12 +274,12 @@ class PpoConfig:
     """Online RL against the reward with a KL penalty to the frozen SFT model: PPO (value head,
     GAE), GRPO or RLOO (several responses per prompt, no value head)."""
 
-    # ppo: GAE with a value head (Ziegler et al. 2019); grpo: group-normalised advantages (Shao et
-    # al. 2024); rloo: leave-one-out baselines (Ahmadian et al. 2024).
-    algorithm: Literal["ppo", "grpo", "rloo"] = "ppo"
-    samples_per_prompt: int | None = None  # responses per prompt; None: 1 for ppo, 4 for grpo and rloo
+    # One of the recipes in rlhflab/algorithms/recipes.py (ppo: GAE with a value head; grpo, rloo, ...:
+    # no critic), which also hold each one's defaults for the two settings below.
+    algorithm: Literal[ALGORITHM_NAMES] = "ppo"
+    samples_per_prompt: int | None = None  # responses per prompt; None: the recipe's (1 for ppo, 4 for grpo and rloo)
     # Where beta * KL goes: a per-token penalty in the reward, or a k3 term in the loss.
-    # auto: in the reward for ppo and rloo, in the loss for grpo (as their papers do).
+    # auto: where the algorithm's paper puts it (the recipe's kl_penalty: the loss for grpo).
     kl_penalty: Literal["auto", "reward", "loss"] = "auto"
     policy: str | None = None  # None: this run's SFT model (runs/<name>/sft); else a model id or folder
     trainable: Literal["all", "lora"] | list[int] = field(default_factory=lambda: [-2, -1])
@@ -327,7 +328,7 @@ class PpoConfig:
     vllm_gpu_memory_utilization: float = 0.3  # the share of the GPU's memory vLLM may take (weights + KV cache)
 
     RANGES: ClassVar[dict[str, Bounds]] = {
-        "samples_per_prompt": COUNT,  # at least 2 for grpo and rloo (resolve_rl)
+        "samples_per_prompt": COUNT,  # at least the recipe's minimum, 2 for grpo and rloo (resolve_rl)
         "trainable": ANY, "steps": COUNT, "batch_size": COUNT,
         "minibatch_size": COUNT,  # divides batch_size (resolve_rl)
         "ppo_epochs": COUNT, "learning_rate": POSITIVE, "max_new_tokens": COUNT,
@@ -340,6 +341,45 @@ class PpoConfig:
         "grad_clip": POSITIVE, "eval_prompts": COUNT, "eval_every": COUNT, "sample_every": COUNT,
         "checkpoint_every": COUNT, "vllm_gpu_memory_utilization": Bounds(0, 1, "low"),
     }
+
+
+def check_rl(ppo: PpoConfig) -> None:
+    """Ranges and cross-field checks of the RL section (ppo.*)."""
+    check_ranges(ppo, "ppo")
+    _refuse([
+        (ppo.minibatch_size <= ppo.batch_size, "minibatch_size must not exceed batch_size"),
+        # beta moves by up to 20% x batch_size / kl_horizon per step: a shorter horizon overshoots below 0.
+        (not ppo.adaptive_kl or ppo.kl_horizon >= ppo.batch_size,
+         f"kl_horizon ({ppo.kl_horizon}) must be at least batch_size ({ppo.batch_size}): each step moves beta by up to "
+         f"20% x batch_size / kl_horizon, so a shorter horizon can drive beta to or below 0"),
+    ], "ppo")
+
+
+def resolve_rl(ppo: PpoConfig, world_size: int = 1) -> PpoConfig:
+    """The RL section with its recipe's defaults filled in (samples_per_prompt, kl_penalty) and an alias
+    replaced by the algorithm's own name, checked to split into prompts, processes and minibatches.
+    Raises RlhfLabError naming the setting."""
+    check_rl(ppo)
+    recipe = get_recipe(ppo.algorithm)
+    k = ppo.samples_per_prompt if ppo.samples_per_prompt is not None else recipe.samples_per_prompt
+    kl_penalty = ppo.kl_penalty if ppo.kl_penalty != "auto" else recipe.kl_penalty
+    if k < recipe.min_samples_per_prompt:
+        raise RlhfLabError(f"ppo.samples_per_prompt must be at least {recipe.min_samples_per_prompt} for {ppo.algorithm} "
+                           f"(its baseline compares responses to the same prompt); got {k}.")
+    if ppo.batch_size % (k * world_size):
+        raise RlhfLabError(f"ppo.batch_size ({ppo.batch_size} responses) must be a multiple of samples_per_prompt ({k}) "
+                           f"x processes ({world_size}).")
+    if ppo.minibatch_size % world_size:
+        raise RlhfLabError(f"ppo.minibatch_size ({ppo.minibatch_size}) must be a multiple of the number of processes "
+                           f"({world_size}): each process takes an equal share of every minibatch.")
+    if ppo.batch_size % ppo.minibatch_size:
+        # The update splits each rollout into batch_size / minibatch_size equal steps; a remainder
+        # would be one small minibatch whose noisy step weighs as much as a full one.
+        divisors = [d for d in range(world_size, ppo.batch_size + 1, world_size) if ppo.batch_size % d == 0]
+        raise RlhfLabError(f"ppo.minibatch_size ({ppo.minibatch_size}) must divide ppo.batch_size ({ppo.batch_size}) so "
+                           f"every update step takes the same number of responses; e.g. "
+                           f"{', '.join(map(str, divisors[-6:]))}.")
+    return dataclasses.replace(ppo, algorithm=recipe.name, samples_per_prompt=k, kl_penalty=kl_penalty)
 
 
 @dataclass
@@ -838,43 +878,6 @@ def check_data(data: DataConfig, where: str = "data") -> None:
     if data.prompt_min_words > data.prompt_max_words:
         raise RlhfLabError(f"{where}.prompt_min_words ({data.prompt_min_words}) must not exceed "
                            f"{where}.prompt_max_words ({data.prompt_max_words}); a prompt's length is drawn between them.")
-
-
-def check_rl(ppo: PpoConfig) -> None:
-    """Ranges and cross-field checks of the RL section (ppo.*)."""
-    check_ranges(ppo, "ppo")
-    _refuse([
-        (ppo.minibatch_size <= ppo.batch_size, "minibatch_size must not exceed batch_size"),
-        # beta moves by up to 20% x batch_size / kl_horizon per step: a shorter horizon overshoots below 0.
-        (not ppo.adaptive_kl or ppo.kl_horizon >= ppo.batch_size,
-         f"kl_horizon ({ppo.kl_horizon}) must be at least batch_size ({ppo.batch_size}): each step moves beta by up to "
-         f"20% x batch_size / kl_horizon, so a shorter horizon can drive beta to or below 0"),
-    ], "ppo")
-
-
-def resolve_rl(ppo: PpoConfig, world_size: int = 1) -> PpoConfig:
-    """The RL section with the algorithm's defaults filled in (samples_per_prompt, kl_penalty),
-    checked to split into prompts, processes and minibatches. Raises RlhfLabError naming the setting."""
-    check_rl(ppo)
-    k = ppo.samples_per_prompt if ppo.samples_per_prompt is not None else (1 if ppo.algorithm == "ppo" else 4)
-    kl_penalty = ppo.kl_penalty if ppo.kl_penalty != "auto" else ("loss" if ppo.algorithm == "grpo" else "reward")
-    if ppo.algorithm != "ppo" and k < 2:
-        raise RlhfLabError(f"ppo.samples_per_prompt must be at least 2 for {ppo.algorithm} (its baseline compares "
-                           f"responses to the same prompt); got {k}.")
-    if ppo.batch_size % (k * world_size):
-        raise RlhfLabError(f"ppo.batch_size ({ppo.batch_size} responses) must be a multiple of samples_per_prompt ({k}) "
-                           f"x processes ({world_size}).")
-    if ppo.minibatch_size % world_size:
-        raise RlhfLabError(f"ppo.minibatch_size ({ppo.minibatch_size}) must be a multiple of the number of processes "
-                           f"({world_size}): each process takes an equal share of every minibatch.")
-    if ppo.batch_size % ppo.minibatch_size:
-        # The update splits each rollout into batch_size / minibatch_size equal steps; a remainder
-        # would be one small minibatch whose noisy step weighs as much as a full one.
-        divisors = [d for d in range(world_size, ppo.batch_size + 1, world_size) if ppo.batch_size % d == 0]
-        raise RlhfLabError(f"ppo.minibatch_size ({ppo.minibatch_size}) must divide ppo.batch_size ({ppo.batch_size}) so "
-                           f"every update step takes the same number of responses; e.g. "
-                           f"{', '.join(map(str, divisors[-6:]))}.")
-    return dataclasses.replace(ppo, samples_per_prompt=k, kl_penalty=kl_penalty)
 
 
 def check_pretrain(pre: PretrainConfig) -> None:

@@ -1,9 +1,9 @@
-"""Online RL from parts: PPO, GRPO and RLOO are compositions, not classes of their own.
+"""Online RL from parts: PPO, GRPO, RLOO, ... are recipes (rlhflab/algorithms/recipes.py), not classes.
 
 One step reads top to bottom:
 
     prompts (k samples each, group ids) -> rollout with the KV cache -> reward scores
-    -> per-token KL to the reference policy -> advantage estimator
+    -> per-token KL to the reference policy -> the recipe's advantage estimator
     -> epochs of clipped policy updates (+ value loss with a critic) (+ k3 KL term in the loss)
     -> KL controller (fixed or adaptive beta)
 
@@ -12,21 +12,25 @@ One step reads top to bottom:
 | grpo      | group-normalised scores (Shao et al. 2024)   | no     | the loss (k3)      | 4              |
 | rloo      | leave-one-out baseline (Ahmadian et al. 2024)| no     | the reward (sequence) | 4           |
 
-The math is in rlhflab/ops (pure, tested); statistics that span the batch (whitening, the KL
-that drives beta, score means) are reduced over processes as sums and counts.
+A recipe names a pure estimator in rlhflab/ops and what it reads (`TARGETS` below feeds it);
+the math is there (pure, tested). Statistics that span the batch (whitening, the KL that drives
+beta, score means) are reduced over processes as sums and counts.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
 
+from rlhflab.algorithms.recipes import Recipe, get_recipe
 from rlhflab.config import PpoConfig
 from rlhflab.engine.runtime import Runtime
-from rlhflab.ops.advantages import grpo_advantages, kl_penalty_in_loss, rloo_advantages, sequence_advantages_to_tokens
+from rlhflab.ops.advantages import kl_penalty_in_loss, sequence_advantages_to_tokens
 from rlhflab.ops.kl import adaptive_kl_update, kl_per_token, per_token_rewards
 from rlhflab.ops.masked import masked_explained_variance, masked_mean, masked_whiten
 from rlhflab.ops.ppo import gae, policy_loss, value_loss
@@ -34,14 +38,18 @@ from rlhflab.rollout import Experience
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """An algorithm as a choice of parts (resolved from the config once)."""
+class Parts:
+    """A recipe resolved against the config once: what every step calls."""
 
-    name: str
+    recipe: Recipe
     samples_per_prompt: int
-    critic: bool  # a value head trained with the clipped value loss; GAE needs it
     kl_in_loss: bool  # beta * k3 KL in the loss instead of -beta * KL in the reward
-    estimator: Callable[..., "Targets"]
+    targets: Callable[..., "Targets"]  # (exp, kl, beta, groups, cfg, runtime) -> Targets
+    aggregate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # per-token loss (B, R), mask -> scalar
+
+    @property
+    def critic(self) -> bool:
+        return self.recipe.critic
 
 
 @dataclass
@@ -51,14 +59,15 @@ class Targets:
     stats: dict[str, float]
 
 
-def gae_targets(exp: Experience, kl: torch.Tensor, beta: float, groups: torch.Tensor, cfg: PpoConfig, runtime: Runtime) -> Targets:
+def gae_targets(exp: Experience, kl: torch.Tensor, beta: float, groups: torch.Tensor, cfg: PpoConfig, runtime: Runtime,
+                estimator: Callable = gae) -> Targets:
     """PPO: score on the last token and -beta * KL on every token, GAE over the value head's
     estimates, advantages whitened over the whole (multi-process) batch."""
     mask = exp.response_mask
     rewards, non_score = per_token_rewards(exp.scores, kl, mask, beta)
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=runtime.sum)
-    advantages, returns = gae(rewards, exp.values, mask, cfg.gamma, cfg.lam)
+    advantages, returns = estimator(rewards, exp.values, mask, cfg.gamma, cfg.lam)
     advantages = masked_whiten(advantages, mask, reduce=runtime.sum)
     return Targets(advantages, returns, {"non_score_reward": float(runtime.mean(non_score.sum(), len(non_score)))})
 
@@ -68,27 +77,29 @@ def _sequence_rewards(exp: Experience, kl: torch.Tensor, beta: float) -> torch.T
     return exp.scores - beta * kl.sum(-1)
 
 
-def group_normalised_targets(exp, kl, beta, groups, cfg, runtime) -> Targets:
-    """GRPO: (r - mean of its group) / std of its group, the same for every token of a response."""
-    rewards = _sequence_rewards(exp, kl, beta)
-    advantages = grpo_advantages(rewards, groups)
+def sequence_targets(exp, kl, beta, groups, cfg, runtime, estimator: Callable) -> Targets:
+    """GRPO, RLOO, ...: one advantage per response from its reward and its prompt's other responses,
+    the same for every token of the response."""
+    advantages = estimator(_sequence_rewards(exp, kl, beta), groups)
     return Targets(sequence_advantages_to_tokens(advantages, exp.response_mask), None, {})
 
 
-def leave_one_out_targets(exp, kl, beta, groups, cfg, runtime) -> Targets:
-    """RLOO: r minus the mean reward of the other responses to the same prompt."""
-    rewards = _sequence_rewards(exp, kl, beta)
-    advantages = rloo_advantages(rewards, groups)
-    return Targets(sequence_advantages_to_tokens(advantages, exp.response_mask), None, {})
+# What each kind of estimator reads (Recipe.reads), built from a rollout.
+TARGETS = {"gae": gae_targets, "sequence": sequence_targets}
 
 
-ESTIMATORS = {"ppo": gae_targets, "grpo": group_normalised_targets, "rloo": leave_one_out_targets}
+def _import(path: str) -> Callable:
+    """The function at "module:function"."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def recipe(cfg: PpoConfig) -> Recipe:
-    """The parts `cfg` asks for; cfg.samples_per_prompt and cfg.kl_penalty must be resolved."""
-    return Recipe(cfg.algorithm, cfg.samples_per_prompt, critic=cfg.algorithm == "ppo", kl_in_loss=cfg.kl_penalty == "loss",
-                  estimator=ESTIMATORS[cfg.algorithm])
+def parts(cfg: PpoConfig) -> Parts:
+    """The parts `cfg` asks for; cfg.samples_per_prompt and cfg.kl_penalty must be resolved (resolve_rl)."""
+    recipe = get_recipe(cfg.algorithm)
+    return Parts(recipe, cfg.samples_per_prompt, kl_in_loss=cfg.kl_penalty == "loss",
+                 targets=partial(TARGETS[recipe.reads], estimator=_import(recipe.estimator)),
+                 aggregate=masked_mean)
 
 
 class OnlineRL:
@@ -103,7 +114,7 @@ class OnlineRL:
         Experience; `evaluate()` -> held-out metrics; `on_step(step, batch)` writes samples."""
         self.runtime, self.module, self.prepared = runtime, module, prepared
         self.optimizer, self.scheduler = optimizer, None
-        self.cfg, self.seed, self.prompts, self.recipe = cfg, seed, prompts, recipe(cfg)
+        self.cfg, self.seed, self.prompts, self.parts = cfg, seed, prompts, parts(cfg)
         self.rollout, self._evaluate, self.on_step = rollout, evaluate, on_step
         self.state: dict[str, Any] = {"beta": cfg.kl_coef, "rollout_tokens": 0, "rollout_seconds": 0.0,
                                       "train_tokens": 0, "train_seconds": 0.0, "evaluations": []}
@@ -117,7 +128,7 @@ class OnlineRL:
         rollout_seconds = time.perf_counter() - started
         kl = kl_per_token(exp.logprobs, exp.ref_logprobs, cfg.kl_estimator) * exp.response_mask
         beta = self.state["beta"]
-        targets = self.recipe.estimator(exp, kl, 0.0 if self.recipe.kl_in_loss else beta, groups, cfg, runtime)
+        targets = self.parts.targets(exp, kl, 0.0 if self.parts.kl_in_loss else beta, groups, cfg, runtime)
         started = time.perf_counter()
         update = self.update(exp, targets, beta, step)
         train_seconds = time.perf_counter() - started
@@ -140,7 +151,7 @@ class OnlineRL:
 
         The global list depends only on (seed, step), so a resumed run sees the same prompts;
         a prompt's samples stay on one process, so group statistics need no reduction."""
-        k = self.recipe.samples_per_prompt
+        k = self.parts.samples_per_prompt
         mine = self.runtime.shard(prompts_for_step(self.prompts, step, self.cfg.batch_size // k, self.seed))
         groups = torch.arange(len(mine), device=self.runtime.device).repeat_interleave(k)
         return [prompt for prompt in mine for _ in range(k)], groups
@@ -162,7 +173,7 @@ class OnlineRL:
 
     def update(self, exp: Experience, targets: Targets, beta: float, step: int) -> dict[str, float]:
         """ppo_epochs passes of clipped updates over shuffled minibatches of this process's rollout."""
-        cfg, recipe = self.cfg, self.recipe
+        cfg, parts = self.cfg, self.parts
         params = [p for p in self.prepared.parameters() if p.requires_grad]
         stats: dict[str, list[float]] = {}
         generator = torch.Generator().manual_seed(self.seed + step)  # minibatch order: the same after a resume
@@ -177,15 +188,16 @@ class OnlineRL:
                     # log-probs of the response tokens straight from the hidden states: no (B, R, V) logits
                     logprobs, entropy, values = self.prepared(exp.input_ids[idx], exp.attention_mask[idx],
                                                               exp.response_start, cfg.temperature, lower)
-                loss, terms = policy_loss(logprobs, exp.logprobs[idx], targets.advantages[idx], mask, cfg.clip_range)
+                loss, terms = policy_loss(logprobs, exp.logprobs[idx], targets.advantages[idx], mask, cfg.clip_range,
+                                          aggregate=parts.aggregate)
                 terms["policy_loss"] = float(loss.detach())
-                if recipe.critic:
+                if parts.critic:
                     v_loss, v_stats = value_loss(values, exp.values[idx], targets.returns[idx], mask, cfg.clip_range_value)
                     loss = loss + cfg.vf_coef * v_loss
                     terms |= {"value_loss": float(v_loss.detach()), **v_stats,
                               "explained_variance": float(masked_explained_variance(values.detach(), targets.returns[idx], mask))}
-                if recipe.kl_in_loss:
-                    k3 = kl_penalty_in_loss(logprobs, exp.ref_logprobs[idx], mask)
+                if parts.kl_in_loss:
+                    k3 = kl_penalty_in_loss(logprobs, exp.ref_logprobs[idx], mask, aggregate=parts.aggregate)
                     loss = loss + beta * k3
                     terms["kl_loss"] = float(k3.detach())
                 self.runtime.accelerator.backward(loss)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from rlhflab.ops.kl import kl_per_token
@@ -86,13 +88,15 @@ def sequence_advantages_to_tokens(advantages: torch.Tensor, mask: torch.Tensor) 
     return torch.where(mask.bool(), advantages, torch.zeros((), dtype=torch.float32, device=advantages.device))
 
 
-def kl_penalty_in_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def kl_penalty_in_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                       aggregate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = masked_mean) -> torch.Tensor:
     """GRPO's KL term: masked mean over real tokens of the k3 estimate of KL(policy || ref), scalar fp32.
 
     k3 = exp(ref - logp) - (ref - logp) - 1 per token (Schulman 2020, "Approximating KL
     divergence"; DeepSeekMath eq. 4), never negative; logprobs and ref_logprobs (B, R) are the
     sampled tokens' logprobs (nats), mask (B, R). Averaged over all real tokens of the batch,
-    the same weighting as policy_loss. Gradient flows to logprobs only.
+    the same weighting as policy_loss (`aggregate` replaces the mean as there). Gradient flows to
+    logprobs only.
     """
     keep = mask.bool()
     zero = torch.zeros((), dtype=torch.float32, device=logprobs.device)
@@ -100,4 +104,4 @@ def kl_penalty_in_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask:
     # gradient through exp even though masked_mean drops the value
     logprobs = torch.where(keep, logprobs.float(), zero)
     ref_logprobs = torch.where(keep, ref_logprobs.detach().float(), zero)
-    return masked_mean(kl_per_token(logprobs, ref_logprobs, "k3"), keep)
+    return aggregate(kl_per_token(logprobs, ref_logprobs, "k3"), keep)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from rlhflab.ops.masked import masked_mean
@@ -39,10 +41,13 @@ def gae(
 
 
 def policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float,
+    aggregate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = masked_mean,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate, masked mean of max(-ratio * A, -clip(ratio, 1-c, 1+c) * A).
 
+    `aggregate(per_token (B, R), mask)` -> scalar replaces the masked mean over all real tokens
+    when a recipe weighs tokens otherwise (the stats below stay token means).
     stats (python floats): clip_fraction (share of valid tokens where the clipped term won,
     TRL's definition), approx_kl (masked mean of 0.5 * (logp - old_logp)^2), ratio_mean.
     """
@@ -54,7 +59,7 @@ def policy_loss(
     advantages = advantages.detach().float()
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), keep)
+    loss = aggregate(torch.maximum(unclipped, clipped), keep)
     with torch.no_grad():
         stats = {
             "clip_fraction": float(masked_mean((clipped > unclipped).float(), keep)),
