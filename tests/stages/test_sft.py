@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import replace
 
@@ -17,8 +18,11 @@ from rlhflab.stages import sft
 from rlhflab.models.encoding import encode
 from rlhflab.stages.common import run_stage
 from rlhflab.engine import loop as engine_loop
+from rlhflab.io import read_json
+from rlhflab.pipeline import headline
 from tests.helpers import StopAt
 from tests.helpers import FP32
+from tests.helpers import synthetic_reviews
 
 
 def make_config(tmp_path, model_dir, csv_path, **sft_fields) -> Config:
@@ -205,3 +209,41 @@ def test_gradient_accumulation_takes_the_same_steps(tmp_path, tiny_llama_dir, re
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=2e-4, rtol=1e-4)
     assert any(not torch.equal(a[name], t) for name, t in load_file(tiny_llama_dir / "model.safetensors").items() if name in a)
+
+
+# ---------------------------------------------------------------------------------------------
+# A budget that ends before validation keeps the training; rows the reader left out are reported.
+
+
+def sft_config(tmp_path, model_dir, csv_path, **fields) -> Config:
+    settings = dict(model=str(model_dir), max_length=24, epochs=2, batch_size=6, learning_rate=2e-2, eval_batch_size=16,
+                    warmup_ratio=0.0)
+    settings.update(fields)
+    return Config(runtime=FP32, name="f", runs_dir=str(tmp_path / "runs"), data=DataConfig(source=str(csv_path), per_class=30),
+                  sft=SftConfig(**settings))
+
+
+def test_a_budget_that_ends_before_any_validation_still_keeps_the_training(tmp_path, tiny_llama_dir, reviews_csv):
+    """sft.max_steps=3 with validation once per epoch: the final model is validated and kept."""
+    run_dir = run_stage("sft", sft_config(tmp_path, tiny_llama_dir, reviews_csv, max_steps=3), progress=False)
+    summary = read_json(run_dir.summary_path)
+    assert summary["steps"] == 3
+    before = summary["before"]["validation"]["perplexity"]
+    after = summary["after"]["validation"]["perplexity"]
+    assert after < 0.9 * before  # lr 2e-2 on a tiny model: three steps move it a lot
+    validations = [r for r in run_dir.read_metrics() if r["split"] == "validation"]
+    assert [r["step"] for r in validations] == [3]
+
+
+def test_rows_the_reader_left_out_are_in_the_summary_and_on_the_output_line(tmp_path, tiny_llama_dir):
+    path = tmp_path / "with-gaps.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(synthetic_reviews(30))
+        writer.writerows([["", 1], ["   ", 0], ["", 0]])
+    run_dir = run_stage("sft", sft_config(tmp_path, tiny_llama_dir, path, max_steps=1), progress=False)
+    summary = read_json(run_dir.summary_path)
+    assert sum(summary["left_out"].values()) == 3
+    assert "left out 3" in headline("sft", summary)
+

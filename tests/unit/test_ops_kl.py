@@ -9,6 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rlhflab.config import PpoConfig, check_rl
+from rlhflab.errors import RlhfLabError
 from rlhflab.ops.kl import adaptive_kl_update, kl_per_token, last_valid_index, per_token_rewards
 
 
@@ -140,3 +142,19 @@ def test_adaptive_kl_rejects_nonpositive_target_or_horizon():
         adaptive_kl_update(0.1, 1.0, 0.0, 10000, 256)
     with pytest.raises(ValueError):
         adaptive_kl_update(0.1, 1.0, 6.0, 0, 256)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_beta_never_goes_negative_and_a_horizon_that_would_overshoot_is_refused():
+    assert adaptive_kl_update(0.05, 0.0, 5.0, 1, 64) == 0.0  # was 0.05 * (1 - 0.2 * 64) = -0.59
+    beta = 0.05
+    for kl in (0.0, 0.0, 100.0, 0.0):
+        beta = adaptive_kl_update(beta, kl, 5.0, 10, 64)
+        assert beta >= 0.0
+    with pytest.raises(RlhfLabError, match="kl_horizon"):
+        check_rl(PpoConfig(kl_horizon=1, batch_size=64))
+    check_rl(PpoConfig(kl_horizon=1, batch_size=64, adaptive_kl=False))  # a fixed beta ignores the horizon
+    check_rl(PpoConfig(kl_horizon=64, batch_size=64))
+

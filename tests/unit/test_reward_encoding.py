@@ -10,6 +10,13 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from rlhflab.errors import RlhfLabError
 from rlhflab.models.encoding import encode, head_and_tail_ids
 from rlhflab.models.reward_model import MATMUL_ATTENTION, use_matmul_attention
+import json
+from rlhflab.config import Config, DataConfig, PairsConfig, RewardConfig, RewardFnConfig
+from rlhflab.data import join_prompt_response
+from rlhflab.models.encoding import encode_prompt_response, prompt_response_ids
+from rlhflab.rewards import build_reward
+from rlhflab.stages.common import run_stage
+from tests.helpers import FP32, synthetic_reviews
 
 WORDS = [f"w{i}" for i in range(40)]
 
@@ -116,3 +123,203 @@ def test_decoders_keep_their_attention(tiny_llama_dir):
     before = model.config._attn_implementation
     assert not use_matmul_attention(model)
     assert model.config._attn_implementation == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Truncation never cuts away the response being judged (issue 10, fault A): the prompt gives
+# way from its front, special tokens survive, and a response that cannot fit alone is a clear
+# error.
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+LONG_PROMPT = "Here is what happened at the cinema last week. " + " ".join(
+    f"we sat in row {i} and the seat {i} was near the door" for i in range(30)
+) + " So, in short:"
+
+
+def _tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def bpe(tiny_tokenizer_dir):
+    """The tests' byte-level BPE tokenizer (GPT-2 style, no special tokens added)."""
+    return _tokenizer(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def wordpiece_like():
+    """A BERT tokenizer: [CLS] text [SEP], whitespace split (words outside the vocabulary -> [UNK])."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    words = "[PAD] [UNK] [CLS] [SEP] a b c d e f g h the movie was great awful".split()
+    backend = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train_from_iterator([" ".join(words)], trainers.WordLevelTrainer(special_tokens=words[:4]))
+    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return BertTokenizerFast(tokenizer_object=backend, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", unk_token="[UNK]")
+
+
+def tokens(tokenizer, ids):
+    return tokenizer.convert_ids_to_tokens(ids)
+
+
+def test_short_texts_are_encoded_exactly_as_before(bpe, wordpiece_like):
+    prompts, responses = ["the movie was", ""], ["great and the cast was fine.", "awful."]
+    for tokenizer in (bpe, wordpiece_like):
+        rows, cut = prompt_response_ids(prompts, responses, tokenizer, 64)
+        expected = tokenizer([join_prompt_response(p, r) for p, r in zip(prompts, responses)])["input_ids"]
+        assert rows == expected and cut == 0
+
+
+def test_the_prompt_is_cut_from_the_front_and_special_tokens_stay(wordpiece_like):
+    rows, cut = prompt_response_ids(["a b c d e f g h"], ["the movie was great"], wordpiece_like, 8)
+    assert tokens(wordpiece_like, rows[0]) == ["[CLS]", "g", "h", "the", "movie", "was", "great", "[SEP]"]
+    assert cut == 1
+    # Exactly the room for the response: the whole prompt goes, nothing of the response.
+    rows, cut = prompt_response_ids(["a b c d"], ["the movie was great"], wordpiece_like, 6)
+    assert tokens(wordpiece_like, rows[0]) == ["[CLS]", "the", "movie", "was", "great", "[SEP]"]
+
+
+def test_byte_level_tokenizer_keeps_the_end(bpe):
+    response = "the plot was dull and the ending was weak."
+    rows, cut = prompt_response_ids([LONG_PROMPT], [response], bpe, 24)
+    assert len(rows[0]) == 24 and cut == 1
+    assert bpe.decode(rows[0]).endswith(" " + response)
+    # The tokenizer's own truncation side is left as it was.
+    assert bpe.truncation_side == "right"
+
+
+def test_a_response_longer_than_max_length_is_an_error_naming_the_row(wordpiece_like):
+    with pytest.raises(RlhfLabError) as info:
+        prompt_response_ids(["a", "b"], ["great", "the movie was great a b c d e f"], wordpiece_like, 8,
+                            setting="reward.max_length")
+    message = str(info.value)
+    assert message.startswith("The response in row 2 is 12 tokens long")
+    assert "reward.max_length=8" in message and "at least 12" in message
+    assert "\n" not in message
+
+
+def test_scoring_reads_a_too_long_response_alone_from_its_beginning(wordpiece_like):
+    response = "the movie was great a b c d e f"
+    rows, _ = prompt_response_ids(["a b"], [response], wordpiece_like, 6, long_response="truncate")
+    assert tokens(wordpiece_like, rows[0]) == ["[CLS]", "the", "movie", "was", "great", "[SEP]"]
+
+
+def test_encode_prompt_response_right_pads(wordpiece_like):
+    split, cut = encode_prompt_response(["a b c d e f", ""], ["great", "awful"], wordpiece_like, 5)
+    ids = wordpiece_like.convert_tokens_to_ids
+    assert split.input_ids.tolist() == [ids(["[CLS]", "e", "f", "great", "[SEP]"]), ids(["[CLS]", "awful", "[SEP]", "[PAD]", "[PAD]"])]
+    assert split.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert cut == 1
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, bpe):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=len(bpe), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                        label2id={"NEGATIVE": 0, "POSITIVE": 1}, initializer_range=0.5, pad_token_id=bpe.pad_token_id,
+                        max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config).eval()
+    folder = tmp_path_factory.mktemp("tiny-classifier")
+    model.save_pretrained(folder)
+    bpe.save_pretrained(folder)
+    return folder, model
+
+
+def test_responses_to_one_long_prompt_score_differently(classifier, bpe):
+    folder, model = classifier
+    score = build_reward(RewardFnConfig(source=str(folder), output="logit", max_length=32), device="cpu")
+    responses = ["the film was great and the cast was charming.", "the plot was dull and the acting was bad."]
+    scores = score([LONG_PROMPT] * 2, responses)
+    assert abs(float(scores[0] - scores[1])) > 1e-3
+    # Each equals the model on the last 32 tokens of prompt + response.
+    for response, value in zip(responses, scores.tolist()):
+        ids = bpe(join_prompt_response(LONG_PROMPT, response))["input_ids"][-32:]
+        with torch.no_grad():
+            expected = model(input_ids=torch.tensor([ids])).logits[0, 1].item()
+        assert value == pytest.approx(expected, abs=1e-4)
+
+
+def write_pairs(path, prompt: str, chosen_override: dict[int, str] | None = None):
+    reviews = synthetic_reviews(40, seed=3)
+    positive = [t for t, label in reviews if label == 1]
+    negative = [t for t, label in reviews if label == 0]
+    with open(path, "w", encoding="utf-8") as handle:
+        for i, (good, bad) in enumerate(zip(positive, negative)):
+            good = (chosen_override or {}).get(i, good)
+            handle.write(json.dumps({"prompt": prompt, "chosen": good, "rejected": bad}) + "\n")
+    return path
+
+
+def pairs_config(tmp_path, model_dir, source) -> Config:
+    settings = dict(model=str(model_dir), trainable="all", max_length=32, epochs=8, batch_size=8, learning_rate=3e-3,
+                    warmup_ratio=0.0, eval_batch_size=16, log_every=1, early_stopping_patience=8,
+                    objective="pairs", pairs=PairsConfig(source=str(source)))
+    return Config(runtime=FP32, name="tiny", seed=0, runs_dir=str(tmp_path / "runs"), data=DataConfig(source=str(source)),
+                  reward=RewardConfig(**settings))
+
+
+def test_long_prompt_pairs_train_like_short_prompt_pairs(tmp_path, tiny_bert_dir, capsys):
+    source = write_pairs(tmp_path / "long.jsonl", LONG_PROMPT)
+    run_dir = run_stage("reward", pairs_config(tmp_path, tiny_bert_dir, source), progress=False)
+    metrics = json.loads(run_dir.summary_path.read_text())["metrics"]
+    # Before the fix every split read accuracy 0.500, margin 0.000, loss 0.693.
+    assert metrics["train"]["pairwise_accuracy"] >= 0.9
+    assert metrics["test"]["pairwise_accuracy"] >= 0.75
+    assert metrics["train"]["mean_margin"] > 0.5 and metrics["train"]["loss"] < 0.5
+    assert "80 of 80 prompt + response texts exceed reward.max_length=32" in capsys.readouterr().out
+
+
+def test_a_pair_whose_response_cannot_fit_is_an_error_before_the_run_starts(tmp_path, tiny_bert_dir):
+    long_review = " and ".join(["the movie was great"] * 12) + "."
+    source = write_pairs(tmp_path / "pairs.jsonl", "review:", {6: long_review})
+    cfg = pairs_config(tmp_path, tiny_bert_dir, source)
+    with pytest.raises(RlhfLabError) as info:
+        run_stage("reward", cfg, progress=False)
+    message = str(info.value)
+    assert message.startswith("The chosen response of the pair at line 7 of ")
+    assert "reward.max_length=32" in message and "Raise reward.max_length to at least" in message
+    assert not (tmp_path / "runs" / "tiny" / "reward").exists()
+
+
+def test_a_pure_python_tokenizer_follows_the_same_rule():
+    from transformers import CanineTokenizer  # character-level, needs no vocabulary file
+
+    tokenizer = CanineTokenizer()
+    assert not tokenizer.is_fast
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    rows, cut = prompt_response_ids(["abcdef", "x"], ["good", "ok"], tokenizer, 8)
+    assert rows == [[cls, *map(ord, "f good"), sep], [cls, *map(ord, "x ok"), sep]] and cut == 1
+    with pytest.raises(RlhfLabError, match="row 1 is 10 tokens long"):
+        prompt_response_ids(["abc"], ["goodness"], tokenizer, 8)
+
+
+def test_labelled_answers_to_long_prompts_train_on_the_answers(tmp_path, tiny_bert_dir):
+    """A labels file with a prompt column (what `label export` writes): long prompts give way, the
+    judged answers are read whole, so the labels stay learnable."""
+    from rlhflab.io import read_json
+
+    long_prompt = " ".join(["the cinema was dark and the seats were old"] * 30)
+    path = tmp_path / "labels.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:
+        for text, label in synthetic_reviews(30):
+            handle.write(json.dumps({"prompt": long_prompt, "text": text, "label": label}) + "\n")
+    cfg = Config(runtime=FP32, name="tiny", seed=0, runs_dir=str(tmp_path / "runs"),
+                 data=DataConfig(source=str(path), per_class=30),
+                 reward=RewardConfig(model=str(tiny_bert_dir), trainable="all", max_length=48, epochs=20, batch_size=8,
+                                     learning_rate=3e-3, warmup_ratio=0.0, eval_batch_size=16, early_stopping_patience=20))
+    summary = read_json(run_stage("reward", cfg, progress=False).summary_path)
+    assert summary["metrics"]["train"]["accuracy"] >= 0.9
+
