@@ -34,11 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES.values():
         _add_run_arguments(commands.add_parser(
             stage.name, help=stage.doc, description=f"{stage.doc[:1].upper()}{stage.doc[1:]}. Its settings are the "
-            f"{stage.name}.* section of the config: `rlhflab config` prints them all, resolved."))
-    pipeline = commands.add_parser("pipeline", help="SFT -> reward -> PPO -> evaluate -> report, skipping stages that are up to date")
+            f"{stage.section}.* section of the config: `rlhflab config` prints them all, resolved."))
+    pipeline = commands.add_parser("pipeline", help="the config's stages (SFT -> reward -> PPO -> evaluate by default), then "
+                                   "the report, skipping stages that are up to date")
     pipeline.add_argument("--config", help="YAML preset (see configs/); defaults apply when omitted")
     pipeline.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. ppo.steps=40")
-    pipeline.add_argument("--force", metavar="STAGE", help="rerun from this stage on (sft, reward, ppo, evaluate, report)")
+    pipeline.add_argument("--force", metavar="STAGE", help=f"rerun from this stage on ({', '.join((*STAGES, 'report'))})")
     pipeline.add_argument("--no-progress", action="store_true", help="no progress bars")
     sweep = commands.add_parser(
         "sweep", help="a grid of overrides (key=a,b,c), one pipeline run per point, shared stages trained once; then compare",

@@ -23,9 +23,7 @@ import yaml
 
 from rlhflab.algorithms.recipes import ALGORITHM_NAMES, get_recipe
 from rlhflab.errors import RlhfLabError
-
-# Every stage, in the order a pipeline runs them (rlhflab/stages/registry.py declares each).
-STAGE_NAMES = ("pretrain", "sft", "reward", "ppo", "dpo", "ilql", "evaluate", "overopt")
+from rlhflab.stages.registry import STAGES  # the one list of stages (a declaration: it imports no config)
 
 
 @dataclass(frozen=True)
@@ -531,8 +529,8 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     # The pipeline's stages, in order; the default is the IMDB pipeline. A model setting may
     # name an earlier stage of this run as "run:<stage>" (e.g. reward.model: run:pretrain).
-    stages: list[Literal[STAGE_NAMES]] = field(
-        default_factory=lambda: ["sft", "reward", "ppo", "evaluate"])
+    # Each is a name in rlhflab/stages/registry.py (check_config refuses any other).
+    stages: list[str] = field(default_factory=lambda: ["sft", "reward", "ppo", "evaluate"])
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SftConfig = field(default_factory=SftConfig)
@@ -921,8 +919,8 @@ def resolve_run_references(cfg: Config) -> Config:
         if not value.startswith(RUN_REFERENCE):
             return value
         stage, _, beta = value[len(RUN_REFERENCE):].partition("@")  # run:ilql@beta=2 keeps its β
-        if stage not in STAGE_NAMES:
-            raise RlhfLabError(f"{value!r} names no stage; use one of {', '.join('run:' + s for s in STAGE_NAMES)}.")
+        if stage not in STAGES:
+            raise RlhfLabError(f"{value!r} names no stage; use one of {', '.join('run:' + s for s in STAGES)}.")
         return str(Path(cfg.runs_dir) / cfg.name / stage) + (f"@{beta}" if beta else "")
 
     return map_strings(cfg, resolve)
@@ -993,6 +991,9 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
     if not cfg.stages:
         raise RlhfLabError("stages is empty: a pipeline needs at least one stage. Leave it out for the default "
                            "([sft, reward, ppo, evaluate]) or name some, e.g. stages=[sft, reward].")
+    for i, stage in enumerate(cfg.stages):  # the registry's names, read now (a test may register a stage)
+        if stage not in STAGES:
+            raise RlhfLabError(f"stages[{i}]: must be one of {', '.join(map(repr, STAGES))}; got {_show(stage)}.")
     check_data(cfg.data)
     check_pretrain(cfg.pretrain)
     check_training_config(cfg.sft, "sft")

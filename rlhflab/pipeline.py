@@ -1,4 +1,5 @@
-"""`rlhflab pipeline`: SFT -> reward model -> PPO -> evaluation -> report, one config, resumable.
+"""`rlhflab pipeline`: the config's stages in the registry's order (SFT -> reward model -> PPO ->
+evaluation by default), then the report; one config, resumable.
 
 Each stage writes `runs/<name>/<stage>/`. A finished stage whose key is unchanged (the same
 settings, the same data bytes, the same upstream runs: rlhflab/stages/registry.py) is skipped;
@@ -20,9 +21,6 @@ from rlhflab.interrupt import stop_at_once, stop_with_parent
 from rlhflab.io import RunDir, read_json
 from rlhflab.stages.common import one_writer, run_stage
 from rlhflab.stages.registry import STAGES, stage_key
-
-ALL = (*STAGES, "report")
-
 
 def _stored_key(folder: Path) -> str | None:
     try:
@@ -59,8 +57,8 @@ def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: C
     (and tells the others), prints, and builds the report."""
     from rlhflab.engine.runtime import Runtime
 
-    if force is not None and force not in ALL:
-        raise RlhfLabError(f"--force takes one of {', '.join(ALL)}; got {force!r}.")
+    if force is not None and force not in (*STAGES, "report"):
+        raise RlhfLabError(f"--force takes one of {', '.join((*STAGES, 'report'))}; got {force!r}.")
     if only is not None and set(only) - set(STAGES):
         raise RlhfLabError(f"Unknown stages {', '.join(sorted(set(only) - set(STAGES)))}; stages are {', '.join(STAGES)}.")
     root = Path(cfg.runs_dir) / cfg.name
@@ -117,45 +115,10 @@ def headline(stage: str, summary: dict) -> str:
     from rlhflab.data import describe_dropped
 
     try:
-        line = _numbers(stage, summary)
+        line = STAGES[stage].line(summary)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, StopIteration):
         return "(its summary.json is not one rlhflab wrote; `rlhflab report` shows what it holds)"
     return f"{line}; data: {describe_dropped(summary['left_out'])}" if summary.get("left_out") else line
-
-
-def _numbers(stage: str, summary: dict) -> str:
-    if stage == "pretrain":
-        base = summary["baselines"]
-        return (f"validation perplexity {summary['after']['validation']['perplexity']:.1f} "
-                f"(bigram {base['bigram']:.1f}, unigram {base['unigram']:.1f})")
-    if stage == "sft":
-        before = summary.get("before", {}).get("validation", {}).get("perplexity")
-        after = summary["after"].get("validation", summary["after"].get("train", {})).get("perplexity")
-        return f"validation perplexity {before:.1f} -> {after:.1f}" if before else f"validation perplexity {after:.1f}"
-    if stage == "reward":
-        metrics = summary["metrics"]
-        split = "test" if "test" in metrics else next(iter(metrics))
-        key = "pairwise_accuracy" if summary.get("objective") == "pairs" else "accuracy"
-        return f"{split} accuracy {metrics[split][key]:.3f}"
-    if stage in ("ppo", "dpo", "ilql"):  # the held-out prompts at the start and the end (ILQL's at its default beta)
-        start, end = summary["start"], summary["end"]
-        key = next((k for k in ("positive_probability", "score") if k in start), None)
-        parts = [f"{'P(positive)' if key == 'positive_probability' else 'score'} {start[key]:.3f} -> {end[key]:.3f}"] if key else []
-        parts.append(f"KL {end['kl']:.2f}")
-        parts[0] += f" at beta {summary['beta']:g}" if stage == "ilql" else ""
-        validation = summary["after"].get("validation") if stage == "dpo" else None
-        return ", ".join(parts + ([f"validation pair accuracy {validation['pair_accuracy']:.3f}"] if validation else []))
-    if stage == "evaluate":
-        parts = []
-        for name, model in summary["models"].items():
-            prob = model.get("positive_probability")
-            value = f"P(positive) {prob['mean']:.3f}" if prob else f"score {model['score']['mean']:.3f}"
-            parts.append(f"{name} {value}")
-        return ", ".join(parts)
-    if stage == "overopt":
-        verdict = summary["verdict"]
-        return f"onset at {verdict['onset']} (KL {verdict['kl']:.2f}): {verdict['reason']}" if verdict["onset"] else verdict["reason"]
-    return ""
 
 
 def _duration(seconds: float) -> str:

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePath
 from typing import Any
 
+from rlhflab.config import Config
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval import plots
 from rlhflab.eval.document import (
@@ -54,15 +55,11 @@ from rlhflab.eval.run_files import (
     writable_folder,
 )
 from rlhflab.io import atomic_write_text
+from rlhflab.stages.registry import STAGES  # each stage's title, overview rows and section
 
-STAGES = ("pretrain", "sft", "reward", "ppo", "dpo", "ilql", "evaluate", "overopt")  # the order of rlhflab/stages/registry.py
-STAGE_TITLES = {"pretrain": "Pretraining", "sft": "Supervised fine-tuning", "reward": "Reward model",
-                "ppo": "RL training", "dpo": "Direct preference optimisation", "ilql": "Offline RL (ILQL)",
-                "evaluate": "Evaluation", "overopt": "Over-optimisation study"}
 SPLITS = ("train", "validation", "test")
 SAMPLES_PER_SENTIMENT = 3
 SAMPLE_CHARS = 400  # responses longer than this are cut in the side-by-side tables
-FIGURE_PREFIXES = ("pretrain_", "sft_", "reward_", "ppo_", "dpo_", "ilql_", "eval_", "overopt_")
 HELD_OUT = {"score": "reward (score)", "positive_probability": "P(positive)", "kl": "KL to the starting model (nats / response)"}
 
 
@@ -205,7 +202,8 @@ class Figures:
         """Delete figures an earlier build drew that this one did not (a stage since removed);
         only names this module writes, in case --out points at a folder holding other PNGs."""
         for old in self.folder.glob("*.png"):
-            if old.name.startswith(FIGURE_PREFIXES) and old.resolve() not in self.written:
+            if old.name.startswith(tuple(stage.figure_prefix for stage in STAGES.values())) and \
+                    old.resolve() not in self.written:
                 old.unlink(missing_ok=True)
 
 
@@ -240,7 +238,7 @@ def _facts(pairs: list[tuple[str, Any]]) -> Table:
 
 def pretrain_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     """Pretraining: loss and perplexity beside n-gram baselines, per-epoch table, curves, samples."""
-    blocks: list[Block] = [Heading(STAGE_TITLES["pretrain"], anchor="pretrain")]
+    blocks: list[Block] = [Heading(STAGES["pretrain"].title, anchor="pretrain")]
     curves = lambda caption: figures.draw(plots.sft_curves, "pretrain_loss", stage.rows, caption=caption)
     if not stage.done:
         blocks += _not_run(stage, run_root)
@@ -287,7 +285,7 @@ def pretrain_section(stage: Stage, run_root: Path, figures: Figures) -> list[Blo
 
 
 def sft_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
-    blocks: list[Block] = [Heading(STAGE_TITLES["sft"], anchor="sft")]
+    blocks: list[Block] = [Heading(STAGES["sft"].title, anchor="sft")]
     if not stage.done:
         blocks += _not_run(stage, run_root)
         if stage.rows:
@@ -335,7 +333,7 @@ def _confusion(summary: dict) -> tuple[str, list[list[int]]] | None:
 
 
 def reward_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
-    blocks: list[Block] = [Heading(STAGE_TITLES["reward"], anchor="reward")]
+    blocks: list[Block] = [Heading(STAGES["reward"].title, anchor="reward")]
     loss_figure = lambda caption: figures.draw(plots.loss_curves, "reward_loss", stage.rows, title="Reward model loss",
                                                caption=caption)
     if not stage.done:
@@ -441,7 +439,7 @@ def _samples_table(rows: list[dict]) -> Table:
 def _tuning_section(stage: Stage, run_root: Path, curves, body) -> list[Block]:
     """The section of a stage that tunes the policy: its heading, then body(stage, curves) when it
     finished, else how to finish it and its training curves so far. `curves(caption)` draws them."""
-    blocks: list[Block] = [Heading(STAGE_TITLES[stage.name], anchor=stage.name)]
+    blocks: list[Block] = [Heading(STAGES[stage.name].title, anchor=stage.name)]
     if not stage.done:
         return blocks + _not_run(stage, run_root) + ([curves("Training curves so far.")] if stage.rows else [])
     return blocks + body(stage, curves)
@@ -449,7 +447,7 @@ def _tuning_section(stage: Stage, run_root: Path, curves, body) -> list[Block]:
 
 def _panel_curves(stage: Stage, figures: Figures, panels: tuple):
     return lambda caption: figures.draw(plots.metric_panels, f"{stage.name}_training", stage.rows, panels=panels,
-                                        title=STAGE_TITLES[stage.name], caption=caption)
+                                        title=STAGES[stage.name].title, caption=caption)
 
 
 def _run_facts(s: dict) -> list[tuple[str, Any]]:
@@ -656,7 +654,7 @@ def _eval_metric_table(models: dict[str, dict]) -> Table:
 
 
 def evaluate_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
-    blocks: list[Block] = [Heading(STAGE_TITLES["evaluate"], anchor="evaluate")]
+    blocks: list[Block] = [Heading(STAGES["evaluate"].title, anchor="evaluate")]
     if not stage.done:
         return blocks + _not_run(stage, run_root)
     s = stage.summary
@@ -774,7 +772,7 @@ def evaluation_figures(samples: list[dict], summary: dict, out: Path) -> list[Pa
 
 def overopt_section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     """The over-optimisation study with Gao et al.'s proxy-versus-gold view."""
-    blocks: list[Block] = [Heading(STAGE_TITLES["overopt"], anchor="overopt")]
+    blocks: list[Block] = [Heading(STAGES["overopt"].title, anchor="overopt")]
     if not stage.done:
         return blocks + _not_run(stage, run_root)
     s = stage.summary
@@ -1010,19 +1008,19 @@ def configs_section(stages: dict[str, Stage]) -> list[Block]:
     return blocks + unused + [Preformatted(s.config, summary=f"{s.name}/config.yaml", language="yaml") for s in found]
 
 
-def _sft_headline(sft: dict, name: str) -> list[list[str]]:
+def sft_rows(sft: dict, name: str) -> list[list[str]]:
     before = (sft.get("before") or {}).get("validation", {})
     after = (sft.get("after") or {}).get("validation", {})
     return [["SFT", "validation perplexity", _num(before.get("perplexity")), _num(after.get("perplexity"))]] if after else []
 
 
-def _reward_headline(reward: dict, name: str) -> list[list[str]]:
+def reward_rows(reward: dict, name: str) -> list[list[str]]:
     test = (reward.get("metrics") or {}).get("test") or {}
     key = "pairwise_accuracy" if reward.get("objective") == "pairs" else "accuracy"
     return [["reward model", f"test {key.replace('_', ' ')}", "-", _num(test[key])]] if key in test else []
 
 
-def _tuned_headline(tuned: dict, name: str) -> list[list[str]]:
+def tuned_rows(tuned: dict, name: str) -> list[list[str]]:
     start, end = tuned.get("start") or {}, tuned.get("end") or {}
     title = _algorithm(tuned) + (f" at β = {_beta(tuned.get('beta'))}" if name == "ilql" else "")
     return [[title, label, _num(start.get(key)), _num(end[key])] for key, label in
@@ -1030,7 +1028,7 @@ def _tuned_headline(tuned: dict, name: str) -> list[list[str]]:
              ("kl", "KL to the starting model")) if key in end]
 
 
-def _evaluate_headline(ev: dict, name: str) -> list[list[str]]:
+def evaluate_rows(ev: dict, name: str) -> list[list[str]]:
     rows = []
     models = ev.get("models") or {}
     names = list(models)
@@ -1052,25 +1050,21 @@ def _evaluate_headline(ev: dict, name: str) -> list[list[str]]:
     return rows
 
 
-def _overopt_headline(study: dict, name: str) -> list[list[str]]:
+def overopt_rows(study: dict, name: str) -> list[list[str]]:
     verdict = study.get("verdict") or {}
     onset = f"{verdict['onset']} (KL {_num(verdict.get('kl'), 2)})" if verdict.get("onset") else \
         f"none up to KL {_num(verdict.get('max_kl'), 2)}"
     return [["over-optimisation", "onset (the rule is in its section)", "-", onset]]
 
 
-HEADLINES = {"sft": _sft_headline, "reward": _reward_headline, "ppo": _tuned_headline, "dpo": _tuned_headline,
-             "ilql": _tuned_headline, "evaluate": _evaluate_headline, "overopt": _overopt_headline}
-
-
 def _headline(stages: dict[str, Stage]) -> list[list[str]]:
     """[stage, metric, before, after] rows: the numbers a reader looks for first. A summary whose
     values have other types than these read gives no rows; its own section says why."""
     rows = []
-    for name, headline in HEADLINES.items():
+    for name, declared in STAGES.items():
         if stages[name].summary:
             try:
-                rows += headline(stages[name].summary, name)
+                rows += declared.rows(stages[name].summary, name)
             except SHAPE_ERRORS:
                 if debug():
                     raise
@@ -1091,7 +1085,7 @@ def overview_section(run_root: Path, stages: dict[str, Stage]) -> list[Block]:
         else:
             status = ("left out (see its section)" if stage.problems else "incomplete") if stage.exists else "not run"
             seconds = None
-        rows.append([STAGE_TITLES[name], status, _seconds(seconds), str(stage.path)])
+        rows.append([STAGES[name].title, status, _seconds(seconds), str(stage.path)])
     rows.append(["total", "", _seconds(total), ""])
     blocks.append(Table(["stage", "status", "wall time", "folder"], rows, numeric=False,
                         caption="Wall time: the seconds field of each stage's summary.json."))
@@ -1118,7 +1112,7 @@ def pipeline_stages(stages: dict[str, Stage]) -> list[str]:
         if isinstance(listed, list) and listed:
             break
         listed = None  # none, or not a list of stage names
-    listed = listed or ["sft", "reward", "ppo", "evaluate"]
+    listed = listed or Config().stages  # a run from before stages was a setting: the default pipeline
     return [name for name in STAGES if name in listed or stages[name].exists]
 
 
@@ -1181,7 +1175,7 @@ def _section(build, stage: Stage, run_root: Path, figures: Figures) -> list[Bloc
         stage.problems.append(f"{stage.path / 'summary.json'} (or metrics.jsonl, samples.jsonl, config.yaml beside it) "
                               f"does not have the shape this report reads ({first_line(exc)}), so its section is left out.")
         stage.summary = None
-        blocks = [Heading(STAGE_TITLES[stage.name], anchor=stage.name)]
+        blocks = [Heading(STAGES[stage.name].title, anchor=stage.name)]
     return blocks[:1] + _problems(stage) + blocks[1:]
 
 
@@ -1204,9 +1198,7 @@ def build_report(run_root: Path, out_dir: Path | None = None) -> tuple[Path, Pat
     figures = Figures(out_dir / "figures")
 
     doc = Document(f"rlhflab report: {run_root.name}")
-    sections = {"pretrain": pretrain_section, "sft": sft_section, "reward": reward_section, "ppo": ppo_section,
-                "dpo": dpo_section, "ilql": ilql_section, "evaluate": evaluate_section, "overopt": overopt_section}
-    built = [_section(sections[name], stages[name], run_root, figures) for name in pipeline_stages(stages)]
+    built = [_section(STAGES[name].report, stages[name], run_root, figures) for name in pipeline_stages(stages)]
     doc.add(*overview_section(run_root, stages))  # after the sections: a section left out is not "done"
     for blocks in built:
         doc.add(*blocks)

@@ -1,4 +1,14 @@
-"""The stages of a run, declared once: the CLI, the pipeline and the staleness check read this list.
+"""The stages of a run, declared once: the config, the CLI, the pipeline, the staleness check and
+the report read this list, and nothing else names the stages.
+
+Each entry says what a stage is (its name, config section and what it does), what it reads
+(the config values its output depends on, and this run's earlier stages it reads by default)
+and how it is shown (its title, its one line after it runs, its rows in the report's overview
+and its report section). Adding a stage is its module plus one entry here.
+
+The entry's functions are named by "module:function" and imported on first call
+(`late`), so this module stays a declaration: rlhflab.config and the CLI import it without
+torch or matplotlib, and nothing it names imports back into it at import time.
 
 A stage's key (`stage_key`) hashes the config values it reads and the fingerprints of every
 local file, folder or earlier run they name (rlhflab/fingerprint.py), including the runs it
@@ -12,28 +22,76 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from rlhflab.config import Config, to_dict
 from rlhflab.fingerprint import digest, fingerprint, references
+
+if TYPE_CHECKING:
+    from rlhflab.config import Config
+
+
+def late(target: str) -> Callable[..., Any]:
+    """The function `target` ("package.module:function"), imported when first called: a stage's
+    report section lives beside the report, its training code beside torch, and neither is
+    imported to declare the stage."""
+    module, _, name = target.partition(":")
+
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = target
+    return call
+
+
+def _no_rows(summary: dict, name: str) -> list[list[str]]:
+    return []
 
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage of the pipeline.
+
+    name: its command (`rlhflab <name>`), its folder (runs/<run>/<name>) and its key here.
+    section: the config section holding its settings (`<section>.*`).
+    inputs: the config keys its output depends on ("ppo.max_new_tokens" picks one field).
+    reads: this run's stages it reads when no source is configured (its upstream stages).
+    doc: what it does, one line (its `--help`).
+    title: its heading in the report and its row in the report's overview.
+    line: summary.json -> the pipeline's one line of numbers once it is done.
+    report: (report Stage, run folder, Figures) -> its section's blocks (rlhflab/eval/report.py).
+    rows: (summary.json, name) -> [stage, metric, before, after] rows of the report's headline table.
+    tuned: it tunes the policy (evaluation compares it with the model it started from).
+    runner: the module with run(cfg, runtime=, resume=, overwrite=, progress=) -> RunDir and
+        format_summary(summary) -> str; rlhflab.stages.<name> unless given.
+    figures: the prefix of the report figures its section draws (stale ones are deleted by it).
+    """
+
     name: str
-    inputs: tuple[str, ...]  # config keys its output depends on ("ppo.max_new_tokens" picks one field)
-    reads: Callable[[Config], list[str]]  # this run's stages it reads when no source is configured
+    section: str
+    inputs: tuple[str, ...]
+    reads: Callable[[Config], list[str]]
     doc: str
+    title: str
+    line: Callable[[dict], str]
+    report: Callable[..., list]
+    rows: Callable[[dict, str], list[list[str]]] = _no_rows
+    tuned: bool = False
+    runner: str = ""
+    figures: str = ""
 
     @property
     def module(self):
-        """rlhflab.stages.<name>: run(cfg, resume=, overwrite=, progress=) -> RunDir, format_summary(summary)."""
-        return importlib.import_module(f"rlhflab.stages.{self.name}")
+        """The stage's module: run(cfg, resume=, overwrite=, progress=) -> RunDir, format_summary(summary)."""
+        return importlib.import_module(self.runner or f"rlhflab.stages.{self.name}")
+
+    @property
+    def figure_prefix(self) -> str:
+        return self.figures or f"{self.name}_"
 
 
 def policy_stage(cfg: Config) -> str:
     """The stage whose model RL starts from (and evaluation compares against) by default:
-    sft, or pretrain in a pipeline without SFT (the Shakespeare preset)."""
+    sft, or pretrain in a pipeline without SFT (seed 004)."""
     return "pretrain" if "sft" not in cfg.stages and "pretrain" in cfg.stages else "sft"
 
 
@@ -45,7 +103,7 @@ def _tuning_reads(section: str) -> Callable[[Config], list[str]]:
 
 def tuned_stages(cfg: Config) -> list[str]:
     """The stages of this run that tune the policy (evaluation compares them with their start)."""
-    return [name for name in ("ppo", "dpo", "ilql") if name in cfg.stages] or ["ppo"]
+    return [name for name, stage in STAGES.items() if stage.tuned and name in cfg.stages] or ["ppo"]
 
 
 def _evaluate_reads(cfg: Config) -> list[str]:
@@ -57,22 +115,43 @@ def _overopt_reads(cfg: Config) -> list[str]:
     return [*(["ppo"] if cfg.overopt.run is None else []), *(["reward"] if cfg.reward_fn.source is None else [])]
 
 
+def _nothing(cfg: Config) -> list[str]:
+    return []
+
+
+LINES, REPORT = "rlhflab.eval.stage_lines", "rlhflab.eval.report"
+
+# In the order a pipeline runs them.
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("pretrain", ("seed", "runtime", "pretrain"), lambda cfg: [],
-          "train a small causal LM from scratch on a corpus, with its own tokenizer"),
-    Stage("sft", ("seed", "runtime", "data", "sft"), lambda cfg: [], "supervised fine-tuning of a causal LM on reviews"),
-    Stage("reward", ("seed", "runtime", "data", "reward"), lambda cfg: [], "train a reward model on labelled texts or preference pairs"),
-    Stage("ppo", ("seed", "runtime", "data", "reward_fn", "ppo"), _tuning_reads("ppo"), "PPO against the reward, with a KL penalty to the SFT model"),
-    Stage("dpo", ("seed", "runtime", "data", "reward_fn", "dpo", "ppo.max_new_tokens"),
-          _tuning_reads("dpo"),
-          "direct preference optimisation from preference pairs (a file, or on-policy pairs ranked by the reward)"),
-    Stage("ilql", ("seed", "runtime", "data", "reward_fn", "ilql", "ppo.max_new_tokens"),
-          _tuning_reads("ilql"),
-          "offline RL (implicit language Q-learning) from texts with rewards, e.g. reviews and their labels"),
-    Stage("evaluate", ("seed", "runtime", "data", "reward_fn", "evaluate", "ppo.max_new_tokens"), _evaluate_reads,
-          "generate from SFT and the tuned models (PPO, DPO, ILQL; or any models) on held-out prompts and compare"),
-    Stage("overopt", ("seed", "runtime", "data", "reward_fn", "evaluate", "overopt", "ppo.max_new_tokens"), _overopt_reads,
-          "over-optimisation study: proxy and gold rewards, KL and separator ratio at every RL snapshot"),
+    Stage("pretrain", "pretrain", ("seed", "runtime", "pretrain"), _nothing,
+          "train a small causal LM from scratch on a corpus, with its own tokenizer", "Pretraining",
+          late(f"{LINES}:pretrain"), late(f"{REPORT}:pretrain_section")),
+    Stage("sft", "sft", ("seed", "runtime", "data", "sft"), _nothing, "supervised fine-tuning of a causal LM on reviews",
+          "Supervised fine-tuning", late(f"{LINES}:sft"), late(f"{REPORT}:sft_section"), late(f"{REPORT}:sft_rows")),
+    Stage("reward", "reward", ("seed", "runtime", "data", "reward"), _nothing,
+          "train a reward model on labelled texts or preference pairs", "Reward model",
+          late(f"{LINES}:reward"), late(f"{REPORT}:reward_section"), late(f"{REPORT}:reward_rows")),
+    Stage("ppo", "ppo", ("seed", "runtime", "data", "reward_fn", "ppo"), _tuning_reads("ppo"),
+          "PPO against the reward, with a KL penalty to the SFT model", "RL training",
+          late(f"{LINES}:ppo"), late(f"{REPORT}:ppo_section"), late(f"{REPORT}:tuned_rows"), tuned=True),
+    Stage("dpo", "dpo", ("seed", "runtime", "data", "reward_fn", "dpo", "ppo.max_new_tokens"), _tuning_reads("dpo"),
+          "direct preference optimisation from preference pairs (a file, or on-policy pairs ranked by the reward)",
+          "Direct preference optimisation",
+          late(f"{LINES}:dpo"), late(f"{REPORT}:dpo_section"), late(f"{REPORT}:tuned_rows"), tuned=True),
+    Stage("ilql", "ilql", ("seed", "runtime", "data", "reward_fn", "ilql", "ppo.max_new_tokens"), _tuning_reads("ilql"),
+          "offline RL (implicit language Q-learning) from texts with rewards, e.g. reviews and their labels",
+          "Offline RL (ILQL)",
+          late(f"{LINES}:ilql"), late(f"{REPORT}:ilql_section"), late(f"{REPORT}:tuned_rows"), tuned=True),
+    Stage("evaluate", "evaluate", ("seed", "runtime", "data", "reward_fn", "evaluate", "ppo.max_new_tokens"),
+          _evaluate_reads,
+          "generate from SFT and the tuned models (PPO, DPO, ILQL; or any models) on held-out prompts and compare",
+          "Evaluation", late(f"{LINES}:evaluate"), late(f"{REPORT}:evaluate_section"),
+          late(f"{REPORT}:evaluate_rows"), figures="eval_"),
+    Stage("overopt", "overopt", ("seed", "runtime", "data", "reward_fn", "evaluate", "overopt", "ppo.max_new_tokens"),
+          _overopt_reads,
+          "over-optimisation study: proxy and gold rewards, KL and separator ratio at every RL snapshot",
+          "Over-optimisation study", late(f"{LINES}:overopt"), late(f"{REPORT}:overopt_section"),
+          late(f"{REPORT}:overopt_rows")),
 )}
 
 
@@ -84,6 +163,8 @@ def _pick(tree: dict, key: str):
 
 def stage_key(cfg: Config, name: str) -> dict:
     """{"key": hash, "references": {reference: fingerprint}} of stage `name` under `cfg` as things are now."""
+    from rlhflab.config import to_dict  # at call time: rlhflab.config imports this declaration
+
     stage = STAGES[name]
     tree = to_dict(cfg)
     inputs = {key: _pick(tree, key) for key in stage.inputs}
