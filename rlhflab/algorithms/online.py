@@ -11,6 +11,8 @@ One step reads top to bottom:
 | ppo       | GAE over per-token rewards (Ziegler 2019)    | yes    | the reward (per token) | 1          |
 | grpo      | group-normalised scores (Shao et al. 2024)   | no     | the loss (k3)      | 4              |
 | rloo      | leave-one-out baseline (Ahmadian et al. 2024)| no     | the reward (sequence) | 4           |
+| reinforce_pp | returns normalised over the batch (Hu 2025) | no  | the reward (per token) | 1          |
+| dr_grpo   | r - group mean, loss / max length (Liu 2025) | no     | the loss (k3)      | 4              |
 
 A recipe names a pure estimator in rlhflab/ops and what it reads (`TARGETS` below feeds it);
 the math is there (pure, tested). Statistics that span the batch (whitening, the KL that drives
@@ -32,7 +34,7 @@ from rlhflab.config import PpoConfig
 from rlhflab.engine.runtime import Runtime
 from rlhflab.ops.advantages import kl_penalty_in_loss, sequence_advantages_to_tokens
 from rlhflab.ops.kl import adaptive_kl_update, kl_per_token, per_token_rewards
-from rlhflab.ops.masked import masked_explained_variance, masked_mean, masked_whiten
+from rlhflab.ops.masked import masked_explained_variance, masked_mean, masked_sum_over_max_length, masked_whiten
 from rlhflab.ops.ppo import gae, policy_loss, value_loss
 from rlhflab.rollout import Experience
 
@@ -84,8 +86,16 @@ def sequence_targets(exp, kl, beta, groups, cfg, runtime, estimator: Callable) -
     return Targets(sequence_advantages_to_tokens(advantages, exp.response_mask), None, {})
 
 
+def token_targets(exp, kl, beta, groups, cfg, runtime, estimator: Callable) -> Targets:
+    """REINFORCE++, ...: per-token rewards (the score on the last token, -beta * KL on every token)
+    into per-token advantages, with statistics over every process's tokens; no critic."""
+    rewards, non_score = per_token_rewards(exp.scores, kl, exp.response_mask, beta)
+    advantages = estimator(rewards, exp.response_mask, cfg.gamma, reduce=runtime.sum)
+    return Targets(advantages, None, {"non_score_reward": float(runtime.mean(non_score.sum(), len(non_score)))})
+
+
 # What each kind of estimator reads (Recipe.reads), built from a rollout.
-TARGETS = {"gae": gae_targets, "sequence": sequence_targets}
+TARGETS = {"gae": gae_targets, "sequence": sequence_targets, "tokens": token_targets}
 
 
 def _import(path: str) -> Callable:
@@ -99,7 +109,8 @@ def parts(cfg: PpoConfig) -> Parts:
     recipe = get_recipe(cfg.algorithm)
     return Parts(recipe, cfg.samples_per_prompt, kl_in_loss=cfg.kl_penalty == "loss",
                  targets=partial(TARGETS[recipe.reads], estimator=_import(recipe.estimator)),
-                 aggregate=masked_mean)
+                 aggregate=partial(masked_sum_over_max_length, max_length=cfg.max_new_tokens)
+                 if recipe.loss == "max_length" else masked_mean)
 
 
 class OnlineRL:

@@ -1,7 +1,8 @@
 """The online RL algorithms, one `Recipe` each: the only list of them.
 
 A recipe names its advantage estimator (a pure function in rlhflab/ops), says what that
-estimator reads, and owns the algorithm's defaults (responses per prompt, where beta * KL goes). The config (`ppo.algorithm`'s choices and defaults), the
+estimator reads, and owns the algorithm's defaults (responses per prompt, where beta * KL goes,
+how per-token losses are averaged). The config (`ppo.algorithm`'s choices and defaults), the
 Python API and the RL loop (rlhflab/algorithms/online.py) all read this table, so adding an
 algorithm is one estimator in ops/ and one entry here.
 
@@ -24,16 +25,22 @@ class Recipe:
                 value head's estimates -> GAE; needs the critic
       sequence  one reward per response (score - beta * summed KL) and prompt ids (N,) -> (N,),
                 the same advantage for every token of a response
+      tokens    per-token rewards (as for gae) and the response mask (B, R) -> (B, R), with
+                the all-process reduction for statistics over the whole batch; no critic
+    `loss` is how the per-token clipped losses (and a k3 KL term) become one number: `token_mean`
+    over every real token of the minibatch, or `max_length`: their sum over rows x
+    ppo.max_new_tokens, a constant (ops.masked.masked_sum_over_max_length).
     """
 
     name: str
     estimator: str  # "module:function" of the pure advantage estimator
-    reads: Literal["gae", "sequence"]
+    reads: Literal["gae", "sequence", "tokens"]
     paper: str  # where the estimator comes from
     samples_per_prompt: int = 1  # responses per prompt unless ppo.samples_per_prompt says otherwise
     min_samples_per_prompt: int = 1  # 2 where the baseline compares responses to the same prompt
     kl_penalty: Literal["reward", "loss"] = "reward"  # where beta * KL goes when ppo.kl_penalty is auto
     critic: bool = False  # a value head trained with the clipped value loss
+    loss: Literal["token_mean", "max_length"] = "token_mean"
     aliases: tuple[str, ...] = ()  # other names ppo.algorithm accepts for it
 
 
@@ -43,6 +50,10 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            samples_per_prompt=4, min_samples_per_prompt=2, kl_penalty="loss"),
     Recipe("rloo", "rlhflab.ops.advantages:rloo_advantages", "sequence", "Ahmadian et al. 2024",
            samples_per_prompt=4, min_samples_per_prompt=2),
+    Recipe("reinforce_pp", "rlhflab.ops.advantages:reinforce_pp_advantages", "tokens", "Hu 2025",
+           aliases=("reinforce++",)),
+    Recipe("dr_grpo", "rlhflab.ops.advantages:dr_grpo_advantages", "sequence", "Liu et al. 2025",
+           samples_per_prompt=4, min_samples_per_prompt=2, kl_penalty="loss", loss="max_length"),
 )}
 
 ALIASES: dict[str, str] = {alias: r.name for r in RECIPES.values() for alias in r.aliases}

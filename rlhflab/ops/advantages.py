@@ -1,4 +1,5 @@
-"""Critic-free advantages from groups of samples per prompt (GRPO, Dr. GRPO, RLOO) and GRPO's KL-in-the-loss term."""
+"""Critic-free advantages: from groups of samples per prompt (GRPO, Dr. GRPO, RLOO), or per-token returns
+normalised over the whole batch (REINFORCE++); and GRPO's KL-in-the-loss term."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Callable
 import torch
 
 from rlhflab.ops.kl import kl_per_token
-from rlhflab.ops.masked import masked_mean
+from rlhflab.ops.masked import Reduce, _identity, masked_mean, masked_whiten
+from rlhflab.ops.ppo import gae
 
 
 def _group_index(scores: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -55,6 +57,38 @@ def grpo_advantages(
     # two-pass variance (centre, then square): E[r^2] - E[r]^2 cancels badly for large offsets
     var = _per_group_sum(centred**2, index, n_groups) / (counts - 1).clamp(min=1)  # n = 1: 0 / 1, not 0 / 0
     return centred / (var.sqrt() + eps)
+
+
+def dr_grpo_advantages(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Dr. GRPO's advantage per sample, scores (N,) and int ids groups (N,) -> (N,) fp32.
+
+    A_i = r_i - mean_g: GRPO's group baseline without the division by the group's std
+    (Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective",
+    arXiv:2503.20783: the std term weighs prompts whose answers barely differ far above the
+    rest). The other half of Dr. GRPO, no per-response length normalisation in the loss, is
+    ops.masked.masked_sum_over_max_length. Raises ValueError as grpo_advantages.
+    """
+    return grpo_advantages(scores, groups, scale=False)
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, *,
+                            reduce: Reduce = _identity) -> torch.Tensor:
+    """REINFORCE++ advantages, per-token rewards (B, R) and mask (B, R) -> (B, R) fp32, 0 on padding.
+
+    The return-to-go of each token, normalised over every real token of the global batch
+    (Hu 2025, "REINFORCE++", arXiv:2501.03262):
+        A_t = sum_{i >= t} gamma^(i - t) r_i    (with r_i = score on the last token - beta * KL_i,
+                                                 i.e. A_t = r(x, y) - beta * sum_{i >= t} KL_i at gamma 1)
+        A_t <- (A_t - mean(A)) / std(A)         mean and std over all real tokens of the batch
+    No critic and no per-prompt baseline: the batch mean is the baseline. `rewards` already
+    hold the KL penalty (ops.kl.per_token_rewards); `reduce` sums partial sums over processes
+    so the statistics are the whole batch's (masked_whiten: unbiased variance, eps 1e-8 inside
+    the square root; OpenRLHF's reinforce estimator divides by the biased one). Padding on
+    either side, or a masked gap, is skipped by the return. Inputs are detached.
+    """
+    # GAE with zero values and lambda 1 is the discounted return: delta_t = r_t, A_t = r_t + gamma * A_next
+    returns, _ = gae(rewards, torch.zeros_like(rewards, dtype=torch.float32), mask, gamma, 1.0)
+    return masked_whiten(returns, mask, reduce=reduce)
 
 
 def rloo_advantages(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:

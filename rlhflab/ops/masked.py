@@ -41,6 +41,19 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return total / count.clamp(min=1).to(total.dtype)
 
 
+def masked_sum_over_max_length(x: torch.Tensor, mask: torch.Tensor, max_length: int) -> torch.Tensor:
+    """Sum of x (B, R) over its valid elements divided by B * max_length, a scalar: Dr. GRPO's loss
+    aggregation (Liu et al. 2025, arXiv:2503.20783; TRL's loss_type="dr_grpo").
+
+    The divisor is a constant (rows x the generation limit), never a response's own length nor
+    the batch's token count, so every token weighs the same whatever its response's length and
+    however long the other responses are. Raises ValueError for max_length < 1.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be at least 1 (got {max_length})")
+    return masked_sum(x, mask) / (x.shape[0] * max_length)
+
+
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, reduce: Reduce = _identity) -> torch.Tensor:
     """Variance of all valid elements (one scalar); Bessel-corrected when unbiased and count > 1.
 

@@ -1,5 +1,6 @@
-"""GRPO and RLOO as compositions of the RL stage's parts, on tiny models: they run, log the same
-core metrics as PPO, use no critic, put the KL where their papers do, and learn a toy task."""
+"""GRPO, RLOO, REINFORCE++ and Dr. GRPO as compositions of the RL stage's parts, on tiny models: they
+run, log the same core metrics as PPO, use no critic, put the KL where their papers do, and learn a
+toy task."""
 
 from __future__ import annotations
 
@@ -20,27 +21,32 @@ CORE = {"score_mean", "kl", "beta", "entropy", "clip_fraction", "approx_kl", "po
         "rollout_tokens_per_s", "train_tokens_per_s"}
 
 
-@pytest.mark.parametrize("algorithm, kl_term", [("grpo", "kl_loss"), ("rloo", None), ("ppo", None)])
-def test_each_algorithm_runs_and_logs_the_core_metrics(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, algorithm, kl_term):
+@pytest.mark.parametrize("algorithm, name, samples_per_prompt, kl_penalty", [
+    ("grpo", "grpo", 4, "loss"), ("rloo", "rloo", 4, "reward"), ("ppo", "ppo", 1, "reward"),
+    ("reinforce_pp", "reinforce_pp", 1, "reward"), ("reinforce++", "reinforce_pp", 1, "reward"),
+    ("dr_grpo", "dr_grpo", 4, "loss")])
+def test_each_algorithm_runs_and_logs_the_core_metrics(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, algorithm, name,
+                                                       samples_per_prompt, kl_penalty):
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, algorithm=algorithm, steps=2, batch_size=8,
                       minibatch_size=4, kl_horizon=8)
     run_dir = run_stage("ppo", cfg, progress=False)
     summary = read_json(run_dir.summary_path)
-    assert summary["algorithm"] == algorithm
-    assert summary["samples_per_prompt"] == (1 if algorithm == "ppo" else 4)
-    assert summary["kl_penalty"] == ("loss" if algorithm == "grpo" else "reward")
+    assert summary["algorithm"] == name  # an alias is recorded as its algorithm's own name
+    assert summary["samples_per_prompt"] == samples_per_prompt
+    assert summary["kl_penalty"] == kl_penalty
     train = [r for r in run_dir.read_metrics() if r["split"] == "train"]
     assert len(train) == 2 and CORE <= set(train[0])
-    assert ("value_loss" in train[0]) == (algorithm == "ppo")  # only PPO trains a critic
-    assert (kl_term in train[0]) if kl_term else "kl_loss" not in train[0]
+    assert ("value_loss" in train[0]) == (name == "ppo")  # only PPO trains a critic
+    assert ("kl_loss" in train[0]) == (kl_penalty == "loss")  # the k3 term in the loss, or -beta * KL in the reward
+    assert ("non_score_reward" in train[0]) == (name in ("ppo", "reinforce_pp"))  # a per-token KL penalty in the reward
     samples = [r for r in map(__import__("json").loads, (run_dir.path / "samples.jsonl").read_text().splitlines())]
-    if algorithm != "ppo":  # a step's rows hold each prompt's 4 samples together
+    if samples_per_prompt > 1:  # a step's rows hold each prompt's 4 samples together
         first = [r["prompt"] for r in samples if r["step"] == 1]
         assert first[:4] == [first[0]] * 4
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
-def test_group_baselines_learn_a_toy_task(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, algorithm):
+@pytest.mark.parametrize("algorithm", ["grpo", "rloo", "reinforce_pp", "dr_grpo"])
+def test_critic_free_algorithms_learn_a_toy_task(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, algorithm):
     """The share of 'e' in responses goes up clearly within a few dozen steps (as PPO's test)."""
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, algorithm=algorithm, steps=30, batch_size=32,
                       minibatch_size=16, ppo_epochs=4, learning_rate=3e-3, eval_every=100, adaptive_kl=False, kl_coef=0.01)

@@ -1,4 +1,4 @@
-"""GRPO / Dr. GRPO / RLOO advantages, token broadcast and the k3 KL-in-loss term."""
+"""GRPO / Dr. GRPO / RLOO / REINFORCE++ advantages, token broadcast and the k3 KL-in-loss term."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlhflab.ops.advantages import (
+    dr_grpo_advantages,
     grpo_advantages,
     kl_penalty_in_loss,
+    reinforce_pp_advantages,
     rloo_advantages,
     sequence_advantages_to_tokens,
 )
+from rlhflab.ops.kl import per_token_rewards
 
 from tests.helpers import close
 
@@ -303,3 +306,76 @@ def test_kl_in_loss_is_positive_when_policies_differ(logp, shift):
     assert loss.item() >= 0.0
     if max(abs(s) for s in shift) > 1e-2:
         assert loss.item() > 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Dr. GRPO
+
+
+def test_dr_grpo_hand_values_are_the_group_centred_scores():
+    # group 0: [1, 2, 3], mean 2 -> [-1, 0, 1]; group 1: [10, 10, 10], mean 10 -> [0, 0, 0]
+    assert close(dr_grpo_advantages(SCORES, group_ids(2, 3)), [-1.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+    # no division by the group's std (2 here): [0, 4, 8] keeps its scale, [-4, 0, 4], where GRPO gives [-1, 0, 1]
+    assert close(dr_grpo_advantages(torch.tensor([0.0, 4.0, 8.0]), group_ids(1, 3)), [-4.0, 0.0, 4.0])
+    # unsorted ids, groups of two and one: {0: [1, 3]} mean 2 -> [-1, 1]; {7: [5]} alone -> 0
+    assert close(dr_grpo_advantages(torch.tensor([1.0, 5.0, 3.0]), torch.tensor([0, 7, 0])), [-1.0, 0.0, 1.0])
+
+
+def test_dr_grpo_raises_like_grpo_on_bad_input():
+    with pytest.raises(ValueError, match="integer prompt ids"):
+        dr_grpo_advantages(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# REINFORCE++
+
+# Two responses, the second one token longer (row 0 padded on the right):
+#   row 0 rewards [0, 2, pad]  -> returns (gamma 1) [0 + 2, 2]      = [2, 2]
+#   row 1 rewards [0, 1, -2]   -> returns           [0 + 1 - 2, 1 - 2, -2] = [-1, -1, -2]
+PP_REWARDS = torch.tensor([[0.0, 2.0, 99.0], [0.0, 1.0, -2.0]])
+PP_MASK = torch.tensor([[1, 1, 0], [1, 1, 1]])
+
+
+def test_reinforce_pp_hand_values_returns_normalised_over_the_whole_batch():
+    # five real tokens' returns [2, 2, -1, -1, -2]: mean 0, unbiased variance (4+4+1+1+4)/4 = 3.5
+    s = math.sqrt(3.5 + 1e-8)
+    adv = reinforce_pp_advantages(PP_REWARDS, PP_MASK)
+    assert close(adv, [[2 / s, 2 / s, 0.0], [-1 / s, -1 / s, -2 / s]])
+
+
+def test_reinforce_pp_hand_values_with_a_discount():
+    # gamma 0.5: row 0 [0 + 0.5 * 2, 2] = [1, 2]; row 1 [0 + 0.5 * 0, 1 + 0.5 * -2, -2] = [0, 0, -2]
+    # tokens [1, 2, 0, 0, -2]: mean 0.2, deviations [0.8, 1.8, -0.2, -0.2, -2.2], squares sum 8.8, var 8.8/4 = 2.2
+    s = math.sqrt(2.2 + 1e-8)
+    adv = reinforce_pp_advantages(PP_REWARDS, PP_MASK, gamma=0.5)
+    assert close(adv, [[0.8 / s, 1.8 / s, 0.0], [-0.2 / s, -0.2 / s, -2.2 / s]], atol=1e-5)
+
+
+def test_reinforce_pp_folds_the_per_token_kl_into_the_reward():
+    # scores [3, -1], beta 0.5, KL row 0 [0.4, 0.2], row 1 [0.0, -0.2, 0.6]:
+    #   rewards row 0 [-0.2, -0.1 + 3] -> returns [2.7, 2.9]; the score minus beta * the KL still to come
+    #   rewards row 1 [0, 0.1, -0.3 - 1] -> returns [-1.2, -1.2, -1.3]
+    # tokens [2.7, 2.9, -1.2, -1.2, -1.3]: mean 0.38, deviations [2.32, 2.52, -1.58, -1.58, -1.68]
+    # squares 5.3824 + 6.3504 + 2.4964 + 2.4964 + 2.8224 = 19.548, var 19.548 / 4 = 4.887
+    kl = torch.tensor([[0.4, 0.2, 0.0], [0.0, -0.2, 0.6]])
+    rewards, _ = per_token_rewards(torch.tensor([3.0, -1.0]), kl, PP_MASK, 0.5)
+    s = math.sqrt(4.887 + 1e-8)
+    assert close(reinforce_pp_advantages(rewards, PP_MASK), [[2.32 / s, 2.52 / s, 0.0], [-1.58 / s, -1.58 / s, -1.68 / s]],
+                 atol=1e-5)
+
+
+def test_reinforce_pp_statistics_span_every_process():
+    # Two processes holding the same rollout: reduce doubles each partial sum, so the result is the
+    # one-process result on the rollout twice over (mean the same, variance's Bessel factor 9 vs 4).
+    twice = reinforce_pp_advantages(torch.cat([PP_REWARDS, PP_REWARDS]), torch.cat([PP_MASK, PP_MASK]))
+    assert close(reinforce_pp_advantages(PP_REWARDS, PP_MASK, reduce=lambda x: 2 * x), twice[:2].tolist())
+    assert not close(reinforce_pp_advantages(PP_REWARDS, PP_MASK), twice[:2].tolist())
+
+
+def test_reinforce_pp_ignores_padding_values_and_takes_no_gradient():
+    rewards = PP_REWARDS.clone().requires_grad_(True)
+    garbage = PP_REWARDS.clone()
+    garbage[0, 2] = float("nan")
+    adv = reinforce_pp_advantages(rewards, PP_MASK)
+    assert not adv.requires_grad
+    assert close(reinforce_pp_advantages(garbage, PP_MASK), adv.tolist())

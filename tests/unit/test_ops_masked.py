@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhflab.ops.masked import masked_explained_variance, masked_mean, masked_sum, masked_var, masked_whiten
+from rlhflab.ops.masked import (masked_explained_variance, masked_mean, masked_sum, masked_sum_over_max_length, masked_var,
+                                 masked_whiten)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -160,3 +161,17 @@ def test_explained_variance_of_constant_returns_is_zero():
     result = masked_explained_variance(values, returns, torch.ones(2, 3))
     assert result.item() == 0.0
     assert not math.isnan(result.item())
+
+
+def test_sum_over_max_length_hand_values():
+    # Dr. GRPO's aggregation: real tokens 1 + 2 (row 0) + 4 (row 1) = 7 over 2 rows x max length 4 = 0.875
+    # (the token mean would be 7 / 3); padding, even NaN, counts for nothing
+    x = torch.tensor([[1.0, 2.0, float("nan")], [4.0, 5.0, 6.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    loss = masked_sum_over_max_length(x, mask, max_length=4)
+    assert math.isclose(float(loss.detach()), 0.875)
+    loss.backward()
+    # every real token weighs 1 / (2 x 4), whatever its response's length
+    assert torch.equal(x.grad, torch.tensor([[0.125, 0.125, 0.0], [0.125, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="max_length must be at least 1"):
+        masked_sum_over_max_length(x, mask, max_length=0)

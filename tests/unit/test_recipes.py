@@ -42,3 +42,13 @@ def test_an_alias_resolves_to_its_recipe():
     for alias, name in ALIASES.items():
         assert get_recipe(alias) is RECIPES[name]
         assert resolve_rl(load_config(None, [f"ppo.algorithm={alias}"]).ppo).algorithm == name
+
+
+def test_dr_grpo_sums_its_losses_over_the_generation_limit_and_the_others_average_them():
+    import torch
+
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])  # real tokens 1, 2, 4
+    for name, expected in (("dr_grpo", 7 / (2 * 8)), ("grpo", 7 / 3), ("reinforce_pp", 7 / 3)):
+        cfg = resolve_rl(PpoConfig(algorithm=name, max_new_tokens=8, batch_size=8, minibatch_size=4, kl_horizon=8))
+        assert float(parts(cfg).aggregate(per_token, mask)) == pytest.approx(expected), name
