@@ -91,7 +91,7 @@ class Stage:
 
 def policy_stage(cfg: Config) -> str:
     """The stage whose model RL starts from (and evaluation compares against) by default:
-    sft, or pretrain in a pipeline without SFT (seed 004)."""
+    sft, or pretrain in a pipeline without SFT (the Shakespeare preset)."""
     return "pretrain" if "sft" not in cfg.stages and "pretrain" in cfg.stages else "sft"
 
 
