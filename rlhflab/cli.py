@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES.values():
         _add_run_arguments(commands.add_parser(
             stage.name, help=stage.doc, description=f"{stage.doc[:1].upper()}{stage.doc[1:]}. Its settings are the "
-            f"{stage.section}.* section of the config: `rlhflab config` prints them all, resolved."))
+            f"{stage.config_section}.* section of the config: `rlhflab config` prints them all, resolved."))
     pipeline = commands.add_parser("pipeline", help="the config's stages (SFT -> reward -> PPO -> evaluate by default), then "
                                    "the report, skipping stages that are up to date")
     pipeline.add_argument("--config", help="YAML preset (see configs/); defaults apply when omitted")

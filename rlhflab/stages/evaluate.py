@@ -162,7 +162,7 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
         summary["gold_agreement"] = gold_agreement(models, reference_name)
     if best_of:
         summary["best_of"] = best_of
-    from rlhflab.eval.report import evaluation_figures  # matplotlib only now
+    from rlhflab.eval.sections.evaluate import evaluation_figures  # matplotlib only now
 
     figures = evaluation_figures(rows, summary, run_dir.path / "figures")
     summary["figures"] = {path.stem: str(path.relative_to(run_dir.path.resolve())) for path in figures}

@@ -101,7 +101,7 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
                "judges": calibration, "points": points,
                "verdict": onset(points, gold_drop=ov.gold_drop, separator_drop=ov.separator_drop, diversity_drop=ov.diversity_drop),
                "gold_peak": gold_peak(points)}
-    from rlhflab.eval.report import overopt_figures  # matplotlib only now
+    from rlhflab.eval.sections.overopt import overopt_figures  # matplotlib only now
 
     figures = overopt_figures(points, run_dir.path / "figures")
     summary["figures"] = {path.stem: str(path.relative_to(run_dir.path.resolve())) for path in figures}

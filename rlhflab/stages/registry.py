@@ -4,11 +4,12 @@ the report read this list, and nothing else names the stages.
 Each entry says what a stage is (its name, config section and what it does), what it reads
 (the config values its output depends on, and this run's earlier stages it reads by default)
 and how it is shown (its title, its one line after it runs, its rows in the report's overview
-and its report section). Adding a stage is its module plus one entry here.
+and its report section: rlhflab/eval/sections/<stage>.py). Adding a stage is its modules plus
+one entry here.
 
-The entry's functions are named by "module:function" and imported on first call
-(`late`), so this module stays a declaration: rlhflab.config and the CLI import it without
-torch or matplotlib, and nothing it names imports back into it at import time.
+The entry's functions are named by "module:function" and imported on first call (`late`), so
+this module stays a declaration: rlhflab.config and the CLI import it without torch or
+matplotlib, and nothing it names imports back into it at import time.
 
 A stage's key (`stage_key`) hashes the config values it reads and the fingerprints of every
 local file, folder or earlier run they name (rlhflab/fingerprint.py), including the runs it
@@ -47,19 +48,29 @@ def _no_rows(summary: dict, name: str) -> list[list[str]]:
     return []
 
 
+def shown_by(module: str) -> dict[str, Callable[..., Any]]:
+    """line, report_section and report_rows: the functions line, section and rows of `module`
+    (rlhflab/eval/sections/<stage>.py), imported when first called."""
+    return {"line": late(f"{module}:line"), "report_section": late(f"{module}:section"),
+            "report_rows": late(f"{module}:rows")}
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of the pipeline.
 
     name: its command (`rlhflab <name>`), its folder (runs/<run>/<name>) and its key here.
-    section: the config section holding its settings (`<section>.*`).
+    config_section: the config section holding its settings (`<config_section>.*`).
     inputs: the config keys its output depends on ("ppo.max_new_tokens" picks one field).
     reads: this run's stages it reads when no source is configured (its upstream stages).
     doc: what it does, one line (its `--help`).
     title: its heading in the report and its row in the report's overview.
-    line: summary.json -> the pipeline's one line of numbers once it is done.
-    report: (report Stage, run folder, Figures) -> its section's blocks (rlhflab/eval/report.py).
-    rows: (summary.json, name) -> [stage, metric, before, after] rows of the report's headline table.
+    line: summary.json -> the pipeline's one line of numbers once it is done (a lookup error,
+        e.g. KeyError, for a summary without them).
+    report_section: (report Stage, run folder, Figures) -> its section's blocks.
+    report_rows: (summary.json, name) -> [stage, metric, before, after] rows of the report's
+        headline table.
+    compares: what before and after are in those rows, for the table's caption.
     tuned: it tunes the policy (evaluation compares it with the model it started from).
     runner: the module with run(cfg, runtime=, resume=, overwrite=, progress=) -> RunDir and
         format_summary(summary) -> str; rlhflab.stages.<name> unless given.
@@ -67,14 +78,15 @@ class Stage:
     """
 
     name: str
-    section: str
+    config_section: str
     inputs: tuple[str, ...]
     reads: Callable[[Config], list[str]]
     doc: str
     title: str
     line: Callable[[dict], str]
-    report: Callable[..., list]
-    rows: Callable[[dict, str], list[list[str]]] = _no_rows
+    report_section: Callable[..., list]
+    report_rows: Callable[[dict, str], list[list[str]]] = _no_rows
+    compares: str = ""
     tuned: bool = False
     runner: str = ""
     figures: str = ""
@@ -119,39 +131,36 @@ def _nothing(cfg: Config) -> list[str]:
     return []
 
 
-LINES, REPORT = "rlhflab.eval.stage_lines", "rlhflab.eval.report"
+SHOWN = "rlhflab.eval.sections"
+TUNED = "each tuned policy at its start against its end"
 
 # In the order a pipeline runs them.
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("pretrain", "pretrain", ("seed", "runtime", "pretrain"), _nothing,
           "train a small causal LM from scratch on a corpus, with its own tokenizer", "Pretraining",
-          late(f"{LINES}:pretrain"), late(f"{REPORT}:pretrain_section")),
+          late(f"{SHOWN}.pretrain:line"), late(f"{SHOWN}.pretrain:section")),
     Stage("sft", "sft", ("seed", "runtime", "data", "sft"), _nothing, "supervised fine-tuning of a causal LM on reviews",
-          "Supervised fine-tuning", late(f"{LINES}:sft"), late(f"{REPORT}:sft_section"), late(f"{REPORT}:sft_rows")),
+          "Supervised fine-tuning", **shown_by(f"{SHOWN}.sft"), compares="SFT against the base model"),
     Stage("reward", "reward", ("seed", "runtime", "data", "reward"), _nothing,
-          "train a reward model on labelled texts or preference pairs", "Reward model",
-          late(f"{LINES}:reward"), late(f"{REPORT}:reward_section"), late(f"{REPORT}:reward_rows")),
+          "train a reward model on labelled texts or preference pairs", "Reward model", **shown_by(f"{SHOWN}.reward")),
     Stage("ppo", "ppo", ("seed", "runtime", "data", "reward_fn", "ppo"), _tuning_reads("ppo"),
-          "PPO against the reward, with a KL penalty to the SFT model", "RL training",
-          late(f"{LINES}:ppo"), late(f"{REPORT}:ppo_section"), late(f"{REPORT}:tuned_rows"), tuned=True),
+          "PPO against the reward, with a KL penalty to the SFT model", "RL training", **shown_by(f"{SHOWN}.ppo"),
+          tuned=True, compares=TUNED),
     Stage("dpo", "dpo", ("seed", "runtime", "data", "reward_fn", "dpo", "ppo.max_new_tokens"), _tuning_reads("dpo"),
           "direct preference optimisation from preference pairs (a file, or on-policy pairs ranked by the reward)",
-          "Direct preference optimisation",
-          late(f"{LINES}:dpo"), late(f"{REPORT}:dpo_section"), late(f"{REPORT}:tuned_rows"), tuned=True),
+          "Direct preference optimisation", **shown_by(f"{SHOWN}.dpo"), tuned=True, compares=TUNED),
     Stage("ilql", "ilql", ("seed", "runtime", "data", "reward_fn", "ilql", "ppo.max_new_tokens"), _tuning_reads("ilql"),
           "offline RL (implicit language Q-learning) from texts with rewards, e.g. reviews and their labels",
-          "Offline RL (ILQL)",
-          late(f"{LINES}:ilql"), late(f"{REPORT}:ilql_section"), late(f"{REPORT}:tuned_rows"), tuned=True),
+          "Offline RL (ILQL)", **shown_by(f"{SHOWN}.ilql"), tuned=True, compares=TUNED),
     Stage("evaluate", "evaluate", ("seed", "runtime", "data", "reward_fn", "evaluate", "ppo.max_new_tokens"),
           _evaluate_reads,
           "generate from SFT and the tuned models (PPO, DPO, ILQL; or any models) on held-out prompts and compare",
-          "Evaluation", late(f"{LINES}:evaluate"), late(f"{REPORT}:evaluate_section"),
-          late(f"{REPORT}:evaluate_rows"), figures="eval_"),
+          "Evaluation", **shown_by(f"{SHOWN}.evaluate"), figures="eval_",
+          compares="the evaluated models against the reference"),
     Stage("overopt", "overopt", ("seed", "runtime", "data", "reward_fn", "evaluate", "overopt", "ppo.max_new_tokens"),
           _overopt_reads,
           "over-optimisation study: proxy and gold rewards, KL and separator ratio at every RL snapshot",
-          "Over-optimisation study", late(f"{LINES}:overopt"), late(f"{REPORT}:overopt_section"),
-          late(f"{REPORT}:overopt_rows")),
+          "Over-optimisation study", **shown_by(f"{SHOWN}.overopt")),
 )}
 
 

@@ -1,0 +1,68 @@
+"""The report section and pipeline line of the RL stage (rlhflab/stages/ppo.py: PPO, GRPO, RLOO)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlhflab.eval import plots
+from rlhflab.eval.document import Block, Heading, Table
+from rlhflab.eval.sections.base import Figures, Stage, _facts, _num, _params
+from rlhflab.eval.sections.tuned import (
+    HELD_OUT,
+    _algorithm,
+    _held_out_table,
+    _run_facts,
+    _samples_table,
+    _tuning_section,
+    held_out_parts,
+    tuned_rows,
+)
+
+
+def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
+    curves = lambda caption: figures.draw(plots.training_curves, "ppo_training", stage.rows, caption=caption)
+    return _tuning_section(stage, run_root, curves, _ppo_blocks)
+
+
+def _ppo_blocks(stage: Stage, curves) -> list[Block]:
+    s = stage.summary
+    start, end = s.get("start") or {}, s.get("end") or {}
+    blocks: list[Block] = [_held_out_table(
+        {f"start (step {start.get('step', 0)})": start, f"end (step {end.get('step', s.get('steps', '?'))})": end},
+        caption="Mean reward, probability of positive sentiment and KL to the starting model on the held-out evaluation "
+                f"prompts, before and after {_algorithm(s)}.")]
+    if stage.rows:
+        blocks.append(curves(f"{_algorithm(s)} training: mean reward per step with a rolling mean and the held-out evaluations"
+                             ", KL to the starting model, the KL coefficient β and the clip fraction."))
+    evaluations = s.get("evaluations") or []
+    keys = [k for k in HELD_OUT if k in start or k in end]
+    if len(evaluations) > 2:
+        blocks.append(Table(["step", *(HELD_OUT[k] for k in keys)],
+                            [[str(e.get("step")), *(_num(e.get(k)) for k in keys)] for e in evaluations],
+                            caption="Every held-out evaluation during training."))
+    blocks.append(_facts([
+        ("algorithm", _algorithm(s) + (f", {s['samples_per_prompt']} samples per prompt" if s.get("samples_per_prompt", 1) > 1 else "")),
+        ("KL penalty", {"reward": "-β·KL in the reward", "loss": "β·KL (k3) in the loss"}.get(s.get("kl_penalty", "reward"), "-")),
+        ("processes", s.get("processes", 1)),
+        ("policy (start)", str(s.get("policy", "-"))),
+        ("reward", str(s.get("reward", "-"))),
+        ("reference", str(s.get("reference", "-"))),
+        ("parameters", _params(s.get("parameters"))),
+        ("steps", s.get("steps")),
+        ("final β", _num(s.get("final_beta"), 4)),
+        ("rollout tokens/s", _num(s.get("rollout_tokens_per_s"), 0)),
+        ("train tokens/s", _num(s.get("train_tokens_per_s"), 0)),
+        *_run_facts(s),
+    ]))
+    if stage.samples:
+        last = max(r.get("step", 0) for r in stage.samples)
+        blocks.append(Heading(f"Samples at training step {last}", level=3))
+        blocks.append(_samples_table([r for r in stage.samples if r.get("step", 0) == last]))
+    return blocks
+
+
+def line(summary: dict) -> str:
+    return ", ".join(held_out_parts(summary))
+
+
+rows = tuned_rows  # the tuned stages share their overview rows
