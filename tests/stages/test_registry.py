@@ -4,6 +4,8 @@ report, with nothing else edited."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from rlhflab import pipeline
@@ -51,6 +53,17 @@ def toy(monkeypatch):
     """The toy stage, registered for one test (monkeypatch removes it after)."""
     monkeypatch.setitem(registry.STAGES, "toy", TOY)
     return TOY
+
+
+def test_every_function_a_stage_names_exists():
+    """The registry names its stages' functions as "module:function" (imported when first called):
+    a typo there would otherwise show only when that stage's line or section is first needed."""
+    named = [(stage.name, fn.target) for stage in registry.STAGES.values()
+             for fn in (stage.line, stage.report_section, stage.report_rows) if hasattr(fn, "target")]
+    assert len(named) == 3 * len(registry.STAGES) - 1  # pretrain has no overview rows
+    for name, target in named:
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function, None)), (name, target)
 
 
 def test_without_the_entry_the_toy_stage_is_no_stage():
