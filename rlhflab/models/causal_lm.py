@@ -31,6 +31,7 @@ def load_causal_lm(name: str, *, steering: bool = True, **kwargs: Any):
     """
     from transformers import AutoModelForCausalLM
 
+    from rlhflab.models.attention import use_matmul_attention
     from rlhflab.models.snapshot import is_snapshot, load_snapshot
 
     if not steering:
@@ -46,6 +47,9 @@ def load_causal_lm(name: str, *, steering: bool = True, **kwargs: Any):
         model = load_weights(AutoModelForCausalLM, name, path, config=config, **options, **kwargs)
     except ValueError as exc:
         raise RlhfLabError(f"Could not load model {name}: {_first_line(exc)}") from None
+    # Training and scoring forwards on a CPU attend with two matmuls (sdpa's CPU backward is slow
+    # on short sequences; rlhflab/models/attention.py); decode steps and GPUs keep sdpa.
+    use_matmul_attention(model)
     if steering:
         _steer_if_ilql(model, name, path, beta)
     return model, load_tokenizer(name, path, options)

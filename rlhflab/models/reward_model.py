@@ -66,67 +66,6 @@ def load_reward_backbone(name: str):
     return model, tokenizer
 
 
-# The attention a reward model trains with on a CPU (see `use_matmul_attention`).
-MATMUL_ATTENTION = "rlhflab_matmul"
-# Longer keys go to sdpa: its memory grows with T, the (T, T) scores' with T^2 - at 32 x 256 they
-# held 0.7 GB more (reward stage peak 3.3 GB) for a step about 12 % faster; at 192 keys matmul is
-# 2x faster than sdpa (0.74 against 1.44 s a step).
-MATMUL_MAX_KEYS = 224
-
-
-def matmul_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **_kwargs):
-    """Softmax attention as two matmuls, in the dtype of the scores (bf16 under autocast); sdpa
-    beyond MATMUL_MAX_KEYS keys.
-
-    query, key, value: (batch, heads, T, head_dim); attention_mask: None or bool (batch, 1, T, T),
-    True where a query may attend (transformers' sdpa mask, None when nothing is padded).
-    Returns ((batch, T, heads, head_dim), None), as transformers' attention functions do.
-
-    Why: torch's CPU flash-attention backward runs MiniLM's 32-wide heads at a few percent of
-    the bf16 matmul rate (0.6 of 1.45 s of a 32 x 256 training step on the 2-core host), and
-    transformers' own eager attention adds an fp32 mask, which turns the (batch, heads, T, T)
-    scores and their gradients into fp32."""
-    if key.shape[2] > MATMUL_MAX_KEYS:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **_kwargs)
-    # Scale the (T, head_dim) queries, not the (T, T) scores; mask by adding a constant bias, whose
-    # backward is free (masked_fill's is another pass over the scores' gradient).
-    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query * scale, key.transpose(2, 3))
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            bias = torch.zeros(attention_mask.shape, dtype=scores.dtype, device=scores.device)
-            bias.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
-        else:  # already additive (0 or a large negative number)
-            bias = attention_mask.to(scores.dtype).clamp_min(torch.finfo(scores.dtype).min)
-        scores = scores + bias
-    probs = torch.nn.functional.softmax(scores, dim=-1)
-    probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
-
-
-def use_matmul_attention(model) -> bool:
-    """Switch an encoder whose attention goes through transformers' attention interface (BERT,
-    MiniLM, ...) to `matmul_attention`; returns whether it did. Decoders (any module with
-    `is_causal` set) and models with their own attention code keep theirs. Switch back with `model.set_attn_implementation("sdpa")`
-    before saving, so the saved config names an attention every transformers install has."""
-    from transformers import AttentionInterface, AttentionMaskInterface
-    from transformers.masking_utils import sdpa_mask
-
-    if getattr(model.config, "is_decoder", False) or getattr(model.config, "_attn_implementation", None) != "sdpa":
-        return False
-    if any(getattr(module, "is_causal", False) for module in model.modules()):
-        return False  # causal attention (and grouped key/value heads) stays with sdpa
-    AttentionInterface.register(MATMUL_ATTENTION, matmul_attention)
-    AttentionMaskInterface.register(MATMUL_ATTENTION, sdpa_mask)  # a bool mask, skipped when nothing is padded
-    try:
-        model.set_attn_implementation(MATMUL_ATTENTION)
-    except (ValueError, AttributeError):  # a model class that does not dispatch through the interface
-        return False
-    return True
-
-
 def head_parameters(model):
     """Weights outside the transformer body: the scalar head, plus BERT's pooler that feeds it."""
     prefix = model.base_model_prefix + "."

@@ -28,6 +28,8 @@ each chunk's GEMM beyond that.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 # Rows per chunk: at SmolLM2's 49,152-id vocabulary 512 rows are ~100 MB of fp32 logits per
@@ -44,6 +46,33 @@ def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(kind):
         return torch.get_autocast_dtype(kind)
     return torch.promote_types(hidden.dtype, weight.dtype)
+
+
+class _CastCache:
+    """The last weight cast to a GEMM dtype, kept while that weight is alive and unchanged.
+
+    A PPO update calls token_logprobs once per minibatch with the same frozen LM head (SmolLM2's
+    is tied to the 28 M-entry embedding): casting it to bf16 at every call cost 9 ms each, 74 ms
+    of a 1.8 s update on the 2-core host. A weight that changes in place (an optimizer step on a
+    trainable head) bumps its version counter, which invalidates the entry."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._ref: weakref.ref | None = None
+        self._cast: torch.Tensor | None = None
+
+    def get(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if weight.dtype == dtype:
+            return weight.detach()
+        key = (weight._version, dtype, weight.data_ptr(), weight.shape)
+        if self._ref is None or self._ref() is not weight or self._key != key:
+            self._cast = None  # free the old copy before making the new one
+            self._cast = weight.detach().to(dtype)
+            self._ref, self._key = weakref.ref(weight), key
+        return self._cast
+
+
+_CAST = _CastCache()
 
 
 def _softmax_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -74,7 +103,7 @@ class _TokenLogprobs(torch.autograd.Function):
         lse_all = torch.empty(n, dtype=acc, device=device)
         kept = []
         with torch.autocast(device.type, enabled=False):
-            w = weight.to(dtype)  # one cast per call (autocast re-casts a frozen weight at every call)
+            w = _CAST.get(weight, dtype)  # autocast would re-cast the frozen weight at every call
             for start in range(0, n, chunk_rows):
                 stop = min(start + chunk_rows, n)
                 logits = hidden[start:stop].to(dtype) @ w.T  # (c, V) in the GEMM's dtype
@@ -97,8 +126,9 @@ class _TokenLogprobs(torch.autograd.Function):
                 logprobs[start:stop] = (picked - lse).squeeze(1)
                 if want_entropy:
                     # H = -sum p log p with p = e / total, log p = d - log total:
-                    # H = log total - sum(e * d) / total (a batched dot product, no (c, V) temporary)
-                    dot = torch.bmm(e.unsqueeze(1), d.unsqueeze(2)).view(-1, 1)
+                    # H = log total - sum(e * d) / total (row-wise dot products, no (c, V) temporary;
+                    # 3x faster than the same as a bmm of (c, 1, V) x (c, V, 1))
+                    dot = torch.linalg.vecdot(e, d).unsqueeze(1)
                     entropy[start:stop] = (log_total - dot / total).squeeze(1)
                 del d, e
         ctx.temperature, ctx.dtype, ctx.chunk_rows = temperature, dtype, chunk_rows

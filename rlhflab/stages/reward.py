@@ -26,8 +26,8 @@ from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
 from rlhflab.models.encoding import (EncodedSplit, SplitForward, encode_and_cache, encode_prompt_response, length_grouped_batches,
                                      make_forward, row_lengths)
-from rlhflab.models.reward_model import (RewardMeta, configure_trainable, load_reward_backbone, save_reward_model,
-                                         use_matmul_attention)
+from rlhflab.models.attention import use_matmul_attention
+from rlhflab.models.reward_model import RewardMeta, configure_trainable, load_reward_backbone, save_reward_model
 from rlhflab.ops.reward_loss import bradley_terry_loss, label_loss, normalization
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
 

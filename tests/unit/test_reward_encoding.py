@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhflab.errors import RlhfLabError
 from rlhflab.models.encoding import encode, head_and_tail_ids
-from rlhflab.models.reward_model import MATMUL_ATTENTION, use_matmul_attention
+from rlhflab.models.attention import MATMUL_ATTENTION, use_matmul_attention
 import json
 from rlhflab.config import Config, DataConfig, PairsConfig, RewardConfig, RewardFnConfig
 from rlhflab.data import join_prompt_response
@@ -100,12 +100,12 @@ def test_matmul_attention_gives_sdpa_outputs_and_gradients(tiny_bert_dir, padded
 def test_long_keys_go_to_sdpa(tiny_bert_dir, monkeypatch):
     from transformers.integrations import sdpa_attention
 
-    from rlhflab.models import reward_model
+    from rlhflab.models import attention
 
     calls = []
     real = sdpa_attention.sdpa_attention_forward
     monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", lambda *a, **k: calls.append(a[1].shape[2]) or real(*a, **k))
-    monkeypatch.setattr(reward_model, "MATMUL_MAX_KEYS", 8)
+    monkeypatch.setattr(attention, "MATMUL_MAX_KEYS", 8)
     reference, model = _classifier(tiny_bert_dir), _classifier(tiny_bert_dir)
     assert use_matmul_attention(model)
     for width, sdpa_calls in ((8, 0), (12, model.config.num_hidden_layers)):  # one call a layer
@@ -114,15 +114,6 @@ def test_long_keys_go_to_sdpa(tiny_bert_dir, monkeypatch):
         with torch.no_grad():
             torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
         assert len(calls) == sdpa_calls
-
-
-def test_decoders_keep_their_attention(tiny_llama_dir):
-    from transformers import AutoModelForSequenceClassification as Auto
-
-    model = Auto.from_pretrained(tiny_llama_dir, num_labels=1)
-    before = model.config._attn_implementation
-    assert not use_matmul_attention(model)
-    assert model.config._attn_implementation == before
 
 
 # ---------------------------------------------------------------------------------------------
