@@ -7,16 +7,19 @@ is always read whole.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
 from rlhflab.data.records import join_prompt_response
 from rlhflab.errors import RlhfLabError
-from rlhflab.models.blocks import cache_is_exact, first_trainable_block, lower_hidden, top_forward
+from rlhflab.models.blocks import cache_is_exact, first_trainable_block, from_hidden, lower_hidden, top_forward
+from rlhflab.models.lm_head import next_token_nll
+from rlhflab.ops.lm_loss import token_nll_sum
 
 
 @dataclass
@@ -228,22 +231,31 @@ def cache_lower_blocks(model, first: int, split: EncodedSplit, batch_size: int, 
 
 class SplitForward(torch.nn.Module):
     """Logits (or head outputs) for rows of an EncodedSplit, from the cached frozen-block output
-    when the rows come with one. A Module, so that `accelerator.prepare` (DDP) wraps this forward
-    and synchronises the gradients of the trainable blocks it runs."""
+    when the rows come with one; with `nll`, a causal LM's (next-token NLL sum, token count)
+    instead (`next_token_nll`: no (B, T, V) logits). A Module, so that `accelerator.prepare`
+    (DDP) wraps this forward and synchronises the gradients of the trainable blocks it runs."""
 
-    def __init__(self, model, first: int | None):
+    def __init__(self, model, first: int | None, *, nll: bool = False):
         super().__init__()
-        self.model, self.first = model, first
+        self.model, self.first, self.nll = model, first, nll
 
     def forward(self, input_ids, attention_mask, hidden=None):
+        if self.nll and isinstance(self.model, PreTrainedModel) and self.model.base_model is not self.model:
+            trunk = self.model.base_model  # the decoder without its head: last hidden states
+            with from_hidden(self.model, self.first, hidden) if hidden is not None else nullcontext():
+                states = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            return next_token_nll(self.model, states, input_ids, attention_mask)
         if hidden is not None:
-            return top_forward(self.model, self.first, hidden, input_ids, attention_mask).logits
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = top_forward(self.model, self.first, hidden, input_ids, attention_mask).logits
+        else:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return token_nll_sum(logits, input_ids, attention_mask) if self.nll else logits
 
 
 def make_forward(prepared: torch.nn.Module, autocast, *, trim: bool = False,
                  multiple: int = 1) -> Callable[[EncodedSplit, torch.Tensor], torch.Tensor]:
-    """forward(split, rows) -> logits through `prepared` (a SplitForward, possibly DDP-wrapped).
+    """forward(split, rows) -> logits (or, with `nll`, the NLL sum and token count) through `prepared`
+    (a SplitForward, possibly DDP-wrapped).
 
     trim: cut the rows' columns to the longest of them first, rounded up to a `multiple`
     (`take_rows`), so a batch of short texts does not pay for the split's longest one. The

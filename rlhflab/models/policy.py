@@ -19,6 +19,7 @@ from torch import nn
 
 from rlhflab.models.causal_lm import with_lora
 from rlhflab.ops.ppo import entropy_per_token, logprobs_from_logits
+from rlhflab.models.lm_head import head_weight
 from rlhflab.ops.token_logprobs import token_logprobs
 from rlhflab.models.blocks import (
     cache_is_exact,
@@ -212,17 +213,6 @@ def policy_forward(policy: Policy, input_ids, attention_mask, response_start: in
         hidden = _last_hidden(lm, input_ids, attention_mask, position_ids)
     logprobs, ent = response_logprobs(lm, hidden, input_ids, response_start, temperature, entropy=entropy)
     return ForwardOut(logprobs, ent, policy.value_head(hidden[:, response_start - 1 : -1]))
-
-
-def head_weight(lm: nn.Module) -> torch.Tensor | None:
-    """The LM head's weight (V, H) when the head is exactly `hidden @ weight.T`, else None.
-
-    A head with a bias, a LoRA adapter (target_modules naming lm_head) or hooks is not, and
-    goes through the module instead."""
-    head = lm.get_output_embeddings()
-    if type(head) is nn.Linear and head.bias is None and not head._forward_hooks and not head._forward_pre_hooks:
-        return head.weight
-    return None
 
 
 def response_logprobs(lm: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor, response_start: int,

@@ -24,8 +24,8 @@ def draw_tokens(logits: torch.Tensor, temperature: float = 1.0, block: int = 256
     Inverse-transform sampling: with w = exp(logits / T - max) and u ~ U[0, sum w), token i is
     drawn when w_0 + ... + w_{i-1} <= u < w_0 + ... + w_i: probability exactly softmax(logits/T)_i.
     The search runs in two levels so no full-vocabulary cumulative sum is needed: u picks a
-    block of `block` tokens by the blocks' masses (summed in float64), then a token inside that
-    block by its own float64 cumulative sum. A token of probability 0 (logit -inf, or exp
+    block of `block` tokens by the blocks' masses (each summed in float32, accumulated in float64),
+    then a token inside that block by its own float64 cumulative sum. A token of probability 0 (logit -inf, or exp
     underflow) has an empty interval and is never drawn. Uses torch's default generator: seed it
     with `torch.manual_seed` for repeatable samples. A row whose logits are all -inf has no
     distribution; it yields an arbitrary token.
@@ -36,7 +36,9 @@ def draw_tokens(logits: torch.Tensor, temperature: float = 1.0, block: int = 256
     if vocab % block:
         weights = torch.nn.functional.pad(weights, (0, block - vocab % block))
     blocks = weights.view(rows, -1, block)  # (B, nb, block)
-    mass = blocks.sum(-1, dtype=torch.float64)  # (B, nb)
+    # Each block's 256 weights (each <= 1) sum in fp32 (to ~1e-7 of the block's mass): a float64
+    # sum cast the whole (B, V) first, 9 of a decode step's 85 ms at 64 x 49,152.
+    mass = blocks.sum(-1).double()  # (B, nb)
     ends = mass.cumsum(-1)
     u = torch.rand(rows, 1, dtype=torch.float64, device=weights.device) * ends[:, -1:]
     b = torch.minimum(torch.searchsorted(ends, u, right=True), _last_positive(mass))  # (B, 1)

@@ -14,11 +14,15 @@ def token_nll_sum(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask:
     logits (B, T, V) predict input_ids shifted by one; position t is scored only when both
     t and t+1 are real tokens (mask 1), so padding never counts, whichever token id it uses.
     """
-    targets = input_ids[:, 1:]
-    valid = (attention_mask[:, 1:] * attention_mask[:, :-1]).bool()
+    targets, valid = next_token_targets(input_ids, attention_mask)
     # fp32 log-softmax: bf16 logits lose too much precision for perplexity.
     nll = F.cross_entropy(logits[:, :-1][valid].float(), targets[valid], reduction="sum")
     return nll, int(valid.sum())
+
+
+def next_token_targets(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets (B, T-1) = input_ids shifted left by one; valid (B, T-1) bool: position t and t+1 both real)."""
+    return input_ids[:, 1:], (attention_mask[:, 1:] * attention_mask[:, :-1]).bool()
 
 
 def perplexity(mean_nll: float) -> float:

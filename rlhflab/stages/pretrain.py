@@ -29,7 +29,7 @@ from rlhflab.io import RunDir
 from rlhflab.models.causal_lm import count_parameters
 from rlhflab.models.encoding import EncodedSplit, SplitForward, make_forward
 from rlhflab.models.tokenizers import train_tokenizer
-from rlhflab.ops.lm_loss import perplexity, token_nll_sum
+from rlhflab.ops.lm_loss import perplexity
 from rlhflab.ops.schedules import noam_lambda
 from rlhflab.stages.common import finish_run, open_run_dir
 from rlhflab.stages.sft import evaluate_split, save_model
@@ -52,12 +52,12 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     _, parameters = count_parameters(model)
     data = {name: EncodedSplit(b, torch.ones_like(b)).to(runtime.device) for name, b in blocks.items()}
     optimizer, scheduler = _optimizer(model, pre, len(data["train"]))
-    prepared, optimizer = runtime.accelerator.prepare(SplitForward(model, None), optimizer)
+    prepared, optimizer = runtime.accelerator.prepare(SplitForward(model, None, nll=True), optimizer)
     forward = make_forward(prepared, runtime.autocast)
     train = data["train"]
 
     def loss(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return token_nll_sum(forward(train, rows), train.input_ids[rows], train.attention_mask[rows])
+        return forward(train, rows)  # (NLL sum, tokens): SplitForward(nll=True)
 
     def validate() -> dict:
         result = evaluate_split(forward, data["validation"], pre.eval_batch_size, prepared, runtime)

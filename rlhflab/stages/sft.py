@@ -23,7 +23,7 @@ from rlhflab.io import RunDir, atomic_dir
 from rlhflab.models.blocks import freeze_all_but_blocks, resolve_block_indices, transformer_blocks
 from rlhflab.models.causal_lm import count_parameters, load_causal_lm, refuse_steering, with_lora
 from rlhflab.models.encoding import EncodedSplit, SplitForward, encode_and_cache, make_forward
-from rlhflab.ops.lm_loss import perplexity, token_nll_sum
+from rlhflab.ops.lm_loss import perplexity
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
 
 SPLITS = ("train", "validation", "test")
@@ -66,7 +66,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         batch_size=sft.eval_batch_size, autocast=runtime.autocast, progress=progress and runtime.is_main,
     )
     optimizer, scheduler = make_optimizer(model, sft, len(data["train"]))
-    prepared, optimizer = runtime.accelerator.prepare(SplitForward(model, first), optimizer)
+    prepared, optimizer = runtime.accelerator.prepare(SplitForward(model, first, nll=True), optimizer)
     forward = make_forward(prepared, runtime.autocast)
 
     def evaluate(name: str) -> dict[str, float]:
@@ -76,7 +76,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     train = data["train"]
 
     def loss(rows: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return token_nll_sum(forward(train, rows), train.input_ids[rows], train.attention_mask[rows])
+        return forward(train, rows)  # (NLL sum, tokens): SplitForward(nll=True)
 
     algorithm = Supervised(
         runtime=runtime, model=model, prepared=prepared, optimizer=optimizer, scheduler=scheduler, cfg=sft, seed=cfg.seed,
@@ -107,12 +107,13 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
 
 @torch.no_grad()
 def evaluate_split(forward: Callable, split: EncodedSplit, batch_size: int, model, runtime: Runtime) -> dict[str, float]:
-    """Token-weighted mean loss and perplexity over the whole split (each process scores its share)."""
+    """Token-weighted mean loss and perplexity over the whole split (each process scores its share);
+    `forward` is make_forward over a SplitForward(nll=True): rows -> (NLL sum, tokens)."""
     model.eval()
     total, count = 0.0, 0
     rows = torch.arange(len(split), device=split.input_ids.device)[runtime.rank :: runtime.world_size]
     for idx in rows.split(batch_size):
-        nll, n = token_nll_sum(forward(split, idx), split.input_ids[idx], split.attention_mask[idx])
+        nll, n = forward(split, idx)
         total += float(nll)
         count += n
     total, count = float(runtime.sum(total)), int(runtime.sum(count))
