@@ -21,7 +21,7 @@ from rlhflab.data import balanced_sample, load_reviews
 from rlhflab.malloc import keep_freed_memory
 from rlhflab.models.blocks import first_trainable_block, lower_hidden, top_forward
 from rlhflab.models.causal_lm import load_causal_lm
-from rlhflab.models.encoding import encode
+from rlhflab.models.encoding import SplitForward, encode
 from rlhflab.ops.lm_loss import token_nll_sum
 from rlhflab.engine.runtime import peak_memory_mb
 from rlhflab.stages.sft import configure_trainable
@@ -53,11 +53,11 @@ def main() -> None:
     ids, mask = batch.input_ids, batch.attention_mask
     tokens = int(mask.sum())
 
-    def step(logits_fn, params):
+    def step(loss_fn, params):
         optimizer = torch.optim.SGD(params, lr=0.0)  # lr 0: measure compute, keep weights fixed
 
         def run():
-            nll, n = token_nll_sum(logits_fn(), ids, mask)
+            nll, n = loss_fn()
             (nll / n).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -71,11 +71,14 @@ def main() -> None:
     first = first_trainable_block(model)
     top_params = [p for p in model.parameters() if p.requires_grad]
     hidden = lower_hidden(model, first, ids, mask)
-    paths.append(("train last 2 blocks, full forward", step(lambda: model(input_ids=ids, attention_mask=mask).logits, top_params)))
+    logits_loss = lambda logits: token_nll_sum(logits, ids, mask)  # noqa: E731
+    paths.append(("train last 2 blocks, full forward", step(lambda: logits_loss(model(input_ids=ids, attention_mask=mask).logits), top_params)))
     paths.append(("build frozen cache (once per review)", lambda: lower_hidden(model, first, ids, mask)))
-    paths.append(("train last 2 blocks, cached lower blocks", step(lambda: top_forward(model, first, hidden, ids, mask).logits, top_params)))
+    paths.append(("train last 2 blocks, cached, logits", step(lambda: logits_loss(top_forward(model, first, hidden, ids, mask).logits), top_params)))
+    # What `rlhflab sft` runs: the loss from the hidden states, no (B, T, V) logits (models/lm_head.py)
+    paths.append(("train last 2 blocks, cached (the stage)", step(lambda: SplitForward(model, first, nll=True)(ids, mask, hidden), top_params)))
     all_params = list(model.parameters())
-    paths.append(("train all weights", step(lambda: model(input_ids=ids, attention_mask=mask).logits, all_params)))
+    paths.append(("train all weights", step(lambda: logits_loss(model(input_ids=ids, attention_mask=mask).logits), all_params)))
 
     rows, factors = [], {}
     for name, fn in paths:
