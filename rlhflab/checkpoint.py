@@ -25,7 +25,12 @@ from rlhflab.io import RunDir, atomic_dir
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    """A whole copy of every trainable weight. Under FSDP each is gathered from its shards: a
+    collective, so every process calls it (rlhflab/engine/sharding.py)."""
+    from rlhflab.engine.sharding import settle, whole
+
+    settle()
+    return {name: whole(p.detach()).clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -34,6 +39,9 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     if not isinstance(state, dict):
         raise RlhfLabError("The checkpoint's weights are not a table of tensors, so it is corrupt or not an rlhflab "
                            "checkpoint. Start again with --overwrite.")
+    from rlhflab.engine.sharding import settle, shard_like
+
+    settle()  # under FSDP: write into the shards, not into gathered copies that the next reshard drops
     params = dict(model.named_parameters())
     missing = [name for name in state if name not in params]
     if missing:
@@ -51,7 +59,7 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             )
     with torch.no_grad():
         for name, value in state.items():
-            params[name].copy_(value)
+            params[name].copy_(shard_like(value, params[name]))  # under FSDP: this process's shard of it
 
 
 FORMAT = 2  # 1: pickled RNG objects, loadable only with weights_only=False (unsafe)
@@ -97,17 +105,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler, loop: dict[str, Any], extra: dict[str, Any] | None = None,
-                    kept: str | None = None) -> None:
+                    kept: str | None = None, gathered: dict[str, Any] | None = None) -> None:
     """Write `folder` atomically: a crash mid-save leaves the previous checkpoint intact.
 
     `extra` holds tensors, numbers, strings, lists and dicts only (what a safe load reads back).
     Raises RlhfLabError when the disk fills up, saying what was kept: `kept` (the caller knows
-    which run it belongs to), else whether `folder` holds a previous checkpoint.
+    which run it belongs to), else whether `folder` holds a previous checkpoint. Under FSDP the
+    caller gathers the weights and optimizer state on every process first and passes them as
+    `gathered` ({"model": ..., "optimizer": ...}), since only the main process writes.
     """
+    gathered = gathered or {}
     state = {
         "format": FORMAT,
-        "model": trainable_state(model),
-        "optimizer": optimizer.state_dict(),
+        "model": gathered["model"] if "model" in gathered else trainable_state(model),
+        "optimizer": gathered["optimizer"] if "optimizer" in gathered else optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "rng": rng_state(),
         "extra": extra or {},
@@ -227,8 +238,13 @@ def load_checkpoint(folder: Path, *, model: nn.Module, optimizer, scheduler) -> 
     if any(not isinstance(state.get(key), kind) for key, kind in shapes.items()):
         raise RlhfLabError(corrupt)
     load_trainable_state(model, state["model"])
+    from rlhflab.engine.sharding import is_sharded, load_optimizer_state
+
     try:
-        optimizer.load_state_dict(state["optimizer"])
+        if is_sharded(model):  # under FSDP: each moment back to this process's shard of it
+            load_optimizer_state(optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])

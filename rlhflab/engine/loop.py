@@ -17,8 +17,9 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from rlhflab.checkpoint import kept_after_failure, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from rlhflab.checkpoint import kept_after_failure, load_checkpoint, rng_state, save_checkpoint, set_rng_state, trainable_state
 from rlhflab.engine.runtime import Runtime
+from rlhflab.engine.sharding import is_sharded, whole, whole_optimizer_state
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.interrupt import StopRequest
 from rlhflab.io import RunDir
@@ -148,13 +149,17 @@ def _save(algorithm: Algorithm, runtime: Runtime, run_dir: RunDir, position: dic
         raise RlhfLabError(_diverged(runtime, run_dir, position["step"], saved_step,
                                      "the trainable weights became NaN or infinite", lr))
     rngs = runtime.gather_objects([rng_state()])  # every rank's stream, for a resume under the same ranks
+    gathered, algorithm_state = {}, None
+    if is_sharded(algorithm.module):  # FSDP: whole tensors are gathered by every process, then the main one writes
+        gathered = {"model": trainable_state(algorithm.module), "optimizer": whole_optimizer_state(algorithm.optimizer)}
+        algorithm_state = whole(algorithm.state_dict())
     error = None
     if runtime.is_main:
         try:
             save_checkpoint(run_dir.checkpoint_dir / "latest", model=algorithm.module, optimizer=algorithm.optimizer,
                             scheduler=algorithm.scheduler, loop=position,
-                            extra={"algorithm": algorithm.state_dict(), "rng_by_rank": rngs},
-                            kept=kept_after_failure(run_dir))
+                            extra={"algorithm": algorithm_state or algorithm.state_dict(), "rng_by_rank": rngs},
+                            kept=kept_after_failure(run_dir), gathered=gathered)
         except RlhfLabError as exc:  # a full disk: the other ranks must not wait for the main one forever
             error = str(exc)
             if not runtime.distributed:

@@ -14,6 +14,7 @@ Conventions (nanoGPT's DDP contract, lm-human-preference-details' batch sizes):
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import resource
 import sys
@@ -45,10 +46,40 @@ def _accelerator(device: str):
         # Precision is applied per stage by Runtime.autocast, so a pipeline (or a test session)
         # can mix bf16 and fp32 stages in one process without touching Accelerate's global state.
         _ACCELERATOR = Accelerator(cpu=use_cpu)
+        _fsdp_on_cpu(_ACCELERATOR)
     elif use_cpu != (_ACCELERATOR.device.type == "cpu"):
         raise RlhfLabError(f"runtime.device={device} differs from the device this process already uses "
                            f"({_ACCELERATOR.device}); run the stage in its own process.")
     return _ACCELERATOR
+
+
+def _fsdp_on_cpu(accelerator) -> None:
+    """Run FSDP 2 on the CPU (gloo) when `accelerate launch` was given an FSDP config there.
+
+    Accelerate takes its FSDP path only on accelerators: on a machine without GPUs it falls back
+    to plain DDP over gloo, while transformers, reading the same launch variables
+    (ACCELERATE_USE_FSDP, FSDP_CPU_RAM_EFFICIENT_LOADING), still loads the non-main processes'
+    new weights (a fresh reward head) on the meta device for an FSDP broadcast that never comes:
+    "Cannot copy out of meta tensor" (issue 21). torch's FSDP 2 (`fully_shard`) runs on the CPU
+    with gloo, so the launch config is honoured instead: Accelerate's own FSDP plugin is built
+    from the launch variables and its FSDP 2 preparation (sharding, rank 0's weights broadcast,
+    full state dicts) does the rest. FSDP 1 has no CPU path: RlhfLabError."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables `accelerate launch` set
+    if plugin.fsdp_version != 2:
+        raise RlhfLabError("FSDP on the CPU needs fsdp_version: 2 in the accelerate config (FSDP 1 runs on GPUs only).")
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    state = accelerator.state
+    state.fsdp_plugin = plugin
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 @dataclass
@@ -90,6 +121,21 @@ class Runtime:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def sharded(self) -> bool:
+        """Whether prepared models are sharded across the processes (FSDP), not whole on each (DDP)."""
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.FSDP
+
+    def place(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Move a model that `accelerator.prepare` will take to this process's device.
+
+        Under FSDP, prepare shards it and moves the shards itself; with cpu_ram_efficient_loading
+        the non-main processes' fresh weights are still on the meta device here, waiting for the
+        main process's values, and moving them would raise."""
+        return module if self.sharded else module.to(self.device)
 
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()

@@ -87,11 +87,12 @@ def configure_trainable(model, trainable) -> None:
         param.requires_grad_(True)
 
 
-def save_reward_model(model, tokenizer, meta: RewardMeta, folder: Path) -> None:
+def save_reward_model(model, tokenizer, meta: RewardMeta, folder: Path, state: dict | None = None) -> None:
+    """`state`: the model's whole state dict when it is FSDP-sharded (rlhflab/engine/sharding.py)."""
     import json
 
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)
         (tmp / META_FILE).write_text(json.dumps(asdict(meta), indent=2) + "\n", encoding="utf-8")
 

@@ -18,6 +18,7 @@ from rlhflab.config import Config, check_dpo
 from rlhflab.data import load_pairs, split_pairs
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
+from rlhflab.engine.sharding import refuse_sharded
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.held_out import held_out
 from rlhflab.io import RunDir, write_jsonl
@@ -35,6 +36,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     """DPO from `cfg.dpo.policy` (default: this run's SFT model); write runs/<name>/dpo."""
     dpo = cfg.dpo
     check_dpo(dpo)
+    refuse_sharded(runtime, "dpo")
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=False)
     splits = load_splits(cfg)

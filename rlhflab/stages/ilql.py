@@ -23,6 +23,7 @@ from rlhflab.data.scored import ScoredTexts, load_scored_texts
 from rlhflab.data.splits import split_sizes
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
+from rlhflab.engine.sharding import refuse_sharded
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.held_out import held_out
 from rlhflab.io import RunDir, write_jsonl
@@ -79,6 +80,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     """ILQL from `cfg.ilql.policy` (default: this run's SFT model); write runs/<name>/ilql."""
     il = cfg.ilql
     check_ilql(il)
+    refuse_sharded(runtime, "ilql")
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=False)
     splits = load_splits(cfg, require_labels=il.samples is None)

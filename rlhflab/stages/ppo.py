@@ -21,6 +21,7 @@ from rlhflab.data import make_prompts
 from rlhflab.data.prompts import load_prompts
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
+from rlhflab.engine.sharding import refuse_sharded
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.held_out import score_rows
 from rlhflab.io import RunDir, atomic_dir, write_json
@@ -47,6 +48,7 @@ def stop_token_ids(tokenizer, stop_token: str | None) -> list[int]:
 
 def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
     """RL from `cfg.ppo.policy` (default: this run's SFT model) against `cfg.reward_fn`; write runs/<name>/ppo."""
+    refuse_sharded(runtime, "ppo")
     ppo = resolve_rl(cfg.ppo, runtime.world_size)
     engine_name = resolve_rollout_engine(ppo.rollout_engine, device_type=runtime.device.type, processes=runtime.world_size)
     started = time.perf_counter()

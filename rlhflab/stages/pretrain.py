@@ -22,6 +22,7 @@ from rlhflab.config import Config, PretrainConfig, check_pretrain
 from rlhflab.data.corpus import load_corpus, split_corpus
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, run_facts
+from rlhflab.engine.sharding import refuse_sharded
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.baselines import ngram_perplexities
 from rlhflab.eval.generate import generate
@@ -39,6 +40,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     """Train a causal LM from scratch on `cfg.pretrain.corpus`; write runs/<name>/pretrain."""
     pre = cfg.pretrain
     check_pretrain(pre)
+    refuse_sharded(runtime, "pretrain")
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=False)
     corpus = load_corpus(pre.corpus, text_column=pre.text_column)  # corpus errors before anything is written

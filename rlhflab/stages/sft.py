@@ -18,6 +18,7 @@ from rlhflab.checkpoint import kept_after_failure, out_of_space_is_one_line
 from rlhflab.config import Config, SftConfig, check_training_config
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
+from rlhflab.engine.sharding import whole_state
 from rlhflab.errors import RlhfLabError
 from rlhflab.io import RunDir, atomic_dir
 from rlhflab.models.blocks import freeze_all_but_blocks, resolve_block_indices, transformer_blocks
@@ -56,7 +57,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
 
     model, tokenizer = load_causal_lm(sft.model, steering=False)
     model.config.use_cache = False
-    model = configure_trainable(model, sft).to(runtime.device)
+    model = runtime.place(configure_trainable(model, sft))
     trainable, total = count_parameters(model)
     texts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
     data, first, cache_seconds = encode_and_cache(
@@ -88,8 +89,9 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
                      checkpoint_every=sft.checkpoint_every, resume=resume, progress=progress, desc="sft")
     algorithm.keep_best()
     after = {name: evaluate(name) for name in SPLITS if name in data}
+    state = whole_state(model)  # under FSDP every process gathers the shards; the main one writes
     if runtime.is_main:
-        save_model(model, tokenizer, run_dir)
+        save_model(model, tokenizer, run_dir, state)
     summary = {
         "model": sft.model,
         "trainable": sft.trainable,
@@ -121,14 +123,15 @@ def evaluate_split(forward: Callable, split: EncodedSplit, batch_size: int, mode
     return {"loss": mean, "perplexity": perplexity(mean), "tokens": count}
 
 
-def save_model(model, tokenizer, run_dir: RunDir) -> None:
-    """model/ loads with plain AutoModelForCausalLM: LoRA adapters are merged in first."""
+def save_model(model, tokenizer, run_dir: RunDir, state: dict | None = None) -> None:
+    """model/ loads with plain AutoModelForCausalLM: LoRA adapters are merged in first. `state`: the
+    model's whole state dict when it is FSDP-sharded (rlhflab/engine/sharding.py)."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     with out_of_space_is_one_line("the model", run_dir.model_dir, needed=needed, kept=kept_after_failure(run_dir)):
         with atomic_dir(run_dir.model_dir) as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=state)
             tokenizer.save_pretrained(tmp)
 
 
