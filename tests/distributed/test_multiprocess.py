@@ -26,14 +26,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(out: Path, stage: str, *args: str, processes: int) -> list[dict]:
-    """Run tests/distributed/worker.py on `processes` ranks; returns each rank's report."""
+def run_ranks(out: Path, stage: str, *args: str, processes: int, launch: tuple[str, ...] = ("--config_file", str(DDP))) -> list[dict]:
+    """Run tests/distributed/worker.py on `processes` ranks (`launch`: the accelerate config and
+    options); returns each rank's report."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     worker = ["-m", "tests.distributed.worker", str(out), stage, *args]
     if processes == 1:
         command = [sys.executable, *worker]
     else:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP), "--num_processes",
+        command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes",
                    str(processes), "--main_process_port", str(_free_port()), *worker]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -102,11 +103,11 @@ def test_two_process_ppo_keeps_the_ranks_in_lockstep_writes_once_and_resumes(tmp
     assert resumed[0]["beta"] == straight[0]["beta"]
 
 
-def launch_two(tmp_path: Path, *target: str) -> subprocess.CompletedProcess:
+def launch_two(tmp_path: Path, *target: str, launch: tuple[str, ...] = ("--config_file", str(DDP))) -> subprocess.CompletedProcess:
     """`accelerate launch` of `target` (-m module args, or a script and its args) on two CPU processes,
     stdin closed as in CI."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP), "--num_processes", "2",
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "2",
                "--main_process_port", str(_free_port()), *target]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
                           stdin=subprocess.DEVNULL)

@@ -19,6 +19,7 @@ import torch
 from rlhflab.config import load_config
 from rlhflab.engine import loop
 from rlhflab.engine.runtime import Runtime
+from rlhflab.engine.sharding import whole
 from rlhflab.errors import RunInterrupted
 from rlhflab.stages.common import run_stage
 
@@ -52,8 +53,8 @@ def main(argv: list[str]) -> None:
     algorithm = captured["algorithm"]
     digest = hashlib.sha256()
     for name, param in sorted(algorithm.module.named_parameters()):
-        if param.requires_grad:
-            digest.update(name.encode() + param.detach().float().cpu().numpy().tobytes())
+        if param.requires_grad:  # under FSDP a shard: whole() gathers it (every rank takes part)
+            digest.update(name.encode() + whole(param.detach()).float().cpu().numpy().tobytes())
     state = getattr(algorithm, "state", {})
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"rank{runtime.rank}.json").write_text(json.dumps({
