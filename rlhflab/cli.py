@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="runs/NAME/sweep (all its points), runs/NAME (its ppo stage) or runs/NAME/ppo")
     compare.add_argument("--out", metavar="DIR", help="where to write compare.md, compare.json and figures "
                                                       "(default: the first argument's compare/)")
+    frontier = commands.add_parser("frontier", help="held-out reward against KL to the reference, every method "
+                                                    "(RL, DPO, ILQL, best-of-n) a line, bars over seeds, gold judges beside")
+    frontier.add_argument("runs", nargs="+", metavar="RUN",
+                          help="runs/NAME (its ppo, dpo and ilql stages), runs/NAME/<stage>, runs/NAME/evaluate "
+                               "(its models and best-of-n, with gold judges) or runs/NAME/sweep (every point)")
+    frontier.add_argument("--out", metavar="DIR", help="where to write frontier.png, frontier.json and frontier.csv "
+                                                       "(default: <first run>/frontier)")
     score = commands.add_parser("score", help="print the reward of each text")
     score.add_argument("--reward", required=True, help="reward run directory, classifier (hub id or folder), or module:function")
     score.add_argument("--label", default="POSITIVE", help="classifier label whose score is the reward")
@@ -81,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--flip", action="store_true", help="reward the opposite label")
     gen.add_argument("--config", help="YAML preset (see configs/); its reward_fn and evaluate.gold apply")
     gen.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. name=negative")
-    gen.add_argument("--max-new-tokens", type=int, help="tokens per response (default: ppo.max_new_tokens, 24)")
+    gen.add_argument("--max-new-tokens", type=int, help="tokens per response (default: generation.max_new_tokens, 24)")
     gen.add_argument("--temperature", type=float, help="sampling temperature (default: evaluate.temperature, 1.0)")
     gen.add_argument("--seed", type=int, help="sampling seed (default: the config's seed, 0)")
     gen.add_argument("--json", action="store_true", help="print one JSON document instead of text")
@@ -165,7 +172,7 @@ def _generate(args: argparse.Namespace) -> None:
         prompts, groups, notes = read_prompts(args.prompts_file)
     else:
         prompts = list(args.prompt or [])
-    max_new = args.max_new_tokens if args.max_new_tokens is not None else cfg.ppo.max_new_tokens
+    max_new = args.max_new_tokens if args.max_new_tokens is not None else cfg.generation.max_new_tokens
     temperature = args.temperature if args.temperature is not None else cfg.evaluate.temperature
     check_request(models, prompts, groups, args.n, args.best_of, max_new, temperature)  # before any model loads
     device_name = args.device or cfg.runtime.device
@@ -207,6 +214,13 @@ def _compare(args: argparse.Namespace) -> None:
     result = compare(args.runs, args.out)
     print(result.text)
     print(result.markdown)  # last line: the path
+
+
+def _frontier(args: argparse.Namespace) -> None:
+    from rlhflab.eval.frontier import frontier
+
+    result = frontier(args.runs, args.out)
+    print(result.text)
 
 
 def _is_main_process() -> bool:
@@ -274,7 +288,7 @@ def _human(args: argparse.Namespace) -> None:
     args.handler(args)  # serve / label / rate: each subcommand parser set its handler
 
 
-COMMANDS = {"pipeline": _pipeline, "sweep": _sweep, "compare": _compare, "score": _score, "config": _config,
+COMMANDS = {"pipeline": _pipeline, "sweep": _sweep, "compare": _compare, "frontier": _frontier, "score": _score, "config": _config,
             "report": _report, "generate": _generate}
 COMMANDS.update({name: _human for name in ("serve", "label", "rate")})
 

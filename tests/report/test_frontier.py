@@ -1,0 +1,201 @@
+"""`rlhflab frontier`: held-out reward against KL over runs of every method. Run folders are
+written here by hand in the stages' real formats (summary.json, config.yaml, eval_after.json(l),
+evaluate's samples.jsonl); one test runs two tiny DPO seeds end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from rlhflab.errors import RlhfLabError
+from rlhflab.eval.frontier import figure, frontier
+from rlhflab.io import write_json, write_jsonl
+from tests.helpers import assert_user_error, cli_run
+
+REWARD = "runs/base/reward (reward_model, score, reads 256 tokens)"
+
+
+def prompts(seed: int, n: int = 4) -> list[str]:
+    return [f"prompt {seed}-{i}" for i in range(n)]
+
+
+def config(seed: int, section: str, **settings) -> str:
+    body = "".join(f"  {k}: {v}\n" for k, v in settings.items())
+    return f"name: x\nseed: {seed}\ndata:\n  source: imdb\n{section}:\n{body}"
+
+
+def tuned(folder: Path, *, seed: int, kl: float, p: float, method: str = "ppo", section: str = "ppo",
+          reward: str = REWARD, end: dict | None = None, by_beta: dict | None = None, held_out: list[str] | None = None,
+          **settings) -> Path:
+    """A finished ppo/dpo/ilql stage folder: start at P 0.5, end at (kl, p); its held-out prompts in eval_after."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(config(seed, section, **settings), encoding="utf-8")
+    summary = {"algorithm": method, "reward": reward, "policy": None,
+               "start": {"kl": 0.0, "score": 0.0, "positive_probability": 0.5},
+               "end": end if end is not None else {"kl": kl, "score": 2 * p - 1, "positive_probability": p}}
+    rows = [{"prompt": q, "response": "r", "kl": kl, "score": 0.0, "positive_probability": p}
+            for q in (held_out or prompts(seed))]
+    if by_beta is not None:
+        summary["by_beta"] = by_beta
+        write_jsonl(folder / "eval_after.jsonl", [{"beta": b, **r} for b in by_beta for r in rows])
+    elif section == "ppo":
+        write_json(folder / "eval_after.json", rows)
+    else:
+        write_jsonl(folder / "eval_after.jsonl", rows)
+    write_json(folder / "summary.json", summary)
+    return folder
+
+
+def evaluate_stage(folder: Path, *, seed: int = 0) -> Path:
+    """An evaluate stage folder: sft (reference) and ppo with two gold judges, best-of-2 and best-of-4."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(config(seed, "evaluate", prompts=4), encoding="utf-8")
+    judges = lambda a, b: {"proxy": {"mean": 0.0, "positive_rate": 0.0}, "vader": {"mean": 0.1, "positive_rate": a},
+                           "sst2": {"mean": 0.2, "positive_rate": b}}
+    models = {"sft": {"source": "nowhere/sft", "kl_to_reference": 0.0, "positive_probability": {"mean": 0.5},
+                      "judges": judges(0.4, 0.45)},
+              "ppo": {"source": "nowhere/ppo", "kl_to_reference": 5.0, "positive_probability": {"mean": 0.88},
+                      "judges": judges(0.6, 0.7)}}
+    best = {"prompts": 2, "drawn": 4, "rows": [
+        {"n": 1, "score": 0.0, "kl_bound": 0.0, "positive_probability": 0.5, "judges": {"vader": 0.4, "sst2": 0.4}},
+        {"n": 2, "score": 0.3, "kl_bound": 0.193, "positive_probability": 0.7, "judges": {"vader": 0.5, "sst2": 0.55}},
+        {"n": 4, "score": 0.6, "kl_bound": 0.636, "positive_probability": 0.8, "judges": {"vader": 0.55, "sst2": 0.6}}]}
+    write_json(folder / "summary.json", {"prompts": 4, "reward": REWARD, "reference": "sft", "models": models,
+                                         "best_of": best})
+    write_jsonl(folder / "samples.jsonl", [{"prompt_id": i, "prompt": q, "model": m, "response": "r"}
+                                           for m in models for i, q in enumerate(prompts(100 + seed))])
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    """PPO at two kl_coef x seeds 0 and 1, DPO at one beta x seeds 0 and 1, ILQL (seed 0) sampled at β 0 and 4."""
+    root = tmp_path / "runs"
+    for seed, (lo, hi) in enumerate([(0.80, 0.90), (0.84, 0.86)]):
+        tuned(root / f"ppo-a-{seed}" / "ppo", seed=seed, kl=4.0 + seed, p=lo, kl_coef=0.1)
+        tuned(root / f"ppo-b-{seed}" / "ppo", seed=seed, kl=8.0, p=hi, kl_coef=0.01)
+        tuned(root / f"dpo-{seed}" / "dpo", seed=seed, kl=2.0 + 2 * seed, p=0.7 + 0.1 * seed, method="dpo",
+              section="dpo", beta=0.1)
+    tuned(root / "ilql-0" / "ilql", seed=0, kl=0, p=0, method="ilql", section="ilql", beta=1.0,
+          end={"kl": 1.0, "positive_probability": 0.6},
+          by_beta={"0.0": {"kl": 0.5, "positive_probability": 0.55}, "4.0": {"kl": 3.0, "positive_probability": 0.65}})
+    return root
+
+
+def test_points_grouped_over_seeds_with_ranges_and_lines_by_kl(runs, tmp_path):
+    folders = [runs / n for n in ("ppo-a-0", "ppo-a-1", "ppo-b-0", "ppo-b-1", "dpo-0", "dpo-1", "ilql-0")]
+    result = frontier(folders, tmp_path / "out")
+    points = {(p["method"], p["label"]): p for p in result.data["points"]}
+    assert set(points) == {("ppo", "kl_coef=0.01"), ("ppo", "kl_coef=0.1"), ("dpo", ""), ("ilql", "sampling_beta=0.0"),
+                           ("ilql", "sampling_beta=4.0"), ("start", "")}
+    low = points["ppo", "kl_coef=0.1"]
+    assert low["seeds"] == [0, 1] and low["runs"] == 2
+    assert low["kl"]["mean"] == pytest.approx(4.5) and (low["kl"]["min"], low["kl"]["max"]) == (4.0, 5.0)
+    assert low["reward"]["mean"] == pytest.approx(0.82) and low["reward"]["min"] == pytest.approx(0.80)
+    assert points["dpo", ""]["reward"]["max"] == pytest.approx(0.8) and points["dpo", ""]["reward"]["std"] > 0
+    assert points["start", ""]["runs"] == 2  # one start per seed, however many runs share it
+    assert result.data["reward"] == "positive_probability"
+    # each method's points sorted by KL (the line through them)
+    ppo = [p["kl"]["mean"] for p in result.data["points"] if p["method"] == "ppo"]
+    assert ppo == sorted(ppo) == [4.5, 8.0]
+    with open(result.csv, newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 6 and {r["method"] for r in table} == {"ppo", "dpo", "ilql", "start"}
+    assert result.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(result.json.read_text())["points"][0]["method"] == "dpo"
+
+
+def test_a_sweep_folder_gives_every_point(runs, tmp_path):
+    sweep = runs / "base" / "sweep"
+    for name, coef in (("kl_coef-0.1", 0.1), ("kl_coef-0.01", 0.01)):
+        tuned(sweep / name / "ppo", seed=0, kl=1 / coef, p=0.8, kl_coef=coef)
+    write_json(sweep / "sweep.json", {"points": [{"name": "kl_coef-0.1"}, {"name": "kl_coef-0.01"}]})
+    result = frontier([sweep], tmp_path / "out")
+    assert sorted(p["label"] for p in result.data["points"] if p["method"] == "ppo") == ["kl_coef=0.01", "kl_coef=0.1"]
+
+
+def test_evaluate_stage_gives_models_best_of_n_and_a_gold_panel(tmp_path):
+    folder = evaluate_stage(tmp_path / "runs" / "x" / "evaluate")
+    result = frontier([folder])
+    assert result.png == tmp_path / "runs" / "x" / "frontier" / "frontier.png"
+    points = {(p["method"], p["label"]): p for p in result.data["points"]}
+    assert set(points) == {("ppo", ""), ("start", ""), ("best-of-n", "n=2"), ("best-of-n", "n=4")}
+    assert points["best-of-n", "n=4"]["bound"] and points["best-of-n", "n=4"]["kl"]["mean"] == pytest.approx(0.636)
+    assert points["ppo", ""]["gold"]["sst2"]["mean"] == pytest.approx(0.7)
+    assert "proxy" not in points["ppo", ""]["gold"]  # the proxy is the left panel
+    assert len(figure(result.data["points"], "P").axes) == 2
+    header = result.csv.read_text().splitlines()[0]
+    assert "gold_sst2_mean" in header and "gold_vader_mean" in header
+
+
+def test_without_gold_one_panel(runs, tmp_path):
+    result = frontier([runs / "ppo-a-0"], tmp_path / "out")
+    assert len(figure(result.data["points"], "P").axes) == 1
+
+
+def test_a_relative_and_an_absolute_path_to_one_reward_run_agree(runs, tmp_path, monkeypatch):
+    reward = tmp_path / "runs" / "base" / "reward"
+    write_json(reward / "stage.json", {"key": "k", "run_id": "abc123"})
+    monkeypatch.chdir(tmp_path)
+    tuned(runs / "rel" / "ppo", seed=0, kl=1.0, p=0.6, reward="runs/base/reward (reward_model, score, reads 256 tokens)")
+    tuned(runs / "abs" / "ppo", seed=0, kl=2.0, p=0.7, reward=f"{reward} (reward_model, score, reads 256 tokens)")
+    assert frontier([runs / "rel", runs / "abs"], tmp_path / "out").data["reward_id"].startswith("run abc123")
+    # another reward run (another seed of the same config): not the same reward
+    write_json(tmp_path / "runs" / "seed1" / "reward" / "stage.json", {"key": "k", "run_id": "another"})
+    tuned(runs / "other" / "ppo", seed=0, kl=2.0, p=0.7, reward="runs/seed1/reward (reward_model, score, reads 256 tokens)")
+    with pytest.raises(RlhfLabError, match="different rewards"):
+        frontier([runs / "abs", runs / "other"], tmp_path / "out2")
+
+
+def test_refuses_different_rewards_naming_both(runs, tmp_path, capsys):
+    tuned(runs / "vader" / "ppo", seed=0, kl=2.0, p=0.7, reward="vader (callable)")
+    result = cli_run(capsys, "frontier", runs / "ppo-a-0", runs / "vader", "--out", tmp_path / "out")
+    assert_user_error(result, "different rewards", str(runs / "ppo-a-0" / "ppo"), str(runs / "vader" / "ppo"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_different_prompts_within_a_seed_and_a_different_draw(runs, tmp_path, capsys):
+    tuned(runs / "elsewhere" / "ppo", seed=0, kl=2.0, p=0.7, held_out=["another prompt"] * 4)
+    result = cli_run(capsys, "frontier", runs / "ppo-a-0", runs / "elsewhere", "--out", tmp_path / "out")
+    assert_user_error(result, "different held-out prompts", str(runs / "elsewhere" / "ppo"))
+    # seeds 0 and 1 may differ in their prompts (drawn with the seed) but not in where they were drawn from
+    frontier([runs / "ppo-a-0", runs / "ppo-a-1"], tmp_path / "out")
+    tuned(runs / "fewer" / "ppo", seed=1, kl=2.0, p=0.7, held_out=prompts(1, 3))
+    with pytest.raises(RlhfLabError, match="different held-out prompts"):
+        frontier([runs / "ppo-a-0", runs / "fewer"], tmp_path / "out")
+    # the evaluate stage's prompts are not the tuned stages'
+    with pytest.raises(RlhfLabError, match="different held-out prompts"):
+        frontier([runs / "ppo-a-0", evaluate_stage(runs / "ev" / "evaluate")], tmp_path / "out")
+
+
+def test_refuses_a_run_without_kl(runs, tmp_path, capsys):
+    tuned(runs / "old" / "dpo", seed=0, kl=0, p=0, method="dpo", section="dpo", end={"positive_probability": 0.7})
+    result = cli_run(capsys, "frontier", runs / "dpo-0", runs / "old", "--out", tmp_path / "out")
+    assert_user_error(result, "no KL", str(runs / "old" / "dpo"))
+
+
+def test_refuses_what_is_no_run(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert_user_error(cli_run(capsys, "frontier", tmp_path / "empty"), "no finished ppo, dpo or ilql stage")
+    assert_user_error(cli_run(capsys, "frontier", tmp_path / "missing"), "is not a folder")
+
+
+def test_two_tiny_dpo_seeds_end_to_end(tmp_path, tiny_llama_dir, reviews_csv):
+    """Two real DPO runs (seeds 0 and 1, a callable reward) -> one point with a range over the seeds."""
+    from tests.stages.test_dpo import REWARD_FILE, make_config
+    from rlhflab.stages.common import run_stage
+
+    reward = tmp_path / "toy_reward.py"
+    reward.write_text(REWARD_FILE)
+    for seed in (0, 1):
+        cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, f"{reward}:e_share", max_steps=2)
+        cfg.name, cfg.seed = f"dpo-{seed}", seed
+        run_stage("dpo", cfg, progress=False)
+    result = frontier([tmp_path / "runs" / "dpo-0", tmp_path / "runs" / "dpo-1"], tmp_path / "out")
+    (dpo,) = [p for p in result.data["points"] if p["method"] == "dpo"]
+    assert dpo["seeds"] == [0, 1] and dpo["kl"]["min"] <= dpo["kl"]["mean"] <= dpo["kl"]["max"]
+    assert result.data["reward"] == "score"  # a callable reward has no P(positive)
+    assert result.png.is_file()
