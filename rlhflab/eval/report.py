@@ -258,10 +258,19 @@ def sweep_section(run_root: Path) -> list[Block]:
     if not data or not data.get("header"):
         return blocks + [para(f"{path} holds no table; rerun the sweep or rlhflab compare.", note=True)]
     try:
-        blocks.append(Table([str(h) for h in data["header"]], [[str(c) for c in row] for row in data.get("rows") or []],
-                            left=1 + len(data.get("columns") or []),
-                            caption="Held-out reward at the last and the best evaluation, KL to the reference at the "
-                                    "end, clip fraction and approximate KL over the last steps, per point."))
+        # one table per reward that scored the points (compare.py never puts two rewards in one column),
+        # each with its seeds' means and ranges where a setting ran several
+        tables = data.get("tables") or [{"header": data["header"], "rows": data.get("rows")}]
+        for table in tables:
+            scored = f" Scored with {table['reward']}." if len(tables) > 1 else ""
+            blocks.append(Table([str(h) for h in table["header"]], [[str(c) for c in row] for row in table.get("rows") or []],
+                                left=1 + len(data.get("columns") or []),
+                                caption="Held-out reward at the last and the best evaluation, KL to the reference at the "
+                                        f"end, clip fraction and approximate KL over the last steps, per point.{scored}"))
+            if table.get("seeds"):
+                blocks.append(Table([str(h) for h in table["seeds"]["header"]],
+                                    [[str(c) for c in row] for row in table["seeds"]["rows"]], left=1,
+                                    caption=f"Settings run with several seeds: mean and range over the seeds.{scored}"))
         blocks += [para(str(sentence)) for sentence in data.get("sentences") or []]
         figures = [(str(f.get("path", "")), str(f.get("caption", ""))) for f in data.get("figures") or []]
     except SHAPE_ERRORS as exc:

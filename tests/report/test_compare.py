@@ -22,20 +22,29 @@ def train_row(step: int, clip: float, approx: float) -> dict:
             "clip_fraction": clip, "approx_kl": approx, "policy_loss": -0.01 * step, "value_loss": 0.1, "entropy": 4.0}
 
 
+REWARD = "runs/base/reward (reward_model, score, reads 256 tokens)"  # summary.json's "reward", as the ppo stage writes it
+
+
 def rl_run(folder: Path, *, steps: int, evals: list[tuple[int, float, float]], seconds: float | None,
-           lr: float = 1e-4, kl_coef: float = 0.05, algorithm: str = "ppo", finished: bool = True) -> None:
-    """A ppo stage folder: evals are (step, KL, P(positive)); clip fraction = step / 100, approx KL = step / 1000."""
+           lr: float = 1e-4, kl_coef: float = 0.05, algorithm: str = "ppo", finished: bool = True,
+           reward: str = REWARD, seed: int = 1, held_out: list[float] | None = None, config: str = "") -> None:
+    """A ppo stage folder: evals are (step, KL, P(positive)); clip fraction = step / 100, approx KL = step / 1000.
+    held_out: the final per-prompt P(positive) values (eval_after.json); the config holds 64 eval prompts."""
     rows = [{"step": s, "split": "eval", "kl": kl, "score": 2 * p - 1, "positive_probability": p} for s, kl, p in evals]
     rows += [train_row(s, s / 100, s / 1000) for s in range(1, steps + 1)]
     rows.sort(key=lambda r: (r["step"], r["split"] != "eval"))
     target = folder if finished else folder.with_name(folder.name + ".partial")
     write_jsonl(target / "metrics.jsonl", rows)
-    (target / "config.yaml").write_text(f"name: x\nppo:\n  algorithm: {algorithm}\n  learning_rate: {lr}\n"
-                                        f"  kl_coef: {kl_coef}\n", encoding="utf-8")
+    (target / "config.yaml").write_text(f"name: x\nseed: {seed}\nppo:\n  algorithm: {algorithm}\n  learning_rate: {lr}\n"
+                                        f"  kl_coef: {kl_coef}\n  eval_prompts: 64\n{config}", encoding="utf-8")
     if finished:
         evaluations = [{"step": s, "kl": kl, "score": 2 * p - 1, "positive_probability": p} for s, kl, p in evals]
-        write_json(target / "summary.json", {"algorithm": algorithm, "steps": steps, "start": evaluations[0],
-                                             "end": evaluations[-1], "evaluations": evaluations, "seconds": seconds})
+        write_json(target / "summary.json", {"algorithm": algorithm, "reward": reward, "steps": steps,
+                                             "start": evaluations[0], "end": evaluations[-1],
+                                             "evaluations": evaluations, "seconds": seconds})
+    if held_out is not None:
+        write_json(target / "eval_after.json", [{"prompt": f"p{i}", "response": "r", "kl": 1.0, "score": 2 * p - 1,
+                                                 "positive_probability": p} for i, p in enumerate(held_out)])
 
 
 @pytest.fixture
@@ -75,8 +84,12 @@ def test_the_table_holds_final_best_and_last_step_means_per_point(sweep):
     ]
     first = data["runs"][0]
     assert first["reward_gain"] == pytest.approx(0.2) and first["reward_per_kl"] == pytest.approx(0.1)
+    # one seed each, no per-prompt rows: binomial standard errors over the 64 eval prompts,
+    # sqrt(.75 * .25 / 64) = 0.0541 and sqrt(.7 * .3 / 64) = 0.0573; 2 * hypot = 0.158 > 0.05
     assert data["sentences"] == [
-        "learning_rate-1e-4 has the highest final held-out P(positive): 0.750.",
+        "learning_rate-1e-4, learning_rate-1e-5 tie for the highest final held-out P(positive) (0.750, 0.700): the "
+        "difference, 0.050, is within 2 standard errors of the difference (±0.158; one seed each, standard errors "
+        "from a binomial standard error over 64 held-out prompts).",
         "Of the runs that moved at least 0.5 nats from their start, learning_rate-1e-5 gains the most P(positive) "
         "per nat of KL: +0.200 over its start at a final KL of 2.00 (0.100 per nat).",
         "Not finished: learning_rate-1e-3, learning_rate-1e-2.",
@@ -157,3 +170,90 @@ def test_the_report_of_a_sweep_that_shares_no_stage_is_its_sweep(sweep):
     compare([str(sweep)])
     _, markdown = build_report(sweep.parent)
     assert "## Sweep" in markdown.read_text()
+
+
+def test_runs_scored_with_different_rewards_get_a_table_and_a_ranking_each(tmp_path):
+    runs = tmp_path / "runs"
+    # a and b: the same reward model (stage.json's run id), named by a relative and an absolute path
+    rl_run(runs / "a" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 2.0, 0.9)], seconds=1.0, held_out=[0.9] * 32 + [0.9] * 32)
+    write_json(runs / "a" / "ppo" / "stage.json", {"references": {"<this run>/reward": "run:r1"}, "run_id": "a"})
+    absolute = "/elsewhere/runs/base/reward"
+    rl_run(runs / "b" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 2.0, 0.5)], seconds=1.0, held_out=[0.5] * 64, lr=3e-5,
+           reward=f"{absolute} (reward_model, score, reads 256 tokens)", config=f"reward_fn:\n  source: {absolute}\n")
+    write_json(runs / "b" / "ppo" / "stage.json", {"references": {absolute: "run:r1"}, "run_id": "b"})
+    # c: the same path as a, but the reward model was trained again (another run id); d: a VADER function
+    rl_run(runs / "c" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 2.0, 0.95)], seconds=1.0)
+    write_json(runs / "c" / "ppo" / "stage.json", {"references": {"<this run>/reward": "run:r2"}, "run_id": "c"})
+    rl_run(runs / "d" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 2.0, 0.99)], seconds=1.0,
+           reward="rlhflab._api_rewards:vader_1234abcd (callable, score)")
+    result = compare([str(runs / name) for name in "abcd"], tmp_path / "out")
+    tables = result.data["tables"]
+    assert [[row[0] for row in t["rows"]] for t in tables] == [["a", "b"], ["c"], ["d"]]
+    assert [t["reward"] for t in tables] == [REWARD, REWARD, "rlhflab._api_rewards:vader_1234abcd (callable, score)"]
+    said = result.data["sentences"]
+    assert said[0].startswith("These runs were scored with 3 different rewards, so their numbers are not compared "
+                              "across rewards")
+    # a beats b by 0.4 with both their per-prompt spreads 0: one ranking, inside the first reward only
+    ranked = [s for s in said if "highest" in s]
+    assert ranked == [f"Scored with {REWARD}: a has the highest final held-out P(positive): 0.900, ahead of the next, b "
+                      f"(0.500), by more than the noise (the difference, 0.400, is beyond 2 standard errors of the "
+                      f"difference (±0.000; one seed each, standard errors from the spread over its 64 held-out prompts))."]
+    assert result.text.count("Scored with ") >= 3 and result.text.count("| run ") == 3
+    figures = sorted(p.name for p in (tmp_path / "out" / "figures").glob("compare_frontier*.png"))
+    assert figures == ["compare_frontier-2.png", "compare_frontier-3.png", "compare_frontier.png"]
+
+
+def test_one_seed_each_a_difference_inside_the_held_out_noise_is_a_tie_and_says_why(tmp_path):
+    spread = [0.0, 1.0] * 100  # 200 held-out prompts, P(positive) 0 or 1: sd 0.50, standard error 0.035
+    rl_run(tmp_path / "a" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0, 0.504)], seconds=1.0, held_out=spread)
+    rl_run(tmp_path / "b" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0, 0.503)], seconds=1.0, held_out=spread, lr=3e-5)
+    said = compare([str(tmp_path / "a"), str(tmp_path / "b")], tmp_path / "out").data["sentences"]
+    assert said[0] == ("a, b tie for the highest final held-out P(positive) (0.504, 0.503): the difference, 0.001, is "
+                       "within 2 standard errors of the difference (±0.100; one seed each, standard errors from the "
+                       "spread over its 200 held-out prompts).")
+    assert not any("has the highest" in s for s in said)
+
+
+def test_a_run_without_a_noise_estimate_is_named_best_but_not_called_more_than_noise(tmp_path):
+    rl_run(tmp_path / "a" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0, 0.9)], seconds=1.0)
+    rl_run(tmp_path / "b" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0, 0.5)], seconds=1.0, lr=3e-5)
+    for name in "ab":  # a reward without a probability and no eval_after.json: no standard error
+        path = tmp_path / name / "ppo" / "summary.json"
+        summary = json.loads(path.read_text())
+        for entry in [summary["start"], summary["end"], *summary["evaluations"]]:
+            del entry["positive_probability"]
+        write_json(path, summary)
+        (tmp_path / name / "ppo" / "metrics.jsonl").write_text("")
+    said = compare([str(tmp_path / "a"), str(tmp_path / "b")], tmp_path / "out").data["sentences"]
+    assert said[0] == ("a has the highest final held-out reward: 0.800, against b's 0.000; whether that is more than "
+                       "noise is not known (a has one seed and no per-prompt rows (eval_after.json) to measure it from).")
+
+
+def seed_sweep(folder: Path, finals: dict[str, float]) -> None:
+    """A sweep over seed x kl_coef: finals maps each point name (seed-S_kl_coef-K) to its final P(positive)."""
+    write_json(folder / "sweep.json", {"points": [
+        {"name": name, "overrides": [f"seed={name.split('_')[0].split('-')[1]}",
+                                     f"ppo.kl_coef={name.split('kl_coef-')[1]}"]} for name in finals]})
+    for name, final in finals.items():
+        rl_run(folder / name / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0 + final, final)], seconds=1.0)
+
+
+def test_seeds_of_one_setting_show_mean_and_range_and_overlapping_seed_ranges_tie(tmp_path):
+    names = [f"seed-{s}_kl_coef-{k}" for k in ("0.02", "0.1") for s in (1, 2, 3)]
+    seed_sweep(tmp_path / "tie" / "sweep", dict(zip(names, [0.80, 0.86, 0.83, 0.84, 0.90, 0.87])))
+    result = compare([str(tmp_path / "tie" / "sweep")])
+    seeds = result.data["tables"][0]["seeds"]
+    assert seeds["header"] == ["setting", "seeds", "final P(positive): mean", "range", "final KL: mean", "range"]
+    assert seeds["rows"] == [["kl_coef=0.02", "3", "0.830", "0.800-0.860", "1.83", "1.80-1.86"],
+                             ["kl_coef=0.1", "3", "0.870", "0.840-0.900", "1.87", "1.84-1.90"]]
+    assert result.data["sentences"][0] == (
+        "kl_coef=0.1, kl_coef=0.02 tie for the highest final held-out P(positive) (0.870 (mean of 3 seeds, range "
+        "0.840-0.900), 0.830 (mean of 3 seeds, range 0.800-0.860)): their seed ranges overlap.")
+    assert "| kl_coef=0.02 | 3 " in result.text.replace("  ", " ").replace("  ", " ")
+    report = build_report(tmp_path / "tie")[1].read_text()  # the run report's Sweep section shows both tables
+    assert "## Sweep" in report and "| kl\\_coef=0.1 | 3 | 0.870 | 0.840-0.900 |" in report and "tie for the highest" in report
+    seed_sweep(tmp_path / "apart", dict(zip(names, [0.70, 0.74, 0.72, 0.84, 0.90, 0.87])))
+    said = compare([str(tmp_path / "apart")]).data["sentences"][0]
+    assert said.startswith("kl_coef=0.1 has the highest final held-out P(positive): 0.870 (mean of 3 seeds, range "
+                           "0.840-0.900), ahead of the next, kl_coef=0.02 (0.720") and said.endswith(
+                           "their seed ranges do not overlap).")

@@ -132,6 +132,12 @@ def test_the_manifest_and_the_comparison_cover_every_point(swept):
     compared = json.loads((base / "sweep" / "compare" / "compare.json").read_text())
     assert [row[0] for row in compared["rows"]] == POINTS and compared["rows"][0][1] == "1e-5"
     assert lines[-1] == str(base / "sweep" / "compare" / "compare.md")
+    # each point names the shared reward model by its own link (<point>/reward): one reward all the same, by its run id
+    assert len(compared["tables"]) == 1 and " (reward_model, " in compared["tables"][0]["reward"]
+    assert len({run["reward_described"] for run in compared["runs"]}) == 2 and len({run["reward_id"] for run in compared["runs"]}) == 1
+    # one seed each: the ranking says whether the difference is inside the held-out noise, and from how many prompts
+    ranked = compared["sentences"][0]
+    assert (" tie for the highest " in ranked or "by more than the noise" in ranked) and " held-out prompts" in ranked
 
 
 def test_rerunning_the_same_command_runs_no_point_again(swept, tmp_path, monkeypatch):
