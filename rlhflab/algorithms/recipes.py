@@ -42,6 +42,11 @@ class Recipe:
     critic: bool = False  # a value head trained with the clipped value loss
     loss: Literal["token_mean", "max_length"] = "token_mean"
     aliases: tuple[str, ...] = ()  # other names ppo.algorithm accepts for it
+    display: str = ""  # how reports and figures write it, as its paper does ("REINFORCE++"); default: the name upper-cased
+
+    @property
+    def title(self) -> str:
+        return self.display or self.name.upper()
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
@@ -51,9 +56,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("rloo", "rlhflab.ops.advantages:rloo_advantages", "sequence", "Ahmadian et al. 2024",
            samples_per_prompt=4, min_samples_per_prompt=2),
     Recipe("reinforce_pp", "rlhflab.ops.advantages:reinforce_pp_advantages", "tokens", "Hu 2025",
-           aliases=("reinforce++",)),
+           aliases=("reinforce++",), display="REINFORCE++"),
     Recipe("dr_grpo", "rlhflab.ops.advantages:dr_grpo_advantages", "sequence", "Liu et al. 2025",
-           samples_per_prompt=4, min_samples_per_prompt=2, kl_penalty="loss", loss="max_length"),
+           samples_per_prompt=4, min_samples_per_prompt=2, kl_penalty="loss", loss="max_length", display="Dr. GRPO"),
 )}
 
 ALIASES: dict[str, str] = {alias: r.name for r in RECIPES.values() for alias in r.aliases}
@@ -66,3 +71,10 @@ def get_recipe(algorithm: str) -> Recipe:
     """The recipe called `algorithm` (or one of its aliases). Raises KeyError for an unknown name
     (the config refuses one before it gets here)."""
     return RECIPES[ALIASES.get(algorithm, algorithm)]
+
+
+def display_name(algorithm: str) -> str:
+    """How a report writes a tuning algorithm: an RL recipe's title ("REINFORCE++", "Dr. GRPO"),
+    any other name (dpo, ilql) upper-cased."""
+    name = ALIASES.get(algorithm, algorithm)
+    return RECIPES[name].title if name in RECIPES else algorithm.upper()

@@ -51,6 +51,7 @@ class Table:
     caption: str | None = None
     numeric: bool = True  # right-align the columns after the first `left` (numbers); False for text tables
     left: int = 1
+    summary: str | None = None  # when set: folded into a collapsible <details> in HTML, under a bold label in Markdown
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def _md_block(block: Block, base: Path) -> str:
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
         if block.caption:
             lines += ["", f"*{md_text(block.caption)}*"]
-        return "\n".join(lines)
+        return "\n".join([f"**{md_text(block.summary)}**", "", *lines] if block.summary else lines)
     if isinstance(block, Image):
         rel = Path(os.path.relpath(block.path, base)).as_posix()
         target = rel.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
@@ -197,7 +198,8 @@ def _html_block(block: Block) -> str:
             body.append(f"<tr>{cells}</tr>")
         css = "" if block.numeric else ' class="text"'
         caption = f'<p class="caption">{_h(block.caption)}</p>' if block.caption else ""
-        return f"<table{css}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{caption}"
+        table = f"<table{css}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{caption}"
+        return f"<details><summary>{_h(block.summary)}</summary>{table}</details>" if block.summary else table
     if isinstance(block, Image):
         data = base64.b64encode(Path(block.path).read_bytes()).decode("ascii")
         return (f'<figure><img alt="{_h(block.caption)}" src="data:image/png;base64,{data}">'

@@ -16,6 +16,7 @@ import pytest
 from rlhflab.cli import main
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval import report as report_module
+from rlhflab.eval.document import md_text
 from rlhflab.eval.report import build_report
 from tests.helpers import assert_user_error
 
@@ -114,8 +115,10 @@ def write_ppo(root: Path) -> None:
         if step % 20 == 0:
             rows.append({"split": "eval", **evaluations[step // 20]})
     write_jsonl(folder / "metrics.jsonl", [{"step": 0, "split": "eval", **evaluations[0]}] + rows)
-    write_jsonl(folder / "samples.jsonl", [{"step": 40, "prompt": f"training prompt {i}", "response": f" reply {i}",
-                                            "score": 0.9, "kl": 5.5} for i in range(6)])
+    early = [{"step": 20, "prompt": f"early prompt {i}", "response": f" early reply {i} " + "and on " * 40 + "to the end",
+              "score": 0.1 * i, "kl": 2.0} for i in range(4)]  # responses longer than a table cell shows
+    write_jsonl(folder / "samples.jsonl", early + [{"step": 40, "prompt": f"training prompt {i}", "response": f" reply {i}",
+                                                    "score": 0.9, "kl": 5.5} for i in range(6)])
     (folder / "config.yaml").write_text(config(root.name, "ppo"), encoding="utf-8")
 
 
@@ -292,10 +295,35 @@ def test_html_is_one_self_contained_file(built):
     assert '<details><summary>ppo/config.yaml</summary><pre>' in html
 
 
+def test_the_rl_section_shows_entropy_length_and_value_panels_and_every_sample(built):
+    _, html, md = built
+    assert "](figures/ppo_diagnostics.png)" in md
+    for panel in ("policy entropy", "response length", "value loss", "explained variance"):
+        assert panel in md.split("](figures/ppo_diagnostics.png)")[0].rsplit("![", 1)[1]
+    assert "### All 10 samples" in md and "<h3>All 10 samples</h3>" in html
+    # one collapsible table per sampled step, each response whole (the last step's short table cuts them)
+    assert "<details><summary>step 20: 4 samples, mean reward 0.150</summary><table" in html
+    assert "<details><summary>step 40: 6 samples, mean reward 0.900</summary><table" in html
+    for i in range(4):
+        assert f" early reply {i} " + "and on " * 40 + "to the end" in html
+    assert "**step 20: 4 samples, mean reward 0.150**" in md
+
+
+def test_rl_algorithms_are_named_as_their_papers_write_them(tmp_path):
+    root = tmp_path / "runs" / "demo"
+    write_ppo(root)
+    for algorithm, shown in (("reinforce_pp", "REINFORCE++"), ("dr_grpo", "Dr. GRPO")):
+        summary = json.loads((root / "ppo" / "summary.json").read_text())
+        write_json(root / "ppo" / "summary.json", {**summary, "algorithm": algorithm})
+        md = build_report(root)[1].read_text(encoding="utf-8")
+        assert f"before and after {shown}." in md and f"| {md_text(shown)} |" in md
+        assert algorithm.upper() not in md and md_text(algorithm.upper()) not in md
+
+
 def test_the_report_draws_the_evaluation_figures_from_the_samples(built):
     root, _, md = built
     names = {p.name for p in (root / "report" / "figures").glob("*.png")}
-    assert names == {"sft_loss.png", "reward_confusion.png", "reward_loss.png", "ppo_training.png",
+    assert names == {"sft_loss.png", "reward_confusion.png", "reward_loss.png", "ppo_training.png", "ppo_diagnostics.png",
                      "eval_reward_histograms.png", "eval_reward_overlay.png", "eval_positive_probability.png",
                      "eval_reward_map_ppo.png", "eval_sentiment.png"}
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
@@ -328,7 +356,7 @@ def test_missing_stages_say_not_run_and_name_the_command(tmp_path):
         assert f"Not run: {root / stage} does not exist. Produce it with <code>rlhflab {stage} name=only-ppo runs_dir=" in html
         assert f"does not exist. Produce it with `rlhflab {stage} name=only-ppo runs_dir=" in md
     assert "No human ratings" in md and "1.056" in md
-    assert {p.name for p in (root / "report" / "figures").iterdir()} == {"ppo_training.png"}
+    assert {p.name for p in (root / "report" / "figures").iterdir()} == {"ppo_training.png", "ppo_diagnostics.png"}
 
 
 def test_an_interrupted_stage_points_at_resume_and_still_plots_its_curves(tmp_path):

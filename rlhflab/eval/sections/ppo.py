@@ -19,12 +19,58 @@ from rlhflab.eval.sections.tuned import (
 )
 
 
+# metrics.jsonl train keys drawn in the diagnostics figure, a panel each where the run logged them
+# (the value panels only for algorithms with a critic): (panel title, key)
+DIAGNOSTICS = (("Policy entropy (nats / token)", "entropy"), ("Response length (tokens)", "response_length"),
+               ("Value loss", "value_loss"), ("Explained variance of the value head", "explained_variance"))
+
+
 def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     curves = lambda caption: figures.draw(plots.training_curves, "ppo_training", stage.rows, caption=caption)
-    return _tuning_section(stage, run_root, curves, _ppo_blocks)
+    return _tuning_section(stage, run_root, curves, lambda stage, curves: _ppo_blocks(stage, curves, figures))
 
 
-def _ppo_blocks(stage: Stage, curves) -> list[Block]:
+def _diagnostics(stage: Stage, figures: Figures, algorithm: str) -> list[Block]:
+    """Entropy, response length, value loss and explained variance per step, those the run logged."""
+    panels = [(title, (key,)) for title, key in DIAGNOSTICS
+              if any(row.get("split", "train") == "train" and key in row for row in stage.rows)]
+    if not panels:
+        return []
+    return [figures.draw(plots.metric_panels, "ppo_diagnostics", stage.rows, panels=panels, title=f"{algorithm} diagnostics",
+                         caption=f"{algorithm} training per step: " + ", ".join(
+                             f"{title[:1].lower()}{title[1:]} ({key})" for title, (key,) in panels)
+                         + " from metrics.jsonl. Entropy falling towards 0 or responses running to the length limit "
+                           "are the usual signs of a policy collapsing onto what the reward likes.")]
+
+
+def _all_samples(samples: list[dict]) -> list[Block]:
+    """Every row of samples.jsonl, one collapsible table per training step, full text."""
+    steps: dict = {}
+    for row in samples:
+        steps.setdefault(row.get("step", 0), []).append(row)
+    if not steps:
+        return []
+    prob = any(r.get("positive_probability") is not None for r in samples)
+    blocks: list[Block] = [Heading(f"All {len(samples)} samples", level=3)]
+    for step in sorted(steps, key=lambda s: _num_key(s)):
+        rows = steps[step]
+        scores = [float(r["score"]) for r in rows if isinstance(r.get("score"), (int, float)) and not isinstance(r.get("score"), bool)]
+        mean = f", mean reward {sum(scores) / len(scores):.3f}" if scores else ""
+        blocks.append(Table(["prompt", "response", "reward", *(["P(positive)"] if prob else []), "KL"],
+                            [[str(r.get("prompt", "")), str(r.get("response", "")), _num(r.get("score")),
+                              *([_num(r.get("positive_probability"))] if prob else []), _num(r.get("kl"))] for r in rows],
+                            numeric=False, summary=f"step {step}: {len(rows)} sample{'s' * (len(rows) != 1)}{mean}"))
+    return blocks
+
+
+def _num_key(step) -> float:
+    try:
+        return float(step)
+    except (TypeError, ValueError):
+        return float("inf")
+
+
+def _ppo_blocks(stage: Stage, curves, figures: Figures) -> list[Block]:
     s = stage.summary
     start, end = s.get("start") or {}, s.get("end") or {}
     blocks: list[Block] = [_held_out_table(
@@ -34,6 +80,7 @@ def _ppo_blocks(stage: Stage, curves) -> list[Block]:
     if stage.rows:
         blocks.append(curves(f"{_algorithm(s)} training: mean reward per step with a rolling mean and the held-out evaluations"
                              ", KL to the starting model, the KL coefficient β and the clip fraction."))
+        blocks += _diagnostics(stage, figures, _algorithm(s))
     evaluations = s.get("evaluations") or []
     keys = [k for k in HELD_OUT if k in start or k in end]
     if len(evaluations) > 2:
@@ -58,6 +105,7 @@ def _ppo_blocks(stage: Stage, curves) -> list[Block]:
         last = max(r.get("step", 0) for r in stage.samples)
         blocks.append(Heading(f"Samples at training step {last}", level=3))
         blocks.append(_samples_table([r for r in stage.samples if r.get("step", 0) == last]))
+        blocks += _all_samples(stage.samples)
     return blocks
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rlhflab.algorithms.recipes import display_name
 from rlhflab.eval import plots
 from rlhflab.eval.document import Block, Heading, Table
 from rlhflab.eval.sections.base import Figures, Stage, _change, _not_run, _num, _params, _seconds, _short
@@ -16,7 +17,7 @@ HELD_OUT = {"score": "reward (score)", "positive_probability": "P(positive)", "k
 
 
 def _algorithm(summary: dict) -> str:
-    return str(summary.get("algorithm", "ppo")).upper()
+    return display_name(str(summary.get("algorithm", "ppo")))
 
 
 def _beta(value: Any) -> str:
