@@ -182,6 +182,8 @@ def _setting(config: dict, method_section: str, policy: Any = None) -> dict:
     """The method's config section without the seed (and what does not change results), its starting
     model named by run id: two runs with this setting differ only by seed."""
     section = config.get(method_section)
+    if not isinstance(section, dict) and method_section == "ppo":
+        section = config.get("rl")  # should the RL section be written under the name "rl" (config aliases)
     section = section if isinstance(section, dict) else {}
     setting = {k: v for k, v in section.items() if k not in NOT_SETTINGS}
     if "policy" in setting or policy is not None:
