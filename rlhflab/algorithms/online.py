@@ -32,6 +32,7 @@ import torch
 from rlhflab.algorithms.recipes import Recipe, get_recipe
 from rlhflab.config import PpoConfig
 from rlhflab.engine.runtime import Runtime
+from rlhflab.engine.sharding import gathered
 from rlhflab.ops.advantages import kl_penalty_in_loss, sequence_advantages_to_tokens
 from rlhflab.ops.kl import adaptive_kl_update, kl_per_token, per_token_rewards
 from rlhflab.ops.masked import masked_explained_variance, masked_mean, masked_sum_over_max_length, masked_whiten
@@ -135,7 +136,8 @@ class OnlineRL:
         cfg, runtime = self.cfg, self.runtime
         prompts, groups = self.step_prompts(step)
         started = time.perf_counter()
-        exp = self.rollout(prompts)
+        with gathered(self.prepared):  # under FSDP: whole weights while sampling outside the sharded forward
+            exp = self.rollout(prompts)
         rollout_seconds = time.perf_counter() - started
         kl = kl_per_token(exp.logprobs, exp.ref_logprobs, cfg.kl_estimator) * exp.response_mask
         beta = self.state["beta"]
@@ -225,7 +227,8 @@ class OnlineRL:
         return step % self.cfg.eval_every == 0 or step == self.cfg.steps
 
     def evaluate(self, step: int) -> dict[str, Any]:
-        result = self._evaluate()
+        with gathered(self.prepared):
+            result = self._evaluate()
         self.state["evaluations"].append({"step": step, **result})
         return result
 

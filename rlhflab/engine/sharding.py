@@ -11,7 +11,8 @@ even where only the main process writes. Without DTensors (one process, DDP) the
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -144,22 +145,67 @@ def whole_state(module: nn.Module) -> dict[str, torch.Tensor] | None:
         if id(value) not in gathered:
             gathered[id(value)] = whole(value.detach())
         state[name] = gathered[id(value)]
-    # FSDP may hold a tied LM head as its own shard; one tensor again, as transformers ties it
-    for target, source in (getattr(module, "all_tied_weights_keys", None) or {}).items():
-        if target in state and source in state and torch.equal(state[target], state[source]):
-            state[target] = state[source]
+    # FSDP may hold a tied LM head as its own shard; one tensor again, as transformers ties it (the
+    # LM may be a submodule: PPO's PolicyWithValue names its weights model.<key>)
+    for prefix, sub in module.named_modules():
+        for target, source in (getattr(sub, "all_tied_weights_keys", None) or {}).items():
+            target, source = (f"{prefix}.{target}", f"{prefix}.{source}") if prefix else (target, source)
+            if target in state and source in state and torch.equal(state[target], state[source]):
+                state[target] = state[source]
     return state
 
 
-def refuse_sharded(runtime, stage: str) -> None:
-    """RlhfLabError (the same on every process) for a stage that samples from the model it trains.
+@contextlib.contextmanager
+def gathered(root: nn.Module) -> Iterator[None]:
+    """Every FSDP unit of the prepared model `root` unsharded (whole plain tensors on every process)
+    for the duration, for calls into its parts outside the root's forward pass: sampling, scoring a
+    rollout, held-out evaluations. Resharded on exit. Without FSDP it does nothing.
 
-    Sampling, the reference and the held-out evaluation call the LM inside the prepared module
-    directly (pretrain's samples: on the main process alone), outside FSDP's sharded forward, and
-    each process decodes a different number of steps: under FSDP 2 that fails ("aten.embedding.default
-    got mixed torch.Tensor and DTensor"). Refused before any model loads, instead of a torch
-    traceback mid-run."""
+    A collective on entry (one all-gather per unit, in the same order everywhere): every process
+    enters it the same number of times, around the whole sampling, not per decode step or per
+    batch of its own prompts. Inside, no collective runs, so each process may decode its own
+    number of steps. This is FSDP 2's own way (FSDPModule.unshard/reshard; TRL's
+    unwrap_model_for_generation does the same): without it, a block's forward hook all-gathers
+    and reshards around each call and the LM's embedding sees a plain tensor beside DTensor
+    weights ("aten.embedding.default got mixed torch.Tensor and DTensor").
+
+    Costs the whole model's memory on each process while it lasts."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [unit for unit in root.modules() if isinstance(unit, FSDPModule)]
+    if not units:
+        yield
+        return
+    # FSDP takes the first unit to run forward as its root: were a block to run first (sampling
+    # before any training step), the real root could not run afterwards. Initialise it as the root.
+    root._get_fsdp_state()._lazy_init()
+    # the blocks' forward hooks would reshard after each call (and all-gather again at the next
+    # decode step): kept unsharded until exit, then each unit's own setting restored
+    kept = []
+    for unit in units:
+        unit.unshard()
+        state = unit._get_fsdp_state()
+        kept.append((state, state._auto_reshard_after_forward, [group.post_forward_mesh_info for group in state._fsdp_param_groups]))
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for (state, auto, infos), unit in zip(kept, units):
+            state._auto_reshard_after_forward = auto
+            for group, info in zip(state._fsdp_param_groups, infos):
+                group.post_forward_mesh_info = info
+            unit.reshard()
+
+
+def refuse_sharded(runtime, stage: str) -> None:
+    """RlhfLabError (the same on every process) for a stage that samples from the model it trains
+    and does not yet do so inside `gathered` (dpo, ilql, pretrain; the RL stage does).
+
+    Their held-out evaluations call the LM inside the prepared module directly (pretrain's samples:
+    on the main process alone), outside FSDP's sharded forward: under FSDP 2 that fails
+    ("aten.embedding.default got mixed torch.Tensor and DTensor"). Refused before any model loads,
+    instead of a torch traceback mid-run."""
     if runtime.sharded:
         raise RlhfLabError(f"The {stage} stage does not run under FSDP yet: it samples from the model it trains outside "
                            f"FSDP's sharded forward pass. Run it with `accelerate launch --config_file "
-                           f"configs/accelerate/ddp.yaml` (sft and reward run under FSDP).")
+                           f"configs/accelerate/ddp.yaml` (sft, reward and ppo run under FSDP).")

@@ -21,7 +21,7 @@ from rlhflab.data import make_prompts
 from rlhflab.data.prompts import load_prompts
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
-from rlhflab.engine.sharding import refuse_sharded
+from rlhflab.engine.sharding import whole_state
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.held_out import score_rows
 from rlhflab.io import RunDir, atomic_dir, write_json
@@ -41,22 +41,21 @@ def stop_token_ids(tokenizer, stop_token: str | None) -> list[int]:
     if stop_token:
         encoded = tokenizer.encode(stop_token, add_special_tokens=False)
         if len(encoded) != 1:
-            raise RlhfLabError(f"ppo.stop_token {stop_token!r} is {len(encoded)} tokens for this tokenizer; choose a single-token stop such as '.' or a newline.")
+            raise RlhfLabError(f"generation.stop_token {stop_token!r} is {len(encoded)} tokens for this tokenizer; choose a single-token stop such as '.' or a newline.")
         ids.append(encoded[0])
     return ids
 
 
 def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
-    """RL from `cfg.ppo.policy` (default: this run's SFT model) against `cfg.reward_fn`; write runs/<name>/ppo."""
-    refuse_sharded(runtime, "ppo")
-    ppo = resolve_rl(cfg.ppo, runtime.world_size)
+    """RL from `cfg.rl.policy` (default: this run's SFT model) against `cfg.reward_fn`; write runs/<name>/ppo."""
+    ppo = resolve_rl(cfg.rl, runtime.world_size, cfg.generation)  # with the generation settings it samples with
     engine_name = resolve_rollout_engine(ppo.rollout_engine, device_type=runtime.device.type, processes=runtime.world_size)
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=True)  # data order below is seeded on its own; sampling differs per rank
     splits = load_splits(cfg)
     prompts = prompt_sets(cfg, splits, ppo.eval_prompts)
     train_prompts, eval_prompts = prompts.train, prompts.held_out
-    policy_source = starting_policy(cfg, ppo.policy, "ppo.policy")
+    policy_source = starting_policy(cfg, ppo.policy, "rl.policy")
     rewards = reward_functions(cfg, runtime)
     run_dir = open_run_dir(cfg, "ppo", resume=resume, overwrite=overwrite, runtime=runtime)
 
@@ -67,7 +66,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     probe = tokenizer(train_prompts[:2], return_tensors="pt", padding=True)
     policy = build_policy(model, ppo.trainable, ppo.lora, cache_frozen=ppo.cache_frozen and frozen_cache_allowed(runtime),
                           probe=(probe.input_ids, probe.attention_mask))
-    module = PolicyWithValue(policy).to(runtime.device)
+    module = runtime.place(PolicyWithValue(policy))
     policy.reference.to(runtime.device)
     trainable, total = count_parameters(policy.model)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=ppo.learning_rate)
@@ -105,8 +104,9 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     if outputs.rows is None:  # resumed after the last step: nothing was evaluated in this process
         outputs.keep_rows(held_out())
     outputs.write("eval_after.json")
+    state = whole_state(module)  # under FSDP every process gathers the shards; the main one writes
     if runtime.is_main:
-        save_policy(policy, tokenizer, run_dir.model_dir)
+        save_policy(policy, tokenizer, run_dir.model_dir, state)
     summary = {
         "algorithm": ppo.algorithm,
         "rollout_engine": engine_name,  # what sampled the training rollouts (evaluations sample with hf)
@@ -134,7 +134,7 @@ def check_context(model, tokenizer, prompts: list[str], max_new_tokens: int) -> 
     longest = max((len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]), default=0)
     if limit and longest + max_new_tokens > limit:
         raise RlhfLabError(f"The policy holds {limit} positions, but the longest prompt ({longest} tokens) plus "
-                           f"ppo.max_new_tokens ({max_new_tokens}) needs {longest + max_new_tokens}. Lower ppo.max_new_tokens "
+                           f"generation.max_new_tokens ({max_new_tokens}) needs {longest + max_new_tokens}. Lower generation.max_new_tokens "
                            f"or data.prompt_max_words / data.prompt_max_tokens, or pretrain with a longer context.")
 
 
@@ -253,8 +253,9 @@ def evaluate(policy: Policy, tokenizer, rewards: dict[str, RewardFunction], prom
     return score_rows(rows, rewards, runtime)
 
 
-def save_policy(policy: Policy, tokenizer, folder: Path) -> None:
-    """A plain causal LM folder (LoRA merged) plus the value head; the live tokenizer is left as it is."""
+def save_policy(policy: Policy, tokenizer, folder: Path, state: dict | None = None) -> None:
+    """A plain causal LM folder (LoRA merged) plus the value head; the live tokenizer is left as it is.
+    `state`: PolicyWithValue's whole state dict when it is FSDP-sharded (rlhflab/engine/sharding.py)."""
     import copy
 
     from safetensors.torch import save_file
@@ -262,10 +263,15 @@ def save_policy(policy: Policy, tokenizer, folder: Path) -> None:
     model = copy.deepcopy(policy.model).merge_and_unload() if policy.lora else policy.model
     saved = copy.copy(tokenizer)  # padding side "right" in the folder, without flipping the one in use
     saved.padding_side = "right"
+    lm_state = value_state = None
+    if state is not None:  # keys as PolicyWithValue names them: model.<lm key>, value_head.<key>
+        lm_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        value_state = {k.removeprefix("value_head."): v for k, v in state.items() if k.startswith("value_head.")}
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=lm_state)
         saved.save_pretrained(tmp)
-        save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()}, tmp / "value_head.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in (value_state or policy.value_head.state_dict()).items()},
+                  tmp / "value_head.safetensors")
 
 
 def _write_samples(run_dir: RunDir, step: int, exp: Experience, kl: torch.Tensor, limit: int = 8) -> None:

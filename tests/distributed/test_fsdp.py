@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.distributed.test_multiprocess import ROOT, launch_two, run_ranks, sft_args
+from tests.distributed.test_multiprocess import ROOT, launch_two, ppo_args, run_ranks, sft_args, toy_reward  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -97,8 +97,37 @@ def test_an_interrupted_fsdp_run_resumes_to_the_uninterrupted_result(sft_runs):
 
 
 def test_a_sampling_stage_under_fsdp_is_refused_in_one_line(tmp_path, tiny_llama_dir, reviews_csv):
-    result = launch_two(tmp_path, "-m", "rlhflab", "ppo", f"ppo.policy={tiny_llama_dir}", f"data.source={reviews_csv}",
+    result = launch_two(tmp_path, "-m", "rlhflab", "dpo", f"dpo.policy={tiny_llama_dir}", f"data.source={reviews_csv}",
                         f"runs_dir={tmp_path / 'runs'}", launch=FSDP)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
-    assert len(errors) == 1 and errors[0].startswith("error: The ppo stage does not run under FSDP yet"), result.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith("error: The dpo stage does not run under FSDP yet"), result.stderr[-3000:]
     assert result.returncode != 0 and not (tmp_path / "runs" / "mp").exists()
+
+
+
+def test_fsdp_ppo_takes_the_steps_ddp_takes(tmp_path, tiny_llama_dir, reviews_csv, toy_reward):
+    """PPO samples, scores and evaluates outside the sharded forward (rlhflab/engine/sharding.py
+    `gathered`). Compared with DDP on the same 2 processes, not with one process: PPO's minibatches
+    are drawn from each process's own rollouts and its samples are seeded per process, so one process
+    trains on other minibatches even under DDP (tests/distributed/test_multiprocess.py checks DDP's
+    lockstep and resume). Same seeds per process here: the same rollouts, the same minibatches."""
+    args = lambda runs: [*ppo_args(runs, tiny_llama_dir, reviews_csv, toy_reward), "ppo.steps=2"]  # noqa: E731
+    ddp = run_ranks(tmp_path / "ddp", "ppo", *args(tmp_path / "runs1"), processes=2)
+    two = run_ranks(tmp_path / "two", "ppo", *args(tmp_path / "runs2"), processes=2, launch=FSDP)
+    assert two[0]["world_size"] == 2 and two[0]["weights"] == two[1]["weights"] and two[0]["beta"] == two[1]["beta"]
+    run1, run2 = tmp_path / "runs1" / "mp" / "ppo", tmp_path / "runs2" / "mp" / "ppo"
+    # Measured: 1.6e-6 at most on the LM's weights and 1.1e-8 on the value head after 2 steps (4
+    # Adam steps at lr 1e-3), the same scores and KL to 5e-7: FSDP reduce-scatters the gradients
+    # where DDP all-reduces them (another rounding order). 2e-5 is 12 times that and 50 times less
+    # than one step; sampling from stale or half weights would change the rollouts, hence the scores.
+    for name in ("model.safetensors", "value_head.safetensors"):
+        assert_same_weights(load_file(run1 / "model" / name), load_file(run2 / "model" / name), atol=2e-5)
+    records = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (run1, run2)]
+    assert [(r["step"], r["split"]) for r in records[1]] == [(r["step"], r["split"]) for r in records[0]]  # one writer
+    for a, b in zip(*records):
+        assert b.get("score_mean") == pytest.approx(a.get("score_mean"), abs=1e-6)
+        assert b["kl"] == pytest.approx(a["kl"], abs=1e-5)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run2 / "model")  # one process, no FSDP, no accelerate
+    assert all(type(p.data) is torch.Tensor for p in model.parameters())
