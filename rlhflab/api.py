@@ -23,7 +23,7 @@ from collections.abc import Iterator, MappingView, Set as AbstractSet
 from typing import Any, Callable, Mapping, Sequence
 
 from rlhflab.algorithms.recipes import ALGORITHM_NAMES
-from rlhflab.config import Config, check_config, from_dict, load_config, resolve_run_references, to_dict
+from rlhflab.config import Config, check_config, from_dict, load_config, resolve_run_references, to_dict, upgrade_names
 from rlhflab.errors import RlhfLabError
 
 TRLX_PARAMETERS = ("samples", "prompts", "outputs")  # trlX calls reward_fn(samples=, prompts=, outputs=, tokenizer=)
@@ -48,15 +48,15 @@ def train(model: str | None = None, *, prompts: Sequence[str] | None = None, eva
           name: str | None = None, progress: bool = True) -> TrainResult:
     """Train `model` (a bundled name, hub id, folder or run directory) and return it.
 
-    - `prompts` + `reward_fn` -> online RL (`config` ppo.algorithm: any recipe of
+    - `prompts` + `reward_fn` -> online RL (`config` rl.algorithm: any recipe of
       rlhflab/algorithms/recipes.py, ppo by default; or "dpo" for DPO on pairs sampled from the
       model and ranked by reward_fn);
     - `samples` + `rewards` -> ILQL (offline: learns from the scored texts, samples nothing);
     - `pairs` (dicts with prompt, chosen, rejected) -> DPO.
     `reward_fn` may take trlX's parameters (samples, prompts, outputs, **kwargs) or rlhflab's
     (prompts, responses); it returns one number per sample. `eval_prompts` are answered before and
-    after training. `config`: a Config, a YAML path, or nested dicts of settings ("rl" is accepted
-    for the "ppo" section, as trlX names it). The run goes to <runs_dir>/<name>/<stage> (name:
+    after training. `config`: a Config, a YAML path, or nested dicts of settings ("rl" is the RL
+    section; "ppo", its old name, is read as it). The run goes to <runs_dir>/<name>/<stage> (name:
     `name`, else the config's, else "api"); a finished stage of the same name is trained again.
     The lists may be any sequences: lists, tuples, numpy arrays, torch tensors, pandas Series (and
     a DataFrame for `pairs`), never a set or dict view (no order). Raises RlhfLabError, naming the
@@ -131,16 +131,13 @@ def _config(config, name, reward_fn, samples, rewards, pairs, prompts) -> tuple[
     elif isinstance(config, (str, Path)):
         cfg = load_config(config)
     elif config is None or isinstance(config, Mapping):
-        raw = json.loads(json.dumps(dict(config or {}), default=_plain))  # a deep copy of plain data
-        if "rl" in raw:
-            if "ppo" in raw:
-                raise RlhfLabError("config has both 'rl' and 'ppo'; they are the same section, give one.")
-            raw["ppo"] = raw.pop("rl")
+        # A deep copy of plain data, old names (ppo:, ppo.max_new_tokens) under the current ones.
+        raw = upgrade_names(json.loads(json.dumps(dict(config or {}), default=_plain)))
         raw.setdefault("name", "api")
-        chosen = raw.get("ppo", {}).get("algorithm") if isinstance(raw.get("ppo"), dict) else None
-        if chosen in ("dpo", "ilql"):  # trlX-style {"rl": {"algorithm": ...}}: the stage, not a ppo setting
-            del raw["ppo"]["algorithm"]
-        online_settings = set(raw.get("ppo") or {}) - {"max_new_tokens", "algorithm"}  # what DPO and ILQL would ignore
+        chosen = raw["rl"].get("algorithm") if isinstance(raw.get("rl"), dict) else None
+        if chosen in ("dpo", "ilql"):  # trlX-style {"rl": {"algorithm": ...}}: the stage, not an rl setting
+            del raw["rl"]["algorithm"]
+        online_settings = set(raw.get("rl") or {}) - {"algorithm"}  # what DPO and ILQL would ignore
         cfg = from_dict(Config, raw)
     else:
         raise RlhfLabError(f"config must be a Config, a YAML path or a dict of settings, got {type(config).__name__}.")
@@ -161,9 +158,9 @@ def _config(config, name, reward_fn, samples, rewards, pairs, prompts) -> tuple[
     if not offline and pairs is None and (prompts is None or reward_fn is None):
         raise RlhfLabError("Nothing to train on: give prompts and a reward_fn (online RL), samples and rewards (ILQL), "
                            "or pairs (DPO).")
-    algorithm = "ilql" if offline else "dpo" if pairs is not None else chosen or cfg.ppo.algorithm
+    algorithm = "ilql" if offline else "dpo" if pairs is not None else chosen or cfg.rl.algorithm
     if algorithm in ("dpo", "ilql") and online_settings:
-        raise RlhfLabError(f"config's rl/ppo settings {', '.join(sorted(online_settings))} are online RL's, and this call "
+        raise RlhfLabError(f"config's rl settings {', '.join(sorted(online_settings))} are online RL's, and this call "
                            f"trains {algorithm.upper()}: set them in the {algorithm!r} section (e.g. {algorithm}.learning_rate, "
                            f"{algorithm}.max_steps, {algorithm}.epochs).")
     return cfg, algorithm

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--flip", action="store_true", help="reward the opposite label")
     gen.add_argument("--config", help="YAML preset (see configs/); its reward_fn and evaluate.gold apply")
     gen.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. name=negative")
-    gen.add_argument("--max-new-tokens", type=int, help="tokens per response (default: ppo.max_new_tokens, 24)")
+    gen.add_argument("--max-new-tokens", type=int, help="tokens per response (default: generation.max_new_tokens, 24)")
     gen.add_argument("--temperature", type=float, help="sampling temperature (default: evaluate.temperature, 1.0)")
     gen.add_argument("--seed", type=int, help="sampling seed (default: the config's seed, 0)")
     gen.add_argument("--json", action="store_true", help="print one JSON document instead of text")
@@ -172,7 +172,7 @@ def _generate(args: argparse.Namespace) -> None:
         prompts, groups, notes = read_prompts(args.prompts_file)
     else:
         prompts = list(args.prompt or [])
-    max_new = args.max_new_tokens if args.max_new_tokens is not None else cfg.ppo.max_new_tokens
+    max_new = args.max_new_tokens if args.max_new_tokens is not None else cfg.generation.max_new_tokens
     temperature = args.temperature if args.temperature is not None else cfg.evaluate.temperature
     check_request(models, prompts, groups, args.n, args.best_of, max_new, temperature)  # before any model loads
     device_name = args.device or cfg.runtime.device

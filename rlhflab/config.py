@@ -268,9 +268,28 @@ class RewardFnConfig:
 
 
 @dataclass
-class PpoConfig:
+class GenerationConfig:
+    """How a policy answers a prompt. max_new_tokens is read by every stage that samples (RL's
+    rollouts, DPO's on-policy pairs, ILQL's and the study's held-out answers, evaluation and
+    `rlhflab generate`) unless its own section sets one; temperature and stop_token shape RL's
+    rollouts (evaluation, the study and DPO's pairs keep their own temperature, 1 by default: the
+    models' own distributions, which their KL and perplexity assume; they stop only at EOS)."""
+
+    max_new_tokens: int = 24
+    # Pure sampling by default: a temperature other than 1 makes the sampled distribution differ
+    # from the policy whose log-probs enter the KL estimate (rl.top_k, rl.top_p likewise).
+    temperature: float = 1.0
+    stop_token: str | None = None  # ends a response besides EOS (e.g. "."); must be one token
+    SPACE_OK: ClassVar[frozenset[str]] = frozenset({"stop_token"})  # "\n" is a stop token; "" is not
+
+    RANGES: ClassVar[dict[str, Bounds]] = {"max_new_tokens": COUNT, "temperature": POSITIVE}
+
+
+@dataclass
+class RlConfig:
     """Online RL against the reward with a KL penalty to the frozen SFT model: PPO (value head,
-    GAE), GRPO or RLOO (several responses per prompt, no value head)."""
+    GAE), GRPO, RLOO, REINFORCE++ or Dr. GRPO (rl.algorithm). Its stage (`rlhflab ppo`) and run
+    folder (runs/<name>/ppo) keep the name ppo for now; `ppo:` is read as this section."""
 
     # One of the recipes in rlhflab/algorithms/recipes.py (ppo: GAE with a value head; grpo, rloo, ...:
     # no critic), which also hold each one's defaults for the two settings below.
@@ -287,14 +306,10 @@ class PpoConfig:
     minibatch_size: int = 16
     ppo_epochs: int = 2  # passes over each rollout batch (4 spent more KL for the same reward here)
     learning_rate: float = 1e-4
-    max_new_tokens: int = 24
     # Pure sampling by default: top-k/top-p or a minimum length would make the sampled
     # distribution differ from the policy whose log-probs enter the KL estimate.
-    temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    stop_token: str | None = None  # ends a response besides EOS (e.g. "."); must be one token
-    SPACE_OK: ClassVar[frozenset[str]] = frozenset({"stop_token"})  # "\n" is a stop token; "" is not
     non_stop_penalty: float | None = None  # score for responses that never stop
     kl_estimator: Literal["k1", "k3"] = "k1"
     kl_coef: float = 0.05  # initial beta
@@ -329,8 +344,7 @@ class PpoConfig:
         "samples_per_prompt": COUNT,  # at least the recipe's minimum, 2 for grpo and rloo (resolve_rl)
         "trainable": ANY, "steps": COUNT, "batch_size": COUNT,
         "minibatch_size": COUNT,  # divides batch_size (resolve_rl)
-        "ppo_epochs": COUNT, "learning_rate": POSITIVE, "max_new_tokens": COUNT,
-        "temperature": POSITIVE, "top_k": NON_NEGATIVE,  # top_k 0: no top-k filter (transformers' meaning)
+        "ppo_epochs": COUNT, "learning_rate": POSITIVE, "top_k": NON_NEGATIVE,  # top_k 0: no top-k filter (transformers' meaning)
         "top_p": Bounds(0, 1, "low"), "non_stop_penalty": ANY,
         "kl_coef": NON_NEGATIVE, "kl_target": POSITIVE,
         "kl_horizon": COUNT,  # at least batch_size with adaptive_kl (check_rl)
@@ -341,43 +355,65 @@ class PpoConfig:
     }
 
 
-def check_rl(ppo: PpoConfig) -> None:
-    """Ranges and cross-field checks of the RL section (ppo.*)."""
-    check_ranges(ppo, "ppo")
+def check_rl(ppo: RlConfig) -> None:
+    """Ranges and cross-field checks of the RL section (rl.*)."""
+    check_ranges(ppo, "rl")
     _refuse([
         (ppo.minibatch_size <= ppo.batch_size, "minibatch_size must not exceed batch_size"),
         # beta moves by up to 20% x batch_size / kl_horizon per step: a shorter horizon overshoots below 0.
         (not ppo.adaptive_kl or ppo.kl_horizon >= ppo.batch_size,
          f"kl_horizon ({ppo.kl_horizon}) must be at least batch_size ({ppo.batch_size}): each step moves beta by up to "
          f"20% x batch_size / kl_horizon, so a shorter horizon can drive beta to or below 0"),
-    ], "ppo")
+    ], "rl")
 
 
-def resolve_rl(ppo: PpoConfig, world_size: int = 1) -> PpoConfig:
+def resolve_rl(ppo: RlConfig, world_size: int = 1, generation: GenerationConfig | None = None) -> PpoConfig:
     """The RL section with its recipe's defaults filled in (samples_per_prompt, kl_penalty) and an alias
-    replaced by the algorithm's own name, checked to split into prompts, processes and minibatches.
-    Raises RlhfLabError naming the setting."""
+    replaced by the algorithm's own name, checked to split into prompts, processes and minibatches,
+    together with the generation settings its rollouts use (`generation`, else the defaults; a
+    PpoConfig's own max_new_tokens, temperature and stop_token win where set): what the RL stage
+    reads. Raises RlhfLabError naming the setting."""
     check_rl(ppo)
+    given = {key: getattr(ppo, key, None) for key in GENERATION_KEYS}
+    sampling = dataclasses.replace(generation or GenerationConfig(), **{k: v for k, v in given.items() if v is not None})
+    check_ranges(sampling, "generation")
     recipe = get_recipe(ppo.algorithm)
     k = ppo.samples_per_prompt if ppo.samples_per_prompt is not None else recipe.samples_per_prompt
     kl_penalty = ppo.kl_penalty if ppo.kl_penalty != "auto" else recipe.kl_penalty
     if k < recipe.min_samples_per_prompt:
-        raise RlhfLabError(f"ppo.samples_per_prompt must be at least {recipe.min_samples_per_prompt} for {ppo.algorithm} "
+        raise RlhfLabError(f"rl.samples_per_prompt must be at least {recipe.min_samples_per_prompt} for {ppo.algorithm} "
                            f"(its baseline compares responses to the same prompt); got {k}.")
     if ppo.batch_size % (k * world_size):
-        raise RlhfLabError(f"ppo.batch_size ({ppo.batch_size} responses) must be a multiple of samples_per_prompt ({k}) "
+        raise RlhfLabError(f"rl.batch_size ({ppo.batch_size} responses) must be a multiple of samples_per_prompt ({k}) "
                            f"x processes ({world_size}).")
     if ppo.minibatch_size % world_size:
-        raise RlhfLabError(f"ppo.minibatch_size ({ppo.minibatch_size}) must be a multiple of the number of processes "
+        raise RlhfLabError(f"rl.minibatch_size ({ppo.minibatch_size}) must be a multiple of the number of processes "
                            f"({world_size}): each process takes an equal share of every minibatch.")
     if ppo.batch_size % ppo.minibatch_size:
         # The update splits each rollout into batch_size / minibatch_size equal steps; a remainder
         # would be one small minibatch whose noisy step weighs as much as a full one.
         divisors = [d for d in range(world_size, ppo.batch_size + 1, world_size) if ppo.batch_size % d == 0]
-        raise RlhfLabError(f"ppo.minibatch_size ({ppo.minibatch_size}) must divide ppo.batch_size ({ppo.batch_size}) so "
+        raise RlhfLabError(f"rl.minibatch_size ({ppo.minibatch_size}) must divide rl.batch_size ({ppo.batch_size}) so "
                            f"every update step takes the same number of responses; e.g. "
                            f"{', '.join(map(str, divisors[-6:]))}.")
-    return dataclasses.replace(ppo, algorithm=recipe.name, samples_per_prompt=k, kl_penalty=kl_penalty)
+    settings = {f.name: getattr(ppo, f.name) for f in dataclasses.fields(RlConfig)}
+    return PpoConfig(**{**settings, "algorithm": recipe.name, "samples_per_prompt": k, "kl_penalty": kl_penalty},
+                     **dataclasses.asdict(sampling))
+
+
+@dataclass
+class PpoConfig(RlConfig):
+    """The RL settings with the generation settings its rollouts use, in one object: what
+    resolve_rl returns and the RL stage reads. Also the RL section's old name in Python:
+    Config(ppo=PpoConfig(...)) or Config(rl=PpoConfig(...)) splits it into rl and the generation
+    settings it gives (None: not given). New configs write RlConfig and GenerationConfig."""
+
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    stop_token: str | None = None
+
+
+GENERATION_KEYS = ("max_new_tokens", "temperature", "stop_token")  # moved from ppo.* to generation.*
 
 
 @dataclass
@@ -387,7 +423,7 @@ class OnPolicyPairsConfig:
 
     prompts: int = 256  # train-split prompts (fewer when the split is smaller)
     samples_per_prompt: int = 4
-    max_new_tokens: int | None = None  # None: ppo.max_new_tokens, so responses match RL's
+    max_new_tokens: int | None = None  # None: generation.max_new_tokens, so responses match RL's
     temperature: float = 1.0
     batch_size: int = 32  # prompts x samples generated at once
 
@@ -412,7 +448,7 @@ class DpoConfig(TrainingConfig):
     trainable: Literal["all", "lora"] | list[int] = field(default_factory=lambda: [-2, -1])
     lora: LoraConfig = field(default_factory=LoraConfig)
     max_length: int = 96  # prompt + response tokens (the prompt gives way from its front)
-    eval_prompts: int = 64  # held-out prompts (test split) answered before and after, as ppo.eval_prompts
+    eval_prompts: int = 64  # held-out prompts (test split) answered before and after, as rl.eval_prompts
     epochs: int = 2
     batch_size: int = 16  # pairs per optimizer step
     learning_rate: float = 1e-4
@@ -467,7 +503,7 @@ class EvaluateConfig:
     # The first model is the reference that KL and perplexity are measured against.
     models: dict[str, str] | None = None
     prompts: int = 200  # from the test split (fewer when the split is smaller)
-    max_new_tokens: int | None = None  # None: ppo.max_new_tokens, so responses match training
+    max_new_tokens: int | None = None  # None: generation.max_new_tokens, so responses match training
     temperature: float = 1.0
     batch_size: int = 32
     samples_per_sentiment: int = 4  # side-by-side samples shown per prompt sentiment
@@ -497,7 +533,7 @@ class OveroptConfig:
 
     run: str | None = None  # an RL stage folder (with checkpoints/epoch-N); None: this run's ppo
     prompts: int = 100  # held-out prompts from the test split, the evaluation's first ones
-    max_new_tokens: int | None = None  # None: ppo.max_new_tokens
+    max_new_tokens: int | None = None  # None: generation.max_new_tokens
     temperature: float = 1.0
     separators: list[str] = field(default_factory=lambda: ["\n", " ", ",", "."])  # newline, space, comma, full stop
     SPACE_OK: ClassVar[frozenset[str]] = frozenset({"separators"})  # "\n" and " " are separators
@@ -536,7 +572,8 @@ class Config:
     sft: SftConfig = field(default_factory=SftConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     reward_fn: RewardFnConfig = field(default_factory=RewardFnConfig)
-    ppo: PpoConfig = field(default_factory=PpoConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    rl: RlConfig = field(default_factory=RlConfig)  # every online RL algorithm; `ppo` is read as it
     dpo: DpoConfig = field(default_factory=DpoConfig)
     ilql: IlqlConfig = field(default_factory=IlqlConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -550,6 +587,98 @@ class Config:
 
     def __post_init__(self) -> None:
         check_run_name(self.name)
+        if isinstance(self.rl, PpoConfig):  # the old class, generation settings and all
+            self.rl, self.generation = _split_ppo(self.rl, self.generation)
+
+    @property
+    def ppo(self) -> RlConfig:
+        """The RL section under its old name (read and set as cfg.rl)."""
+        note_renamed("ppo", "rl")
+        return self.rl
+
+    @ppo.setter
+    def ppo(self, section: RlConfig) -> None:
+        note_renamed("ppo", "rl")
+        self.rl = section
+        self.__post_init__()
+
+
+_config_init = Config.__init__
+
+
+def _init_with_ppo(self, *args, ppo: RlConfig | None = None, **kwargs) -> None:
+    """Config(..., ppo=...) as Config(..., rl=...), with a note."""
+    if ppo is not None:
+        if "rl" in kwargs:
+            raise RlhfLabError("Config got both rl and ppo; they are the same section, give rl.")
+        note_renamed("ppo", "rl")
+        kwargs["rl"] = ppo
+    _config_init(self, *args, **kwargs)
+
+
+_init_with_ppo.__signature__ = __import__("inspect").signature(_config_init)
+Config.__init__ = _init_with_ppo
+
+
+def _split_ppo(old: PpoConfig, generation: GenerationConfig) -> tuple[RlConfig, GenerationConfig]:
+    """A PpoConfig -> (its RL settings, generation with the settings it gave)."""
+    given = {key: getattr(old, key) for key in GENERATION_KEYS if getattr(old, key) is not None}
+    for key in given:
+        note_renamed(f"ppo.{key}", f"generation.{key}")
+    fields = {f.name: getattr(old, f.name) for f in dataclasses.fields(RlConfig)}
+    return RlConfig(**fields), dataclasses.replace(generation, **given)
+
+
+_NOTED: set[str] = set()
+
+
+def note_renamed(old: str, new: str) -> None:
+    """One line on stderr, once per process and name: `old` is read as `new`."""
+    if old not in _NOTED:
+        _NOTED.add(old)
+        import sys
+
+        print(f"note: {old!r} is now {new!r}; the old name still works.", file=sys.stderr)
+
+
+def _alias_path(parts: list[str]) -> list[str]:
+    """A dotted key under its current name: ppo.* -> rl.*, ppo/rl.max_new_tokens (temperature,
+    stop_token) -> generation.*; anything else as it is."""
+    if parts and parts[0] in ("ppo", "rl") and len(parts) > 1 and parts[1] in GENERATION_KEYS:
+        if len(parts) == 2:
+            note_renamed(".".join(parts), f"generation.{parts[1]}")
+            return ["generation", parts[1]]
+    if parts and parts[0] == "ppo":
+        note_renamed("ppo", "rl")
+        return ["rl", *parts[1:]]
+    return parts
+
+
+def upgrade_names(raw: dict[str, Any]) -> dict[str, Any]:
+    """Plain config data with old names moved to the current ones (a copy where anything moved):
+    a `ppo:` section is `rl:`, and its max_new_tokens, temperature and stop_token are
+    `generation:`'s. Raises RlhfLabError when one setting is given under both names."""
+    if not isinstance(raw, dict) or not any(isinstance(raw.get(s), dict) and (s == "ppo" or set(raw[s]) & set(GENERATION_KEYS))
+                                            for s in ("ppo", "rl")):
+        return raw
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items() if k != "ppo"}
+    for key, value in (raw.get("ppo") or {}).items() if isinstance(raw.get("ppo"), dict) else ():
+        _move(out, _alias_path(["ppo", str(key)]), value, f"ppo.{key}")
+    if "ppo" in raw and not isinstance(raw["ppo"], dict):
+        out["rl"] = raw["ppo"]  # from_dict says what is wrong with it, under its new name
+    for key in [k for k in (out.get("rl") or {}) if k in GENERATION_KEYS] if isinstance(out.get("rl"), dict) else ():
+        _move(out, _alias_path(["rl", key]), out["rl"].pop(key), f"rl.{key}")
+    return out
+
+
+def _move(out: dict[str, Any], path: list[str], value: Any, old: str) -> None:
+    section, key = path
+    node = out.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise RlhfLabError(f"{section} must be a mapping of keys to values, got {_show(node)}.")
+    if key in node and node[key] != value:
+        raise RlhfLabError(f"{old} and {section}.{key} are the same setting; give it once, as {section}.{key}.")
+    node[key] = value
 
 
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -589,7 +718,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """Read a YAML preset (or the defaults when `path` is None) and apply `a.b=value` overrides."""
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = _read_yaml(Path(path))
+        raw = upgrade_names(_read_yaml(Path(path)))
     for item in overrides:
         _apply_override(raw, item)
     return check_config(resolve_run_references(from_dict(Config, raw)))
@@ -614,6 +743,8 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     """Build dataclass `cls` from plain data, checking every key and type."""
     if not isinstance(data, dict):
         raise RlhfLabError(f"{where or 'config'} must be a mapping of keys to values, got {_show(data)}.")
+    if cls is Config:
+        data = upgrade_names(data)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in data:
@@ -716,7 +847,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     except yaml.YAMLError:
         value = text
     node = raw
-    parts = key.strip().split(".")
+    parts = _alias_path(key.strip().split("."))
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
@@ -998,16 +1129,16 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
     check_pretrain(cfg.pretrain)
     check_training_config(cfg.sft, "sft")
     check_reward(cfg.reward)
-    resolve_rl(cfg.ppo, world_size)
+    resolve_rl(cfg.rl, world_size, cfg.generation)
     check_dpo(cfg.dpo)
     check_ilql(cfg.ilql)
     check_evaluate(cfg.evaluate)
     check_overopt(cfg.overopt)
     if "overopt" in cfg.stages:  # found now, not after SFT, the reward model and RL have trained
         check_study_judges(cfg.evaluate)
-        if cfg.overopt.run is None and "ppo" in cfg.stages and not cfg.ppo.snapshot_each_epoch:
+        if cfg.overopt.run is None and "ppo" in cfg.stages and not cfg.rl.snapshot_each_epoch:
             raise RlhfLabError("stages has overopt, which studies the RL run's per-epoch snapshots, and "
-                               "ppo.snapshot_each_epoch is false; set it to true.")
+                               "rl.snapshot_each_epoch is false; set it to true.")
     from rlhflab.tracking import check_tracking
 
     check_tracking(cfg.tracking)

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import yaml
 
-from rlhflab.config import Config, parse_yaml, to_dict
+from rlhflab.config import Config, parse_yaml, to_dict, upgrade_names
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.interrupt import stop_at_once, stop_with_parent
 from rlhflab.io import RunDir, read_json
@@ -39,7 +39,7 @@ def stage_state(cfg: Config, stage: str) -> str:
     partial = run_dir.partial
     if run_dir.has_checkpoint(partial) and _stored_key(partial) == key and (partial / "config.yaml").exists():
         try:
-            same = parse_yaml((partial / "config.yaml").read_text(encoding="utf-8")) == to_dict(cfg)
+            same = upgrade_names(parse_yaml((partial / "config.yaml").read_text(encoding="utf-8"))) == to_dict(cfg)
         except (yaml.YAMLError, UnicodeDecodeError):  # not plain YAML (e.g. a Python tag): not resumable
             same = False
         if same:

@@ -149,7 +149,7 @@ def grid(axes: Sequence[Axis]) -> list[Point]:
     or comes out the same for two points."""
     if not axes:  # every axis has two values or more (parse_overrides), so any axis makes two points
         raise RlhfLabError("A sweep needs at least two points: give a setting several values separated by commas "
-                           "(e.g. ppo.learning_rate=1e-5,1e-4). For a single run use `rlhflab pipeline`.")
+                           "(e.g. rl.learning_rate=1e-5,1e-4). For a single run use `rlhflab pipeline`.")
     labels = _labels(axes)
     points: list[Point] = []
     names: dict[str, Point] = {}

@@ -1,4 +1,4 @@
-"""Rollouts sampled by vLLM on the policy's GPU: `ppo.rollout_engine` (auto | hf | vllm).
+"""Rollouts sampled by vLLM on the policy's GPU: `rl.rollout_engine` (auto | hf | vllm).
 
 On a GPU, transformers' `generate` leaves most of the chip idle; every RL library users would
 pick samples with vLLM instead (TRL's `use_vllm` colocate mode, OpenRLHF, verl). Here a vLLM
@@ -56,7 +56,7 @@ def vllm_importable() -> bool:
 
 def resolve_rollout_engine(setting: str, *, device_type: str, processes: int = 1,
                            vllm_available: Callable[[], bool] = vllm_importable) -> str:
-    """"hf" or "vllm" for `ppo.rollout_engine` = `setting` on a run whose device is `device_type`
+    """"hf" or "vllm" for `rl.rollout_engine` = `setting` on a run whose device is `device_type`
     ("cuda", "cpu", ...) with `processes` processes.
 
     auto: vllm when the run is on CUDA in one process and `vllm_available()` (asked only then),
@@ -64,21 +64,21 @@ def resolve_rollout_engine(setting: str, *, device_type: str, processes: int = 1
     One process only: each process would need its own engine placed on its own GPU, which
     this wiring does not do yet."""
     if setting not in ENGINES:
-        raise RlhfLabError(f"ppo.rollout_engine must be one of {', '.join(ENGINES)}; got {setting!r}.")
+        raise RlhfLabError(f"rl.rollout_engine must be one of {', '.join(ENGINES)}; got {setting!r}.")
     if setting == "hf":
         return "hf"
     cuda = device_type == "cuda"
     if setting == "auto":
         return "vllm" if cuda and processes == 1 and vllm_available() else "hf"
     if not cuda:
-        raise RlhfLabError(f"ppo.rollout_engine=vllm needs a CUDA GPU, but this run is on {device_type}; "
-                           f"use ppo.rollout_engine=hf (or auto).")
+        raise RlhfLabError(f"rl.rollout_engine=vllm needs a CUDA GPU, but this run is on {device_type}; "
+                           f"use rl.rollout_engine=hf (or auto).")
     if processes != 1:
-        raise RlhfLabError(f"ppo.rollout_engine=vllm runs in one process, but this run has {processes}; "
-                           f"use ppo.rollout_engine=hf (or auto) under accelerate launch.")
+        raise RlhfLabError(f"rl.rollout_engine=vllm runs in one process, but this run has {processes}; "
+                           f"use rl.rollout_engine=hf (or auto) under accelerate launch.")
     if not vllm_available():
-        raise RlhfLabError(f"ppo.rollout_engine=vllm but vLLM is not installed: {INSTALL}, "
-                           f"or use ppo.rollout_engine=hf.")
+        raise RlhfLabError(f"rl.rollout_engine=vllm but vLLM is not installed: {INSTALL}, "
+                           f"or use rl.rollout_engine=hf.")
     return "vllm"
 
 
@@ -157,7 +157,7 @@ class VllmRollout:
         missing = sorted({name for result in results for name in result or ()})
         if missing:
             raise RlhfLabError(f"vLLM's model has weights the policy does not: {', '.join(missing[:5])}"
-                               f"{' ...' if len(missing) > 5 else ''}; use ppo.rollout_engine=hf for this model.")
+                               f"{' ...' if len(missing) > 5 else ''}; use rl.rollout_engine=hf for this model.")
         self.llm.reset_prefix_cache()
         self.pushes += 1
 

@@ -29,7 +29,7 @@ class Recipe:
                 the all-process reduction for statistics over the whole batch; no critic
     `loss` is how the per-token clipped losses (and a k3 KL term) become one number: `token_mean`
     over every real token of the minibatch, or `max_length`: their sum over rows x
-    ppo.max_new_tokens, a constant (ops.masked.masked_sum_over_max_length).
+    generation.max_new_tokens, a constant (ops.masked.masked_sum_over_max_length).
     """
 
     name: str
@@ -38,7 +38,7 @@ class Recipe:
     paper: str  # where the estimator comes from
     samples_per_prompt: int = 1  # responses per prompt unless ppo.samples_per_prompt says otherwise
     min_samples_per_prompt: int = 1  # 2 where the baseline compares responses to the same prompt
-    kl_penalty: Literal["reward", "loss"] = "reward"  # where beta * KL goes when ppo.kl_penalty is auto
+    kl_penalty: Literal["reward", "loss"] = "reward"  # where beta * KL goes when rl.kl_penalty is auto
     critic: bool = False  # a value head trained with the clipped value loss
     loss: Literal["token_mean", "max_length"] = "token_mean"
     aliases: tuple[str, ...] = ()  # other names ppo.algorithm accepts for it

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Iterator
 
-from rlhflab.config import Config, DataConfig, dump_yaml, parse_yaml, to_dict
+from rlhflab.config import Config, DataConfig, dump_yaml, parse_yaml, to_dict, upgrade_names
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.interrupt import stop_at_once
 from rlhflab.io import RunDir, atomic_write_text, read_json, run_lock, write_json
@@ -69,7 +69,7 @@ def _open(cfg: Config, stage: str, run_dir: RunDir, *, resume: bool, overwrite: 
     run_dir.prepare(resume=resume, overwrite=overwrite)
     config_path = run_dir.path / "config.yaml"
     if resume and config_path.exists():
-        before = _read_own_yaml(config_path)
+        before = upgrade_names(_read_own_yaml(config_path))  # a run started before ppo became rl + generation
         if before != to_dict(cfg):
             changed = sorted(_diff_keys(before, to_dict(cfg)))
             raise RlhfLabError(

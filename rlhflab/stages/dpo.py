@@ -51,7 +51,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     model, tokenizer = load_causal_lm(source, steering=False)  # an ILQL run's heads must not steer training
     disable_dropout(model)  # the reference log-probs are computed once: they must not depend on a dropout mask
     model.to(runtime.device)
-    max_new = dpo.on_policy.max_new_tokens if dpo.on_policy.max_new_tokens is not None else cfg.ppo.max_new_tokens
+    max_new = dpo.on_policy.max_new_tokens if dpo.on_policy.max_new_tokens is not None else cfg.generation.max_new_tokens
     check_context(model, tokenizer, train_prompts[: dpo.on_policy.prompts] + eval_prompts, max_new)
     sampling = dict(max_new_tokens=max_new, seed=cfg.seed, batch_size=dpo.eval_batch_size, runtime=runtime)
     start, _ = held_out(model, None, tokenizer, eval_prompts, rewards, **sampling)

@@ -100,7 +100,7 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     judges, calibration = gold_judges(cfg, runtime)
     # evaluate has no resumable state: a rerun starts again (resume is accepted for the pipeline's sake).
     run_dir = open_run_dir(cfg, "evaluate", resume=False, overwrite=overwrite)
-    max_new = ev.max_new_tokens if ev.max_new_tokens is not None else cfg.ppo.max_new_tokens
+    max_new = ev.max_new_tokens if ev.max_new_tokens is not None else cfg.generation.max_new_tokens
     sentiments = _prompt_sentiments(prompts, labels, prob_fn)
     rows: list[dict] = []
     facts: dict[str, dict] = {}  # name -> what its own pass measured (size, scores)

@@ -95,7 +95,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     model, tokenizer = load_causal_lm(source, steering=False)  # an earlier ILQL run's heads must not steer training
     disable_dropout(model)
     model.to(runtime.device)
-    max_new = cfg.ppo.max_new_tokens
+    max_new = cfg.generation.max_new_tokens
     check_context(model, tokenizer, eval_prompts, max_new)
     sampling = dict(max_new_tokens=max_new, seed=cfg.seed, batch_size=il.eval_batch_size, runtime=runtime)
     start, _ = held_out(model, None, tokenizer, eval_prompts, rewards, **sampling)

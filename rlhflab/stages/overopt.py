@@ -45,7 +45,7 @@ def study_models(rl: Path) -> dict[str, str]:
                        key=lambda p: int(p.name.split("-")[1]))
     if not snapshots:
         raise RlhfLabError(f"{rl}/checkpoints holds no epoch-N snapshots, so there is nothing to study between the start "
-                           f"and the end. Rerun RL with ppo.snapshot_each_epoch=true and at least one pass over the prompts.")
+                           f"and the end. Rerun RL with rl.snapshot_each_epoch=true and at least one pass over the prompts.")
     start = summary["policy"]
     if not Path(start).expanduser().exists() and (rl.parent / Path(start).name).exists():
         start = str(rl.parent / Path(start).name)  # this run's sft stage, after the runs folder moved
@@ -68,7 +68,7 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     judges, calibration = gold_judges(cfg, runtime)
     prompts = eval_prompts(cfg, load_tokenizer(models["start"]))[0][: ov.prompts]
     run_dir = open_run_dir(cfg, "overopt", resume=False, overwrite=overwrite)
-    max_new = ov.max_new_tokens if ov.max_new_tokens is not None else cfg.ppo.max_new_tokens
+    max_new = ov.max_new_tokens if ov.max_new_tokens is not None else cfg.generation.max_new_tokens
     reference, points, rows = None, [], []
     bar = tqdm(total=len(models), desc="overopt", disable=not progress, dynamic_ncols=True)
     for name, source in models.items():

@@ -61,7 +61,7 @@ class Stage:
 
     name: its command (`rlhflab <name>`), its folder (runs/<run>/<name>) and its key here.
     config_section: the config section holding its settings (`<config_section>.*`).
-    inputs: the config keys its output depends on ("ppo.max_new_tokens" picks one field).
+    inputs: the config keys its output depends on ("generation.max_new_tokens" picks one field).
     reads: this run's stages it reads when no source is configured (its upstream stages).
     doc: what it does, one line (its `--help`).
     title: its heading in the report and its row in the report's overview.
@@ -143,21 +143,21 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           "Supervised fine-tuning", **shown_by(f"{SHOWN}.sft"), compares="SFT against the base model"),
     Stage("reward", "reward", ("seed", "runtime", "data", "reward"), _nothing,
           "train a reward model on labelled texts or preference pairs", "Reward model", **shown_by(f"{SHOWN}.reward")),
-    Stage("ppo", "ppo", ("seed", "runtime", "data", "reward_fn", "ppo"), _tuning_reads("ppo"),
+    Stage("ppo", "rl", ("seed", "runtime", "data", "reward_fn", "rl", "generation"), _tuning_reads("rl"),
           "PPO against the reward, with a KL penalty to the SFT model", "RL training", **shown_by(f"{SHOWN}.ppo"),
           tuned=True, compares=TUNED),
-    Stage("dpo", "dpo", ("seed", "runtime", "data", "reward_fn", "dpo", "ppo.max_new_tokens"), _tuning_reads("dpo"),
+    Stage("dpo", "dpo", ("seed", "runtime", "data", "reward_fn", "dpo", "generation.max_new_tokens"), _tuning_reads("dpo"),
           "direct preference optimisation from preference pairs (a file, or on-policy pairs ranked by the reward)",
           "Direct preference optimisation", **shown_by(f"{SHOWN}.dpo"), tuned=True, compares=TUNED),
-    Stage("ilql", "ilql", ("seed", "runtime", "data", "reward_fn", "ilql", "ppo.max_new_tokens"), _tuning_reads("ilql"),
+    Stage("ilql", "ilql", ("seed", "runtime", "data", "reward_fn", "ilql", "generation.max_new_tokens"), _tuning_reads("ilql"),
           "offline RL (implicit language Q-learning) from texts with rewards, e.g. reviews and their labels",
           "Offline RL (ILQL)", **shown_by(f"{SHOWN}.ilql"), tuned=True, compares=TUNED),
-    Stage("evaluate", "evaluate", ("seed", "runtime", "data", "reward_fn", "evaluate", "ppo.max_new_tokens"),
+    Stage("evaluate", "evaluate", ("seed", "runtime", "data", "reward_fn", "evaluate", "generation.max_new_tokens"),
           _evaluate_reads,
           "generate from SFT and the tuned models (PPO, DPO, ILQL; or any models) on held-out prompts and compare",
           "Evaluation", **shown_by(f"{SHOWN}.evaluate"), figures="eval_",
           compares="the evaluated models against the reference"),
-    Stage("overopt", "overopt", ("seed", "runtime", "data", "reward_fn", "evaluate", "overopt", "ppo.max_new_tokens"),
+    Stage("overopt", "overopt", ("seed", "runtime", "data", "reward_fn", "evaluate", "overopt", "generation.max_new_tokens"),
           _overopt_reads,
           "over-optimisation study: proxy and gold rewards, KL and separator ratio at every RL snapshot",
           "Over-optimisation study", **shown_by(f"{SHOWN}.overopt")),
@@ -170,13 +170,25 @@ def _pick(tree: dict, key: str):
     return tree
 
 
+def hashed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The inputs under the names their keys were first written with, so that renaming a section
+    leaves finished runs up to date: rl + generation were one ppo section, and
+    generation.max_new_tokens was ppo.max_new_tokens (every generation setting was a ppo one)."""
+    out = dict(inputs)
+    if "rl" in out:
+        out["ppo"] = {**out.pop("rl"), **(out.pop("generation", None) or {})}
+    if "generation.max_new_tokens" in out:
+        out["ppo.max_new_tokens"] = out.pop("generation.max_new_tokens")
+    return out
+
+
 def stage_key(cfg: Config, name: str) -> dict:
     """{"key": hash, "references": {reference: fingerprint}} of stage `name` under `cfg` as things are now."""
     from rlhflab.config import to_dict  # at call time: rlhflab.config imports this declaration
 
     stage = STAGES[name]
     tree = to_dict(cfg)
-    inputs = {key: _pick(tree, key) for key in stage.inputs}
+    inputs = hashed_inputs({key: _pick(tree, key) for key in stage.inputs})
     refs = references(inputs)
     for upstream in stage.reads(cfg):  # by stage name, so a moved runs folder stays up to date
         refs[f"<this run>/{upstream}"] = fingerprint(str(Path(cfg.runs_dir) / cfg.name / upstream)) or "missing"

@@ -103,7 +103,7 @@ def test_stages_the_points_share_are_trained_once_and_linked(swept):
         assert (point / "report" / "report.html").is_file() and "up to date" in (point / "log.txt").read_text()
     assert [command[-3:] for command in launched] == [
         ["--config", str(base / "sweep" / name / "point.yaml"), "--no-progress"] for name in POINTS]
-    rates = [parse_yaml((base / "sweep" / n / "ppo" / "config.yaml").read_text())["ppo"]["learning_rate"] for n in POINTS]
+    rates = [parse_yaml((base / "sweep" / n / "ppo" / "config.yaml").read_text())["rl"]["learning_rate"] for n in POINTS]
     assert rates == [1e-5, 1e-4]
 
 

@@ -421,7 +421,7 @@ def test_no_float_setting_takes_nan_or_infinity(key, value):
 @pytest.mark.parametrize("override, message", [
     # the inputs of issue 19, each refused with the key, the range and the default
     ("sft.learning_rate=.inf", r"^sft\.learning_rate must be a finite number in 32-bit floats \(magnitude at most 3\.4028235e\+38\) and > 0, got inf\. The default is 0\.0002\.$"),
-    ("ppo.vf_coef=.nan", r"^ppo\.vf_coef must be a finite number in 32-bit floats \(magnitude at most 3\.4028235e\+38\) and > 0, got nan\. The default is 0\.1\.$"),
+    ("rl.vf_coef=.nan", r"^rl\.vf_coef must be a finite number in 32-bit floats \(magnitude at most 3\.4028235e\+38\) and > 0, got nan\. The default is 0\.1\.$"),
     ("evaluate.temperature=.nan", r"^evaluate\.temperature must be a finite number in 32-bit floats \(magnitude at most 3\.4028235e\+38\) and > 0, got nan\."),
     ("reward_fn.batch_size=0", r"^reward_fn\.batch_size must be at least 1, got 0\. The default is 32\.$"),
     ("seed=-1", r"^seed must be in \[0, 2147483647\], got -1\. The default is 0\.$"),
@@ -429,13 +429,13 @@ def test_no_float_setting_takes_nan_or_infinity(key, value):
     ("dpo.lora.alpha=0", r"^dpo\.lora\.alpha must be at least 1, got 0\."),
     # zero never stands for "the default": null does
     ("evaluate.max_new_tokens=0", r"^evaluate\.max_new_tokens must be at least 1 \(or null, the default\), got 0\.$"),
-    ("ppo.samples_per_prompt=0", r"^ppo\.samples_per_prompt must be at least 1 \(or null, the default\), got 0\.$"),
+    ("rl.samples_per_prompt=0", r"^rl\.samples_per_prompt must be at least 1 \(or null, the default\), got 0\.$"),
     ("dpo.on_policy.max_new_tokens=0", r"^dpo\.on_policy\.max_new_tokens must be at least 1"),
     ("overopt.max_new_tokens=0", r"^overopt\.max_new_tokens must be at least 1"),
     ("sft.max_steps=0", r"^sft\.max_steps must be at least 1 \(or null, the default\)"),
     ("data.per_class=0", r"^data\.per_class must be at least 1 \(or null\), got 0\. The default is 1000\.$"),
     ("reward_fn.source=''", r"^reward_fn\.source is empty; leave it out \(or set it to null\) for the default"),
-    ("ppo.minibatch_size=7", r"^ppo\.minibatch_size \(7\) must divide ppo\.batch_size \(64\) .* e\.g\. 2, 4, 8, 16, 32, 64\.$"),
+    ("rl.minibatch_size=7", r"^rl\.minibatch_size \(7\) must divide rl\.batch_size \(64\) .* e\.g\. 2, 4, 8, 16, 32, 64\.$"),
     ("runtime.device=gpu", r"^runtime\.device: must be one of 'auto', 'cpu', 'cuda'; got 'gpu'"),
     ("pretrain.sample_prompts=['']", r"^pretrain\.sample_prompts\[0\] is blank"),
     ("pretrain.sample_prompts=['ROMEO.', ' ']", r"^pretrain\.sample_prompts\[1\] is blank"),
@@ -444,7 +444,7 @@ def test_no_float_setting_takes_nan_or_infinity(key, value):
     ("reward.data={prompt_max_words: 2}", r"^reward\.data\.prompt_min_words \(3\) must not exceed reward\.data\.prompt_max_words \(2\)"),
     ("data.fractions=[0.5,0.5,0.5]", r"^data\.fractions: split fractions must be three numbers"),
     ("dpo.pairs.fractions=[0,0.5,0.5]", r"^dpo\.pairs\.fractions: the train fraction must be above 0"),
-    ("ppo.top_p=0", r"^ppo\.top_p must be in \(0, 1\], got 0\.0\."),
+    ("rl.top_p=0", r"^rl\.top_p must be in \(0, 1\], got 0\.0\."),
     ("sft.warmup_ratio=1", r"^sft\.warmup_ratio must be in \[0, 1\), got 1\.0\."),
     ("pretrain.validation_fraction=1", r"^pretrain\.validation_fraction must be in \(0, 1\)"),
     ("evaluate.best_of=[4, 0]", r"^evaluate\.best_of\[1\] must be at least 1, got 0\.$"),
@@ -461,12 +461,12 @@ F32 = r"a finite number in 32-bit floats \(magnitude at most 3\.4028235e\+38\)"
 @pytest.mark.parametrize("override, message", [
     # finite in float64 but not in the float32 training runs in (issue 19 follow-up)
     ("sft.learning_rate=1e39", rf"^sft\.learning_rate must be {F32} and > 0, got 1e\+39\. The default is 0\.0002\.$"),
-    ("ppo.non_stop_penalty=-1e39", rf"^ppo\.non_stop_penalty must be {F32} \(or null, the default\), got -1e\+39\.$"),
+    ("rl.non_stop_penalty=-1e39", rf"^rl\.non_stop_penalty must be {F32} \(or null, the default\), got -1e\+39\.$"),
     ("ilql.eval_betas=[1e39]", rf"^ilql\.eval_betas\[0\] must be {F32} and >= 0, got 1e\+39\.$"),
-    ("ppo.kl_coef=1e39", rf"^ppo\.kl_coef must be {F32} and >= 0, got 1e\+39\. The default is 0\.05\.$"),
+    ("rl.kl_coef=1e39", rf"^rl\.kl_coef must be {F32} and >= 0, got 1e\+39\. The default is 0\.05\.$"),
     ("dpo.beta=1e39", rf"^dpo\.beta must be {F32} and > 0, got 1e\+39\."),
     # the words once, not "a finite number a finite number"
-    ("ppo.non_stop_penalty=.nan", rf"^ppo\.non_stop_penalty must be {F32} \(or null, the default\), got nan\.$"),
+    ("rl.non_stop_penalty=.nan", rf"^rl\.non_stop_penalty must be {F32} \(or null, the default\), got nan\.$"),
     # a blank string is never a path, name or model; null (where allowed) is the default
     ('data.source=""', r"^data\.source is empty; give a value \(the default is 'imdb'\), or leave it out for the default\.$"),
     ('sft.model=""', r"^sft\.model is empty; give a value \(the default is 'smollm2-135m'\)"),
@@ -478,7 +478,7 @@ F32 = r"a finite number in 32-bit floats \(magnitude at most 3\.4028235e\+38\)"
     ("evaluate.models={a: ''}", r"^evaluate\.models\.a is empty; give a value, got ''\.$"),
     ("evaluate.models={'': x}", r"^evaluate\.models has an entry whose name is empty"),
     ('pretrain.sample_prompts=["\\u200b"]', r"^pretrain\.sample_prompts\[0\] is blank"),
-    ('ppo.stop_token=""', r"^ppo\.stop_token is empty; leave it out \(or set it to null\)"),
+    ('generation.stop_token=""', r"^generation\.stop_token is empty; leave it out \(or set it to null\)"),
     ("stages=[]", r"^stages is empty: a pipeline needs at least one stage\."),
 ])
 def test_a_float32_overflow_a_blank_string_or_no_stage_is_refused_when_the_config_loads(override, message):
@@ -492,10 +492,10 @@ def test_float32_limit_is_torchs_and_values_up_to_it_and_meaningful_whitespace_p
     from rlhflab.config import FLOAT32_MAX
 
     assert FLOAT32_MAX == float(torch.finfo(torch.float32).max)
-    cfg = load_config(None, ["ppo.non_stop_penalty=-3.4028234663852886e38", "ppo.kl_coef=3.4e38",
-                             'ppo.stop_token="\\n"', 'overopt.separators=["\\n", " ", ","]'])
-    assert cfg.ppo.non_stop_penalty == -FLOAT32_MAX and cfg.ppo.kl_coef == 3.4e38
-    assert cfg.ppo.stop_token == "\n" and cfg.overopt.separators == ["\n", " ", ","]
+    cfg = load_config(None, ["rl.non_stop_penalty=-3.4028234663852886e38", "rl.kl_coef=3.4e38",
+                             'generation.stop_token="\\n"', 'overopt.separators=["\\n", " ", ","]'])
+    assert cfg.rl.non_stop_penalty == -FLOAT32_MAX and cfg.rl.kl_coef == 3.4e38
+    assert cfg.generation.stop_token == "\n" and cfg.overopt.separators == ["\n", " ", ","]
 
 
 def test_a_tokenizers_smallest_vocabulary_is_checked_when_the_config_loads():
@@ -508,10 +508,10 @@ def test_null_means_the_default_and_the_stages_fill_it_in():
     from rlhflab.algorithms.supervised import total_steps
     from rlhflab.config import TrainingConfig, resolve_rl
 
-    cfg = load_config(None, ["evaluate.max_new_tokens=null", "ppo.samples_per_prompt=null", "sft.max_steps=null"])
-    assert cfg.evaluate.max_new_tokens is None and cfg.ppo.samples_per_prompt is None
-    assert resolve_rl(cfg.ppo).samples_per_prompt == 1
-    assert resolve_rl(load_config(None, ["ppo.algorithm=grpo"]).ppo).samples_per_prompt == 4
+    cfg = load_config(None, ["evaluate.max_new_tokens=null", "rl.samples_per_prompt=null", "sft.max_steps=null"])
+    assert cfg.evaluate.max_new_tokens is None and cfg.rl.samples_per_prompt is None
+    assert resolve_rl(cfg.rl).samples_per_prompt == 1
+    assert resolve_rl(load_config(None, ["rl.algorithm=grpo"]).rl).samples_per_prompt == 4
     assert total_steps(TrainingConfig(epochs=2, batch_size=16, max_steps=None), 100) == 14  # 2 x ceil(100 / 16)
     assert total_steps(TrainingConfig(epochs=2, batch_size=16, max_steps=3), 100) == 3
 
@@ -519,10 +519,10 @@ def test_null_means_the_default_and_the_stages_fill_it_in():
 @pytest.mark.parametrize("batch, minibatch, world, message", [
     (64, 16, 1, None),
     (64, 64, 1, None),
-    (64, 7, 1, r"minibatch_size \(7\) must divide ppo\.batch_size \(64\)"),
-    (48, 32, 1, r"minibatch_size \(32\) must divide ppo\.batch_size \(48\).* 12, 16, 24, 48\.$"),
+    (64, 7, 1, r"minibatch_size \(7\) must divide rl\.batch_size \(64\)"),
+    (48, 32, 1, r"minibatch_size \(32\) must divide rl\.batch_size \(48\).* 12, 16, 24, 48\.$"),
     # with two processes: a share of each minibatch per process, so only even divisors are offered
-    (64, 12, 2, r"minibatch_size \(12\) must divide ppo\.batch_size \(64\).* 8, 16, 32, 64\.$"),
+    (64, 12, 2, r"minibatch_size \(12\) must divide rl\.batch_size \(64\).* 8, 16, 32, 64\.$"),
     (8, 5, 2, r"minibatch_size \(5\) must be a multiple of the number of processes \(2\)"),
 ])
 def test_every_minibatch_of_a_rollout_has_the_same_size(batch, minibatch, world, message):
@@ -538,12 +538,12 @@ def test_every_minibatch_of_a_rollout_has_the_same_size(batch, minibatch, world,
 
 def test_minibatch_checks_under_a_launcher_run_when_the_config_loads(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RlhfLabError, match=r"ppo\.minibatch_size \(5\) must be a multiple of the number of processes \(2\)"):
-        load_config(None, ["ppo.batch_size=8", "ppo.minibatch_size=5", "ppo.kl_horizon=1000"])
+    with pytest.raises(RlhfLabError, match=r"rl\.minibatch_size \(5\) must be a multiple of the number of processes \(2\)"):
+        load_config(None, ["rl.batch_size=8", "rl.minibatch_size=5", "rl.kl_horizon=1000"])
 
 
 @pytest.mark.parametrize("overrides, fragment", [
-    (["ppo.minibatch_size=7"], "ppo.minibatch_size (7) must divide ppo.batch_size (64)"),
+    (["rl.minibatch_size=7"], "rl.minibatch_size (7) must divide rl.batch_size (64)"),
     (["runtime.device=gpu"], "runtime.device: must be one of"),
     (["runtime.device=cuda"], "runtime.device=cuda was requested but no CUDA GPU is visible"),
     (["runtime.mixed_precision=fp16"], "runtime.mixed_precision=fp16 needs a GPU"),
@@ -562,8 +562,8 @@ def test_rlhflab_config_refuses_what_a_stage_would_refuse(capsys, monkeypatch, o
 def test_rlhflab_config_prints_a_config_that_passes_every_check(capsys):
     from tests.helpers import cli_run
 
-    result = cli_run(capsys, "config", "ppo.minibatch_size=32", "evaluate.max_new_tokens=null")
+    result = cli_run(capsys, "config", "rl.minibatch_size=32", "evaluate.max_new_tokens=null")
     assert result.returncode == 0
-    assert load_config(None, []).ppo.minibatch_size == 16
+    assert load_config(None, []).rl.minibatch_size == 16
     printed = from_dict(Config, __import__("yaml").safe_load(result.stdout))
-    assert printed.ppo.minibatch_size == 32 and printed.evaluate.max_new_tokens is None
+    assert printed.rl.minibatch_size == 32 and printed.evaluate.max_new_tokens is None

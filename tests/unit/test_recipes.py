@@ -16,7 +16,7 @@ from rlhflab.errors import RlhfLabError
 def test_the_config_offers_exactly_the_recipes_and_their_aliases():
     choices = typing.get_args(typing.get_type_hints(PpoConfig)["algorithm"])
     assert choices == ALGORITHM_NAMES == (*RECIPES, *ALIASES)
-    with pytest.raises(RlhfLabError, match="ppo.algorithm: must be one of 'ppo', 'grpo', 'rloo'"):
+    with pytest.raises(RlhfLabError, match="rl.algorithm: must be one of 'ppo', 'grpo', 'rloo'"):
         load_config(None, ["ppo.algorithm=a2c"])
 
 

@@ -1,4 +1,4 @@
-"""ppo.rollout_engine (auto | hf | vllm) and the vLLM weight-push contract, on CPU without vLLM.
+"""rl.rollout_engine (auto | hf | vllm) and the vLLM weight-push contract, on CPU without vLLM.
 
 vLLM itself is stood in for by FakeLLM, which has the interface rlhflab uses (`generate` with
 token-id prompts and one SamplingParams per prompt, `apply_model`, `reset_prefix_cache`) and a
@@ -50,9 +50,9 @@ def test_auto_on_cpu_and_hf_never_look_for_vllm():
 
 
 @pytest.mark.parametrize(("device", "processes", "installed", "fragments"), [
-    ("cuda", 1, False, ("not installed", "pip install vllm", "ppo.rollout_engine=hf")),
-    ("cpu", 1, True, ("needs a CUDA GPU", "cpu", "ppo.rollout_engine=hf")),
-    ("cuda", 2, True, ("one process", "2", "ppo.rollout_engine=hf")),
+    ("cuda", 1, False, ("not installed", "pip install vllm", "rl.rollout_engine=hf")),
+    ("cpu", 1, True, ("needs a CUDA GPU", "cpu", "rl.rollout_engine=hf")),
+    ("cuda", 2, True, ("one process", "2", "rl.rollout_engine=hf")),
 ])
 def test_vllm_asked_for_where_it_cannot_run_is_one_clear_line(device, processes, installed, fragments):
     with pytest.raises(RlhfLabError) as caught:
@@ -64,10 +64,10 @@ def test_vllm_asked_for_where_it_cannot_run_is_one_clear_line(device, processes,
 
 
 def test_the_config_takes_the_engine_settings_and_refuses_others():
-    cfg = load_config(None, ["ppo.rollout_engine=vllm", "ppo.vllm_gpu_memory_utilization=1"])
-    assert cfg.ppo.rollout_engine == "vllm" and cfg.ppo.vllm_gpu_memory_utilization == 1
-    assert load_config(None, []).ppo.rollout_engine == "auto"
-    for bad in ("ppo.rollout_engine=gpu", "ppo.vllm_gpu_memory_utilization=0", "ppo.vllm_gpu_memory_utilization=1.5"):
+    cfg = load_config(None, ["rl.rollout_engine=vllm", "ppo.vllm_gpu_memory_utilization=1"])
+    assert cfg.rl.rollout_engine == "vllm" and cfg.ppo.vllm_gpu_memory_utilization == 1
+    assert load_config(None, []).rl.rollout_engine == "auto"
+    for bad in ("rl.rollout_engine=gpu", "ppo.vllm_gpu_memory_utilization=0", "ppo.vllm_gpu_memory_utilization=1.5"):
         with pytest.raises(RlhfLabError, match=bad.split("=")[0].split(".")[1]):
             load_config(None, [bad])
 

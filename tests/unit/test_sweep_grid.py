@@ -72,7 +72,7 @@ def test_bad_grids_are_one_line_errors(overrides, message):
 def test_every_point_is_validated_before_anything_runs(tmp_path):
     with pytest.raises(RlhfLabError, match=r"Sweep point minibatch_size-32 .*minibatch_size"):
         make_plan(None, ["ppo.minibatch_size=8,32", "ppo.batch_size=16", f"runs_dir={tmp_path}"])
-    with pytest.raises(RlhfLabError, match="Unknown config key 'ppo.learning_rat'"):
+    with pytest.raises(RlhfLabError, match="Unknown config key 'rl.learning_rat'"):
         make_plan(None, ["ppo.learning_rat=1,2", f"runs_dir={tmp_path}"])
     assert not any(tmp_path.iterdir())
 
