@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -633,8 +634,9 @@ _NOTED: set[str] = set()
 
 
 def note_renamed(old: str, new: str) -> None:
-    """One line on stderr, once per process and name: `old` is read as `new`."""
-    if old not in _NOTED:
+    """One line on stderr, once per process and name: `old` is read as `new`. Under `accelerate
+    launch` only the main process (RANK 0) says it, as with errors."""
+    if old not in _NOTED and os.environ.get("RANK", "0") == "0":
         _NOTED.add(old)
         import sys
 

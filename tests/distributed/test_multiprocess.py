@@ -115,10 +115,10 @@ def launch_two(tmp_path: Path, *target: str, launch: tuple[str, ...] = ("--confi
 
 def test_a_user_error_under_two_processes_is_said_once(tmp_path):
     result = launch_two(tmp_path, "-m", "rlhflab", "pipeline", "--config", str(ROOT / "configs" / "quick.yaml"),
-                        "ppo.minibatch_size=5", f"runs_dir={tmp_path / 'runs'}")
+                        "rl.minibatch_size=5", f"runs_dir={tmp_path / 'runs'}")
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     # One line, from the main process (the minibatch rule's wording is config.py's to choose).
-    assert len(errors) == 1 and errors[0].startswith("error: ppo.minibatch_size (5) "), result.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith("error: rl.minibatch_size (5) "), result.stderr[-3000:]
     assert result.returncode != 0 and not (tmp_path / "runs").exists()
 
 

@@ -132,6 +132,7 @@ def test_training_starts_from_the_plain_lm_of_an_ilql_run(tmp_path, tiny_llama_d
 
     plain, tokenizer = load_causal_lm(run, steering=False)
     assert not hasattr(plain, "ilql_beta")  # evaluation and generation keep steering (see above)
+    plain.set_attn_implementation("sdpa")  # as a plain Hugging Face load has it (rlhflab's CPU matmuls differ in the last bit)
     ids = tokenizer(["the film was"], return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(plain(ids).logits, AutoModelForCausalLM.from_pretrained(run_dir.model_dir)(ids).logits)
@@ -139,9 +140,9 @@ def test_training_starts_from_the_plain_lm_of_an_ilql_run(tmp_path, tiny_llama_d
     # A steered name is refused by every training stage, naming the setting, before any model loads.
     fix = rf"drop the @beta=2 part \(.*{re.escape(run)}\); training starts from the plain language model"
     bad = make_config(tmp_path / "b", tiny_llama_dir, reviews_csv)
-    for stage in ("ilql", "ppo", "dpo"):
-        getattr(bad, stage).policy = f"{run}@beta=2"
-        with pytest.raises(RlhfLabError, match=rf"{stage}\.policy={re.escape(run)}@beta=2 asks for ILQL steering.*{fix}"):
+    for stage, section in (("ilql", "ilql"), ("ppo", "rl"), ("dpo", "dpo")):
+        getattr(bad, section).policy = f"{run}@beta=2"
+        with pytest.raises(RlhfLabError, match=rf"{section}\.policy={re.escape(run)}@beta=2 asks for ILQL steering.*{fix}"):
             run_stage(stage, bad, progress=False)
     bad.sft = SftConfig(model=f"{run}@beta=2")
     with pytest.raises(RlhfLabError, match=rf"sft\.model=.*{fix}"):
