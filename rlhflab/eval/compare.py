@@ -40,7 +40,7 @@ from rlhflab.io import atomic_write_text, write_json
 RL_STAGE = "ppo"  # the stage folder of every RL algorithm (ppo, grpo, rloo)
 LAST_STEPS = 10  # clip fraction and approximate KL are averaged over this many last steps
 MIN_KL = 0.5  # nats; a run that moved less is left out of "reward per nat": a sampled KL near 0 is mostly noise
-DEFAULT_KEYS = ("ppo.algorithm", "ppo.learning_rate", "ppo.kl_coef")  # shown for runs outside a sweep
+DEFAULT_KEYS = ("rl.algorithm", "rl.learning_rate", "rl.kl_coef")  # shown for runs outside a sweep
 # metrics.jsonl train keys drawn one figure each: key, title, y label
 CURVES = (
     ("score_mean", "Mean reward of the training batches", "reward"),
@@ -484,9 +484,14 @@ def _value(value: Any) -> str:
 
 
 def _pick(tree: dict | None, key: str) -> Any:
+    """tree[a][b] for key "a.b", else None; an `rl.*` key falls back to the `ppo:` section that runs
+    made before the rename have."""
+    found = tree
     for part in key.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
+        found = found.get(part) if isinstance(found, dict) else None
+    if found is None and key.startswith("rl."):
+        return _pick(tree, "ppo." + key[3:])
+    return found
 
 
 def _column_labels(keys: Sequence[str]) -> list[str]:
