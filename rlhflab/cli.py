@@ -322,7 +322,8 @@ def _dashed_override(item: str, argv: list[str]) -> str | None:
     from rlhflab.config import Config
 
     match = re.fullmatch(r"--?([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(=.*)?", item)
-    if not match or match.group(1).split(".")[0] not in {f.name for f in dataclasses.fields(Config)}:
+    # `ppo` is the old name of the `rl` section and still read as it (config.upgrade_names)
+    if not match or match.group(1).split(".")[0] not in {f.name for f in dataclasses.fields(Config)} | {"ppo"}:
         return None
     key, value = match.group(1), match.group(2)
     if value is not None:

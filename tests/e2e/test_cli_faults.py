@@ -71,9 +71,9 @@ def test_rlhflab_debug_shows_the_traceback_of_a_user_error(tmp_path):
 
 
 def test_a_bad_late_setting_fails_before_any_stage_runs(tmp_path):
-    """Resolve before running: a bad ppo setting fails in a second, not after SFT and the reward model."""
+    """Resolve before running: a bad rl setting fails in a second, not after SFT and the reward model."""
     started = time.time()
     result = rlhflab(tmp_path, "pipeline", "--config", str(Path(__file__).resolve().parents[2] / "configs" / "quick.yaml"),
-                     "ppo.minibatch_size=16", "runs_dir=runs")
-    assert_user_error(result, "ppo.minibatch_size must not exceed batch_size")
+                     "rl.minibatch_size=16", "runs_dir=runs")
+    assert_user_error(result, "rl.minibatch_size must not exceed batch_size")
     assert time.time() - started < 30 and not (tmp_path / "runs").exists()

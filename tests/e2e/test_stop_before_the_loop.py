@@ -21,7 +21,7 @@ def test_sigterm_while_dpo_samples_its_pairs_exits_130_and_leaves_nothing(tmp_pa
         f"data.source={reviews_csv}", "data.per_class=30", f"dpo.policy={tiny_llama_dir}", f"reward_fn.source={reward}:e_share",
         # many long samples: minutes of pair sampling before the first training step
         "dpo.on_policy.prompts=48", "dpo.on_policy.samples_per_prompt=64", "dpo.on_policy.max_new_tokens=64",
-        "dpo.on_policy.batch_size=64", "dpo.eval_prompts=4", "ppo.max_new_tokens=4", "dpo.max_steps=2",
+        "dpo.on_policy.batch_size=64", "dpo.eval_prompts=4", "generation.max_new_tokens=4", "dpo.max_steps=2",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

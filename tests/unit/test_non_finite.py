@@ -246,7 +246,7 @@ def test_a_full_disk_while_the_model_is_saved_is_one_line_naming_the_checkpoint_
     from rlhflab.stages.sft import save_model
 
     class FillsTheDisk(torch.nn.Linear):
-        def save_pretrained(self, folder):
+        def save_pretrained(self, folder, **_options):
             (folder / "model.safetensors").write_bytes(b"\0" * 100)
             # what safetensors raised when a small tmpfs filled up under it
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
