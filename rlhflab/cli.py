@@ -346,6 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _main(argv)
         finally:  # --help and errors too: a reader that went away fails here, not at interpreter exit
             sys.stdout.flush()
+            if "torch.distributed" in sys.modules:  # only a command that loaded torch can have a process group
+                from rlhflab.engine.runtime import close_process_group
+
+                close_process_group()
     except KeyboardInterrupt:  # a stop before or after the command's own handling (parsing, imports)
         if _is_main_process():
             print("interrupted", file=sys.stderr, flush=True)

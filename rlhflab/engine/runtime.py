@@ -295,3 +295,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RlhfLabError("device=cuda was requested but no CUDA GPU is visible; use device=auto or cpu.")
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def close_process_group() -> None:
+    """Tear down the process group (gloo under `accelerate launch`) before the interpreter exits.
+
+    Left to interpreter exit, gloo's threads were sometimes still joinable when their C++ objects
+    were destroyed, and a process aborted with "terminate called without an active exception"
+    (exit -6) after its work was done: seen about 1 run in 6 of the FSDP tests under load."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -64,4 +64,9 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    finally:
+        from rlhflab.engine.runtime import close_process_group
+
+        close_process_group()
