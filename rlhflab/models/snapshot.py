@@ -26,12 +26,23 @@ def is_snapshot(name: str) -> bool:
     return (Path(name).expanduser() / SNAPSHOT_FILE).is_file()
 
 
-def save_snapshot(policy, base: str, folder: Path, dtype: str = "bfloat16") -> None:
+def trainable_tensors(policy) -> dict[str, torch.Tensor]:
+    """The trainable parameters of `policy` by name, whole: under FSDP each is gathered from its
+    shards (a collective: every process calls this at the same point; rlhflab/engine/sharding.py)."""
+    from rlhflab.engine.sharding import whole
+
+    return {name: whole(p.detach()) for name, p in policy.model.named_parameters() if p.requires_grad}
+
+
+def save_snapshot(policy, base: str, folder: Path, dtype: str = "bfloat16",
+                  tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Save the trainable tensors of `policy` (a rlhflab.models.policy.Policy) to `folder`.
 
     `base` is the model the policy started from (a name, hub id or folder). A folder is written
     relative to the snapshot, so a runs directory can be moved whole. The value head is not
     saved: a snapshot is for sampling and scoring, not for resuming (checkpoints do that).
+    `tensors`: the policy's `trainable_tensors`, gathered by every process beforehand when it is
+    sharded (None: read here, which is right only for an unsharded policy).
     """
     folder = Path(folder)
     local = Path(base).expanduser().exists()
@@ -42,9 +53,9 @@ def save_snapshot(policy, base: str, folder: Path, dtype: str = "bfloat16") -> N
         else:
             from safetensors.torch import save_file
 
-            tensors = {name: p.detach().to(DTYPES[dtype]).cpu().contiguous()
-                       for name, p in policy.model.named_parameters() if p.requires_grad}
-            save_file(tensors, str(tmp / "weights.safetensors"))
+            tensors = trainable_tensors(policy) if tensors is None else tensors
+            save_file({name: t.to(DTYPES[dtype]).cpu().contiguous() for name, t in tensors.items()},
+                      str(tmp / "weights.safetensors"))
             kind = "tensors"
         write_json(tmp / SNAPSHOT_FILE, {
             "base": os.path.relpath(Path(base).expanduser().resolve(), folder.resolve()) if local else base,

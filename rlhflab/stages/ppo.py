@@ -27,7 +27,7 @@ from rlhflab.eval.held_out import score_rows
 from rlhflab.io import RunDir, atomic_dir, write_json
 from rlhflab.models.causal_lm import count_parameters, load_causal_lm, refuse_steering
 from rlhflab.models.policy import Policy, PolicyWithValue, build_policy
-from rlhflab.models.snapshot import save_snapshot
+from rlhflab.models.snapshot import save_snapshot, trainable_tensors
 from rlhflab.ops.kl import kl_per_token
 from rlhflab.rewards import RewardFunction, build_reward, probability_reward
 from rlhflab.rollout import Experience, sample, score_rollout
@@ -227,8 +227,12 @@ class StepOutputs:
             _write_samples(self.run_dir, step, batch["experience"], batch["kl"])
         prompts_per_step = self.ppo.batch_size // self.ppo.samples_per_prompt
         epoch = step * prompts_per_step // self.n_prompts
-        if self.ppo.snapshot_each_epoch and epoch > (step - 1) * prompts_per_step // self.n_prompts and self.runtime.is_main:
-            save_snapshot(self.policy, self.policy_source, self.run_dir.checkpoint_dir / f"epoch-{epoch}", self.ppo.snapshot_dtype)
+        if self.ppo.snapshot_each_epoch and epoch > (step - 1) * prompts_per_step // self.n_prompts:
+            # every process gathers (a collective under FSDP, where each holds shards); the main one writes
+            tensors = None if self.policy.lora else trainable_tensors(self.policy)
+            if self.runtime.is_main:
+                save_snapshot(self.policy, self.policy_source, self.run_dir.checkpoint_dir / f"epoch-{epoch}",
+                              self.ppo.snapshot_dtype, tensors)
 
 
 @torch.no_grad()

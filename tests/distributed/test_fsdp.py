@@ -113,7 +113,10 @@ def test_fsdp_ppo_takes_the_steps_ddp_takes(tmp_path, tiny_llama_dir, reviews_cs
     are drawn from each process's own rollouts and its samples are seeded per process, so one process
     trains on other minibatches even under DDP (tests/distributed/test_multiprocess.py checks DDP's
     lockstep and resume). Same seeds per process here: the same rollouts, the same minibatches."""
-    args = lambda runs: [*ppo_args(runs, tiny_llama_dir, reviews_csv, toy_reward), "ppo.steps=2"]  # noqa: E731
+    # 12 training prompts: the second step's 8 start the second pass over them, so each run saves
+    # the per-epoch snapshot (checkpoints/epoch-1) that the over-optimisation study reads
+    args = lambda runs: [*ppo_args(runs, tiny_llama_dir, reviews_csv, toy_reward), "ppo.steps=2",  # noqa: E731
+                         "data.fractions=[0.2,0.4,0.4]"]
     ddp = run_ranks(tmp_path / "ddp", "ppo", *args(tmp_path / "runs1"), processes=2)
     two = run_ranks(tmp_path / "two", "ppo", *args(tmp_path / "runs2"), processes=2, launch=FSDP)
     assert two[0]["world_size"] == 2 and two[0]["weights"] == two[1]["weights"] and two[0]["beta"] == two[1]["beta"]
@@ -129,6 +132,11 @@ def test_fsdp_ppo_takes_the_steps_ddp_takes(tmp_path, tiny_llama_dir, reviews_cs
     for a, b in zip(*records):
         assert b.get("score_mean") == pytest.approx(a.get("score_mean"), abs=1e-6)
         assert b["kl"] == pytest.approx(a["kl"], abs=1e-5)
+    # the snapshot holds whole tensors (every process gathers, the main one writes), not one shard
+    snapshots = [sorted(path.name for path in (run / "checkpoints").glob("epoch-*")) for run in (run1, run2)]
+    assert snapshots[0] == snapshots[1] == ["epoch-1"]
+    # bf16 on disk: one rounding step (2^-8 relative) may fall either side of weights 2e-5 apart
+    assert_same_weights(*(load_file(run / "checkpoints" / "epoch-1" / "weights.safetensors") for run in (run1, run2)), atol=1e-2)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(run2 / "model")  # one process, no FSDP, no accelerate
