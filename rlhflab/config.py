@@ -436,10 +436,17 @@ class OnPolicyPairsConfig:
 
 @dataclass
 class DpoConfig(TrainingConfig):
-    """Direct preference optimisation (Rafailov et al. 2023) from preference pairs, against the
-    starting model as the frozen reference (its log-probs are computed once per pair)."""
+    """Direct preference optimisation (Rafailov et al. 2023) from preference pairs, against a frozen
+    reference whose log-probs are computed once per pair; with on-policy pairs, `rounds` of
+    sample -> rank -> train (iterated DPO: Xu et al. 2023, Xiong et al. 2024)."""
 
     policy: str | None = None  # None: this run's SFT model (runs/<name>/sft); else a model id or folder
+    # Rounds of on-policy DPO: each samples new pairs from the policy as trained so far (on the next
+    # on_policy.prompts training prompts, wrapping around) and trains on them. 1: one round from the start.
+    rounds: int = 1
+    # The reference of rounds after the first: start (the starting policy, dpo.policy, in every round:
+    # the KL stays bounded by beta) or previous_round (the policy as the round began: each round moves on).
+    reference: Literal["start", "previous_round"] = "start"
     # pairs.source: a prompt/chosen/rejected file (the reward stage's format, the web app's pairs
     # export); None: on-policy pairs sampled from the policy and ranked by reward_fn.
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(fractions=[0.9, 0.1, 0.0]))
@@ -457,6 +464,7 @@ class DpoConfig(TrainingConfig):
 
     RANGES: ClassVar[dict[str, Bounds]] = {
         **TrainingConfig.RANGES, "beta": POSITIVE, "trainable": ANY, "max_length": at_least(2), "eval_prompts": COUNT,
+        "rounds": COUNT,  # more than 1 only with on-policy pairs (check_dpo)
     }
 
 
@@ -1077,6 +1085,9 @@ def check_dpo(dpo: DpoConfig) -> None:
     _refuse([
         (dpo.pairs.margin_column is None, "pairs.margin_column is set, but DPO's loss has no margin (the reward "
          "stage's Bradley-Terry loss has one): unset it"),
+        (dpo.rounds == 1 or dpo.pairs.source is None,
+         f"rounds is {dpo.rounds}, but the pairs come from a file (dpo.pairs.source), which a later round cannot "
+         "sample again: set rounds: 1, or unset pairs.source for on-policy pairs"),
     ], "dpo")
 
 

@@ -59,7 +59,7 @@ class Supervised:
     def __init__(self, *, runtime: Runtime, model, prepared, optimizer, scheduler, cfg: TrainingConfig, seed: int,
                  n_train: int, loss: Loss, validate: Callable[[], dict[str, Any]] | None, selection: Selection, unit: str,
                  log_extra: Callable[[float], dict[str, float]] = lambda mean_loss: {},
-                 batches: Callable[[torch.Generator], list[torch.Tensor]] | None = None):
+                 batches: Callable[[torch.Generator], list[torch.Tensor]] | None = None, first_step: int = 0):
         self.runtime, self.module, self.prepared = runtime, model, prepared  # module: unwrapped; prepared: DDP etc.
         self.optimizer, self.scheduler = optimizer, scheduler
         self.cfg, self.seed, self.n_train, self.unit = cfg, seed, n_train, unit
@@ -67,6 +67,7 @@ class Supervised:
         # An epoch's batches from its generator (ceil(n_train / batch_size) of them, every row once);
         # None: a plain random permutation cut into batches.
         self.batches = batches
+        self.first_step = first_step  # the loop's step when this training began (run_loop's first_step)
         self.params = [p for p in prepared.parameters() if p.requires_grad]
         self.state = {"epoch": 0, "batch": 0, "steps": 0, "best": None, "evals_without_gain": 0, "items": 0, "seconds": 0.0}
         self.best = trainable_state(model)
@@ -139,7 +140,7 @@ class Supervised:
         return total, global_count
 
     def _maybe_log(self, step: int, epoch: int, force: bool = False) -> dict[str, float]:
-        last = step == total_steps(self.cfg, self.n_train)
+        last = step - self.first_step == total_steps(self.cfg, self.n_train)
         if step % self.cfg.log_every and not last and not force:
             return {}
         loss_sum, items, start = self._window

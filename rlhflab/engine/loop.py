@@ -52,12 +52,14 @@ class Algorithm(Protocol):
 
 
 def run_loop(algorithm: Algorithm, *, runtime: Runtime, run_dir: RunDir, total_steps: int, checkpoint_every: int,
-             resume: bool, progress: bool, desc: str) -> int:
-    """Train `algorithm` for `total_steps` (fewer if it stops early); returns the steps done.
+             resume: bool, progress: bool, desc: str, first_step: int = 0) -> int:
+    """Train `algorithm` from step `first_step` up to step `total_steps` (fewer if it stops early);
+    returns the step reached. A stage that runs the loop several times in one run folder (DPO's
+    rounds) starts each where the last ended, so steps, metrics and checkpoints continue.
 
     Raises RunInterrupted after saving a checkpoint when Ctrl-C or SIGTERM arrives.
     """
-    position: dict[str, Any] = {"step": 0, "evaluated_at": None}
+    position: dict[str, Any] = {"step": first_step, "evaluated_at": None}
     if resume:
         position = _restore(algorithm, runtime, run_dir)
 
@@ -76,7 +78,7 @@ def run_loop(algorithm: Algorithm, *, runtime: Runtime, run_dir: RunDir, total_s
         _save(algorithm, runtime, run_dir, position, saved["step"], lr)
         saved["step"] = position["step"]
 
-    bar = tqdm(total=total_steps, initial=position["step"], desc=desc, disable=not (progress and runtime.is_main),
+    bar = tqdm(total=total_steps - first_step, initial=position["step"] - first_step, desc=desc, disable=not (progress and runtime.is_main),
                dynamic_ncols=True)
     with StopRequest() as stop:
         while position["step"] < total_steps and not algorithm.should_stop():

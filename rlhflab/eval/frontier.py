@@ -9,8 +9,8 @@ from the lowest to the highest seed on both axes.
 Where the points come from (the run-folder contract; nothing is recomputed):
   - a tuned stage folder (runs/x/ppo, runs/x/dpo, runs/x/ilql) or a run folder (each of those it
     holds): summary.json's held-out evaluation at the end ("end": kl, positive_probability or
-    score; ILQL: every sampling β of "by_beta") on the stage's own held-out prompts, whose list
-    is read from eval_after.json(l);
+    score; ILQL: every sampling β of "by_beta"; DPO: every round of "by_round", one line per
+    dpo.reference) on the stage's own held-out prompts, whose list is read from eval_after.json(l);
   - an evaluate stage folder (runs/x/evaluate): every model it evaluated but the reference
     (kl_to_reference, positive_probability.mean or score.mean) and its best-of-n rows (KL: the
     analytic bound log n - (n-1)/n, drawn hollow), with each gold judge's positive rate when
@@ -208,6 +208,17 @@ def tuned_points(folder: Path) -> list[Point]:
         for beta, metrics in summary["by_beta"].items():
             kl, key, value = _measured(metrics, folder, f"sampling β={beta}")
             points.append(Point(method, {**setting, "sampling_beta": float(beta)}, kl=kl, reward=value, **common))
+            keys.add(key)
+    elif stage == "dpo" and isinstance(summary.get("by_round"), list) and summary["by_round"]:
+        # Each round a point of one line; a round's point does not depend on how many rounds followed it.
+        # Updating the reference each round is another method (another line).
+        if summary.get("reference") == "previous_round":
+            method = "dpo (reference: previous round)"
+        setting.pop("rounds", None)
+        for row in summary["by_round"]:
+            number = row.get("round") if isinstance(row, dict) else None
+            kl, key, value = _measured(row.get("end") if isinstance(row, dict) else None, folder, f"round {number}")
+            points.append(Point(method, {**setting, "round": number}, kl=kl, reward=value, **common))
             keys.add(key)
     else:
         kl, key, value = _measured(summary["end"], folder, "the end of training")

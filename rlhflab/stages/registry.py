@@ -170,11 +170,19 @@ def _pick(tree: dict, key: str):
     return tree
 
 
+# (section, key) -> the default of a setting added after runs were made without it: at that value it
+# is left out of the key, so those runs stay up to date (they did what the default does).
+ADDED_LATER = {("dpo", "rounds"): 1, ("dpo", "reference"): "start"}
+
+
 def hashed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     """The inputs under the names their keys were first written with, so that renaming a section
     leaves finished runs up to date: rl + generation were one ppo section, and
-    generation.max_new_tokens was ppo.max_new_tokens (every generation setting was a ppo one)."""
+    generation.max_new_tokens was ppo.max_new_tokens (every generation setting was a ppo one);
+    settings added later (ADDED_LATER) are left out at their defaults."""
     out = dict(inputs)
+    if isinstance(out.get("dpo"), dict):  # settings added later hash only when set: one round was all DPO did
+        out["dpo"] = {k: v for k, v in out["dpo"].items() if ADDED_LATER.get(("dpo", k), object()) != v}
     if "rl" in out:
         out["ppo"] = {**out.pop("rl"), **(out.pop("generation", None) or {})}
     if "generation.max_new_tokens" in out:

@@ -152,3 +152,82 @@ def test_at_step_zero_the_policy_scores_every_pair_as_the_cached_reference_does(
     reference = objective.reference["train"][[0, 1, 2, 6, 7, 8, 3, 4, 5, 9, 10, 11]]
     assert torch.allclose(policy, reference, atol=1e-5)
     assert objective.metrics("train")["loss"] == pytest.approx(objective.metrics("train", start=True)["loss"], abs=1e-6)
+
+
+def _eval_records(run_dir) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir.path / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["split"] == "eval"]
+
+
+@pytest.mark.parametrize("reference", ["start", "previous_round"])
+def test_two_rounds_sample_again_from_the_trained_policy(tmp_path, tiny_llama_dir, reviews_csv, reward_file, reference):
+    one = run_stage("dpo", make_config(tmp_path / "one", tiny_llama_dir, reviews_csv, f"{reward_file}:e_share"),
+                    progress=False)
+    cfg = make_config(tmp_path / "two", tiny_llama_dir, reviews_csv, f"{reward_file}:e_share", rounds=2,
+                      reference=reference)
+    two = run_stage("dpo", cfg, progress=False)
+    first = json.loads((one.path / "summary.json").read_text())
+    summary = json.loads((two.path / "summary.json").read_text())
+    rounds = summary["by_round"]
+    assert [r["round"] for r in rounds] == [1, 2] and [r["step"] for r in rounds] == [4, 8]  # steps continue
+    assert rounds[0]["end"] == first["end"]  # round 1 is a one-round run
+    assert summary["end"] == rounds[1]["end"] and rounds[1]["end"]["kl"] != rounds[0]["end"]["kl"]
+    # Each round its own prompts (16 of the train split, the next 16 in round 2), sampled by the policy of the time.
+    pairs = [json.loads(line) for line in (two.path / "pairs.jsonl").read_text().splitlines()]
+    by_round = {n: [p for p in pairs if p["round"] == n] for n in (1, 2)}
+    assert by_round[1] and by_round[2] and not {p["prompt"] for p in by_round[1]} & {p["prompt"] for p in by_round[2]}
+    # Round 2 starts at its reference (loss log 2) only when the reference is the policy as the round began.
+    loss = summary["before"]["train"]["loss"]
+    assert (loss == pytest.approx(math.log(2), abs=1e-5)) == (reference == "previous_round")
+    assert [(r["round"], r["step"], r["kl"]) for r in _eval_records(two)] == [(r["round"], r["step"], r["end"]["kl"])
+                                                                            for r in rounds]
+
+
+@pytest.mark.parametrize("stop", ["in round 2", "at the end of round 1's loop", "between rounds"])
+def test_two_rounds_resumed_equal_an_uninterrupted_run(tmp_path, tiny_llama_dir, reviews_csv, reward_file, monkeypatch,
+                                                       stop):
+    from safetensors.torch import load_file
+
+    from rlhflab.engine import loop as engine_loop
+    from rlhflab.errors import RunInterrupted
+    from rlhflab.stages import dpo as dpo_stage
+    from tests.helpers import StopAt
+
+    def config(folder):
+        return make_config(folder, tiny_llama_dir, reviews_csv, f"{reward_file}:e_share", rounds=2, checkpoint_every=100)
+
+    straight = run_stage("dpo", config(tmp_path / "a"), progress=False)
+    if stop == "between rounds":  # a Ctrl-C after round 1 was saved, before its evaluation was logged
+        def interrupt(*args):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(dpo_stage, "_log_round", interrupt)
+    else:
+        stop_request = StopAt(6 if stop == "in round 2" else 4)  # one for both rounds: its count goes on (4 steps each)
+        monkeypatch.setattr(engine_loop, "StopRequest", lambda: stop_request)
+    with pytest.raises((RunInterrupted, KeyboardInterrupt)):
+        run_stage("dpo", config(tmp_path / "b"), progress=False)
+    monkeypatch.undo()
+    resumed = run_stage("dpo", config(tmp_path / "b"), resume=True, progress=False)
+    a, b = load_file(straight.model_dir / "model.safetensors"), load_file(resumed.model_dir / "model.safetensors")
+    assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
+    ends = [[r["end"] for r in json.loads((run.path / "summary.json").read_text())["by_round"]] for run in (straight, resumed)]
+    assert len(ends[0]) == len(ends[1]) == 2 and all(a == pytest.approx(b) for a, b in zip(*ends))
+    assert [(r["round"], r["step"]) for r in _eval_records(resumed)] == [(1, 4), (2, 8)]  # each logged once, in order
+    steps = [json.loads(line)["step"] for line in (resumed.path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)
+
+
+def test_rounds_need_on_policy_pairs(tmp_path, tiny_llama_dir, reviews_csv, pairs_jsonl, reward_file):
+    cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, f"{reward_file}:e_share", rounds=2,
+                      pairs=PairsConfig(source=str(pairs_jsonl)))
+    with pytest.raises(RlhfLabError, match="dpo.rounds is 2, but the pairs come from a file"):
+        run_stage("dpo", cfg, progress=False)
+
+
+def test_round_prompts_move_on_and_wrap_around():
+    from rlhflab.stages.dpo import round_prompts
+
+    prompts = [f"p{i}" for i in range(5)]
+    assert [round_prompts(prompts, 2, n) for n in (1, 2, 3, 4)] == [["p0", "p1"], ["p2", "p3"], ["p4", "p0"], ["p1", "p2"]]
+    assert round_prompts(prompts, 9, 2) == prompts  # more than there are: all of them, every round

@@ -131,3 +131,11 @@ def test_a_run_finished_and_a_run_paused_under_the_old_names_are_up_to_date(tmp_
     (paused / "config.yaml").write_text(dump_yaml(old_yaml))
     assert upgrade_names(old_yaml) == to_dict(cfg)
     assert pipeline.stage_state(cfg, "ppo") == "partial"
+
+
+def test_dpo_rounds_and_reference_count_in_the_key_only_when_set(tmp_path):
+    base = [*NEW_OVERRIDES, f"runs_dir={tmp_path}"]
+    assert stage_key(load_config(QUICK, [*base, "dpo.rounds=1", "dpo.reference=start"]), "dpo")["key"] == OLD_KEYS["dpo"]
+    keys = {stage_key(load_config(QUICK, [*base, *extra]), "dpo")["key"]
+            for extra in (["dpo.rounds=2"], ["dpo.rounds=2", "dpo.reference=previous_round"], ["dpo.reference=previous_round"])}
+    assert len(keys) == 3 and OLD_KEYS["dpo"] not in keys

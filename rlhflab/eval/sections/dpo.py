@@ -29,10 +29,18 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
 
 def _dpo_blocks(stage: Stage, curves) -> list[Block]:
     s = stage.summary
-    blocks: list[Block] = [_held_out_table(
-        {"start": s.get("start") or {}, f"end (step {s.get('steps', '?')})": s.get("end") or {}},
-        caption="Mean reward, probability of positive sentiment and KL to the starting model on the held-out "
-                "evaluation prompts, before and after DPO (measured as for RL training).")]
+    rounds = [r for r in s.get("by_round") or [] if isinstance(r, dict)]
+    if len(rounds) > 1:
+        ends = {f"round {r.get('round')} (step {r.get('step', '?')})": r.get("end") or {} for r in rounds}
+        reference = "the policy as each round began" if s.get("reference") == "previous_round" else "the starting model"
+        caption = (f"Mean reward, probability of positive sentiment and KL to the starting model on the held-out evaluation "
+                   f"prompts, at the start and after each of {len(rounds)} rounds of on-policy DPO (each round's pairs "
+                   f"sampled from the policy as it was; reference: {reference}).")
+    else:
+        ends = {f"end (step {s.get('steps', '?')})": s.get("end") or {}}
+        caption = ("Mean reward, probability of positive sentiment and KL to the starting model on the held-out "
+                   "evaluation prompts, before and after DPO (measured as for RL training).")
+    blocks: list[Block] = [_held_out_table({"start": s.get("start") or {}, **ends}, caption=caption)]
     before, after = s.get("before") or {}, s.get("after") or {}
     keys = ("loss", "pair_accuracy", "margin", "chosen_reward", "rejected_reward")
     blocks.append(_split_table(
@@ -40,7 +48,8 @@ def _dpo_blocks(stage: Stage, curves) -> list[Block]:
         lambda n, m: [_num(m.get("pairs")), *(f"{_num((before.get(n) or {}).get(k))} → {_num(m.get(k))}" for k in keys)],
         caption="Preference pairs per split, before → after DPO: the loss; pair accuracy, the share of pairs whose chosen "
                 "response has the higher implicit reward β·log(π/π_ref); the mean margin between the two; and each side's "
-                "mean implicit reward. Before training the policy is its own reference, so every implicit reward is 0."))
+                "mean implicit reward. Before training the policy is its own reference, so every implicit reward is 0"
+                + (" (in the last round, when its reference is the starting model, it is not)." if len(rounds) > 1 else ".")))
     if stage.rows:
         blocks.append(curves("DPO training: the loss (train, mean over each log window, and validation), validation pair "
                              "accuracy, implicit rewards and margin, and the learning rate."))
@@ -56,6 +65,9 @@ def _dpo_blocks(stage: Stage, curves) -> list[Block]:
         ("pairs left out", ", ".join(f"{v} ({k})" for k, v in (pairs.get("left_out") or {}).items()) or "none"),
         ("responses cut to max_length", pairs.get("responses_cut_to_max_length")),
         ("policy (start and reference)", str(s.get("policy", "-"))),
+        *([("rounds", f"{len(rounds)}, each on new pairs from the policy as it was; reference: "
+                      f"{'the policy as the round began' if s.get('reference') == 'previous_round' else 'the start'}; "
+                      f"pairs, loss and pair accuracy above are the last round's")] if len(rounds) > 1 else []),
         ("reward", str(s.get("reward") or "-")),
         *_training_facts(s, "pairs", 1),
     ]))
