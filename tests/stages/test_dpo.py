@@ -181,6 +181,12 @@ def test_two_rounds_sample_again_from_the_trained_policy(tmp_path, tiny_llama_di
     assert (loss == pytest.approx(math.log(2), abs=1e-5)) == (reference == "previous_round")
     assert [(r["round"], r["step"], r["kl"]) for r in _eval_records(two)] == [(r["round"], r["step"], r["end"]["kl"])
                                                                             for r in rounds]
+    from rlhflab.eval.frontier import frontier  # the real run folder: its rounds are the points of one line
+
+    points = frontier([two.path], tmp_path / "frontier").data["points"]
+    line = sorted((p["setting"]["round"], p["kl"]["mean"]) for p in points if p["method"] != "start")
+    assert line == [(1, rounds[0]["end"]["kl"]), (2, rounds[1]["end"]["kl"])]
+    assert {p["method"] for p in points} == {"start", "dpo" if reference == "start" else "dpo (reference: previous round)"}
 
 
 @pytest.mark.parametrize("stop", ["in round 2", "at the end of round 1's loop", "between rounds"])
