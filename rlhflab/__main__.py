@@ -4,4 +4,9 @@ import sys
 
 from rlhflab.cli import main
 
-sys.exit(main())
+code = main()
+if "torch" in sys.modules:  # a command that ran a model; under accelerate launch: see exit_process
+    from rlhflab.engine.runtime import exit_process
+
+    exit_process(code)
+sys.exit(code)

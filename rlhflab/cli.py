@@ -392,4 +392,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if "torch" in sys.modules:  # under accelerate launch: see runtime.exit_process
+        from rlhflab.engine.runtime import exit_process
+
+        exit_process(code)
+    sys.exit(code)

@@ -70,3 +70,6 @@ if __name__ == "__main__":
         from rlhflab.engine.runtime import close_process_group
 
         close_process_group()
+    from rlhflab.engine.runtime import exit_process
+
+    exit_process(0)  # under accelerate launch: os._exit once flushed (gloo's teardown can abort)
