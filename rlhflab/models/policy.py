@@ -156,7 +156,7 @@ def build_policy(model: nn.Module, trainable, lora_cfg=None, *, cache_frozen: bo
     if trainable == "all":
         model.requires_grad_(True)
         return Policy(model, value_head, None, FrozenCopy(_frozen(model)), lora=False)
-    freeze_all_but_blocks(model, resolve_block_indices(trainable, len(transformer_blocks(model)), "ppo.trainable"))
+    freeze_all_but_blocks(model, resolve_block_indices(trainable, len(transformer_blocks(model)), "rl.trainable"))
     first = first_trainable_block(model)
     if first is not None and probe is not None and not cache_is_exact(model, first, *probe):
         first = None
