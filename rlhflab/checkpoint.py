@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from rlhflab.errors import RlhfLabError
-from rlhflab.io import RunDir, atomic_dir
+from rlhflab.io import RunDir, atomic_dir, os_error_of
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -145,10 +145,10 @@ def out_of_space_is_one_line(what: str, folder: Path, *, needed: int, kept: str)
         yield
     except Exception as exc:
         free = _free_bytes(folder.parent)
-        if isinstance(exc, RlhfLabError) and isinstance(exc.__cause__, OSError):
-            exc = exc.__cause__  # atomic_dir's own one line, whose "kept" knows only the folder
-        elif isinstance(exc, RlhfLabError):
-            raise
+        if isinstance(exc, RlhfLabError):
+            if exc.__cause__ is None or os_error_of(exc.__cause__) is None:
+                raise
+            exc = exc.__cause__  # atomic_dir's own one line (io.user_os_errors), whose "kept" knows only the folder
         if not _out_of_space(exc, needed, free):
             raise
         room = f"{_size(free)} free, " if free is not None else ""
@@ -170,9 +170,10 @@ def kept_after_failure(run_dir: RunDir) -> str:
 
 
 def _out_of_space(exc: BaseException, needed: int, free: int | None) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    if f"os error {errno.ENOSPC}" in str(exc) or os.strerror(errno.ENOSPC) in str(exc):
+    cause = os_error_of(exc)  # an OSError, or a Rust library's error naming one ("(os error 28)")
+    if cause is not None:
+        return cause.errno in (errno.ENOSPC, errno.EDQUOT)
+    if os.strerror(errno.ENOSPC) in str(exc):
         return True
     return isinstance(exc, RuntimeError) and free is not None and free < needed
 

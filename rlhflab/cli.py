@@ -38,12 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline = commands.add_parser("pipeline", help="the config's stages (SFT -> reward -> PPO -> evaluate by default), then "
                                    "the report, skipping stages that are up to date")
     pipeline.add_argument("--config", help="YAML preset (see configs/); defaults apply when omitted")
-    pipeline.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. ppo.steps=40")
+    pipeline.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. rl.steps=40")
     pipeline.add_argument("--force", metavar="STAGE", help=f"rerun from this stage on ({', '.join((*STAGES, 'report'))})")
     pipeline.add_argument("--no-progress", action="store_true", help="no progress bars")
     sweep = commands.add_parser(
         "sweep", help="a grid of overrides (key=a,b,c), one pipeline run per point, shared stages trained once; then compare",
-        description="Each override that lists several values (ppo.learning_rate=1e-5,1e-4) is a grid axis; the grid is "
+        description="Each override that lists several values (rl.learning_rate=1e-5,1e-4) is a grid axis; the grid is "
                     "their product. Stages every point shares run once in <runs_dir>/<name>/; each point is its own run "
                     "in <runs_dir>/<name>/sweep/<point>/. Rerun the same command to resume.")
     sweep.add_argument("--config", help="YAML preset (see configs/); defaults apply when omitted")

@@ -41,7 +41,7 @@ class Bounds:
     open: Literal["", "low", "high", "both"] = ""
 
     def holds(self, value: float) -> bool:
-        if not math.isfinite(value) or isinstance(value, float) and abs(value) > FLOAT32_MAX:
+        if not _representable(value):
             return False
         low_open, high_open = self.open in ("low", "both"), self.open in ("high", "both")
         if self.low is not None and (value < self.low or low_open and value == self.low):
@@ -65,6 +65,16 @@ class Bounds:
 # The largest finite float32 (torch.finfo(torch.float32).max): training runs in 32-bit (or narrower)
 # floats, so a float setting beyond it (1e39) would overflow to inf there.
 FLOAT32_MAX = 3.4028234663852886e38
+# The largest 64-bit integer: torch reads a Python int as a C long long, so a whole-number setting
+# beyond it (batch_size=10**30) fails deep inside a run ("Overflow when unpacking long long").
+INT64_MAX = 2**63 - 1
+
+
+def _representable(value: float) -> bool:
+    """A whole number within 64 bits, or a finite float within float32's range."""
+    if isinstance(value, int):
+        return -INT64_MAX - 1 <= value <= INT64_MAX
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX
 
 
 def _number(value: float | None) -> str:
@@ -819,7 +829,11 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # a whole number beyond float64 (10**400)
+                raise RlhfLabError(f"{where} must be a finite number in 32-bit floats (magnitude at most "
+                                   f"{FLOAT32_MAX:.8g}), got a whole number of {len(str(abs(value)))} digits.") from None
     elif hint is str:
         if isinstance(value, str):
             return value
@@ -841,6 +855,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise RlhfLabError(f"Config file {path} is not valid YAML{where}: {exc.problem or exc.context}.") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise RlhfLabError(f"Config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    except ValueError as exc:  # a value YAML reads but Python refuses: a date such as 2024-13-45, an integer of over 4300 digits
+        raise RlhfLabError(f"Config file {path} has a value that cannot be read: {exc}. Quote it to keep it as text.".splitlines()[0]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -854,8 +870,8 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         raise RlhfLabError(f"Override {item!r} must look like section.key=value (e.g. sft.epochs=3).")
     try:
         value = parse_yaml(text)  # so 3 -> int, 1e-4 -> float, [-2,-1] -> list, null -> None
-    except yaml.YAMLError:
-        value = text
+    except (yaml.YAMLError, ValueError):  # ValueError: a date such as 2024-13-45, an integer of over 4300 digits
+        value = text  # the text as typed: the setting's type check says what it needed
     node = raw
     parts = _alias_path(key.strip().split("."))
     for part in parts[:-1]:
@@ -934,9 +950,10 @@ def check_ranges(section: Any, where: str) -> None:
             if index is None and _admits_none(type(section), f.name):
                 null = " (or null, the default)" if default is None else " (or null)"
             hint = f" The default is {default!r}." if isinstance(default, (int, float)) and not isinstance(default, bool) else ""
-            if not math.isfinite(item) or isinstance(item, float) and abs(item) > FLOAT32_MAX:
+            if not _representable(item):
                 rest = "" if bounds.low is None and bounds.high is None else f" {bounds.describe()}"
-                need = f"a finite number in 32-bit floats (magnitude at most {FLOAT32_MAX:.8g}){rest and ' and' + rest}"
+                need = (f"a whole number in 64 bits (magnitude at most {INT64_MAX})" if isinstance(item, int) else
+                        f"a finite number in 32-bit floats (magnitude at most {FLOAT32_MAX:.8g})") + (rest and " and" + rest)
             else:
                 need = bounds.describe()
             raise RlhfLabError(f"{shown} must be {need}{null}, got {item!r}.{hint}")

@@ -7,6 +7,7 @@ import errno
 import json
 import uuid
 import os
+import re
 import shutil
 import stat
 import sys
@@ -63,13 +64,29 @@ def user_os_errors(path: Path, kept: str | None = None) -> Iterator[None]:
     """Turn OS errors a user can fix into one-line RlhfLabErrors naming `path` and what was kept."""
     try:
         yield
-    except OSError as exc:
-        reason = _USER_ERRNOS.get(exc.errno)
+    except Exception as exc:
+        cause = os_error_of(exc)
+        reason = _USER_ERRNOS.get(cause.errno) if cause is not None else None
         if reason is None or isinstance(exc, RlhfLabError):
             raise
         kept = kept or (f"{path} was not changed" if Path(path).exists() else "nothing was written")
-        raise RlhfLabError(f"Cannot write {path}: {reason} ({exc.strerror}); {kept}. "
+        raise RlhfLabError(f"Cannot write {path}: {reason} ({cause.strerror}); {kept}. "
                            f"Fix that (free space, choose another folder) and run again.") from exc
+
+
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_error_of(exc: BaseException) -> OSError | None:
+    """The OS error behind `exc`: itself, or the one a Rust library names at the end of its message
+    (safetensors' SafetensorError, tokenizers' Exception: "... No space left on device (os error 28)")."""
+    if isinstance(exc, OSError):
+        return exc
+    found = _RUST_OS_ERROR.search(str(exc))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
 
 
 def _umask() -> int:
@@ -89,6 +106,14 @@ def write_json(path: Path, data: Any) -> None:
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def append_line(path: Path, *lines: str) -> None:
+    """Append `lines` to a step log (metrics.jsonl, samples.jsonl) in one write call. A full disk is
+    one RlhfLabError: the last line may then be cut short, which readers skip and a resume drops."""
+    with user_os_errors(path, kept="the lines already in it are kept (a cut-short last one is dropped on --resume)"):
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in lines))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -352,8 +377,7 @@ class RunDir:
     def log_metrics(self, record: dict[str, Any]) -> None:
         """Append one JSON line (a line is written whole with a single write call), and send it to
         the tracker when `tracking:` set one (rlhflab/tracking.py)."""
-        with open(self.metrics_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_line(self.metrics_path, json.dumps(record))
         if self.tracker is not None:
             from rlhflab.tracking import log
 

@@ -1,6 +1,6 @@
 """`rlhflab sweep`: a grid of config overrides, one pipeline run per point, then `rlhflab compare`.
 
-    rlhflab sweep --config configs/default.yaml ppo.learning_rate=1e-5,1e-4 ppo.kl_coef=0.02,0.1
+    rlhflab sweep --config configs/default.yaml rl.learning_rate=1e-5,1e-4 rl.kl_coef=0.02,0.1
 
 An override whose value lists several values (commas outside [..], {..} and quotes) is an axis;
 the grid is the cartesian product of the axes in the order given, the first axis varying slowest.
@@ -52,7 +52,7 @@ LOCK_WAIT_SECONDS = 300.0  # how long a rerun waits for a point's earlier proces
 
 @dataclass(frozen=True)
 class Axis:
-    key: str  # dotted config key, e.g. ppo.learning_rate
+    key: str  # dotted config key, e.g. rl.learning_rate
     values: tuple[str, ...]  # as the user typed them
 
 

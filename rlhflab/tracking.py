@@ -53,7 +53,7 @@ def log(tracker, record: dict[str, Any]) -> None:
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
-    """{"ppo": {"kl_coef": 0.05}} -> {"ppo.kl_coef": 0.05}; lists and None as text (hyperparameters are scalars)."""
+    """{"rl": {"kl_coef": 0.05}} -> {"rl.kl_coef": 0.05}; lists and None as text (hyperparameters are scalars)."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"

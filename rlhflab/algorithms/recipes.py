@@ -2,7 +2,7 @@
 
 A recipe names its advantage estimator (a pure function in rlhflab/ops), says what that
 estimator reads, and owns the algorithm's defaults (responses per prompt, where beta * KL goes,
-how per-token losses are averaged). The config (`ppo.algorithm`'s choices and defaults), the
+how per-token losses are averaged). The config (`rl.algorithm`'s choices and defaults), the
 Python API and the RL loop (rlhflab/algorithms/online.py) all read this table, so adding an
 algorithm is one estimator in ops/ and one entry here.
 
@@ -36,12 +36,12 @@ class Recipe:
     estimator: str  # "module:function" of the pure advantage estimator
     reads: Literal["gae", "sequence", "tokens"]
     paper: str  # where the estimator comes from
-    samples_per_prompt: int = 1  # responses per prompt unless ppo.samples_per_prompt says otherwise
+    samples_per_prompt: int = 1  # responses per prompt unless rl.samples_per_prompt says otherwise
     min_samples_per_prompt: int = 1  # 2 where the baseline compares responses to the same prompt
     kl_penalty: Literal["reward", "loss"] = "reward"  # where beta * KL goes when rl.kl_penalty is auto
     critic: bool = False  # a value head trained with the clipped value loss
     loss: Literal["token_mean", "max_length"] = "token_mean"
-    aliases: tuple[str, ...] = ()  # other names ppo.algorithm accepts for it
+    aliases: tuple[str, ...] = ()  # other names rl.algorithm accepts for it
     display: str = ""  # how reports and figures write it, as its paper does ("REINFORCE++"); default: the name upper-cased
 
     @property
@@ -63,7 +63,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 
 ALIASES: dict[str, str] = {alias: r.name for r in RECIPES.values() for alias in r.aliases}
 
-# Every value ppo.algorithm accepts, in the table's order (config.py builds its Literal from it).
+# Every value rl.algorithm accepts, in the table's order (config.py builds its Literal from it).
 ALGORITHM_NAMES: tuple[str, ...] = (*RECIPES, *ALIASES)
 
 

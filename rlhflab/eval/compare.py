@@ -638,7 +638,7 @@ def compare(arguments: Sequence[str], out: str | Path | None = None) -> Comparis
 
     Runs scored with different rewards (reward_of) get a table and a ranking each, never one
     column; settings whose final rewards lie within the noise (tie) are called a tie, not ranked."""
-    from rlhflab.eval.document import Code, Document, Heading, Image, Table, para, to_markdown
+    from rlhflab.eval.document import to_markdown
 
     runs, keys = collect([str(a) for a in arguments])
     if out is None:  # inside the first argument: its compare/ must be a real folder, not a link to elsewhere
@@ -647,32 +647,66 @@ def compare(arguments: Sequence[str], out: str | Path | None = None) -> Comparis
     sweep = all((Path(a) / "sweep.json").is_file() for a in arguments)
     groups = reward_groups(runs) or [(None, NOT_RECORDED, [])]  # a sweep.json listing no point: an empty table
     several = len(groups) > 1
-    said: list[str] = []
-    if several:
-        said.append(f"These runs were scored with {len(groups)} different rewards, so their numbers are not compared "
-                    f"across rewards: each reward has its own table and ranking. "
-                    + "; ".join(f"{described}: {', '.join(run.name for run in members)}" for _, described, members in groups)
-                    + ".")
-    elif groups and groups[0][0] is None and any(run.finished for run in runs):
-        said.append("No run records the reward that scored it (summary.json's \"reward\"), so this comparison cannot "
-                    "check that one reward scored them all.")
-    tables, numbered, drawn = [], [], []
-    for _, described, members in groups:
-        reward = reward_key(members)
-        rows = [numbers(run, reward) for run in members]
-        header, body = table(members, keys, reward, rows, sweep=sweep)
-        ranked = [s for s in sentences(rows, reward) if not s.startswith("Not finished:")]
-        said += [f"Scored with {described}: {s}" if several else s for s in ranked]
-        seeds = seed_table(rows, reward)
-        tables.append({"reward": described, "key": reward, "header": header, "rows": body,
-                       "seeds": {"header": seeds[0], "rows": seeds[1]} if seeds else None})
-        numbered += rows
-        drawn.append((described, reward, members))
+    tables, numbered, ranked = _reward_tables(groups, keys, sweep=sweep, several=several)
+    said = _reward_notes(groups, runs) + ranked
     left = [n["name"] for n in numbered if not n["finished"]]
     if left:
         said.append(f"Not finished: {', '.join(left)}.")
     said += problems(runs)
-    figures = _figures(drawn, out / "figures")
+    figures = _figures([(t["reward"], t["key"], members) for t, (_, _, members) in zip(tables, groups)], out / "figures")
+
+    first = tables[0]
+    data = {
+        "sources": [str(a) for a in arguments],
+        "reward": first["key"],  # the first table's (the only one unless the runs were scored with different rewards)
+        "columns": list(keys),
+        "header": first["header"],
+        "rows": first["rows"],
+        "tables": tables,
+        "sentences": said,
+        "runs": numbered,
+        "figures": [{"path": Path(f["path"]).relative_to(out).as_posix(), "caption": f["caption"]} for f in figures],
+    }
+    json_path, md_path = out / "compare.json", out / "compare.md"
+    write_json(json_path, data)
+    atomic_write_text(md_path, to_markdown(_document(arguments, tables, keys, said, figures, several=several), out))
+    return Comparison(out, md_path, json_path, _plain_text(tables, said, several=several), data)
+
+
+def _reward_notes(groups: Sequence[tuple[str | None, str, Sequence[RlRun]]], runs: Sequence[RlRun]) -> list[str]:
+    """The opening sentences: which runs each reward scored, or that no run says which reward scored it."""
+    if len(groups) > 1:
+        return [f"These runs were scored with {len(groups)} different rewards, so their numbers are not compared "
+                f"across rewards: each reward has its own table and ranking. "
+                + "; ".join(f"{described}: {', '.join(run.name for run in members)}" for _, described, members in groups)
+                + "."]
+    if groups and groups[0][0] is None and any(run.finished for run in runs):
+        return ["No run records the reward that scored it (summary.json's \"reward\"), so this comparison cannot "
+                "check that one reward scored them all."]
+    return []
+
+
+def _reward_tables(groups: Sequence[tuple[str | None, str, Sequence[RlRun]]], keys: Sequence[str], *, sweep: bool,
+                   several: bool) -> tuple[list[dict], list[dict], list[str]]:
+    """(one table per reward: its header, rows and seed table; every run's numbers; the ranking sentences)."""
+    tables, numbered, ranked = [], [], []
+    for _, described, members in groups:
+        reward = reward_key(members)
+        rows = [numbers(run, reward) for run in members]
+        header, body = table(members, keys, reward, rows, sweep=sweep)
+        ranked += [f"Scored with {described}: {s}" if several else s
+                   for s in sentences(rows, reward) if not s.startswith("Not finished:")]
+        seeds = seed_table(rows, reward)
+        tables.append({"reward": described, "key": reward, "header": header, "rows": body,
+                       "seeds": {"header": seeds[0], "rows": seeds[1]} if seeds else None})
+        numbered += rows
+    return tables, numbered, ranked
+
+
+def _document(arguments: Sequence[str], tables: Sequence[dict], keys: Sequence[str], said: Sequence[str],
+              figures: Sequence[dict], *, several: bool):
+    """compare.md as a Document: the tables, the sentences, the curves."""
+    from rlhflab.eval.document import Code, Document, Heading, Image, Table, para
 
     doc = Document("rlhflab compare")
     doc.add(para("Compared: ", *[part for a in arguments for part in (Code(str(a)), " ")]))
@@ -691,21 +725,11 @@ def compare(arguments: Sequence[str], out: str | Path | None = None) -> Comparis
     if figures:
         doc.add(Heading("Curves"))
         doc.add(*(Image(Path(f["path"]), f["caption"]) for f in figures))
-    first = tables[0]
-    data = {
-        "sources": [str(a) for a in arguments],
-        "reward": first["key"],  # the first table's (the only one unless the runs were scored with different rewards)
-        "columns": list(keys),
-        "header": first["header"],
-        "rows": first["rows"],
-        "tables": tables,
-        "sentences": said,
-        "runs": numbered,
-        "figures": [{"path": Path(f["path"]).relative_to(out).as_posix(), "caption": f["caption"]} for f in figures],
-    }
-    json_path, md_path = out / "compare.json", out / "compare.md"
-    write_json(json_path, data)
-    atomic_write_text(md_path, to_markdown(doc, out))
+    return doc
+
+
+def _plain_text(tables: Sequence[dict], said: Sequence[str], *, several: bool) -> str:
+    """What `rlhflab compare` prints: the tables as text, then the sentences."""
     text = []
     for entry in tables:
         if several:
@@ -713,5 +737,4 @@ def compare(arguments: Sequence[str], out: str | Path | None = None) -> Comparis
         text += [_plain_table(entry["header"], entry["rows"]), ""]
         if entry["seeds"]:
             text += [_plain_table(entry["seeds"]["header"], entry["seeds"]["rows"]), ""]
-    text = "\n".join([*text, *said])
-    return Comparison(out, md_path, json_path, text, data)
+    return "\n".join([*text, *said])

@@ -165,12 +165,9 @@ def side_by_side(models: Sequence[str], prompts: Sequence[str], *, groups: Seque
     the summary gives best_of_n_kl(N) nats, the KL of that policy to the model.
     Raises RlhfLabError for what a caller can get wrong (no prompts, n < 1, a model that does not load).
     """
-    import torch
     from tqdm.auto import tqdm
 
     from rlhflab.engine.runtime import Runtime
-    from rlhflab.eval.generate import generate
-    from rlhflab.models.causal_lm import load_causal_lm
 
     models, prompts = list(models), list(prompts)
     groups = list(groups) if groups is not None and any(g is not None for g in groups) else None
@@ -188,52 +185,75 @@ def side_by_side(models: Sequence[str], prompts: Sequence[str], *, groups: Seque
     per_model: dict[str, dict] = {}
     bar = tqdm(total=len(models), desc="generate", disable=not progress, dynamic_ncols=True)
     for name in models:
-        model, tokenizer = load_causal_lm(name)
-        try:
-            model.to(runtime.device)
-            generations = generate(model, tokenizer, repeated, max_new_tokens=max_new_tokens,
-                                   temperature=temperature, seed=seed, batch_size=batch_size,
-                                   autocast=runtime.autocast)
-        finally:  # one model in memory at a time
-            del model, tokenizer
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        responses = [g.response for g in generations]
+        responses = _sample(name, repeated, runtime, max_new_tokens=max_new_tokens, temperature=temperature,
+                            seed=seed, batch_size=batch_size)
         scores = _scores(reward, repeated, responses)
-        if best_of is not None:
-            keep = select_best(scores, best_of)
-        else:
-            keep = list(range(len(responses)))
-        kept_prompts = [repeated[i] for i in keep]
-        kept_responses = [responses[i] for i in keep]
-        judged = {j: _scores(fn, kept_prompts, kept_responses) for j, fn in judges.items()}
-        model_rows = []
-        for k, index in enumerate(keep):
-            p = index // draws
-            row = {"prompt": prompts[p], "prompt_index": p, "group": groups[p] if groups else None, "model": name,
-                   "sample": (index % draws) // (best_of or 1), "response": responses[index],
-                   "reward": scores[index] if scores is not None else None}
-            if best_of is not None:
-                start = index - index % best_of
-                candidates = scores[start:start + best_of]
-                row |= {"best_of": best_of, "mean_of_n": _mean(candidates), "candidate_rewards": candidates}
-            if judges:
-                row["judges"] = {j: values[k] for j, values in judged.items()}
-            model_rows.append(row)
+        model_rows = _model_rows(name, prompts, groups, repeated, responses, scores, draws, best_of, judges)
         rows += model_rows
         per_model[name] = _model_summary(model_rows, reward, judges, best_of, scores, groups)
         bar.update(1)
     bar.close()
-    description = getattr(reward, "description", None) if reward is not None else None
-    if reward is not None and description is None:
-        description = getattr(reward, "__name__", type(reward).__name__)
-    output = getattr(reward, "output", "score") if reward is not None else None
+    description, output = _describe_reward(reward)
     summary = {"reward": description, "reward_output": output, "n": n, "best_of": best_of,
                "best_of_n_kl": best_of_n_kl(best_of) if best_of is not None else None,
                "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
                "judges": list(judges), "models": per_model}
     return SideBySide(models, prompts, groups, rows, summary, n, best_of, description, output, list(judges))
+
+
+def _sample(name: str, repeated: list[str], runtime, *, max_new_tokens: int, temperature: float, seed: int,
+            batch_size: int) -> list[str]:
+    """One response per entry of `repeated` from model `name`, loaded for this call only."""
+    import torch
+
+    from rlhflab.eval.generate import generate
+    from rlhflab.models.causal_lm import load_causal_lm
+
+    model, tokenizer = load_causal_lm(name)
+    try:
+        model.to(runtime.device)
+        generations = generate(model, tokenizer, repeated, max_new_tokens=max_new_tokens,
+                               temperature=temperature, seed=seed, batch_size=batch_size,
+                               autocast=runtime.autocast)
+    finally:  # one model in memory at a time
+        del model, tokenizer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return [g.response for g in generations]
+
+
+def _model_rows(name: str, prompts: list[str], groups: list | None, repeated: list[str], responses: list[str],
+                scores: list[float] | None, draws: int, best_of: int | None, judges: dict) -> list[dict]:
+    """One row per kept sample (every sample, or the best of each best_of draws), with its reward and judges."""
+    keep = select_best(scores, best_of) if best_of is not None else list(range(len(responses)))
+    kept_prompts = [repeated[i] for i in keep]
+    kept_responses = [responses[i] for i in keep]
+    judged = {j: _scores(fn, kept_prompts, kept_responses) for j, fn in judges.items()}
+    model_rows = []
+    for k, index in enumerate(keep):
+        p = index // draws
+        row = {"prompt": prompts[p], "prompt_index": p, "group": groups[p] if groups else None, "model": name,
+               "sample": (index % draws) // (best_of or 1), "response": responses[index],
+               "reward": scores[index] if scores is not None else None}
+        if best_of is not None:
+            start = index - index % best_of
+            candidates = scores[start:start + best_of]
+            row |= {"best_of": best_of, "mean_of_n": _mean(candidates), "candidate_rewards": candidates}
+        if judges:
+            row["judges"] = {j: values[k] for j, values in judged.items()}
+        model_rows.append(row)
+    return model_rows
+
+
+def _describe_reward(reward: Callable | None) -> tuple[str | None, str | None]:
+    """(the reward's description, else its name; what it outputs) as the summary records them."""
+    if reward is None:
+        return None, None
+    description = getattr(reward, "description", None)
+    if description is None:
+        description = getattr(reward, "__name__", type(reward).__name__)
+    return description, getattr(reward, "output", "score")
 
 
 def _stats(rows: list[dict], probability: bool, judges: dict) -> dict:

@@ -195,6 +195,19 @@ def from_hidden(model: nn.Module, first: int, hidden: torch.Tensor, top_blocks: 
         setattr(parent, attr, blocks)
 
 
+def last_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor | None = None, *, first: int | None = None,
+                hidden: torch.Tensor | None = None, top_blocks: Sequence[nn.Module] | None = None) -> torch.Tensor:
+    """The base model's last hidden states (B, T, H): a causal LM's trunk without its head.
+
+    With `hidden` (the states entering block `first`, from `lower_hidden`), the blocks below
+    `first` are skipped and `top_blocks`, if given, replace the rest (`from_hidden`).
+    position_ids matter with left padding (rollouts; `lower_hidden` must have had the same).
+    """
+    with from_hidden(model, first, hidden, top_blocks) if hidden is not None else contextlib.nullcontext():
+        return _call_base(model, input_ids, attention_mask, position_ids).last_hidden_state
+
+
 def top_forward(model: nn.Module, first: int, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor | None = None):
     """The model's output (logits of an LM or a classifier) from the hidden states entering `first`.

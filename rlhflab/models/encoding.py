@@ -7,7 +7,7 @@ is always read whole.
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 
 from rlhflab.data.records import join_prompt_response
 from rlhflab.errors import RlhfLabError
-from rlhflab.models.blocks import cache_is_exact, first_trainable_block, from_hidden, lower_hidden, top_forward
+from rlhflab.models.blocks import cache_is_exact, first_trainable_block, last_hidden, lower_hidden, top_forward
 from rlhflab.models.lm_head import next_token_nll
 from rlhflab.ops.lm_loss import token_nll_sum
 
@@ -241,9 +241,7 @@ class SplitForward(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, hidden=None):
         if self.nll and isinstance(self.model, PreTrainedModel) and self.model.base_model is not self.model:
-            trunk = self.model.base_model  # the decoder without its head: last hidden states
-            with from_hidden(self.model, self.first, hidden) if hidden is not None else nullcontext():
-                states = trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            states = last_hidden(self.model, input_ids, attention_mask, first=self.first, hidden=hidden)
             return next_token_nll(self.model, states, input_ids, attention_mask)
         if hidden is not None:
             logits = top_forward(self.model, self.first, hidden, input_ids, attention_mask).logits

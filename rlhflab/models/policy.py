@@ -26,7 +26,7 @@ from rlhflab.models.blocks import (
     disable_dropout,
     first_trainable_block,
     freeze_all_but_blocks,
-    from_hidden,
+    last_hidden,
     lower_hidden,
     resolve_block_indices,
     transformer_blocks,
@@ -111,8 +111,8 @@ class SharedFrozenBlocks(Reference):
         return self
 
     def logprobs(self, policy, input_ids, attention_mask, response_start, temperature, lower):
-        with from_hidden(policy.lm, policy.first, lower, self.top):
-            hidden = _last_hidden(policy.lm, input_ids, attention_mask, position_ids_for(attention_mask))
+        hidden = last_hidden(policy.lm, input_ids, attention_mask, position_ids_for(attention_mask),
+                             first=policy.first, hidden=lower, top_blocks=self.top)
         return response_logprobs(policy.lm, hidden, input_ids, response_start, temperature)[0]
 
 
@@ -123,7 +123,7 @@ class AdapterOff(Reference):
 
     def logprobs(self, policy, input_ids, attention_mask, response_start, temperature, lower):
         with policy.model.disable_adapter():
-            hidden = _last_hidden(policy.lm, input_ids, attention_mask, position_ids_for(attention_mask))
+            hidden = last_hidden(policy.lm, input_ids, attention_mask, position_ids_for(attention_mask))
             # inside: an adapter on the LM head (target_modules naming it) must be off here too
             return response_logprobs(policy.lm, hidden, input_ids, response_start, temperature)[0]
 
@@ -141,7 +141,7 @@ class FrozenCopy(Reference):
         return self
 
     def logprobs(self, policy, input_ids, attention_mask, response_start, temperature, lower):
-        hidden = _last_hidden(self.model, input_ids, attention_mask, position_ids_for(attention_mask))
+        hidden = last_hidden(self.model, input_ids, attention_mask, position_ids_for(attention_mask))
         return response_logprobs(self.model, hidden, input_ids, response_start, temperature)[0]
 
 
@@ -156,7 +156,7 @@ def build_policy(model: nn.Module, trainable, lora_cfg=None, *, cache_frozen: bo
     if trainable == "all":
         model.requires_grad_(True)
         return Policy(model, value_head, None, FrozenCopy(_frozen(model)), lora=False)
-    freeze_all_but_blocks(model, resolve_block_indices(trainable, len(transformer_blocks(model)), "ppo.trainable"))
+    freeze_all_but_blocks(model, resolve_block_indices(trainable, len(transformer_blocks(model)), "rl.trainable"))
     first = first_trainable_block(model)
     if first is not None and probe is not None and not cache_is_exact(model, first, *probe):
         first = None
@@ -174,11 +174,6 @@ def _frozen(module: nn.Module) -> nn.Module:
 def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only, so a left-padded row starts at position 0."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def _last_hidden(lm: nn.Module, input_ids, attention_mask, position_ids) -> torch.Tensor:
-    base = lm.base_model
-    return base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
 
 
 @dataclass
@@ -205,12 +200,7 @@ def policy_forward(policy: Policy, input_ids, attention_mask, response_start: in
     model's forward pass, and their (B, R, V) logits are never materialised (response_logprobs).
     """
     lm = policy.lm
-    position_ids = position_ids_for(attention_mask)
-    if lower is not None:
-        with from_hidden(lm, policy.first, lower):
-            hidden = _last_hidden(lm, input_ids, attention_mask, position_ids)
-    else:
-        hidden = _last_hidden(lm, input_ids, attention_mask, position_ids)
+    hidden = last_hidden(lm, input_ids, attention_mask, position_ids_for(attention_mask), first=policy.first, hidden=lower)
     logprobs, ent = response_logprobs(lm, hidden, input_ids, response_start, temperature, entropy=entropy)
     return ForwardOut(logprobs, ent, policy.value_head(hidden[:, response_start - 1 : -1]))
 

@@ -5,7 +5,7 @@ snapshot of those is 14 MB in bfloat16. A snapshot folder holds `snapshot.json` 
 starting model, "kind": "tensors" | "lora", "dtype"}) and either `weights.safetensors` (the
 trainable tensors, by their names in the model) or peft's adapter files (LoRA). Every loader
 of causal LMs (`load_causal_lm`) reads a snapshot folder as the model it describes, so
-`evaluate.models`, `ppo.policy` and the over-optimisation study take one like any model.
+`evaluate.models`, `rl.policy` and the over-optimisation study take one like any model.
 """
 
 from __future__ import annotations

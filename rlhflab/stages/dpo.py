@@ -67,7 +67,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     check_context(model, tokenizer, train_prompts[: dpo.on_policy.prompts * dpo.rounds] + eval_prompts, max_new)
     sampling = dict(max_new_tokens=max_new, seed=cfg.seed, batch_size=dpo.eval_batch_size, runtime=runtime)
     start, _ = held_out(model, None, tokenizer, eval_prompts, rewards, **sampling)
-    model = configure_trainable(model, dpo)
+    model = configure_trainable(model, dpo, "dpo")
     trainable, total = count_parameters(model)
     # Rounds after the first score their pairs against the starting weights (reference: start) or
     # against the policy as the round begins (previous_round, which needs no copy).

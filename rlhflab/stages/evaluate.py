@@ -127,22 +127,9 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
                                 max_new_tokens=max_new, seed=cfg.seed, runtime=runtime)
             best_of["model"] = reference_name
         del model  # before the next one loads
-        responses = [g.response for g in generations]
-        scores = score_fn(prompts, responses).tolist()
-        probs = prob_fn(prompts, responses).tolist() if prob_fn is not None else None
-        # The proxy judge is the reward model's probability, scored just above where it has one.
-        gold = {judge: probs if judge == "proxy" and probs is not None and fn.reward.output == "probability"
-                else fn(prompts, responses).tolist()
-                for judge, fn in judges.items()}
-        facts[name] = {"parameters": parameters, "size_mb": size_mb, "score": distribution(scores),
-                       "positive_probability": probability_stats(probs) if probs is not None else None,
-                       "by_sentiment": _by_sentiment(sentiments, scores, probs),
-                       **({"judges": {judge: {"mean": sum(v) / len(v), "positive_rate": judges[judge].positive_rate(v)}
-                                      for judge, v in gold.items()}} if judges else {})}
-        rows += [{"prompt_id": i, "prompt": prompts[i], "sentiment": sentiments[i], "model": name, "source": source,
-                  "response": response, "score": scores[i], "positive_probability": probs[i] if probs else None,
-                  **({"judges": {judge: v[i] for judge, v in gold.items()}} if judges else {})}
-                 for i, response in enumerate(responses)]
+        scored, model_rows = _score_responses(name, source, generations, prompts, sentiments, score_fn, prob_fn, judges)
+        facts[name] = {"parameters": parameters, "size_mb": size_mb, **scored}
+        rows += model_rows
         bar.update(1)
         bar.set_postfix(model=name, score=f"{facts[name]['score']['mean']:.2f}")
     bar.close()
@@ -168,6 +155,29 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     summary["figures"] = {path.stem: str(path.relative_to(run_dir.path.resolve())) for path in figures}
     summary.update(run_facts(runtime, started))
     return run_dir.finish(summary)
+
+
+def _score_responses(name: str, source: str, generations, prompts: list[str], sentiments: list[str], score_fn, prob_fn,
+                     judges: dict[str, Judge]) -> tuple[dict, list[dict]]:
+    """(a model's scores: their distribution, P(positive), by prompt sentiment, the gold judges' means;
+    one samples.jsonl row per response) for its `generations` of `prompts`."""
+    responses = [g.response for g in generations]
+    scores = score_fn(prompts, responses).tolist()
+    probs = prob_fn(prompts, responses).tolist() if prob_fn is not None else None
+    # The proxy judge is the reward model's probability, scored just above where it has one.
+    gold = {judge: probs if judge == "proxy" and probs is not None and fn.reward.output == "probability"
+            else fn(prompts, responses).tolist()
+            for judge, fn in judges.items()}
+    scored = {"score": distribution(scores),
+              "positive_probability": probability_stats(probs) if probs is not None else None,
+              "by_sentiment": _by_sentiment(sentiments, scores, probs),
+              **({"judges": {judge: {"mean": sum(v) / len(v), "positive_rate": judges[judge].positive_rate(v)}
+                             for judge, v in gold.items()}} if judges else {})}
+    rows = [{"prompt_id": i, "prompt": prompts[i], "sentiment": sentiments[i], "model": name, "source": source,
+             "response": response, "score": scores[i], "positive_probability": probs[i] if probs else None,
+             **({"judges": {judge: v[i] for judge, v in gold.items()}} if judges else {})}
+            for i, response in enumerate(responses)]
+    return scored, rows
 
 
 def best_of_n(model, tokenizer, prompts: list[str], score_fn, prob_fn, judges: dict[str, Judge], ev, *, max_new_tokens: int,

@@ -104,7 +104,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     action_rewards = {name: rewards_at_last_token(encoded[name].attention_mask, returns[name]).to(runtime.device)
                       for name in scored}
 
-    model = configure_trainable(model, il)
+    model = configure_trainable(model, il, "ilql")
     heads = IlqlHeads(model.config.get_text_config().hidden_size, model.get_output_embeddings()).to(runtime.device)
     data, first, cache_seconds = encode_and_cache(
         model, encoded, tokenizer, max_length=il.max_length, append_eos=True, device=runtime.device,

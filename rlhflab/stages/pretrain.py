@@ -26,7 +26,7 @@ from rlhflab.engine.sharding import refuse_sharded
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.baselines import ngram_perplexities
 from rlhflab.eval.generate import generate
-from rlhflab.io import RunDir
+from rlhflab.io import RunDir, append_line
 from rlhflab.models.causal_lm import count_parameters
 from rlhflab.models.encoding import EncodedSplit, SplitForward, make_forward
 from rlhflab.models.tokenizers import train_tokenizer
@@ -170,9 +170,8 @@ def _write_samples(run_dir: RunDir, runtime: Runtime, model, tokenizer, pre: Pre
     step, epoch = state["steps"], state["epoch"] - 1 if state["batch"] == 0 and state["epoch"] > 0 else state["epoch"]
     generations = generate(model, tokenizer, list(pre.sample_prompts), max_new_tokens=pre.sample_tokens, seed=seed,
                            autocast=runtime.autocast)
-    with open(run_dir.path / "samples.jsonl", "a", encoding="utf-8") as handle:
-        for g in generations:
-            handle.write(json.dumps({"step": step, "epoch": epoch + 1, "prompt": g.prompt, "response": g.response}) + "\n")
+    append_line(run_dir.path / "samples.jsonl", *(json.dumps({"step": step, "epoch": epoch + 1, "prompt": g.prompt,
+                                                             "response": g.response}) for g in generations))
 
 
 def _last_samples(run_dir: RunDir) -> list[dict]:

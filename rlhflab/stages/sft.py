@@ -30,14 +30,15 @@ from rlhflab.stages.common import finish_run, load_splits, open_run_dir
 SPLITS = ("train", "validation", "test")
 
 
-def configure_trainable(model, sft: SftConfig):
-    """Freeze what does not train; returns the model to train (a peft wrapper for LoRA)."""
+def configure_trainable(model, sft: SftConfig, section: str = "sft"):
+    """Freeze what does not train; returns the model to train (a peft wrapper for LoRA).
+    `section` is the config section of `sft` (sft, dpo, ilql): errors name its `trainable` key."""
     if sft.trainable == "all":
         model.requires_grad_(True)
         return model
     if sft.trainable == "lora":
         return with_lora(model, sft.lora)
-    freeze_all_but_blocks(model, resolve_block_indices(sft.trainable, len(transformer_blocks(model))))
+    freeze_all_but_blocks(model, resolve_block_indices(sft.trainable, len(transformer_blocks(model)), f"{section}.trainable"))
     return model
 
 

@@ -486,6 +486,35 @@ def test_a_float32_overflow_a_blank_string_or_no_stage_is_refused_when_the_confi
         load_config(None, [override])
 
 
+I64 = r"a whole number in 64 bits \(magnitude at most 9223372036854775807\)"
+
+
+@pytest.mark.parametrize("override, message", [
+    # torch reads a Python int as a C long long: these failed deep inside a run, with a traceback
+    ("pretrain.batch_size=" + "1" + "0" * 30, rf"^pretrain\.batch_size must be {I64} and at least 1, got 10{{30}}\. The default is 32\.$"),
+    ("sft.eval_batch_size=9223372036854775808", rf"^sft\.eval_batch_size must be {I64} and at least 1, got 9223372036854775808\."),
+    ("pretrain.warmup_steps=" + "1" + "0" * 400, rf"^pretrain\.warmup_steps must be {I64} and at least 1, got 10{{400}}\."),
+    ("seed=-9223372036854775809", rf"^seed must be {I64} and in \[0, 2147483647\], got -9223372036854775809\."),
+    # float() of a whole number beyond float64 overflowed while the config was read
+    ("pretrain.lr_mul=" + "1" + "0" * 400, rf"^pretrain\.lr_mul must be {F32}, got a whole number of 401 digits\.$"),
+    # Python refused these while YAML read them: the text as typed is then the value
+    ("pretrain.batch_size=" + "1" + "0" * 5000, r"^pretrain\.batch_size: expected int, got '10{5000}' \(str\)\.$"),
+])
+def test_a_number_beyond_what_a_run_can_hold_is_refused_when_the_config_loads(override, message):
+    with pytest.raises(RlhfLabError, match=message):
+        load_config(None, [override])
+
+
+def test_the_largest_64_bit_whole_number_passes_and_a_month_13_date_is_text(tmp_path):
+    cfg = load_config(None, ["rl.steps=9223372036854775807", "name=2024-13-45"])
+    assert cfg.rl.steps == 2**63 - 1 and cfg.name == "2024-13-45"
+    path = tmp_path / "dated.yaml"
+    path.write_text("name: 2024-13-45\n")
+    with pytest.raises(RlhfLabError, match=rf"^Config file {path} has a value that cannot be read: month must be in "
+                                           r"1\.\.12\. Quote it to keep it as text\.$"):
+        load_config(path)
+
+
 def test_float32_limit_is_torchs_and_values_up_to_it_and_meaningful_whitespace_pass():
     import torch
 

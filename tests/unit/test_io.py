@@ -305,6 +305,43 @@ def test_a_full_disk_says_so_and_keeps_the_previous_file(tmp_path, monkeypatch):
     assert names(tmp_path) == ["report.md"]
 
 
+def test_a_rust_librarys_full_disk_inside_a_folder_write_is_one_line(tmp_path):
+    from safetensors import SafetensorError
+
+    with pytest.raises(RlhfLabError) as info:
+        with atomic_dir(tmp_path / "model"):  # what safetensors raised when a small tmpfs filled up under it
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert str(info.value) == (f"Cannot write {tmp_path / 'model'}: the disk is full (No space left on device); "
+                               f"nothing was written. Fix that (free space, choose another folder) and run again.")
+    assert names(tmp_path) == []
+    with pytest.raises(ValueError, match="os error"):  # a library's other errors pass through as they are
+        with atomic_dir(tmp_path / "model"):
+            raise ValueError("no such thing (os error 999999)")
+
+
+def test_a_full_disk_while_a_step_log_grows_is_one_line_keeping_its_lines(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from rlhflab.io import append_line
+
+    path = tmp_path / "metrics.jsonl"
+    append_line(path, '{"step": 1}', '{"step": 2}')
+    real_open = builtins.open
+
+    def full(file, mode="r", *args, **kwargs):
+        if Path(file) == path and "a" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", full)
+    with pytest.raises(RlhfLabError, match=r"^Cannot write .*metrics\.jsonl: the disk is full \(No space left on device\); "
+                                           r"the lines already in it are kept \(a cut-short last one is dropped on --resume\)\. Fix that"):
+        RunDir(tmp_path).log_metrics({"step": 3})
+    monkeypatch.undo()
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
 def test_has_checkpoint_needs_state_json(tmp_path):
     run = RunDir(tmp_path / "sft")
     (run.checkpoint_dir / "latest").mkdir(parents=True)

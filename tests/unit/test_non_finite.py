@@ -262,3 +262,44 @@ def test_a_full_disk_while_the_model_is_saved_is_one_line_naming_the_checkpoint_
     assert message.endswith(f"the model needs about 16 KB); the checkpoint of step 6 is kept (free space, then continue "
                             f"with --resume); the finished run {run_dir.final} is unchanged.")
     assert not run_dir.model_dir.exists() and [p.name for p in run_dir.path.iterdir()] == ["checkpoints"]
+
+
+class _FillsTheDisk(torch.nn.Linear):
+    """A model whose save_pretrained fails as safetensors does when a small tmpfs fills up under it."""
+
+    def save_pretrained(self, folder, **_options):
+        from safetensors import SafetensorError
+
+        (folder / "model.safetensors").write_bytes(b"\0" * 100)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def _save_reward_model(folder):
+    from rlhflab.models.reward_model import RewardMeta, save_reward_model
+
+    save_reward_model(_FillsTheDisk(4, 4), tokenizer=None, meta=RewardMeta("labels", 1.0, 0.0, "train", "base-model"), folder=folder)
+
+
+def _save_policy(folder):
+    from rlhflab.models.policy import ValueHead
+    from rlhflab.stages.ppo import save_policy
+
+    policy = SimpleNamespace(lora=False, model=_FillsTheDisk(4, 4), value_head=ValueHead(4))
+    save_policy(policy, SimpleNamespace(padding_side="left"), folder)
+
+
+def _save_snapshot(folder):
+    from rlhflab.models.snapshot import save_snapshot
+
+    save_snapshot(SimpleNamespace(lora=True, model=_FillsTheDisk(4, 4)), "base-model", folder)
+
+
+@pytest.mark.parametrize("save", [_save_reward_model, _save_policy, _save_snapshot])
+def test_a_full_disk_while_a_model_folder_is_saved_is_one_line(tmp_path, save):
+    folder = tmp_path / "model"
+    with pytest.raises(RlhfLabError) as info:
+        save(folder)
+    assert str(info.value).startswith(f"Cannot write {folder}: the disk is full (No space left on device); nothing was "
+                                      "written. Fix that") and "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # the partial folder was removed
+

@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Callable
 
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.document import Block, Code, Image, Table, para
@@ -183,6 +183,12 @@ def _not_run(stage: Stage, run_root: Path) -> list[Block]:
         return [para(f"Not run: {stage.path} does not exist. Produce it with ", Code(command), ".", note=True)]
     return [para(f"Not run to the end: {stage.path} has no summary.json (the run was interrupted or is still "
                  "going). Continue it with ", Code(command + " --resume"), ".", note=True)]
+
+
+def _unfinished(stage: Stage, run_root: Path, curves: Callable[[str], Block], caption: str) -> list[Block]:
+    """A stage without a usable summary.json: how to finish it (`_not_run`), then its training
+    curves so far, `curves(caption)`, when its metrics.jsonl has rows."""
+    return _not_run(stage, run_root) + ([curves(caption)] if stage.rows else [])
 
 
 def _facts(pairs: list[tuple[str, Any]]) -> Table:

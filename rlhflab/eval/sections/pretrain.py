@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rlhflab.eval import plots
 from rlhflab.eval.document import Block, Heading, Preformatted, Table
-from rlhflab.eval.sections.base import Figures, Stage, _facts, _not_run, _num, _params, _pct, _seconds
+from rlhflab.eval.sections.base import Figures, Stage, _facts, _num, _params, _pct, _seconds, _unfinished
 from rlhflab.stages.registry import STAGES
 
 
@@ -16,10 +16,7 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     curves = lambda caption: figures.draw(plots.loss_curves, "pretrain_loss", stage.rows, title="Pretraining loss",
                                           ylabel="loss (nats / token)", caption=caption)
     if not stage.done:
-        blocks += _not_run(stage, run_root)
-        if stage.rows:
-            blocks.append(curves("Pretraining loss so far."))
-        return blocks
+        return blocks + _unfinished(stage, run_root, curves, "Pretraining loss so far.")
     s = stage.summary
     after, base = s.get("after", {}), s.get("baselines", {})
     rows = [[split, _num(after[split].get("loss")), _num(after[split].get("perplexity"), 2)] for split in after]

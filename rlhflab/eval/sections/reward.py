@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rlhflab.eval import plots
 from rlhflab.eval.document import Block, Heading, Table, para
-from rlhflab.eval.sections.base import Figures, Stage, _facts, _not_run, _num, _params, _seconds, _splits
+from rlhflab.eval.sections.base import Figures, Stage, _facts, _num, _params, _seconds, _splits, _unfinished
 from rlhflab.stages.registry import STAGES
 
 
@@ -25,10 +25,7 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     loss_figure = lambda caption: figures.draw(plots.loss_curves, "reward_loss", stage.rows, title="Reward model loss",
                                                caption=caption)
     if not stage.done:
-        blocks += _not_run(stage, run_root)
-        if stage.rows:
-            blocks.append(loss_figure("Reward model train and validation loss so far."))
-        return blocks
+        return blocks + _unfinished(stage, run_root, loss_figure, "Reward model train and validation loss so far.")
     s = stage.summary
     if str(s.get("labels", "")).startswith("weak"):
         blocks.append(para(f"Trained on {s['labels']}: what a lexicon says, not what a reader would; its accuracy "

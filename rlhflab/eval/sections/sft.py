@@ -7,18 +7,15 @@ from pathlib import Path
 
 from rlhflab.eval import plots
 from rlhflab.eval.document import Block, Heading, Table
-from rlhflab.eval.sections.base import Figures, Stage, _facts, _not_run, _num, _params, _seconds, _splits
+from rlhflab.eval.sections.base import Figures, Stage, _facts, _num, _params, _seconds, _splits, _unfinished
 from rlhflab.stages.registry import STAGES
 
 
 def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     blocks: list[Block] = [Heading(STAGES["sft"].title, anchor="sft")]
+    curves = lambda caption: figures.draw(plots.sft_curves, "sft_loss", stage.rows, caption=caption)
     if not stage.done:
-        blocks += _not_run(stage, run_root)
-        if stage.rows:
-            blocks.append(figures.draw(plots.sft_curves, "sft_loss", stage.rows,
-                                       caption="SFT train and validation loss so far."))
-        return blocks
+        return blocks + _unfinished(stage, run_root, curves, "SFT train and validation loss so far.")
     s = stage.summary
     before, after = s.get("before", {}), s.get("after", {})
     rows = []
@@ -30,8 +27,7 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
                         caption="Loss (nats per token) and perplexity per split after SFT, and before it where "
                                 "measured."))
     if stage.rows:
-        blocks.append(figures.draw(plots.sft_curves, "sft_loss", stage.rows,
-                                   caption="SFT loss: train (mean over each log window) and validation."))
+        blocks.append(curves("SFT loss: train (mean over each log window) and validation."))
     examples = s.get("examples") or {}
     blocks.append(_facts([
         ("model", str(s.get("model", "-"))),

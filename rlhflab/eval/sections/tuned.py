@@ -9,7 +9,7 @@ from typing import Any
 from rlhflab.algorithms.recipes import display_name
 from rlhflab.eval import plots
 from rlhflab.eval.document import Block, Heading, Table
-from rlhflab.eval.sections.base import Figures, Stage, _change, _not_run, _num, _params, _seconds, _short
+from rlhflab.eval.sections.base import Figures, Stage, _change, _num, _params, _seconds, _short, _unfinished
 from rlhflab.stages.registry import STAGES
 
 
@@ -51,7 +51,7 @@ def _tuning_section(stage: Stage, run_root: Path, curves, body) -> list[Block]:
     finished, else how to finish it and its training curves so far. `curves(caption)` draws them."""
     blocks: list[Block] = [Heading(STAGES[stage.name].title, anchor=stage.name)]
     if not stage.done:
-        return blocks + _not_run(stage, run_root) + ([curves("Training curves so far.")] if stage.rows else [])
+        return blocks + _unfinished(stage, run_root, curves, "Training curves so far.")
     return blocks + body(stage, curves)
 
 
