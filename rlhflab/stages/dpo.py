@@ -91,17 +91,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         else:
             pairs, pair_facts = token_pairs(file_pairs, tokenizer), {"source": dpo.pairs.source, "left_out": {}}
         parts = split_pairs(pairs, dpo.pairs.fractions, cfg.seed, "dpo.pairs")
-        encoded, masks, cut = {}, {}, 0
-        for name in SPLITS:
-            if getattr(parts, name):
-                encoded[name], masks[name], n = encode_pairs(getattr(parts, name), tokenizer, dpo.max_length)
-                masks[name], cut = masks[name].to(runtime.device), cut + n
-        if cut:
-            pair_facts["responses_cut_to_max_length"] = cut
-        data, first, cache_seconds = encode_and_cache(
-            model, encoded, tokenizer, max_length=dpo.max_length, append_eos=False, device=runtime.device,
-            cache_frozen=dpo.cache_frozen and isinstance(dpo.trainable, list) and frozen_cache_allowed(runtime),
-            batch_size=dpo.eval_batch_size, autocast=runtime.autocast, progress=progress and runtime.is_main)
+        data, masks, first, cache_seconds = _encode(parts, pair_facts, model, tokenizer, dpo, runtime, progress)
         # 2. The reference log-probs, once per pair: the policy's own, with the reference's weights in place.
         optimizer, scheduler = make_optimizer(model, dpo, len(parts.train))
         prepared, optimizer = runtime.accelerator.prepare(SplitForward(model, first), optimizer)
@@ -139,8 +129,32 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
 
     if runtime.is_main:
         save_model(model, tokenizer, run_dir)
-    last = done[-1]
-    summary = {
+    summary = _summary(cfg, source, rewards, done, start, splits.left_out | prompts.left_out, trainable, total)
+    return finish_run(run_dir, summary | run_facts(runtime, started), runtime)
+
+
+def _encode(parts, pair_facts: dict, model, tokenizer, dpo, runtime: Runtime, progress: bool):
+    """The pairs of each split as token tensors (responses cut to dpo.max_length, counted in
+    `pair_facts`), with the frozen lower blocks' outputs cached once: (data, masks, first, seconds)."""
+    encoded, masks, cut = {}, {}, 0
+    for name in SPLITS:
+        if getattr(parts, name):
+            encoded[name], masks[name], n = encode_pairs(getattr(parts, name), tokenizer, dpo.max_length)
+            masks[name], cut = masks[name].to(runtime.device), cut + n
+    if cut:
+        pair_facts["responses_cut_to_max_length"] = cut
+    data, first, cache_seconds = encode_and_cache(
+        model, encoded, tokenizer, max_length=dpo.max_length, append_eos=False, device=runtime.device,
+        cache_frozen=dpo.cache_frozen and isinstance(dpo.trainable, list) and frozen_cache_allowed(runtime),
+        batch_size=dpo.eval_batch_size, autocast=runtime.autocast, progress=progress and runtime.is_main)
+    return data, masks, first, cache_seconds
+
+
+def _summary(cfg: Config, source: str, rewards: dict, done: list[dict], start: dict, left_out: dict,
+             trainable: int, total: int) -> dict:
+    """summary.json: the last round's pairs and metrics, the start and end, and every round's point."""
+    dpo, last = cfg.dpo, done[-1]
+    return {
         "algorithm": "dpo",
         "loss": dpo.loss,
         "beta": dpo.beta,
@@ -151,7 +165,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         "pairs": last["pairs"],
         "trainable": dpo.trainable,
         "parameters": {"trainable": trainable, "total": total},
-        "left_out": {**splits.left_out, **prompts.left_out},
+        "left_out": left_out,
         "before": last["before"],
         "after": last["after"],
         "start": start,
@@ -159,9 +173,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         "by_round": [{k: r[k] for k in ("round", "step", "end", "seconds")} | {"train_pairs": r["pairs"]["train"]}
                      for r in done],
         **{k: last[k] for k in ("steps", "epochs_completed", "stopped_early", "train_pairs_per_s", "frozen_cache")},
-        **run_facts(runtime, started),
     }
-    return finish_run(run_dir, summary, runtime)
 
 
 @contextlib.contextmanager
