@@ -248,7 +248,9 @@ def test_bad_grids_fail_in_one_line_before_anything_runs(capsys, tmp_path):
 
 def test_a_rerun_waits_for_a_point_an_earlier_process_still_writes(swept, tmp_path, monkeypatch):
     own, base = copy_runs(swept, tmp_path, "sft", "reward")
-    holder = hold_lock(base / "sweep" / "kl_coef-0.1", seconds=1.5)  # a point stopping after its driver was killed
+    # a point stopping after its driver was killed; 5 s: the sweep loads every point's config before it
+    # looks at the lock, which took over 1.5 s on a slow 2-core host (the holder was gone, no wait was seen)
+    holder = hold_lock(base / "sweep" / "kl_coef-0.1", seconds=5)
     launched = []
 
     def launch(command, log, env):
@@ -258,7 +260,7 @@ def test_a_rerun_waits_for_a_point_an_earlier_process_still_writes(swept, tmp_pa
     monkeypatch.setattr(sweep_module, "_launch", launch)
     lines = run_sweep(own, "ppo.kl_coef=0.1,0.2")
     waiting = [line for line in lines if "waiting for" in line]
-    assert waiting == [f"[1/2] kl_coef-0.1  waiting for process {holder.pid} (rlhflab {base / 'sweep' / 'kl_coef-0.1'} 1.5), "
+    assert waiting == [f"[1/2] kl_coef-0.1  waiting for process {holder.pid} (rlhflab {base / 'sweep' / 'kl_coef-0.1'} 5), "
                        f"which still writes this point, to stop ..."]
     assert launched == [(str(base / "sweep" / "kl_coef-0.1" / "point.yaml"), 0),  # after the holder ended
                         (str(base / "sweep" / "kl_coef-0.2" / "point.yaml"), 0)]
