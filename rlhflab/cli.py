@@ -391,10 +391,16 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run_and_exit() -> None:
+    """`python -m rlhflab(.cli)`: run, then end the process; under accelerate launch, a command that
+    loaded torch ends through runtime.exit_process (a plain exit could abort in gloo's teardown)."""
     code = main()
-    if "torch" in sys.modules:  # under accelerate launch: see runtime.exit_process
+    if "torch" in sys.modules:  # runtime imports torch: not for commands that never needed it
         from rlhflab.engine.runtime import exit_process
 
         exit_process(code)
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    run_and_exit()

@@ -328,8 +328,6 @@ def exit_process(code: int) -> None:
     either: everything a stage writes is closed when the stage ends, and stdout/stderr are flushed
     here. A process that `accelerate launch` (torchrun) did not start as one of several, or that
     never loaded torch, ends with a plain `sys.exit`."""
-    sys.stdout.flush()
-    sys.stderr.flush()
     if "torch.distributed" in sys.modules:
         close_process_group()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "torch" not in sys.modules:
