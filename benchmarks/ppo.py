@@ -32,7 +32,7 @@ from rlhflab.models.reward_model import load_reward_backbone
 from rlhflab.ops.kl import kl_per_token
 from rlhflab.rewards import RewardFunction, logits_to_reward
 from rlhflab.rollout import sample, score_rollout
-from rlhflab.stages.ppo import stop_token_ids
+from rlhflab.stages.rl import stop_token_ids
 
 
 def host() -> str:

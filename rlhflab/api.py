@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 from rlhflab.algorithms.recipes import ALGORITHM_NAMES
 from rlhflab.config import Config, check_config, from_dict, load_config, resolve_run_references, to_dict, upgrade_names
 from rlhflab.errors import RlhfLabError
+from rlhflab.stages.registry import stage_dir
 
 TRLX_PARAMETERS = ("samples", "prompts", "outputs")  # trlX calls reward_fn(samples=, prompts=, outputs=, tokenizer=)
 
@@ -68,7 +69,7 @@ def train(model: str | None = None, *, prompts: Sequence[str] | None = None, eva
     rewards, pairs = _listed(rewards, "rewards"), _listed(pairs, "pairs")
     _ordered(config, "config")
     cfg, algorithm = _config(config, name, reward_fn, samples, rewards, pairs, prompts)
-    stage = "ppo" if algorithm in ALGORITHM_NAMES else algorithm  # every online recipe trains in the RL stage
+    stage = "rl" if algorithm in ALGORITHM_NAMES else algorithm  # every online recipe trains in the RL stage
     cfg.stages = [stage]  # the run is this one stage (the report lists no others)
     section = getattr(cfg, stage)
     section.policy = model or section.policy or cfg.sft.model
@@ -295,7 +296,8 @@ def _forget_inputs(written: list[Path], made: list[Path], run_root: Path, stage:
 
     if not written:  # other processes write nothing, and an earlier call's files are not ours to remove
         return
-    configs = [folder / "config.yaml" for folder in (run_root / stage, run_root / f"{stage}.partial")]
+    final = stage_dir(run_root, stage)  # an old run's RL folder keeps its name (ppo)
+    configs = [folder / "config.yaml" for folder in (final, final.with_name(f"{final.name}.partial"))]
     named = "".join(c.read_text(encoding="utf-8", errors="replace") for c in configs if c.is_file())
     for path in written:
         if str(path) not in named:

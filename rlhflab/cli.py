@@ -29,13 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhflab", description="Reinforcement learning from human feedback, end to end.")
     parser.add_argument("--version", action="version", version=f"rlhflab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    from rlhflab.stages.registry import STAGES  # a declaration only: no torch
+    from rlhflab.stages.registry import RENAMED, STAGES  # a declaration only: no torch
 
     for stage in STAGES.values():
         _add_run_arguments(commands.add_parser(
-            stage.name, help=stage.doc, description=f"{stage.doc[:1].upper()}{stage.doc[1:]}. Its settings are the "
+            stage.name, aliases=[old for old, new in RENAMED.items() if new == stage.name], help=stage.doc, description=f"{stage.doc[:1].upper()}{stage.doc[1:]}. Its settings are the "
             f"{stage.config_section}.* section of the config: `rlhflab config` prints them all, resolved."))
-    pipeline = commands.add_parser("pipeline", help="the config's stages (SFT -> reward -> PPO -> evaluate by default), then "
+    pipeline = commands.add_parser("pipeline", help="the config's stages (SFT -> reward -> RL -> evaluate by default), then "
                                    "the report, skipping stages that are up to date")
     pipeline.add_argument("--config", help="YAML preset (see configs/); defaults apply when omitted")
     pipeline.add_argument("overrides", nargs="*", metavar="key=value", help="override config values, e.g. rl.steps=40")
@@ -55,13 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-progress", action="store_true", help="no progress bars (the points never show them)")
     compare = commands.add_parser("compare", help="RL runs side by side: a table, curves per metric, reward against KL")
     compare.add_argument("runs", nargs="+", metavar="RUN_OR_SWEEP",
-                         help="runs/NAME/sweep (all its points), runs/NAME (its ppo stage) or runs/NAME/ppo")
+                         help="runs/NAME/sweep (all its points), runs/NAME (its rl stage) or runs/NAME/rl")
     compare.add_argument("--out", metavar="DIR", help="where to write compare.md, compare.json and figures "
                                                       "(default: the first argument's compare/)")
     frontier = commands.add_parser("frontier", help="held-out reward against KL to the reference, every method "
                                                     "(RL, DPO, ILQL, best-of-n) a line, bars over seeds, gold judges beside")
     frontier.add_argument("runs", nargs="+", metavar="RUN",
-                          help="runs/NAME (its ppo, dpo and ilql stages), runs/NAME/<stage>, runs/NAME/evaluate "
+                          help="runs/NAME (its rl, dpo and ilql stages), runs/NAME/<stage>, runs/NAME/evaluate "
                                "(its models and best-of-n, with gold judges) or runs/NAME/sweep (every point)")
     frontier.add_argument("--out", metavar="DIR", help="where to write frontier.png, frontier.json and frontier.csv "
                                                        "(default: <first run>/frontier)")
@@ -108,12 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _stage(args: argparse.Namespace) -> None:
     """Run one stage from a config and print its table."""
     from rlhflab.config import load_config
+    from rlhflab.stages.registry import STAGES, current_stage
 
+    args.command = current_stage(args.command, "rlhflab {}")  # `rlhflab ppo`: the stage's old name
     cfg = load_config(args.config, args.overrides)  # before torch loads: config errors are instant
     from rlhflab.engine.runtime import Runtime
     from rlhflab.io import read_json
     from rlhflab.stages.common import run_stage
-    from rlhflab.stages.registry import STAGES
 
     runtime = Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
     run_dir = run_stage(args.command, cfg, runtime=runtime, resume=args.resume, overwrite=args.overwrite,
@@ -262,12 +263,12 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _refuse_stage_folder(path) -> None:
-    """A folder inside a run (runs/default/ppo, runs/default/sft/model, runs/default/report, ...)
+    """A folder inside a run (runs/default/rl, runs/default/sft/model, runs/default/report, ...)
     where the run folder (runs/default) goes: name the run folder."""
-    from rlhflab.stages.registry import STAGES
+    from rlhflab.stages.registry import stage_folders
 
     def is_run(folder) -> bool:
-        return any((folder / name).is_dir() for name in STAGES)
+        return any((folder / name).is_dir() for name in stage_folders())
 
     if not path.is_dir() or is_run(path):
         return  # not a folder (the report says so), or a run folder (whatever its own name)
@@ -294,7 +295,7 @@ COMMANDS.update({name: _human for name in ("serve", "label", "rate")})
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Flags and `key=value` overrides in any order (`rlhflab ppo --config X --overwrite name=a`)."""
+    """Flags and `key=value` overrides in any order (`rlhflab rl --config X --overwrite name=a`)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)

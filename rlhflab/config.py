@@ -24,7 +24,8 @@ import yaml
 
 from rlhflab.algorithms.recipes import ALGORITHM_NAMES, get_recipe
 from rlhflab.errors import RlhfLabError
-from rlhflab.stages.registry import STAGES  # the one list of stages (a declaration: it imports no config)
+# the one list of stages (a declaration: it imports no config) and the stages' old names
+from rlhflab.stages.registry import RENAMED, STAGES, current_stage, stage_dir
 
 
 @dataclass(frozen=True)
@@ -299,8 +300,8 @@ class GenerationConfig:
 @dataclass
 class RlConfig:
     """Online RL against the reward with a KL penalty to the frozen SFT model: PPO (value head,
-    GAE), GRPO, RLOO, REINFORCE++ or Dr. GRPO (rl.algorithm). Its stage (`rlhflab ppo`) and run
-    folder (runs/<name>/ppo) keep the name ppo for now; `ppo:` is read as this section."""
+    GAE), GRPO, RLOO, REINFORCE++ or Dr. GRPO (rl.algorithm), all in the stage `rl` (`rlhflab rl`,
+    runs/<name>/rl). `ppo:`, this section's old name, is read as it."""
 
     # One of the recipes in rlhflab/algorithms/recipes.py (ppo: GAE with a value head; grpo, rloo, ...:
     # no critic), which also hold each one's defaults for the two settings below.
@@ -518,7 +519,7 @@ class IlqlConfig(TrainingConfig):
 class EvaluateConfig:
     """Held-out prompts -> responses of each model -> rewards, KL, perplexity, diversity, figures."""
 
-    # name -> model (run directory, asset name, hub id or folder). None: this run's sft and ppo.
+    # name -> model (run directory, asset name, hub id or folder). None: this run's sft and rl.
     # The first model is the reference that KL and perplexity are measured against.
     models: dict[str, str] | None = None
     prompts: int = 200  # from the test split (fewer when the split is smaller)
@@ -550,7 +551,7 @@ class OveroptConfig:
     per-epoch snapshot answer the same held-out prompts; proxy and gold judges (evaluate.gold),
     KL, separator ratio and diversity per checkpoint, and a verdict (rlhflab/stages/overopt.py)."""
 
-    run: str | None = None  # an RL stage folder (with checkpoints/epoch-N); None: this run's ppo
+    run: str | None = None  # an RL stage folder (with checkpoints/epoch-N); None: this run's rl
     prompts: int = 100  # held-out prompts from the test split, the evaluation's first ones
     max_new_tokens: int | None = None  # None: generation.max_new_tokens
     temperature: float = 1.0
@@ -585,7 +586,8 @@ class Config:
     # The pipeline's stages, in order; the default is the IMDB pipeline. A model setting may
     # name an earlier stage of this run as "run:<stage>" (e.g. reward.model: run:pretrain).
     # Each is a name in rlhflab/stages/registry.py (check_config refuses any other).
-    stages: list[str] = field(default_factory=lambda: ["sft", "reward", "ppo", "evaluate"])
+    # An old stage name (ppo, now rl: registry.RENAMED) is read as the new one.
+    stages: list[str] = field(default_factory=lambda: ["sft", "reward", "rl", "evaluate"])
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     sft: SftConfig = field(default_factory=SftConfig)
@@ -606,6 +608,7 @@ class Config:
 
     def __post_init__(self) -> None:
         check_run_name(self.name)
+        self.stages = _current_stages(self.stages)
         if isinstance(self.rl, PpoConfig):  # the old class, generation settings and all
             self.rl, self.generation = _split_ppo(self.rl, self.generation)
 
@@ -651,14 +654,27 @@ def _split_ppo(old: PpoConfig, generation: GenerationConfig) -> tuple[RlConfig, 
 _NOTED: set[str] = set()
 
 
-def note_renamed(old: str, new: str) -> None:
-    """One line on stderr, once per process and name: `old` is read as `new`. Under `accelerate
-    launch` only the main process (RANK 0) says it, as with errors."""
-    if old not in _NOTED and os.environ.get("RANK", "0") == "0":
-        _NOTED.add(old)
+def note_once(key: str, line: str) -> None:
+    """`note: <line>` on stderr, once per process and key. Under `accelerate launch` only the main
+    process (RANK 0) says it, as with errors."""
+    if key not in _NOTED and os.environ.get("RANK", "0") == "0":
+        _NOTED.add(key)
         import sys
 
-        print(f"note: {old!r} is now {new!r}; the old name still works.", file=sys.stderr)
+        print(f"note: {line}", file=sys.stderr)
+
+
+def note_renamed(old: str, new: str) -> None:
+    """One line on stderr, once per process and name: `old` is read as `new`."""
+    note_once(old, f"{old!r} is now {new!r}; the old name still works.")
+
+
+def _current_stages(stages: Any) -> Any:
+    """A list of stage names with old names (registry.RENAMED) as the new ones; anything else as it is
+    (check_config says what is wrong with it)."""
+    if not isinstance(stages, list) or not set(RENAMED).intersection(s for s in stages if isinstance(s, str)):
+        return stages
+    return [current_stage(s, "stages: [{}]") if isinstance(s, str) else s for s in stages]
 
 
 def _alias_path(parts: list[str]) -> list[str]:
@@ -677,7 +693,10 @@ def _alias_path(parts: list[str]) -> list[str]:
 def upgrade_names(raw: dict[str, Any]) -> dict[str, Any]:
     """Plain config data with old names moved to the current ones (a copy where anything moved):
     a `ppo:` section is `rl:`, and its max_new_tokens, temperature and stop_token are
-    `generation:`'s. Raises RlhfLabError when one setting is given under both names."""
+    `generation:`'s; `ppo` in `stages:` is `rl`. Raises RlhfLabError when one setting is given under
+    both names."""
+    if isinstance(raw, dict) and _current_stages(raw.get("stages")) is not raw.get("stages"):
+        raw = {**raw, "stages": _current_stages(raw["stages"])}
     if not isinstance(raw, dict) or not any(isinstance(raw.get(s), dict) and (s == "ppo" or set(raw[s]) & set(GENERATION_KEYS))
                                             for s in ("ppo", "rl")):
         return raw
@@ -919,7 +938,7 @@ def _show(value: Any) -> str:
 
 
 # --- resolve: range checks and derived defaults, run when a config loads ----------------------
-# (so a bad ppo.minibatch_size fails in a second, not after the stages before PPO have trained).
+# (so a bad rl.minibatch_size fails in a second, not after the stages before RL have trained).
 # Each stage calls its section's check too, so the Python API and a stage run alone refuse the
 # same values; `check_config` runs them all.
 
@@ -1077,9 +1096,10 @@ def resolve_run_references(cfg: Config) -> Config:
         if not value.startswith(RUN_REFERENCE):
             return value
         stage, _, beta = value[len(RUN_REFERENCE):].partition("@")  # run:ilql@beta=2 keeps its β
+        stage = current_stage(stage, RUN_REFERENCE + "{}")
         if stage not in STAGES:
             raise RlhfLabError(f"{value!r} names no stage; use one of {', '.join('run:' + s for s in STAGES)}.")
-        return str(Path(cfg.runs_dir) / cfg.name / stage) + (f"@{beta}" if beta else "")
+        return str(stage_dir(Path(cfg.runs_dir) / cfg.name, stage)) + (f"@{beta}" if beta else "")
 
     return map_strings(cfg, resolve)
 
@@ -1151,7 +1171,7 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
     check_ranges(cfg, "")
     if not cfg.stages:
         raise RlhfLabError("stages is empty: a pipeline needs at least one stage. Leave it out for the default "
-                           "([sft, reward, ppo, evaluate]) or name some, e.g. stages=[sft, reward].")
+                           "([sft, reward, rl, evaluate]) or name some, e.g. stages=[sft, reward].")
     for i, stage in enumerate(cfg.stages):  # the registry's names, read now (a test may register a stage)
         if stage not in STAGES:
             raise RlhfLabError(f"stages[{i}]: must be one of {', '.join(map(repr, STAGES))}; got {_show(stage)}.")
@@ -1166,7 +1186,7 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
     check_overopt(cfg.overopt)
     if "overopt" in cfg.stages:  # found now, not after SFT, the reward model and RL have trained
         check_study_judges(cfg.evaluate)
-        if cfg.overopt.run is None and "ppo" in cfg.stages and not cfg.rl.snapshot_each_epoch:
+        if cfg.overopt.run is None and "rl" in cfg.stages and not cfg.rl.snapshot_each_epoch:
             raise RlhfLabError("stages has overopt, which studies the RL run's per-epoch snapshots, and "
                                "rl.snapshot_each_epoch is false; set it to true.")
     from rlhflab.tracking import check_tracking

@@ -1,4 +1,4 @@
-"""`rlhflab pipeline`: the config's stages in the registry's order (SFT -> reward model -> PPO ->
+"""`rlhflab pipeline`: the config's stages in the registry's order (SFT -> reward model -> RL ->
 evaluation by default), then the report; one config, resumable.
 
 Each stage writes `runs/<name>/<stage>/`. A finished stage whose key is unchanged (the same
@@ -20,7 +20,7 @@ from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.interrupt import stop_at_once, stop_with_parent
 from rlhflab.io import RunDir, read_json
 from rlhflab.stages.common import one_writer, run_stage
-from rlhflab.stages.registry import STAGES, stage_key
+from rlhflab.stages.registry import STAGES, current_stage, stage_dir, stage_key
 
 def _stored_key(folder: Path) -> str | None:
     try:
@@ -31,7 +31,7 @@ def _stored_key(folder: Path) -> str | None:
 
 def stage_state(cfg: Config, stage: str) -> str:
     """'done' (finished with this key), 'partial' (same config and key, checkpoint to resume), 'stale' or 'missing'."""
-    run_dir = RunDir(Path(cfg.runs_dir) / cfg.name / stage)
+    run_dir = RunDir(stage_dir(Path(cfg.runs_dir) / cfg.name, stage))
     run_dir.recover()
     key = stage_key(cfg, stage)["key"]
     if run_dir.is_finished() and _stored_key(run_dir.final) == key:
@@ -57,6 +57,7 @@ def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: C
     (and tells the others), prints, and builds the report."""
     from rlhflab.engine.runtime import Runtime
 
+    force = force if force is None else current_stage(force, "--force {}")
     if force is not None and force not in (*STAGES, "report"):
         raise RlhfLabError(f"--force takes one of {', '.join((*STAGES, 'report'))}; got {force!r}.")
     if only is not None and set(only) - set(STAGES):
@@ -82,7 +83,7 @@ def _run(cfg: Config, runtime, root: Path, *, force: str | None, progress: bool,
         # after the stages before it ran, so their new run ids count
         state = runtime.broadcast(stage_state(cfg, stage) if runtime.is_main else None)
         if state == "done" and not forced:
-            say(f"{stage:<9} up to date   {headline(stage, read_json(root / stage / 'summary.json'))}")
+            say(f"{stage:<9} up to date   {headline(stage, read_json(stage_dir(root, stage) / 'summary.json'))}")
             continue
         resume = state == "partial" and not forced
         say(f"{stage:<9} {'resuming' if resume else 'running'} ...")
@@ -90,7 +91,7 @@ def _run(cfg: Config, runtime, root: Path, *, force: str | None, progress: bool,
         try:
             run_dir = run_stage(stage, cfg, runtime=runtime, resume=resume, overwrite=not resume, progress=progress)
         except RunInterrupted:
-            run_dir = RunDir(root / stage)
+            run_dir = RunDir(stage_dir(root, stage))
             if not run_dir.has_checkpoint(run_dir.partial):
                 raise RunInterrupted(f"{stage} stopped before its first checkpoint, and nothing of it was kept; "
                                      f"run the same pipeline command to start it again.") from None

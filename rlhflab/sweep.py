@@ -38,6 +38,7 @@ from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.fingerprint import strings
 from rlhflab.interrupt import PARENT_ENV, stop_at_once
 from rlhflab.io import SWEEP_DIR, atomic_write_text, read_json, run_lock, shared_stage_link, write_json
+from rlhflab.stages.registry import stage_dir  # a declaration: no torch
 
 MANIFEST = "sweep.json"
 POINT_CONFIG = "point.yaml"
@@ -187,7 +188,7 @@ def _dependencies(cfg: Config, stage, inputs: dict, root: Path) -> set[str]:
     found = set(stage.reads(cfg))
     for text in strings(inputs):
         for other in STAGES:
-            where = str(root / other)
+            where = str(stage_dir(root, other))
             if text == where or text.startswith(where + os.sep):
                 found.add(other)
     found.discard(stage.name)
@@ -277,23 +278,30 @@ def make_plan(config: str | None, overrides: Sequence[str]) -> Plan:
         place = [f"runs_dir={_quoted(str(folder))}", f"name={_quoted(point.name)}"]
         cfg = load_config(config, [*fixed, *point.overrides, *place])
         own = folder / point.name
-        configs[point.name] = _rebase(cfg, {str(own / stage): str(root / stage) for stage in linked})
+        configs[point.name] = _rebase(cfg, {str(stage_dir(own, stage)): str(stage_dir(root, stage)) for stage in linked})
     return Plan(None if config is None else str(config), fixed, axes, points, base, configs, shared, linked)
 
 
 def _link(folder: Path, stage: str, root: Path) -> bool:
     """`<point>/<stage> -> ../../<stage>` (relative, so the runs folder can move); True when linked.
+    A base run made before a stage was renamed keeps its old folder name (stage_dir), and so does
+    the link to it.
 
     A folder of the point's own (from a sweep where the stage differed) is left alone: its key
     decides whether the point's pipeline keeps it."""
-    link, target = folder / stage, shared_stage_link(stage)
+    shared = stage_dir(root, stage)
+    link, target, own = folder / shared.name, shared_stage_link(shared.name), stage_dir(folder, stage)
+    if own != link and own.is_symlink():
+        own.unlink()  # a link under the stage's other name: only the link goes
+    elif own != link and own.exists():
+        return False
     if link.is_symlink():
         if os.readlink(link) == str(target):
             return True
         link.unlink()  # a link somewhere else: only the link goes
     elif link.exists():
         return False
-    if not (root / stage).is_dir():
+    if not shared.is_dir():
         return False
     os.symlink(target, link, target_is_directory=True)
     return True
@@ -490,14 +498,14 @@ class Sweep:
 
 
 def _headline(folder: Path) -> str:
-    """The point's RL headline (start -> end reward, KL) from ppo/summary.json, if there is one."""
+    """The point's RL headline (start -> end reward, KL) from rl/summary.json, if there is one."""
     from rlhflab.pipeline import headline
 
-    path = folder / "ppo" / "summary.json"
+    path = stage_dir(folder, "rl") / "summary.json"
     if not path.is_file():
         return ""
     try:
-        return headline("ppo", read_json(path))
+        return headline("rl", read_json(path))
     except (RlhfLabError, KeyError, TypeError, ValueError):
         return ""
 

@@ -17,7 +17,7 @@ engine shares the process and the GPU with the policy ("colocated"), and:
 vLLM is an optional extra (`pip install rlhflab[vllm]`); nothing here imports it until an
 engine is built, and everything but the engine itself is tested on CPU with a stand-in that
 has vLLM's interface (tests/unit/test_rollout_engine.py). The held-out evaluations keep
-sampling with transformers (rlhflab/stages/ppo.py), so they compare across engines.
+sampling with transformers (rlhflab/stages/rl.py), so they compare across engines.
 
 The vLLM calls follow vLLM 0.32's own source (vllm/entrypoints/llm.py: `LLM.generate` takes
 `{"prompt_token_ids": ...}` prompts with one SamplingParams per prompt, `LLM.apply_model(func)`

@@ -23,6 +23,7 @@ from rlhflab.engine.sharding import is_sharded, whole, whole_optimizer_state
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.interrupt import StopRequest
 from rlhflab.io import RunDir
+from rlhflab.stages.registry import RENAMED
 
 
 class Algorithm(Protocol):
@@ -121,7 +122,8 @@ def non_finite_loss(record: dict[str, Any]) -> tuple[str, float] | None:
 
 def _diverged(runtime: Runtime, run_dir: RunDir, step: int, saved_step: int | None, what: str, lr: float | None) -> str:
     """The one line that stops a run whose loss (or weights) stopped being finite at `step`."""
-    section = run_dir.final.name  # the stage folder is named as its config section (sft, reward, ppo, ...)
+    # the stage folder is named as its config section (sft, reward, rl, ...), or by the stage's old name (ppo)
+    section = RENAMED.get(run_dir.final.name, run_dir.final.name)
     used = f"{lr:.3g} at this step; " if lr is not None else ""
     causes = [f"a learning rate too high ({used}lower it in the {section}: settings)",
               "extreme values in the data (rewards, scores)"]

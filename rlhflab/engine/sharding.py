@@ -208,4 +208,4 @@ def refuse_sharded(runtime, stage: str) -> None:
     if runtime.sharded:
         raise RlhfLabError(f"The {stage} stage does not run under FSDP yet: it samples from the model it trains outside "
                            f"FSDP's sharded forward pass. Run it with `accelerate launch --config_file "
-                           f"configs/accelerate/ddp.yaml` (sft, reward and ppo run under FSDP).")
+                           f"configs/accelerate/ddp.yaml` (sft, reward and rl run under FSDP).")

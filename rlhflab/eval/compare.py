@@ -1,8 +1,9 @@
 """`rlhflab compare RUN_OR_SWEEP ...`: RL runs side by side (a table, curves, the reward-KL frontier).
 
 Arguments: a sweep folder (runs/x/sweep: all its points, in the manifest's order), a run folder
-(runs/x: its ppo stage) or an RL stage folder (runs/x/ppo). Reads only the run directory
-contract: each RL run's summary.json, metrics.jsonl and config.yaml (a sweep point's point.yaml).
+(runs/x: its rl stage) or an RL stage folder (runs/x/rl; runs/x/ppo in a run made before the
+stage was renamed rl). Reads only the run directory contract: each RL run's summary.json,
+metrics.jsonl and config.yaml (a sweep point's point.yaml).
 Writes <out>/compare.json, <out>/compare.md and <out>/figures/compare_*.png; the run report
 shows compare.json of <run>/sweep/compare as its "Sweep" section.
 
@@ -36,8 +37,10 @@ from rlhflab.eval.run_files import (
     writable_folder,
 )
 from rlhflab.io import atomic_write_text, write_json
+from rlhflab.stages.registry import RENAMED, stage_dir, stage_folders
 
-RL_STAGE = "ppo"  # the stage folder of every RL algorithm (ppo, grpo, rloo)
+RL_STAGE = "rl"  # the stage folder of every RL algorithm (ppo, grpo, rloo, ...)
+RL_FOLDERS = (RL_STAGE, *(old for old, new in RENAMED.items() if new == RL_STAGE))  # and its name in older runs
 LAST_STEPS = 10  # clip fraction and approximate KL are averaged over this many last steps
 MIN_KL = 0.5  # nats; a run that moved less is left out of "reward per nat": a sampled KL near 0 is mostly noise
 DEFAULT_KEYS = ("rl.algorithm", "rl.learning_rate", "rl.kl_coef")  # shown for runs outside a sweep
@@ -51,8 +54,8 @@ CURVES = (
     ("beta", "KL coefficient β", "β"),
 )
 NOT_FINISHED = "not finished"
-USAGE = ("Pass a sweep folder (runs/NAME/sweep, with sweep.json), a run folder (runs/NAME, with a ppo/ stage) or an "
-         "RL stage folder (runs/NAME/ppo, with summary.json or metrics.jsonl).")
+USAGE = ("Pass a sweep folder (runs/NAME/sweep, with sweep.json), a run folder (runs/NAME, with an rl/ stage) or an "
+         "RL stage folder (runs/NAME/rl, with summary.json or metrics.jsonl).")
 
 
 @dataclass
@@ -60,7 +63,7 @@ class RlRun:
     """One RL run to compare: where it is, what was swept, what it wrote."""
 
     name: str
-    folder: Path  # the RL stage folder (runs/x/ppo); need not exist yet
+    folder: Path  # the RL stage folder (runs/x/rl); need not exist yet
     swept: dict[str, str] = field(default_factory=dict)  # key -> value as typed (sweep points)
     config: dict | None = None
     summary: dict | None = None
@@ -130,7 +133,7 @@ def _read_json_rows(root: Path, relative: str) -> list[dict]:
 
 
 def _is_rl_stage(path: Path) -> bool:
-    if path.name in (RL_STAGE, f"{RL_STAGE}.partial"):
+    if path.name in (*RL_FOLDERS, *(f"{name}.partial" for name in RL_FOLDERS)):
         return True
     try:
         summary = read_json_object(path, "summary.json")
@@ -163,9 +166,7 @@ def _point_names(path: Path) -> list[tuple[str, dict[str, str]]]:
 
 
 def _is_run(path: Path) -> bool:
-    from rlhflab.stages.registry import STAGES
-
-    return any((path / stage).is_dir() or (path / f"{stage}.partial").is_dir() for stage in STAGES)
+    return any((path / stage).is_dir() or (path / f"{stage}.partial").is_dir() for stage in stage_folders())
 
 
 def resolve(argument: str) -> list[RlRun]:
@@ -176,18 +177,18 @@ def resolve(argument: str) -> list[RlRun]:
     if os.path.lexists(path / "sweep.json"):
         runs = []
         for name, swept in _point_names(path):
-            run = RlRun(name, path / name / RL_STAGE, swept, root=path)
+            run = RlRun(name, stage_dir(path / name, RL_STAGE), swept, root=path)
             run.config = (_handed(run, read_yaml_mapping, Path(name, "point.yaml")) or (None, None))[1]
             runs.append(run)
         return runs
     if _is_rl_stage(path):
-        stage = path.name in (RL_STAGE, f"{RL_STAGE}.partial")
+        stage = path.name.removesuffix(".partial") in RL_FOLDERS
         name = path.resolve().parent.name if stage else path.resolve().name
-        folder = path.with_name(RL_STAGE) if path.name == f"{RL_STAGE}.partial" else path
-        # runs/x/ppo(.partial): runs/x is the run handed over; a stage folder of another name is its own root
+        folder = path.with_name(path.name.removesuffix(".partial")) if stage else path
+        # runs/x/rl(.partial): runs/x is the run handed over; a stage folder of another name is its own root
         return [RlRun(name, folder, root=path.parent if stage else path)]
     if _is_run(path):
-        return [RlRun(path.resolve().name, path / RL_STAGE, root=path)]
+        return [RlRun(path.resolve().name, stage_dir(path, RL_STAGE), root=path)]
     raise RlhfLabError(f"{argument} holds no sweep.json, no stage folders and no RL summary. {USAGE}")
 
 

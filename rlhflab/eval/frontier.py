@@ -7,7 +7,7 @@ best-of-n at one n); runs that differ only by seed are one point, drawn at the m
 from the lowest to the highest seed on both axes.
 
 Where the points come from (the run-folder contract; nothing is recomputed):
-  - a tuned stage folder (runs/x/ppo, runs/x/dpo, runs/x/ilql) or a run folder (each of those it
+  - a tuned stage folder (runs/x/rl, runs/x/dpo, runs/x/ilql) or a run folder (each of those it
     holds): summary.json's held-out evaluation at the end ("end": kl, positive_probability or
     score; ILQL: every sampling β of "by_beta"; DPO: every round of "by_round", one line per
     dpo.reference) on the stage's own held-out prompts, whose list is read from eval_after.json(l);
@@ -45,19 +45,22 @@ from typing import Any, Sequence
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.run_files import HandedFileError, read_json_lines, read_json_object, read_yaml_mapping
 from rlhflab.io import atomic_write_text, write_json
+from rlhflab.stages.registry import RENAMED, stage_dir
 
-TUNED = ("ppo", "dpo", "ilql")  # stage folders whose summary.json carries a held-out start and end
+TUNED = ("rl", "dpo", "ilql")  # stages whose summary.json carries a held-out start and end
 EVALUATE = "evaluate"
-SECTION = {"ppo": "ppo", "dpo": "dpo", "ilql": "ilql"}  # the config section that is a point's setting
+# A tuned stage folder's name (the RL stage's old name, ppo, in older runs) -> the config section
+# that is a point's setting.
+SECTION = {**{stage: stage for stage in TUNED}, **{old: new for old, new in RENAMED.items() if new in TUNED}}
 NOT_SETTINGS = ("seed", "checkpoint_every", "eval_batch_size", "batch_size_eval", "sample_every", "eval_every")
-USAGE = "Pass run folders (runs/NAME), tuned stage folders (runs/NAME/ppo, dpo, ilql) or an evaluate stage folder."
+USAGE = "Pass run folders (runs/NAME), tuned stage folders (runs/NAME/rl, dpo, ilql) or an evaluate stage folder."
 
 
 @dataclass
 class Point:
     """One measurement: one seed of one setting of one method."""
 
-    method: str  # ppo, grpo, rloo, ..., dpo, ilql, best-of-n, start
+    method: str  # ppo, grpo, rloo, ... (rl.algorithm), dpo, ilql, best-of-n, start
     setting: dict  # the method's config section (seed left out) plus what picks the point (ilql's β, best-of's n)
     seed: int | None
     kl: float  # nats per response, to the reference the run names
@@ -182,8 +185,8 @@ def _setting(config: dict, method_section: str, policy: Any = None) -> dict:
     """The method's config section without the seed (and what does not change results), its starting
     model named by run id: two runs with this setting differ only by seed."""
     section = config.get(method_section)
-    if not isinstance(section, dict) and method_section == "ppo":
-        section = config.get("rl")  # should the RL section be written under the name "rl" (config aliases)
+    if not isinstance(section, dict) and method_section == "rl":
+        section = config.get("ppo")  # a run from before the RL section was renamed rl (config aliases)
     section = section if isinstance(section, dict) else {}
     setting = {k: v for k, v in section.items() if k not in NOT_SETTINGS}
     if "policy" in setting or policy is not None:
@@ -192,14 +195,14 @@ def _setting(config: dict, method_section: str, policy: Any = None) -> dict:
 
 
 def tuned_points(folder: Path) -> list[Point]:
-    """The end points of one ppo/dpo/ilql stage folder (and its start, as method "start")."""
+    """The end points of one rl/dpo/ilql stage folder (and its start, as method "start")."""
     summary = _json(folder, "summary.json")
     if not summary or "end" not in summary:
         raise RlhfLabError(f"{folder} has no finished summary.json with a held-out evaluation. {USAGE}")
     config = _config(folder)
     seed = config.get("seed") if isinstance(config.get("seed"), int) else None
     method = summary.get("algorithm") if isinstance(summary.get("algorithm"), str) else folder.name
-    stage = folder.name if folder.name in SECTION else {"dpo": "dpo", "ilql": "ilql"}.get(method, "ppo")
+    stage = folder.name if folder.name in SECTION else {"dpo": "dpo", "ilql": "ilql"}.get(method, "rl")
     reward_id = _reward_id(summary.get("reward"), folder)
     common = dict(seed=seed, source=str(folder), reward_id=reward_id, **_prompts(_stage_prompts(folder), config, "stage"))
     setting = _setting(config, SECTION[stage], summary.get("policy"))
@@ -272,7 +275,7 @@ def evaluate_points(folder: Path) -> list[Point]:
             stage_summary = _json(Path(source), "summary.json") or {}
             method = stage_summary.get("algorithm") if isinstance(stage_summary.get("algorithm"), str) else name
             stage_config = _config(Path(source))
-            section = SECTION.get(Path(source).name) or SECTION.get(method, "ppo")
+            section = SECTION.get(Path(source).name) or SECTION.get(method, "rl")
             setting = _setting(stage_config, section, stage_summary.get("policy"))
             seed = stage_config.get("seed") if isinstance(stage_config.get("seed"), int) else common["seed"]
         points.append(Point(method, {**setting, "_reward_key": key}, kl=kl, reward=reward, gold=gold,
@@ -305,14 +308,14 @@ def points_of(argument: str) -> list[Point]:
         if not names:
             raise RlhfLabError(f"{path / 'sweep.json'} lists no points. {USAGE}")
         return [p for n in names if (path / n).is_dir() for p in points_of(str(path / n))]
-    if path.name == EVALUATE or (path.name not in TUNED and (path / "samples.jsonl").is_file()
+    if path.name == EVALUATE or (path.name not in SECTION and (path / "samples.jsonl").is_file()
                                  and isinstance((_json(path, "summary.json") or {}).get("models"), dict)):
         return evaluate_points(path)
     if (path / "summary.json").is_file():
         return tuned_points(path)
-    stages = [path / s for s in TUNED if (path / s / "summary.json").is_file()]
+    stages = [stage_dir(path, s) for s in TUNED if (stage_dir(path, s) / "summary.json").is_file()]
     if not stages:
-        raise RlhfLabError(f"{argument} holds no finished ppo, dpo or ilql stage. {USAGE}")
+        raise RlhfLabError(f"{argument} holds no finished rl, dpo or ilql stage. {USAGE}")
     return [p for stage in stages for p in tuned_points(stage)]
 
 

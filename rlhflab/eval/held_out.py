@@ -1,5 +1,5 @@
 """Held-out checks of a plain causal LM against its reference: the numbers DPO and ILQL report
-before and after training, in the units PPO reports (rlhflab/stages/ppo.py `evaluate`).
+before and after training, in the units PPO reports (rlhflab/stages/rl.py `evaluate`).
 
     metrics, rows = held_out(model, reference, tokenizer, prompts, rewards, ...)
     metrics == {"kl": nats per response, "score": mean reward, "positive_probability": ...}

@@ -53,7 +53,7 @@ from rlhflab.eval.sections.base import (
     yaml_config,
 )
 from rlhflab.io import atomic_write_text
-from rlhflab.stages.registry import STAGES  # each stage's title, overview rows and section
+from rlhflab.stages.registry import RENAMED, STAGES, stage_folders  # each stage's title, overview rows and section
 
 
 # -- human ratings, configs, overview -----------------------------------------------------
@@ -172,7 +172,7 @@ def configs_section(stages: dict[str, Stage]) -> list[Block]:
     if not found:
         return blocks + unused + [para("No stage left a usable config.yaml.", note=True)]
     blocks.append(para("The resolved config each stage ran with (its config.yaml)."))
-    return blocks + unused + [Preformatted(s.config, summary=f"{s.name}/config.yaml", language="yaml") for s in found]
+    return blocks + unused + [Preformatted(s.config, summary=f"{s.path.name}/config.yaml", language="yaml") for s in found]
 
 
 def _headline(stages: dict[str, Stage]) -> tuple[list[list[str]], str]:
@@ -238,6 +238,7 @@ def pipeline_stages(stages: dict[str, Stage]) -> list[str]:
             break
         listed = None  # none, or not a list of stage names
     listed = listed or Config().stages  # a run from before stages was a setting: the default pipeline
+    listed = [RENAMED.get(name, name) if isinstance(name, str) else name for name in listed]  # ppo: rl
     return [name for name in STAGES if name in listed or stages[name].exists]
 
 
@@ -304,10 +305,10 @@ def build_report(run_root: Path, out_dir: Path | None = None) -> tuple[Path, Pat
     run_root = Path(run_root)
     if not run_root.is_dir():
         raise RlhfLabError(f"{run_root} is not a folder. Pass a run folder such as runs/default "
-                           "(runs_dir/name, with sft/, reward/, ppo/ or evaluate/ inside).")
+                           "(runs_dir/name, with sft/, reward/, rl/ or evaluate/ inside).")
     stages = {name: load_stage(run_root, name) for name in STAGES}
     if not any(s.exists for s in stages.values()) and not (run_root / "sweep" / "sweep.json").is_file():
-        runs = sorted(d.name for d in run_root.iterdir() if d.is_dir() and any((d / x).is_dir() for x in STAGES))
+        runs = sorted(d.name for d in run_root.iterdir() if d.is_dir() and any((d / x).is_dir() for x in stage_folders()))
         hint = (f"It holds the runs {', '.join(runs)}: pass one of them, e.g. {run_root / runs[0]}." if runs
                 else "Run a stage first (e.g. `rlhflab sft name=NAME`) and pass its runs/NAME folder.")
         raise RlhfLabError(f"{run_root} has none of the stage folders {', '.join(STAGES)}: nothing to report. {hint}")

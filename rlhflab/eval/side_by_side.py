@@ -1,6 +1,6 @@
 """`rlhflab generate`: what models say to the same prompts, side by side, with their rewards.
 
-    result = side_by_side(["runs/default/sft", "runs/default/ppo"], ["I went to see this film"],
+    result = side_by_side(["runs/default/sft", "runs/default/rl"], ["I went to see this film"],
                           n=4, reward=build_reward(RewardFnConfig(source="runs/default/reward")))
     print(format_text(result))            # or to_json(result)
 

@@ -53,7 +53,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     rcreate = rate_commands.add_parser("create", help="a blind rating task from an evaluation's samples or fresh generations")
     rcreate.add_argument("--from-samples", help="an evaluation's samples.jsonl (responses and scores already there)")
     rcreate.add_argument("--models", nargs="+", help="with --from-samples: model names to compare (default: all); "
-                         "otherwise: models to generate with, as run folders or NAME=SOURCE (e.g. runs/default/sft runs/default/ppo)")
+                         "otherwise: models to generate with, as run folders or NAME=SOURCE (e.g. runs/default/sft runs/default/rl)")
     rcreate.add_argument("--prompts", type=int, help="number of prompts (default: all in the samples; 20 when generating)")
     rcreate.add_argument("--reward", help="reward source for the scores of generated responses (default: the config's "
                          "reward_fn.source, else runs/<name>/reward; 'none' for no scores)")

@@ -11,7 +11,7 @@ from rlhflab.errors import RlhfLabError
 
 
 def parse_models(specs: list[str]) -> list[tuple[str, str]]:
-    """`NAME=SOURCE` or `SOURCE` (named after its folder: runs/default/ppo -> ppo) per model."""
+    """`NAME=SOURCE` or `SOURCE` (named after its folder: runs/default/rl -> rl) per model."""
     models = []
     for spec in specs:
         name, sep, source = spec.partition("=")

@@ -341,21 +341,21 @@ def create_rating_task(db_path: str | Path, samples: list[dict[str, Any]], *, na
 def run_of_samples(path: str | Path) -> str | None:
     """The run folder an evaluation's samples file belongs to (runs/<name> for
     runs/<name>/evaluate/samples.jsonl: its parent is a stage folder), as an absolute path; else None."""
-    from rlhflab.stages.registry import STAGES
+    from rlhflab.stages.registry import stage_folders
 
     folder = Path(path).expanduser().resolve().parent
-    return str(folder.parent) if folder.name in STAGES else None
+    return str(folder.parent) if folder.name in stage_folders() else None
 
 
 def run_of_models(sources: list[str]) -> str | None:
     """The one run folder that every model folder (runs/<name>/<stage>) lies in, else None."""
-    from rlhflab.stages.registry import STAGES
+    from rlhflab.stages.registry import stage_folders
 
     runs = set()
     for source in sources:
         path = Path(source).expanduser()
         path = path.parent if path.name == "model" else path  # runs/<name>/<stage>/model
-        if not path.is_dir() or path.name not in STAGES:
+        if not path.is_dir() or path.name not in stage_folders():
             return None
         runs.add(str(path.resolve().parent))
     return runs.pop() if len(runs) == 1 else None

@@ -32,10 +32,13 @@ def load_splits(cfg: Config, data: DataConfig | None = None, *, require_labels: 
 
 
 def open_run_dir(cfg: Config, stage: str, *, resume: bool, overwrite: bool, runtime=None) -> RunDir:
-    """Open `runs/<name>/<stage>` for a run and record its config and key; on resume, insist that
-    both are unchanged (the same settings, the same data and upstream runs). Under several
-    processes the main one does this and the others follow (or raise the same error)."""
-    run_dir = RunDir(Path(cfg.runs_dir) / cfg.name / stage)
+    """Open `runs/<name>/<stage>` (registry.stage_dir: an old run's folder keeps its old name) for a
+    run and record its config and key; on resume, insist that both are unchanged (the same
+    settings, the same data and upstream runs). Under several processes the main one does this and
+    the others follow (or raise the same error)."""
+    from rlhflab.stages.registry import stage_dir
+
+    run_dir = RunDir(stage_dir(Path(cfg.runs_dir) / cfg.name, stage))
     error = None
     if runtime is None or runtime.is_main:
         try:

@@ -8,7 +8,7 @@ the policy as trained so far, on the next `dpo.on_policy.prompts` training promp
 them against the reference (`dpo.reference`: the starting model, or the policy as the round
 began), whose log-probs are computed once per pair (rlhflab/algorithms/dpo.py). Held-out prompts
 are answered at the start and after every round, scored and compared with the start in KL, as
-the PPO stage does, so the two read side by side and each round is a point of the frontier.
+the RL stage does, so the two read side by side and each round is a point of the frontier.
 
 A round that finishes saves its weights and results (checkpoints/round/); an interrupted run
 resumes in its round, from the loop's checkpoint (its pairs are sampled again, alike).
@@ -37,7 +37,7 @@ from rlhflab.models.blocks import disable_dropout
 from rlhflab.models.causal_lm import count_parameters, load_causal_lm
 from rlhflab.models.encoding import SplitForward, encode_and_cache, make_forward
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
-from rlhflab.stages.ppo import check_context, prompt_sets, reward_functions, starting_policy
+from rlhflab.stages.rl import check_context, prompt_sets, reward_functions, starting_policy
 from rlhflab.stages.sft import configure_trainable, save_model
 
 SPLITS = ("train", "validation", "test")

@@ -35,14 +35,14 @@ from rlhflab.stages.common import load_splits, on_main_process, open_run_dir
 
 
 def model_sources(cfg: Config) -> dict[str, str]:
-    """name -> model; by default this run's SFT (or pretrained, without SFT) model and those its ppo, dpo
-    and ilql stages tuned (PPO when there is none of them), which must exist."""
-    from rlhflab.stages.registry import policy_stage, tuned_stages
+    """name -> model; by default this run's SFT (or pretrained, without SFT) model and those its rl, dpo
+    and ilql stages tuned (RL when there is none of them), which must exist."""
+    from rlhflab.stages.registry import policy_stage, stage_dir, tuned_stages
 
     if cfg.evaluate.models:
         return dict(cfg.evaluate.models)
     runs = Path(cfg.runs_dir) / cfg.name
-    sources = {name: str(runs / name) for name in (policy_stage(cfg), *tuned_stages(cfg))}
+    sources = {name: str(stage_dir(runs, name)) for name in (policy_stage(cfg), *tuned_stages(cfg))}
     for stage, path in sources.items():
         if not (Path(path) / "model").exists():
             raise RlhfLabError(f"{path}/model does not exist. Run `rlhflab {stage}` first, or name the models to "

@@ -32,7 +32,7 @@ from rlhflab.models.causal_lm import count_parameters, load_causal_lm
 from rlhflab.models.encoding import encode, encode_and_cache, make_forward
 from rlhflab.models.ilql import IlqlHeads, attach_steering, save_heads
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
-from rlhflab.stages.ppo import check_context, prompt_sets, reward_functions, starting_policy
+from rlhflab.stages.rl import check_context, prompt_sets, reward_functions, starting_policy
 from rlhflab.stages.sft import configure_trainable, save_model
 
 

@@ -30,15 +30,17 @@ from rlhflab.stages.evaluate import eval_prompts, gold_judges, model_metrics
 
 
 def rl_run(cfg: Config) -> Path:
-    """The RL stage folder the study reads: overopt.run, else this run's ppo."""
-    return Path(cfg.overopt.run).expanduser() if cfg.overopt.run else Path(cfg.runs_dir) / cfg.name / "ppo"
+    """The RL stage folder the study reads: overopt.run, else this run's rl."""
+    from rlhflab.stages.registry import stage_dir
+
+    return Path(cfg.overopt.run).expanduser() if cfg.overopt.run else stage_dir(Path(cfg.runs_dir) / cfg.name, "rl")
 
 
 def study_models(rl: Path) -> dict[str, str]:
     """name -> model: the RL run's starting model ("start"), its snapshots in epoch order, its final model."""
     summary_path = rl / "summary.json"
     if not summary_path.exists():
-        raise RlhfLabError(f"{rl} is not a finished RL run (no summary.json). Run `rlhflab ppo` to the end first, "
+        raise RlhfLabError(f"{rl} is not a finished RL run (no summary.json). Run `rlhflab rl` to the end first, "
                            f"or set overopt.run to an RL stage folder.")
     summary = read_json(summary_path)
     snapshots = sorted((p for p in (rl / "checkpoints").glob("epoch-*") if re.fullmatch(r"epoch-\d+", p.name)),

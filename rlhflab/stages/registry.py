@@ -13,14 +13,19 @@ matplotlib, and nothing it names imports back into it at import time.
 
 A stage's key (`stage_key`) hashes the config values it reads and the fingerprints of every
 local file, folder or earlier run they name (rlhflab/fingerprint.py), including the runs it
-reads by default (PPO reads this run's sft and reward stages unless told otherwise). The key is
+reads by default (RL reads this run's sft and reward stages unless told otherwise). The key is
 written to the stage's stage.json when it finishes; a finished stage is up to date only while
 the key computed now is the same.
+
+A renamed stage (`RENAMED`: the RL stage was `ppo`) is still read under its old name: in
+`stages:`, as a command, in `run:<stage>` references (`current_stage`), and as the folder of a run
+made before the rename (`stage_dir`), which is read, resumed and rewritten where it is.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -108,14 +113,14 @@ def policy_stage(cfg: Config) -> str:
 
 
 def _tuning_reads(section: str) -> Callable[[Config], list[str]]:
-    """ppo, dpo and ilql read their starting policy and the reward unless both are configured."""
+    """rl, dpo and ilql read their starting policy and the reward unless both are configured."""
     return lambda cfg: [*([policy_stage(cfg)] if getattr(cfg, section).policy is None else []),
                         *(["reward"] if cfg.reward_fn.source is None else [])]
 
 
 def tuned_stages(cfg: Config) -> list[str]:
     """The stages of this run that tune the policy (evaluation compares them with their start)."""
-    return [name for name, stage in STAGES.items() if stage.tuned and name in cfg.stages] or ["ppo"]
+    return [name for name, stage in STAGES.items() if stage.tuned and name in cfg.stages] or ["rl"]
 
 
 def _evaluate_reads(cfg: Config) -> list[str]:
@@ -124,7 +129,7 @@ def _evaluate_reads(cfg: Config) -> list[str]:
 
 
 def _overopt_reads(cfg: Config) -> list[str]:
-    return [*(["ppo"] if cfg.overopt.run is None else []), *(["reward"] if cfg.reward_fn.source is None else [])]
+    return [*(["rl"] if cfg.overopt.run is None else []), *(["reward"] if cfg.reward_fn.source is None else [])]
 
 
 def _nothing(cfg: Config) -> list[str]:
@@ -143,9 +148,10 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           "Supervised fine-tuning", **shown_by(f"{SHOWN}.sft"), compares="SFT against the base model"),
     Stage("reward", "reward", ("seed", "runtime", "data", "reward"), _nothing,
           "train a reward model on labelled texts or preference pairs", "Reward model", **shown_by(f"{SHOWN}.reward")),
-    Stage("ppo", "rl", ("seed", "runtime", "data", "reward_fn", "rl", "generation"), _tuning_reads("rl"),
-          "PPO against the reward, with a KL penalty to the SFT model", "RL training", **shown_by(f"{SHOWN}.ppo"),
-          tuned=True, compares=TUNED),
+    Stage("rl", "rl", ("seed", "runtime", "data", "reward_fn", "rl", "generation"), _tuning_reads("rl"),
+          "online RL (PPO, GRPO, RLOO, REINFORCE++, Dr. GRPO: rl.algorithm) against the reward, with a KL penalty "
+          "to the SFT model", "RL training", **shown_by(f"{SHOWN}.rl"),
+          tuned=True, compares=TUNED, figures="ppo_"),
     Stage("dpo", "dpo", ("seed", "runtime", "data", "reward_fn", "dpo", "generation.max_new_tokens"), _tuning_reads("dpo"),
           "direct preference optimisation from preference pairs (a file, or on-policy pairs ranked by the reward)",
           "Direct preference optimisation", **shown_by(f"{SHOWN}.dpo"), tuned=True, compares=TUNED),
@@ -162,6 +168,50 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           "over-optimisation study: proxy and gold rewards, KL and separator ratio at every RL snapshot",
           "Over-optimisation study", **shown_by(f"{SHOWN}.overopt")),
 )}
+
+
+# A stage's old name -> its name now. The old name still works in `stages:`, as a command, in
+# `run:<old>` and as the folder of a run made before the rename; stage keys keep it (stage_key).
+RENAMED = {"ppo": "rl"}
+_OLD_NAME = {new: old for old, new in RENAMED.items()}
+
+
+def stage_folders() -> tuple[str, ...]:
+    """The names a stage folder of a run may have: every stage's (read now: a test may register
+    one) and the old names of renamed ones."""
+    return (*STAGES, *RENAMED)
+
+
+def current_stage(name: str, spelled: str = "{}") -> str:
+    """`name`, or the stage it is the old name of, with a one-line note saying the new spelling
+    (`spelled` with the name in it: "rlhflab {}", "run:{}", ...)."""
+    if name not in RENAMED:
+        return name
+    from rlhflab.config import note_renamed  # at call time: rlhflab.config imports this declaration
+
+    note_renamed(spelled.format(name), spelled.format(RENAMED[name]))
+    return RENAMED[name]
+
+
+def _present(folder: Path) -> bool:
+    """A stage folder, finished, partial or a link (a sweep's), or the swap between them."""
+    return any(os.path.lexists(folder.with_name(f"{prefix}{folder.name}{suffix}"))
+               for prefix, suffix in (("", ""), ("", ".partial"), (".", ".old")))
+
+
+def stage_dir(run_root: Path, name: str) -> Path:
+    """Stage `name`'s folder in the run folder `run_root`: run_root/name, or, for a renamed stage
+    of a run made before the rename (only the old folder there), run_root/<old name>: read,
+    resumed and rewritten in place, never moved (one note says so)."""
+    folder = Path(run_root) / name
+    old = folder.with_name(_OLD_NAME.get(name, name))
+    if old == folder or _present(folder) or not _present(old):
+        return folder
+    from rlhflab.config import note_once
+
+    note_once(str(old), f"{old} is this run's {name} stage from before it was renamed {name!r}; it is used "
+                        f"where it is (new runs write {folder}).")
+    return old
 
 
 def _pick(tree: dict, key: str):
@@ -199,5 +249,7 @@ def stage_key(cfg: Config, name: str) -> dict:
     inputs = hashed_inputs({key: _pick(tree, key) for key in stage.inputs})
     refs = references(inputs)
     for upstream in stage.reads(cfg):  # by stage name, so a moved runs folder stays up to date
-        refs[f"<this run>/{upstream}"] = fingerprint(str(Path(cfg.runs_dir) / cfg.name / upstream)) or "missing"
+        # under the name the key was first written with, so that renaming a stage leaves runs up to date
+        refs[f"<this run>/{_OLD_NAME.get(upstream, upstream)}"] = \
+            fingerprint(str(stage_dir(Path(cfg.runs_dir) / cfg.name, upstream))) or "missing"
     return {"key": digest({"inputs": inputs, "references": refs}), "references": refs}

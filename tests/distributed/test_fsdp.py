@@ -117,10 +117,10 @@ def test_fsdp_ppo_takes_the_steps_ddp_takes(tmp_path, tiny_llama_dir, reviews_cs
     # the per-epoch snapshot (checkpoints/epoch-1) that the over-optimisation study reads
     args = lambda runs: [*ppo_args(runs, tiny_llama_dir, reviews_csv, toy_reward), "ppo.steps=2",  # noqa: E731
                          "data.fractions=[0.2,0.4,0.4]"]
-    ddp = run_ranks(tmp_path / "ddp", "ppo", *args(tmp_path / "runs1"), processes=2)
-    two = run_ranks(tmp_path / "two", "ppo", *args(tmp_path / "runs2"), processes=2, launch=FSDP)
+    ddp = run_ranks(tmp_path / "ddp", "rl", *args(tmp_path / "runs1"), processes=2)
+    two = run_ranks(tmp_path / "two", "rl", *args(tmp_path / "runs2"), processes=2, launch=FSDP)
     assert two[0]["world_size"] == 2 and two[0]["weights"] == two[1]["weights"] and two[0]["beta"] == two[1]["beta"]
-    run1, run2 = tmp_path / "runs1" / "mp" / "ppo", tmp_path / "runs2" / "mp" / "ppo"
+    run1, run2 = tmp_path / "runs1" / "mp" / "rl", tmp_path / "runs2" / "mp" / "rl"
     # Measured: 1.6e-6 at most on the LM's weights and 1.1e-8 on the value head after 2 steps (4
     # Adam steps at lr 1e-3), the same scores and KL to 5e-7: FSDP reduce-scatters the gradients
     # where DDP all-reduces them (another rounding order). 2e-5 is 12 times that and 50 times less

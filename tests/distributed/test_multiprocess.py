@@ -83,22 +83,22 @@ def toy_reward(tmp_path) -> str:
 
 def test_two_process_ppo_keeps_the_ranks_in_lockstep_writes_once_and_resumes(tmp_path, tiny_llama_dir, reviews_csv, toy_reward):
     args = ppo_args(tmp_path / "runs", tiny_llama_dir, reviews_csv, toy_reward)
-    straight = run_ranks(tmp_path / "straight", "ppo", *args, processes=2)
+    straight = run_ranks(tmp_path / "straight", "rl", *args, processes=2)
     assert straight[0]["weights"] == straight[1]["weights"]
     assert straight[0]["beta"] == straight[1]["beta"] != 0.05  # the adaptive beta moved, identically on both ranks
-    run = tmp_path / "runs" / "mp" / "ppo"
+    run = tmp_path / "runs" / "mp" / "rl"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]  # one writer: no duplicates
     assert [r["step"] for r in records if r["split"] == "eval"] == [0, 2, 4]
     assert len(json.loads((run / "eval_after.json").read_text())) == 6  # both ranks' prompts, gathered
     assert json.loads((run / "summary.json").read_text())["processes"] == 2
     assert len(json.loads((run / "stage.json").read_text())["key"]) == 16  # the pipeline can tell it is up to date
-    assert not (tmp_path / "runs" / "mp" / "ppo.partial").exists()
+    assert not (tmp_path / "runs" / "mp" / "rl.partial").exists()
 
     resumed_args = [a.replace(str(tmp_path / "runs"), str(tmp_path / "runs-r")) for a in args]
-    stopped = run_ranks(tmp_path / "stopped", "ppo", *resumed_args, "--stop-after", "2", processes=2)
+    stopped = run_ranks(tmp_path / "stopped", "rl", *resumed_args, "--stop-after", "2", processes=2)
     assert all(r["interrupted"] for r in stopped)
-    resumed = run_ranks(tmp_path / "resumed", "ppo", *resumed_args, "--resume", processes=2)
+    resumed = run_ranks(tmp_path / "resumed", "rl", *resumed_args, "--resume", processes=2)
     assert resumed[0]["weights"] == resumed[1]["weights"] == straight[0]["weights"]  # resume equals uninterrupted
     assert resumed[0]["beta"] == straight[0]["beta"]
 

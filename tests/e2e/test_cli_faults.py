@@ -18,9 +18,9 @@ def rlhflab(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Comple
 
 
 @pytest.mark.parametrize("argv", [
-    ["ppo", "--config", "configs/quick.yaml", "--overwrite", "name=a"],
-    ["ppo", "name=a", "--config", "configs/quick.yaml", "--overwrite"],
-    ["ppo", "--overwrite", "name=a", "--no-progress", "ppo.steps=3", "--config", "configs/quick.yaml"],
+    ["rl", "--config", "configs/quick.yaml", "--overwrite", "name=a"],
+    ["rl", "name=a", "--config", "configs/quick.yaml", "--overwrite"],
+    ["ppo", "--overwrite", "name=a", "--no-progress", "ppo.steps=3", "--config", "configs/quick.yaml"],  # old names
 ])
 def test_flags_and_overrides_in_any_order(argv):
     args = parse_args(argv)
@@ -28,7 +28,7 @@ def test_flags_and_overrides_in_any_order(argv):
 
 
 def test_pipeline_and_config_take_overrides_after_flags_too():
-    assert parse_args(["pipeline", "--config", "c.yaml", "--force", "ppo", "name=b"]).overrides == ["name=b"]
+    assert parse_args(["pipeline", "--config", "c.yaml", "--force", "rl", "name=b"]).overrides == ["name=b"]
     assert parse_args(["config", "--config", "c.yaml", "seed=3", "name=b"]).overrides == ["seed=3", "name=b"]
 
 

@@ -45,22 +45,23 @@ def test_help_into_a_closed_pipe_ends_quietly(tmp_path):
     assert result.returncode in (0, 141)
 
 
-@pytest.mark.parametrize("inner", ["ppo", "sft/model", "ppo.partial", "report", "human/blind-rating"])
+@pytest.mark.parametrize("inner", ["rl", "sft/model", "rl.partial", "report", "human/blind-rating"])
 def test_report_on_a_folder_inside_a_run_names_the_run_folder(tmp_path, inner):
-    ppo = tmp_path / "runs" / "default" / "ppo"
-    ppo.mkdir(parents=True)
-    (ppo / "summary.json").write_text("{}")
+    rl = tmp_path / "runs" / "default" / "rl"
+    rl.mkdir(parents=True)
+    (rl / "summary.json").write_text("{}")
     (tmp_path / "runs" / "default" / inner).mkdir(parents=True, exist_ok=True)
     (tmp_path / "runs" / "default" / "sft").mkdir(exist_ok=True)
     result = rlhflab(tmp_path, "report", f"runs/default/{inner}")
     line = assert_user_error(result, f"runs/default/{inner} is inside the run runs/default: pass the run folder, "
                                      f"runs/default", "`rlhflab report runs/default`")
     assert "Run a stage first" not in line
-    assert not (ppo / "report").exists() and not (tmp_path / "runs" / "default" / inner / "report").exists()
+    assert not (rl / "report").exists() and not (tmp_path / "runs" / "default" / inner / "report").exists()
 
 
 def test_a_run_named_like_a_stage_is_still_a_run_folder(tmp_path):
-    """runs/ppo (a run called ppo, with stage folders inside) is not mistaken for a stage folder."""
+    """runs/ppo (a run called ppo, the RL stage's old name, with stage folders inside) is not mistaken for a
+    stage folder."""
     (tmp_path / "runs" / "ppo" / "sft").mkdir(parents=True)
     result = rlhflab(tmp_path, "report", "runs/ppo")
     assert "pass the run folder" not in result.stderr

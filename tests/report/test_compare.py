@@ -1,4 +1,4 @@
-"""`rlhflab compare` on RL runs written here by hand in the ppo stage's real formats
+"""`rlhflab compare` on RL runs written here by hand in the rl stage's real formats
 (summary.json, metrics.jsonl, config.yaml; a sweep's sweep.json and point.yaml): no model runs."""
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ def train_row(step: int, clip: float, approx: float) -> dict:
             "clip_fraction": clip, "approx_kl": approx, "policy_loss": -0.01 * step, "value_loss": 0.1, "entropy": 4.0}
 
 
-REWARD = "runs/base/reward (reward_model, score, reads 256 tokens)"  # summary.json's "reward", as the ppo stage writes it
+REWARD = "runs/base/reward (reward_model, score, reads 256 tokens)"  # summary.json's "reward", as the rl stage writes it
 
 
 def rl_run(folder: Path, *, steps: int, evals: list[tuple[int, float, float]], seconds: float | None,
            lr: float = 1e-4, kl_coef: float = 0.05, algorithm: str = "ppo", finished: bool = True,
            reward: str = REWARD, seed: int = 1, held_out: list[float] | None = None, config: str = "") -> None:
-    """A ppo stage folder: evals are (step, KL, P(positive)); clip fraction = step / 100, approx KL = step / 1000.
+    """An rl stage folder (its config.yaml under the section's old name, ppo:): evals are (step, KL,
+    P(positive)); clip fraction = step / 100, approx KL = step / 1000.
     held_out: the final per-prompt P(positive) values (eval_after.json); the config holds 64 eval prompts."""
     rows = [{"step": s, "split": "eval", "kl": kl, "score": 2 * p - 1, "positive_probability": p} for s, kl, p in evals]
     rows += [train_row(s, s / 100, s / 1000) for s in range(1, steps + 1)]
@@ -49,7 +50,7 @@ def rl_run(folder: Path, *, steps: int, evals: list[tuple[int, float, float]], s
 
 @pytest.fixture
 def sweep(tmp_path) -> Path:
-    """runs/base/sweep with four points: two finished, one cut off (ppo.partial), one not started."""
+    """runs/base/sweep with four points: two finished, one cut off (rl.partial), one not started."""
     folder = tmp_path / "runs" / "base" / "sweep"
     names = ["learning_rate-1e-5", "learning_rate-1e-4", "learning_rate-1e-3", "learning_rate-1e-2"]
     write_json(folder / "sweep.json", {
@@ -57,13 +58,13 @@ def sweep(tmp_path) -> Path:
         "points": [{"name": n, "overrides": [f"ppo.learning_rate={n.split('-', 1)[1]}"], "status": "done",
                     "seconds": None, "error": None, "log": str(folder / n / "log.txt")} for n in names]})
     # p1: final 0.700 at KL 2.0 from 0.5 (+0.2, 0.1 per nat), best 0.800 at step 6
-    rl_run(folder / names[0] / "ppo", steps=12, evals=[(0, 0.0, 0.5), (6, 1.0, 0.8), (12, 2.0, 0.7)], seconds=30.4, lr=1e-5)
+    rl_run(folder / names[0] / "rl", steps=12, evals=[(0, 0.0, 0.5), (6, 1.0, 0.8), (12, 2.0, 0.7)], seconds=30.4, lr=1e-5)
     # p2: final 0.750 at KL 5.0 (+0.25, 0.05 per nat); step 12 logged twice (a resume): the last line counts
-    rl_run(folder / names[1] / "ppo", steps=12, evals=[(0, 0.0, 0.5), (12, 5.0, 0.75)], seconds=61.0)
-    with open(folder / names[1] / "ppo" / "metrics.jsonl", "a", encoding="utf-8") as handle:
+    rl_run(folder / names[1] / "rl", steps=12, evals=[(0, 0.0, 0.5), (12, 5.0, 0.75)], seconds=61.0)
+    with open(folder / names[1] / "rl" / "metrics.jsonl", "a", encoding="utf-8") as handle:
         handle.write(json.dumps(train_row(12, 0.22, 0.0)) + "\n")
     # p3: stopped at step 4 of a longer run
-    rl_run(folder / names[2] / "ppo", steps=4, evals=[(0, 0.0, 0.5), (4, 0.5, 0.9)], seconds=None, finished=False)
+    rl_run(folder / names[2] / "rl", steps=4, evals=[(0, 0.0, 0.5), (4, 0.5, 0.9)], seconds=None, finished=False)
     return folder
 
 
@@ -103,18 +104,18 @@ def test_the_table_holds_final_best_and_last_step_means_per_point(sweep):
 
 
 def test_runs_and_stage_folders_show_algorithm_and_settings_and_fall_back_to_the_score(tmp_path):
-    rl_run(tmp_path / "runs" / "a" / "ppo", steps=3, evals=[(0, 0.0, 0.5), (3, 1.5, 0.6)], seconds=5.0)
-    rl_run(tmp_path / "runs" / "b" / "ppo", steps=3, evals=[(0, 0.0, 0.5), (3, 3.0, 0.7)], seconds=6.0,
+    rl_run(tmp_path / "runs" / "a" / "rl", steps=3, evals=[(0, 0.0, 0.5), (3, 1.5, 0.6)], seconds=5.0)
+    rl_run(tmp_path / "runs" / "b" / "rl", steps=3, evals=[(0, 0.0, 0.5), (3, 3.0, 0.7)], seconds=6.0,
            algorithm="grpo", lr=3e-5, kl_coef=0.1)
-    summary = json.loads((tmp_path / "runs" / "b" / "ppo" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "runs" / "b" / "rl" / "summary.json").read_text())
     for entry in [summary["start"], summary["end"], *summary["evaluations"]]:
         del entry["positive_probability"]  # a reward function without a probability
-    write_json(tmp_path / "runs" / "b" / "ppo" / "summary.json", summary)
-    rows = [json.loads(line) for line in (tmp_path / "runs" / "b" / "ppo" / "metrics.jsonl").read_text().splitlines()]
-    write_jsonl(tmp_path / "runs" / "b" / "ppo" / "metrics.jsonl",
+    write_json(tmp_path / "runs" / "b" / "rl" / "summary.json", summary)
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "b" / "rl" / "metrics.jsonl").read_text().splitlines()]
+    write_jsonl(tmp_path / "runs" / "b" / "rl" / "metrics.jsonl",
                 [{k: v for k, v in r.items() if k != "positive_probability"} for r in rows])
     out = tmp_path / "out"
-    result = compare([str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b" / "ppo")], out)
+    result = compare([str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b" / "rl")], out)
     assert result.data["reward"] == "score"  # one scale for every run
     assert result.data["rows"] == [
         ["a", "ppo", "0.0001", "0.05", "0.200", "0.200 (step 3)", "1.50", "0.020", "0.0020", "3", "5"],
@@ -153,7 +154,7 @@ def test_the_cli_prints_the_table_and_the_path_last(sweep, capsys, tmp_path):
 
 def test_the_run_report_has_a_sweep_section_when_the_sweep_was_compared(sweep):
     base = sweep.parent
-    rl_run(base / "ppo", steps=3, evals=[(0, 0.0, 0.5), (3, 1.0, 0.6)], seconds=5.0)
+    rl_run(base / "rl", steps=3, evals=[(0, 0.0, 0.5), (3, 1.0, 0.6)], seconds=5.0)
     _, markdown = build_report(base)
     assert "## Sweep" not in markdown.read_text()
     compare([str(sweep)])
@@ -175,16 +176,16 @@ def test_the_report_of_a_sweep_that_shares_no_stage_is_its_sweep(sweep):
 def test_runs_scored_with_different_rewards_get_a_table_and_a_ranking_each(tmp_path):
     runs = tmp_path / "runs"
     # a and b: the same reward model (stage.json's run id), named by a relative and an absolute path
-    rl_run(runs / "a" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 2.0, 0.9)], seconds=1.0, held_out=[0.9] * 32 + [0.9] * 32)
-    write_json(runs / "a" / "ppo" / "stage.json", {"references": {"<this run>/reward": "run:r1"}, "run_id": "a"})
+    rl_run(runs / "a" / "rl", steps=2, evals=[(0, 0.0, 0.5), (2, 2.0, 0.9)], seconds=1.0, held_out=[0.9] * 32 + [0.9] * 32)
+    write_json(runs / "a" / "rl" / "stage.json", {"references": {"<this run>/reward": "run:r1"}, "run_id": "a"})
     absolute = "/elsewhere/runs/base/reward"
-    rl_run(runs / "b" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 2.0, 0.5)], seconds=1.0, held_out=[0.5] * 64, lr=3e-5,
+    rl_run(runs / "b" / "rl", steps=2, evals=[(0, 0.0, 0.5), (2, 2.0, 0.5)], seconds=1.0, held_out=[0.5] * 64, lr=3e-5,
            reward=f"{absolute} (reward_model, score, reads 256 tokens)", config=f"reward_fn:\n  source: {absolute}\n")
-    write_json(runs / "b" / "ppo" / "stage.json", {"references": {absolute: "run:r1"}, "run_id": "b"})
+    write_json(runs / "b" / "rl" / "stage.json", {"references": {absolute: "run:r1"}, "run_id": "b"})
     # c: the same path as a, but the reward model was trained again (another run id); d: a VADER function
-    rl_run(runs / "c" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 2.0, 0.95)], seconds=1.0)
-    write_json(runs / "c" / "ppo" / "stage.json", {"references": {"<this run>/reward": "run:r2"}, "run_id": "c"})
-    rl_run(runs / "d" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 2.0, 0.99)], seconds=1.0,
+    rl_run(runs / "c" / "rl", steps=2, evals=[(0, 0.0, 0.5), (2, 2.0, 0.95)], seconds=1.0)
+    write_json(runs / "c" / "rl" / "stage.json", {"references": {"<this run>/reward": "run:r2"}, "run_id": "c"})
+    rl_run(runs / "d" / "rl", steps=2, evals=[(0, 0.0, 0.5), (2, 2.0, 0.99)], seconds=1.0,
            reward="rlhflab._api_rewards:vader_1234abcd (callable, score)")
     result = compare([str(runs / name) for name in "abcd"], tmp_path / "out")
     tables = result.data["tables"]
@@ -205,8 +206,8 @@ def test_runs_scored_with_different_rewards_get_a_table_and_a_ranking_each(tmp_p
 
 def test_one_seed_each_a_difference_inside_the_held_out_noise_is_a_tie_and_says_why(tmp_path):
     spread = [0.0, 1.0] * 100  # 200 held-out prompts, P(positive) 0 or 1: sd 0.50, standard error 0.035
-    rl_run(tmp_path / "a" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0, 0.504)], seconds=1.0, held_out=spread)
-    rl_run(tmp_path / "b" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0, 0.503)], seconds=1.0, held_out=spread, lr=3e-5)
+    rl_run(tmp_path / "a" / "rl", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0, 0.504)], seconds=1.0, held_out=spread)
+    rl_run(tmp_path / "b" / "rl", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0, 0.503)], seconds=1.0, held_out=spread, lr=3e-5)
     said = compare([str(tmp_path / "a"), str(tmp_path / "b")], tmp_path / "out").data["sentences"]
     assert said[0] == ("a, b tie for the highest final held-out P(positive) (0.504, 0.503): the difference, 0.001, is "
                        "within 2 standard errors of the difference (±0.100; one seed each, standard errors from the "
@@ -215,15 +216,15 @@ def test_one_seed_each_a_difference_inside_the_held_out_noise_is_a_tie_and_says_
 
 
 def test_a_run_without_a_noise_estimate_is_named_best_but_not_called_more_than_noise(tmp_path):
-    rl_run(tmp_path / "a" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0, 0.9)], seconds=1.0)
-    rl_run(tmp_path / "b" / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0, 0.5)], seconds=1.0, lr=3e-5)
+    rl_run(tmp_path / "a" / "rl", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0, 0.9)], seconds=1.0)
+    rl_run(tmp_path / "b" / "rl", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0, 0.5)], seconds=1.0, lr=3e-5)
     for name in "ab":  # a reward without a probability and no eval_after.json: no standard error
-        path = tmp_path / name / "ppo" / "summary.json"
+        path = tmp_path / name / "rl" / "summary.json"
         summary = json.loads(path.read_text())
         for entry in [summary["start"], summary["end"], *summary["evaluations"]]:
             del entry["positive_probability"]
         write_json(path, summary)
-        (tmp_path / name / "ppo" / "metrics.jsonl").write_text("")
+        (tmp_path / name / "rl" / "metrics.jsonl").write_text("")
     said = compare([str(tmp_path / "a"), str(tmp_path / "b")], tmp_path / "out").data["sentences"]
     assert said[0] == ("a has the highest final held-out reward: 0.800, against b's 0.000; whether that is more than "
                        "noise is not known (a has one seed and no per-prompt rows (eval_after.json) to measure it from).")
@@ -235,7 +236,7 @@ def seed_sweep(folder: Path, finals: dict[str, float]) -> None:
         {"name": name, "overrides": [f"seed={name.split('_')[0].split('-')[1]}",
                                      f"ppo.kl_coef={name.split('kl_coef-')[1]}"]} for name in finals]})
     for name, final in finals.items():
-        rl_run(folder / name / "ppo", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0 + final, final)], seconds=1.0)
+        rl_run(folder / name / "rl", steps=2, evals=[(0, 0.0, 0.5), (2, 1.0 + final, final)], seconds=1.0)
 
 
 def test_seeds_of_one_setting_show_mean_and_range_and_overlapping_seed_ranges_tie(tmp_path):

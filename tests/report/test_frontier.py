@@ -30,7 +30,7 @@ def config(seed: int, section: str, **settings) -> str:
 def tuned(folder: Path, *, seed: int, kl: float, p: float, method: str = "ppo", section: str = "ppo",
           reward: str = REWARD, end: dict | None = None, by_beta: dict | None = None, held_out: list[str] | None = None,
           **settings) -> Path:
-    """A finished ppo/dpo/ilql stage folder: start at P 0.5, end at (kl, p); its held-out prompts in eval_after."""
+    """A finished rl/dpo/ilql stage folder: start at P 0.5, end at (kl, p); its held-out prompts in eval_after."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(config(seed, section, **settings), encoding="utf-8")
     summary = {"algorithm": method, "reward": reward, "policy": None,
@@ -75,8 +75,8 @@ def runs(tmp_path) -> Path:
     """PPO at two kl_coef x seeds 0 and 1, DPO at one beta x seeds 0 and 1, ILQL (seed 0) sampled at β 0 and 4."""
     root = tmp_path / "runs"
     for seed, (lo, hi) in enumerate([(0.80, 0.90), (0.84, 0.86)]):
-        tuned(root / f"ppo-a-{seed}" / "ppo", seed=seed, kl=4.0 + seed, p=lo, kl_coef=0.1)
-        tuned(root / f"ppo-b-{seed}" / "ppo", seed=seed, kl=8.0, p=hi, kl_coef=0.01)
+        tuned(root / f"ppo-a-{seed}" / "rl", seed=seed, kl=4.0 + seed, p=lo, kl_coef=0.1)
+        tuned(root / f"ppo-b-{seed}" / "rl", seed=seed, kl=8.0, p=hi, kl_coef=0.01)
         tuned(root / f"dpo-{seed}" / "dpo", seed=seed, kl=2.0 + 2 * seed, p=0.7 + 0.1 * seed, method="dpo",
               section="dpo", beta=0.1)
     tuned(root / "ilql-0" / "ilql", seed=0, kl=0, p=0, method="ilql", section="ilql", beta=1.0,
@@ -111,7 +111,7 @@ def test_points_grouped_over_seeds_with_ranges_and_lines_by_kl(runs, tmp_path):
 def test_a_sweep_folder_gives_every_point(runs, tmp_path):
     sweep = runs / "base" / "sweep"
     for name, coef in (("kl_coef-0.1", 0.1), ("kl_coef-0.01", 0.01)):
-        tuned(sweep / name / "ppo", seed=0, kl=1 / coef, p=0.8, kl_coef=coef)
+        tuned(sweep / name / "rl", seed=0, kl=1 / coef, p=0.8, kl_coef=coef)
     write_json(sweep / "sweep.json", {"points": [{"name": "kl_coef-0.1"}, {"name": "kl_coef-0.01"}]})
     result = frontier([sweep], tmp_path / "out")
     assert sorted(p["label"] for p in result.data["points"] if p["method"] == "ppo") == ["kl_coef=0.01", "kl_coef=0.1"]
@@ -140,30 +140,30 @@ def test_a_relative_and_an_absolute_path_to_one_reward_run_agree(runs, tmp_path,
     reward = tmp_path / "runs" / "base" / "reward"
     write_json(reward / "stage.json", {"key": "k", "run_id": "abc123"})
     monkeypatch.chdir(tmp_path)
-    tuned(runs / "rel" / "ppo", seed=0, kl=1.0, p=0.6, reward="runs/base/reward (reward_model, score, reads 256 tokens)")
-    tuned(runs / "abs" / "ppo", seed=0, kl=2.0, p=0.7, reward=f"{reward} (reward_model, score, reads 256 tokens)")
+    tuned(runs / "rel" / "rl", seed=0, kl=1.0, p=0.6, reward="runs/base/reward (reward_model, score, reads 256 tokens)")
+    tuned(runs / "abs" / "rl", seed=0, kl=2.0, p=0.7, reward=f"{reward} (reward_model, score, reads 256 tokens)")
     assert frontier([runs / "rel", runs / "abs"], tmp_path / "out").data["reward_id"].startswith("run abc123")
     # another reward run (another seed of the same config): not the same reward
     write_json(tmp_path / "runs" / "seed1" / "reward" / "stage.json", {"key": "k", "run_id": "another"})
-    tuned(runs / "other" / "ppo", seed=0, kl=2.0, p=0.7, reward="runs/seed1/reward (reward_model, score, reads 256 tokens)")
+    tuned(runs / "other" / "rl", seed=0, kl=2.0, p=0.7, reward="runs/seed1/reward (reward_model, score, reads 256 tokens)")
     with pytest.raises(RlhfLabError, match="different rewards"):
         frontier([runs / "abs", runs / "other"], tmp_path / "out2")
 
 
 def test_refuses_different_rewards_naming_both(runs, tmp_path, capsys):
-    tuned(runs / "vader" / "ppo", seed=0, kl=2.0, p=0.7, reward="vader (callable)")
+    tuned(runs / "vader" / "rl", seed=0, kl=2.0, p=0.7, reward="vader (callable)")
     result = cli_run(capsys, "frontier", runs / "ppo-a-0", runs / "vader", "--out", tmp_path / "out")
-    assert_user_error(result, "different rewards", str(runs / "ppo-a-0" / "ppo"), str(runs / "vader" / "ppo"))
+    assert_user_error(result, "different rewards", str(runs / "ppo-a-0" / "rl"), str(runs / "vader" / "rl"))
     assert not (tmp_path / "out").exists()
 
 
 def test_refuses_different_prompts_within_a_seed_and_a_different_draw(runs, tmp_path, capsys):
-    tuned(runs / "elsewhere" / "ppo", seed=0, kl=2.0, p=0.7, held_out=["another prompt"] * 4)
+    tuned(runs / "elsewhere" / "rl", seed=0, kl=2.0, p=0.7, held_out=["another prompt"] * 4)
     result = cli_run(capsys, "frontier", runs / "ppo-a-0", runs / "elsewhere", "--out", tmp_path / "out")
-    assert_user_error(result, "different held-out prompts", str(runs / "elsewhere" / "ppo"))
+    assert_user_error(result, "different held-out prompts", str(runs / "elsewhere" / "rl"))
     # seeds 0 and 1 may differ in their prompts (drawn with the seed) but not in where they were drawn from
     frontier([runs / "ppo-a-0", runs / "ppo-a-1"], tmp_path / "out")
-    tuned(runs / "fewer" / "ppo", seed=1, kl=2.0, p=0.7, held_out=prompts(1, 3))
+    tuned(runs / "fewer" / "rl", seed=1, kl=2.0, p=0.7, held_out=prompts(1, 3))
     with pytest.raises(RlhfLabError, match="different held-out prompts"):
         frontier([runs / "ppo-a-0", runs / "fewer"], tmp_path / "out")
     # the evaluate stage's prompts are not the tuned stages'
@@ -179,7 +179,7 @@ def test_refuses_a_run_without_kl(runs, tmp_path, capsys):
 
 def test_refuses_what_is_no_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert_user_error(cli_run(capsys, "frontier", tmp_path / "empty"), "no finished ppo, dpo or ilql stage")
+    assert_user_error(cli_run(capsys, "frontier", tmp_path / "empty"), "no finished rl, dpo or ilql stage")
     assert_user_error(cli_run(capsys, "frontier", tmp_path / "missing"), "is not a folder")
 
 

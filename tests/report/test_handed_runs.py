@@ -17,7 +17,7 @@ from rlhflab.eval.report import build_report
 from rlhflab.eval.run_files import HandedFileError, run_file
 from tests.helpers import assert_user_error, cli_run
 from tests.report.test_compare import rl_run
-from tests.report.test_report import write_evaluate, write_json, write_ppo, write_sft
+from tests.report.test_report import write_evaluate, write_json, write_rl, write_sft
 
 SECRET = b"\x89PNG\r\n\x1a\n" + b"the reader's private key: 7f3a9c1e" * 8  # what must never reach a report
 
@@ -52,18 +52,18 @@ def evaluate_listing(root: Path, figure: str) -> None:
 
 def test_run_file_takes_regular_files_inside_the_run_only(tmp_path, secret):
     root = tmp_path / "run"
-    (root / "ppo").mkdir(parents=True)
-    (root / "ppo" / "summary.json").write_text("{}")
-    assert run_file(root, "ppo/summary.json") == root / "ppo" / "summary.json"
-    assert run_file(root, "ppo", folder=True) == root / "ppo"
-    assert run_file(root, "ppo/missing.json") is None and run_file(root, "nope/x.json") is None
+    (root / "rl").mkdir(parents=True)
+    (root / "rl" / "summary.json").write_text("{}")
+    assert run_file(root, "rl/summary.json") == root / "rl" / "summary.json"
+    assert run_file(root, "rl", folder=True) == root / "rl"
+    assert run_file(root, "rl/missing.json") is None and run_file(root, "nope/x.json") is None
     (root / "link.png").symlink_to(secret)
     (root / "linked").symlink_to(secret.parent, target_is_directory=True)
     os.mkfifo(root / "fifo")
     refused = {"link.png": "is a symbolic link", "linked/secret.png": "is a symbolic link",
                str(secret): "outside the run folder", "../private/secret.png": "outside the run folder",
-               "ppo/../../private/secret.png": "outside the run folder", "fifo": "is not a regular file",
-               "ppo": "is not a regular file", "bad\0name": "not a usable path"}
+               "rl/../../private/secret.png": "outside the run folder", "fifo": "is not a regular file",
+               "rl": "is not a regular file", "bad\0name": "not a usable path"}
     for relative, fragment in refused.items():
         with pytest.raises(HandedFileError, match=fragment):
             run_file(root, relative)
@@ -129,19 +129,19 @@ def test_sweep_figures_that_leave_the_run_are_skipped(tmp_path, secret):
 
 
 def test_a_stage_folder_that_is_a_link_is_not_read(tmp_path):
-    elsewhere = tmp_path / "other" / "ppo"
-    write_ppo(elsewhere.parent)  # someone else's numbers: 1.056 at the end
+    elsewhere = tmp_path / "other" / "rl"
+    write_rl(elsewhere.parent)  # someone else's numbers: 1.056 at the end
     root = tmp_path / "runs" / "shared"
     write_sft(root)
-    (root / "ppo").symlink_to(elsewhere, target_is_directory=True)
+    (root / "rl").symlink_to(elsewhere, target_is_directory=True)
     html = build_report(root)[0].read_text()
-    assert f"{root / 'ppo'} is a symbolic link" in section(html, "ppo") and "1.056" not in html
+    assert f"{root / 'rl'} is a symbolic link" in section(html, "rl") and "1.056" not in html
     assert "54.375" in html  # the SFT section still reports
 
 
 def test_a_report_folder_that_is_a_link_is_refused_and_nothing_there_is_deleted(tmp_path, capsys):
     root = tmp_path / "runs" / "shared"
-    write_ppo(root)
+    write_rl(root)
     target = tmp_path / "mine"
     (target / "figures").mkdir(parents=True)
     (target / "figures" / "eval_mine.png").write_bytes(b"mine")  # a name the report would clean as stale
@@ -171,13 +171,13 @@ def test_an_odd_summary_leaves_its_section_out_with_a_note_naming_the_file(tmp_p
     text, fragment = ODD_SUMMARIES[case]
     root = tmp_path / "runs" / "shared"
     write_sft(root)
-    write_ppo(root)
-    (root / "ppo" / "summary.json").write_text(text)
+    write_rl(root)
+    (root / "rl" / "summary.json").write_text(text)
     result = cli_run(capsys, "report", root)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     html = (root / "report" / "report.html").read_text()
-    note = section(html, "ppo")
-    assert f'<p class="note">Left out: {root / "ppo" / "summary.json"}' in note and fragment in note
+    note = section(html, "rl")
+    assert f'<p class="note">Left out: {root / "rl" / "summary.json"}' in note and fragment in note
     assert "1.056" not in html and "54.375" in html  # the odd stage is missing, the SFT section is not
     assert "<td>RL training</td><td>left out (see its section)</td>" in html
 
@@ -187,17 +187,17 @@ def test_a_config_with_a_python_tag_is_not_constructed_and_is_named(tmp_path, ca
     write_sft(root)
     marker = tmp_path / "ran"
     (root / "sft" / "config.yaml").write_text(f"stages: !!python/object/apply:os.system ['touch {marker}']\n")
-    write_ppo(root)
-    (root / "ppo" / "config.yaml").write_text("- a\n- list\n")
-    (root / "ppo" / "stage.json").write_text("!!python/object/apply:os.system ['true']")  # the report never needs it
+    write_rl(root)
+    (root / "rl" / "config.yaml").write_text("- a\n- list\n")
+    (root / "rl" / "stage.json").write_text("!!python/object/apply:os.system ['true']")  # the report never needs it
     result = cli_run(capsys, "report", root)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert not marker.exists()
     html = (root / "report" / "report.html").read_text()
     configs = section(html, "configs")
     assert f"{root / 'sft' / 'config.yaml'} is not plain YAML" in configs and "python/object" in configs
-    assert f"{root / 'ppo' / 'config.yaml'} holds a YAML list, not the mapping it should" in configs
-    assert "<summary>sft/config.yaml</summary>" not in configs and "<summary>ppo/config.yaml</summary>" not in configs
+    assert f"{root / 'rl' / 'config.yaml'} holds a YAML list, not the mapping it should" in configs
+    assert "<summary>sft/config.yaml</summary>" not in configs and "<summary>rl/config.yaml</summary>" not in configs
     assert "54.375" in html and "1.056" in html  # the summaries are fine: both sections report
 
 
@@ -214,32 +214,32 @@ def test_a_stages_list_of_another_type_in_the_config_is_ignored(tmp_path):
 
 def test_compare_notes_odd_files_and_still_compares_the_rest(tmp_path, capsys):
     runs = tmp_path / "runs"
-    rl_run(runs / "good" / "ppo", steps=3, evals=[(0, 0.0, 0.5), (3, 1.5, 0.6)], seconds=5.0)
-    rl_run(runs / "odd" / "ppo", steps=3, evals=[(0, 0.0, 0.5), (3, 1.5, 0.6)], seconds=5.0)
-    write_json(runs / "odd" / "ppo" / "summary.json", {"start": [1], "end": {"kl": "far", "score": []},
+    rl_run(runs / "good" / "rl", steps=3, evals=[(0, 0.0, 0.5), (3, 1.5, 0.6)], seconds=5.0)
+    rl_run(runs / "odd" / "rl", steps=3, evals=[(0, 0.0, 0.5), (3, 1.5, 0.6)], seconds=5.0)
+    write_json(runs / "odd" / "rl" / "summary.json", {"start": [1], "end": {"kl": "far", "score": []},
                                                        "evaluations": "many", "steps": "x", "seconds": "long"})
-    (runs / "odd" / "ppo" / "metrics.jsonl").write_text('{"step": 1e400, "kl": 1}\n{"step": "x", "kl": 2}\n[1]\n')
-    rl_run(runs / "listed" / "ppo", steps=3, evals=[(0, 0.0, 0.5), (3, 1.5, 0.6)], seconds=5.0)
-    (runs / "listed" / "ppo" / "summary.json").write_text("[1, 2]")
-    (runs / "listed" / "ppo" / "config.yaml").write_text("x: !!python/object/apply:os.system ['true']\n")
+    (runs / "odd" / "rl" / "metrics.jsonl").write_text('{"step": 1e400, "kl": 1}\n{"step": "x", "kl": 2}\n[1]\n')
+    rl_run(runs / "listed" / "rl", steps=3, evals=[(0, 0.0, 0.5), (3, 1.5, 0.6)], seconds=5.0)
+    (runs / "listed" / "rl" / "summary.json").write_text("[1, 2]")
+    (runs / "listed" / "rl" / "config.yaml").write_text("x: !!python/object/apply:os.system ['true']\n")
     result = cli_run(capsys, "compare", runs / "good", runs / "odd", runs / "listed", "--out", tmp_path / "out")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     data = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert data["rows"][0][:5] == ["good", "ppo", "0.0001", "0.05", "0.600"]
     assert data["rows"][1][4:] == ["-"] * 7  # finished, but not one usable number
     assert data["rows"][2][4] == "not finished"
-    assert f"Left out of listed: {runs / 'listed' / 'ppo' / 'summary.json'} holds a JSON list" in result.stdout
-    assert f"Left out of listed: {runs / 'listed' / 'ppo' / 'config.yaml'} is not plain YAML" in result.stdout
+    assert f"Left out of listed: {runs / 'listed' / 'rl' / 'summary.json'} holds a JSON list" in result.stdout
+    assert f"Left out of listed: {runs / 'listed' / 'rl' / 'config.yaml'} is not plain YAML" in result.stdout
 
 
 def test_compare_does_not_follow_a_linked_stage_folder(tmp_path):
-    rl_run(tmp_path / "other" / "ppo", steps=3, evals=[(0, 0.0, 0.5), (3, 1.5, 0.6)], seconds=5.0)
+    rl_run(tmp_path / "other" / "rl", steps=3, evals=[(0, 0.0, 0.5), (3, 1.5, 0.6)], seconds=5.0)
     run = tmp_path / "runs" / "shared"
     run.mkdir(parents=True)
-    (run / "ppo").symlink_to(tmp_path / "other" / "ppo", target_is_directory=True)
+    (run / "rl").symlink_to(tmp_path / "other" / "rl", target_is_directory=True)
     result = compare([str(run)], tmp_path / "out")
     assert result.data["rows"][0][4] == "not finished" and "0.600" not in result.text
-    assert f"{run / 'ppo'} is a symbolic link" in result.text
+    assert f"{run / 'rl'} is a symbolic link" in result.text
 
 
 @pytest.mark.parametrize("name", ["../../elsewhere", "/tmp", "a/b", 7])
@@ -251,7 +251,7 @@ def test_a_sweep_point_outside_the_sweep_is_refused_naming_the_manifest(tmp_path
 
 
 def test_a_compare_folder_that_is_a_link_is_refused(tmp_path, capsys):
-    rl_run(tmp_path / "runs" / "a" / "ppo", steps=3, evals=[(0, 0.0, 0.5), (3, 1.5, 0.6)], seconds=5.0)
+    rl_run(tmp_path / "runs" / "a" / "rl", steps=3, evals=[(0, 0.0, 0.5), (3, 1.5, 0.6)], seconds=5.0)
     target = tmp_path / "mine"
     (target / "figures").mkdir(parents=True)
     (target / "figures" / "compare_mine.png").write_bytes(b"mine")

@@ -1,4 +1,4 @@
-"""The report of a run without SFT (the Shakespeare preset: pretrain -> reward -> ppo) speaks of
+"""The report of a run without SFT (the Shakespeare preset: pretrain -> reward -> rl) speaks of
 what that run did: its pretraining curve is titled as pretraining, and neither the overview nor
 the RL section speaks of an SFT model it does not have."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rlhflab.eval import plots
 from rlhflab.eval.report import build_report
-from tests.report.test_report import write_json, write_jsonl, write_ppo
+from tests.report.test_report import write_json, write_jsonl, write_rl
 
 
 def write_pretrain(root: Path) -> None:
@@ -20,6 +20,7 @@ def write_pretrain(root: Path) -> None:
         "tokenizer": {"kind": "char", "vocab_size": 65}, "model": {"architecture": "gpt2", "layers": 2}})
     write_jsonl(folder / "metrics.jsonl", [{"step": s, "split": "train", "loss": 3.0 - s / 40} for s in range(1, 41)]
                 + [{"step": 40, "split": "validation", "loss": 2.3}])
+    # a config from before the RL stage was renamed rl: its stages list says ppo
     (folder / "config.yaml").write_text("name: bard\nstages: [pretrain, reward, ppo]\n", encoding="utf-8")
 
 
@@ -30,7 +31,7 @@ def test_a_run_without_sft_is_reported_without_sft(tmp_path, monkeypatch):
                         loss_curves_figure(rows, **kw))
     run = tmp_path / "runs" / "bard"
     write_pretrain(run)
-    write_ppo(run)
+    write_rl(run)
     _, md_path = build_report(run)
     markdown = md_path.read_text(encoding="utf-8")
     assert titles == ["Pretraining loss"]

@@ -93,8 +93,8 @@ def write_reward(root: Path, objective: str = "labels") -> None:
     (folder / "config.yaml").write_text(config(root.name, "reward"), encoding="utf-8")
 
 
-def write_ppo(root: Path) -> None:
-    folder = root / "ppo"
+def write_rl(root: Path) -> None:
+    folder = root / "rl"
     evaluations = [{"step": 0, "kl": 0.0, "score": 0.1421, "positive_probability": 0.5489},
                    {"step": 20, "kl": 4.1657, "score": 0.6405, "positive_probability": 0.7461},
                    {"step": 40, "kl": 7.7305, "score": 1.0556, "positive_probability": 0.9}]
@@ -244,7 +244,7 @@ def full_run(runs: Path) -> Path:
     root = runs / "demo"
     write_sft(root)
     write_reward(root)
-    write_ppo(root)
+    write_rl(root)
     write_evaluate(root)
     write_ratings(root)
     return root
@@ -292,7 +292,7 @@ def test_html_is_one_self_contained_file(built):
     figures = sorted((root / "report" / "figures").glob("*.png"))
     assert len(images) == len(figures) == html.count("<img")
     assert {base64.b64decode(data) for data in images} == {p.read_bytes() for p in figures}
-    assert '<details><summary>ppo/config.yaml</summary><pre>' in html
+    assert '<details><summary>rl/config.yaml</summary><pre>' in html
 
 
 def test_the_rl_section_shows_entropy_length_and_value_panels_and_every_sample(built):
@@ -311,10 +311,10 @@ def test_the_rl_section_shows_entropy_length_and_value_panels_and_every_sample(b
 
 def test_rl_algorithms_are_named_as_their_papers_write_them(tmp_path):
     root = tmp_path / "runs" / "demo"
-    write_ppo(root)
+    write_rl(root)
     for algorithm, shown in (("reinforce_pp", "REINFORCE++"), ("dr_grpo", "Dr. GRPO")):
-        summary = json.loads((root / "ppo" / "summary.json").read_text())
-        write_json(root / "ppo" / "summary.json", {**summary, "algorithm": algorithm})
+        summary = json.loads((root / "rl" / "summary.json").read_text())
+        write_json(root / "rl" / "summary.json", {**summary, "algorithm": algorithm})
         md = build_report(root)[1].read_text(encoding="utf-8")
         assert f"before and after {shown}." in md and f"| {md_text(shown)} |" in md
         assert algorithm.upper() not in md and md_text(algorithm.upper()) not in md
@@ -349,7 +349,7 @@ def test_samples_side_by_side_show_a_handful_per_sentiment(built):
 
 def test_missing_stages_say_not_run_and_name_the_command(tmp_path):
     root = tmp_path / "runs" / "only-ppo"
-    write_ppo(root)
+    write_rl(root)
     html_path, md_path = build_report(root)
     md, html = md_path.read_text(), html_path.read_text()
     for stage in ("sft", "reward", "evaluate"):
@@ -412,7 +412,7 @@ def test_ratings_fall_back_to_generic_tables(tmp_path, monkeypatch):
     """Without the rating app (or with a summary it cannot format) the JSON shows as tables."""
     monkeypatch.setattr(report_module, "_rating_formatter", lambda: None)
     root = tmp_path / "runs" / "rated"
-    (root / "ppo").mkdir(parents=True)  # a stage folder, so there is a run to report
+    (root / "rl").mkdir(parents=True)  # a stage folder, so there is a run to report
     write_json(root / "human" / "some-task" / "rating_summary.json",
                {"raters": 3, "note": "<b>hi</b>", "models": {"sft": {"mean": 2.5, "n": 9}, "ppo": {"mean": 4.25, "n": 9}},
                 "pairs": [{"a": "sft", "b": "ppo", "b_wins": 7}]})
@@ -425,7 +425,7 @@ def test_ratings_fall_back_to_generic_tables(tmp_path, monkeypatch):
 def test_rebuilding_drops_stale_figures_but_not_foreign_files(tmp_path):
     run_root = tmp_path / "runs" / "demo"
     write_evaluate(run_root)
-    write_ppo(run_root)
+    write_rl(run_root)
     build_report(run_root)
     figures = run_root / "report" / "figures"
     (figures / "mine.png").write_bytes(b"not ours")
@@ -440,7 +440,7 @@ def test_rebuilding_drops_stale_figures_but_not_foreign_files(tmp_path):
 
 def test_out_dir_leaves_the_run_untouched(tmp_path):
     run_root = tmp_path / "runs" / "demo"
-    write_ppo(run_root)
+    write_rl(run_root)
     out = tmp_path / "elsewhere"
     html_path, md_path = build_report(run_root, out)
     assert (html_path, md_path) == (out / "report.html", out / "report.md")
@@ -451,7 +451,7 @@ def test_a_missing_or_empty_run_folder_is_a_user_error(tmp_path):
     with pytest.raises(RlhfLabError, match="is not a folder"):
         build_report(tmp_path / "nope")
     runs = tmp_path / "runs"
-    write_ppo(runs / "demo")
+    write_rl(runs / "demo")
     with pytest.raises(RlhfLabError, match=r"none of the stage folders.*pass one of them"):
         build_report(runs)  # runs/ itself instead of runs/demo
 

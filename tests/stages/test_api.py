@@ -44,7 +44,7 @@ def test_train_with_prompts_and_a_trlx_reward_runs_ppo(tmp_path, tiny_llama_dir,
                            reward_fn=lambda samples, prompts, outputs: [s.count("e") / len(s) for s in samples],
                            config=cfg, progress=False)
     assert result.algorithm == "ppo" and result.summary["steps"] == 2
-    assert result.run_dir == tmp_path / "runs" / "api" / "ppo"
+    assert result.run_dir == tmp_path / "runs" / "api" / "rl"
     (inputs,) = (tmp_path / "runs/api/inputs").glob("prompts-*.jsonl")
     assert [json.loads(line)["prompt"] for line in inputs.read_text().splitlines()] == prompts
     ids = result.tokenizer(["the film"], return_tensors="pt").input_ids
@@ -178,7 +178,7 @@ def test_a_call_that_fails_before_its_stage_starts_leaves_no_inputs(tmp_path, mo
     assert seen == [["eval_prompts", "prompts"]] and not (tmp_path / "runs").exists()
 
     def interrupted(stage, cfg, **_):  # stopped with a checkpoint: its config.yaml names the inputs
-        partial = tmp_path / "runs/api/ppo.partial"
+        partial = tmp_path / "runs/api/rl.partial"
         partial.mkdir()
         (partial / "config.yaml").write_text(yaml.safe_dump({"data": {"prompts": cfg.data.prompts}}))
         raise KeyboardInterrupt

@@ -118,7 +118,7 @@ def test_training_starts_from_the_plain_lm_of_an_ilql_run(tmp_path, tiny_llama_d
     from rlhflab.models.reward_model import load_reward_backbone
     from rlhflab.models.snapshot import SNAPSHOT_FILE
     from rlhflab.stages import ilql as ilql_stage
-    from rlhflab.stages import ppo as ppo_stage
+    from rlhflab.stages import rl as rl_stage
     from rlhflab.stages import sft as sft_stage
 
     eval_prompts = tmp_path / "eval.txt"
@@ -140,7 +140,7 @@ def test_training_starts_from_the_plain_lm_of_an_ilql_run(tmp_path, tiny_llama_d
     # A steered name is refused by every training stage, naming the setting, before any model loads.
     fix = rf"drop the @beta=2 part \(.*{re.escape(run)}\); training starts from the plain language model"
     bad = make_config(tmp_path / "b", tiny_llama_dir, reviews_csv)
-    for stage, section in (("ilql", "ilql"), ("ppo", "rl"), ("dpo", "dpo")):
+    for stage, section in (("ilql", "ilql"), ("rl", "rl"), ("dpo", "dpo")):
         getattr(bad, section).policy = f"{run}@beta=2"
         with pytest.raises(RlhfLabError, match=rf"{section}\.policy={re.escape(run)}@beta=2 asks for ILQL steering.*{fix}"):
             run_stage(stage, bad, progress=False)
@@ -161,7 +161,7 @@ def test_training_starts_from_the_plain_lm_of_an_ilql_run(tmp_path, tiny_llama_d
 
     start = make_config(tmp_path / "c", tiny_llama_dir, reviews_csv, policy=run)
     start.ppo.policy, start.sft = run, SftConfig(model=run)
-    for stage, module in (("ilql", ilql_stage), ("ppo", ppo_stage), ("sft", sft_stage)):
+    for stage, module in (("ilql", ilql_stage), ("rl", rl_stage), ("sft", sft_stage)):
         monkeypatch.setattr(module, "load_causal_lm", load_and_stop)
         with pytest.raises(_Loaded):
             run_stage(stage, start, progress=False)

@@ -70,21 +70,21 @@ def test_a_bf16_snapshot_holds_only_the_trainable_tensors_and_survives_a_moved_r
     shutil.copytree(tiny_llama_dir, base)
     model, _ = load_causal_lm(str(base))
     policy = build_policy(model, [-1])
-    folder = tmp_path / "runs" / "r" / "ppo" / "checkpoints" / "epoch-1"
+    folder = tmp_path / "runs" / "r" / "rl" / "checkpoints" / "epoch-1"
     save_snapshot(policy, str(base), folder)
     saved = folder / "weights.safetensors"
     assert saved.stat().st_size < 0.5 * sum(f.stat().st_size for f in base.glob("*.safetensors"))
     shutil.move(tmp_path / "runs", tmp_path / "moved")
-    loaded, _ = load_causal_lm(str(tmp_path / "moved" / "r" / "ppo" / "checkpoints" / "epoch-1"))
+    loaded, _ = load_causal_lm(str(tmp_path / "moved" / "r" / "rl" / "checkpoints" / "epoch-1"))
     torch.testing.assert_close(logits(loaded), logits(policy.model), atol=0.05, rtol=0.05)  # bf16 rounding of one block
     shutil.rmtree(tmp_path / "moved" / "r" / "sft")
     with pytest.raises(RlhfLabError, match="no longer exists"):
-        load_causal_lm(str(tmp_path / "moved" / "r" / "ppo" / "checkpoints" / "epoch-1"))
+        load_causal_lm(str(tmp_path / "moved" / "r" / "rl" / "checkpoints" / "epoch-1"))
 
 
 def test_the_study_reads_every_snapshot_and_states_a_verdict(tmp_path, tiny_llama_dir, reviews_csv, toy):
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, toy)
-    run_stage("ppo", cfg, progress=False)
+    run_stage("rl", cfg, progress=False)
     run_dir = run_stage("overopt", cfg, progress=False)
     summary = json.loads(run_dir.summary_path.read_text())
     names = [p["name"] for p in summary["points"]]
@@ -112,7 +112,7 @@ def test_the_study_needs_gold_judges_and_snapshots(tmp_path, tiny_llama_dir, rev
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, toy, steps=2, snapshot_each_epoch=False)
     with pytest.raises(RlhfLabError, match="not a finished RL run"):
         run_stage("overopt", cfg, progress=False)
-    run_stage("ppo", cfg, progress=False)
+    run_stage("rl", cfg, progress=False)
     with pytest.raises(RlhfLabError, match="no epoch-N snapshots"):
         run_stage("overopt", cfg, progress=False)
     cfg.evaluate.gold = None

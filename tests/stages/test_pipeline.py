@@ -66,9 +66,9 @@ def finished(first_run, tmp_path):
 
 def test_the_pipeline_runs_every_stage_and_writes_the_report(finished):
     cfg, report, lines = finished
-    assert ran(lines) == ["sft", "reward", "ppo", "evaluate"]
+    assert ran(lines) == ["sft", "reward", "rl", "evaluate"]
     root = report.parents[1]
-    for stage in ("sft", "reward", "ppo", "evaluate"):
+    for stage in ("sft", "reward", "rl", "evaluate"):
         assert (root / stage / "summary.json").exists(), stage
     assert report.name == "report.html" and report.exists() and (report.parent / "report.md").exists()
     html = report.read_text()
@@ -82,8 +82,8 @@ def test_a_second_run_skips_what_is_up_to_date_and_force_reruns_from_a_stage(fin
     cfg, _, _ = finished
     _, lines = run_pipeline(cfg)
     assert ran(lines) == [] and all("up to date" in line for line in lines[:4])
-    _, lines = run_pipeline(cfg, force="ppo")
-    assert ran(lines) == ["ppo", "evaluate"]
+    _, lines = run_pipeline(cfg, force="rl")
+    assert ran(lines) == ["rl", "evaluate"]
     with pytest.raises(RlhfLabError, match="--force takes one of"):
         run_pipeline(cfg, force="nonsense")
 
@@ -92,10 +92,10 @@ def test_a_changed_setting_reruns_its_stage_and_the_ones_after_only(finished):
     cfg, _, _ = finished
     cfg.ppo.learning_rate = 5e-5
     _, lines = run_pipeline(cfg)
-    assert ran(lines) == ["ppo", "evaluate"]
+    assert ran(lines) == ["rl", "evaluate"]
     cfg.reward.learning_rate = 5e-4
     _, lines = run_pipeline(cfg)
-    assert ran(lines) == ["reward", "ppo", "evaluate"]
+    assert ran(lines) == ["reward", "rl", "evaluate"]
 
 
 def test_an_interrupted_pipeline_resumes_inside_the_stage_it_stopped_in(finished, monkeypatch):
@@ -105,10 +105,10 @@ def test_an_interrupted_pipeline_resumes_inside_the_stage_it_stopped_in(finished
     with pytest.raises(RunInterrupted):
         run_pipeline(cfg)
     monkeypatch.undo()
-    assert pipeline.stage_state(cfg, "ppo") == "partial"
+    assert pipeline.stage_state(cfg, "rl") == "partial"
     _, lines = run_pipeline(cfg)
-    assert "ppo       resuming ..." in lines
-    assert ran(lines) == ["ppo", "evaluate"]
+    assert "rl        resuming ..." in lines
+    assert ran(lines) == ["rl", "evaluate"]
 
 
 def test_a_stage_rerun_on_its_own_makes_the_stages_that_read_it_stale(finished):
@@ -118,7 +118,7 @@ def test_a_stage_rerun_on_its_own_makes_the_stages_that_read_it_stale(finished):
     cfg, _, _ = finished
     run_stage("sft", cfg, overwrite=True, progress=False)
     _, lines = run_pipeline(cfg)
-    assert ran(lines) == ["ppo", "evaluate"]  # reward does not read SFT: still up to date
+    assert ran(lines) == ["rl", "evaluate"]  # reward does not read SFT: still up to date
     assert "reward    up to date" in lines[1]
 
 
@@ -133,13 +133,13 @@ def test_changed_data_bytes_make_every_stage_that_read_them_stale(finished):
         csv.writer(handle).writerows(flipped)
     cfg.data.source = str(copy)  # the test's own copy: the shared file stays as it was
     _, lines = run_pipeline(cfg)
-    assert ran(lines) == ["sft", "reward", "ppo", "evaluate"]
+    assert ran(lines) == ["sft", "reward", "rl", "evaluate"]
     size = copy.stat().st_size
     with open(copy, "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows(rows)  # the same size, other labels
     assert copy.stat().st_size == size
     _, lines = run_pipeline(cfg)
-    assert ran(lines) == ["sft", "reward", "ppo", "evaluate"]
+    assert ran(lines) == ["sft", "reward", "rl", "evaluate"]
 
 
 def test_a_typo_in_a_rerun_keeps_the_finished_stage(finished, tmp_path):
@@ -159,3 +159,22 @@ def test_a_typo_in_a_rerun_keeps_the_finished_stage(finished, tmp_path):
     cfg.sft.model = good_model
     _, lines = run_pipeline(cfg)
     assert ran(lines) == []  # nothing retrained
+
+
+def test_a_run_made_before_the_rl_stage_was_renamed_stays_up_to_date_in_its_ppo_folder(finished, capsys):
+    """runs/<name>/ppo (the RL stage's folder before it was `rl`) is this run's RL stage: nothing reruns,
+    it is not moved, one note says so; `--force ppo` and `stages: [..., ppo]` still name the stage."""
+    cfg, _, _ = finished
+    root = Path(cfg.runs_dir) / cfg.name
+    (root / "rl").rename(root / "ppo")  # what a finished run made before the rename holds
+    _, lines = run_pipeline(cfg)
+    assert ran(lines) == [] and "rl        up to date" in lines[2]
+    assert not (root / "rl").exists()
+    assert [line for line in capsys.readouterr().err.splitlines() if "ppo" in line] == [
+        f"note: {root / 'ppo'} is this run's rl stage from before it was renamed 'rl'; it is used where it is "
+        f"(new runs write {root / 'rl'})."]
+    old = dataclasses.replace(cfg, stages=["sft", "reward", "ppo", "evaluate"])
+    assert old.stages == cfg.stages
+    _, lines = run_pipeline(old, force="ppo")
+    assert ran(lines) == ["rl", "evaluate"]  # rewritten in place: the old folder, a new run id
+    assert (root / "ppo" / "summary.json").exists() and not (root / "rl").exists()

@@ -25,8 +25,8 @@ def test_the_quick_pipeline_on_the_bundled_models(tmp_path):
     report = pipeline.run(cfg, progress=False, echo=lines.append)  # each stage reads the ones before it
     assert report.exists() and "P(positive)" in report.read_text()
     evaluation = json.loads((tmp_path / "quick" / "evaluate" / "summary.json").read_text())
-    assert list(evaluation["models"]) == ["sft", "ppo"] and evaluation["models"]["sft"]["kl_to_reference"] == 0.0
-    run_dir = RunDir(tmp_path / "quick" / "ppo")
+    assert list(evaluation["models"]) == ["sft", "rl"] and evaluation["models"]["sft"]["kl_to_reference"] == 0.0
+    run_dir = RunDir(tmp_path / "quick" / "rl")
     summary = json.loads(run_dir.summary_path.read_text())
     assert summary["steps"] == 1
     assert summary["reference"].startswith("shared frozen blocks")

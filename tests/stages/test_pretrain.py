@@ -96,4 +96,4 @@ def test_rl_refuses_a_context_the_policy_cannot_hold(tmp_path, tiny_gpt2_dir, re
                  reward_fn=RewardFnConfig(source=f"{reward}:f"),
                  ppo=PpoConfig(policy=str(tiny_gpt2_dir), steps=1, batch_size=8, minibatch_size=4, max_new_tokens=200))
     with pytest.raises(RlhfLabError, match="holds 128 positions"):
-        run_stage("ppo", cfg, progress=False)
+        run_stage("rl", cfg, progress=False)

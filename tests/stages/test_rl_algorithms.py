@@ -8,7 +8,7 @@ import pytest
 
 from rlhflab.io import read_json
 from rlhflab.stages.common import run_stage
-from tests.stages.test_ppo import REWARD_FILE, make_config
+from tests.stages.test_rl import REWARD_FILE, make_config
 
 @pytest.fixture
 def reward_spec(tmp_path):
@@ -29,7 +29,7 @@ def test_each_algorithm_runs_and_logs_the_core_metrics(tmp_path, tiny_llama_dir,
                                                        samples_per_prompt, kl_penalty):
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, algorithm=algorithm, steps=2, batch_size=8,
                       minibatch_size=4, kl_horizon=8)
-    run_dir = run_stage("ppo", cfg, progress=False)
+    run_dir = run_stage("rl", cfg, progress=False)
     summary = read_json(run_dir.summary_path)
     assert summary["algorithm"] == name  # an alias is recorded as its algorithm's own name
     assert summary["samples_per_prompt"] == samples_per_prompt
@@ -50,7 +50,7 @@ def test_critic_free_algorithms_learn_a_toy_task(tmp_path, tiny_llama_dir, revie
     """The share of 'e' in responses goes up clearly within a few dozen steps (as PPO's test)."""
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, algorithm=algorithm, steps=30, batch_size=32,
                       minibatch_size=16, ppo_epochs=4, learning_rate=3e-3, eval_every=100, adaptive_kl=False, kl_coef=0.01)
-    run_dir = run_stage("ppo", cfg, progress=False)
+    run_dir = run_stage("rl", cfg, progress=False)
     scores = [r["score_mean"] for r in run_dir.read_metrics() if r["split"] == "train"]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
     assert last > 1.5 * first and last - first > 0.03, (first, last)
@@ -61,5 +61,5 @@ def test_a_group_algorithm_needs_two_samples_per_prompt(tmp_path, tiny_llama_dir
 
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, algorithm="rloo", samples_per_prompt=1)
     with pytest.raises(RlhfLabError, match="samples_per_prompt must be at least 2 for rloo"):
-        run_stage("ppo", cfg, progress=False)
+        run_stage("rl", cfg, progress=False)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))

@@ -21,15 +21,15 @@ def test_the_quick_shakespeare_pipeline(tmp_path):
     assert cfg.reward.model == str(tmp_path / "shakespeare-quick" / "pretrain")  # run:pretrain, resolved
     lines: list[str] = []
     report = pipeline.run(cfg, progress=False, echo=lines.append)
-    assert [line.split()[0] for line in lines if " done in " in line] == ["pretrain", "reward", "ppo", "evaluate", "report"]
+    assert [line.split()[0] for line in lines if " done in " in line] == ["pretrain", "reward", "rl", "evaluate", "report"]
     root = tmp_path / "shakespeare-quick"
     pretrain = json.loads((root / "pretrain" / "summary.json").read_text())
     assert pretrain["corpus"]["documents"] == 38 and pretrain["tokens"]["train"] > 1_000_000
     assert pretrain["after"]["validation"]["perplexity"] < pretrain["baselines"]["unigram"]
     reward = json.loads((root / "reward" / "summary.json").read_text())
     assert reward["labels"].startswith("weak labels: VADER") and reward["model"] == str(root / "pretrain")
-    ppo = json.loads((root / "ppo" / "summary.json").read_text())
-    assert ppo["policy"] == str(root / "pretrain")  # no SFT stage: RL starts from the pretrained LM
+    rl = json.loads((root / "rl" / "summary.json").read_text())
+    assert rl["policy"] == str(root / "pretrain")  # no SFT stage: RL starts from the pretrained LM
     evaluation = json.loads((root / "evaluate" / "summary.json").read_text())
     assert list(evaluation["models"]) == ["pretrain", "ppo"]
     html = report.read_text()

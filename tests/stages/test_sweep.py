@@ -98,12 +98,12 @@ def test_stages_the_points_share_are_trained_once_and_linked(swept):
         for stage in ("sft", "reward"):
             assert (point / stage).is_symlink() and os.readlink(point / stage) == str(Path("..") / ".." / stage)
             assert (point / stage / "stage.json").read_text() == (base / stage / "stage.json").read_text()
-        for stage in ("ppo", "evaluate"):
+        for stage in ("rl", "evaluate"):
             assert (point / stage / "summary.json").is_file() and not (point / stage).is_symlink()
         assert (point / "report" / "report.html").is_file() and "up to date" in (point / "log.txt").read_text()
     assert [command[-3:] for command in launched] == [
         ["--config", str(base / "sweep" / name / "point.yaml"), "--no-progress"] for name in POINTS]
-    rates = [parse_yaml((base / "sweep" / n / "ppo" / "config.yaml").read_text())["rl"]["learning_rate"] for n in POINTS]
+    rates = [parse_yaml((base / "sweep" / n / "rl" / "config.yaml").read_text())["rl"]["learning_rate"] for n in POINTS]
     assert rates == [1e-5, 1e-4]
 
 
@@ -114,9 +114,9 @@ def test_a_point_sees_the_linked_stages_as_up_to_date_with_the_base_runs_key(swe
     for stage in ("sft", "reward"):
         assert stage_key(point, stage)["key"] == stage_key(base_cfg, stage)["key"]
         assert stage_state(point, stage) == "done"
-    ppo = json.loads((base / "sweep" / POINTS[0] / "ppo" / "stage.json").read_text())
+    rl = json.loads((base / "sweep" / POINTS[0] / "rl" / "stage.json").read_text())
     sft_run = json.loads((base / "sft" / "stage.json").read_text())["run_id"]
-    assert ppo["references"]["<this run>/sft"] == f"run:{sft_run}"  # the fingerprint followed the link
+    assert rl["references"]["<this run>/sft"] == f"run:{sft_run}"  # the fingerprint followed the link
 
 
 def test_the_manifest_and_the_comparison_cover_every_point(swept):

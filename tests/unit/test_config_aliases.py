@@ -21,13 +21,14 @@ QUICK = Path(__file__).resolve().parents[2] / "configs" / "quick.yaml"
 # Stage keys of configs/quick.yaml with these overrides, computed by the code before the rename
 # (commit 67be972, where every one of them was a ppo setting). A run finished then stores these
 # keys in its stage.json: if one changes, every such run would be retrained. (A changed default of
-# a section a stage reads changes its key too, rightly: then recompute them.)
+# a section a stage reads changes its key too, rightly: then recompute them.) The RL stage was called
+# ppo then; its name is in no key.
 OLD_OVERRIDES = ["ppo.max_new_tokens=8", "ppo.temperature=0.7", "ppo.stop_token=.", "ppo.steps=3",
                  "evaluate.max_new_tokens=null"]
 NEW_OVERRIDES = ["generation.max_new_tokens=8", "generation.temperature=0.7", "generation.stop_token=.", "rl.steps=3",
                  "evaluate.max_new_tokens=null"]
 OLD_KEYS = {"pretrain": "a9866b432430ec48", "sft": "3d45da16e8f71368", "reward": "9bb0bb50e744f2f7",
-            "ppo": "98d987b1ddb2a58d", "dpo": "1e7d67bdda9a9627", "ilql": "f7ebd248921d329d",
+            "rl": "98d987b1ddb2a58d", "dpo": "1e7d67bdda9a9627", "ilql": "f7ebd248921d329d",
             "evaluate": "3aa0eaff689398cf", "overopt": "20a8cfa966e77dcc"}
 
 
@@ -110,7 +111,7 @@ def test_stage_keys_of_a_run_made_under_the_old_names_do_not_change(tmp_path):
             assert stage_key(new, name)["key"] == OLD_KEYS[name], name
     # What sampling reads still counts: a new max_new_tokens makes every stage that samples stale.
     longer = load_config(QUICK, [*NEW_OVERRIDES, "generation.max_new_tokens=9", f"runs_dir={tmp_path}"])
-    assert {n for n in OLD_KEYS if stage_key(longer, n)["key"] != OLD_KEYS[n]} == {"ppo", "dpo", "ilql", "evaluate",
+    assert {n for n in OLD_KEYS if stage_key(longer, n)["key"] != OLD_KEYS[n]} == {"rl", "dpo", "ilql", "evaluate",
                                                                                   "overopt"}
 
 
@@ -124,13 +125,14 @@ def test_a_run_finished_and_a_run_paused_under_the_old_names_are_up_to_date(tmp_
     # A paused RL run whose config.yaml was written under the old names resumes.
     old_yaml = to_dict(cfg)
     old_yaml["ppo"] = {**old_yaml.pop("rl"), **old_yaml.pop("generation")}
+    old_yaml["stages"] = ["sft", "reward", "ppo", "evaluate"]  # and the RL stage under its old name
     paused = tmp_path / cfg.name / "ppo.partial"
     (paused / "checkpoints" / "latest").mkdir(parents=True)
     (paused / "checkpoints" / "latest" / "state.json").write_text("{}")
-    (paused / "stage.json").write_text(json.dumps({"key": OLD_KEYS["ppo"], "run_id": "old"}))
+    (paused / "stage.json").write_text(json.dumps({"key": OLD_KEYS["rl"], "run_id": "old"}))
     (paused / "config.yaml").write_text(dump_yaml(old_yaml))
     assert upgrade_names(old_yaml) == to_dict(cfg)
-    assert pipeline.stage_state(cfg, "ppo") == "partial"
+    assert pipeline.stage_state(cfg, "rl") == "partial"  # in its old folder, ppo.partial
 
 
 def test_dpo_rounds_and_reference_count_in_the_key_only_when_set(tmp_path):

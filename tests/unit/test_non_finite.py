@@ -104,7 +104,7 @@ class Toy:
 
 
 def _run_dir(tmp_path, finished: bool = False) -> RunDir:
-    run_dir = RunDir(tmp_path / "runs" / "tiny" / "ppo")
+    run_dir = RunDir(tmp_path / "runs" / "tiny" / "rl")
     if finished:
         run_dir.final.mkdir(parents=True)
         (run_dir.final / "summary.json").write_text("{}")
@@ -114,7 +114,7 @@ def _run_dir(tmp_path, finished: bool = False) -> RunDir:
 
 def _loop(algorithm, run_dir, total_steps=6, checkpoint_every=2):
     return run_loop(algorithm, runtime=Runtime.create("cpu", "no"), run_dir=run_dir, total_steps=total_steps,
-                    checkpoint_every=checkpoint_every, resume=False, progress=False, desc="ppo")
+                    checkpoint_every=checkpoint_every, resume=False, progress=False, desc="rl")
 
 
 @pytest.mark.parametrize("key, value", [("loss", math.nan), ("policy_loss", math.inf), ("value_loss", -math.inf)])
@@ -124,8 +124,8 @@ def test_a_non_finite_loss_under_any_loss_key_stops_the_run_at_its_step(tmp_path
     with pytest.raises(RlhfLabError) as info:
         _loop(algorithm, run_dir)
     message = str(info.value)
-    assert message.startswith(f"ppo stopped at step 3: the training {key} became {value}. Likely causes: a learning "
-                              f"rate too high (0.5 at this step; lower it in the ppo: settings)")
+    assert message.startswith(f"rl stopped at step 3: the training {key} became {value}. Likely causes: a learning "
+                              f"rate too high (0.5 at this step; lower it in the rl: settings)")
     assert f"The checkpoint of step 2 in {run_dir.checkpoint_dir} is kept" in message and "\n" not in message
     assert "mixed precision" not in message  # fp32: not a cause here
     # nothing of the bad step was logged, evaluated or saved
@@ -145,7 +145,7 @@ def test_the_divergence_line_says_when_nothing_was_kept_and_that_the_finished_ru
 
 def test_weights_that_blow_up_are_never_checkpointed(tmp_path):
     run_dir = _run_dir(tmp_path)
-    with pytest.raises(RlhfLabError, match=r"^ppo stopped at step 4: the trainable weights became NaN or infinite\. "
+    with pytest.raises(RlhfLabError, match=r"^rl stopped at step 4: the trainable weights became NaN or infinite\. "
                                            r".* The checkpoint of step 2 in "):
         _loop(Toy({}, blow_up_at=3), run_dir)  # step 3 is no checkpoint step: caught at step 4's
     model = torch.nn.Linear(3, 2)
@@ -282,7 +282,7 @@ def _save_reward_model(folder):
 
 def _save_policy(folder):
     from rlhflab.models.policy import ValueHead
-    from rlhflab.stages.ppo import save_policy
+    from rlhflab.stages.rl import save_policy
 
     policy = SimpleNamespace(lora=False, model=_FillsTheDisk(4, 4), value_head=ValueHead(4))
     save_policy(policy, SimpleNamespace(padding_side="left"), folder)

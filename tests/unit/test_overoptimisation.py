@@ -114,7 +114,7 @@ def test_gold_and_overopt_settings_are_checked_when_the_config_loads():
         load_config(None, ["overopt.separators=[', ']"])
     with pytest.raises(RlhfLabError, match="separator_drop"):
         load_config(None, ["overopt.separator_drop=1.5"])
-    cfg = load_config(None, ["evaluate.gold.vader=vader", "stages=[sft,reward,ppo,evaluate,overopt]"])
+    cfg = load_config(None, ["evaluate.gold.vader=vader", "stages=[sft,reward,rl,evaluate,overopt]"])
     assert cfg.evaluate.gold == {"vader": "vader"} and cfg.stages[-1] == "overopt"
 
 
@@ -134,7 +134,7 @@ def test_the_study_key_does_not_hash_the_separators_as_folders(tmp_path, monkeyp
 
 def test_a_study_that_cannot_run_is_refused_when_the_config_loads(monkeypatch):
     # Not after SFT, the reward model and RL have trained.
-    study = "stages=[sft,reward,ppo,evaluate,overopt]"
+    study = "stages=[sft,reward,rl,evaluate,overopt]"
     with pytest.raises(RlhfLabError, match="evaluate.gold is empty"):
         load_config(None, [study])
     with pytest.raises(RlhfLabError, match="snapshot_each_epoch"):

@@ -281,10 +281,10 @@ def _config(tmp_path, model_dir, csv_path, **fields) -> Config:
 
 @pytest.mark.slow
 def test_the_stage_records_its_engine_and_pushes_once_per_step(tmp_path, tiny_llama_dir, reviews_csv, monkeypatch):
-    from rlhflab.stages import ppo as ppo_stage
+    from rlhflab.stages import rl as rl_stage
     from rlhflab.stages.common import run_stage
 
-    hf = run_stage("ppo", _config(tmp_path / "hf", tiny_llama_dir, reviews_csv), progress=False)
+    hf = run_stage("rl", _config(tmp_path / "hf", tiny_llama_dir, reviews_csv), progress=False)
     assert json.loads(hf.summary_path.read_text())["rollout_engine"] == "hf"  # auto on a CPU
 
     engines = []
@@ -296,11 +296,11 @@ def test_the_stage_records_its_engine_and_pushes_once_per_step(tmp_path, tiny_ll
         engines.append((engine, fake))
         return engine
 
-    monkeypatch.setattr(ppo_stage, "resolve_rollout_engine",
+    monkeypatch.setattr(rl_stage, "resolve_rollout_engine",
                         lambda setting, **kw: resolve_rollout_engine(setting, **{**kw, "device_type": "cuda"},
                                                                      vllm_available=lambda: True))
-    monkeypatch.setattr(ppo_stage, "build_vllm_rollout", build)
-    run = run_stage("ppo", _config(tmp_path / "vllm", tiny_llama_dir, reviews_csv, vllm_gpu_memory_utilization=0.5),
+    monkeypatch.setattr(rl_stage, "build_vllm_rollout", build)
+    run = run_stage("rl", _config(tmp_path / "vllm", tiny_llama_dir, reviews_csv, vllm_gpu_memory_utilization=0.5),
                     progress=False)
     summary = json.loads(run.summary_path.read_text())
     (engine, fake), = engines

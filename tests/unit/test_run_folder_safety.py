@@ -134,12 +134,12 @@ def test_links_in_the_partial_folder_and_stage_links_a_sweep_did_not_make_are_re
     elsewhere = tmp_path / "elsewhere"
     (elsewhere / "latest").mkdir(parents=True)
     (elsewhere / "latest" / "state.json").write_text("{}")
-    partial = tmp_path / "runs" / "x" / "ppo.partial"
+    partial = tmp_path / "runs" / "x" / "rl.partial"
     (partial / "checkpoints").mkdir(parents=True)
     os.symlink(elsewhere / "latest", partial / "checkpoints" / "latest", target_is_directory=True)
-    with pytest.raises(RlhfLabError, match=r"ppo.partial/checkpoints/latest is a symbolic link"):
-        RunDir(partial.with_name("ppo")).prepare(resume=True, overwrite=False)
-    run = RunDir(partial.with_name("ppo"))
+    with pytest.raises(RlhfLabError, match=r"rl.partial/checkpoints/latest is a symbolic link"):
+        RunDir(partial.with_name("rl")).prepare(resume=True, overwrite=False)
+    run = RunDir(partial.with_name("rl"))
     run.discard_failed_start()  # what a failed command does: the refused folder is not removed either
     assert (partial / "checkpoints" / "latest").is_symlink()
     # a stage that is itself a link: only `<base>/sweep/<point>/<stage> -> ../../<stage>` is a sweep's

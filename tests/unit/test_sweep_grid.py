@@ -96,7 +96,7 @@ def test_a_changed_upstream_stage_makes_the_stages_that_read_it_per_point():
 
 def test_a_stage_that_names_another_by_run_reference_follows_it():
     """The reward model of the Shakespeare pipeline starts from run:pretrain (a path once resolved)."""
-    fixed = ["stages=[pretrain,reward,ppo]", "reward.model=run:pretrain"]
+    fixed = ["stages=[pretrain,reward,rl]", "reward.model=run:pretrain"]
     base, points = _configs(["ppo.kl_coef=0.1"], ["ppo.kl_coef=0.2"], fixed=fixed)
     assert shared_stages(base, points)[0] == ["pretrain", "reward"]
     base, points = _configs(["pretrain.layers=2"], ["pretrain.layers=3"], fixed=fixed)
@@ -104,19 +104,19 @@ def test_a_stage_that_names_another_by_run_reference_follows_it():
 
 
 def test_stages_outside_the_pipeline_that_points_read_are_linked_not_run():
-    """stages=[ppo, evaluate] after a separate `rlhflab sft` and `rlhflab reward`: the points read those."""
-    base, points = _configs(["ppo.kl_coef=0.1"], ["ppo.kl_coef=0.2"], fixed=["stages=[ppo,evaluate]"])
+    """stages=[rl, evaluate] after a separate `rlhflab sft` and `rlhflab reward`: the points read those."""
+    base, points = _configs(["ppo.kl_coef=0.1"], ["ppo.kl_coef=0.2"], fixed=["stages=[rl,evaluate]"])
     assert shared_stages(base, points) == ([], ["sft", "reward"])
 
 
 def test_point_configs_read_shared_stages_from_the_base_run(tmp_path):
-    plan = make_plan(None, [f"runs_dir={tmp_path}", "name=base", "stages=[pretrain,reward,ppo,evaluate]",
-                            "reward.model=run:pretrain", "evaluate.models={pretrain: run:pretrain, ppo: run:ppo}",
+    plan = make_plan(None, [f"runs_dir={tmp_path}", "name=base", "stages=[pretrain,reward,rl,evaluate]",
+                            "reward.model=run:pretrain", "evaluate.models={pretrain: run:pretrain, rl: run:rl}",
                             "ppo.kl_coef=0.1,0.2"])
     assert plan.shared == ["pretrain", "reward"]
     cfg = plan.configs["kl_coef-0.1"]
     assert (cfg.runs_dir, cfg.name) == (str(tmp_path / "base" / "sweep"), "kl_coef-0.1")
     assert cfg.reward.model == str(tmp_path / "base" / "pretrain")  # the shared stage: the base run's path
     assert cfg.evaluate.models == {"pretrain": str(tmp_path / "base" / "pretrain"),
-                                   "ppo": str(tmp_path / "base" / "sweep" / "kl_coef-0.1" / "ppo")}  # its own
+                                   "rl": str(tmp_path / "base" / "sweep" / "kl_coef-0.1" / "rl")}  # its own
     assert isinstance(cfg, Config) and cfg.ppo.kl_coef == 0.1

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.document import Block, Code, Image, Table, para
 from rlhflab.eval.run_files import HandedFileError, read_json_lines, read_json_object, read_yaml_mapping, run_file
-from rlhflab.stages.registry import STAGES
+from rlhflab.stages.registry import STAGES, stage_dir
 
 
 SPLITS = ("train", "validation", "test")
@@ -48,26 +48,28 @@ class Stage:
 
 def load_stage(run_root: Path, name: str) -> Stage:
     """A stage's files, each through run_files; one that cannot be used is left out and said in
-    `problems` (a summary.json left out makes the stage not done)."""
-    stage = Stage(name, run_root / name)
+    `problems` (a summary.json left out makes the stage not done). A run made before a stage was
+    renamed has its folder under the old name (registry.stage_dir)."""
+    stage = Stage(name, stage_dir(run_root, name))
     if not stage.exists:
         return stage
+    folder = stage.path.name
     try:
-        run_file(run_root, name, folder=True)
+        run_file(run_root, folder, folder=True)
     except HandedFileError as exc:
         stage.problems.append(str(exc))
         return stage
     try:
-        stage.summary = read_json_object(run_root, f"{name}/summary.json")
+        stage.summary = read_json_object(run_root, f"{folder}/summary.json")
     except HandedFileError as exc:
         stage.problems.append(str(exc))
     for attribute, file in (("rows", "metrics.jsonl"), ("samples", "samples.jsonl")):
         try:
-            setattr(stage, attribute, read_json_lines(run_root, f"{name}/{file}"))
+            setattr(stage, attribute, read_json_lines(run_root, f"{folder}/{file}"))
         except HandedFileError as exc:
             stage.problems.append(str(exc))
     try:
-        stage.config, stage.config_data = read_yaml_mapping(run_root, f"{name}/config.yaml") or (None, None)
+        stage.config, stage.config_data = read_yaml_mapping(run_root, f"{folder}/config.yaml") or (None, None)
     except HandedFileError as exc:
         stage.problems.append(str(exc))
     return stage
@@ -164,7 +166,7 @@ class Figures:
 def _stage_lines(stage: Stage, file: str) -> list[dict]:
     """The rows of another JSON-lines file of the stage ([] and a note when it may not be read)."""
     try:
-        return read_json_lines(stage.path.parent, f"{stage.name}/{file}")
+        return read_json_lines(stage.path.parent, f"{stage.path.name}/{file}")
     except HandedFileError as exc:
         stage.problems.append(str(exc))
         return []

@@ -1,4 +1,4 @@
-"""What the report shows of every stage that tunes the policy (ppo, dpo, ilql): the held-out
+"""What the report shows of every stage that tunes the policy (rl, dpo, ilql): the held-out
 prompts at its start and its end, its facts and curves, and its overview rows."""
 
 from __future__ import annotations

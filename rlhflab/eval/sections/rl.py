@@ -1,4 +1,4 @@
-"""The report section and pipeline line of the RL stage (rlhflab/stages/ppo.py: PPO, GRPO, RLOO)."""
+"""The report section and pipeline line of the RL stage (rlhflab/stages/rl.py: PPO, GRPO, RLOO, ...)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ DIAGNOSTICS = (("Policy entropy (nats / token)", "entropy"), ("Response length (
 
 def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     curves = lambda caption: figures.draw(plots.training_curves, "ppo_training", stage.rows, caption=caption)
-    return _tuning_section(stage, run_root, curves, lambda stage, curves: _ppo_blocks(stage, curves, figures))
+    return _tuning_section(stage, run_root, curves, lambda stage, curves: _rl_blocks(stage, curves, figures))
 
 
 def _diagnostics(stage: Stage, figures: Figures, algorithm: str) -> list[Block]:
@@ -70,7 +70,7 @@ def _num_key(step) -> float:
         return float("inf")
 
 
-def _ppo_blocks(stage: Stage, curves, figures: Figures) -> list[Block]:
+def _rl_blocks(stage: Stage, curves, figures: Figures) -> list[Block]:
     s = stage.summary
     start, end = s.get("start") or {}, s.get("end") or {}
     blocks: list[Block] = [_held_out_table(

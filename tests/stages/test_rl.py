@@ -13,7 +13,7 @@ from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.models.policy import build_policy, policy_forward
 from rlhflab.rollout import response_mask_from, sample, score_rollout
-from rlhflab.stages import ppo as ppo_stage
+from rlhflab.stages import rl as rl_stage
 from rlhflab.stages.common import run_stage
 from rlhflab.engine import loop as engine_loop
 from tests.helpers import StopAt
@@ -125,7 +125,7 @@ def test_padding_and_batch_size_do_not_change_log_probs_values_or_scores(tiny_ll
 
 def test_ppo_run_writes_everything_keeps_the_reference_and_trains_every_trainable_weight(tmp_path, tiny_llama_dir, reviews_csv, reward_spec):
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec)
-    run_dir = run_stage("ppo", cfg, progress=False)
+    run_dir = run_stage("rl", cfg, progress=False)
     for name in ("config.yaml", "metrics.jsonl", "samples.jsonl", "summary.json", "model/config.json",
                  "model/value_head.safetensors", "checkpoints/latest/state.json", "eval_before.json", "eval_after.json"):
         assert (run_dir.path / name).exists(), name
@@ -176,7 +176,7 @@ def test_reference_is_bit_identical_after_updates(tiny_llama_dir, reward_spec):
 
 
 def test_a_snapshot_is_saved_after_each_pass_over_the_prompts(tmp_path, tiny_llama_dir, reviews_csv, reward_spec):
-    run_dir = run_stage("ppo", make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, steps=10), progress=False)
+    run_dir = run_stage("rl", make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, steps=10), progress=False)
     snapshots = sorted(p.name for p in run_dir.checkpoint_dir.glob("epoch-*"))
     assert snapshots == ["epoch-1", "epoch-2"]  # 80 prompts drawn from 36
     model, _ = load_causal_lm(str(run_dir.checkpoint_dir / "epoch-1"))  # the trainable blocks over the starting model
@@ -193,7 +193,7 @@ def test_blank_prompts_of_the_prompt_files_are_counted_in_left_out(tmp_path, tin
     eval_prompts.write_text('{"prompt": "the acting"}\n{"prompt": "  "}\n', encoding="utf-8")
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, steps=1, eval_every=100)
     cfg.data.prompts, cfg.data.eval_prompts = str(prompts), str(eval_prompts)
-    summary = json.loads(run_stage("ppo", cfg, progress=False).summary_path.read_text())
+    summary = json.loads(run_stage("rl", cfg, progress=False).summary_path.read_text())
     assert summary["left_out"] == {"prompts left blank in data.prompts": 2, "prompts left blank in data.eval_prompts": 1}
     assert describe_dropped(summary["left_out"]) == (
         "left out 3: 2 prompts left blank in data.prompts, 1 prompt left blank in data.eval_prompts")
@@ -204,7 +204,7 @@ def test_saved_policy_round_trip_gives_identical_outputs(tmp_path, tiny_llama_di
     with torch.no_grad():
         for p in policy.model.model.layers[3].parameters():
             p.add_(0.01)
-    ppo_stage.save_policy(policy, tokenizer, tmp_path / "model")
+    rl_stage.save_policy(policy, tokenizer, tmp_path / "model")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     policy.model.set_attn_implementation("sdpa")  # as a plain Hugging Face load has it (rlhflab's CPU matmuls differ in the last bit)
     ids = torch.tensor([[5, 17, 42, 9]])
@@ -216,7 +216,7 @@ def test_reward_rises_on_a_toy_task(tmp_path, tiny_llama_dir, reviews_csv, rewar
     """A learning test: the share of 'e' in responses goes up clearly within a few dozen steps."""
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, steps=40, batch_size=32, minibatch_size=16,
                       ppo_epochs=4, learning_rate=3e-3, eval_every=100, adaptive_kl=False, kl_coef=0.01)
-    run_dir = run_stage("ppo", cfg, progress=False)
+    run_dir = run_stage("rl", cfg, progress=False)
     scores = [r["score_mean"] for r in run_dir.read_metrics() if r["split"] == "train"]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
     # Response-level noise of this reward is ~0.06, so a batch mean of 32 moves ~0.01 by chance.
@@ -224,13 +224,13 @@ def test_reward_rises_on_a_toy_task(tmp_path, tiny_llama_dir, reviews_csv, rewar
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, monkeypatch):
-    straight = run_stage("ppo", make_config(tmp_path / "a", tiny_llama_dir, reviews_csv, reward_spec), progress=False)
+    straight = run_stage("rl", make_config(tmp_path / "a", tiny_llama_dir, reviews_csv, reward_spec), progress=False)
     cfg = make_config(tmp_path / "b", tiny_llama_dir, reviews_csv, reward_spec)
     monkeypatch.setattr(engine_loop, "StopRequest", lambda: StopAt(2))
     with pytest.raises(RunInterrupted):
-        run_stage("ppo", cfg, progress=False)
+        run_stage("rl", cfg, progress=False)
     monkeypatch.undo()
-    resumed = run_stage("ppo", cfg, resume=True, progress=False)
+    resumed = run_stage("rl", cfg, resume=True, progress=False)
     a = [r for r in straight.read_metrics() if r["split"] == "train"]
     b = [r for r in resumed.read_metrics() if r["split"] == "train"]
     assert [r["step"] for r in b] == [1, 2, 3, 4]
@@ -252,13 +252,13 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_llama_dir, re
 )
 def test_bad_ppo_settings_are_clear_errors(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, fields, message):
     with pytest.raises(RlhfLabError, match=message):
-        run_stage("ppo", make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, **fields), progress=False)
+        run_stage("rl", make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, **fields), progress=False)
 
 
 def test_missing_sft_run_is_a_clear_error(tmp_path, tiny_llama_dir, reviews_csv, reward_spec):
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, policy=None)
     with pytest.raises(RlhfLabError, match="rlhflab sft"):
-        run_stage("ppo", cfg, progress=False)
+        run_stage("rl", cfg, progress=False)
 
 
 def test_frozen_block_outputs_kept_from_generation_equal_a_fresh_forward(tiny_llama_dir):

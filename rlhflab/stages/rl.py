@@ -1,4 +1,4 @@
-"""Online RL fine-tuning: `rlhflab ppo` (PPO by default; `ppo.algorithm=grpo` or `rloo`).
+"""Online RL fine-tuning: `rlhflab rl` (PPO by default; `rl.algorithm=grpo`, `rloo`, ...).
 
 Each step samples responses to a batch of prompts, scores them with the reward function,
 measures the per-token KL to the frozen SFT model and turns both into advantages, then runs
@@ -47,7 +47,7 @@ def stop_token_ids(tokenizer, stop_token: str | None) -> list[int]:
 
 
 def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
-    """RL from `cfg.rl.policy` (default: this run's SFT model) against `cfg.reward_fn`; write runs/<name>/ppo."""
+    """RL from `cfg.rl.policy` (default: this run's SFT model) against `cfg.reward_fn`; write runs/<name>/rl."""
     ppo = resolve_rl(cfg.rl, runtime.world_size, cfg.generation)  # with the generation settings it samples with
     engine_name = resolve_rollout_engine(ppo.rollout_engine, device_type=runtime.device.type, processes=runtime.world_size)
     started = time.perf_counter()
@@ -57,7 +57,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     train_prompts, eval_prompts = prompts.train, prompts.held_out
     policy_source = starting_policy(cfg, ppo.policy, "rl.policy")
     rewards = reward_functions(cfg, runtime)
-    run_dir = open_run_dir(cfg, "ppo", resume=resume, overwrite=overwrite, runtime=runtime)
+    run_dir = open_run_dir(cfg, "rl", resume=resume, overwrite=overwrite, runtime=runtime)
 
     model, tokenizer = load_causal_lm(policy_source, steering=False)
     stop_ids = stop_token_ids(tokenizer, ppo.stop_token)
@@ -148,7 +148,7 @@ class PromptSets:
 
 
 def prompt_sets(cfg: Config, splits, eval_count: int) -> PromptSets:
-    """The training prompts and the first `eval_count` held-out prompts every RL stage (ppo, dpo,
+    """The training prompts and the first `eval_count` held-out prompts every RL stage (rl, dpo,
     ilql) trains on and reports on. From data.prompts / data.eval_prompts files when set, else
     the opening words of the train split's and the test split's reviews."""
     data = cfg.data
