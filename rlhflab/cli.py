@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     from rlhflab.stages.registry import RENAMED, STAGES  # a declaration only: no torch
 
     for stage in STAGES.values():
+        old_names = [old for old, new in RENAMED.items() if new == stage.name]  # `rlhflab ppo` runs the rl stage
         _add_run_arguments(commands.add_parser(
-            stage.name, aliases=[old for old, new in RENAMED.items() if new == stage.name], help=stage.doc, description=f"{stage.doc[:1].upper()}{stage.doc[1:]}. Its settings are the "
-            f"{stage.config_section}.* section of the config: `rlhflab config` prints them all, resolved."))
+            stage.name, aliases=old_names, help=stage.doc, description=f"{stage.doc[:1].upper()}{stage.doc[1:]}. Its "
+            f"settings are the {stage.config_section}.* section of the config: `rlhflab config` prints them all, resolved."))
     pipeline = commands.add_parser("pipeline", help="the config's stages (SFT -> reward -> RL -> evaluate by default), then "
                                    "the report, skipping stages that are up to date")
     pipeline.add_argument("--config", help="YAML preset (see configs/); defaults apply when omitted")

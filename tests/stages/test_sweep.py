@@ -315,7 +315,7 @@ def start_sweep(own: Path, base: Path, *, background: bool) -> tuple[subprocess.
     else:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     point = base / "sweep" / "kl_coef-0.1"
-    metrics = point / "ppo.partial" / "metrics.jsonl"
+    metrics = point / "rl.partial" / "metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
         if metrics.exists() and '"train"' in metrics.read_text():
@@ -341,8 +341,8 @@ def test_a_point_does_not_outlive_its_driver_killed_with_sigkill(swept, tmp_path
     while time.time() < deadline and alive(pid):
         time.sleep(0.1)
     assert not alive(pid), "the point kept running without its driver"
-    assert (point / "ppo.partial" / "checkpoints" / "latest" / "state.json").is_file()  # SIGTERM: it saved a checkpoint
-    assert (point / "log.txt").read_text().strip().splitlines()[-1].startswith("interrupted: ppo stopped and saved")
+    assert (point / "rl.partial" / "checkpoints" / "latest" / "state.json").is_file()  # SIGTERM: it saved a checkpoint
+    assert (point / "log.txt").read_text().strip().splitlines()[-1].startswith("interrupted: rl stopped and saved")
     with sweep_module.run_lock(point):  # nothing holds the point any more
         pass
 
@@ -359,4 +359,4 @@ def test_a_background_sweep_stops_on_sigint_and_its_point_saves_a_checkpoint(swe
     assert "Traceback" not in stderr and not alive(pid)
     manifest = json.loads((base / "sweep" / "sweep.json").read_text())
     assert [p["status"] for p in manifest["points"]] == ["interrupted", "pending"]
-    assert (point / "ppo.partial" / "checkpoints" / "latest" / "state.json").is_file()
+    assert (point / "rl.partial" / "checkpoints" / "latest" / "state.json").is_file()
