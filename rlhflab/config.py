@@ -501,6 +501,9 @@ class IlqlConfig(TrainingConfig):
     awac_beta: float = 1.0  # advantage weights exp(awac_beta (Q - V)); 0 is trlX's plain LM loss
     polyak: float = 0.05  # target heads move this share toward the online heads every step
     beta: float = 1.0  # the generation default; any other at load time: "<run>/ilql@beta=4"
+    # Generation keeps the k highest steered logits at each step (trlX samples ILQL with top_k 20);
+    # 0: the whole vocabulary. Saved with the heads, so every later use samples the same way.
+    top_k: int = 0
     eval_betas: list[float] = field(default_factory=lambda: [0.0, 1.0, 4.0])  # held-out evaluation at each
     eval_prompts: int = 64
     epochs: int = 1
@@ -511,7 +514,7 @@ class IlqlConfig(TrainingConfig):
     RANGES: ClassVar[dict[str, Bounds]] = {
         **TrainingConfig.RANGES, "trainable": ANY, "max_length": at_least(2), "gamma": UNIT,
         "tau": Bounds(0, 1, "both"), "cql_scale": NON_NEGATIVE, "awac_scale": NON_NEGATIVE, "awac_beta": NON_NEGATIVE,
-        "polyak": Bounds(0, 1, "low"), "beta": NON_NEGATIVE, "eval_betas": NON_NEGATIVE, "eval_prompts": COUNT,
+        "polyak": Bounds(0, 1, "low"), "beta": NON_NEGATIVE, "top_k": NON_NEGATIVE, "eval_betas": NON_NEGATIVE, "eval_prompts": COUNT,
     }
 
 

@@ -26,7 +26,7 @@ TERMS = ("loss", "q", "v", "cql", "awac")
 class IlqlModule(nn.Module):
     """The causal LM and its ILQL heads as one Module (DDP synchronises both): forward(rows of an
     EncodedSplit, with the frozen blocks' cached output when there is one) -> (logits (B, T, V),
-    IlqlOut of the heads at every position)."""
+    IlqlOut of the heads at every position, the target Qs at the next token only (B, T))."""
 
     def __init__(self, model: nn.Module, heads: IlqlHeads, first: int | None):
         super().__init__()
@@ -42,7 +42,8 @@ class IlqlModule(nn.Module):
                 logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         finally:
             handle.remove()
-        return logits, self.heads(captured[0])
+        next_tokens = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)  # the last column's is never used
+        return logits, self.heads(captured[0], next_tokens)
 
 
 def rewards_at_last_token(attention_mask: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:

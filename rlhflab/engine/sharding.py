@@ -199,13 +199,13 @@ def gathered(root: nn.Module) -> Iterator[None]:
 
 def refuse_sharded(runtime, stage: str) -> None:
     """RlhfLabError (the same on every process) for a stage that samples from the model it trains
-    and does not yet do so inside `gathered` (dpo, ilql, pretrain; the RL stage does).
+    and does not yet do so inside `gathered` (dpo and ilql; the RL stage and pretrain do).
 
-    Their held-out evaluations call the LM inside the prepared module directly (pretrain's samples:
-    on the main process alone), outside FSDP's sharded forward: under FSDP 2 that fails
+    Their held-out evaluations call the LM inside the prepared module directly, outside FSDP's
+    sharded forward: under FSDP 2 that fails
     ("aten.embedding.default got mixed torch.Tensor and DTensor"). Refused before any model loads,
     instead of a torch traceback mid-run."""
     if runtime.sharded:
         raise RlhfLabError(f"The {stage} stage does not run under FSDP yet: it samples from the model it trains outside "
                            f"FSDP's sharded forward pass. Run it with `accelerate launch --config_file "
-                           f"configs/accelerate/ddp.yaml` (sft, reward and rl run under FSDP).")
+                           f"configs/accelerate/ddp.yaml` (sft, reward, rl and pretrain run under FSDP).")

@@ -77,8 +77,8 @@ def _steer_if_ilql(model, name: str, path: str, beta: float | None) -> None:
             raise RlhfLabError(f"{name} has no ILQL heads, so {BETA_SUFFIX}{beta:g} does not apply; drop it, or "
                                f"name an ILQL run (runs/<name>/ilql).")
         return
-    heads, default = loaded
-    attach_steering(model, heads, default if beta is None else beta)
+    heads, default, top_k = loaded
+    attach_steering(model, heads, default if beta is None else beta, top_k)
 
 
 def load_model_config(name: str, path: str, options: dict | None = None, *,

@@ -239,6 +239,13 @@ class SplitForward(torch.nn.Module):
         super().__init__()
         self.model, self.first, self.nll = model, first, nll
 
+    def tie_weights(self, **kwargs) -> None:
+        """The wrapped model's own weight tying. Accelerate's FSDP 2 preparation moves the module it
+        is given to the meta device and then calls its `tie_weights()`: without this, a tied input
+        embedding and LM head (SmolLM2, pretrain's models) came back as two parameters, trained apart
+        and saved as a model whose config still says tied."""
+        self.model.tie_weights(**kwargs)
+
     def forward(self, input_ids, attention_mask, hidden=None):
         if self.nll and isinstance(self.model, PreTrainedModel) and self.model.base_model is not self.model:
             states = last_hidden(self.model, input_ids, attention_mask, first=self.first, hidden=hidden)

@@ -29,7 +29,7 @@ FORMAT = 1
 @dataclass
 class IlqlOut:
     qs: tuple[torch.Tensor, torch.Tensor]  # (B, T, V) each, fp32, trainable
-    target_qs: tuple[torch.Tensor, torch.Tensor]  # (B, T, V) each, fp32, no grad
+    target_qs: tuple[torch.Tensor, torch.Tensor]  # (B, T, V) each, or (B, T) at given actions; fp32, no grad
     v: torch.Tensor  # (B, T) fp32
 
 
@@ -65,12 +65,18 @@ class IlqlHeads(nn.Module):
         """E f(h): (B, T, h) fp32 -> (B, T, V); E detached, it belongs to (and trains with) the LM."""
         return F.linear(head(hidden), self._output_embeddings[0].weight.detach().float())
 
-    def forward(self, hidden: torch.Tensor) -> IlqlOut:
-        """hidden (B, T, h), the LM's last hidden states (gradients flow into them) -> IlqlOut."""
+    def forward(self, hidden: torch.Tensor, actions: torch.Tensor | None = None) -> IlqlOut:
+        """hidden (B, T, h), the LM's last hidden states (gradients flow into them) -> IlqlOut.
+        actions (B, T) token ids: the target Qs only at them, (B, T) (E's rows of the actions
+        against f(h): training needs no other, and skips two (B, T, V) readouts)."""
         hidden = hidden.float()
         qs = tuple(self._q(head, hidden) for head in self.q_heads)
         with torch.no_grad():  # the targets are regression targets only
-            target_qs = tuple(self._q(head, hidden) for head in self.target_q_heads)
+            if actions is None:
+                target_qs = tuple(self._q(head, hidden) for head in self.target_q_heads)
+            else:
+                rows = self._output_embeddings[0].weight.detach()[actions].float()  # (B, T, h)
+                target_qs = tuple((head(hidden) * rows).sum(-1) for head in self.target_q_heads)
         return IlqlOut(qs, target_qs, self.v_head(hidden).squeeze(-1))
 
     def steering(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,10 +91,11 @@ class IlqlHeads(nn.Module):
         polyak_update(self.target_q_heads, self.q_heads, alpha)
 
 
-def save_heads(heads: IlqlHeads, folder: Path, *, beta: float) -> None:
+def save_heads(heads: IlqlHeads, folder: Path, *, beta: float, top_k: int = 0) -> None:
     """Write `ilql_heads.safetensors` (the heads' own weights, targets included) and
-    `ilql_heads.json` ({"hidden_size", "beta": the default generation β, "format": 1}) into a
-    model folder, each atomically. Raises RlhfLabError for β < 0 or an unwritable folder."""
+    `ilql_heads.json` ({"hidden_size", "beta": the default generation β, "top_k": the steered
+    tokens kept (0: all), "format": 1}) into a model folder, each atomically. Raises RlhfLabError
+    for β < 0 or an unwritable folder."""
     from safetensors.torch import save
 
     if not 0 <= beta < float("inf"):
@@ -98,12 +105,14 @@ def save_heads(heads: IlqlHeads, folder: Path, *, beta: float) -> None:
     with atomic_open(folder / HEADS_FILE, "wb") as handle:
         handle.write(save(tensors))
     # the metadata last: a folder with it has complete weights
-    write_json(folder / HEADS_META, {"hidden_size": heads.hidden_size, "beta": float(beta), "format": FORMAT})
+    write_json(folder / HEADS_META, {"hidden_size": heads.hidden_size, "beta": float(beta), "top_k": int(top_k),
+                                     "format": FORMAT})
 
 
-def load_heads(folder: Path, output_embeddings: nn.Module) -> tuple[IlqlHeads, float] | None:
-    """(heads on the embeddings' device, default generation β) from a model folder; None when it
-    has no ILQL heads (a plain LM). Raises RlhfLabError for a missing, corrupt or mismatched file."""
+def load_heads(folder: Path, output_embeddings: nn.Module) -> tuple[IlqlHeads, float, int] | None:
+    """(heads on the embeddings' device, default generation β, top_k) from a model folder (top_k 0,
+    the whole vocabulary, for heads saved before it was a setting); None when it has no ILQL heads
+    (a plain LM). Raises RlhfLabError for a missing, corrupt or mismatched file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -115,6 +124,7 @@ def load_heads(folder: Path, output_embeddings: nn.Module) -> tuple[IlqlHeads, f
     try:
         info = json.loads(meta.read_text(encoding="utf-8"))
         hidden_size, beta, fmt = int(info["hidden_size"]), float(info["beta"]), info["format"]
+        top_k = int(info.get("top_k", 0))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RlhfLabError(f"{meta} is missing or unreadable ({type(exc).__name__}: {exc}); {fix}.") from None
     if fmt != FORMAT:
@@ -129,19 +139,21 @@ def load_heads(folder: Path, output_embeddings: nn.Module) -> tuple[IlqlHeads, f
     except RuntimeError as exc:
         raise RlhfLabError(f"{weights} does not hold ILQL heads of hidden size {hidden_size} "
                            f"({str(exc).splitlines()[0]}); {fix}.") from None
-    return heads.to(output_embeddings.weight.device), beta
+    return heads.to(output_embeddings.weight.device), beta, top_k
 
 
-def attach_steering(model: nn.Module, heads: IlqlHeads, beta: float) -> torch.utils.hooks.RemovableHandle:
+def attach_steering(model: nn.Module, heads: IlqlHeads, beta: float, top_k: int = 0) -> torch.utils.hooks.RemovableHandle:
     """Make `model` (and its `generate`) an ILQL policy: a forward hook on the LM head replaces its
     logits (B, T, V) by `steered_logits` from the head's input, the last hidden state (B, T, h)
     for any architecture ((B, 1, h) per step under the KV cache). The logits keep their dtype.
-    β = 0 gives log-probs: the same distribution as the model, hence the same samples, under
-    shift-invariant sampling (temperature, top-k/p; not a repetition penalty). Sets
-    `model.ilql_beta`; `handle.remove()` restores the plain model. Raises RlhfLabError for β < 0
-    or a model without an LM head."""
+    β = 0 with top_k 0 gives log-probs: the same distribution as the model, hence the same samples,
+    under shift-invariant sampling (temperature, top-k/p; not a repetition penalty); top_k > 0 keeps
+    the k highest steered logits (see `steered_logits`). Sets `model.ilql_beta`; `handle.remove()`
+    restores the plain model. Raises RlhfLabError for β < 0, top_k < 0 or a model without an LM head."""
     if not 0 <= beta < float("inf"):
         raise RlhfLabError(f"The ILQL steering strength beta must be a finite number >= 0, got {beta}.")
+    if top_k < 0:
+        raise RlhfLabError(f"The ILQL top_k must be >= 0 (0: the whole vocabulary), got {top_k}.")
     lm_head = model.get_output_embeddings()
     if lm_head is None:
         raise RlhfLabError(f"{type(model).__name__} has no LM head to steer; ILQL needs a causal language model.")
@@ -150,7 +162,7 @@ def attach_steering(model: nn.Module, heads: IlqlHeads, beta: float) -> torch.ut
         if heads.v_head[0].weight.device != inputs[0].device:  # the heads follow the model to its device
             heads.to(inputs[0].device)
         q, v = heads.steering(inputs[0])
-        return steered_logits(logits, q, v, beta).to(logits.dtype)
+        return steered_logits(logits, q, v, beta, top_k).to(logits.dtype)
 
     handle = lm_head.register_forward_hook(steer)
     model.ilql_beta = float(beta)

@@ -76,6 +76,11 @@ class PolicyWithValue(nn.Module):
         self.model, self.value_head = policy.model, policy.value_head
         self._policy = [policy]  # a list: not registered as a submodule twice
 
+    def tie_weights(self, **kwargs) -> None:
+        """The LM's weight tying, which Accelerate's FSDP 2 preparation calls after moving this module
+        to the meta device (see SplitForward.tie_weights)."""
+        self.model.tie_weights(**kwargs)
+
     def forward(self, input_ids, attention_mask, response_start: int, temperature: float, lower=None):
         """-> (logprobs (B, R) fp32 with grad, entropy (B, R) fp32 without, values (B, R)) of the response tokens.
 

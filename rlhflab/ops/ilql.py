@@ -24,7 +24,8 @@ def ilql_loss(qs: tuple[torch.Tensor, ...], target_qs: tuple[torch.Tensor, ...],
     """ILQL losses, SUMMED over the real actions (the caller divides by the global count).
 
     qs / target_qs: Q heads / their Polyak targets, each (B, T, V), at the states s_t that
-    choose action t; vs (B, T+1): V(s_t), vs[:, T] the state after the last column; logits
+    choose action t; a target may also be (B, T), its value at action t already (training passes
+    that: only the taken action's target is ever used, so the full readout is skipped); vs (B, T+1): V(s_t), vs[:, T] the state after the last column; logits
     (B, T, V) of the LM at the same states; actions (B, T) token ids (any value on padding);
     rewards (B, T); mask (B, T) 1 for real actions.
 
@@ -66,7 +67,8 @@ def ilql_loss(qs: tuple[torch.Tensor, ...], target_qs: tuple[torch.Tensor, ...],
 
     def taken(q: torch.Tensor) -> torch.Tensor:
         """Q(s_t, a_t) (B, T) fp32; gather before the cast so (B, T, V) is never copied."""
-        return torch.where(keep, q.gather(-1, actions.unsqueeze(-1)).squeeze(-1).float(), zero)
+        at_action = q if q.dim() == keep.dim() else q.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        return torch.where(keep, at_action.float(), zero)
 
     q_hat = torch.stack([taken(q) for q in target_qs]).amin(0).detach()  # min over heads: less overestimation
     q_loss = sum(masked_sum((taken(q) - td_target) ** 2, keep) for q in qs)
@@ -93,13 +95,20 @@ def polyak_update(target: nn.Module, online: nn.Module, alpha: float) -> None:
         t.lerp_(o.to(t.dtype), alpha)  # t + alpha (o − t); exactly o at alpha = 1
 
 
-def steered_logits(logits: torch.Tensor, q: torch.Tensor, v: torch.Tensor, beta: float) -> torch.Tensor:
+def steered_logits(logits: torch.Tensor, q: torch.Tensor, v: torch.Tensor, beta: float, top_k: int = 0) -> torch.Tensor:
     """log π_β(a|s) + β (Q(s, a) − V(s)), fp32: the ILQL policy π ∝ π_β exp(β (Q − V)) as logits
     (Snell et al. 2022, policy extraction). logits, q (..., V); v (...). β = 0 gives the base
-    model's log-probs. Raises RlhfLabError for β < 0."""
+    model's log-probs. top_k > 0 keeps the k highest steered logits of each state and sets the rest
+    to −inf (trlX's ILQL sampling, top_k 20): the heads' advantage then reorders likely tokens
+    instead of lifting rare ones it never saw in the data. Raises RlhfLabError for β < 0 or top_k < 0."""
     if not 0 <= beta < float("inf"):
         raise RlhfLabError(f"The ILQL steering strength beta must be a finite number >= 0, got {beta}.")
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    if beta == 0:
-        return logp  # exactly the base distribution, whatever the heads hold
-    return logp + beta * (q.float() - v.float().unsqueeze(-1))
+    if top_k < 0:
+        raise RlhfLabError(f"The ILQL top_k must be >= 0 (0: the whole vocabulary), got {top_k}.")
+    steered = torch.log_softmax(logits.float(), dim=-1)
+    if beta != 0:  # at 0: exactly the base distribution, whatever the heads hold
+        steered = steered + beta * (q.float() - v.float().unsqueeze(-1))
+    if 0 < top_k < steered.shape[-1]:
+        kth = steered.topk(top_k, dim=-1).values[..., -1:]
+        steered = steered.masked_fill(steered < kth, float("-inf"))
+    return steered

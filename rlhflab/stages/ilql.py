@@ -131,7 +131,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     if runtime.is_main:
         write_jsonl(run_dir.path / "eval_after.jsonl", samples)
         save_model(model, tokenizer, run_dir)
-        save_heads(heads, run_dir.model_dir, beta=il.beta)
+        save_heads(heads, run_dir.model_dir, beta=il.beta, top_k=il.top_k)
     summary = {
         "algorithm": "ilql",
         "policy": source,
@@ -139,6 +139,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
                     "reward_mean": mean, "reward_std": std},
         "reward": rewards["score"].description if rewards else None,
         "beta": il.beta,
+        "top_k": il.top_k,
         "trainable": il.trainable,
         "parameters": {"trainable": trainable, "total": total},
         "left_out": {**splits.left_out, **prompts.left_out, **scored["train"].left_out},
@@ -161,7 +162,7 @@ def _held_out_by_beta(model, heads, source: str, tokenizer, prompts: list[str], 
     reference.to(runtime.device)
     by_beta, samples = {}, []
     for beta in sorted({*il.eval_betas, il.beta}):
-        handle = attach_steering(model, heads, beta)
+        handle = attach_steering(model, heads, beta, il.top_k)
         try:
             by_beta[str(beta)], rows = held_out(model, reference, tokenizer, prompts, rewards, **sampling)
         finally:

@@ -22,7 +22,7 @@ from rlhflab.config import Config, PretrainConfig, check_pretrain
 from rlhflab.data.corpus import load_corpus, split_corpus
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, run_facts
-from rlhflab.engine.sharding import refuse_sharded
+from rlhflab.engine.sharding import gathered, whole_state
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.baselines import ngram_perplexities
 from rlhflab.eval.generate import generate
@@ -40,7 +40,6 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     """Train a causal LM from scratch on `cfg.pretrain.corpus`; write runs/<name>/pretrain."""
     pre = cfg.pretrain
     check_pretrain(pre)
-    refuse_sharded(runtime, "pretrain")
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=False)
     corpus = load_corpus(pre.corpus, text_column=pre.text_column)  # corpus errors before anything is written
@@ -63,7 +62,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
 
     def validate() -> dict:
         result = evaluate_split(forward, data["validation"], pre.eval_batch_size, prepared, runtime)
-        _write_samples(run_dir, runtime, model, tokenizer, pre, cfg.seed, algorithm.state)
+        _write_samples(run_dir, runtime, prepared, model, tokenizer, pre, cfg.seed, algorithm.state)
         return result
 
     algorithm = Supervised(
@@ -79,8 +78,9 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     sample = EncodedSplit(train.input_ids[: len(data["validation"])], train.attention_mask[: len(data["validation"])])
     after = {name: evaluate_split(forward, split, pre.eval_batch_size, prepared, runtime)
              for name, split in (("train", sample), ("validation", data["validation"]))}
+    state = whole_state(model)  # under FSDP every process gathers the shards; the main one writes
     if runtime.is_main:
-        save_model(model, tokenizer, run_dir)
+        save_model(model, tokenizer, run_dir, state)
     summary = {
         "corpus": {"source": pre.corpus, "documents": len(corpus.documents), "removed": corpus.removed,
                    "characters": {"train": len(train_text), "validation": len(validation_text)}},
@@ -163,13 +163,16 @@ def _unknown_share(ids: list[int], unk: int | None) -> float:
     return sum(1 for i in ids if i == unk) / max(len(ids), 1)
 
 
-def _write_samples(run_dir: RunDir, runtime: Runtime, model, tokenizer, pre: PretrainConfig, seed: int, state: dict) -> None:
-    """Unedited samples from the fixed prompts (seeded, pure sampling) into samples.jsonl."""
-    if not runtime.is_main:
-        return
+def _write_samples(run_dir: RunDir, runtime: Runtime, prepared, model, tokenizer, pre: PretrainConfig, seed: int,
+                   state: dict) -> None:
+    """Unedited samples from the fixed prompts (seeded, pure sampling) into samples.jsonl, sampled by
+    the main process; under FSDP every process gathers the weights first (a collective)."""
     step, epoch = state["steps"], state["epoch"] - 1 if state["batch"] == 0 and state["epoch"] > 0 else state["epoch"]
-    generations = generate(model, tokenizer, list(pre.sample_prompts), max_new_tokens=pre.sample_tokens, seed=seed,
-                           autocast=runtime.autocast)
+    with gathered(prepared):
+        if not runtime.is_main:
+            return
+        generations = generate(model, tokenizer, list(pre.sample_prompts), max_new_tokens=pre.sample_tokens, seed=seed,
+                               autocast=runtime.autocast)
     append_line(run_dir.path / "samples.jsonl", *(json.dumps({"step": step, "epoch": epoch + 1, "prompt": g.prompt,
                                                              "response": g.response}) for g in generations))
 

@@ -222,7 +222,7 @@ def _pick(tree: dict, key: str):
 
 # (section, key) -> the default of a setting added after runs were made without it: at that value it
 # is left out of the key, so those runs stay up to date (they did what the default does).
-ADDED_LATER = {("dpo", "rounds"): 1, ("dpo", "reference"): "start"}
+ADDED_LATER = {("dpo", "rounds"): 1, ("dpo", "reference"): "start", ("ilql", "top_k"): 0}
 
 
 def hashed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -231,8 +231,9 @@ def hashed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     generation.max_new_tokens was ppo.max_new_tokens (every generation setting was a ppo one);
     settings added later (ADDED_LATER) are left out at their defaults."""
     out = dict(inputs)
-    if isinstance(out.get("dpo"), dict):  # settings added later hash only when set: one round was all DPO did
-        out["dpo"] = {k: v for k, v in out["dpo"].items() if ADDED_LATER.get(("dpo", k), object()) != v}
+    for section in sorted({section for section, _ in ADDED_LATER}):  # settings added later hash only when set
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if ADDED_LATER.get((section, k), object()) != v}
     if "rl" in out:
         out["ppo"] = {**out.pop("rl"), **(out.pop("generation", None) or {})}
     if "generation.max_new_tokens" in out:

@@ -98,6 +98,54 @@ def test_an_interrupted_fsdp_run_resumes_to_the_uninterrupted_result(sft_runs):
     assert resumed[0]["weights"] == resumed[1]["weights"] == two[0]["weights"]  # resume equals uninterrupted
 
 
+def test_fsdp_reward_trains_a_fresh_head_to_what_one_process_trains(tmp_path, tiny_bert_dir, reviews_csv):
+    """The reward model's fresh scalar head is on the meta device on the non-main processes until
+    `prepare` broadcasts the main one's values (fsdp_cpu_ram_efficient_loading): the two runs must
+    start, and so end, at the same weights."""
+    args = lambda runs: [f"data.source={reviews_csv}", "data.per_class=30", f"reward.model={tiny_bert_dir}",  # noqa: E731
+                         "reward.trainable=all", "reward.max_steps=2", "reward.batch_size=8", "reward.max_length=24",
+                         "reward.learning_rate=1e-3", "reward.warmup_ratio=0.0", "reward.cache_frozen=false",
+                         f"runs_dir={runs}", "name=mp", "runtime.mixed_precision=no"]
+    run_ranks(tmp_path / "one", "reward", *args(tmp_path / "runs1"), processes=1)
+    two = run_ranks(tmp_path / "two", "reward", *args(tmp_path / "runs2"), processes=2, launch=FSDP)
+    assert two[0]["world_size"] == 2 and two[0]["weights"] == two[1]["weights"]
+    run1, run2 = tmp_path / "runs1" / "mp" / "reward", tmp_path / "runs2" / "mp" / "reward"
+    weights = [load_file(run / "model" / "model.safetensors") for run in (run1, run2)]
+    assert_same_weights(*weights, atol=5e-4)  # as SFT above: reduce-scatter, then two Adam steps
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (run1, run2)]
+    assert summaries[1]["processes"] == 2
+    assert summaries[1]["metrics"]["test"]["accuracy"] == summaries[0]["metrics"]["test"]["accuracy"]
+
+
+def test_fsdp_pretrain_takes_the_steps_one_process_takes_and_samples_between_them(tmp_path):
+    """Pretraining samples from fixed prompts at every evaluation: under FSDP every process gathers
+    the weights and the main one samples (rlhflab/engine/sharding.py `gathered`), here after step 1
+    of 2, so training goes on from the resharded model."""
+    from tests.stages.test_pretrain import write_corpus
+
+    corpus = write_corpus(tmp_path / "verse.txt", lines=200)
+    args = lambda runs: [f"pretrain.corpus={corpus}", "pretrain.vocab_size=64", "pretrain.min_frequency=1",  # noqa: E731
+                         "pretrain.layers=2", "pretrain.width=32", "pretrain.heads=2", "pretrain.context=16",
+                         "pretrain.max_steps=2", "pretrain.batch_size=8", "pretrain.eval_every=1",
+                         "pretrain.schedule=cosine", "pretrain.learning_rate=1e-2", "pretrain.warmup_ratio=0.0",
+                         "pretrain.sample_prompts=[ROMEO.]", "pretrain.sample_tokens=6", f"runs_dir={runs}", "name=mp",
+                         "runtime.mixed_precision=no"]
+    run_ranks(tmp_path / "one", "pretrain", *args(tmp_path / "runs1"), processes=1)
+    two = run_ranks(tmp_path / "two", "pretrain", *args(tmp_path / "runs2"), processes=2, launch=FSDP)
+    assert two[0]["world_size"] == 2 and two[0]["weights"] == two[1]["weights"]
+    run1, run2 = tmp_path / "runs1" / "mp" / "pretrain", tmp_path / "runs2" / "mp" / "pretrain"
+    # the same tolerance as SFT above: reduce-scatter against one process's sums, through two Adam steps
+    assert_same_weights(load_file(run1 / "model" / "model.safetensors"), load_file(run2 / "model" / "model.safetensors"),
+                        atol=5e-4)
+    assert train_losses(run2) == pytest.approx(train_losses(run1), abs=1e-5)
+    samples = [[json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()] for run in (run1, run2)]
+    assert [r["step"] for r in samples[1]] == [r["step"] for r in samples[0]] == [1, 2]  # one writer, both evaluations
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(run2 / "model")  # one process, no FSDP, no accelerate
+    assert all(type(p.data) is torch.Tensor for p in model.parameters())
+
+
 def test_a_sampling_stage_under_fsdp_is_refused_in_one_line(tmp_path, tiny_llama_dir, reviews_csv):
     result = launch_two(tmp_path, "-m", "rlhflab", "dpo", f"dpo.policy={tiny_llama_dir}", f"data.source={reviews_csv}",
                         f"runs_dir={tmp_path / 'runs'}", launch=FSDP)

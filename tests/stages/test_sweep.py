@@ -248,22 +248,31 @@ def test_bad_grids_fail_in_one_line_before_anything_runs(capsys, tmp_path):
 
 def test_a_rerun_waits_for_a_point_an_earlier_process_still_writes(swept, tmp_path, monkeypatch):
     own, base = copy_runs(swept, tmp_path, "sft", "reward")
-    # a point stopping after its driver was killed; 5 s: the sweep loads every point's config before it
-    # looks at the lock, which took over 1.5 s on a slow 2-core host (the holder was gone, no wait was seen)
-    holder = hold_lock(base / "sweep" / "kl_coef-0.1", seconds=5)
+    # a point stopping after its driver was killed: it ends once the sweep says it waits for it (no
+    # timing: a holder that held for a fixed time was gone before a loaded host reached the lock)
+    holder = hold_lock(base / "sweep" / "kl_coef-0.1")
     launched = []
+    say = sweep_module.Sweep._say
+
+    def say_then_stop_the_holder(self, index, point, text):
+        say(self, index, point, text)
+        if "waiting for" in text:
+            holder.terminate()
+            holder.wait()
 
     def launch(command, log, env):
         launched.append((command[-2], holder.poll()))
         return FakeProcess()
 
+    monkeypatch.setattr(sweep_module.Sweep, "_say", say_then_stop_the_holder)
     monkeypatch.setattr(sweep_module, "_launch", launch)
     lines = run_sweep(own, "ppo.kl_coef=0.1,0.2")
     waiting = [line for line in lines if "waiting for" in line]
-    assert waiting == [f"[1/2] kl_coef-0.1  waiting for process {holder.pid} (rlhflab {base / 'sweep' / 'kl_coef-0.1'} 5), "
+    assert waiting == [f"[1/2] kl_coef-0.1  waiting for process {holder.pid} (rlhflab {base / 'sweep' / 'kl_coef-0.1'} 600), "
                        f"which still writes this point, to stop ..."]
-    assert launched == [(str(base / "sweep" / "kl_coef-0.1" / "point.yaml"), 0),  # after the holder ended
-                        (str(base / "sweep" / "kl_coef-0.2" / "point.yaml"), 0)]
+    ended = -signal.SIGTERM  # the holder's exit status: launched only after it ended
+    assert launched == [(str(base / "sweep" / "kl_coef-0.1" / "point.yaml"), ended),
+                        (str(base / "sweep" / "kl_coef-0.2" / "point.yaml"), ended)]
 
 
 def test_a_point_another_process_keeps_writing_is_failed_and_the_sweep_held_once(swept, tmp_path, monkeypatch):

@@ -141,3 +141,9 @@ def test_dpo_rounds_and_reference_count_in_the_key_only_when_set(tmp_path):
     keys = {stage_key(load_config(QUICK, [*base, *extra]), "dpo")["key"]
             for extra in (["dpo.rounds=2"], ["dpo.rounds=2", "dpo.reference=previous_round"], ["dpo.reference=previous_round"])}
     assert len(keys) == 3 and OLD_KEYS["dpo"] not in keys
+
+
+def test_ilql_top_k_counts_in_the_key_only_when_set(tmp_path):
+    base = [*NEW_OVERRIDES, f"runs_dir={tmp_path}"]
+    assert stage_key(load_config(QUICK, [*base, "ilql.top_k=0"]), "ilql")["key"] == OLD_KEYS["ilql"]
+    assert stage_key(load_config(QUICK, [*base, "ilql.top_k=20"]), "ilql")["key"] != OLD_KEYS["ilql"]

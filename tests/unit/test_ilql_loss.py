@@ -158,3 +158,10 @@ def test_polyak_update_copies_at_one_and_averages_at_a_half():
     for alpha in (0.0, 1.5):
         with pytest.raises(RlhfLabError, match="alpha"):
             polyak_update(target, online, alpha)
+
+
+def test_targets_given_at_the_taken_actions_give_the_same_loss():
+    qs, target_qs, vs, logits, actions, rewards, mask = hand_example()
+    taken = tuple(q.gather(-1, actions[..., None]).squeeze(-1) for q in target_qs)  # (B, T) each
+    full, given = ilql_loss(*hand_example(), **SETTINGS), ilql_loss(qs, taken, vs, logits, actions, rewards, mask, **SETTINGS)
+    assert all(torch.equal(full[k], given[k]) for k in ("loss", "q", "v", "cql", "awac", "count"))

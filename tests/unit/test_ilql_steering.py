@@ -3,12 +3,15 @@ generation through the LM-head hook (β = 0 is the plain model), and round-trip 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rlhflab.errors import RlhfLabError
 from rlhflab.models.ilql import HEADS_FILE, HEADS_META, IlqlHeads, attach_steering, load_heads, save_heads
+from rlhflab.ops.ilql import steered_logits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -134,8 +137,8 @@ def test_save_and_load_round_trip(tmp_path):
     assert {HEADS_FILE, HEADS_META} <= {p.name for p in tmp_path.iterdir()}
 
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path).eval()
-    loaded, beta = load_heads(tmp_path, reloaded.get_output_embeddings())
-    assert beta == 0.7
+    loaded, beta, top_k = load_heads(tmp_path, reloaded.get_output_embeddings())
+    assert (beta, top_k) == (0.7, 0)
     hidden = torch.randn(2, 3, HIDDEN)
     before, after = heads(hidden), loaded(hidden)
     for a, b in zip((*before.qs, *before.target_qs, before.v), (*after.qs, *after.target_qs, after.v)):
@@ -174,3 +177,46 @@ def test_negative_beta_is_a_clear_error(tmp_path):
         attach_steering(model, heads, beta=-1.0)
     with pytest.raises(RlhfLabError, match="beta"):
         save_heads(heads, tmp_path, beta=-1.0)
+
+
+def test_top_k_keeps_the_k_highest_steered_logits_and_beta_zero_is_the_base_top_k():
+    torch.manual_seed(0)
+    logits, q, v = torch.randn(2, 3, VOCAB), torch.randn(2, 3, VOCAB), torch.randn(2, 3)
+    steered = steered_logits(logits, q, v, beta=2.0, top_k=5)
+    full = steered_logits(logits, q, v, beta=2.0)
+    kept = torch.isfinite(steered)
+    assert kept.sum(-1).eq(5).all()
+    assert torch.equal(steered[kept], full[kept])  # the kept ones untouched
+    assert (full.masked_fill(kept, float("-inf")).amax(-1) <= full.masked_fill(~kept, float("inf")).amin(-1)).all()
+    base = steered_logits(logits, q, v, beta=0.0, top_k=5)
+    assert torch.equal(torch.isfinite(base), logits.topk(5, dim=-1).indices.new_zeros(logits.shape, dtype=torch.bool)
+                       .scatter(-1, logits.topk(5, dim=-1).indices, True))
+    assert torch.equal(steered_logits(logits, q, v, beta=2.0, top_k=VOCAB), full)  # k >= V keeps everything
+
+
+def test_top_k_is_saved_with_the_heads_and_steers_generation(tmp_path):
+    model = tiny_lm()
+    heads = random_heads(model)
+    save_heads(heads, tmp_path, beta=1.5, top_k=3)
+    loaded, beta, top_k = load_heads(tmp_path, model.get_output_embeddings())
+    assert (beta, top_k) == (1.5, 3)
+    handle = attach_steering(model, loaded, beta, top_k)
+    assert next_token_probs(model).gt(0).sum(-1).eq(3).all()  # every state samples among 3 tokens
+    handle.remove()
+    meta = json.loads((tmp_path / HEADS_META).read_text())
+    del meta["top_k"]  # heads saved before top_k was a setting sample from the whole vocabulary
+    (tmp_path / HEADS_META).write_text(json.dumps(meta))
+    assert load_heads(tmp_path, model.get_output_embeddings())[2] == 0
+    with pytest.raises(RlhfLabError, match="top_k"):
+        attach_steering(model, loaded, 1.0, top_k=-1)
+
+
+def test_target_qs_at_given_actions_are_the_full_targets_gathered():
+    model = tiny_lm()
+    heads = random_heads(model)
+    hidden, actions = torch.randn(2, 3, HIDDEN), torch.randint(0, VOCAB, (2, 3))
+    full, given = heads(hidden), heads(hidden, actions)
+    for whole_q, at_actions in zip(full.target_qs, given.target_qs):
+        assert at_actions.shape == (2, 3)
+        torch.testing.assert_close(at_actions, whole_q.gather(-1, actions[..., None]).squeeze(-1), rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(full.qs, given.qs)) and torch.equal(full.v, given.v)
