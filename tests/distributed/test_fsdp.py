@@ -13,8 +13,6 @@ from safetensors.torch import load_file
 
 from tests.distributed.test_multiprocess import ROOT, launch_two, ppo_args, run_ranks, sft_args, toy_reward  # noqa: F401 (a fixture)
 
-# Deselected by default (pyproject.toml addopts): under load a gloo process aborted at exit ("terminate
-# called without an active exception", exit -6) in about 1 run of this file in 4; run with -m fsdp.
 pytestmark = [pytest.mark.slow, pytest.mark.fsdp]
 
 FSDP = ("--config_file", str(ROOT / "configs" / "accelerate" / "fsdp.yaml"), "--mixed_precision", "no")
