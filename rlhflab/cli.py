@@ -114,24 +114,24 @@ def _stage(args: argparse.Namespace) -> None:
     args.command = current_stage(args.command, "rlhflab {}")  # `rlhflab ppo`: the stage's old name
     cfg = load_config(args.config, args.overrides)  # before torch loads: config errors are instant
     from rlhflab.engine.runtime import Runtime
-    from rlhflab.io import read_json
     from rlhflab.stages.common import run_stage
+    from rlhflab.summaries import dropped
 
     runtime = Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
     run_dir = run_stage(args.command, cfg, runtime=runtime, resume=args.resume, overwrite=args.overwrite,
                         progress=not args.no_progress)
     if not runtime.is_main:
         return  # one process prints (and wrote the run)
-    summary = read_json(run_dir.summary_path)
+    summary = STAGES[args.command].read_summary(run_dir.path)
     print(STAGES[args.command].module.format_summary(summary))
-    if summary.get("left_out"):
+    if dropped(summary):
         from rlhflab.data import describe_dropped
 
-        print(f"data: {describe_dropped(summary['left_out'])}")
+        print(f"data: {describe_dropped(dropped(summary))}")
     print(f"model: {run_dir.model_dir}" if run_dir.model_dir.exists() else f"results: {run_dir.path}")
     from rlhflab.rewards import describe_reads
 
-    crowded = describe_reads(summary.get("reward_reads") or {})
+    crowded = describe_reads((summary.get("reward_reads") if isinstance(summary, dict) else summary.reward_reads) or {})
     if crowded:
         print(f"note: {crowded}. Set reward_fn.text=response to score the responses alone.")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
 from rlhflab.errors import RlhfLabError
+from rlhflab.summaries import summary_json
 
 
 @contextlib.contextmanager
@@ -348,12 +349,14 @@ class RunDir:
             self.partial.mkdir(parents=True, exist_ok=True)
         self.path = self.partial
 
-    def finish(self, summary: dict[str, Any]) -> "RunDir":
-        """Write summary.json and stage.json (the stage's key and a new run id), then put the run in place."""
+    def finish(self, summary: Any) -> "RunDir":
+        """Write summary.json (`summary`: the stage's typed summary, rlhflab/summaries.py, or a dict
+        for a stage without one) and stage.json (the stage's key and a new run id), then put the
+        run in place."""
         if self.tracker is not None:
             self.tracker.finish()
             self.tracker = None
-        write_json(self.path / "summary.json", summary)
+        write_json(self.path / "summary.json", summary_json(summary))
         write_json(self.path / "stage.json", {**self.stage_facts, "run_id": uuid.uuid4().hex})
         if self.path == self.partial:
             old = self.final.with_name(f".{self.final.name}.old")

@@ -21,6 +21,7 @@ from rlhflab.interrupt import stop_at_once, stop_with_parent
 from rlhflab.io import RunDir, read_json
 from rlhflab.stages.common import one_writer, run_stage
 from rlhflab.stages.registry import STAGES, current_stage, stage_dir, stage_key
+from rlhflab.summaries import dropped
 
 def _stored_key(folder: Path) -> str | None:
     try:
@@ -112,14 +113,16 @@ def _run(cfg: Config, runtime, root: Path, *, force: str | None, progress: bool,
 
 
 def headline(stage: str, summary: dict) -> str:
-    """One line of the numbers that matter for a finished stage, and what its data reader left out."""
+    """One line of the numbers that matter for a finished stage (`summary`: its summary.json's
+    data), and what its data reader left out."""
     from rlhflab.data import describe_dropped
 
     try:
+        summary = STAGES[stage].parse_summary(summary, "summary.json")
         line = STAGES[stage].line(summary)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError, StopIteration):
+    except (RlhfLabError, KeyError, IndexError, TypeError, ValueError, AttributeError, StopIteration):
         return "(its summary.json is not one rlhflab wrote; `rlhflab report` shows what it holds)"
-    return f"{line}; data: {describe_dropped(summary['left_out'])}" if summary.get("left_out") else line
+    return f"{line}; data: {describe_dropped(dropped(summary))}" if dropped(summary) else line
 
 
 def _duration(seconds: float) -> str:

@@ -151,3 +151,17 @@ def hold_lock(run: Path, seconds: float = 600) -> subprocess.Popen:
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(run), str(seconds)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
+
+
+def typed_summary(stage: str, folder: Path):
+    """The summary.json a stage wrote in `folder`, read as its type (rlhflab/summaries.py), after
+    checking that the type writes it back byte for byte: no key the stage wrote is unknown to the
+    type (it would be dropped), none is added or moved."""
+    import json
+
+    from rlhflab.stages.registry import STAGES
+    from rlhflab.summaries import summary_json
+
+    summary = STAGES[stage].read_summary(folder)
+    assert json.dumps(summary_json(summary), indent=2) + "\n" == (Path(folder) / "summary.json").read_text()
+    return summary

@@ -207,7 +207,7 @@ def overview_section(run_root: Path, stages: dict[str, Stage]) -> list[Block]:
         stage = stages[name]
         if stage.done:
             status = "done"
-            seconds = _number(stage.summary.get("seconds"))
+            seconds = _number(stage.summary.get("seconds") if isinstance(stage.summary, dict) else stage.summary.seconds)
             total += seconds or 0.0
         else:
             status = ("left out (see its section)" if stage.problems else "incomplete") if stage.exists else "not run"

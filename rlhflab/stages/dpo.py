@@ -39,6 +39,7 @@ from rlhflab.models.encoding import SplitForward, encode_and_cache, make_forward
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
 from rlhflab.stages.rl import check_context, prompt_sets, reward_functions, starting_policy
 from rlhflab.stages.sft import configure_trainable, save_model
+from rlhflab.summaries import DpoSummary
 
 SPLITS = ("train", "validation", "test")
 ROUND_SEED = 1009  # round r samples its pairs with seed + ROUND_SEED * (r - 1): round 1 as a one-round run
@@ -130,7 +131,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     if runtime.is_main:
         save_model(model, tokenizer, run_dir)
     summary = _summary(cfg, source, rewards, done, start, splits.left_out | prompts.left_out, trainable, total)
-    return finish_run(run_dir, summary | run_facts(runtime, started), runtime)
+    return finish_run(run_dir, DpoSummary(**summary, **run_facts(runtime, started)), runtime)
 
 
 def _encode(parts, pair_facts: dict, model, tokenizer, dpo, runtime: Runtime, progress: bool):
@@ -267,23 +268,23 @@ def _on_policy_pairs(cfg: Config, number: int, model, tokenizer, prompts: list[s
                    "left_out": {"all samples scored the same": ties} if ties else {}}
 
 
-def format_summary(summary: dict) -> str:
+def format_summary(summary: DpoSummary) -> str:
     """Pair metrics before and after, and the held-out reward and KL next to the start."""
     lines = [f"{'split':<11} {'loss':>7} {'pair acc':>9} {'margin':>8}"]
-    for name, row in summary["after"].items():
+    for name, row in summary.after.items():
         lines.append(f"{name:<11} {row['loss']:7.3f} {row['pair_accuracy']:9.3f} {row['margin']:8.3f}")
-    start_loss = summary["before"].get("train", {}).get("loss")
-    rounds = summary.get("by_round") or []
-    if start_loss is not None and (len(rounds) < 2 or summary.get("reference") == "previous_round"):
+    start_loss = summary.before.get("train", {}).get("loss")
+    rounds = summary.by_round or []
+    if start_loss is not None and (len(rounds) < 2 or summary.reference == "previous_round"):
         # the one number "before" can take when the policy starts the round as its reference
         lines.append(f"(before training every margin is 0, as the policy is the reference: loss {start_loss:.3f}, "
                      "pair accuracy 0, as a tie is not a correct pair)")
-    keys = [k for k in ("score", "positive_probability", "kl") if k in summary["end"]]
+    keys = [k for k in ("score", "positive_probability", "kl") if k in summary.end]
     lines.append(f"{'held out':<8}" + "".join(f"{k:>22}" for k in keys))
-    ends = [(f"round {r['round']}", r["end"]) for r in rounds] if len(rounds) > 1 else [("end", summary["end"])]
-    for name, metrics in [("start", summary["start"]), *ends]:
+    ends = [(f"round {r['round']}", r["end"]) for r in rounds] if len(rounds) > 1 else [("end", summary.end)]
+    for name, metrics in [("start", summary.start), *ends]:
         lines.append(f"{name:<8}" + "".join(f"{metrics[k]:22.3f}" for k in keys))
-    lines.append(f"({summary['seconds']:.0f} s, {summary['train_pairs_per_s']:.1f} pairs/s, "
-                 f"{summary['pairs']['train']} training pair{'s' * (summary['pairs']['train'] != 1)} from "
-                 f"{summary['pairs']['source']})")
+    pairs = summary.pairs
+    lines.append(f"({summary.seconds:.0f} s, {summary.train_pairs_per_s:.1f} pairs/s, "
+                 f"{pairs['train']} training pair{'s' * (pairs['train'] != 1)} from {pairs['source']})")
     return "\n".join(lines)

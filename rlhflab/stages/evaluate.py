@@ -9,6 +9,7 @@ and samples side by side. Writes summary.json, samples.jsonl and figures/*.png.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -32,6 +33,7 @@ from rlhflab.models.causal_lm import count_parameters, load_causal_lm, load_toke
 from rlhflab.rewards import build_reward, probability_reward
 from rlhflab.engine.runtime import Runtime, run_facts
 from rlhflab.stages.common import load_splits, on_main_process, open_run_dir
+from rlhflab.summaries import EvaluateSummary
 
 
 def model_sources(cfg: Config) -> dict[str, str]:
@@ -140,21 +142,19 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
     comparison = {name: {"vs": reference_name, **reward_shift(first, [r["score"] for r in rows if r["model"] == name])}
                   for name in list(sources)[1:]}
     write_jsonl(run_dir.path / "samples.jsonl", rows)
-    summary = {"prompts": len(prompts), "reward": score_fn.description, "reference": reference_name, "max_new_tokens": max_new,
-               "temperature": ev.temperature, "models": models, "comparison": comparison, "left_out": left_out}
-    if score_fn.reads:  # prompts that crowd out the responses in the reward model's token budget
-        summary["reward_reads"] = score_fn.reads.summary()
-    if judges:
-        summary["judges"] = calibration
-        summary["gold_agreement"] = gold_agreement(models, reference_name)
-    if best_of:
-        summary["best_of"] = best_of
+    summary = EvaluateSummary(
+        prompts=len(prompts), reward=score_fn.description, reference=reference_name, max_new_tokens=max_new,
+        temperature=ev.temperature, models=models, comparison=comparison, left_out=left_out,
+        # prompts that crowd out the responses in the reward model's token budget
+        reward_reads=score_fn.reads.summary() if score_fn.reads else None,
+        judges=calibration if judges else None, gold_agreement=gold_agreement(models, reference_name) if judges else None,
+        best_of=best_of or None)
     from rlhflab.eval.sections.evaluate import evaluation_figures  # matplotlib only now
 
     figures = evaluation_figures(rows, summary, run_dir.path / "figures")
-    summary["figures"] = {path.stem: str(path.relative_to(run_dir.path.resolve())) for path in figures}
-    summary.update(run_facts(runtime, started))
-    return run_dir.finish(summary)
+    return run_dir.finish(replace(
+        summary, figures={path.stem: str(path.relative_to(run_dir.path.resolve())) for path in figures},
+        **run_facts(runtime, started)))
 
 
 def _score_responses(name: str, source: str, generations, prompts: list[str], sentiments: list[str], score_fn, prob_fn,
@@ -323,25 +323,25 @@ def _check_same_vocab(tokenizer, ref_tokenizer, name: str, reference: str) -> No
                            f"perplexity against it are undefined. Compare models fine-tuned from the same base.")
 
 
-def format_summary(summary: dict) -> str:
-    lines = [f"{summary['prompts']} held-out prompts; reward: {summary['reward']}"]
+def format_summary(summary: EvaluateSummary) -> str:
+    lines = [f"{summary.prompts} held-out prompts; reward: {summary.reward}"]
     header = f"{'model':<10}{'score':>8}{'P(pos)':>8}{'>0.5':>7}{'KL':>7}{'ppl':>8}{'dist-2':>8}{'length':>8}"
     lines.append(header)
-    for name, m in summary["models"].items():
+    for name, m in summary.models.items():
         prob = m["positive_probability"]
         p_mean = f"{prob['mean']:8.3f}" if prob else f"{'-':>8}"
         above = f"{prob['above_half']:7.2f}" if prob else f"{'-':>7}"
         lines.append(f"{name:<10}{m['score']['mean']:8.3f}{p_mean}{above}{m['kl_to_reference']:7.2f}"
                      f"{m['perplexity_under_reference']:8.1f}{m['distinct_2']:8.3f}{m['mean_length']:8.1f}")
-    for name, c in summary["comparison"].items():
+    for name, c in summary.comparison.items():
         lines.append(f"{name} vs {c['vs']}: better on {c['better']:.0%} of prompts, worse on {c['worse']:.0%} "
                      f"(mean change {c['mean_delta']:+.3f})")
     return "\n".join(lines + format_judges(summary) + format_best_of(summary))
 
 
-def format_best_of(summary: dict) -> list[str]:
+def format_best_of(summary: EvaluateSummary) -> list[str]:
     """Lines: best-of-n's mean reward, P(positive) and KL bound per n (empty without evaluate.best_of)."""
-    best = summary.get("best_of")
+    best = summary.best_of
     if not best:
         return []
     lines = [f"best-of-n from {best['model']} on the first {best['prompts']} prompts ({best['drawn']} drawn each; "
@@ -352,17 +352,17 @@ def format_best_of(summary: dict) -> list[str]:
     return lines
 
 
-def format_judges(summary: dict) -> list[str]:
+def format_judges(summary: EvaluateSummary) -> list[str]:
     """Lines: each judge's calibration accuracy, each model's share judged positive, disagreements."""
-    if not summary.get("judges"):
+    if not summary.judges:
         return []
-    names = list(summary["judges"])
-    lines = ["judges (share of responses judged positive; accuracy on " + next(iter(summary["judges"].values()))["calibrated_on"] + ")",
+    names = list(summary.judges)
+    lines = ["judges (share of responses judged positive; accuracy on " + next(iter(summary.judges.values()))["calibrated_on"] + ")",
              f"{'model':<10}" + "".join(f"{n[:14]:>15}" for n in names),
-             f"{'accuracy':<10}" + "".join(f"{summary['judges'][n]['accuracy']:15.3f}" for n in names)]
-    for model, m in summary["models"].items():
+             f"{'accuracy':<10}" + "".join(f"{summary.judges[n]['accuracy']:15.3f}" for n in names)]
+    for model, m in summary.models.items():
         lines.append(f"{model:<10}" + "".join(f"{m['judges'][n]['positive_rate']:15.3f}" for n in names))
-    for model, judges in summary.get("gold_agreement", {}).items():
+    for model, judges in (summary.gold_agreement or {}).items():
         for judge, g in judges.items():
             if g["disagree"]:
                 lines.append(f"{model}: the proxy gained {g['proxy_gain']:+.3f} but {judge} only {g['gold_gain']:+.3f} "

@@ -34,6 +34,7 @@ from rlhflab.models.ilql import IlqlHeads, attach_steering, save_heads
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
 from rlhflab.stages.rl import check_context, prompt_sets, reward_functions, starting_policy
 from rlhflab.stages.sft import configure_trainable, save_model
+from rlhflab.summaries import IlqlSummary
 
 
 def scored_splits(cfg: Config, splits) -> tuple[dict[str, ScoredTexts], str]:
@@ -151,7 +152,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         "frozen_cache": cache_facts(first, cache_seconds),
         **run_facts(runtime, started),
     }
-    return finish_run(run_dir, summary, runtime)
+    return finish_run(run_dir, IlqlSummary(**summary), runtime)
 
 
 def _held_out_by_beta(model, heads, source: str, tokenizer, prompts: list[str], rewards: dict, il, sampling: dict,
@@ -171,17 +172,17 @@ def _held_out_by_beta(model, heads, source: str, tokenizer, prompts: list[str], 
     return by_beta, samples
 
 
-def format_summary(summary: dict) -> str:
+def format_summary(summary: IlqlSummary) -> str:
     """The loss terms per action, then the held-out reward and KL at each generation β."""
     lines = [f"{'split':<11}" + "".join(f"{k:>9}" for k in ("loss", "q", "v", "cql", "awac"))]
-    for name, row in summary["after"].items():
+    for name, row in summary.after.items():
         lines.append(f"{name:<11}" + "".join(f"{row[k]:9.3f}" for k in ("loss", "q", "v", "cql", "awac")))
-    keys = [k for k in ("score", "positive_probability", "kl") if k in summary["start"]]
+    keys = [k for k in ("score", "positive_probability", "kl") if k in summary.start]
     lines.append(f"{'held out':<12}" + "".join(f"{k:>22}" for k in keys))
-    lines.append(f"{'start':<12}" + "".join(f"{summary['start'][k]:22.3f}" for k in keys))
-    for beta, row in summary["by_beta"].items():
+    lines.append(f"{'start':<12}" + "".join(f"{summary.start[k]:22.3f}" for k in keys))
+    for beta, row in summary.by_beta.items():
         lines.append(f"{'beta ' + beta:<12}" + "".join(f"{row[k]:22.3f}" for k in keys))
-    texts = summary["samples"]["train"]
-    lines.append(f"({summary['seconds']:.0f} s, {summary['train_tokens_per_s']:.0f} train tokens/s, "
-                 f"{texts} text{'s' * (texts != 1)} from {summary['samples']['source']})")
+    texts = summary.samples["train"]
+    lines.append(f"({summary.seconds:.0f} s, {summary.train_tokens_per_s:.0f} train tokens/s, "
+                 f"{texts} text{'s' * (texts != 1)} from {summary.samples['source']})")
     return "\n".join(lines)

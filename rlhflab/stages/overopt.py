@@ -23,32 +23,34 @@ from rlhflab.engine.runtime import Runtime, run_facts
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.generate import generate
 from rlhflab.eval.overoptimisation import gold_peak, onset, separator_ratio
-from rlhflab.io import RunDir, read_json, write_jsonl
+from rlhflab.io import RunDir, write_jsonl
 from rlhflab.models.causal_lm import load_causal_lm, load_tokenizer
 from rlhflab.stages.common import on_main_process, open_run_dir
 from rlhflab.stages.evaluate import eval_prompts, gold_judges, model_metrics
+from rlhflab.stages.registry import STAGES, stage_dir
+from rlhflab.summaries import OveroptSummary
 
 
 def rl_run(cfg: Config) -> Path:
     """The RL stage folder the study reads: overopt.run, else this run's rl."""
-    from rlhflab.stages.registry import stage_dir
-
     return Path(cfg.overopt.run).expanduser() if cfg.overopt.run else stage_dir(Path(cfg.runs_dir) / cfg.name, "rl")
 
 
 def study_models(rl: Path) -> dict[str, str]:
     """name -> model: the RL run's starting model ("start"), its snapshots in epoch order, its final model."""
-    summary_path = rl / "summary.json"
-    if not summary_path.exists():
+    if not (rl / "summary.json").exists():
         raise RlhfLabError(f"{rl} is not a finished RL run (no summary.json). Run `rlhflab rl` to the end first, "
                            f"or set overopt.run to an RL stage folder.")
-    summary = read_json(summary_path)
+    summary = STAGES["rl"].read_summary(rl)
     snapshots = sorted((p for p in (rl / "checkpoints").glob("epoch-*") if re.fullmatch(r"epoch-\d+", p.name)),
                        key=lambda p: int(p.name.split("-")[1]))
     if not snapshots:
         raise RlhfLabError(f"{rl}/checkpoints holds no epoch-N snapshots, so there is nothing to study between the start "
                            f"and the end. Rerun RL with rl.snapshot_each_epoch=true and at least one pass over the prompts.")
-    start = summary["policy"]
+    start = summary.policy
+    if start is None:
+        raise RlhfLabError(f"{rl}/summary.json names no policy (the model RL started from), so the study has no start. "
+                           f"Set overopt.run to an RL stage folder written by rlhflab rl.")
     if not Path(start).expanduser().exists() and (rl.parent / Path(start).name).exists():
         start = str(rl.parent / Path(start).name)  # this run's sft stage, after the runs folder moved
     return {"start": start, **{p.name: str(p) for p in snapshots}, "final": str(rl)}
@@ -99,29 +101,28 @@ def _run(cfg: Config, runtime: Runtime, overwrite: bool, progress: bool) -> RunD
         bar.set_postfix(model=name, kl=f"{metrics['kl_to_reference']:.2f}", proxy=f"{rates['proxy']:.2f}")
     bar.close()
     write_jsonl(run_dir.path / "samples.jsonl", rows)
-    summary = {"run": str(rl_run(cfg)), "prompts": len(prompts), "max_new_tokens": max_new, "separators": ov.separators,
-               "judges": calibration, "points": points,
-               "verdict": onset(points, gold_drop=ov.gold_drop, separator_drop=ov.separator_drop, diversity_drop=ov.diversity_drop),
-               "gold_peak": gold_peak(points)}
     from rlhflab.eval.sections.overopt import overopt_figures  # matplotlib only now
 
     figures = overopt_figures(points, run_dir.path / "figures")
-    summary["figures"] = {path.stem: str(path.relative_to(run_dir.path.resolve())) for path in figures}
-    summary.update(run_facts(runtime, started))
-    return run_dir.finish(summary)
+    return run_dir.finish(OveroptSummary(
+        run=str(rl_run(cfg)), prompts=len(prompts), max_new_tokens=max_new, separators=ov.separators,
+        judges=calibration, points=points,
+        verdict=onset(points, gold_drop=ov.gold_drop, separator_drop=ov.separator_drop, diversity_drop=ov.diversity_drop),
+        gold_peak=gold_peak(points), figures={path.stem: str(path.relative_to(run_dir.path.resolve())) for path in figures},
+        **run_facts(runtime, started)))
 
 
-def format_summary(summary: dict) -> str:
-    judges = list(summary["judges"])
-    lines = [f"{summary['prompts']} held-out prompts; each judge's mean score (accuracy on labelled texts: "
-             + ", ".join(f"{j} {summary['judges'][j]['accuracy']:.3f}" for j in judges) + ")",
+def format_summary(summary: OveroptSummary) -> str:
+    judges = list(summary.judges)
+    lines = [f"{summary.prompts} held-out prompts; each judge's mean score (accuracy on labelled texts: "
+             + ", ".join(f"{j} {summary.judges[j]['accuracy']:.3f}" for j in judges) + ")",
              f"{'checkpoint':<12}{'KL':>7}{'√KL':>6}" + "".join(f"{j[:12]:>13}" for j in judges)
              + f"{'separators':>11}{'dist-2':>8}{'ppl':>8}"]
-    for p in summary["points"]:
+    for p in summary.points:
         rates = {"proxy": p["proxy"], **p["gold"]}
         lines.append(f"{p['name']:<12}{p['kl']:7.2f}{p['sqrt_kl']:6.2f}" + "".join(f"{rates[j]:13.3f}" for j in judges)
                      + f"{p['separator_ratio']:11.3f}{p['distinct_2']:8.3f}{p['perplexity_under_reference']:8.1f}")
-    verdict = summary["verdict"]
+    verdict = summary.verdict
     lines.append(f"verdict: {verdict['onset'] + ' (KL ' + format(verdict['kl'], '.2f') + '): ' if verdict['onset'] else ''}"
                  f"{verdict['reason']}")
     lines.append(f"rule: {verdict['rule']}")

@@ -34,6 +34,7 @@ from rlhflab.ops.lm_loss import perplexity
 from rlhflab.ops.schedules import noam_lambda
 from rlhflab.stages.common import finish_run, open_run_dir
 from rlhflab.stages.sft import evaluate_split, save_model
+from rlhflab.summaries import PretrainSummary
 
 
 def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool = False, progress: bool = True) -> RunDir:
@@ -97,7 +98,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         "samples": _last_samples(run_dir) if runtime.is_main else [],
         **run_facts(runtime, started),
     }
-    return finish_run(run_dir, summary, runtime)
+    return finish_run(run_dir, PretrainSummary(**summary), runtime)
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -184,13 +185,13 @@ def _last_samples(run_dir: RunDir) -> list[dict]:
     return [r for r in rows if r["step"] == last]
 
 
-def format_summary(summary: dict) -> str:
+def format_summary(summary: PretrainSummary) -> str:
     """The pretraining table: loss and perplexity per split, beside the n-gram baselines."""
     lines = [f"{'':<12} {'loss':>8} {'perplexity':>11}"]
-    for name, row in summary["after"].items():
+    for name, row in summary.after.items():
         lines.append(f"{name:<12} {row['loss']:8.3f} {row['perplexity']:11.2f}")
     for name in ("unigram", "bigram"):
-        lines.append(f"{name + ' model':<12} {'':>8} {summary['baselines'][name]:11.2f}   (validation)")
-    lines.append(f"({summary['seconds']:.0f} s, {summary['train_tokens_per_s']:.0f} train tokens/s, "
-                 f"{summary['model']['parameters'] / 1e6:.1f}M parameters, {summary['tokens']['train']:,} train tokens)")
+        lines.append(f"{name + ' model':<12} {'':>8} {summary.baselines[name]:11.2f}   (validation)")
+    lines.append(f"({summary.seconds:.0f} s, {summary.train_tokens_per_s:.0f} train tokens/s, "
+                 f"{summary.model['parameters'] / 1e6:.1f}M parameters, {summary.tokens['train']:,} train tokens)")
     return "\n".join(lines)

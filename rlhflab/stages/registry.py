@@ -4,8 +4,9 @@ the report read this list, and nothing else names the stages.
 Each entry says what a stage is (its name, config section and what it does), what it reads
 (the config values its output depends on, and this run's earlier stages it reads by default)
 and how it is shown (its title, its one line after it runs, its rows in the report's overview
-and its report section: rlhflab/eval/sections/<stage>.py). Adding a stage is its modules plus
-one entry here.
+and its report section: rlhflab/eval/sections/<stage>.py), and the type of its summary.json
+(rlhflab/summaries.py), which the stage writes and all of those read. Adding a stage is its
+modules plus one entry here.
 
 The entry's functions are named by "module:function" and imported on first call (`late`), so
 this module stays a declaration: rlhflab.config and the CLI import it without torch or
@@ -31,6 +32,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from rlhflab.fingerprint import digest, fingerprint, references
+from rlhflab.summaries import (
+    DpoSummary,
+    EvaluateSummary,
+    IlqlSummary,
+    OveroptSummary,
+    PretrainSummary,
+    RewardSummary,
+    RlSummary,
+    SftSummary,
+    parse_summary,
+    read_summary,
+)
 
 if TYPE_CHECKING:
     from rlhflab.config import Config
@@ -49,7 +62,7 @@ def late(target: str) -> Callable[..., Any]:
     return call
 
 
-def _no_rows(summary: dict, name: str) -> list[list[str]]:
+def _no_rows(summary: Any, name: str) -> list[list[str]]:
     return []
 
 
@@ -70,16 +83,18 @@ class Stage:
     reads: this run's stages it reads when no source is configured (its upstream stages).
     doc: what it does, one line (its `--help`).
     title: its heading in the report and its row in the report's overview.
-    line: summary.json -> the pipeline's one line of numbers once it is done (a lookup error,
+    line: its summary -> the pipeline's one line of numbers once it is done (a lookup error,
         e.g. KeyError, for a summary without them).
     report_section: (report Stage, run folder, Figures) -> its section's blocks.
-    report_rows: (summary.json, name) -> [stage, metric, before, after] rows of the report's
+    report_rows: (its summary, name) -> [stage, metric, before, after] rows of the report's
         headline table.
     compares: what before and after are in those rows, for the table's caption.
     tuned: it tunes the policy (evaluation compares it with the model it started from).
     runner: the module with run(cfg, runtime=, resume=, overwrite=, progress=) -> RunDir and
         format_summary(summary) -> str; rlhflab.stages.<name> unless given.
     figures: the prefix of the report figures its section draws (stale ones are deleted by it).
+    summary: the type of its summary.json (rlhflab/summaries.py): what the stage writes and what
+        line, report_rows, report_section (Stage.summary) and format_summary read; None: a dict.
     """
 
     name: str
@@ -88,13 +103,14 @@ class Stage:
     reads: Callable[[Config], list[str]]
     doc: str
     title: str
-    line: Callable[[dict], str]
+    line: Callable[[Any], str]
     report_section: Callable[..., list]
-    report_rows: Callable[[dict, str], list[list[str]]] = _no_rows
+    report_rows: Callable[[Any, str], list[list[str]]] = _no_rows
     compares: str = ""
     tuned: bool = False
     runner: str = ""
     figures: str = ""
+    summary: type | None = None
 
     @property
     def module(self):
@@ -104,6 +120,14 @@ class Stage:
     @property
     def figure_prefix(self) -> str:
         return self.figures or f"{self.name}_"
+
+    def read_summary(self, folder: Path):
+        """The summary.json in `folder` (one of this stage's, on this machine) as its type."""
+        return read_summary(folder, self.summary)
+
+    def parse_summary(self, data, path: Path):
+        """summary.json's data read from `path` (a handed run's, through eval/run_files.py) as its type."""
+        return parse_summary(data, self.summary, path)
 
 
 def policy_stage(cfg: Config) -> str:
@@ -143,30 +167,33 @@ TUNED = "each tuned policy at its start against its end"
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("pretrain", "pretrain", ("seed", "runtime", "pretrain"), _nothing,
           "train a small causal LM from scratch on a corpus, with its own tokenizer", "Pretraining",
-          late(f"{SHOWN}.pretrain:line"), late(f"{SHOWN}.pretrain:section")),
+          late(f"{SHOWN}.pretrain:line"), late(f"{SHOWN}.pretrain:section"), summary=PretrainSummary),
     Stage("sft", "sft", ("seed", "runtime", "data", "sft"), _nothing, "supervised fine-tuning of a causal LM on reviews",
-          "Supervised fine-tuning", **shown_by(f"{SHOWN}.sft"), compares="SFT against the base model"),
+          "Supervised fine-tuning", **shown_by(f"{SHOWN}.sft"), compares="SFT against the base model",
+          summary=SftSummary),
     Stage("reward", "reward", ("seed", "runtime", "data", "reward"), _nothing,
-          "train a reward model on labelled texts or preference pairs", "Reward model", **shown_by(f"{SHOWN}.reward")),
+          "train a reward model on labelled texts or preference pairs", "Reward model", **shown_by(f"{SHOWN}.reward"),
+          summary=RewardSummary),
     Stage("rl", "rl", ("seed", "runtime", "data", "reward_fn", "rl", "generation"), _tuning_reads("rl"),
           "online RL (PPO, GRPO, RLOO, REINFORCE++, Dr. GRPO: rl.algorithm) against the reward, with a KL penalty "
           "to the SFT model", "RL training", **shown_by(f"{SHOWN}.rl"),
-          tuned=True, compares=TUNED, figures="ppo_"),
+          tuned=True, compares=TUNED, figures="ppo_", summary=RlSummary),
     Stage("dpo", "dpo", ("seed", "runtime", "data", "reward_fn", "dpo", "generation.max_new_tokens"), _tuning_reads("dpo"),
           "direct preference optimisation from preference pairs (a file, or on-policy pairs ranked by the reward)",
-          "Direct preference optimisation", **shown_by(f"{SHOWN}.dpo"), tuned=True, compares=TUNED),
+          "Direct preference optimisation", **shown_by(f"{SHOWN}.dpo"), tuned=True, compares=TUNED,
+          summary=DpoSummary),
     Stage("ilql", "ilql", ("seed", "runtime", "data", "reward_fn", "ilql", "generation.max_new_tokens"), _tuning_reads("ilql"),
           "offline RL (implicit language Q-learning) from texts with rewards, e.g. reviews and their labels",
-          "Offline RL (ILQL)", **shown_by(f"{SHOWN}.ilql"), tuned=True, compares=TUNED),
+          "Offline RL (ILQL)", **shown_by(f"{SHOWN}.ilql"), tuned=True, compares=TUNED, summary=IlqlSummary),
     Stage("evaluate", "evaluate", ("seed", "runtime", "data", "reward_fn", "evaluate", "generation.max_new_tokens"),
           _evaluate_reads,
           "generate from SFT and the tuned models (PPO, DPO, ILQL; or any models) on held-out prompts and compare",
           "Evaluation", **shown_by(f"{SHOWN}.evaluate"), figures="eval_",
-          compares="the evaluated models against the reference"),
+          compares="the evaluated models against the reference", summary=EvaluateSummary),
     Stage("overopt", "overopt", ("seed", "runtime", "data", "reward_fn", "evaluate", "overopt", "generation.max_new_tokens"),
           _overopt_reads,
           "over-optimisation study: proxy and gold rewards, KL and separator ratio at every RL snapshot",
-          "Over-optimisation study", **shown_by(f"{SHOWN}.overopt")),
+          "Over-optimisation study", **shown_by(f"{SHOWN}.overopt"), summary=OveroptSummary),
 )}
 
 

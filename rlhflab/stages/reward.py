@@ -31,6 +31,7 @@ from rlhflab.models.attention import use_matmul_attention
 from rlhflab.models.reward_model import RewardMeta, configure_trainable, load_reward_backbone, save_reward_model
 from rlhflab.ops.reward_loss import bradley_terry_loss, label_loss, normalization
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
+from rlhflab.summaries import RewardSummary
 
 SPLITS = ("train", "validation", "test")
 
@@ -165,22 +166,21 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     state = whole_state(model)  # under FSDP every process gathers the shards; the main one writes
     if runtime.is_main:
         save_reward_model(model, tokenizer, meta, run_dir.model_dir, state)
-    summary = {
-        "objective": rw.objective,
-        "model": rw.model,
-        "trainable": rw.trainable,
-        "parameters": {"trainable": trainable, "total": total},
-        "examples": {name: len(data[f"{name}/chosen" if pairs else name]) for name in SPLITS if name in targets},
-        "left_out": left_out,
-        "labels": _label_kind(cfg),
-        "metrics": metrics,
-        "normalization": asdict(meta),
+    summary = RewardSummary(
+        objective=rw.objective,
+        model=rw.model,
+        trainable=rw.trainable,
+        parameters={"trainable": trainable, "total": total},
+        examples={name: len(data[f"{name}/chosen" if pairs else name]) for name in SPLITS if name in targets},
+        left_out=left_out,
+        labels=_label_kind(cfg),
+        metrics=metrics,
+        normalization=asdict(meta),
         **algorithm.facts(steps),
-        "frozen_cache": cache_facts(first, cache_seconds),
+        frozen_cache=cache_facts(first, cache_seconds),
         **run_facts(runtime, started),
-    }
-    if not pairs and "test" in metrics:
-        summary["confusion_matrix_test"] = metrics["test"]["confusion_matrix"]
+        confusion_matrix_test=metrics["test"]["confusion_matrix"] if not pairs and "test" in metrics else None,
+    )
     return finish_run(run_dir, summary, runtime)
 
 
@@ -234,16 +234,16 @@ class Scorer:
         return {"loss": float(label_loss(raw["scores"], target)), **metrics}
 
 
-def format_summary(summary: dict) -> str:
+def format_summary(summary: RewardSummary) -> str:
     """The tables printed at the end: metrics per split and the confusion matrix, or pairwise accuracy."""
-    metrics = summary["metrics"]
-    timing = f"({summary['seconds']:.0f} s, {summary['train_examples_per_s']:.0f} train examples/s)"
-    if summary["objective"] == "pairs":
+    metrics = summary.metrics
+    timing = f"({summary.seconds:.0f} s, {summary.train_examples_per_s:.0f} train examples/s)"
+    if summary.objective == "pairs":
         lines = [f"{'split':<11} {'pairwise acc':>12} {'mean margin':>12} {'loss':>8}"]
         for name, row in metrics.items():
             lines.append(f"{name:<11} {row['pairwise_accuracy']:12.3f} {row['mean_margin']:12.3f} {row['loss']:8.3f}")
         return "\n".join(lines + [timing])
     text = format_classification_table(metrics)
-    if "confusion_matrix_test" in summary:
-        text += "\n\nConfusion matrix on test:\n" + format_confusion(summary["confusion_matrix_test"])
+    if summary.confusion_matrix_test is not None:
+        text += "\n\nConfusion matrix on test:\n" + format_confusion(summary.confusion_matrix_test)
     return text + "\n" + timing

@@ -33,6 +33,7 @@ from rlhflab.rewards import RewardFunction, build_reward, probability_reward
 from rlhflab.rollout import Experience, sample, score_rollout
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
 from rlhflab.stages.registry import policy_stage
+from rlhflab.summaries import RlSummary
 from rlhflab.vllm_rollout import build_vllm_rollout, resolve_rollout_engine
 
 
@@ -107,23 +108,24 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     state = whole_state(module)  # under FSDP every process gathers the shards; the main one writes
     if runtime.is_main:
         save_policy(policy, tokenizer, run_dir.model_dir, state)
-    summary = {
-        "algorithm": ppo.algorithm,
-        "rollout_engine": engine_name,  # what sampled the training rollouts (evaluations sample with hf)
-        "samples_per_prompt": ppo.samples_per_prompt,
-        "kl_penalty": ppo.kl_penalty,
-        "policy": policy_source,
-        "reward": rewards["score"].description,
+    reads = rewards["score"].reads
+    summary = RlSummary(
+        algorithm=ppo.algorithm,
+        rollout_engine=engine_name,  # what sampled the training rollouts (evaluations sample with hf)
+        samples_per_prompt=ppo.samples_per_prompt,
+        kl_penalty=ppo.kl_penalty,
+        policy=policy_source,
+        reward=rewards["score"].description,
         # how the reward model's token budget went: prompts that crowd out the response (summed over processes)
-        **({"reward_reads": rewards["score"].reads.summary(runtime.sum)} if rewards["score"].reads else {}),
-        "trainable": ppo.trainable,
-        "parameters": {"trainable": trainable, "total": total},
-        "reference": policy.reference.description,
-        "left_out": {**splits.left_out, **prompts.left_out},
-        "steps": steps,
+        reward_reads=reads.summary(runtime.sum) if reads else None,
+        trainable=ppo.trainable,
+        parameters={"trainable": trainable, "total": total},
+        reference=policy.reference.description,
+        left_out={**splits.left_out, **prompts.left_out},
+        steps=steps,
         **algorithm.summary(),
         **run_facts(runtime, started),
-    }
+    )
     return finish_run(run_dir, summary, runtime)
 
 
@@ -285,12 +287,12 @@ def _write_samples(run_dir: RunDir, step: int, exp: Experience, kl: torch.Tensor
                                      "score": float(exp.scores[i]), "kl": float(kl[i].sum())}) + "\n")
 
 
-def format_summary(summary: dict) -> str:
-    start, end = summary["start"], summary["end"]
+def format_summary(summary: RlSummary) -> str:
+    start, end = summary.start, summary.end
     keys = [k for k in ("score", "positive_probability", "kl") if k in start]
     lines = [f"{'':<8}" + "".join(f"{k:>22}" for k in keys)]
     for name, row in (("start", start), ("end", end)):
         lines.append(f"{name:<8}" + "".join(f"{row[k]:22.3f}" for k in keys))
-    lines.append(f"({summary['seconds']:.0f} s, rollout {summary['rollout_tokens_per_s']:.0f} tokens/s, "
-                 f"training {summary['train_tokens_per_s']:.0f} tokens/s, peak {summary['peak_memory_mb']:.0f} MB)")
+    lines.append(f"({summary.seconds:.0f} s, rollout {summary.rollout_tokens_per_s:.0f} tokens/s, "
+                 f"training {summary.train_tokens_per_s:.0f} tokens/s, peak {summary.peak_memory_mb:.0f} MB)")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from rlhflab.models.causal_lm import count_parameters, load_causal_lm, refuse_st
 from rlhflab.models.encoding import EncodedSplit, SplitForward, encode_and_cache, make_forward
 from rlhflab.ops.lm_loss import perplexity
 from rlhflab.stages.common import finish_run, load_splits, open_run_dir
+from rlhflab.summaries import SftSummary
 
 SPLITS = ("train", "validation", "test")
 
@@ -93,18 +94,18 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     state = whole_state(model)  # under FSDP every process gathers the shards; the main one writes
     if runtime.is_main:
         save_model(model, tokenizer, run_dir, state)
-    summary = {
-        "model": sft.model,
-        "trainable": sft.trainable,
-        "parameters": {"trainable": trainable, "total": total},
-        "examples": {name: len(texts[name]) for name in SPLITS},
-        "left_out": splits.left_out,
+    summary = SftSummary(
+        model=sft.model,
+        trainable=sft.trainable,
+        parameters={"trainable": trainable, "total": total},
+        examples={name: len(texts[name]) for name in SPLITS},
+        left_out=splits.left_out,
         **algorithm.facts(steps),
-        "before": before,
-        "after": after,
-        "frozen_cache": cache_facts(first, cache_seconds),
+        before=before,
+        after=after,
+        frozen_cache=cache_facts(first, cache_seconds),
         **run_facts(runtime, started),
-    }
+    )
     return finish_run(run_dir, summary, runtime)
 
 
@@ -136,16 +137,16 @@ def save_model(model, tokenizer, run_dir: RunDir, state: dict | None = None) -> 
             tokenizer.save_pretrained(tmp)
 
 
-def format_summary(summary: dict) -> str:
+def format_summary(summary: SftSummary) -> str:
     """The loss/perplexity table printed at the end."""
-    before = summary.get("before", {})
+    before = summary.before or {}
     lines = [f"{'split':<11} {'loss':>8} {'perplexity':>11}   {'perplexity before SFT':>21}"]
     for name in SPLITS:
-        if name not in summary["after"]:
+        if name not in summary.after:
             continue
-        row = summary["after"][name]
+        row = summary.after[name]
         prior = before.get(name, {}).get("perplexity")
         prior_text = "-" if prior is None else f"{prior:.3f}"
         lines.append(f"{name:<11} {row['loss']:8.3f} {row['perplexity']:11.3f}   {prior_text:>21}")
-    lines.append(f"({summary['seconds']:.0f} s, {summary['train_tokens_per_s']:.0f} train tokens/s)")
+    lines.append(f"({summary.seconds:.0f} s, {summary.train_tokens_per_s:.0f} train tokens/s)")
     return "\n".join(lines)

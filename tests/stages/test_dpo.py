@@ -15,7 +15,7 @@ from rlhflab.errors import RlhfLabError
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.ops.preference import sequence_logprobs
 from rlhflab.stages.common import run_stage
-from tests.helpers import FP32
+from tests.helpers import FP32, typed_summary
 
 REWARD_FILE = '''
 def e_share(prompts, responses):
@@ -80,6 +80,7 @@ def test_on_policy_dpo_runs_and_starts_at_the_reference(tmp_path, tiny_llama_dir
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, f"{reward_file}:e_share")
     run_dir = run_stage("dpo", cfg, progress=False)
     summary = json.loads((run_dir.path / "summary.json").read_text())
+    assert typed_summary("dpo", run_dir.path).start == summary["start"]
     # Step 0: the policy is its own reference, so every pair's h is 0 and the loss is log 2.
     for metrics in summary["before"].values():
         assert metrics["loss"] == pytest.approx(math.log(2), abs=1e-5)

@@ -14,7 +14,7 @@ from rlhflab.eval.generate import generate, response_logprobs
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.stages import evaluate
 from rlhflab.stages.common import run_stage
-from tests.helpers import FP32
+from tests.helpers import FP32, typed_summary
 
 REWARD_FILE = '''
 def e_share(prompts, responses):
@@ -75,7 +75,7 @@ def test_evaluate_writes_the_agreed_summary_and_samples(tmp_path, reviews_csv, t
     assert [r["prompt"] for r in by_model["sft"]] == [r["prompt"] for r in by_model["ppo"]]
     for name, figure in summary["figures"].items():
         assert (run_dir.path / figure).stat().st_size > 1000, name
-    assert "sft" in evaluate.format_summary(summary)
+    assert "sft" in evaluate.format_summary(typed_summary("evaluate", run_dir.path))
 
 
 def test_missing_default_models_name_the_command_to_run(tmp_path, reviews_csv):
@@ -107,7 +107,8 @@ def test_best_of_n_keeps_the_best_of_the_first_n_samples(tmp_path, reviews_csv, 
     prompts = tmp_path / "eval.txt"
     prompts.write_text("the film\n\nthe plot\nthe cast\n  \nan ending\n", encoding="utf-8")
     cfg.data.eval_prompts = str(prompts)
-    summary = json.loads(run_stage("evaluate", cfg, progress=False).summary_path.read_text())
+    run_dir = run_stage("evaluate", cfg, progress=False)
+    summary = json.loads(run_dir.summary_path.read_text())
     assert summary["prompts"] == 4 and summary["left_out"] == {"prompts left blank in data.eval_prompts": 2}
     best = summary["best_of"]
     assert best["model"] == "sft" and best["prompts"] == 3 and best["drawn"] == 4
@@ -121,7 +122,7 @@ def test_best_of_n_keeps_the_best_of_the_first_n_samples(tmp_path, reviews_csv, 
         from rlhflab.config import check_evaluate
 
         check_evaluate(EvaluateConfig(best_of=[0]))
-    assert "best-of-n from sft on the first 3 prompts" in evaluate.format_summary(summary)
+    assert "best-of-n from sft on the first 3 prompts" in evaluate.format_summary(typed_summary("evaluate", run_dir.path))
 
 
 def test_evaluate_scores_at_the_reward_models_training_length_and_counts_crowding_prompts(tmp_path, reviews_csv,

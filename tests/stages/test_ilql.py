@@ -14,7 +14,7 @@ from rlhflab.config import Config, DataConfig, IlqlConfig, PpoConfig, RewardFnCo
 from rlhflab.errors import RlhfLabError
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.stages.common import run_stage
-from tests.helpers import FP32, synthetic_reviews
+from tests.helpers import FP32, synthetic_reviews, typed_summary
 
 REWARD_FILE = '''
 def e_share(prompts, responses):
@@ -45,6 +45,7 @@ def test_ilql_on_labelled_reviews_saves_a_steerable_model(tmp_path, tiny_llama_d
     run_dir = run_stage("ilql", make_config(tmp_path, tiny_llama_dir, reviews_csv), progress=False)
     summary = json.loads((run_dir.path / "summary.json").read_text())
     assert summary["steps"] == 3 and set(summary["by_beta"]) == {"0.0", "2.0", "1.0"}
+    assert typed_summary("ilql", run_dir.path).by_beta == summary["by_beta"]
     assert summary["start"]["kl"] == 0.0 and summary["end"] == summary["by_beta"]["1.0"]
     assert summary["samples"]["train"] == 36 and "label as reward" in summary["samples"]["source"]
     assert {"q", "v", "cql", "awac"} <= set(summary["after"]["train"])

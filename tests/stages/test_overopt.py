@@ -16,7 +16,7 @@ from rlhflab.models.policy import build_policy
 from rlhflab.models.snapshot import save_snapshot
 from rlhflab.stages import evaluate, overopt
 from rlhflab.stages.common import run_stage
-from tests.helpers import FP32
+from tests.helpers import FP32, typed_summary
 
 REWARD_FILE = '''
 def e_share(prompts, responses):
@@ -101,7 +101,7 @@ def test_the_study_reads_every_snapshot_and_states_a_verdict(tmp_path, tiny_llam
     assert len(rows) == 4 * 10 and set(rows[0]["scores"]) == {"proxy", "vader", "e"}
     for figure in summary["figures"].values():
         assert (run_dir.path / figure).stat().st_size > 1000
-    text = overopt.format_summary(summary)
+    text = overopt.format_summary(typed_summary("overopt", run_dir.path))
     assert "verdict:" in text and "epoch-2" in text
     _, markdown = build_report(tmp_path / "runs" / "tiny")
     report = markdown.read_text()
@@ -133,4 +133,4 @@ def test_the_evaluation_scores_with_every_gold_judge_and_flags_disagreement(tmp_
     assert summary["gold_agreement"]["same"]["vader"] == {"proxy_gain": 0.0, "gold_gain": 0.0, "disagree": False}
     row = json.loads((run_dir.path / "samples.jsonl").read_text().splitlines()[0])
     assert set(row["judges"]) == {"proxy", "vader", "e"}
-    assert "accuracy" in evaluate.format_summary(summary)
+    assert "accuracy" in evaluate.format_summary(typed_summary("evaluate", run_dir.path))

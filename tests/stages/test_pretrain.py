@@ -14,7 +14,7 @@ from rlhflab.config import Config, DataConfig, PretrainConfig, RewardConfig
 from rlhflab.errors import RlhfLabError
 from rlhflab.io import read_json
 from rlhflab.stages.common import run_stage
-from tests.helpers import FP32
+from tests.helpers import FP32, typed_summary
 
 
 def write_corpus(path, lines: int = 900, seed: int = 0):
@@ -47,7 +47,8 @@ def pretrained(tmp_path_factory):
 
 
 def test_pretraining_learns_beyond_the_ngram_baselines(pretrained):
-    _, _, summary = pretrained
+    _, run_dir, summary = pretrained
+    assert typed_summary("pretrain", run_dir.path).after == summary["after"]
     validation = summary["after"]["validation"]["perplexity"]
     assert validation < 0.5 * summary["baselines"]["unigram"]
     assert validation < summary["baselines"]["bigram"]

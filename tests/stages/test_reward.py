@@ -15,7 +15,7 @@ from rlhflab.rewards import build_reward
 from rlhflab.stages import reward
 from rlhflab.stages.common import run_stage
 from rlhflab.engine import loop as engine_loop
-from tests.helpers import SHAKESPEARE, StopAt, needs_shakespeare
+from tests.helpers import SHAKESPEARE, StopAt, needs_shakespeare, typed_summary
 from tests.helpers import FP32
 
 
@@ -43,7 +43,7 @@ def test_classifier_from_labels_learns_and_saves_a_plain_model(tmp_path, tiny_be
     assert (run_dir.model_dir / META_FILE).exists()
     model = AutoModelForSequenceClassification.from_pretrained(run_dir.model_dir)  # plain transformers
     assert model.config.num_labels == 1 and model.config.id2label[0] == "POSITIVE"
-    assert "Confusion matrix" in reward.format_summary(summary)
+    assert "Confusion matrix" in reward.format_summary(typed_summary("reward", run_dir.path))
     # The training length is recorded with the model, and scoring reads no more (issue 19).
     assert json.loads((run_dir.model_dir / META_FILE).read_text())["max_length"] == 32
     assert build_reward(RewardFnConfig(source=str(run_dir.path))).reads.max_length == 32
@@ -110,7 +110,7 @@ def test_pairwise_bradley_terry_learns_preferences(tmp_path, tiny_bert_dir, pair
     assert summary["metrics"]["train"]["pairwise_accuracy"] >= 0.9
     assert summary["metrics"]["test"]["pairwise_accuracy"] >= 0.75
     assert summary["examples"] == {"train": 32, "validation": 4, "test": 4}
-    assert "pairwise acc" in reward.format_summary(summary)
+    assert "pairwise acc" in reward.format_summary(typed_summary("reward", run_dir.path))
 
 
 @needs_shakespeare

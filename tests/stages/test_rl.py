@@ -16,7 +16,7 @@ from rlhflab.rollout import response_mask_from, sample, score_rollout
 from rlhflab.stages import rl as rl_stage
 from rlhflab.stages.common import run_stage
 from rlhflab.engine import loop as engine_loop
-from tests.helpers import StopAt
+from tests.helpers import StopAt, typed_summary
 from tests.helpers import FP32
 
 REWARD_FILE = '''
@@ -138,6 +138,7 @@ def test_ppo_run_writes_everything_keeps_the_reference_and_trains_every_trainabl
     assert train[0]["kl"] == 0.0 and train[0]["clip_fraction"] >= 0.0
     summary = json.loads(run_dir.summary_path.read_text())
     assert summary["start"]["step"] == 0 and summary["end"]["step"] == 4
+    assert typed_summary("rl", run_dir.path).end == summary["end"]
     # 4 steps x 8 prompts over 36 training prompts: the first pass ends at step 5, so none yet.
     assert not list((run_dir.checkpoint_dir).glob("epoch-*"))
     assert summary["reference"].startswith("shared frozen blocks")

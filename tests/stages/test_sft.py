@@ -20,7 +20,7 @@ from rlhflab.stages.common import run_stage
 from rlhflab.engine import loop as engine_loop
 from rlhflab.io import read_json
 from rlhflab.pipeline import headline
-from tests.helpers import StopAt
+from tests.helpers import StopAt, typed_summary
 from tests.helpers import FP32
 from tests.helpers import synthetic_reviews
 
@@ -87,7 +87,7 @@ def test_sft_writes_the_run_directory_and_trains_only_the_top_blocks(tmp_path, t
         assert changed == (name.startswith("model.layers.2.") or name.startswith("model.layers.3.")), name
     records = [json.loads(line) for line in run_dir.metrics_path.read_text().splitlines()]
     assert {r["split"] for r in records} == {"train", "validation"}
-    assert sft.format_summary(summary).splitlines()[0].split()[:3] == ["split", "loss", "perplexity"]
+    assert sft.format_summary(typed_summary("sft", run_dir.path)).splitlines()[0].split()[:3] == ["split", "loss", "perplexity"]
 
 
 def test_bf16_autocast_trains(tmp_path, tiny_llama_dir, reviews_csv):

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DECLARATIONS = ("rlhflab.stages.registry", "rlhflab.algorithms.recipes")
 # bottom first; a unit is a subpackage or top-level module of rlhflab (or a declaration above)
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"errors", "io", "interrupt", "malloc", "fingerprint", "tracking", "assets", "checkpoint", "config",
+    ("foundation", {"errors", "summaries", "io", "interrupt", "malloc", "fingerprint", "tracking", "assets", "checkpoint",
+                    "config",
                     *DECLARATIONS}),
     ("parts", {"data", "ops", "models", "rewards", "_api_rewards", "rollout", "vllm_rollout", "eval"}),
     ("training", {"engine", "algorithms"}),

@@ -30,7 +30,7 @@ SAMPLE_CHARS = 400  # responses longer than this are cut in the side-by-side tab
 class Stage:
     name: str
     path: Path
-    summary: dict | None = None
+    summary: Any = None  # its summary.json as the registry's type for it (rlhflab/summaries.py), or None
     rows: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
     config: str | None = None
@@ -48,8 +48,9 @@ class Stage:
 
 def load_stage(run_root: Path, name: str) -> Stage:
     """A stage's files, each through run_files; one that cannot be used is left out and said in
-    `problems` (a summary.json left out makes the stage not done). A run made before a stage was
-    renamed has its folder under the old name (registry.stage_dir)."""
+    `problems` (a summary.json left out, or one without the keys and types of its stage's summary
+    type, makes the stage not done). A run made before a stage was renamed has its folder under
+    the old name (registry.stage_dir)."""
     stage = Stage(name, stage_dir(run_root, name))
     if not stage.exists:
         return stage
@@ -60,8 +61,9 @@ def load_stage(run_root: Path, name: str) -> Stage:
         stage.problems.append(str(exc))
         return stage
     try:
-        stage.summary = read_json_object(run_root, f"{folder}/summary.json")
-    except HandedFileError as exc:
+        data = read_json_object(run_root, f"{folder}/summary.json")
+        stage.summary = None if data is None else STAGES[name].parse_summary(data, stage.path / "summary.json")
+    except RlhfLabError as exc:  # HandedFileError, or a summary of another shape (rlhflab/summaries.py)
         stage.problems.append(str(exc))
     for attribute, file in (("rows", "metrics.jsonl"), ("samples", "samples.jsonl")):
         try:
@@ -85,6 +87,11 @@ def _num(value: Any, digits: int = 3) -> str:
     except (TypeError, ValueError):
         return str(value)
     return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+
+
+def _text(value: Any, missing: str = "-") -> str:
+    """A summary's value as text, `missing` for one it does not hold (None)."""
+    return missing if value is None else str(value)
 
 
 def _signed(value: Any) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhflab.eval.document import Block, Heading, Table
-from rlhflab.eval.sections.base import Figures, Stage, _counts, _facts, _num, _short, _split_table, _stage_lines
+from rlhflab.eval.sections.base import Figures, Stage, _counts, _facts, _num, _short, _split_table, _stage_lines, _text
 from rlhflab.eval.sections.tuned import (
     _held_out_table,
     _panel_curves,
@@ -14,6 +14,7 @@ from rlhflab.eval.sections.tuned import (
     held_out_parts,
     tuned_rows,
 )
+from rlhflab.summaries import DpoSummary
 
 
 DPO_PANELS = (("Loss", ("loss",)), ("Pair accuracy", ("pair_accuracy",)),
@@ -28,20 +29,20 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
 
 
 def _dpo_blocks(stage: Stage, curves) -> list[Block]:
-    s = stage.summary
-    rounds = [r for r in s.get("by_round") or [] if isinstance(r, dict)]
+    s: DpoSummary = stage.summary
+    rounds = [r for r in s.by_round or [] if isinstance(r, dict)]
     if len(rounds) > 1:
         ends = {f"round {r.get('round')} (step {r.get('step', '?')})": r.get("end") or {} for r in rounds}
-        reference = "the policy as each round began" if s.get("reference") == "previous_round" else "the starting model"
+        reference = "the policy as each round began" if s.reference == "previous_round" else "the starting model"
         caption = (f"Mean reward, probability of positive sentiment and KL to the starting model on the held-out evaluation "
                    f"prompts, at the start and after each of {len(rounds)} rounds of on-policy DPO (each round's pairs "
                    f"sampled from the policy as it was; reference: {reference}).")
     else:
-        ends = {f"end (step {s.get('steps', '?')})": s.get("end") or {}}
+        ends = {f"end (step {_text(s.steps, '?')})": s.end}
         caption = ("Mean reward, probability of positive sentiment and KL to the starting model on the held-out "
                    "evaluation prompts, before and after DPO (measured as for RL training).")
-    blocks: list[Block] = [_held_out_table({"start": s.get("start") or {}, **ends}, caption=caption)]
-    before, after = s.get("before") or {}, s.get("after") or {}
+    blocks: list[Block] = [_held_out_table({"start": s.start, **ends}, caption=caption)]
+    before, after = s.before or {}, s.after or {}
     keys = ("loss", "pair_accuracy", "margin", "chosen_reward", "rejected_reward")
     blocks.append(_split_table(
         after, ["pairs", *(k.replace("_", " ") for k in keys)],
@@ -53,23 +54,23 @@ def _dpo_blocks(stage: Stage, curves) -> list[Block]:
     if stage.rows:
         blocks.append(curves("DPO training: the loss (train, mean over each log window, and validation), validation pair "
                              "accuracy, implicit rewards and margin, and the learning rate."))
-    pairs = s.get("pairs") or {}
+    pairs = s.pairs or {}
     on_policy = pairs.get("source") == "on-policy"
     source = (f"on-policy (AI feedback): {pairs.get('samples_per_prompt', '-')} samples of the starting policy for each of "
               f"{pairs.get('prompts', '-')} training prompts, the reward's best against its worst") if on_policy \
         else str(pairs.get("source", "-"))
     blocks.append(_facts([
-        ("loss", DPO_LOSSES.get(s.get("loss"), str(s.get("loss", "-")))),
-        ("β", _num(s.get("beta"))),
+        ("loss", DPO_LOSSES.get(s.loss, _text(s.loss))),
+        ("β", _num(s.beta)),
         ("pairs", f"{source}; {_counts(pairs)}"),
         ("pairs left out", ", ".join(f"{v} ({k})" for k, v in (pairs.get("left_out") or {}).items()) or "none"),
         ("responses cut to max_length", pairs.get("responses_cut_to_max_length")),
-        ("policy (start and reference)", str(s.get("policy", "-"))),
+        ("policy (start and reference)", _text(s.policy)),
         *([("rounds", f"{len(rounds)}, each on new pairs from the policy as it was; reference: "
-                      f"{'the policy as the round began' if s.get('reference') == 'previous_round' else 'the start'}; "
+                      f"{'the policy as the round began' if s.reference == 'previous_round' else 'the start'}; "
                       f"pairs, loss and pair accuracy above are the last round's")] if len(rounds) > 1 else []),
-        ("reward", str(s.get("reward") or "-")),
-        *_training_facts(s, "pairs", 1),
+        ("reward", str(s.reward or "-")),
+        *_training_facts(s, "pairs", s.train_pairs_per_s, 1),
     ]))
     examples = _stage_lines(stage, "pairs.jsonl")
     if examples:
@@ -83,8 +84,8 @@ def _dpo_blocks(stage: Stage, curves) -> list[Block]:
     return blocks
 
 
-def line(summary: dict) -> str:
-    validation = summary["after"].get("validation")
+def line(summary: DpoSummary) -> str:
+    validation = summary.after.get("validation")
     return ", ".join(held_out_parts(summary) + ([f"validation pair accuracy {validation['pair_accuracy']:.3f}"] if validation else []))
 
 

@@ -22,13 +22,15 @@ from rlhflab.eval.sections.base import (
     _short,
     _signed,
     _slug,
+    _text,
 )
 from rlhflab.stages.registry import STAGES
+from rlhflab.summaries import EvaluateSummary
 
 
-def _eval_models(summary: dict, samples: list[dict]) -> list[str]:
+def _eval_models(summary: EvaluateSummary, samples: list[dict]) -> list[str]:
     """Models in the summary's order (the first is the reference), then any only in samples."""
-    names = list((summary.get("models") or {}).keys())
+    names = list(summary.models.keys())
     return names + [m for m in dict.fromkeys(r.get("model") for r in samples) if m and m not in names]
 
 
@@ -83,18 +85,18 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     blocks: list[Block] = [Heading(STAGES["evaluate"].title, anchor="evaluate")]
     if not stage.done:
         return blocks + _not_run(stage, run_root)
-    s = stage.summary
-    models = s.get("models") or {}
+    s: EvaluateSummary = stage.summary
+    models = s.models
     names = _eval_models(s, stage.samples)
-    reference = s.get("reference") or (names[0] if names else "-")
+    reference = s.reference or (names[0] if names else "-")
     sampling = ""
-    if s.get("temperature") is not None or s.get("max_new_tokens") is not None:
-        sampling = f" Sampling at temperature {s.get('temperature', '-')}, up to {s.get('max_new_tokens', '-')} new tokens."
-    blocks.append(para(f"{s.get('prompts', '-')} held-out prompts, one response per model, scored by "
-                       f"{s.get('reward', 'the reward function')}. Reference model: {reference}.{sampling}"))
+    if s.temperature is not None or s.max_new_tokens is not None:
+        sampling = f" Sampling at temperature {_text(s.temperature)}, up to {_text(s.max_new_tokens)} new tokens."
+    blocks.append(para(f"{_text(s.prompts)} held-out prompts, one response per model, scored by "
+                       f"{_text(s.reward, 'the reward function')}. Reference model: {reference}.{sampling}"))
     if models:
         blocks.append(_eval_metric_table(models))
-    comparison = s.get("comparison") or {}
+    comparison = s.comparison or {}
     if comparison:
         blocks.append(Table(["model", "compared with", "prompts better", "prompts worse", "same", "mean reward change"],
                             [[m, str(c.get("vs", reference)), _pct(c.get("better")), _pct(c.get("worse")),
@@ -109,10 +111,10 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     return blocks
 
 
-def _judges_blocks(summary: dict) -> list[Block]:
+def _judges_blocks(summary: EvaluateSummary) -> list[Block]:
     """Gold judges beside the proxy: each one's calibration and each model's share judged positive,
     and a note wherever the proxy's gain is not matched by a gold judge's."""
-    judges, models = summary.get("judges") or {}, summary.get("models") or {}
+    judges, models = summary.judges or {}, summary.models
     if not judges:
         return []
     names = list(judges)
@@ -122,7 +124,7 @@ def _judges_blocks(summary: dict) -> list[Block]:
                                  caption="The proxy (the reward RL optimised) and the gold judges it never saw: accuracy on "
                                          f"{next(iter(judges.values())).get('calibrated_on', 'held-out labelled texts')} at each "
                                          "judge's threshold, and the share of each model's responses the judge calls positive.")]
-    for model, per_judge in (summary.get("gold_agreement") or {}).items():
+    for model, per_judge in (summary.gold_agreement or {}).items():
         for judge, g in per_judge.items():
             if g.get("disagree"):
                 blocks.append(para(f"The proxy and {judge} disagree on {model}: the proxy's share of positive responses "
@@ -131,9 +133,9 @@ def _judges_blocks(summary: dict) -> list[Block]:
     return blocks
 
 
-def _best_of_blocks(summary: dict) -> list[Block]:
+def _best_of_blocks(summary: EvaluateSummary) -> list[Block]:
     """The best-of-n baselines of the evaluate stage (evaluate.best_of), when it drew them."""
-    best = summary.get("best_of")
+    best = summary.best_of
     if not best:
         return []
     rows = best.get("rows") or []
@@ -149,11 +151,11 @@ def _best_of_blocks(summary: dict) -> list[Block]:
                 "tuned models' measured KL in the table above; a judge's column is the share it calls positive.")]
 
 
-def _eval_figures(stage: Stage, summary: dict, names: list[str], reference: str, figures: Figures) -> list[Block]:
+def _eval_figures(stage: Stage, summary: EvaluateSummary, names: list[str], reference: str, figures: Figures) -> list[Block]:
     """Redraw the distribution figures from samples.jsonl; without it fall back to the PNGs
     the evaluate stage listed in its summary."""
     if not stage.samples:
-        listed = [(str(v), str(k).replace("_", " ")) for k, v in (summary.get("figures") or {}).items()]
+        listed = [(str(v), str(k).replace("_", " ")) for k, v in (summary.figures or {}).items()]
         note = para(f"{stage.path / 'samples.jsonl'} is missing, so the figures could not be redrawn.", note=True)
         return [note, *_listed_images(stage.path.parent, stage.path.name, listed)]
     blocks: list[Block] = []
@@ -184,15 +186,15 @@ def _eval_figures(stage: Stage, summary: dict, names: list[str], reference: str,
     return blocks
 
 
-def evaluation_figures(samples: list[dict], summary: dict, out: Path) -> list[Path]:
+def evaluation_figures(samples: list[dict], summary: EvaluateSummary, out: Path) -> list[Path]:
     """The evaluation's figures (distributions, reward maps, sentiment bars) drawn from its samples
     into `out`: the evaluate stage writes its own PNGs with the same code the report uses."""
     figures = Figures(out)
     stage = Stage("evaluate", out, summary=summary, samples=samples)
     names = _eval_models(summary, samples)
-    reference = summary.get("reference") or names[0]
+    reference = summary.reference or names[0]
     _eval_figures(stage, summary, names, reference, figures)
-    _sentiment_blocks(summary.get("models") or {}, samples, names, figures)
+    _sentiment_blocks(summary.models, samples, names, figures)
     return sorted(figures.written)
 
 
@@ -259,12 +261,12 @@ def _side_by_side(samples: list[dict], names: list[str]) -> list[Block]:
     return blocks
 
 
-def rows(ev: dict, name: str) -> list[list[str]]:
+def rows(ev: EvaluateSummary, name: str) -> list[list[str]]:
     rows = []
-    models = ev.get("models") or {}
+    models = ev.models
     names = list(models)
     if names:
-        ref = ev.get("reference") or names[0]
+        ref = ev.reference or names[0]
         for m in names:
             if m == ref or ref not in models:
                 continue
@@ -275,15 +277,15 @@ def rows(ev: dict, name: str) -> list[list[str]]:
                 rows.append(["evaluation", f"mean P(positive), {ref} → {m}", _num(ref_prob.get("mean")), _num(prob.get("mean"))])
             if models[m].get("kl_to_reference") is not None:
                 rows.append(["evaluation", f"KL of {m} to {ref} (nats / response)", "-", _num(models[m]["kl_to_reference"])])
-            better = (ev.get("comparison") or {}).get(m, {}).get("better")
+            better = (ev.comparison or {}).get(m, {}).get("better")
             if better is not None:
                 rows.append(["evaluation", f"prompts where {m} beats {ref}", "-", _pct(better)])
     return rows
 
 
-def line(summary: dict) -> str:
+def line(summary: EvaluateSummary) -> str:
     parts = []
-    for name, model in summary["models"].items():
+    for name, model in summary.models.items():
         prob = model.get("positive_probability")
         value = f"P(positive) {prob['mean']:.3f}" if prob else f"score {model['score']['mean']:.3f}"
         parts.append(f"{name} {value}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlhflab.eval.document import Block, Heading
-from rlhflab.eval.sections.base import Figures, Stage, _counts, _facts, _num, _split_table, _stage_lines
+from rlhflab.eval.sections.base import Figures, Stage, _counts, _facts, _num, _split_table, _stage_lines, _text
 from rlhflab.eval.sections.tuned import (
     _beta,
     _held_out_table,
@@ -16,6 +16,7 @@ from rlhflab.eval.sections.tuned import (
     held_out_parts,
     tuned_rows,
 )
+from rlhflab.summaries import IlqlSummary
 
 
 ILQL_PANELS = (("Loss", ("loss",)), ("TD loss of the Q heads, expectile loss of V", ("q", "v")),
@@ -27,14 +28,14 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
 
 
 def _ilql_blocks(stage: Stage, curves) -> list[Block]:
-    s = stage.summary
-    beta = _beta(s.get("beta"))
+    s: IlqlSummary = stage.summary
+    beta = _beta(s.beta)
     blocks: list[Block] = [_held_out_table(
-        {"start": s.get("start") or {}, **{f"β = {_beta(b)}": v for b, v in (s.get("by_beta") or {}).items()}}, change=False,
+        {"start": s.start, **{f"β = {_beta(b)}": v for b, v in (s.by_beta or {}).items()}}, change=False,
         caption="The held-out prompts at the start and after ILQL at each generation β: tokens are sampled from "
                 "logits + β(Q − V), β the steering strength, and β = 0 is the AWAC-trained language model alone. "
                 f"The saved model generates at β = {beta}.")]
-    after, terms = s.get("after") or {}, ("loss", "q", "v", "cql", "awac")
+    after, terms = s.after or {}, ("loss", "q", "v", "cql", "awac")
     blocks.append(_split_table(
         after, [*terms, "actions"], lambda n, m: [*(_num(m.get(k)) for k in terms), _num(m.get("actions"))],
         caption="The ILQL loss terms per action (token) after training: the TD loss of the Q heads (q), the expectile "
@@ -42,15 +43,15 @@ def _ilql_blocks(stage: Stage, curves) -> list[Block]:
     if stage.rows:
         blocks.append(curves("ILQL training: the loss (train, mean over each log window, and validation), its terms on "
                              "validation, and the learning rate."))
-    samples = s.get("samples") or {}
+    samples = s.samples or {}
     blocks.append(_facts([
         ("samples", f"{samples.get('source', '-')}; {_counts(samples)}"),
         ("reward normalisation", f"mean {_num(samples.get('reward_mean'))}, std {_num(samples.get('reward_std'))} over the "
                                  "training texts (each text's normalised reward sits on its last token)"),
         ("generation β (default)", beta),
-        ("policy (start)", str(s.get("policy", "-"))),
-        ("held-out reward", str(s.get("reward") or "none (KL only)")),
-        *_training_facts(s, "tokens", 0),
+        ("policy (start)", _text(s.policy)),
+        ("held-out reward", str(s.reward or "none (KL only)")),
+        *_training_facts(s, "tokens", s.train_tokens_per_s, 0),
     ]))
     rows = [r for r in _stage_lines(stage, "eval_after.jsonl") if _beta(r.get("beta")) == beta]
     if rows:
@@ -59,10 +60,10 @@ def _ilql_blocks(stage: Stage, curves) -> list[Block]:
     return blocks
 
 
-def line(summary: dict) -> str:
+def line(summary: IlqlSummary) -> str:
     """At ILQL's default β, the one its held-out numbers were measured at."""
     parts = held_out_parts(summary)
-    parts[0] += f" at beta {summary['beta']:g}"
+    parts[0] += f" at beta {summary.beta:g}"
     return ", ".join(parts)
 
 

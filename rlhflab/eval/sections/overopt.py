@@ -7,8 +7,9 @@ from pathlib import Path
 
 from rlhflab.eval import plots
 from rlhflab.eval.document import Block, Heading, Table, para
-from rlhflab.eval.sections.base import Figures, Stage, _not_run, _num, _short, yaml_config
+from rlhflab.eval.sections.base import Figures, Stage, _not_run, _num, _short, _text, yaml_config
 from rlhflab.stages.registry import STAGES
+from rlhflab.summaries import OveroptSummary
 
 
 def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
@@ -16,13 +17,13 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     blocks: list[Block] = [Heading(STAGES["overopt"].title, anchor="overopt")]
     if not stage.done:
         return blocks + _not_run(stage, run_root)
-    s = stage.summary
-    points, judges, verdict = s.get("points") or [], list(s.get("judges") or {}), s.get("verdict") or {}
+    s: OveroptSummary = stage.summary
+    points, judges, verdict = s.points, list(s.judges or {}), s.verdict or {}
     found = f"Onset: {verdict['onset']} at KL {_num(verdict.get('kl'), 2)} nats: " if verdict.get("onset") else "Verdict: "
-    blocks.append(para(f"The RL run {s.get('run', '-')}: its starting model and every per-epoch snapshot answer the same "
-                       f"{s.get('prompts', '-')} held-out prompts. {found}{verdict.get('reason', '-')}."))
+    blocks.append(para(f"The RL run {_text(s.run)}: its starting model and every per-epoch snapshot answer the same "
+                       f"{_text(s.prompts)} held-out prompts. {found}{verdict.get('reason', '-')}."))
     blocks.append(para(f"Rule: {verdict.get('rule', '-')}.", note=True))
-    peaks = s.get("gold_peak") or {}
+    peaks = s.gold_peak or {}
     if peaks:
         blocks.append(para("Gold peaks: " + "; ".join(f"{j} highest at {p['name']} (KL {_num(p['kl'], 2)}, mean "
                                                       f"{_num(p['value'])})" for j, p in peaks.items()) + "."))
@@ -34,7 +35,7 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
                         caption="Each judge's mean score (probabilities in 0..1; VADER's compound in -1..1), KL to the "
                                 "starting model (nats per response), the separator ratio and diversity, per "
                                 "checkpoint. Judge accuracy on "
-                                "labelled texts: " + ", ".join(f"{j} {_num(c.get('accuracy'))}" for j, c in (s.get("judges") or {}).items()) + "."))
+                                "labelled texts: " + ", ".join(f"{j} {_num(c.get('accuracy'))}" for j, c in (s.judges or {}).items()) + "."))
     if points:
         blocks.append(figures.draw(plots.overoptimisation, "overopt_proxy_gold", points,
                                    caption="Proxy and gold judges against √KL (Gao et al. 2022): over-optimisation shows "
@@ -61,13 +62,13 @@ def overopt_figures(points: list[dict], out: Path) -> list[Path]:
     return sorted(figures.written)
 
 
-def rows(study: dict, name: str) -> list[list[str]]:
-    verdict = study.get("verdict") or {}
+def rows(study: OveroptSummary, name: str) -> list[list[str]]:
+    verdict = study.verdict or {}
     onset = f"{verdict['onset']} (KL {_num(verdict.get('kl'), 2)})" if verdict.get("onset") else \
         f"none up to KL {_num(verdict.get('max_kl'), 2)}"
     return [["over-optimisation", "onset (the rule is in its section)", "-", onset]]
 
 
-def line(summary: dict) -> str:
-    verdict = summary["verdict"]
+def line(summary: OveroptSummary) -> str:
+    verdict = summary.verdict
     return f"onset at {verdict['onset']} (KL {verdict['kl']:.2f}): {verdict['reason']}" if verdict["onset"] else verdict["reason"]

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from rlhflab.eval import plots
 from rlhflab.eval.document import Block, Heading, Preformatted, Table
-from rlhflab.eval.sections.base import Figures, Stage, _facts, _num, _params, _pct, _seconds, _unfinished
+from rlhflab.eval.sections.base import Figures, Stage, _facts, _num, _params, _pct, _seconds, _text, _unfinished
 from rlhflab.stages.registry import STAGES
+from rlhflab.summaries import PretrainSummary
 
 
 def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
@@ -17,14 +18,14 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
                                           ylabel="loss (nats / token)", caption=caption)
     if not stage.done:
         return blocks + _unfinished(stage, run_root, curves, "Pretraining loss so far.")
-    s = stage.summary
-    after, base = s.get("after", {}), s.get("baselines", {})
+    s: PretrainSummary = stage.summary
+    after, base = s.after, s.baselines or {}
     rows = [[split, _num(after[split].get("loss")), _num(after[split].get("perplexity"), 2)] for split in after]
     rows += [[f"{name} model (validation)", "-", _num(base.get(name), 2)] for name in ("unigram", "bigram") if name in base]
     blocks.append(Table(["", "loss", "perplexity"], rows,
                         caption="The pretrained model on train and validation (nats per token), beside smoothed unigram "
                                 "and bigram models of the same tokens: what the transformer learned beyond counts."))
-    epochs = s.get("epochs") or []
+    epochs = s.epochs or []
     if epochs:
         blocks.append(Table(["epoch", "train loss", "train perplexity", "validation loss", "validation perplexity"],
                             [[str(e.get("epoch")), _num(e.get("train_loss")), _num(e.get("train_perplexity"), 2),
@@ -32,7 +33,7 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
                             caption="Per epoch: mean train loss logged during it and validation loss at its end."))
     if stage.rows:
         blocks.append(curves("Pretraining loss: train (mean over each log window) and validation."))
-    corpus, tokens, tok, model = s.get("corpus", {}), s.get("tokens", {}), s.get("tokenizer", {}), s.get("model", {})
+    corpus, tokens, tok, model = s.corpus or {}, s.tokens or {}, s.tokenizer or {}, s.model or {}
     blocks.append(_facts([
         ("corpus", f"{corpus.get('source', '-')}: {corpus.get('documents', '-')} document{'s' * (corpus.get('documents') != 1)}"),
         ("removed in cleaning", ", ".join(f"{v} {k}" for k, v in (corpus.get("removed") or {}).items()) or "-"),
@@ -43,20 +44,20 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
                   f"width {model.get('width')}, {model.get('heads')} head{'s' * (model.get('heads') != 1)}, "
                   f"context {model.get('context')}"),
         ("parameters", _params(model.get("parameters"))),
-        ("optimizer steps", s.get("steps")),
-        ("epochs completed", s.get("epochs_completed")),
-        ("stopped early", str(s.get("stopped_early", "-"))),
-        ("train tokens/s", _num(s.get("train_tokens_per_s"), 0)),
-        ("wall time", _seconds(s.get("seconds"))),
+        ("optimizer steps", s.steps),
+        ("epochs completed", s.epochs_completed),
+        ("stopped early", _text(s.stopped_early)),
+        ("train tokens/s", _num(s.train_tokens_per_s, 0)),
+        ("wall time", _seconds(s.seconds)),
     ]))
-    samples = s.get("samples") or []
+    samples = s.samples or []
     if samples:
         blocks.append(Heading("Samples from the pretrained model (unedited)", level=3))
         blocks += [Preformatted(f"{r.get('prompt', '')}{r.get('response', '')}") for r in samples]
     return blocks
 
 
-def line(summary: dict) -> str:
-    base = summary["baselines"]
-    return (f"validation perplexity {summary['after']['validation']['perplexity']:.1f} "
+def line(summary: PretrainSummary) -> str:
+    base = summary.baselines
+    return (f"validation perplexity {summary.after['validation']['perplexity']:.1f} "
             f"(bigram {base['bigram']:.1f}, unigram {base['unigram']:.1f})")

@@ -6,15 +6,16 @@ from pathlib import Path
 
 from rlhflab.eval import plots
 from rlhflab.eval.document import Block, Heading, Table, para
-from rlhflab.eval.sections.base import Figures, Stage, _facts, _num, _params, _seconds, _splits, _unfinished
+from rlhflab.eval.sections.base import Figures, Stage, _facts, _num, _params, _seconds, _splits, _text, _unfinished
 from rlhflab.stages.registry import STAGES
+from rlhflab.summaries import RewardSummary
 
 
-def _confusion(summary: dict) -> tuple[str, list[list[int]]] | None:
-    if "confusion_matrix_test" in summary:
-        return "test", summary["confusion_matrix_test"]
+def _confusion(summary: RewardSummary) -> tuple[str, list[list[int]]] | None:
+    if summary.confusion_matrix_test is not None:
+        return "test", summary.confusion_matrix_test
     for split in ("test", "validation", "train"):
-        matrix = summary.get("metrics", {}).get(split, {}).get("confusion_matrix")
+        matrix = summary.metrics.get(split, {}).get("confusion_matrix")
         if matrix:
             return split, matrix
     return None
@@ -26,13 +27,13 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
                                                caption=caption)
     if not stage.done:
         return blocks + _unfinished(stage, run_root, loss_figure, "Reward model train and validation loss so far.")
-    s = stage.summary
-    if str(s.get("labels", "")).startswith("weak"):
-        blocks.append(para(f"Trained on {s['labels']}: what a lexicon says, not what a reader would; its accuracy "
+    s: RewardSummary = stage.summary
+    if str(s.labels or "").startswith("weak"):
+        blocks.append(para(f"Trained on {s.labels}: what a lexicon says, not what a reader would; its accuracy "
                            "below is agreement with the lexicon.", note=True))
-    metrics = s.get("metrics", {})
+    metrics = s.metrics
     names = _splits(metrics)
-    pairs = s.get("objective") == "pairs"
+    pairs = s.objective == "pairs"
     if pairs:
         rows = [[n, _num(metrics[n].get("loss")), _num(metrics[n].get("pairwise_accuracy")),
                  _num(metrics[n].get("mean_margin")), _num(metrics[n].get("n"))] for n in names]
@@ -57,30 +58,30 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
                                        caption=f"Confusion matrix on the {split} split."))
     if stage.rows:
         blocks.append(loss_figure("Reward model loss: train (mean over each log window) and validation."))
-    norm = s.get("normalization") or {}
+    norm = s.normalization or {}
     blocks.append(_facts([
-        ("objective", str(s.get("objective", "-"))),
-        ("model", str(s.get("model", "-"))),
-        ("parameters", _params(s.get("parameters"))),
-        ("examples" if not pairs else "pairs", ", ".join(f"{k} {v}" for k, v in (s.get("examples") or {}).items()) or "-"),
-        ("optimizer steps", s.get("steps")),
+        ("objective", _text(s.objective)),
+        ("model", _text(s.model)),
+        ("parameters", _params(s.parameters)),
+        ("examples" if not pairs else "pairs", ", ".join(f"{k} {v}" for k, v in (s.examples or {}).items()) or "-"),
+        ("optimizer steps", s.steps),
         ("score normalization", f"gain {_num(norm.get('gain'))}, bias {_num(norm.get('bias'))} "
                                 f"({norm.get('reference', '-')})" if norm else "-"),
-        ("train examples/s", _num(s.get("train_examples_per_s"), 1)),
-        ("peak memory", f"{_num(s.get('peak_memory_mb'), 0)} MB"),
-        ("wall time", _seconds(s.get("seconds"))),
+        ("train examples/s", _num(s.train_examples_per_s, 1)),
+        ("peak memory", f"{_num(s.peak_memory_mb, 0)} MB"),
+        ("wall time", _seconds(s.seconds)),
     ]))
     return blocks
 
 
-def rows(reward: dict, name: str) -> list[list[str]]:
-    test = (reward.get("metrics") or {}).get("test") or {}
-    key = "pairwise_accuracy" if reward.get("objective") == "pairs" else "accuracy"
+def rows(reward: RewardSummary, name: str) -> list[list[str]]:
+    test = reward.metrics.get("test") or {}
+    key = "pairwise_accuracy" if reward.objective == "pairs" else "accuracy"
     return [["reward model", f"test {key.replace('_', ' ')}", "-", _num(test[key])]] if key in test else []
 
 
-def line(summary: dict) -> str:
-    metrics = summary["metrics"]
+def line(summary: RewardSummary) -> str:
+    metrics = summary.metrics
     split = "test" if "test" in metrics else next(iter(metrics))
-    key = "pairwise_accuracy" if summary.get("objective") == "pairs" else "accuracy"
+    key = "pairwise_accuracy" if summary.objective == "pairs" else "accuracy"
     return f"{split} accuracy {metrics[split][key]:.3f}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rlhflab.eval import plots
 from rlhflab.eval.document import Block, Heading, Table
-from rlhflab.eval.sections.base import Figures, Stage, _facts, _num, _params
+from rlhflab.eval.sections.base import Figures, Stage, _facts, _num, _params, _text
 from rlhflab.eval.sections.tuned import (
     HELD_OUT,
     _algorithm,
@@ -17,6 +17,7 @@ from rlhflab.eval.sections.tuned import (
     held_out_parts,
     tuned_rows,
 )
+from rlhflab.summaries import RlSummary
 
 
 # metrics.jsonl train keys drawn in the diagnostics figure, a panel each where the run logged them
@@ -71,34 +72,34 @@ def _num_key(step) -> float:
 
 
 def _rl_blocks(stage: Stage, curves, figures: Figures) -> list[Block]:
-    s = stage.summary
-    start, end = s.get("start") or {}, s.get("end") or {}
+    s: RlSummary = stage.summary
+    start, end = s.start, s.end
     blocks: list[Block] = [_held_out_table(
-        {f"start (step {start.get('step', 0)})": start, f"end (step {end.get('step', s.get('steps', '?'))})": end},
+        {f"start (step {start.get('step', 0)})": start, f"end (step {end.get('step', _text(s.steps, '?'))})": end},
         caption="Mean reward, probability of positive sentiment and KL to the starting model on the held-out evaluation "
                 f"prompts, before and after {_algorithm(s)}.")]
     if stage.rows:
         blocks.append(curves(f"{_algorithm(s)} training: mean reward per step with a rolling mean and the held-out evaluations"
                              ", KL to the starting model, the KL coefficient β and the clip fraction."))
         blocks += _diagnostics(stage, figures, _algorithm(s))
-    evaluations = s.get("evaluations") or []
+    evaluations = s.evaluations or []
     keys = [k for k in HELD_OUT if k in start or k in end]
     if len(evaluations) > 2:
         blocks.append(Table(["step", *(HELD_OUT[k] for k in keys)],
                             [[str(e.get("step")), *(_num(e.get(k)) for k in keys)] for e in evaluations],
                             caption="Every held-out evaluation during training."))
     blocks.append(_facts([
-        ("algorithm", _algorithm(s) + (f", {s['samples_per_prompt']} samples per prompt" if s.get("samples_per_prompt", 1) > 1 else "")),
-        ("KL penalty", {"reward": "-β·KL in the reward", "loss": "β·KL (k3) in the loss"}.get(s.get("kl_penalty", "reward"), "-")),
-        ("processes", s.get("processes", 1)),
-        ("policy (start)", str(s.get("policy", "-"))),
-        ("reward", str(s.get("reward", "-"))),
-        ("reference", str(s.get("reference", "-"))),
-        ("parameters", _params(s.get("parameters"))),
-        ("steps", s.get("steps")),
-        ("final β", _num(s.get("final_beta"), 4)),
-        ("rollout tokens/s", _num(s.get("rollout_tokens_per_s"), 0)),
-        ("train tokens/s", _num(s.get("train_tokens_per_s"), 0)),
+        ("algorithm", _algorithm(s) + (f", {s.samples_per_prompt} samples per prompt" if (s.samples_per_prompt or 1) > 1 else "")),
+        ("KL penalty", {"reward": "-β·KL in the reward", "loss": "β·KL (k3) in the loss"}.get(s.kl_penalty or "reward", "-")),
+        ("processes", s.processes or 1),
+        ("policy (start)", _text(s.policy)),
+        ("reward", _text(s.reward)),
+        ("reference", _text(s.reference)),
+        ("parameters", _params(s.parameters)),
+        ("steps", s.steps),
+        ("final β", _num(s.final_beta, 4)),
+        ("rollout tokens/s", _num(s.rollout_tokens_per_s, 0)),
+        ("train tokens/s", _num(s.train_tokens_per_s, 0)),
         *_run_facts(s),
     ]))
     if stage.samples:
@@ -109,7 +110,7 @@ def _rl_blocks(stage: Stage, curves, figures: Figures) -> list[Block]:
     return blocks
 
 
-def line(summary: dict) -> str:
+def line(summary: RlSummary) -> str:
     return ", ".join(held_out_parts(summary))
 
 

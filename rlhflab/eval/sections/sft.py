@@ -7,8 +7,9 @@ from pathlib import Path
 
 from rlhflab.eval import plots
 from rlhflab.eval.document import Block, Heading, Table
-from rlhflab.eval.sections.base import Figures, Stage, _facts, _num, _params, _seconds, _splits, _unfinished
+from rlhflab.eval.sections.base import Figures, Stage, _facts, _num, _params, _seconds, _splits, _text, _unfinished
 from rlhflab.stages.registry import STAGES
+from rlhflab.summaries import SftSummary
 
 
 def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
@@ -16,8 +17,8 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
     curves = lambda caption: figures.draw(plots.sft_curves, "sft_loss", stage.rows, caption=caption)
     if not stage.done:
         return blocks + _unfinished(stage, run_root, curves, "SFT train and validation loss so far.")
-    s = stage.summary
-    before, after = s.get("before", {}), s.get("after", {})
+    s: SftSummary = stage.summary
+    before, after = s.before or {}, s.after
     rows = []
     for split in _splits(after):
         b = before.get(split, {})
@@ -28,30 +29,30 @@ def section(stage: Stage, run_root: Path, figures: Figures) -> list[Block]:
                                 "measured."))
     if stage.rows:
         blocks.append(curves("SFT loss: train (mean over each log window) and validation."))
-    examples = s.get("examples") or {}
+    examples = s.examples or {}
     blocks.append(_facts([
-        ("model", str(s.get("model", "-"))),
-        ("trainable blocks", json.dumps(s.get("trainable"))),
-        ("parameters", _params(s.get("parameters"))),
+        ("model", _text(s.model)),
+        ("trainable blocks", json.dumps(s.trainable)),
+        ("parameters", _params(s.parameters)),
         ("examples", ", ".join(f"{k} {v}" for k, v in examples.items()) or "-"),
-        ("optimizer steps", s.get("steps")),
-        ("epochs completed", s.get("epochs_completed")),
-        ("stopped early", str(s.get("stopped_early", "-"))),
-        ("train tokens/s", _num(s.get("train_tokens_per_s"), 0)),
-        ("peak memory", f"{_num(s.get('peak_memory_mb'), 0)} MB"),
-        ("device / precision", f"{s.get('device', '-')} / {s.get('mixed_precision', '-')}"),
-        ("wall time", _seconds(s.get("seconds"))),
+        ("optimizer steps", s.steps),
+        ("epochs completed", s.epochs_completed),
+        ("stopped early", _text(s.stopped_early)),
+        ("train tokens/s", _num(s.train_tokens_per_s, 0)),
+        ("peak memory", f"{_num(s.peak_memory_mb, 0)} MB"),
+        ("device / precision", f"{_text(s.device)} / {_text(s.mixed_precision)}"),
+        ("wall time", _seconds(s.seconds)),
     ]))
     return blocks
 
 
-def rows(sft: dict, name: str) -> list[list[str]]:
-    before = (sft.get("before") or {}).get("validation", {})
-    after = (sft.get("after") or {}).get("validation", {})
+def rows(sft: SftSummary, name: str) -> list[list[str]]:
+    before = (sft.before or {}).get("validation", {})
+    after = sft.after.get("validation", {})
     return [["SFT", "validation perplexity", _num(before.get("perplexity")), _num(after.get("perplexity"))]] if after else []
 
 
-def line(summary: dict) -> str:
-    before = summary.get("before", {}).get("validation", {}).get("perplexity")
-    after = summary["after"].get("validation", summary["after"].get("train", {})).get("perplexity")
+def line(summary: SftSummary) -> str:
+    before = (summary.before or {}).get("validation", {}).get("perplexity")
+    after = summary.after.get("validation", summary.after.get("train", {})).get("perplexity")
     return f"validation perplexity {before:.1f} -> {after:.1f}" if before else f"validation perplexity {after:.1f}"

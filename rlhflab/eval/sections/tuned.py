@@ -11,13 +11,15 @@ from rlhflab.eval import plots
 from rlhflab.eval.document import Block, Heading, Table
 from rlhflab.eval.sections.base import Figures, Stage, _change, _num, _params, _seconds, _short, _unfinished
 from rlhflab.stages.registry import STAGES
+from rlhflab.summaries import DpoSummary, IlqlSummary, RlSummary
 
+Tuned = RlSummary | DpoSummary | IlqlSummary  # the summaries of the stages that tune the policy
 
 HELD_OUT = {"score": "reward (score)", "positive_probability": "P(positive)", "kl": "KL to the starting model (nats / response)"}
 
 
-def _algorithm(summary: dict) -> str:
-    return display_name(str(summary.get("algorithm", "ppo")))
+def _algorithm(summary: Tuned) -> str:
+    return display_name(str(summary.algorithm or "ppo"))  # none: a run from before RL had algorithms
 
 
 def _beta(value: Any) -> str:
@@ -60,29 +62,29 @@ def _panel_curves(stage: Stage, figures: Figures, panels: tuple):
                                         title=STAGES[stage.name].title, caption=caption)
 
 
-def _run_facts(s: dict) -> list[tuple[str, Any]]:
-    return [("peak memory", f"{_num(s.get('peak_memory_mb'), 0)} MB"), ("wall time", _seconds(s.get("seconds")))]
+def _run_facts(s: Tuned) -> list[tuple[str, Any]]:
+    return [("peak memory", f"{_num(s.peak_memory_mb, 0)} MB"), ("wall time", _seconds(s.seconds))]
 
 
-def _training_facts(s: dict, unit: str, digits: int) -> list[tuple[str, Any]]:
-    """The closing facts of a stage trained by the Supervised algorithm (dpo, ilql)."""
-    return [("parameters", _params(s.get("parameters"))), ("steps", s.get("steps")),
-            ("epochs completed", s.get("epochs_completed")),
-            (f"train {unit}/s", _num(s.get(f"train_{unit}_per_s"), digits)), *_run_facts(s)]
+def _training_facts(s: DpoSummary | IlqlSummary, unit: str, rate: Any, digits: int) -> list[tuple[str, Any]]:
+    """The closing facts of a stage trained by the Supervised algorithm (dpo, ilql); `rate`: its
+    train_<unit>_per_s."""
+    return [("parameters", _params(s.parameters)), ("steps", s.steps), ("epochs completed", s.epochs_completed),
+            (f"train {unit}/s", _num(rate, digits)), *_run_facts(s)]
 
 
-def tuned_rows(tuned: dict, name: str) -> list[list[str]]:
-    start, end = tuned.get("start") or {}, tuned.get("end") or {}
-    title = _algorithm(tuned) + (f" at β = {_beta(tuned.get('beta'))}" if name == "ilql" else "")
+def tuned_rows(tuned: Tuned, name: str) -> list[list[str]]:
+    start, end = tuned.start, tuned.end
+    title = _algorithm(tuned) + (f" at β = {_beta(tuned.beta)}" if name == "ilql" else "")
     return [[title, label, _num(start.get(key)), _num(end[key])] for key, label in
             (("score", "held-out reward"), ("positive_probability", "held-out P(positive)"),
              ("kl", "KL to the starting model")) if key in end]
 
 
-def held_out_parts(summary: dict) -> list[str]:
+def held_out_parts(summary: Tuned) -> list[str]:
     """The pipeline line's numbers of a tuned stage: the held-out prompts at its start and its end
     (the reward or P(positive), then KL)."""
-    start, end = summary["start"], summary["end"]
+    start, end = summary.start, summary.end
     key = next((k for k in ("positive_probability", "score") if k in start), None)
     parts = [f"{'P(positive)' if key == 'positive_probability' else 'score'} {start[key]:.3f} -> {end[key]:.3f}"] if key else []
     return parts + [f"KL {end['kl']:.2f}"]
