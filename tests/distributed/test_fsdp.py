@@ -192,7 +192,7 @@ def pipeline_args(runs: Path, llama: Path, bert: Path, csv: Path) -> list[str]:
     """A whole pipeline on tiny models: every stage of the default one, each a couple of steps."""
     return [f"data.source={csv}", "data.per_class=30", f"runs_dir={runs}", "name=mp", "runtime.mixed_precision=no",
             f"sft.model={llama}", "sft.max_length=24", "sft.epochs=1", "sft.max_steps=2", "sft.batch_size=8",
-            f"reward.model={bert}", "reward.trainable=all", "reward.max_length=24", "reward.max_steps=2",
+            f"reward.model={bert}", "reward.max_length=24", "reward.max_steps=2",
             "reward.batch_size=8", "reward.learning_rate=1e-3", "rl.steps=2", "rl.batch_size=8", "rl.minibatch_size=4",
             "generation.max_new_tokens=6", "rl.eval_prompts=6", "rl.eval_every=2", "evaluate.prompts=6",
             "evaluate.batch_size=6"]
@@ -209,8 +209,9 @@ def test_the_pipeline_runs_every_stage_under_fsdp_writes_once_and_stays_up_to_da
     stages = ["sft", "reward", "rl", "evaluate"]
     assert [line.split()[0] for line in first.stdout.splitlines() if " done in " in line] == [*stages, "report"], first.stdout
     run = tmp_path / "runs" / "mp"
-    for stage in stages:
-        assert json.loads((run / stage / "summary.json").read_text())["processes"] == 2
+    summaries = {stage: json.loads((run / stage / "summary.json").read_text()) for stage in stages}
+    assert all(summary["processes"] == 2 for summary in summaries.values())
+    assert summaries["sft"]["frozen_cache"]["used"] and summaries["reward"]["frozen_cache"]["used"]  # reused under FSDP
     assert (run / "report" / "report.html").is_file()
     again = launch_two(tmp_path, *args, launch=FSDP)
     assert again.returncode == 0, again.stderr[-3000:]
