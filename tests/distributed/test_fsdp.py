@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.distributed.test_multiprocess import ROOT, launch_two, ppo_args, run_ranks, sft_args, toy_reward  # noqa: F401 (a fixture)
+from tests.distributed.test_multiprocess import ROOT, launch_two, pipeline_args, ppo_args, run_ranks, sft_args, toy_reward  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.fsdp]
 
@@ -186,16 +186,6 @@ def test_fsdp_ppo_takes_the_steps_ddp_takes(tmp_path, tiny_llama_dir, reviews_cs
 
     model = AutoModelForCausalLM.from_pretrained(run2 / "model")  # one process, no FSDP, no accelerate
     assert all(type(p.data) is torch.Tensor for p in model.parameters())
-
-
-def pipeline_args(runs: Path, llama: Path, bert: Path, csv: Path) -> list[str]:
-    """A whole pipeline on tiny models: every stage of the default one, each a couple of steps."""
-    return [f"data.source={csv}", "data.per_class=30", f"runs_dir={runs}", "name=mp", "runtime.mixed_precision=no",
-            f"sft.model={llama}", "sft.max_length=24", "sft.epochs=1", "sft.max_steps=2", "sft.batch_size=8",
-            f"reward.model={bert}", "reward.max_length=24", "reward.max_steps=2",
-            "reward.batch_size=8", "reward.learning_rate=1e-3", "rl.steps=2", "rl.batch_size=8", "rl.minibatch_size=4",
-            "generation.max_new_tokens=6", "rl.eval_prompts=6", "rl.eval_every=2", "evaluate.prompts=6",
-            "evaluate.batch_size=6"]
 
 
 def test_the_pipeline_runs_every_stage_under_fsdp_writes_once_and_stays_up_to_date(tmp_path, tiny_llama_dir,
