@@ -236,11 +236,16 @@ def fast_bf16(cpu: bool) -> bool:
 
 
 def frozen_cache_allowed(runtime: Runtime) -> bool:
-    """Reusing the frozen lower blocks' outputs calls into the model's own block list, which
-    FSDP and DeepSpeed shard; plain DDP (and one process) keep whole models, so it stays exact."""
+    """Whether the frozen lower blocks' outputs may be reused (sft/reward/dpo/ilql's cache, rl's
+    reference sharing the policy's frozen blocks). One process, DDP and FSDP 2: under FSDP the cache
+    is computed before `prepare` on the whole model, and the top blocks run through their own FSDP
+    units. Measured under FSDP on 2 CPU processes (docs/distributed.md): sft trains 1.4x faster, rl
+    samples 1.36x faster with 460 MB less peak memory. DeepSpeed partitions the blocks its own way
+    and was not tried with it, so it is off there."""
     from accelerate.utils import DistributedType
 
-    return runtime.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    return runtime.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU,
+                                                    DistributedType.FSDP)
 
 
 def release_memory(device: torch.device) -> None:

@@ -221,18 +221,21 @@ def top_forward(model: nn.Module, first: int, hidden: torch.Tensor, input_ids: t
 
 @torch.no_grad()
 def cache_is_exact(model: nn.Module, first: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> bool:
-    """Whether lower_hidden + top_forward reproduce the plain forward on this batch."""
+    """Whether lower_hidden + the top blocks reproduce the plain forward's last hidden states
+    (batch, seq, hidden) at the real positions of this batch.
+
+    The trunk's output, not the head's: a head (LM or classifier) is the same function of it on
+    both paths, and it may not hold its weights yet here (under FSDP a fresh reward head is on the
+    meta device on all but the main process until `prepare` broadcasts it)."""
     if _embedding_modules(model) is None:
         return False
     was_training = model.training
     model.eval()
     try:
-        full = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        full = _call_base(model, input_ids, attention_mask).last_hidden_state
         hidden = lower_hidden(model, first, input_ids, attention_mask)
-        split = top_forward(model, first, hidden, input_ids, attention_mask).logits
+        split = last_hidden(model, input_ids, attention_mask, first=first, hidden=hidden)
     finally:
         model.train(was_training)
-    if full.dim() == 3:  # per-token logits: compare real positions only
-        mask = attention_mask.bool()
-        full, split = full[mask], split[mask]
-    return torch.allclose(full, split, atol=1e-4, rtol=1e-4)
+    mask = attention_mask.bool()
+    return torch.allclose(full[mask], split[mask], atol=1e-4, rtol=1e-4)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.distributed.test_multiprocess import ROOT, launch_two, ppo_args, run_ranks, sft_args, toy_reward  # noqa: F401 (a fixture)
+from tests.distributed.test_multiprocess import ROOT, launch_two, pipeline_args, ppo_args, run_ranks, sft_args, toy_reward  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.fsdp]
 
@@ -40,9 +40,8 @@ def sft_runs(tmp_path_factory, tiny_llama_dir):
     reviews = root / "reviews.csv"
     with open(reviews, "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([("text", "label"), *synthetic_reviews(30)])
-    # cache_frozen off for both: FSDP switches it off, and the cached lower blocks are computed in
-    # other batch shapes than the full forward (rounding differences Adam would magnify)
-    args = lambda runs: [*sft_args(runs, tiny_llama_dir, reviews), "sft.checkpoint_every=1", "sft.cache_frozen=false"]  # noqa: E731
+    # the frozen-block cache on for both (the default): the lower blocks run once, before `prepare`
+    args = lambda runs: [*sft_args(runs, tiny_llama_dir, reviews), "sft.checkpoint_every=1"]  # noqa: E731
     one = run_ranks(root / "one", "sft", *args(root / "runs1"), processes=1)
     two = run_ranks(root / "two", "sft", *args(root / "runs2"), processes=2, launch=FSDP)
     return root, args, one, two
@@ -68,8 +67,8 @@ def test_fsdp_sft_takes_the_steps_one_process_takes_on_the_same_global_batch(sft
     steps = [[r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())] for run in (run1, run2)]
     assert steps[1] == steps[0]  # one writer: no duplicates
     summary = json.loads((run2 / "summary.json").read_text())
-    # FSDP shards the blocks, so the frozen-block cache is off there (and said so)
-    assert summary["processes"] == 2 and not summary["frozen_cache"]["used"]
+    # the frozen lower blocks' outputs are reused under FSDP as on one process
+    assert summary["processes"] == 2 and summary["frozen_cache"]["used"]
 
 
 def test_fsdp_model_folder_is_a_plain_hugging_face_model(sft_runs):
@@ -187,3 +186,23 @@ def test_fsdp_ppo_takes_the_steps_ddp_takes(tmp_path, tiny_llama_dir, reviews_cs
 
     model = AutoModelForCausalLM.from_pretrained(run2 / "model")  # one process, no FSDP, no accelerate
     assert all(type(p.data) is torch.Tensor for p in model.parameters())
+
+
+def test_the_pipeline_runs_every_stage_under_fsdp_writes_once_and_stays_up_to_date(tmp_path, tiny_llama_dir,
+                                                                                    tiny_bert_dir, reviews_csv):
+    """`rlhflab pipeline` under FSDP end to end: each stage trains (or evaluates) on 2 processes,
+    the main one says each line and writes the report once, and a second launch finds every stage up
+    to date (the stage keys do not depend on the process count)."""
+    args = ["-m", "rlhflab", "pipeline", *pipeline_args(tmp_path / "runs", tiny_llama_dir, tiny_bert_dir, reviews_csv)]
+    first = launch_two(tmp_path, *args, launch=FSDP)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stages = ["sft", "reward", "rl", "evaluate"]
+    assert [line.split()[0] for line in first.stdout.splitlines() if " done in " in line] == [*stages, "report"], first.stdout
+    run = tmp_path / "runs" / "mp"
+    summaries = {stage: json.loads((run / stage / "summary.json").read_text()) for stage in stages}
+    assert all(summary["processes"] == 2 for summary in summaries.values())
+    assert summaries["sft"]["frozen_cache"]["used"] and summaries["reward"]["frozen_cache"]["used"]  # reused under FSDP
+    assert (run / "report" / "report.html").is_file()
+    again = launch_two(tmp_path, *args, launch=FSDP)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [line.split()[0] for line in again.stdout.splitlines() if " up to date " in line] == stages, again.stdout

@@ -74,6 +74,16 @@ def ppo_args(runs: Path, model: Path, csv: Path, reward: str) -> list[str]:
             "ppo.checkpoint_every=1", "runtime.mixed_precision=no"]
 
 
+def pipeline_args(runs: Path, llama: Path, bert: Path, csv: Path) -> list[str]:
+    """A whole pipeline on tiny models: every stage of the default one, each a couple of steps."""
+    return [f"data.source={csv}", "data.per_class=30", f"runs_dir={runs}", "name=mp", "runtime.mixed_precision=no",
+            f"sft.model={llama}", "sft.max_length=24", "sft.epochs=1", "sft.max_steps=2", "sft.batch_size=8",
+            f"reward.model={bert}", "reward.max_length=24", "reward.max_steps=2",
+            "reward.batch_size=8", "reward.learning_rate=1e-3", "rl.steps=2", "rl.batch_size=8", "rl.minibatch_size=4",
+            "generation.max_new_tokens=6", "rl.eval_prompts=6", "rl.eval_every=2", "evaluate.prompts=6",
+            "evaluate.batch_size=6"]
+
+
 @pytest.fixture
 def toy_reward(tmp_path) -> str:
     path = tmp_path / "toy_reward.py"
