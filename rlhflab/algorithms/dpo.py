@@ -17,7 +17,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from rlhflab.algorithms.supervised import evaluation_chunks
 from rlhflab.data.records import join_prompt_response
+from rlhflab.engine.sharding import gathered
 from rlhflab.models.encoding import EncodedSplit
 from rlhflab.ops.preference import preference_loss, sequence_logprobs
 
@@ -168,11 +170,15 @@ class DpoObjective:
         device = self.data[name].input_ids.device
         pairs = torch.arange(self.pairs(name), device=device)[self.runtime.rank :: self.runtime.world_size]
         totals = torch.zeros(6, dtype=torch.float64)
-        for chunk in pairs.split(max(self.batch_size // 2, 1)):
-            out = self._loss(name, chunk, grad=False, start=start)
-            totals += torch.tensor([float(out["loss"]) * len(chunk), float((out["margin"] > 0).sum()),
-                                    float(out["chosen_reward"].sum()), float(out["rejected_reward"].sum()),
-                                    float(out["margin"].sum()), len(chunk)], dtype=torch.float64)
+        chunks, counted = evaluation_chunks(pairs, max(self.batch_size // 2, 1))
+        # under FSDP whole weights: the processes' shares may take different numbers of forward passes,
+        # and a sharded forward is a collective
+        with gathered(self.model):
+            for chunk in chunks:
+                out = self._loss(name, chunk, grad=False, start=start)
+                totals += counted * torch.tensor([float(out["loss"]) * len(chunk), float((out["margin"] > 0).sum()),
+                                                   float(out["chosen_reward"].sum()), float(out["rejected_reward"].sum()),
+                                                   float(out["margin"].sum()), len(chunk)], dtype=torch.float64)
         totals = self.runtime.sum(totals.to(device)).cpu()
         count = max(float(totals[5]), 1.0)
         keys = ("loss", "pair_accuracy", "chosen_reward", "rejected_reward", "margin")

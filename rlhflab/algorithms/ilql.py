@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhflab.algorithms.supervised import Supervised
+from rlhflab.algorithms.supervised import Supervised, evaluation_chunks
+from rlhflab.checkpoint import load_trainable_state
+from rlhflab.engine.sharding import gathered
 from rlhflab.models.blocks import top_forward
 from rlhflab.models.encoding import EncodedSplit
 from rlhflab.models.ilql import IlqlHeads
@@ -31,6 +33,12 @@ class IlqlModule(nn.Module):
     def __init__(self, model: nn.Module, heads: IlqlHeads, first: int | None):
         super().__init__()
         self.model, self.heads, self.first = model, heads, first
+
+    def tie_weights(self, **kwargs) -> None:
+        """The LM's own weight tying: Accelerate's FSDP 2 preparation moves this module to the meta
+        device and re-ties it through this call (see SplitForward.tie_weights); without it a tied
+        embedding and LM head would come back as two parameters."""
+        self.model.tie_weights(**kwargs)
 
     def forward(self, input_ids, attention_mask, hidden=None):
         captured: list[torch.Tensor] = []  # the LM head's input: the last hidden state, for any architecture
@@ -84,9 +92,13 @@ class IlqlObjective:
         device = self.data[name].input_ids.device
         rows = torch.arange(len(self.data[name]), device=device)[self.runtime.rank :: self.runtime.world_size]
         totals = torch.zeros(len(TERMS) + 1, dtype=torch.float64)
-        for chunk in rows.split(self.batch_size):
-            terms = self._terms(name, chunk)
-            totals += torch.tensor([float(terms[k]) for k in (*TERMS, "count")], dtype=torch.float64)
+        chunks, counted = evaluation_chunks(rows, self.batch_size)
+        # under FSDP whole weights: the processes' shares may take different numbers of forward passes,
+        # and a sharded forward is a collective
+        with gathered(self.model):
+            for chunk in chunks:
+                terms = self._terms(name, chunk)
+                totals += counted * torch.tensor([float(terms[k]) for k in (*TERMS, "count")], dtype=torch.float64)
         totals = self.runtime.sum(totals.to(device)).cpu()
         count = max(float(totals[-1]), 1.0)
         return {**{k: float(totals[i]) / count for i, k in enumerate(TERMS)}, "actions": int(totals[-1])}
@@ -110,4 +122,4 @@ class Ilql(Supervised):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.heads.target_q_heads.load_state_dict(state["target_q_heads"])
+        load_trainable_state(self.heads.target_q_heads, state["target_q_heads"])  # under FSDP: into the shards

@@ -45,6 +45,16 @@ def cache_facts(first: int | None, seconds: float) -> dict:
     return {"used": first is not None, "first_trainable_block": first, "seconds": round(seconds, 2)}
 
 
+def evaluation_chunks(rows: torch.Tensor, size: int) -> tuple[tuple[torch.Tensor, ...], bool]:
+    """This process's share `rows` of a split in chunks of `size`, and whether they count. A process
+    whose share is empty (fewer rows than processes) gets row 0 to run and discard: a chunk of no rows
+    cannot run, and DDP's first forward pass after a training step broadcasts the buffers, a collective
+    the other processes enter."""
+    if len(rows):
+        return rows.split(size), True
+    return (torch.zeros(1, dtype=rows.dtype, device=rows.device),), False
+
+
 @dataclass
 class Selection:
     metric: str  # the validation metric that picks the best weights

@@ -17,8 +17,6 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from rlhflab.errors import RlhfLabError
-
 
 def _dtensor():
     from torch.distributed.tensor import DTensor
@@ -196,16 +194,3 @@ def gathered(root: nn.Module) -> Iterator[None]:
                 group.post_forward_mesh_info = info
             unit.reshard()
 
-
-def refuse_sharded(runtime, stage: str) -> None:
-    """RlhfLabError (the same on every process) for a stage that samples from the model it trains
-    and does not yet do so inside `gathered` (dpo and ilql; the RL stage and pretrain do).
-
-    Their held-out evaluations call the LM inside the prepared module directly, outside FSDP's
-    sharded forward: under FSDP 2 that fails
-    ("aten.embedding.default got mixed torch.Tensor and DTensor"). Refused before any model loads,
-    instead of a torch traceback mid-run."""
-    if runtime.sharded:
-        raise RlhfLabError(f"The {stage} stage does not run under FSDP yet: it samples from the model it trains outside "
-                           f"FSDP's sharded forward pass. Run it with `accelerate launch --config_file "
-                           f"configs/accelerate/ddp.yaml` (sft, reward, rl and pretrain run under FSDP).")

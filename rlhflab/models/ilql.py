@@ -91,17 +91,18 @@ class IlqlHeads(nn.Module):
         polyak_update(self.target_q_heads, self.q_heads, alpha)
 
 
-def save_heads(heads: IlqlHeads, folder: Path, *, beta: float, top_k: int = 0) -> None:
+def save_heads(heads: IlqlHeads, folder: Path, *, beta: float, top_k: int = 0, state: dict | None = None) -> None:
     """Write `ilql_heads.safetensors` (the heads' own weights, targets included) and
     `ilql_heads.json` ({"hidden_size", "beta": the default generation β, "top_k": the steered
-    tokens kept (0: all), "format": 1}) into a model folder, each atomically. Raises RlhfLabError
+    tokens kept (0: all), "format": 1}) into a model folder, each atomically. `state`: the heads' whole
+    state dict when they are FSDP-sharded (rlhflab/engine/sharding.py whole_state). Raises RlhfLabError
     for β < 0 or an unwritable folder."""
     from safetensors.torch import save
 
     if not 0 <= beta < float("inf"):
         raise RlhfLabError(f"The ILQL generation beta must be a finite number >= 0, got {beta}.")
     folder = Path(folder)
-    tensors = {name: value.detach().cpu().contiguous() for name, value in heads.state_dict().items()}
+    tensors = {name: value.detach().cpu().contiguous() for name, value in (state or heads.state_dict()).items()}
     with atomic_open(folder / HEADS_FILE, "wb") as handle:
         handle.write(save(tensors))
     # the metadata last: a folder with it has complete weights

@@ -29,7 +29,7 @@ from rlhflab.config import Config, check_dpo
 from rlhflab.data import load_pairs, split_pairs
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
-from rlhflab.engine.sharding import refuse_sharded
+from rlhflab.engine.sharding import gathered, whole_state
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.held_out import held_out
 from rlhflab.io import RunDir, atomic_dir, read_json, write_json, write_jsonl
@@ -49,7 +49,6 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     """DPO from `cfg.dpo.policy` (default: this run's SFT model) in dpo.rounds rounds; write runs/<name>/dpo."""
     dpo = cfg.dpo
     check_dpo(dpo)
-    refuse_sharded(runtime, "dpo")
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=False)
     splits = load_splits(cfg)
@@ -81,21 +80,23 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         _log_round(run_dir, done[-1], runtime)
 
     first_round = len(done) + 1
+    prepared = None  # the last round's prepared policy (None before the first): under FSDP its weights are shards
     for number in range(first_round, dpo.rounds + 1):
         round_started = time.perf_counter()
         first_step = done[-1]["step"] if done else 0
         runtime.seed(cfg.seed, per_rank=False)
         # 1. Pairs: the policy's own samples on this round's prompts, best against worst by the reward.
         if on_policy:
-            pairs, pair_facts = _on_policy_pairs(cfg, number, model, tokenizer, train_prompts, rewards["score"], max_new,
-                                                 runtime, run_dir)
+            with _whole(prepared):
+                pairs, pair_facts = _on_policy_pairs(cfg, number, model, tokenizer, train_prompts, rewards["score"],
+                                                     max_new, runtime, run_dir)
         else:
             pairs, pair_facts = token_pairs(file_pairs, tokenizer), {"source": dpo.pairs.source, "left_out": {}}
         parts = split_pairs(pairs, dpo.pairs.fractions, cfg.seed, "dpo.pairs")
         data, masks, first, cache_seconds = _encode(parts, pair_facts, model, tokenizer, dpo, runtime, progress)
         # 2. The reference log-probs, once per pair: the policy's own, with the reference's weights in place.
         optimizer, scheduler = make_optimizer(model, dpo, len(parts.train))
-        prepared, optimizer = runtime.accelerator.prepare(SplitForward(model, first), optimizer)
+        prepared, optimizer = _prepare(runtime, model, first, optimizer, prepared)
         reference_weights = start_weights if number > 1 else None
         with _weights(model, reference_weights):
             objective = DpoObjective(make_forward(prepared, runtime.autocast), data, masks, beta=dpo.beta, loss=dpo.loss,
@@ -117,7 +118,8 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         after = {name: objective.metrics(name) for name in data}
         # 4. The held-out evaluation against the starting model: this round's point on the frontier.
         reference, _ = load_causal_lm(source, steering=False)
-        end, rows = held_out(model, reference.to(runtime.device), tokenizer, eval_prompts, rewards, **sampling)
+        with gathered(prepared):  # under FSDP: whole weights while sampling outside the sharded forward
+            end, rows = held_out(model, reference.to(runtime.device), tokenizer, eval_prompts, rewards, **sampling)
         del reference, objective, data
         done.append({"round": number, "step": steps, "pairs": {**pair_facts, **{n: len(getattr(parts, n)) for n in SPLITS}},
                      "before": before, "after": after, "end": end, **algorithm.facts(steps),
@@ -128,8 +130,9 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         _save_round(run_dir, model, done, runtime)
         _log_round(run_dir, done[-1], runtime)
 
+    state = whole_state(model)  # under FSDP every process gathers the shards; the main one writes
     if runtime.is_main:
-        save_model(model, tokenizer, run_dir)
+        save_model(model, tokenizer, run_dir, state)
     summary = _summary(cfg, source, rewards, done, start, splits.left_out | prompts.left_out, trainable, total)
     return finish_run(run_dir, DpoSummary(**summary, **run_facts(runtime, started)), runtime)
 
@@ -177,6 +180,20 @@ def _summary(cfg: Config, source: str, rewards: dict, done: list[dict], start: d
     }
 
 
+def _prepare(runtime: Runtime, model, first: int | None, optimizer, prepared):
+    """(prepared policy, optimizer) for a round. Under FSDP the policy is sharded once, in the first
+    round, and later rounds prepare their fresh optimizer with it again: FSDP 2 prepares an optimizer
+    only with its model, and a new wrapper around weights that are shards already cannot be sharded."""
+    if prepared is not None and runtime.sharded:
+        return runtime.accelerator.prepare(prepared, optimizer)
+    return runtime.accelerator.prepare(SplitForward(model, first), optimizer)
+
+
+def _whole(prepared):
+    """`gathered(prepared)` once a round has prepared the policy; before that its weights are whole."""
+    return contextlib.nullcontext() if prepared is None else gathered(prepared)
+
+
 @contextlib.contextmanager
 def _weights(model, weights: dict | None):
     """`model` with its trainable weights replaced by `weights` inside the block (None: unchanged)."""
@@ -200,9 +217,10 @@ def _checkpoint_step(run_dir: RunDir) -> int:
 def _save_round(run_dir: RunDir, model, done: list[dict], runtime: Runtime) -> None:
     """checkpoints/round/: the policy after the last finished round (trainable weights) and every finished
     round's results, in one folder written at once, so a resume starts the next round from them."""
+    weights = trainable_state(model)  # under FSDP gathered by every process
     if runtime.is_main:
         with atomic_dir(run_dir.checkpoint_dir / "round") as tmp:
-            torch.save(trainable_state(model), tmp / "weights.pt")
+            torch.save(weights, tmp / "weights.pt")
             write_json(tmp / "rounds.json", done)
     runtime.barrier()
 

@@ -23,7 +23,7 @@ from rlhflab.data.scored import ScoredTexts, load_scored_texts
 from rlhflab.data.splits import split_sizes
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
-from rlhflab.engine.sharding import refuse_sharded
+from rlhflab.engine.sharding import gathered, whole_state
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.held_out import held_out
 from rlhflab.io import RunDir, write_jsonl
@@ -81,7 +81,6 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     """ILQL from `cfg.ilql.policy` (default: this run's SFT model); write runs/<name>/ilql."""
     il = cfg.ilql
     check_ilql(il)
-    refuse_sharded(runtime, "ilql")
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=False)
     splits = load_splits(cfg, require_labels=il.samples is None)
@@ -128,11 +127,14 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     algorithm.keep_best()
     after = {name: objective.metrics(name) for name in data}
 
-    by_beta, samples = _held_out_by_beta(model, heads, source, tokenizer, eval_prompts, rewards, il, sampling, runtime)
+    with gathered(prepared):  # under FSDP: whole weights (the LM's and the heads') while sampling
+        by_beta, samples = _held_out_by_beta(model, heads, source, tokenizer, eval_prompts, rewards, il, sampling, runtime)
+    # under FSDP every process gathers the shards; the main one writes
+    state, heads_state = whole_state(model), whole_state(heads)
     if runtime.is_main:
         write_jsonl(run_dir.path / "eval_after.jsonl", samples)
-        save_model(model, tokenizer, run_dir)
-        save_heads(heads, run_dir.model_dir, beta=il.beta, top_k=il.top_k)
+        save_model(model, tokenizer, run_dir, state)
+        save_heads(heads, run_dir.model_dir, beta=il.beta, top_k=il.top_k, state=heads_state)
     summary = {
         "algorithm": "ilql",
         "policy": source,
