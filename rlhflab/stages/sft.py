@@ -13,12 +13,12 @@ from typing import Callable
 
 import torch
 
-from rlhflab.algorithms.supervised import Selection, Supervised, cache_facts, make_optimizer, total_steps
+from rlhflab.algorithms.supervised import Selection, Supervised, cache_facts, evaluation_chunks, make_optimizer, total_steps
 from rlhflab.checkpoint import kept_after_failure, out_of_space_is_one_line
 from rlhflab.config import Config, SftConfig, check_training_config
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
-from rlhflab.engine.sharding import whole_state
+from rlhflab.engine.sharding import gathered, whole_state
 from rlhflab.errors import RlhfLabError
 from rlhflab.io import RunDir, atomic_dir
 from rlhflab.models.blocks import freeze_all_but_blocks, resolve_block_indices, transformer_blocks
@@ -112,14 +112,21 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
 @torch.no_grad()
 def evaluate_split(forward: Callable, split: EncodedSplit, batch_size: int, model, runtime: Runtime) -> dict[str, float]:
     """Token-weighted mean loss and perplexity over the whole split (each process scores its share);
-    `forward` is make_forward over a SplitForward(nll=True): rows -> (NLL sum, tokens)."""
+    `forward` is make_forward over a SplitForward(nll=True): rows -> (NLL sum, tokens).
+
+    The shares may need different numbers of batches (17 rows, 2 processes, batches of 8: 2 and 1),
+    and under FSDP a sharded forward pass is a collective, so the passes run inside `gathered`
+    (whole weights, no collective per pass); an empty share runs one row and discards it
+    (`evaluation_chunks`: DDP's first forward after a step is a collective)."""
     model.eval()
     total, count = 0.0, 0
     rows = torch.arange(len(split), device=split.input_ids.device)[runtime.rank :: runtime.world_size]
-    for idx in rows.split(batch_size):
-        nll, n = forward(split, idx)
-        total += float(nll)
-        count += n
+    chunks, counted = evaluation_chunks(rows, batch_size)
+    with gathered(model):
+        for idx in chunks:
+            nll, n = forward(split, idx)
+            total += float(nll) if counted else 0.0
+            count += n if counted else 0
     total, count = float(runtime.sum(total)), int(runtime.sum(count))
     mean = total / max(count, 1)
     return {"loss": mean, "perplexity": perplexity(mean), "tokens": count}
