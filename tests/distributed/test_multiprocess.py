@@ -206,11 +206,14 @@ with open(os.path.join(sys.argv[2], f"rank{rank}.txt"), "w") as handle:
 """
 
 
-def test_the_python_api_runs_under_accelerate_launch(tmp_path, tiny_llama_dir, reviews_csv):
+@pytest.mark.parametrize("launch", [pytest.param(("--config_file", str(DDP)), id="ddp"),
+                                    pytest.param(("--config_file", str(ROOT / "configs" / "accelerate" / "fsdp.yaml"),
+                                                  "--mixed_precision", "no"), id="fsdp", marks=pytest.mark.fsdp)])
+def test_the_python_api_runs_under_accelerate_launch(tmp_path, tiny_llama_dir, reviews_csv, launch):
     script = tmp_path / "train.py"
     script.write_text(API_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP), "--num_processes", "2",
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "2",
                "--main_process_port", str(_free_port()), str(script), str(tiny_llama_dir), str(tmp_path / "runs"), str(reviews_csv)]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
