@@ -159,6 +159,15 @@ def dpo_args(runs: Path, model: Path, csv: Path, reward: str) -> list[str]:
             "dpo.beta=0.5", "runtime.mixed_precision=no"]
 
 
+def assert_resumes_to(straight: dict, tmp_path: Path, stage: str, args) -> None:
+    """A run stopped after its first step under FSDP and resumed ends at the uninterrupted run's
+    weights (`straight`: its rank report): the checkpoint's whole tensors go back into the shards."""
+    stopped = run_ranks(tmp_path / "stopped", stage, *args(tmp_path / "runs-r"), "--stop-after", "1", processes=2, launch=FSDP)
+    assert all(r["interrupted"] for r in stopped)
+    resumed = run_ranks(tmp_path / "resumed", stage, *args(tmp_path / "runs-r"), "--resume", processes=2, launch=FSDP)
+    assert resumed[0]["weights"] == resumed[1]["weights"] == straight["weights"]
+
+
 def assert_one_writer_and_a_plain_model(one: Path, two: Path) -> None:
     """The same metric lines and held-out rows as one process (not twice), and a model/ folder that
     loads in one process without FSDP or accelerate."""
@@ -176,7 +185,7 @@ def test_fsdp_dpo_takes_the_steps_one_process_takes_on_the_same_global_batch(tmp
     """DPO's reference log-probs, its validation metrics and its held-out evaluation (sampled inside
     `gathered`) under FSDP, from a file of pairs: the same pairs and batches as one process."""
     args = lambda runs: [*dpo_args(runs, tiny_llama_dir, reviews_csv, toy_reward),  # noqa: E731
-                         f"dpo.pairs.source={pairs_jsonl}", "dpo.pairs.fractions=[0.875,0.125,0.0]"]
+                         f"dpo.pairs.source={pairs_jsonl}", "dpo.pairs.fractions=[0.875,0.125,0.0]", "dpo.checkpoint_every=1"]
     run_ranks(tmp_path / "one", "dpo", *args(tmp_path / "runs1"), processes=1)
     two = run_ranks(tmp_path / "two", "dpo", *args(tmp_path / "runs2"), processes=2, launch=FSDP)
     assert two[0]["world_size"] == 2 and two[0]["weights"] == two[1]["weights"]
@@ -193,6 +202,7 @@ def test_fsdp_dpo_takes_the_steps_one_process_takes_on_the_same_global_batch(tmp
         assert summaries[1][when]["validation"]["pairs"] == summaries[0][when]["validation"]["pairs"] == 5
         assert summaries[1][when]["validation"]["loss"] == pytest.approx(summaries[0][when]["validation"]["loss"], abs=1e-5)
     assert_one_writer_and_a_plain_model(run1, run2)
+    assert_resumes_to(two[0], tmp_path, "dpo", args)
 
 
 def test_fsdp_on_policy_dpo_rounds_take_the_steps_ddp_takes(tmp_path, tiny_llama_dir, reviews_csv, toy_reward):
@@ -229,7 +239,7 @@ def test_fsdp_ilql_takes_the_steps_one_process_takes_on_the_same_global_batch(tm
                          f"ilql.policy={tiny_llama_dir}", f"reward_fn.source={toy_reward}", "generation.max_new_tokens=4",
                          "ilql.max_steps=2", "ilql.batch_size=8", "ilql.eval_batch_size=2", "ilql.learning_rate=5e-3",
                          "ilql.warmup_ratio=0.0", "ilql.eval_prompts=5", "ilql.max_length=24", "ilql.eval_betas=[0.0]",
-                         "runtime.mixed_precision=no"]
+                         "ilql.checkpoint_every=1", "runtime.mixed_precision=no"]
     run_ranks(tmp_path / "one", "ilql", *args(tmp_path / "runs1"), processes=1)
     two = run_ranks(tmp_path / "two", "ilql", *args(tmp_path / "runs2"), processes=2, launch=FSDP)
     assert two[0]["world_size"] == 2 and two[0]["weights"] == two[1]["weights"]
@@ -243,6 +253,7 @@ def test_fsdp_ilql_takes_the_steps_one_process_takes_on_the_same_global_batch(tm
         assert summaries[1]["after"][name] == pytest.approx(row, abs=1e-5)
     assert sorted(summaries[1]["by_beta"]) == sorted(summaries[0]["by_beta"]) == ["0.0", "1.0"]
     assert_one_writer_and_a_plain_model(run1, run2)
+    assert_resumes_to(two[0], tmp_path, "ilql", args)  # the target heads too (Polyak averages of shards)
 
 
 def test_fsdp_ppo_takes_the_steps_ddp_takes(tmp_path, tiny_llama_dir, reviews_csv, toy_reward):
