@@ -18,14 +18,14 @@ from rlhflab.algorithms.supervised import Supervised, evaluation_chunks
 from rlhflab.checkpoint import load_trainable_state
 from rlhflab.engine.sharding import gathered
 from rlhflab.models.blocks import top_forward
-from rlhflab.models.encoding import EncodedSplit
+from rlhflab.models.encoding import EncodedSplit, LMWrapper
 from rlhflab.models.ilql import IlqlHeads
 from rlhflab.ops.ilql import ilql_loss
 
 TERMS = ("loss", "q", "v", "cql", "awac")
 
 
-class IlqlModule(nn.Module):
+class IlqlModule(LMWrapper):
     """The causal LM and its ILQL heads as one Module (DDP synchronises both): forward(rows of an
     EncodedSplit, with the frozen blocks' cached output when there is one) -> (logits (B, T, V),
     IlqlOut of the heads at every position, the target Qs at the next token only (B, T))."""
@@ -33,12 +33,6 @@ class IlqlModule(nn.Module):
     def __init__(self, model: nn.Module, heads: IlqlHeads, first: int | None):
         super().__init__()
         self.model, self.heads, self.first = model, heads, first
-
-    def tie_weights(self, **kwargs) -> None:
-        """The LM's own weight tying: Accelerate's FSDP 2 preparation moves this module to the meta
-        device and re-ties it through this call (see SplitForward.tie_weights); without it a tied
-        embedding and LM head would come back as two parameters."""
-        self.model.tie_weights(**kwargs)
 
     def forward(self, input_ids, attention_mask, hidden=None):
         captured: list[torch.Tensor] = []  # the LM head's input: the last hidden state, for any architecture

@@ -229,7 +229,19 @@ def cache_lower_blocks(model, first: int, split: EncodedSplit, batch_size: int, 
     split.hidden = torch.cat(parts)
 
 
-class SplitForward(torch.nn.Module):
+class LMWrapper(torch.nn.Module):
+    """A Module that holds an LM as `.model` and is what `accelerator.prepare` is given
+    (SplitForward, PolicyWithValue, IlqlModule)."""
+
+    def tie_weights(self, **kwargs) -> None:
+        """The wrapped LM's own weight tying. Accelerate's FSDP 2 preparation moves the module it
+        is given to the meta device and then calls its `tie_weights()`: without this, a tied input
+        embedding and LM head (SmolLM2, pretrain's models) came back as two parameters, trained apart
+        and saved as a model whose config still says tied."""
+        self.model.tie_weights(**kwargs)
+
+
+class SplitForward(LMWrapper):
     """Logits (or head outputs) for rows of an EncodedSplit, from the cached frozen-block output
     when the rows come with one; with `nll`, a causal LM's (next-token NLL sum, token count)
     instead (`next_token_nll`: no (B, T, V) logits). A Module, so that `accelerator.prepare`
@@ -238,13 +250,6 @@ class SplitForward(torch.nn.Module):
     def __init__(self, model, first: int | None, *, nll: bool = False):
         super().__init__()
         self.model, self.first, self.nll = model, first, nll
-
-    def tie_weights(self, **kwargs) -> None:
-        """The wrapped model's own weight tying. Accelerate's FSDP 2 preparation moves the module it
-        is given to the meta device and then calls its `tie_weights()`: without this, a tied input
-        embedding and LM head (SmolLM2, pretrain's models) came back as two parameters, trained apart
-        and saved as a model whose config still says tied."""
-        self.model.tie_weights(**kwargs)
 
     def forward(self, input_ids, attention_mask, hidden=None):
         if self.nll and isinstance(self.model, PreTrainedModel) and self.model.base_model is not self.model:

@@ -19,6 +19,7 @@ from torch import nn
 
 from rlhflab.models.causal_lm import with_lora
 from rlhflab.ops.ppo import entropy_per_token, logprobs_from_logits
+from rlhflab.models.encoding import LMWrapper
 from rlhflab.models.lm_head import head_weight
 from rlhflab.ops.token_logprobs import token_logprobs
 from rlhflab.models.blocks import (
@@ -67,7 +68,7 @@ class Policy:
         return [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
 
 
-class PolicyWithValue(nn.Module):
+class PolicyWithValue(LMWrapper):
     """The trainable part (LM + value head) as one Module: checkpoints hold both, and
     `accelerator.prepare` (DDP) wraps this forward so gradients are synchronised."""
 
@@ -75,11 +76,6 @@ class PolicyWithValue(nn.Module):
         super().__init__()
         self.model, self.value_head = policy.model, policy.value_head
         self._policy = [policy]  # a list: not registered as a submodule twice
-
-    def tie_weights(self, **kwargs) -> None:
-        """The LM's weight tying, which Accelerate's FSDP 2 preparation calls after moving this module
-        to the meta device (see SplitForward.tie_weights)."""
-        self.model.tie_weights(**kwargs)
 
     def forward(self, input_ids, attention_mask, response_start: int, temperature: float, lower=None):
         """-> (logprobs (B, R) fp32 with grad, entropy (B, R) fp32 without, values (B, R)) of the response tokens.
