@@ -93,7 +93,8 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         else:
             pairs, pair_facts = token_pairs(file_pairs, tokenizer), {"source": dpo.pairs.source, "left_out": {}}
         parts = split_pairs(pairs, dpo.pairs.fractions, cfg.seed, "dpo.pairs")
-        data, masks, first, cache_seconds = _encode(parts, pair_facts, model, tokenizer, dpo, runtime, progress)
+        with _whole(prepared):  # the frozen lower blocks run outside the sharded forward (rounds after the first)
+            data, masks, first, cache_seconds = _encode(parts, pair_facts, model, tokenizer, dpo, runtime, progress)
         # 2. The reference log-probs, once per pair: the policy's own, with the reference's weights in place.
         optimizer, scheduler = make_optimizer(model, dpo, len(parts.train))
         prepared, optimizer = _prepare(runtime, model, first, optimizer, prepared)
