@@ -47,6 +47,8 @@ def _accelerator(device: str):
         # can mix bf16 and fp32 stages in one process without touching Accelerate's global state.
         _ACCELERATOR = Accelerator(cpu=use_cpu)
         _fsdp_on_cpu(_ACCELERATOR)
+        _deepspeed_on_cpu(_ACCELERATOR)
+        _deepspeed_checks(_ACCELERATOR)
     elif use_cpu != (_ACCELERATOR.device.type == "cpu"):
         raise RlhfLabError(f"runtime.device={device} differs from the device this process already uses "
                            f"({_ACCELERATOR.device}); run the stage in its own process.")
@@ -80,6 +82,53 @@ def _fsdp_on_cpu(accelerator) -> None:
     state.fsdp_plugin = plugin
     state.distributed_type = DistributedType.FSDP
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def _deepspeed_on_cpu(accelerator) -> None:
+    """Run DeepSpeed ZeRO on the CPU (gloo) when `accelerate launch` was given a DeepSpeed config there.
+
+    Accelerate takes its DeepSpeed path only off the CPU (it runs plain DDP over gloo instead), but
+    DeepSpeed 0.19.8's CPU accelerator runs ZeRO-2 and ZeRO-3 over gloo when oneCCL's bindings are
+    absent. So, as for FSDP above, Accelerate's own plugin is built from the launch variables
+    (ACCELERATE_DEEPSPEED_*) and `prepare` calls `deepspeed.initialize`."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    plugin = DeepSpeedPlugin()  # from the ACCELERATE_DEEPSPEED_* variables `accelerate launch` set
+    plugin.set_mixed_precision(accelerator.mixed_precision)
+    plugin.select(_from_accelerator_state=True)
+    state = accelerator.state
+    state.deepspeed_plugins = plugin
+    state.distributed_type = DistributedType.DEEPSPEED
+    PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
+    accelerator.deepspeed_engine_wrapped = None
+
+
+def _deepspeed_checks(accelerator) -> None:
+    """Under DeepSpeed: refuse ZeRO-3, and give DeepSpeed a micro-batch size.
+
+    ZeRO-3 partitions the parameters themselves, and rlhflab does not gather them yet: on 2 CPU
+    processes with stage3_param_persistence_threshold 0, sft trained but counted 0 parameters and
+    wrote a model/ of empty tensors. (Below DeepSpeed's default threshold, 1e5 elements, a tiny
+    model is not partitioned at all, so a tiny test would not show it.)
+    rlhflab forms its own batches and calls backward once per batch, so DeepSpeed's micro-batch size
+    is only its bookkeeping; Accelerate fills an "auto" one from a prepared dataloader, and rlhflab
+    prepares none (Accelerate would raise), so it is set to 1."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin.zero_stage == 3:
+        raise RlhfLabError("DeepSpeed ZeRO-3 does not run in rlhflab yet (its partitioned weights are not gathered "
+                           "for saving); use ZeRO-2 (configs/accelerate/deepspeed-zero2.yaml) or FSDP "
+                           "(configs/accelerate/fsdp.yaml), which shards the weights too.")
+    if plugin.is_auto("train_micro_batch_size_per_gpu"):
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
 
 
 @dataclass

@@ -26,10 +26,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def child_env() -> dict[str, str]:
+    """The launched processes' environment: this tree first on the path, then the caller's PYTHONPATH
+    (where an optional engine such as deepspeed may be installed), offline, one thread each."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
 def run_ranks(out: Path, stage: str, *args: str, processes: int, launch: tuple[str, ...] = ("--config_file", str(DDP))) -> list[dict]:
     """Run tests/distributed/worker.py on `processes` ranks (`launch`: the accelerate config and
     options); returns each rank's report."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = child_env()
     worker = ["-m", "tests.distributed.worker", str(out), stage, *args]
     if processes == 1:
         command = [sys.executable, *worker]
@@ -116,7 +123,7 @@ def test_two_process_ppo_keeps_the_ranks_in_lockstep_writes_once_and_resumes(tmp
 def launch_two(tmp_path: Path, *target: str, launch: tuple[str, ...] = ("--config_file", str(DDP))) -> subprocess.CompletedProcess:
     """`accelerate launch` of `target` (-m module args, or a script and its args) on two CPU processes,
     stdin closed as in CI."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = child_env()
     command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "2",
                "--main_process_port", str(_free_port()), *target]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
@@ -212,7 +219,7 @@ with open(os.path.join(sys.argv[2], f"rank{rank}.txt"), "w") as handle:
 def test_the_python_api_runs_under_accelerate_launch(tmp_path, tiny_llama_dir, reviews_csv, launch):
     script = tmp_path / "train.py"
     script.write_text(API_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = child_env()
     command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "2",
                "--main_process_port", str(_free_port()), str(script), str(tiny_llama_dir), str(tmp_path / "runs"), str(reviews_csv)]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -6,7 +6,6 @@ per node (examples/slurm/rlhflab.sbatch). Both share the runs folder, and only t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.distributed.test_multiprocess import DDP, ROOT, _free_port, pipeline_args
+from tests.distributed.test_multiprocess import DDP, ROOT, _free_port, child_env, pipeline_args
 
 pytestmark = pytest.mark.slow
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+ENV = child_env()
 
 
 def launch_machines(*target: str) -> list[tuple[int, str, str]]:

@@ -59,7 +59,8 @@ def main(argv: list[str]) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"rank{runtime.rank}.json").write_text(json.dumps({
         "weights": digest.hexdigest(), "beta": state.get("beta"), "interrupted": interrupted,
-        "world_size": runtime.world_size}))
+        "world_size": runtime.world_size, "engine": runtime.accelerator.distributed_type.value,
+        "prepared": type(algorithm.prepared).__name__}))
 
 
 if __name__ == "__main__":
