@@ -128,6 +128,24 @@ def on_main_process(runtime, work: Callable[[], RunDir], final: Path) -> RunDir:
     return RunDir(final)
 
 
+def refuse_under_deepspeed(runtime, section, *, resume: bool) -> None:
+    """What is known not to work under DeepSpeed ZeRO-2, refused before anything loads: --resume
+    (a checkpoint holds the main process's share of the optimizer state only, which every process
+    would read back) and gradient accumulation (Accelerate's DeepSpeed backward steps the optimizer
+    unless inside `accelerator.accumulate`; rlhflab accumulates under `no_sync`). Read from their
+    code, not run (docs/distributed.md)."""
+    from accelerate.utils import DistributedType
+
+    if runtime.accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    if resume:
+        raise RlhfLabError("--resume does not work under DeepSpeed yet (a checkpoint holds only the main process's "
+                           "share of the optimizer state); rerun with --overwrite, or train under DDP or FSDP to resume.")
+    if getattr(section, "gradient_accumulation_steps", 1) > 1:
+        raise RlhfLabError("gradient_accumulation_steps above 1 does not work under DeepSpeed yet (every micro-batch "
+                           "would step the optimizer); set it to 1 and the batch size you want, or use DDP or FSDP.")
+
+
 def run_stage(name: str, cfg: Config, *, runtime=None, resume: bool = False, overwrite: bool = False,
               progress: bool = True) -> RunDir:
     """Run one registered stage on `runtime` (default: this process's, from cfg.runtime) as the
@@ -140,6 +158,7 @@ def run_stage(name: str, cfg: Config, *, runtime=None, resume: bool = False, ove
     from rlhflab.stages.registry import STAGES
 
     runtime = runtime or Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
+    refuse_under_deepspeed(runtime, getattr(cfg, STAGES[name].config_section), resume=resume)
     run_dir = RunDir(Path(cfg.runs_dir) / cfg.name / name)
     with one_writer(cfg, runtime), stop_at_once():
         # The summary's peak_memory_mb is this stage's own: it starts from what the process holds

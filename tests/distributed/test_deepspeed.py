@@ -40,3 +40,14 @@ def test_zero3_is_refused_in_one_line(tmp_path, tiny_llama_dir, reviews_csv):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and errors[0].startswith("error: DeepSpeed ZeRO-3 does not run in rlhflab yet"), result.stderr[-3000:]
     assert result.returncode != 0 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("extra, said", [(("--resume",), "error: --resume does not work under DeepSpeed yet"),
+                                         (("sft.gradient_accumulation_steps=2",),
+                                          "error: gradient_accumulation_steps above 1 does not work under DeepSpeed yet")])
+def test_what_does_not_work_under_zero2_is_refused_in_one_line(tmp_path, tiny_llama_dir, reviews_csv, extra, said):
+    result = launch_two(tmp_path, "-m", "rlhflab", "sft", f"sft.model={tiny_llama_dir}", f"data.source={reviews_csv}",
+                        f"runs_dir={tmp_path / 'runs'}", *extra, launch=ZERO2)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and errors[0].startswith(said), result.stderr[-3000:]
+    assert result.returncode != 0 and not (tmp_path / "runs").exists()
