@@ -158,7 +158,7 @@ def run_stage(name: str, cfg: Config, *, runtime=None, resume: bool = False, ove
     from rlhflab.stages.registry import STAGES
 
     runtime = runtime or Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
-    refuse_under_deepspeed(runtime, getattr(cfg, STAGES[name].config_section), resume=resume)
+    refuse_under_deepspeed(runtime, getattr(cfg, getattr(STAGES[name], "config_section", name), None), resume=resume)
     run_dir = RunDir(Path(cfg.runs_dir) / cfg.name / name)
     with one_writer(cfg, runtime), stop_at_once():
         # The summary's peak_memory_mb is this stage's own: it starts from what the process holds
