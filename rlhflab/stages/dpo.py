@@ -85,15 +85,15 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         round_started = time.perf_counter()
         first_step = done[-1]["step"] if done else 0
         runtime.seed(cfg.seed, per_rank=False)
-        # 1. Pairs: the policy's own samples on this round's prompts, best against worst by the reward.
-        if on_policy:
-            with _whole(prepared):
+        # 1. Pairs: the policy's own samples on this round's prompts, best against worst by the reward,
+        # encoded with the frozen lower blocks cached; both run outside the sharded forward (whole weights).
+        with _whole(prepared):
+            if on_policy:
                 pairs, pair_facts = _on_policy_pairs(cfg, number, model, tokenizer, train_prompts, rewards["score"],
                                                      max_new, runtime, run_dir)
-        else:
-            pairs, pair_facts = token_pairs(file_pairs, tokenizer), {"source": dpo.pairs.source, "left_out": {}}
-        parts = split_pairs(pairs, dpo.pairs.fractions, cfg.seed, "dpo.pairs")
-        with _whole(prepared):  # the frozen lower blocks run outside the sharded forward (rounds after the first)
+            else:
+                pairs, pair_facts = token_pairs(file_pairs, tokenizer), {"source": dpo.pairs.source, "left_out": {}}
+            parts = split_pairs(pairs, dpo.pairs.fractions, cfg.seed, "dpo.pairs")
             data, masks, first, cache_seconds = _encode(parts, pair_facts, model, tokenizer, dpo, runtime, progress)
         # 2. The reference log-probs, once per pair: the policy's own, with the reference's weights in place.
         optimizer, scheduler = make_optimizer(model, dpo, len(parts.train))
