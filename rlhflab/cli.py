@@ -196,6 +196,19 @@ def _pipeline(args: argparse.Namespace) -> None:
     from rlhflab.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    if cfg.frontier.points is not None:  # several runs and their figure (configs/frontier.yaml)
+        from rlhflab import sweep
+
+        if args.force:
+            raise RlhfLabError("--force reruns stages of one run, and this config lists frontier points (runs of their "
+                               "own); rerun one with `rlhflab pipeline --config <runs_dir>/<name>/sweep/<point>/point.yaml "
+                               "--force STAGE`, or delete its folder.")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise RlhfLabError("A config with frontier points runs its runs one after another in processes of their own; "
+                               "start it with `rlhflab pipeline`, not under `accelerate launch`.")
+        print(sweep.run(args.config, args.overrides, progress=not args.no_progress, frontier=True,
+                        echo=lambda line: print(line, flush=True)))
+        return
     from rlhflab import pipeline
 
     report = pipeline.run(cfg, force=args.force, progress=not args.no_progress)

@@ -549,6 +549,22 @@ class EvaluateConfig:
 
 
 @dataclass
+class FrontierConfig:
+    """Several tuned runs of one starting model and reward, and one reward-KL figure of them all, from
+    one `rlhflab pipeline` call (rlhflab/sweep.py frontier_plan): the run's own `stages` train once
+    in <runs_dir>/<name>; then each point runs at each seed as a run of its own in
+    <runs_dir>/<name>/sweep/<point>[-seed<s>] (its overrides over this config, the run's stages
+    linked in); then `rlhflab frontier` draws them into <runs_dir>/<name>/sweep/frontier."""
+
+    # point name -> its settings over this config, as dotted keys or nested sections; each names its
+    # own stages (e.g. {stages: [rl], rl.kl_target: 2.0}). None: no frontier, a plain pipeline.
+    points: dict[str, dict[str, Any]] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])  # every point runs once per seed
+
+    RANGES: ClassVar[dict[str, Bounds]] = {"seeds": Bounds(0, 2**31 - 1)}
+
+
+@dataclass
 class OveroptConfig:
     """The over-optimisation study (`rlhflab overopt`): the RL run's starting model and every
     per-epoch snapshot answer the same held-out prompts; proxy and gold judges (evaluate.gold),
@@ -602,6 +618,8 @@ class Config:
     ilql: IlqlConfig = field(default_factory=IlqlConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     overopt: OveroptConfig = field(default_factory=OveroptConfig)
+    # Several tuned runs and their reward-KL frontier from one pipeline call (configs/frontier.yaml).
+    frontier: FrontierConfig = field(default_factory=FrontierConfig)
     # Metrics also to TensorBoard (runs/<name>/tensorboard/) or Weights & Biases (rlhflab/tracking.py);
     # the package must be installed. No stage's output depends on it.
     tracking: Literal["none", "tensorboard", "wandb"] = "none"
@@ -1187,6 +1205,7 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
     check_ilql(cfg.ilql)
     check_evaluate(cfg.evaluate)
     check_overopt(cfg.overopt)
+    check_frontier(cfg.frontier)
     if "overopt" in cfg.stages:  # found now, not after SFT, the reward model and RL have trained
         check_study_judges(cfg.evaluate)
         if cfg.overopt.run is None and "rl" in cfg.stages and not cfg.rl.snapshot_each_epoch:
@@ -1196,6 +1215,54 @@ def check_config(cfg: Config, world_size: int | None = None) -> Config:
 
     check_tracking(cfg.tracking)
     return cfg
+
+
+def check_frontier(fr: FrontierConfig) -> None:
+    """The frontier's shape: at least one point, each a mapping that names its stages; distinct seeds.
+    What a point's settings hold is checked when its config is loaded (rlhflab/sweep.py frontier_plan)."""
+    if fr.points is None:
+        return
+    if not fr.points:
+        raise RlhfLabError("frontier.points is empty: list the runs to compare (configs/frontier.yaml), or leave it "
+                           "out (null) for a plain pipeline.")
+    if not fr.seeds:
+        raise RlhfLabError("frontier.seeds is empty: give at least one seed, e.g. frontier.seeds=[0,1,2].")
+    if len(set(fr.seeds)) != len(fr.seeds):
+        raise RlhfLabError(f"frontier.seeds lists a seed twice ({fr.seeds}); give each seed once.")
+    for name, settings in fr.points.items():
+        flat = flatten_settings(settings)
+        if "stages" not in flat:
+            raise RlhfLabError(f"frontier.points.{name} names no stages: give the stages this point runs on top of the "
+                               f"run's own, e.g. {{stages: [rl], rl.kl_target: 2.0}}.")
+        for key in ("name", "runs_dir", "seed", "frontier"):
+            if key in flat or any(k.startswith(key + ".") for k in flat):
+                raise RlhfLabError(f"frontier.points.{name} sets {key}, which the frontier sets for every point "
+                                   f"(seeds: frontier.seeds); leave it out.")
+
+
+def flatten_settings(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"rl": {"kl_target": 2}, "stages": [..]} or {"rl.kl_target": 2} -> {"rl.kl_target": 2, "stages": [..]}:
+    a point's settings as the dotted keys of `key=value` overrides. Only config sections are opened;
+    a setting whose value is a mapping (evaluate.models) stays one value."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and _is_section(dotted):
+            flat.update(flatten_settings(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _is_section(dotted: str) -> bool:
+    """Whether a dotted key (under its current names) names a section of Config (rl, dpo.on_policy)."""
+    section: Any = Config
+    for part in _alias_path(dotted.split(".")):
+        fields = {f.name: f for f in dataclasses.fields(section)} if dataclasses.is_dataclass(section) else {}
+        if part not in fields or fields[part].default_factory is dataclasses.MISSING:
+            return False
+        section = fields[part].default_factory()
+    return dataclasses.is_dataclass(section)
 
 
 def check_study_judges(ev: EvaluateConfig) -> None:

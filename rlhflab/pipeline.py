@@ -40,12 +40,18 @@ def stage_state(cfg: Config, stage: str) -> str:
     partial = run_dir.partial
     if run_dir.has_checkpoint(partial) and _stored_key(partial) == key and (partial / "config.yaml").exists():
         try:
-            same = upgrade_names(parse_yaml((partial / "config.yaml").read_text(encoding="utf-8"))) == to_dict(cfg)
+            saved = upgrade_names(parse_yaml((partial / "config.yaml").read_text(encoding="utf-8")))
+            same = _stage_view(saved) == _stage_view(to_dict(cfg))
         except (yaml.YAMLError, UnicodeDecodeError):  # not plain YAML (e.g. a Python tag): not resumable
             same = False
         if same:
             return "partial"
     return "stale" if run_dir.final.exists() or partial.exists() else "missing"
+
+
+def _stage_view(tree: dict) -> dict:
+    """A config as one stage sees it: the frontier section (which runs other runs, and came later) left out."""
+    return {key: value for key, value in tree.items() if key != "frontier"} if isinstance(tree, dict) else tree
 
 
 def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: Callable[[str], None] = print,
@@ -58,6 +64,9 @@ def run(cfg: Config, *, force: str | None = None, progress: bool = True, echo: C
     (and tells the others), prints, and builds the report."""
     from rlhflab.engine.runtime import Runtime
 
+    if cfg.frontier.points is not None:
+        raise RlhfLabError("This config lists frontier points, each a run of its own: run it with `rlhflab pipeline "
+                           "--config FILE` (rlhflab.sweep.run(..., frontier=True)), which runs them all and draws them.")
     force = force if force is None else current_stage(force, "--force {}")
     if force is not None and force not in (*STAGES, "report"):
         raise RlhfLabError(f"--force takes one of {', '.join((*STAGES, 'report'))}; got {force!r}.")

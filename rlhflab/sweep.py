@@ -1,4 +1,5 @@
-"""`rlhflab sweep`: a grid of config overrides, one pipeline run per point, then `rlhflab compare`.
+"""`rlhflab sweep`: a grid of config overrides, one pipeline run per point, then `rlhflab compare`;
+and a frontier preset's list of runs (config `frontier:`), then `rlhflab frontier`.
 
     rlhflab sweep --config configs/default.yaml rl.learning_rate=1e-5,1e-4 rl.kl_coef=0.02,0.1
 
@@ -13,6 +14,11 @@ The other overrides hold for every point. Layout, with <base> = <runs_dir>/<name
         <shared stage> -> ../../<stage>   a relative link to the base run's stage
     <base>/sweep/compare/            `rlhflab compare <base>/sweep`
 
+`rlhflab pipeline --config configs/frontier.yaml` runs the points a config's `frontier` section
+lists instead of a grid (frontier_plan): the run's own stages train once in <base>, each point at
+each seed is a run in <base>/sweep/<point>[-seed<s>] with those stages linked in, and the reward-KL
+figure of them all goes to <base>/sweep/frontier/.
+
 A stage is shared when its inputs (the config values the registry says it reads) are the same
 under the base config and every point's, and so is every stage of this run it reads. A sweep over
 PPO settings after `make demo` thus reuses runs/default/sft and runs/default/reward as they are.
@@ -20,6 +26,7 @@ PPO settings after `make demo` thus reuses runs/default/sft and runs/default/rew
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -33,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rlhflab.config import Config, check_run_name, dump_yaml, load_config, map_strings, parse_yaml, to_dict
+from rlhflab.config import (Config, FrontierConfig, check_run_name, dump_yaml, flatten_settings, load_config, map_strings,
+                             parse_yaml, to_dict)
 from rlhflab.errors import RlhfLabError, RunInterrupted
 from rlhflab.fingerprint import strings
 from rlhflab.interrupt import PARENT_ENV, stop_at_once
@@ -43,6 +51,8 @@ from rlhflab.stages.registry import stage_dir  # a declaration: no torch
 MANIFEST = "sweep.json"
 POINT_CONFIG = "point.yaml"
 LOG = "log.txt"
+FRONTIER_DIR = "frontier"  # <base>/sweep/frontier/: the figure of a frontier preset's points
+COMPARE_DIR = "compare"  # <base>/sweep/compare/: `rlhflab compare` of a grid's points
 NOT_AXES = ("name", "runs_dir")  # they place the points; every point is <runs_dir>/<name>/sweep/<point>
 POLL_SECONDS = 0.2
 LOCK_WAIT_SECONDS = 300.0  # how long a rerun waits for a point's earlier process (stopping after a kill of its driver)
@@ -242,6 +252,8 @@ class Plan:
     configs: dict[str, Config]  # point name -> the point's own run config
     shared: list[str]
     linked: list[str]  # the shared stages and the stages outside the pipeline the points read
+    command: list[str]  # what reruns (resumes) it
+    kind: str = "sweep"  # or "frontier": a frontier preset's points (frontier_plan)
 
     @property
     def root(self) -> Path:
@@ -259,11 +271,18 @@ def _quoted(value: str) -> str:
     return json.dumps(value)  # a YAML double-quoted string: a path stays a string
 
 
+def _place(folder: Path, name: str) -> list[str]:
+    return [f"runs_dir={_quoted(str(folder))}", f"name={_quoted(name)}"]
+
+
 def make_plan(config: str | None, overrides: Sequence[str]) -> Plan:
     """Parse the grid and load every point's config (so a bad value fails before anything runs)."""
     fixed, axes = parse_overrides(overrides)
     points = grid(axes)
     base = load_config(config, fixed)
+    if base.frontier.points is not None:
+        raise RlhfLabError("This config lists frontier points: they are runs of their own, which `rlhflab pipeline` "
+                           "runs (and draws). Sweep a config without frontier.points, or run it with `rlhflab pipeline`.")
     compared = []
     for point in points:
         try:
@@ -275,11 +294,71 @@ def make_plan(config: str | None, overrides: Sequence[str]) -> Plan:
     folder = root / SWEEP_DIR
     configs = {}
     for point in points:
-        place = [f"runs_dir={_quoted(str(folder))}", f"name={_quoted(point.name)}"]
-        cfg = load_config(config, [*fixed, *point.overrides, *place])
+        cfg = load_config(config, [*fixed, *point.overrides, *_place(folder, point.name)])
         own = folder / point.name
         configs[point.name] = _rebase(cfg, {str(stage_dir(own, stage)): str(stage_dir(root, stage)) for stage in linked})
-    return Plan(None if config is None else str(config), fixed, axes, points, base, configs, shared, linked)
+    command = ["rlhflab", "sweep", *(["--config", str(config)] if config else []), *fixed,
+               *(f"{axis.key}={','.join(axis.values)}" for axis in axes)]
+    return Plan(None if config is None else str(config), fixed, axes, points, base, configs, shared, linked, command)
+
+
+def _check_frontier_point(point_name: str, cfg: Config, base: Config, own: Path) -> None:
+    """A point runs none of the run's own stages, and reads no stage that neither it nor the run trains."""
+    from rlhflab.stages.registry import STAGES
+
+    twice = [stage for stage in cfg.stages if stage in base.stages]
+    if twice:
+        raise RlhfLabError(f"frontier.points.{point_name} runs {', '.join(twice)}, which the run trains once for "
+                           f"every point (stages: {base.stages}); leave {'them' if len(twice) > 1 else 'it'} "
+                           "out of the point's stages.")
+    tree, root = to_dict(cfg), Path(base.runs_dir) / base.name
+    # a point's run:<stage> may already name the base run's folder (the preset's frontier section was resolved with it)
+    reads = {d for stage in cfg.stages for where in (own, root)
+             for d in _dependencies(cfg, STAGES[stage], _stage_inputs(tree, STAGES[stage]), where)}
+    missing = sorted(reads - set(cfg.stages) - set(base.stages))
+    if missing:
+        raise RlhfLabError(f"frontier.points.{point_name} reads this run's {', '.join(missing)}, which neither the "
+                           f"run (stages: {base.stages}) nor the point trains; add it to stages.")
+
+
+def frontier_plan(config: str | None, overrides: Sequence[str]) -> Plan:
+    """The runs of a frontier preset (the config's `frontier` section): every point at the first seed,
+    then at the next, ..., named <point>-seed<s> (<point> when there is one seed), each reading the run's own stages
+    (trained once in <base>) through links. Every point's config is loaded now, so a bad setting
+    fails before anything runs.
+
+    Raises RlhfLabError naming the point when its settings do not load, when it runs a stage the run
+    trains once for every point, when it reads a stage that neither runs, or when its name is not a
+    plain folder name."""
+    loaded = load_config(config, overrides)
+    if loaded.frontier.points is None:
+        raise RlhfLabError("This config lists no frontier points (frontier.points); `rlhflab pipeline` runs it as one run.")
+    base = dataclasses.replace(loaded, frontier=FrontierConfig())  # its own stages: a plain pipeline
+    root = Path(base.runs_dir) / base.name
+    folder = root / SWEEP_DIR
+    seeds = loaded.frontier.seeds
+    points, configs = [], {}
+    listed = {name: tuple((key, json.dumps(value)) for key, value in flatten_settings(settings).items())  # JSON is YAML
+              for name, settings in loaded.frontier.points.items()}
+    for seed in seeds:  # seed by seed: after the first, every method has a point
+        for point_name, values in listed.items():
+            name = point_name if len(seeds) == 1 else f"{point_name}-seed{seed}"
+            if name in (COMPARE_DIR, FRONTIER_DIR):
+                raise RlhfLabError(f"frontier.points.{point_name}: the point's folder would be {folder / name}, where the "
+                                   f"frontier's figure goes; give the point another name.")
+            try:
+                check_run_name(name)
+                point = Point(name, (*values, ("seed", str(seed))))
+                cfg = load_config(config, [*overrides, *point.overrides, "frontier.points=null", *_place(folder, name)])
+            except RlhfLabError as exc:
+                raise RlhfLabError(f"frontier.points.{point_name}: {exc}") from None
+            own = folder / name
+            _check_frontier_point(point_name, cfg, base, own)
+            configs[name] = _rebase(cfg, {str(stage_dir(own, stage)): str(stage_dir(root, stage)) for stage in base.stages})
+            points.append(point)
+    command = ["rlhflab", "pipeline", *(["--config", str(config)] if config else []), *overrides]
+    return Plan(None if config is None else str(config), list(overrides), [], points, base, configs, list(base.stages),
+                list(base.stages), command, kind="frontier")
 
 
 def _link(folder: Path, stage: str, root: Path) -> bool:
@@ -365,11 +444,9 @@ class Sweep:
         if dropped:  # an earlier, different grid under the same name: say so rather than drop them silently
             self.echo(f"note      {len(dropped)} point(s) of the earlier sweep here are not in this grid and leave "
                       f"sweep.json and the comparison (their folders stay): {', '.join(dropped)}")
-        command = ["rlhflab", "sweep", *(["--config", plan.config] if plan.config else []), *plan.fixed,
-                   *(f"{axis.key}={','.join(axis.values)}" for axis in plan.axes)]
         self.manifest = {
             "config": plan.config,
-            "command": shlex.join(command),
+            "command": shlex.join(plan.command),
             "fixed": plan.fixed,
             "axes": {axis.key: list(axis.values) for axis in plan.axes},
             "shared": plan.shared,
@@ -498,16 +575,18 @@ class Sweep:
 
 
 def _headline(folder: Path) -> str:
-    """The point's RL headline (start -> end reward, KL) from rl/summary.json, if there is one."""
+    """The point's headline (start -> end reward, KL) from the summary.json of its rl, dpo or ilql
+    stage (the first it has), if there is one."""
     from rlhflab.pipeline import headline
 
-    path = stage_dir(folder, "rl") / "summary.json"
-    if not path.is_file():
-        return ""
-    try:
-        return headline("rl", read_json(path))
-    except (RlhfLabError, KeyError, TypeError, ValueError):
-        return ""
+    for stage in ("rl", "dpo", "ilql"):
+        path = stage_dir(folder, stage) / "summary.json"
+        if path.is_file():
+            try:
+                return headline(stage, read_json(path))
+            except (RlhfLabError, KeyError, TypeError, ValueError):
+                return ""
+    return ""
 
 
 def _last_line(log: Path) -> str:
@@ -519,15 +598,17 @@ def _last_line(log: Path) -> str:
 
 
 def run(config: str | None, overrides: Sequence[str], *, parallel: int = 1, progress: bool = True,
-        echo: Callable[[str], None] = print) -> Path:
+        echo: Callable[[str], None] = print, frontier: bool = False) -> Path:
     """Run the sweep (skipping finished points, resuming cut-off ones), then compare the points;
-    returns the folder of the comparison (<base>/sweep/compare).
+    returns the folder of the comparison (<base>/sweep/compare). `frontier`: run the points of the
+    config's frontier section instead of a grid (frontier_plan), then draw them; returns the path of
+    the figure (<base>/sweep/frontier/frontier.png).
 
     Raises RlhfLabError (after the comparison) when points failed or another process runs the
     same sweep, and RunInterrupted when Ctrl-C or SIGTERM stopped it."""
     if parallel < 1:
         raise RlhfLabError(f"--parallel must be at least 1; got {parallel}.")
-    plan = make_plan(config, overrides)
+    plan = (frontier_plan if frontier else make_plan)(config, overrides)
     with run_lock(plan.root), stop_at_once():  # one driver per sweep; Ctrl-C honoured also in the background
         try:
             return _run(plan, parallel=parallel, progress=progress, echo=echo)
@@ -537,10 +618,9 @@ def run(config: str | None, overrides: Sequence[str], *, parallel: int = 1, prog
 
 def _run(plan: Plan, *, parallel: int, progress: bool, echo: Callable[[str], None]) -> Path:
     from rlhflab import pipeline
-    from rlhflab.eval.compare import compare
 
-    echo(f"sweep     {len(plan.points)} points ({' x '.join(f'{len(a.values)} {a.key}' for a in plan.axes)}) "
-         f"in {plan.folder}")
+    shape = ' x '.join(f'{len(a.values)} {a.key}' for a in plan.axes) if plan.axes else "listed in frontier.points"
+    echo(f"{plan.kind:<9} {len(plan.points)} {'runs' if plan.kind == 'frontier' else 'points'} ({shape}) in {plan.folder}")
     if plan.shared:
         echo(f"shared    {', '.join(plan.shared)}: trained once, in {plan.root}")
         try:
@@ -551,10 +631,7 @@ def _run(plan: Plan, *, parallel: int, progress: bool, echo: Callable[[str], Non
         echo("shared    none: every stage differs between points")
     sweep = Sweep(plan, parallel=parallel, echo=echo)
     sweep.run()
-    result = compare([str(plan.folder)], plan.folder / "compare")
-    echo("")
-    echo(result.text)
-    echo(str(result.markdown))
+    result = _summarise(plan, sweep, echo)
     failed = [e for e in sweep.manifest["points"] if e["status"] == "failed"]
     if failed:
         raise RlhfLabError(f"{len(failed)} of {len(plan.points)} points failed: {', '.join(e['name'] for e in failed)}; "
@@ -562,4 +639,29 @@ def _run(plan: Plan, *, parallel: int, progress: bool, echo: Callable[[str], Non
     left = [e for e in sweep.manifest["points"] if e["status"] != "done"]
     if left:
         raise RunInterrupted(sweep._stopped_message())
-    return result.folder
+    return result
+
+
+def _summarise(plan: Plan, sweep: Sweep, echo: Callable[[str], None]) -> Path:
+    """A grid: `rlhflab compare` of every point (returns its folder). A frontier: `rlhflab frontier` of
+    the points that finished (returns the figure; a point that failed or stopped is left out, and said)."""
+    echo("")
+    if plan.kind != "frontier":
+        from rlhflab.eval.compare import compare
+
+        result = compare([str(plan.folder)], plan.folder / COMPARE_DIR)
+        echo(result.text)
+        echo(str(result.markdown))
+        return result.folder
+    from rlhflab.eval.frontier import frontier
+
+    done = [plan.point_dir(p) for p in plan.points if sweep._entry(p)["status"] == "done"]
+    out = plan.folder / FRONTIER_DIR
+    if not done:
+        echo(f"frontier  no run finished, so nothing is drawn in {out}")
+        return out / "frontier.png"
+    if len(done) < len(plan.points):
+        echo(f"frontier  {len(done)} of {len(plan.points)} runs finished; the figure shows those")
+    drawn = frontier([str(folder) for folder in done], out)
+    echo(drawn.text)
+    return drawn.png
