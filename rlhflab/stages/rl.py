@@ -23,7 +23,7 @@ from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
 from rlhflab.engine.sharding import whole_state
 from rlhflab.errors import RlhfLabError
-from rlhflab.eval.held_out import score_rows
+from rlhflab.eval.held_out import HELD_OUT_BATCH, score_rows
 from rlhflab.io import RunDir, atomic_dir, write_json
 from rlhflab.models.causal_lm import count_parameters, load_causal_lm, refuse_steering
 from rlhflab.models.policy import Policy, PolicyWithValue, build_policy
@@ -242,15 +242,17 @@ def evaluate(policy: Policy, tokenizer, rewards: dict[str, RewardFunction], prom
              sampling: dict, seed: int, runtime: Runtime) -> tuple[dict, list[dict]]:
     """Mean rewards and KL on held-out prompts, sampled with a fixed seed so evaluations compare.
 
-    Each process answers its share of the prompts; the rows are gathered in prompt order. The
-    training RNG streams (CPU and CUDA) are left as they were."""
+    Each process answers its share of the prompts in chunks seeded as rlhflab/eval/held_out.py's
+    `held_out` seeds them, so DPO and ILQL runs from the same model start from the same samples;
+    the rows are gathered in prompt order. The training RNG streams (CPU and CUDA) are left as
+    they were."""
     mine = prompts[runtime.rank :: runtime.world_size]
     rows: list[dict] = []
     devices = [runtime.device] if runtime.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed + runtime.rank)
-        for start in range(0, len(mine), ppo.batch_size):
-            chunk = mine[start : start + ppo.batch_size]
+        for start in range(0, len(mine), HELD_OUT_BATCH):
+            chunk = mine[start : start + HELD_OUT_BATCH]
+            torch.manual_seed(seed + runtime.rank + start)
             sampled = sample(policy, tokenizer, chunk, **sampling)
             exp = score_rollout(policy, tokenizer, lambda p, r: torch.zeros(len(r)), chunk, sampled, temperature=ppo.temperature,
                                 stop_ids=sampling["stop_ids"], non_stop_penalty=None, autocast=runtime.autocast)
