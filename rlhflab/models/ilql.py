@@ -1,9 +1,13 @@
 """ILQL heads on a causal LM (Snell et al. 2022): two Q heads with Polyak targets, a V head, their
 files beside a saved LM, and steered generation through a hook on the LM head.
 
-A Q head maps the last hidden state h (h,) to a vector in hidden space and reads it out with the
-LM's own output embedding E (V, h), frozen and shared: Q(s, ·) = E f(h_s). A head then costs
-~4h² parameters instead of h·V (SmolLM2: V = 49152, h = 576).
+A Q head maps the last hidden state h (h,) to a vector f(h) in hidden space plus one number c(h),
+and reads the vector out with the LM's own output embedding E (V, h), frozen and shared:
+Q(s, ·) = E f(h_s) + c(h_s). A head then costs ~4h² parameters instead of h·V (SmolLM2: V = 49152,
+h = 576). c is the state's level, which every action shares: without it (format 1) Q(s, a) is
+e_a · f(h), so a value that does not depend on the action (the review's label, on whatever token
+ends it) has to be spelled out in every embedding's direction at once, and the TD targets fight
+the CQL term's per-state shape (trlX's heads, h -> 2h -> V, have a bias for the same reason).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from rlhflab.ops.ilql import polyak_update, steered_logits
 
 HEADS_FILE = "ilql_heads.safetensors"
 HEADS_META = "ilql_heads.json"
-FORMAT = 1
+FORMAT = 2  # 1: Q heads without the state level c(h); read as c = 0, the same function
 
 
 @dataclass
@@ -56,14 +60,21 @@ class IlqlHeads(nn.Module):
             raise RlhfLabError(f"ILQL heads of hidden size {hidden_size} do not fit this model's output embedding "
                                f"(weight {shape}, expected (vocab, {hidden_size})); use the model they were trained with.")
         self.hidden_size = hidden_size
-        self.q_heads = nn.ModuleList(_mlp(hidden_size, hidden_size) for _ in range(2))
+        self.q_heads = nn.ModuleList(_mlp(hidden_size, hidden_size + 1) for _ in range(2))  # f(h), then c(h)
         self.target_q_heads = copy.deepcopy(self.q_heads).requires_grad_(False)
         self.v_head = _mlp(hidden_size, 1)
         self._output_embeddings = [output_embeddings]  # a list: the LM's module, not registered here
 
     def _q(self, head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        """E f(h): (B, T, h) fp32 -> (B, T, V); E detached, it belongs to (and trains with) the LM."""
-        return F.linear(head(hidden), self._output_embeddings[0].weight.detach().float())
+        """E f(h) + c(h): (B, T, h) fp32 -> (B, T, V); E detached, it belongs to (and trains with) the LM."""
+        out = head(hidden)
+        return F.linear(out[..., :-1], self._output_embeddings[0].weight.detach().float()) + out[..., -1:]
+
+    def _q_at(self, head: nn.Module, hidden: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q(s_t, a_t) only, (B, T): e_{a_t} · f(h_t) + c(h_t), without reading out the vocabulary."""
+        out = head(hidden)
+        rows = self._output_embeddings[0].weight.detach()[actions].float()  # (B, T, h)
+        return (out[..., :-1] * rows).sum(-1) + out[..., -1]
 
     def forward(self, hidden: torch.Tensor, actions: torch.Tensor | None = None) -> IlqlOut:
         """hidden (B, T, h), the LM's last hidden states (gradients flow into them) -> IlqlOut.
@@ -75,8 +86,7 @@ class IlqlHeads(nn.Module):
             if actions is None:
                 target_qs = tuple(self._q(head, hidden) for head in self.target_q_heads)
             else:
-                rows = self._output_embeddings[0].weight.detach()[actions].float()  # (B, T, h)
-                target_qs = tuple((head(hidden) * rows).sum(-1) for head in self.target_q_heads)
+                target_qs = tuple(self._q_at(head, hidden, actions) for head in self.target_q_heads)
         return IlqlOut(qs, target_qs, self.v_head(hidden).squeeze(-1))
 
     def steering(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +104,7 @@ class IlqlHeads(nn.Module):
 def save_heads(heads: IlqlHeads, folder: Path, *, beta: float, top_k: int = 0, state: dict | None = None) -> None:
     """Write `ilql_heads.safetensors` (the heads' own weights, targets included) and
     `ilql_heads.json` ({"hidden_size", "beta": the default generation β, "top_k": the steered
-    tokens kept (0: all), "format": 1}) into a model folder, each atomically. `state`: the heads' whole
+    tokens kept (0: all), "format": 2}) into a model folder, each atomically. `state`: the heads' whole
     state dict when they are FSDP-sharded (rlhflab/engine/sharding.py whole_state). Raises RlhfLabError
     for β < 0 or an unwritable folder."""
     from safetensors.torch import save
@@ -128,12 +138,14 @@ def load_heads(folder: Path, output_embeddings: nn.Module) -> tuple[IlqlHeads, f
         top_k = int(info.get("top_k", 0))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RlhfLabError(f"{meta} is missing or unreadable ({type(exc).__name__}: {exc}); {fix}.") from None
-    if fmt != FORMAT:
-        raise RlhfLabError(f"{meta} has format {fmt!r}; this rlhflab reads format {FORMAT}; {fix}.")
+    if fmt not in (1, FORMAT):
+        raise RlhfLabError(f"{meta} has format {fmt!r}; this rlhflab reads formats 1 and {FORMAT}; {fix}.")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise RlhfLabError(f"{weights} is missing or corrupt ({exc}); {fix}.") from None
+    if fmt == 1:
+        state = _with_zero_level(state)
     heads = IlqlHeads(hidden_size, output_embeddings)
     try:
         heads.load_state_dict(state)
@@ -141,6 +153,13 @@ def load_heads(folder: Path, output_embeddings: nn.Module) -> tuple[IlqlHeads, f
         raise RlhfLabError(f"{weights} does not hold ILQL heads of hidden size {hidden_size} "
                            f"({str(exc).splitlines()[0]}); {fix}.") from None
     return heads.to(output_embeddings.weight.device), beta, top_k
+
+
+def _with_zero_level(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Format-1 Q heads (f(h) only) as format 2: the last layer gains c(h) = 0 (a zero output row
+    and bias), so every Q value stays what it was."""
+    last = {k for k in state if k.startswith(("q_heads.", "target_q_heads.")) and k.split(".")[2] == "2"}
+    return {k: torch.cat([v, v.new_zeros(1, *v.shape[1:])]) if k in last else v for k, v in state.items()}
 
 
 def attach_steering(model: nn.Module, heads: IlqlHeads, beta: float, top_k: int = 0) -> torch.utils.hooks.RemovableHandle:

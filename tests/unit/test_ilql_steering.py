@@ -48,8 +48,8 @@ def test_heads_start_at_zero_and_do_not_own_the_embedding():
     assert [q.shape for q in out.qs + out.target_qs] == [(2, 3, VOCAB)] * 4 and out.v.shape == (2, 3)
     assert all(torch.count_nonzero(x) == 0 for x in (*out.qs, *out.target_qs, out.v))
     assert not any(name.startswith("_") or "embed" in name for name in heads.state_dict())
-    # per Q head: h·2h + 2h + 2h·h + h, independent of the vocabulary
-    assert sum(p.numel() for p in heads.q_heads[0].parameters()) == 4 * HIDDEN**2 + 3 * HIDDEN
+    # per Q head: h·2h + 2h + 2h·(h + 1) + h + 1 (f(h) and the state's level c(h)), independent of the vocabulary
+    assert sum(p.numel() for p in heads.q_heads[0].parameters()) == 4 * HIDDEN**2 + 5 * HIDDEN + 1
     assert not any(p.requires_grad for p in heads.target_q_heads.parameters())
 
 
@@ -94,7 +94,7 @@ def test_a_token_favoured_by_q_gains_probability():
     with torch.no_grad():
         # f(h) = E[k] for every state: Q(s, j) = E[j]·E[k] is largest at k, the longest row
         for head in heads.target_q_heads:
-            head[-1].bias.copy_(embedding[favoured])
+            head[-1].bias[:-1].copy_(embedding[favoured])
     plain = next_token_probs(model)[..., favoured]
     handle = attach_steering(model, heads, beta=1.0)
     steered = next_token_probs(model)[..., favoured]
@@ -220,3 +220,53 @@ def test_target_qs_at_given_actions_are_the_full_targets_gathered():
         assert at_actions.shape == (2, 3)
         torch.testing.assert_close(at_actions, whole_q.gather(-1, actions[..., None]).squeeze(-1), rtol=1e-5, atol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(full.qs, given.qs)) and torch.equal(full.v, given.v)
+
+
+def test_q_heads_fit_a_value_that_no_action_changes():
+    """A review's label is its value whatever token ends it: Q(s, a) = r(s) for every a. With a state
+    level c(h) the heads fit it; with Q = E f(h) alone (format 1: c held at 0) they cannot, because
+    50 embedding directions would all need E[a]·f(h) = r(s) with f(h) of 16 numbers."""
+    torch.manual_seed(0)
+    model = tiny_lm()
+    hidden, values = torch.randn(64, 1, HIDDEN), torch.randn(64, 1, 1).sign()  # every action of a state: one value
+
+    def fit(level: bool) -> float:
+        heads = IlqlHeads(HIDDEN, model.get_output_embeddings())
+        optimizer = torch.optim.Adam(heads.q_heads[0].parameters(), lr=1e-2)
+        for _ in range(300):
+            q = heads(hidden).qs[0]  # (64, 1, V)
+            if not level:
+                q = q - heads.q_heads[0](hidden)[..., -1:]  # E f(h) only
+            loss = (q - values).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return float(loss)
+
+    assert fit(level=True) < 0.01
+    assert fit(level=False) > 0.2  # measured: the level-free fit stays far from 0
+
+
+def test_format_1_heads_load_with_a_zero_level(tmp_path):
+    """Heads saved before the state level (format 1, f(h) only) load as the same Q function."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_lm()
+    heads = random_heads(model)
+    with torch.no_grad():
+        for head in (*heads.q_heads, *heads.target_q_heads):  # a format-1 head has no level: c(h) = 0
+            head[-1].weight[-1].zero_()
+            head[-1].bias[-1].zero_()
+    save_heads(heads, tmp_path, beta=1.0)
+    state = load_file(str(tmp_path / HEADS_FILE))
+    save_file({k: v[:-1] if k.split(".")[0].endswith("q_heads") and k.split(".")[2] == "2" else v
+               for k, v in state.items()}, str(tmp_path / HEADS_FILE))
+    meta = json.loads((tmp_path / HEADS_META).read_text())
+    (tmp_path / HEADS_META).write_text(json.dumps({**meta, "format": 1}))
+    loaded, _, _ = load_heads(tmp_path, model.get_output_embeddings())
+    hidden = torch.randn(2, 3, HIDDEN)
+    for a, b in zip((*heads(hidden).qs, *heads(hidden).target_qs), (*loaded(hidden).qs, *loaded(hidden).target_qs)):
+        assert torch.equal(a, b)
+    (tmp_path / HEADS_META).write_text(json.dumps({**meta, "format": 3}))
+    with pytest.raises(RlhfLabError, match="formats 1 and 2"):
+        load_heads(tmp_path, model.get_output_embeddings())
