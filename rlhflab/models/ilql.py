@@ -6,8 +6,8 @@ and reads the vector out with the LM's own output embedding E (V, h), frozen and
 Q(s, ·) = E f(h_s) + c(h_s). A head then costs ~4h² parameters instead of h·V (SmolLM2: V = 49152,
 h = 576). c is the state's level, which every action shares: without it (format 1) Q(s, a) is
 e_a · f(h), so a value that does not depend on the action (the review's label, on whatever token
-ends it) has to be spelled out in every embedding's direction at once, and the TD targets fight
-the CQL term's per-state shape (trlX's heads, h -> 2h -> V, have a bias for the same reason).
+ends it) has to be spelled out in every embedding's direction at once (trlX's heads read out
+through an h -> 2h -> V layer of their own, which can hold such a level).
 """
 
 from __future__ import annotations
