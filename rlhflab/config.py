@@ -495,6 +495,12 @@ class IlqlConfig(TrainingConfig):
     lora: LoraConfig = field(default_factory=LoraConfig)
     max_length: int = 64  # tokens per text (longer texts keep their beginning; the reward stays on the last token)
     gamma: float = 0.99
+    # What Q regresses on (rlhflab/ops/ilql.py): "td", r + gamma V(next state) (ILQL's Bellman target);
+    # "monte_carlo", the discounted return that followed in the data (one-step offline RL). With one
+    # reward at the end of each text it reaches every state at once, where TD carries it back one
+    # state per round of bootstrapping: on the offline default TD's V learns nothing in the budget
+    # and monte_carlo's does (docs/offline.md).
+    q_target: Literal["td", "monte_carlo"] = "monte_carlo"
     tau: float = 0.7  # expectile of V
     cql_scale: float = 0.1
     awac_scale: float = 1.0

@@ -72,7 +72,8 @@ class IlqlObjective:
         logits, out = self.forward(split, rows)
         return ilql_loss(tuple(q[:, :-1] for q in out.qs), tuple(q[:, :-1] for q in out.target_qs), out.v,
                          logits[:, :-1], split.input_ids[rows, 1:], self.rewards[name][rows], split.attention_mask[rows, 1:],
-                         gamma=s.gamma, tau=s.tau, cql_scale=s.cql_scale, awac_scale=s.awac_scale, awac_beta=s.awac_beta)
+                         gamma=s.gamma, tau=s.tau, cql_scale=s.cql_scale, awac_scale=s.awac_scale, awac_beta=s.awac_beta,
+                         q_target=s.q_target)
 
     def train_loss(self, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(the loss summed over the real actions of `rows`, their count): the Supervised contract."""

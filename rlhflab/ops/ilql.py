@@ -14,13 +14,13 @@ from torch import nn
 
 from rlhflab.errors import RlhfLabError
 from rlhflab.ops.masked import masked_sum
-from rlhflab.ops.ppo import logprobs_from_logits
+from rlhflab.ops.ppo import gae, logprobs_from_logits
 
 
 def ilql_loss(qs: tuple[torch.Tensor, ...], target_qs: tuple[torch.Tensor, ...], vs: torch.Tensor,
               logits: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, *,
               gamma: float, tau: float, cql_scale: float, awac_scale: float, awac_beta: float,
-              awac_max_weight: float = 100.0) -> dict[str, torch.Tensor]:
+              awac_max_weight: float = 100.0, q_target: str = "td") -> dict[str, torch.Tensor]:
     """ILQL losses, SUMMED over the real actions (the caller divides by the global count).
 
     qs / target_qs: Q heads / their Polyak targets, each (B, T, V), at the states s_t that
@@ -31,8 +31,12 @@ def ilql_loss(qs: tuple[torch.Tensor, ...], target_qs: tuple[torch.Tensor, ...],
 
     Dones come from the mask: s_{t+1} is terminal unless action t+1 is real, so the last real
     action of a row bootstraps from nothing and vs[:, T] is never used.
-    With y_t = r_t + γ V(s_{t+1}) [nonterminal] and Q̂ = min_i targetQ_i(s_t, a_t), both detached:
-      q    = Σ_i Σ_t (Q_i(s_t, a_t) − y_t)²                       (TD, Bellman target)
+    With y_t = r_t + γ V(s_{t+1}) [nonterminal] (q_target "td", ILQL's Bellman target) or
+    y_t = Σ_{k≥t} γ^(k−t) r_k (q_target "monte_carlo": the discounted return that followed a_t in the
+    data, so Q and V estimate the data's own policy, one-step offline RL as in Brandfonbrener et al.
+    2021; a reward that only ends the text reaches every state at once instead of one state further
+    per round of bootstrapping), and Q̂ = min_i targetQ_i(s_t, a_t), both detached:
+      q    = Σ_i Σ_t (Q_i(s_t, a_t) − y_t)²                       (TD or Monte Carlo regression)
       v    = Σ_t |τ − 1(Q̂ < V(s_t))| (Q̂ − V(s_t))²               (expectile, IQL)
       cql  = Σ_i Σ_t −log softmax(Q_i(s_t, ·))[a_t]               (CQL as cross-entropy)
       awac = Σ_t −w_t log π(a_t | s_t), w_t = min(exp(awac_beta (Q̂ − V(s_t))), awac_max_weight)
@@ -41,7 +45,7 @@ def ilql_loss(qs: tuple[torch.Tensor, ...], target_qs: tuple[torch.Tensor, ...],
     each differentiable) and "count" (0-d int64, the number of real actions).
     Values on padding are ignored in the sums but must be finite for gradients (as model outputs are).
     Raises RlhfLabError for γ outside [0, 1], τ outside (0, 1), a negative scale or awac_beta,
-    or awac_max_weight <= 0.
+    awac_max_weight <= 0, or another q_target.
     """
     if not 0.0 <= gamma <= 1.0:
         raise RlhfLabError(f"ILQL needs 0 <= gamma <= 1 (the discount), got {gamma}.")
@@ -50,6 +54,8 @@ def ilql_loss(qs: tuple[torch.Tensor, ...], target_qs: tuple[torch.Tensor, ...],
     for name, value in (("cql_scale", cql_scale), ("awac_scale", awac_scale), ("awac_beta", awac_beta)):
         if value < 0:
             raise RlhfLabError(f"ILQL needs {name} >= 0, got {value}.")
+    if q_target not in ("td", "monte_carlo"):
+        raise RlhfLabError(f"ILQL's q_target is 'td' or 'monte_carlo', got {q_target!r}.")
     if not awac_max_weight > 0:
         raise RlhfLabError(f"ILQL needs awac_max_weight > 0, got {awac_max_weight}.")
     if not qs or not target_qs:
@@ -63,7 +69,11 @@ def ilql_loss(qs: tuple[torch.Tensor, ...], target_qs: tuple[torch.Tensor, ...],
     nonterminal = torch.cat([keep[:, 1:], torch.zeros_like(keep[:, :1])], dim=1)  # (B, T): is action t+1 real
     v_now = torch.where(keep, vs[:, :-1].float(), zero)  # V(s_t)
     v_next = torch.where(nonterminal, vs[:, 1:].float(), zero)  # V(s_{t+1}), 0 after the last real action
-    td_target = (torch.where(keep, rewards.float(), zero) + gamma * v_next).detach()  # y_t
+    rewards = torch.where(keep, rewards.float(), zero)
+    if q_target == "td":
+        target = (rewards + gamma * v_next).detach()  # y_t
+    else:  # GAE with zero values and λ 1 is the discounted return-to-go
+        _, target = gae(rewards, torch.zeros_like(rewards), keep, gamma, 1.0)
 
     def taken(q: torch.Tensor) -> torch.Tensor:
         """Q(s_t, a_t) (B, T) fp32; gather before the cast so (B, T, V) is never copied."""
@@ -71,7 +81,7 @@ def ilql_loss(qs: tuple[torch.Tensor, ...], target_qs: tuple[torch.Tensor, ...],
         return torch.where(keep, at_action.float(), zero)
 
     q_hat = torch.stack([taken(q) for q in target_qs]).amin(0).detach()  # min over heads: less overestimation
-    q_loss = sum(masked_sum((taken(q) - td_target) ** 2, keep) for q in qs)
+    q_loss = sum(masked_sum((taken(q) - target) ** 2, keep) for q in qs)
     expectile = torch.abs(tau - (q_hat < v_now).float())  # τ above V, 1 − τ below: τ > 0.5 leans to the max
     v_loss = masked_sum(expectile * (q_hat - v_now) ** 2, keep)
     cql = sum(masked_sum(-logprobs_from_logits(q, actions), keep) for q in qs)

@@ -22,11 +22,12 @@ QUICK = Path(__file__).resolve().parents[2] / "configs" / "quick.yaml"
 # (commit 67be972, where every one of them was a ppo setting). A run finished then stores these
 # keys in its stage.json: if one changes, every such run would be retrained. (A changed default of
 # a section a stage reads changes its key too, rightly: then recompute them.) The RL stage was called
-# ppo then; its name is in no key.
+# ppo then; its name is in no key. ILQL regressed Q on TD targets then (ilql.q_target=td, no longer
+# the default): set so, a run of then is what it asks for.
 OLD_OVERRIDES = ["ppo.max_new_tokens=8", "ppo.temperature=0.7", "ppo.stop_token=.", "ppo.steps=3",
-                 "evaluate.max_new_tokens=null"]
+                 "evaluate.max_new_tokens=null", "ilql.q_target=td"]
 NEW_OVERRIDES = ["generation.max_new_tokens=8", "generation.temperature=0.7", "generation.stop_token=.", "rl.steps=3",
-                 "evaluate.max_new_tokens=null"]
+                 "evaluate.max_new_tokens=null", "ilql.q_target=td"]
 OLD_KEYS = {"pretrain": "a9866b432430ec48", "sft": "3d45da16e8f71368", "reward": "9bb0bb50e744f2f7",
             "rl": "98d987b1ddb2a58d", "dpo": "1e7d67bdda9a9627", "ilql": "f7ebd248921d329d",
             "evaluate": "3aa0eaff689398cf", "overopt": "20a8cfa966e77dcc"}

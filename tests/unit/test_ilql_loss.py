@@ -49,6 +49,26 @@ def test_terms_by_hand():
     assert int(out["count"]) == 2
 
 
+def test_monte_carlo_targets_are_the_discounted_return_that_followed():
+    qs, target_qs, vs, logits, actions, rewards, mask = hand_example()
+    rewards = t([[0.4, 1.0]])
+    out = ilql_loss(qs, target_qs, vs, logits, actions, rewards, mask, **SETTINGS, q_target="monte_carlo")
+    # y_0 = 0.4 + 0.5 * 1 = 0.9, y_1 = 1: the rewards that followed, whatever V holds
+    q = (1 - 0.9) ** 2 + (2 - 1) ** 2 + (0 - 0.9) ** 2 + (1 - 1) ** 2
+    assert out["q"].item() == pytest.approx(q, abs=1e-6)
+    td = ilql_loss(qs, target_qs, vs, logits, actions, rewards, mask, **SETTINGS)  # y_0 = 0.4 + 0.5 V(s_1) = 0.5
+    assert td["q"].item() == pytest.approx((1 - 0.5) ** 2 + 1 + 0.5 ** 2, abs=1e-6)
+    # V, CQL and AWAC do not depend on the Q target
+    assert all(out[k].item() == pytest.approx(td[k].item(), abs=1e-6) for k in ("v", "cql", "awac"))
+    # padding between and after the real actions is skipped by the return, and V never enters it
+    padded = ilql_loss(tuple(torch.stack([q[:, 0], q[:, 0], q[:, 1], q[:, 1]], 1) for q in qs),
+                       tuple(torch.stack([q[:, 0], q[:, 0], q[:, 1], q[:, 1]], 1) for q in target_qs),
+                       t([[0.5, 7.0, 0.2, -3.0, 9.0]]), torch.stack([logits[:, 0], logits[:, 0], logits[:, 1], logits[:, 1]], 1),
+                       torch.tensor([[0, 1, 2, 0]]), t([[0.4, 99.0, 1.0, 99.0]]), t([[1.0, 0.0, 1.0, 0.0]]),
+                       **SETTINGS, q_target="monte_carlo")
+    assert padded["q"].item() == pytest.approx(q, abs=1e-6)
+
+
 def test_awac_weight_is_clamped():
     out = ilql_loss(*hand_example(), **{**SETTINGS, "awac_max_weight": 1.2})
     # exp(0.4) = 1.49 > 1.2 is clamped, exp(-0.2) = 0.82 is not
@@ -136,7 +156,8 @@ def test_bad_settings_are_clear_errors():
     args = hand_example()
     for bad, match in (({"gamma": 1.5}, "gamma"), ({"gamma": -0.1}, "gamma"), ({"tau": 0.0}, "tau"),
                        ({"tau": 1.0}, "tau"), ({"cql_scale": -1.0}, "cql_scale"), ({"awac_scale": -1.0}, "awac_scale"),
-                       ({"awac_beta": -1.0}, "awac_beta"), ({"awac_max_weight": 0.0}, "awac_max_weight")):
+                       ({"awac_beta": -1.0}, "awac_beta"), ({"awac_max_weight": 0.0}, "awac_max_weight"),
+                       ({"q_target": "lambda"}, "q_target")):
         with pytest.raises(RlhfLabError, match=match):
             ilql_loss(*args, **{**SETTINGS, **bad})
 
