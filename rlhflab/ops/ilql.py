@@ -66,11 +66,11 @@ def ilql_loss(qs: tuple[torch.Tensor, ...], target_qs: tuple[torch.Tensor, ...],
     zero = torch.zeros((), dtype=torch.float32, device=keep.device)
     # where, not multiply: padding may hold -100 ids or non-finite rewards/values
     actions = torch.where(keep, actions.long(), torch.zeros((), dtype=torch.long, device=keep.device))
-    nonterminal = torch.cat([keep[:, 1:], torch.zeros_like(keep[:, :1])], dim=1)  # (B, T): is action t+1 real
     v_now = torch.where(keep, vs[:, :-1].float(), zero)  # V(s_t)
-    v_next = torch.where(nonterminal, vs[:, 1:].float(), zero)  # V(s_{t+1}), 0 after the last real action
     rewards = torch.where(keep, rewards.float(), zero)
     if q_target == "td":
+        nonterminal = torch.cat([keep[:, 1:], torch.zeros_like(keep[:, :1])], dim=1)  # (B, T): is action t+1 real
+        v_next = torch.where(nonterminal, vs[:, 1:].float(), zero)  # V(s_{t+1}), 0 after the last real action
         target = (rewards + gamma * v_next).detach()  # y_t
     else:  # GAE with zero values and λ 1 is the discounted return-to-go
         _, target = gae(rewards, torch.zeros_like(rewards), keep, gamma, 1.0)
