@@ -464,6 +464,10 @@ class DpoConfig(TrainingConfig):
     on_policy: OnPolicyPairsConfig = field(default_factory=OnPolicyPairsConfig)
     beta: float = 0.1  # strength of the implicit KL constraint
     loss: Literal["sigmoid", "ipo"] = "sigmoid"  # sigmoid: DPO; ipo: Azar et al. 2023
+    # > 0: add nll_coef x the chosen response's NLL per token to the loss (RPO, Pang et al. 2024), for
+    # where DPO lowers the chosen responses' likelihood with the rejected ones'. On the offline default
+    # it does not, and the term leaves the reward-KL curve where it was (docs/offline.md).
+    nll_coef: float = 0.0
     trainable: Literal["all", "lora"] | list[int] = field(default_factory=lambda: [-2, -1])
     lora: LoraConfig = field(default_factory=LoraConfig)
     max_length: int = 96  # prompt + response tokens (the prompt gives way from its front)
@@ -474,8 +478,8 @@ class DpoConfig(TrainingConfig):
     eval_batch_size: int = 16
 
     RANGES: ClassVar[dict[str, Bounds]] = {
-        **TrainingConfig.RANGES, "beta": POSITIVE, "trainable": ANY, "max_length": at_least(2), "eval_prompts": COUNT,
-        "rounds": COUNT,  # more than 1 only with on-policy pairs (check_dpo)
+        **TrainingConfig.RANGES, "beta": POSITIVE, "nll_coef": NON_NEGATIVE, "trainable": ANY, "max_length": at_least(2),
+        "eval_prompts": COUNT, "rounds": COUNT,  # more than 1 only with on-policy pairs (check_dpo)
     }
 
 

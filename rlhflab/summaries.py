@@ -180,6 +180,7 @@ class DpoSummary(Summary):
     algorithm: str | None = later()
     loss: str | None = later()
     beta: float | None = later()
+    nll_coef: float | None = later()
     rounds: int | None = later()
     reference: str | None = later()
     policy: str | None = later()

@@ -5,6 +5,7 @@ ranked by a reward function), the frozen reference's sequence log-probs are comp
 pair before training (`DpoObjective`), and every step only runs the policy:
 
     loss = preference_loss(log π(y_w), log π(y_l), log π_ref(y_w), log π_ref(y_l), β)   (ops/preference.py)
+           [+ nll_coef * -log π(y_w) / |y_w|: RPO, the chosen responses' likelihood kept up]
 
 The reference is the starting model itself, scored before its first update, so no second copy
 of the model is held while training.
@@ -130,9 +131,10 @@ class DpoObjective:
     response masks. The reference log-probs are the policy's own, computed here, before training."""
 
     def __init__(self, forward: Callable, data: dict[str, EncodedSplit], masks: dict[str, torch.Tensor], *, beta: float,
-                 loss: str, batch_size: int, model, runtime):
+                 loss: str, batch_size: int, model, runtime, nll_coef: float = 0.0):
         self.forward, self.data, self.masks = forward, data, masks
         self.beta, self.loss_type, self.batch_size, self.model, self.runtime = beta, loss, batch_size, model, runtime
+        self.nll_coef = nll_coef
         self.reference = {name: self.logprobs(name, torch.arange(len(split), device=split.input_ids.device), grad=False)
                           for name, split in data.items()}
 
@@ -155,7 +157,9 @@ class DpoObjective:
         reference = self.reference[name][rows]
         policy = reference if start else self.logprobs(name, rows, grad=grad)  # at the start the policy is the reference
         b = len(pairs)
-        return preference_loss(policy[:b], policy[b:], reference[:b], reference[b:], self.beta, self.loss_type)
+        chosen_tokens = self.masks[name][pairs, 1:].sum(-1)  # the tokens sequence_logprobs summed over
+        return preference_loss(policy[:b], policy[b:], reference[:b], reference[b:], self.beta, self.loss_type,
+                               self.nll_coef, chosen_tokens)
 
     def train_loss(self, pairs: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(loss summed over the pairs, pair count): the Supervised algorithm's contract."""

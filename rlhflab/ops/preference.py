@@ -25,22 +25,30 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Te
 
 
 def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-                    ref_rejected: torch.Tensor, beta: float, loss: str = "sigmoid") -> dict[str, torch.Tensor]:
-    """DPO (Rafailov et al. 2023, eq. 7) or IPO (Azar et al. 2023, eq. 17), averaged over pairs.
+                    ref_rejected: torch.Tensor, beta: float, loss: str = "sigmoid", nll_coef: float = 0.0,
+                    chosen_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """DPO (Rafailov et al. 2023, eq. 7) or IPO (Azar et al. 2023, eq. 17), averaged over pairs,
+    plus nll_coef x the chosen responses' negative log-likelihood per token (RPO: Pang et al. 2024,
+    "Iterative Reasoning Preference Optimization", eq. 1; chosen_tokens (B,) counts their tokens).
 
     h = (log π(y_w) - log π_ref(y_w)) - (log π(y_l) - log π_ref(y_l)), all (B,) in nats;
-    sigmoid: -log σ(β h); ipo: (h - 1/(2β))². Returns {"loss": scalar, "chosen_reward":
-    β(log π(y_w) - log π_ref(y_w)), "rejected_reward": the same for y_l (both (B,), detached,
-    the implicit rewards), "margin": their difference}. Raises RlhfLabError for β <= 0 or an
-    unknown loss."""
+    sigmoid: -log σ(β h); ipo: (h - 1/(2β))²; nll: -log π(y_w) / |y_w|. Returns {"loss": scalar,
+    "chosen_reward": β(log π(y_w) - log π_ref(y_w)), "rejected_reward": the same for y_l (both (B,),
+    detached, the implicit rewards), "margin": their difference}. Raises
+    RlhfLabError for β <= 0, an unknown loss, a negative nll_coef or one without chosen_tokens."""
     if not 0 < beta < float("inf"):
         raise RlhfLabError(f"The preference loss needs a finite beta > 0, got {beta}.")
     if loss not in LOSSES:
         raise RlhfLabError(f"Unknown preference loss {loss!r}; use one of {', '.join(LOSSES)}.")
+    if not 0 <= nll_coef < float("inf") or (nll_coef and chosen_tokens is None):
+        raise RlhfLabError(f"The NLL term needs a finite nll_coef >= 0 (got {nll_coef}) and the chosen responses' "
+                           f"token counts.")
     chosen = policy_chosen.float() - ref_chosen.float()
     rejected = policy_rejected.float() - ref_rejected.float()
     h = chosen - rejected
     losses = -F.logsigmoid(beta * h) if loss == "sigmoid" else (h - 1 / (2 * beta)) ** 2
+    if nll_coef:
+        losses = losses - nll_coef * policy_chosen.float() / chosen_tokens.float().clamp(min=1)
     chosen_reward, rejected_reward = (beta * chosen).detach(), (beta * rejected).detach()
     return {"loss": losses.mean(), "chosen_reward": chosen_reward, "rejected_reward": rejected_reward,
             "margin": chosen_reward - rejected_reward}

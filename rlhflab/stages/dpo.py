@@ -101,7 +101,8 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         reference_weights = start_weights if number > 1 else None
         with _weights(model, reference_weights):
             objective = DpoObjective(make_forward(prepared, runtime.autocast), data, masks, beta=dpo.beta, loss=dpo.loss,
-                                     batch_size=dpo.eval_batch_size, model=prepared, runtime=runtime)
+                                     batch_size=dpo.eval_batch_size, model=prepared, runtime=runtime,
+                                     nll_coef=dpo.nll_coef)
         before = {name: objective.metrics(name, start=reference_weights is None) for name in data}
         # 3. Train on the round's pairs (a fresh optimizer and schedule), keeping the best validation loss.
         algorithm = Supervised(
@@ -163,6 +164,7 @@ def _summary(cfg: Config, source: str, rewards: dict, done: list[dict], start: d
         "algorithm": "dpo",
         "loss": dpo.loss,
         "beta": dpo.beta,
+        "nll_coef": dpo.nll_coef,
         "rounds": dpo.rounds,
         "reference": dpo.reference,
         "policy": source,

@@ -250,7 +250,7 @@ def _pick(tree: dict, key: str):
 # (section, key) -> the default of a setting added after runs were made without it: at that value it
 # is left out of the key, so those runs stay up to date (they did what the default does).
 ADDED_LATER = {("dpo", "rounds"): 1, ("dpo", "reference"): "start", ("ilql", "top_k"): 0,
-               ("ilql", "q_target"): "td"}
+               ("ilql", "q_target"): "td", ("dpo", "nll_coef"): 0.0}
 
 
 def hashed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:

@@ -104,6 +104,19 @@ def test_dpo_from_a_pairs_file_with_ipo(tmp_path, tiny_llama_dir, reviews_csv, p
     assert summary["after"]["train"]["loss"] < summary["before"]["train"]["loss"]
 
 
+def test_the_nll_term_keeps_the_chosen_responses_likely(tmp_path, tiny_llama_dir, reviews_csv, pairs_jsonl, reward_file):
+    """RPO (dpo.nll_coef): the same pairs and steps, with the chosen responses' NLL in the loss, end
+    with the chosen responses more likely under the policy than DPO alone leaves them."""
+    chosen = {}
+    for coef in (0.0, 1.0):
+        cfg = make_config(tmp_path / str(coef), tiny_llama_dir, reviews_csv, f"{reward_file}:e_share", nll_coef=coef,
+                          pairs=PairsConfig(source=str(pairs_jsonl), fractions=[0.8, 0.2, 0.0]))
+        summary = json.loads((run_stage("dpo", cfg, progress=False).path / "summary.json").read_text())
+        assert summary["nll_coef"] == coef
+        chosen[coef] = summary["after"]["train"]["chosen_reward"]  # β (log π(y_w) - log π_ref(y_w)), mean
+    assert chosen[1.0] > chosen[0.0]
+
+
 def test_all_tied_samples_are_a_clear_error(tmp_path, tiny_llama_dir, reviews_csv, reward_file):
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, f"{reward_file}:constant")
     with pytest.raises(RlhfLabError, match="scored the same"):

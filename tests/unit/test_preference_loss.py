@@ -42,11 +42,28 @@ def test_the_gradient_raises_the_chosen_and_lowers_the_rejected():
     assert chosen.grad.item() < 0 < rejected.grad.item()  # gradient descent moves them apart
 
 
+def test_rpo_adds_the_chosen_responses_nll_per_token():
+    # DPO by hand as above: log(1 + e^-1); chosen log-prob -1 over 4 tokens: NLL 0.25 a token; coef 2: + 0.5
+    out = preference_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5, nll_coef=2.0, chosen_tokens=t(4.0))
+    assert out["loss"].item() == pytest.approx(math.log(1 + math.exp(-1)) + 0.5)
+    # its gradient raises the chosen response more than DPO's alone, and leaves the rejected's alone
+    grads = []
+    for coef in (0.0, 1.0):
+        chosen, rejected = t(-2.0).requires_grad_(), t(-2.0).requires_grad_()
+        preference_loss(chosen, rejected, t(-2.0), t(-2.0), beta=0.1, nll_coef=coef, chosen_tokens=t(2.0))["loss"].backward()
+        grads.append((chosen.grad.item(), rejected.grad.item()))
+    assert grads[1][0] == pytest.approx(grads[0][0] - 0.5) and grads[1][1] == pytest.approx(grads[0][1])
+
+
 def test_bad_settings_are_clear_errors():
     with pytest.raises(RlhfLabError, match="beta > 0"):
         preference_loss(t(0.0), t(0.0), t(0.0), t(0.0), beta=0.0)
     with pytest.raises(RlhfLabError, match="Unknown preference loss"):
         preference_loss(t(0.0), t(0.0), t(0.0), t(0.0), beta=0.1, loss="hinge")
+    with pytest.raises(RlhfLabError, match="token counts"):
+        preference_loss(t(0.0), t(0.0), t(0.0), t(0.0), beta=0.1, nll_coef=1.0)
+    with pytest.raises(RlhfLabError, match="nll_coef >= 0"):
+        preference_loss(t(0.0), t(0.0), t(0.0), t(0.0), beta=0.1, nll_coef=-1.0, chosen_tokens=t(1.0))
 
 
 def test_sequence_logprobs_ignore_padding():
