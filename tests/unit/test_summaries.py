@@ -43,7 +43,7 @@ WRITTEN = {
                  "models": {"sft": {"score": {"mean": 0.1}}}, "comparison": {}, "left_out": {}, "reward_reads": READS,
                  "judges": {"vader": {"accuracy": 0.8}}, "gold_agreement": {}, "best_of": {"model": "sft", "rows": []},
                  "figures": {"eval_reward_histograms": "figures/eval_reward_histograms.png"}, **FACTS},
-    "dpo": {"algorithm": "dpo", "loss": "sigmoid", "beta": 0.1, "rounds": 1, "reference": "start", "policy": "runs/x/sft",
+    "dpo": {"algorithm": "dpo", "loss": "sigmoid", "beta": 0.1, "nll_coef": 0.0, "rounds": 1, "reference": "start", "policy": "runs/x/sft",
             "reward": None, "pairs": {"source": "pairs.jsonl", "train": 30}, "trainable": [-1], "parameters": PARAMS,
             "left_out": {}, "before": {"train": {"loss": 0.69}}, "after": {"train": {"loss": 0.5}}, "start": HELD,
             "end": HELD, "by_round": [{"round": 1, "step": 6, "end": HELD, "seconds": 3.0, "train_pairs": 30}], **LOOP,
