@@ -428,20 +428,36 @@ class PpoConfig(RlConfig):
 GENERATION_KEYS = ("max_new_tokens", "temperature", "stop_token")  # moved from ppo.* to generation.*
 
 
-@dataclass
-class OnPolicyPairsConfig:
-    """Pairs from the starting policy's own samples, ranked by the reward function (AI feedback):
-    k responses per prompt, the best-scored is chosen and the worst rejected."""
+ON_POLICY = "on_policy"  # ilql.samples: sample and score the starting policy rather than read a file
 
-    prompts: int = 256  # train-split prompts (fewer when the split is smaller)
-    samples_per_prompt: int = 4
+
+@dataclass
+class OnPolicySamplesConfig:
+    """The starting policy's own samples on training prompts, scored by the reward function: k
+    responses per prompt (ILQL learns from them all; DPO pairs each prompt's best with its worst)."""
+
+    prompts: int = 1200  # train-split prompts (fewer when the split is smaller)
+    samples_per_prompt: int = 2
     max_new_tokens: int | None = None  # None: generation.max_new_tokens, so responses match RL's
     temperature: float = 1.0
     batch_size: int = 32  # prompts x samples generated at once
 
     RANGES: ClassVar[dict[str, Bounds]] = {
-        "prompts": COUNT, "samples_per_prompt": at_least(2),  # a pair needs two responses
-        "max_new_tokens": COUNT, "temperature": POSITIVE, "batch_size": COUNT,
+        "prompts": COUNT, "samples_per_prompt": COUNT, "max_new_tokens": COUNT, "temperature": POSITIVE,
+        "batch_size": COUNT,
+    }
+
+
+@dataclass
+class OnPolicyPairsConfig(OnPolicySamplesConfig):
+    """Pairs from the starting policy's own samples, ranked by the reward function (AI feedback):
+    k responses per prompt, the best-scored is chosen and the worst rejected."""
+
+    prompts: int = 256
+    samples_per_prompt: int = 4
+
+    RANGES: ClassVar[dict[str, Bounds]] = {
+        **OnPolicySamplesConfig.RANGES, "samples_per_prompt": at_least(2),  # a pair needs two responses
     }
 
 
@@ -490,9 +506,13 @@ class IlqlConfig(TrainingConfig):
     beta * (Q - V) to the LM's log-probs (rlhflab/models/ilql.py)."""
 
     policy: str | None = None  # None: this run's SFT model; else a model id or folder
-    # A file of scored texts (.jsonl/.csv/.json/.parquet with a text and a reward column); None:
-    # the data section's reviews with their labels as rewards (trlX's ILQL sentiment example).
+    # A file of scored texts (.jsonl/.csv/.json/.parquet with a text and a reward column);
+    # "on_policy": the starting policy's own samples on training prompts, scored by reward_fn
+    # (ilql.on_policy; on the offline default they teach ILQL more per nat than the reviews do,
+    # docs/offline.md); None: the data section's reviews with their labels as rewards (trlX's ILQL
+    # sentiment example).
     samples: str | None = None
+    on_policy: OnPolicySamplesConfig = field(default_factory=OnPolicySamplesConfig)
     text_column: str | None = None  # None: detect (text, sample, review, ...)
     reward_column: str | None = None  # None: detect (reward, score, label, ...)
     trainable: Literal["all", "lora"] | list[int] = field(default_factory=lambda: [-2, -1])
@@ -1165,6 +1185,9 @@ def check_ilql(il: IlqlConfig) -> None:
         (il.samples is not None or il.text_column is None and il.reward_column is None,
          "text_column and reward_column name columns of ilql.samples, which is not set (the data section's reviews "
          "are used, each label as its reward): set ilql.samples, or drop the column settings"),
+        (il.samples != ON_POLICY or il.text_column is None and il.reward_column is None,
+         f"text_column and reward_column name columns of a file, and ilql.samples is {ON_POLICY} (the policy's own "
+         "samples, scored by reward_fn): drop the column settings, or point ilql.samples at a file"),
         (il.text_column is None or il.text_column != il.reward_column,
          f"text_column and reward_column are both {il.text_column!r}; the text and its reward need two columns"),
     ], "ilql")

@@ -54,15 +54,11 @@ def on_policy_pairs(model, tokenizer, prompts: Sequence[str], reward: Callable, 
     (N,), and pair each prompt's best with its worst (AI feedback: the reward function plays the
     labeller). Returns (pairs in prompt order, prompts left out because all k responses scored the same).
     Each process samples its share of the prompts; every process gets all pairs."""
-    from rlhflab.eval.generate import generate
+    from rlhflab.eval.generate import sample_and_score
 
-    mine = list(prompts[runtime.rank :: runtime.world_size])
-    repeated = [p for p in mine for _ in range(k)]
-    devices = [runtime.device] if runtime.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        generations = generate(model, tokenizer, repeated, max_new_tokens=max_new_tokens, temperature=temperature,
-                               seed=seed + 7919 * runtime.rank, batch_size=batch_size, autocast=runtime.autocast)
-    scores = reward(repeated, [g.response for g in generations]).view(len(mine), k) if mine else torch.zeros(0, k)
+    mine, generations, scores = sample_and_score(model, tokenizer, prompts, reward, k=k, max_new_tokens=max_new_tokens,
+                                                 temperature=temperature, seed=seed, batch_size=batch_size,
+                                                 runtime=runtime)
     chosen, rejected, usable = best_and_worst(scores)
     pairs: list[TokenPair | None] = []
     for i in range(len(mine)):

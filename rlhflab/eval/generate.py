@@ -1,7 +1,9 @@
-"""Generation and log-probs for plain causal LMs (evaluation, blind ratings): no value head, no PPO state."""
+"""Generation and log-probs for plain causal LMs (evaluation, blind ratings, the scored samples DPO and ILQL
+learn from): no value head, no PPO state."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -51,6 +53,24 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 24, 
             prompt_ids = enc.input_ids[i][enc.attention_mask[i].bool()].tolist()
             results.append(Generation(prompt, tokenizer.decode(ids, skip_special_tokens=True), prompt_ids, ids))
     return results
+
+
+@torch.no_grad()
+def sample_and_score(model, tokenizer, prompts: Sequence[str], reward: Callable, *, k: int, max_new_tokens: int,
+                     temperature: float, seed: int, batch_size: int, runtime) -> tuple[list[str], list[Generation], torch.Tensor]:
+    """k responses to each of this process's share of `prompts` (every world_size-th, from its rank),
+    scored by `reward` (prompts, responses) -> (N,): (its prompts, their generations, prompt by prompt,
+    and the scores (len(its prompts), k)). Put the per-prompt results back in order with
+    `runtime.gather_round_robin`. The global RNG is left as it was, so training after it does not
+    depend on how much was sampled."""
+    mine = list(prompts[runtime.rank :: runtime.world_size])
+    repeated = [p for p in mine for _ in range(k)]
+    devices = [runtime.device] if runtime.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        generations = generate(model, tokenizer, repeated, max_new_tokens=max_new_tokens, temperature=temperature,
+                               seed=seed + 7919 * runtime.rank, batch_size=batch_size, autocast=runtime.autocast)
+    scores = reward(repeated, [g.response for g in generations]).view(len(mine), k) if mine else torch.zeros(0, k)
+    return mine, generations, scores
 
 
 @torch.no_grad()

@@ -1,11 +1,13 @@
 """Offline RL from scored texts: `rlhflab ilql` (implicit language Q-learning, Snell et al. 2022).
 
 By default the samples are the data section's reviews with their labels as rewards (trlX's ILQL
-sentiment example); `ilql.samples` names any file of texts with rewards. No sampling happens
-while training. Returns are normalised over the training texts (as trlX does) and put on each
-text's last token. The model saved in model/ is a plain causal LM (the AWAC-trained policy)
-plus the heads; loading the folder steers generation by β·(Q − V), with β = ilql.beta unless
-the model is named as "<run>/ilql@beta=<β>" (rlhflab/models/causal_lm.py).
+sentiment example); `ilql.samples` names any file of texts with rewards, or `on_policy`: the
+starting model's own responses to training prompts, scored by reward_fn before training (written
+to samples.jsonl; 90 % of the prompts train, 10 % validate). No sampling happens while training.
+Returns are normalised over the training texts (as trlX does) and put on each text's last token.
+The model saved in model/ is a plain causal LM (the AWAC-trained policy) plus the heads; loading
+the folder steers generation by β·(Q − V), with β = ilql.beta unless the model is named as
+"<run>/ilql@beta=<β>" (rlhflab/models/causal_lm.py).
 Held-out prompts are answered at the start and, after training, at every β of ilql.eval_betas.
 """
 
@@ -18,13 +20,15 @@ import torch
 
 from rlhflab.algorithms.ilql import Ilql, IlqlModule, IlqlObjective, rewards_at_last_token
 from rlhflab.algorithms.supervised import Selection, cache_facts, make_optimizer, total_steps
-from rlhflab.config import Config, check_ilql
+from rlhflab.config import ON_POLICY, Config, check_ilql
+from rlhflab.data.records import join_prompt_response
 from rlhflab.data.scored import ScoredTexts, load_scored_texts
 from rlhflab.data.splits import split_sizes
 from rlhflab.engine.loop import run_loop
 from rlhflab.engine.runtime import Runtime, frozen_cache_allowed, run_facts
 from rlhflab.engine.sharding import gathered, whole_state
 from rlhflab.errors import RlhfLabError
+from rlhflab.eval.generate import sample_and_score
 from rlhflab.eval.held_out import held_out
 from rlhflab.io import RunDir, write_jsonl
 from rlhflab.models.blocks import disable_dropout
@@ -50,6 +54,33 @@ def scored_splits(cfg: Config, splits) -> tuple[dict[str, ScoredTexts], str]:
     parts = {"train": order[:n_train], "validation": order[n_train:n_train + n_validation]}
     return {name: ScoredTexts([scored.texts[i] for i in idx], [scored.rewards[i] for i in idx], scored.left_out)
             for name, idx in parts.items() if idx}, il.samples
+
+
+def policy_samples(cfg: Config, model, tokenizer, prompts: list[str], reward, runtime: Runtime,
+                   run_dir: RunDir) -> tuple[dict[str, ScoredTexts], str]:
+    """ilql.on_policy.samples_per_prompt responses of `model` to each of `prompts`, each prompt + response
+    scored by `reward`, as train and validation texts (the first 90 % of the prompts train, the rest
+    validate, so validation prompts are unseen), and where they came from. Every process gets them all;
+    the main one writes them to samples.jsonl."""
+    op = cfg.ilql.on_policy
+    max_new_tokens = op.max_new_tokens or cfg.generation.max_new_tokens
+    check_context(model, tokenizer, prompts, max_new_tokens)
+    mine, generations, scores = sample_and_score(model, tokenizer, prompts, reward, k=op.samples_per_prompt,
+                                                 max_new_tokens=max_new_tokens, temperature=op.temperature,
+                                                 seed=cfg.seed, batch_size=op.batch_size, runtime=runtime)
+    k = op.samples_per_prompt
+    per_prompt = runtime.gather_round_robin([[(g.prompt, g.response, float(r)) for g, r in
+                                              zip(generations[i * k:(i + 1) * k], scores[i].tolist())]
+                                             for i in range(len(mine))])
+    n_train, n_validation, _ = split_sizes(len(per_prompt), [0.9, 0.1, 0.0])
+    parts = {"train": per_prompt[:n_train], "validation": per_prompt[n_train:n_train + n_validation]}
+    if runtime.is_main:
+        write_jsonl(run_dir.path / "samples.jsonl", [{"split": name, "prompt": p, "response": r, "reward": score}
+                                                     for name, part in parts.items() for rows in part
+                                                     for p, r, score in rows])
+    scored = {name: ScoredTexts([join_prompt_response(p, r) for rows in part for p, r, _ in rows],
+                                [score for rows in part for _, _, score in rows]) for name, part in parts.items() if part}
+    return scored, f"on-policy: {k} sample{'s' * (k != 1)} of the policy per training prompt, scored by the reward"
 
 
 def normalised_returns(scored: dict[str, ScoredTexts], source: str) -> tuple[dict[str, torch.Tensor], float, float]:
@@ -83,13 +114,18 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     check_ilql(il)
     started = time.perf_counter()
     runtime.seed(cfg.seed, per_rank=False)
+    on_policy = il.samples == ON_POLICY
     splits = load_splits(cfg, require_labels=il.samples is None)
     prompts = prompt_sets(cfg, splits, il.eval_prompts)
-    eval_prompts = prompts.held_out
-    scored, described = scored_splits(cfg, splits)
-    returns, mean, std = normalised_returns(scored, described)  # checked before any model is loaded
+    eval_prompts, sample_prompts = prompts.held_out, prompts.train[: il.on_policy.prompts] if on_policy else []
+    if on_policy and not sample_prompts:
+        raise RlhfLabError("ilql.samples is on_policy, but there are no training prompts to sample on: give the data "
+                           "section a train split, or data.prompts.")
+    if not on_policy:  # data errors before any model is loaded
+        scored, described = scored_splits(cfg, splits)
+        returns, mean, std = normalised_returns(scored, described)
     source = starting_policy(cfg, il.policy, "ilql.policy")
-    rewards = reward_functions(cfg, runtime, required=False)
+    rewards = reward_functions(cfg, runtime, required=on_policy)
     run_dir = open_run_dir(cfg, "ilql", resume=resume, overwrite=overwrite, runtime=runtime)
 
     model, tokenizer = load_causal_lm(source, steering=False)  # an earlier ILQL run's heads must not steer training
@@ -99,6 +135,9 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     check_context(model, tokenizer, eval_prompts, max_new)
     sampling = dict(max_new_tokens=max_new, seed=cfg.seed, batch_size=il.eval_batch_size, runtime=runtime)
     start, _ = held_out(model, None, tokenizer, eval_prompts, rewards, **sampling)
+    if on_policy:
+        scored, described = policy_samples(cfg, model, tokenizer, sample_prompts, rewards["score"], runtime, run_dir)
+        returns, mean, std = normalised_returns(scored, described)
 
     encoded = {name: encode(part.texts, tokenizer, il.max_length, append_eos=True) for name, part in scored.items()}
     action_rewards = {name: rewards_at_last_token(encoded[name].attention_mask, returns[name]).to(runtime.device)

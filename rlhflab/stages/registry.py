@@ -250,7 +250,9 @@ def _pick(tree: dict, key: str):
 # (section, key) -> the default of a setting added after runs were made without it: at that value it
 # is left out of the key, so those runs stay up to date (they did what the default does).
 ADDED_LATER = {("dpo", "rounds"): 1, ("dpo", "reference"): "start", ("ilql", "top_k"): 0,
-               ("ilql", "q_target"): "td", ("dpo", "nll_coef"): 0.0}
+               ("ilql", "q_target"): "td", ("dpo", "nll_coef"): 0.0,
+               ("ilql", "on_policy"): {"prompts": 1200, "samples_per_prompt": 2, "max_new_tokens": None,
+                                       "temperature": 1.0, "batch_size": 32}}
 
 
 def hashed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:

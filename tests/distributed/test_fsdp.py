@@ -256,6 +256,29 @@ def test_fsdp_ilql_takes_the_steps_one_process_takes_on_the_same_global_batch(tm
     assert_resumes_to(two[0], tmp_path, "ilql", args)  # the target heads too (Polyak averages of shards)
 
 
+def test_fsdp_ilql_on_the_policys_own_samples_trains_on_every_processs_share(tmp_path, tiny_llama_dir, reviews_csv,
+                                                                           toy_reward):
+    """ilql.samples=on_policy on 2 processes: each samples its share of the prompts (with its own seed, so
+    the responses are not one process's), and both train on all of them, in one process's prompt order,
+    written once to samples.jsonl."""
+    args = lambda runs: [f"data.source={reviews_csv}", "data.per_class=30", f"runs_dir={runs}", "name=mp",  # noqa: E731
+                         f"ilql.policy={tiny_llama_dir}", f"reward_fn.source={toy_reward}", "generation.max_new_tokens=4",
+                         "ilql.samples=on_policy", "ilql.on_policy.prompts=7", "ilql.on_policy.samples_per_prompt=2",
+                         "ilql.on_policy.batch_size=4", "ilql.max_steps=1", "ilql.batch_size=4", "ilql.eval_batch_size=2",
+                         "ilql.eval_prompts=3", "ilql.max_length=24", "ilql.eval_betas=[0.0]", "runtime.mixed_precision=no"]
+    run_ranks(tmp_path / "one", "ilql", *args(tmp_path / "runs1"), processes=1)
+    two = run_ranks(tmp_path / "two", "ilql", *args(tmp_path / "runs2"), processes=2, launch=FSDP)
+    assert two[0]["weights"] == two[1]["weights"]
+    run1, run2 = tmp_path / "runs1" / "mp" / "ilql", tmp_path / "runs2" / "mp" / "ilql"
+    one, both = records(run1, "samples.jsonl"), records(run2, "samples.jsonl")
+    assert [(r["split"], r["prompt"]) for r in both] == [(r["split"], r["prompt"]) for r in one] and len(one) == 14
+    for row in both:
+        assert row["reward"] == pytest.approx(row["response"].count("e") / max(len(row["response"]), 1))
+    summaries = [json.loads((run / "summary.json").read_text())["samples"] for run in (run1, run2)]
+    assert summaries[1]["train"] == summaries[0]["train"] == 12 and summaries[1]["validation"] == 2
+    assert_one_writer_and_a_plain_model(run1, run2)
+
+
 def test_fsdp_ppo_takes_the_steps_ddp_takes(tmp_path, tiny_llama_dir, reviews_csv, toy_reward):
     """PPO samples, scores and evaluates outside the sharded forward (rlhflab/engine/sharding.py
     `gathered`). Compared with DDP on the same 2 processes, not with one process: PPO's minibatches

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlhflab.algorithms.ilql import rewards_at_last_token
-from rlhflab.config import Config, DataConfig, IlqlConfig, PpoConfig, RewardFnConfig
+from rlhflab.config import Config, DataConfig, IlqlConfig, OnPolicySamplesConfig, PpoConfig, RewardFnConfig
 from rlhflab.errors import RlhfLabError
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.stages.common import run_stage
@@ -75,6 +75,37 @@ def test_ilql_from_a_scored_file_and_its_errors(tmp_path, tiny_llama_dir, review
         run_stage("ilql", make_config(tmp_path, tiny_llama_dir, reviews_csv, samples=str(path)), progress=False)
     with pytest.raises(RlhfLabError, match="has no ILQL heads"):
         load_causal_lm(f"{tiny_llama_dir}@beta=2")
+
+
+def test_ilql_on_the_policys_own_scored_samples(tmp_path, tiny_llama_dir, reviews_csv):
+    """ilql.samples=on_policy: k samples of the starting model on each training prompt, scored by reward_fn
+    before training, written to samples.jsonl; validation prompts are ones training never sees."""
+    cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, samples="on_policy", max_steps=1,
+                      on_policy=OnPolicySamplesConfig(prompts=10, samples_per_prompt=3, batch_size=8, max_new_tokens=4))
+    run_dir = run_stage("ilql", cfg, progress=False)
+    summary = json.loads((run_dir.path / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir.path / "samples.jsonl").read_text().splitlines()]
+    assert summary["samples"]["train"] == 27 and summary["samples"]["validation"] == 3 and len(rows) == 30
+    assert summary["samples"]["source"].startswith("on-policy: 3 samples")
+    by_split = {split: {r["prompt"] for r in rows if r["split"] == split} for split in ("train", "validation")}
+    assert len(by_split["train"]) == 9 and len(by_split["validation"]) == 1 and not by_split["train"] & by_split["validation"]
+    for row in rows:  # each reward is reward_fn's score of that response, of at most 4 tokens (so 4 words)
+        assert row["reward"] == pytest.approx(row["response"].count("e") / max(len(row["response"]), 1))
+        assert len(row["response"].split()) <= 4
+    assert len({r["response"] for r in rows}) > 10  # sampled, not one answer repeated
+    # the scores are normalised over the training texts, as a file's rewards are
+    train = torch.tensor([r["reward"] for r in rows if r["split"] == "train"])
+    assert summary["samples"]["reward_mean"] == pytest.approx(float(train.mean()), abs=1e-6)
+
+
+def test_on_policy_samples_need_a_reward_and_no_columns(tmp_path, tiny_llama_dir, reviews_csv):
+    cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, samples="on_policy")
+    cfg.reward_fn = RewardFnConfig()
+    with pytest.raises(RlhfLabError, match="reward"):
+        run_stage("ilql", cfg, progress=False)
+    with pytest.raises(RlhfLabError, match="drop the column settings, or point ilql.samples at a file"):
+        run_stage("ilql", make_config(tmp_path, tiny_llama_dir, reviews_csv, samples="on_policy", text_column="text"),
+                  progress=False)
 
 
 def test_ilql_resumed_after_an_interrupt_equals_an_uninterrupted_run(tmp_path, tiny_llama_dir, reviews_csv, monkeypatch):
