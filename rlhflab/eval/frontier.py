@@ -53,6 +53,9 @@ EVALUATE = "evaluate"
 # that is a point's setting.
 SECTION = {**{stage: stage for stage in TUNED}, **{old: new for old, new in RENAMED.items() if new in TUNED}}
 NOT_SETTINGS = ("seed", "checkpoint_every", "eval_batch_size", "batch_size_eval", "sample_every", "eval_every")
+# ILQL's sampling β is each point's own setting (sampling_beta): which β a run evaluated, and which it saves
+# as its default, do not change what it trained, so runs that chose other β share the points they have in common.
+NOT_SETTINGS_OF = {"ilql": ("beta", "eval_betas")}
 USAGE = "Pass run folders (runs/NAME), tuned stage folders (runs/NAME/rl, dpo, ilql) or an evaluate stage folder."
 
 
@@ -188,7 +191,8 @@ def _setting(config: dict, method_section: str, policy: Any = None) -> dict:
     if not isinstance(section, dict) and method_section == "rl":
         section = config.get("ppo")  # a run from before the RL section was renamed rl (config aliases)
     section = section if isinstance(section, dict) else {}
-    setting = {k: v for k, v in section.items() if k not in NOT_SETTINGS}
+    ignored = NOT_SETTINGS + NOT_SETTINGS_OF.get(method_section, ())
+    setting = {k: v for k, v in section.items() if k not in ignored}
     if "policy" in setting or policy is not None:
         setting["policy"] = _run_id(policy if policy is not None else setting.get("policy"))
     return setting

@@ -108,6 +108,21 @@ def test_points_grouped_over_seeds_with_ranges_and_lines_by_kl(runs, tmp_path):
     assert json.loads(result.json.read_text())["points"][0]["method"] == "dpo"
 
 
+def test_ilql_seeds_that_sampled_other_betas_share_the_betas_they_have_in_common(runs, tmp_path):
+    """Each sampling β is a point; which β a run evaluated (eval_betas) and saved (beta) are not settings."""
+    tuned(runs / "ilql-1" / "ilql", seed=1, kl=0, p=0, method="ilql", section="ilql", beta=4.0, eval_betas="[3.0, 4.0]",
+          end={"kl": 3.4, "positive_probability": 0.75},
+          by_beta={"3.0": {"kl": 2.0, "positive_probability": 0.6}, "4.0": {"kl": 3.4, "positive_probability": 0.75}})
+    tuned(runs / "ilql-lr" / "ilql", seed=1, kl=0, p=0, method="ilql", section="ilql", beta=1.0, learning_rate=0.5,
+          end={"kl": 9.0, "positive_probability": 0.9}, by_beta={"1.0": {"kl": 9.0, "positive_probability": 0.9}})
+    result = frontier([runs / "ilql-0", runs / "ilql-1", runs / "ilql-lr"], tmp_path / "out")
+    points = {p["label"]: p for p in result.data["points"] if p["method"] == "ilql"}
+    at = lambda beta: points[f"learning_rate=None, sampling_beta={beta}"]  # noqa: E731
+    assert at(4.0)["seeds"] == [0, 1] and at(4.0)["reward"]["mean"] == pytest.approx(0.7)
+    assert at(0.0)["seeds"] == [0] and at(3.0)["seeds"] == [1]
+    assert points["learning_rate=0.5, sampling_beta=1.0"]["seeds"] == [1]  # a training setting stays a line of its own
+
+
 def test_a_sweep_folder_gives_every_point(runs, tmp_path):
     sweep = runs / "base" / "sweep"
     for name, coef in (("kl_coef-0.1", 0.1), ("kl_coef-0.01", 0.01)):
