@@ -1,5 +1,5 @@
 """rlhflab's matmul attention gives what sdpa gives, for causal LMs with grouped key/value heads
-(Llama) and without (GPT-2), padded or not, with gradients; decode steps stay with sdpa."""
+(Llama) and without (GPT-2), padded or not, with gradients, and at every decode step."""
 
 import pytest
 import torch
@@ -40,18 +40,27 @@ def test_causal_lm_outputs_and_gradients_equal_sdpa(request, which, padded):
         assert (ours - theirs).abs().max() <= 2e-5 * theirs.abs().max()
 
 
-def test_decode_steps_go_to_sdpa_and_generation_is_unchanged(tiny_llama_dir, monkeypatch):
-    reference, model = _pair(tiny_llama_dir)
-    steps = []
-    real = attention._sdpa
-    monkeypatch.setattr(attention, "_sdpa", lambda m, q, *a, **k: steps.append(q.shape[2]) or real(m, q, *a, **k))
+@pytest.mark.parametrize("which", ["tiny_llama_dir", "tiny_gpt2_dir"])
+def test_decode_steps_take_the_grouped_matmuls_and_equal_sdpa(request, which, monkeypatch):
+    reference, model = _pair(request.getfixturevalue(which))
+    if which == "tiny_llama_dir":
+        assert model.config.num_key_value_heads < model.config.num_attention_heads  # grouped-query attention
+    decode_steps, sdpa_calls = [], []
+    real_decode, real_sdpa = attention._decode_step, attention._sdpa
+    monkeypatch.setattr(attention, "_decode_step", lambda q, *a: decode_steps.append(q.shape) or real_decode(q, *a))
+    monkeypatch.setattr(attention, "_sdpa", lambda *a, **k: sdpa_calls.append(1) or real_sdpa(*a, **k))
     ids = torch.randint(5, 100, (2, 6), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(ids)
-    mask[1, :2] = 0
-    kwargs = dict(attention_mask=mask, do_sample=False, max_new_tokens=5, pad_token_id=0)
+    mask[1, :2] = 0  # left padding: the decode steps need a mask
+    kwargs = dict(attention_mask=mask, do_sample=False, max_new_tokens=5, pad_token_id=0,
+                  output_scores=True, return_dict_in_generate=True)
     with torch.no_grad():
-        torch.testing.assert_close(model.generate(ids, **kwargs), reference.generate(ids, **kwargs), atol=0, rtol=0)
-    assert steps and set(steps) == {1}  # the prompt's forward took the matmuls, every decode step sdpa
+        ours, theirs = model.generate(ids, **kwargs), reference.generate(ids, **kwargs)
+    torch.testing.assert_close(ours.sequences, theirs.sequences, atol=0, rtol=0)
+    for step_ours, step_theirs in zip(ours.scores, theirs.scores):  # every step's logits, the decode steps' too
+        torch.testing.assert_close(step_ours, step_theirs, atol=1e-5, rtol=1e-5)
+    assert len(decode_steps) == 4 * model.config.num_hidden_layers and not sdpa_calls
+    assert {shape[2] for shape in decode_steps} == {1}
 
 
 def test_long_keys_go_to_sdpa_for_causal_lms(tiny_llama_dir, monkeypatch):
