@@ -47,7 +47,8 @@ def casts_kept(model: torch.nn.Module):
     that require grad; a frozen fp32 weight is cast again at every call - at every decode step, for
     the 28 frozen blocks and the tied LM head of a default PPO rollout. Marked as requiring grad
     while sampling (under no_grad: no graph is built), they are cached too: the same bf16 values,
-    cast once per rollout. The marks are removed on the way out, whatever happens.
+    cast once per rollout. The marks are removed on the way out, whatever happens. (On a CPU with
+    oneDNN bf16 kernels the linear layers skip autocast altogether: `sampling.packed_linears`.)
     """
     if torch.is_grad_enabled():
         raise RuntimeError("casts_kept is for sampling under torch.no_grad()")

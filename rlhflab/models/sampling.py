@@ -8,12 +8,15 @@ Random Variate Generation", II.2): one uniform number per row, located in the cu
 the row's softmax (9.5 against 77 ms a step at 64 x 49,152). It also skips `generate`'s per-step bookkeeping (logits processors, stopping
 criteria objects, cache-position and attention-mask rebuilds), which is a tenth of decoding a
 small model. Everything the model computes - the forward pass, the KV cache, attention masks and
-positions for left-padded prompts - is transformers' own code.
+positions for left-padded prompts - is transformers' own code. Under bf16 autocast on a CPU the
+linear layers run on weights laid out for oneDNN once per call (`packed_linears`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import weakref
 
 import torch
 
@@ -55,6 +58,70 @@ def _last_positive(values: torch.Tensor) -> torch.Tensor:
     return torch.where(values > 0, index, 0).amax(dim=1, keepdim=True)
 
 
+@contextlib.contextmanager
+def packed_linears(model, rows: int):
+    """Inside a bf16 autocast region on a CPU, every `nn.Linear` of `model` runs oneDNN's linear
+    on a bf16 copy of its weight reordered once, on entry, into oneDNN's blocked layout for `rows`
+    rows; elsewhere (fp32, GPU, no oneDNN bf16) it does nothing. Restored on exit, whatever happens.
+
+    Why: autocast's `F.linear` hands oneDNN a row-major weight, which it reorders at every call; at
+    a decode step's 64 rows that is a quarter of the GEMM's time (SmolLM2-135M's 210 block GEMMs:
+    58 against 76 ms, 2-core AMD Zen 4). The outputs are bit-identical to autocast's `F.linear`
+    (same kernel, same bf16 inputs, fp32 accumulation). Inference only: under `torch.no_grad()`.
+    Each weight keeps its copy for later calls while its version counter says it is unchanged
+    (packing all of SmolLM2 takes 0.25-0.35 s, a rollout 4): the model's size in bf16 held beside
+    it. An optimizer step or `load_state_dict` writes in place, which counts a new version, so a
+    trained weight is packed again. Under FSDP nothing is kept (an all-gather refills the whole
+    weights) and weights that are not plain CPU tensors (shards outside `gathered`) are skipped.
+    """
+    ops = getattr(torch.ops, "mkldnn", None)
+    bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if (torch.is_grad_enabled() or not bf16 or not torch.backends.mkldnn.is_available()
+            or not hasattr(ops, "_reorder_linear_weight") or not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    keep = not any(isinstance(module, FSDPModule) for module in model.modules())
+    patched = []
+    try:
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if not (isinstance(module, torch.nn.Linear) and type(weight.data) is torch.Tensor
+                    and weight.device.type == "cpu" and weight.dim() == 2):
+                continue
+            packed = _packed_weight(weight, rows, keep)
+            bias = None if module.bias is None else module.bias.detach().to(torch.bfloat16)
+            module.forward = _packed_forward(packed, bias)
+            patched.append(module)
+        yield
+    finally:
+        for module in patched:
+            del module.forward  # the instance attribute: the class's forward again
+
+
+# id(weight) -> (a weak reference to it, its version when packed, the packed copy); an entry goes
+# when its weight does
+_PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
+def _packed_weight(weight: torch.Tensor, rows: int, keep: bool) -> torch.Tensor:
+    kept = _PACKED.get(id(weight))
+    if keep and kept is not None and kept[0]() is weight and kept[1] == weight._version:
+        return kept[2]
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16), rows)
+    if keep:
+        key = id(weight)
+        _PACKED[key] = (weakref.ref(weight, lambda _gone, key=key: _PACKED.pop(key, None)), weight._version, packed)
+    return packed
+
+
+def _packed_forward(packed: torch.Tensor, bias: torch.Tensor | None):
+    def forward(x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out) bf16, as autocast's F.linear
+        return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), packed, bias, "none", [], "")
+    return forward
+
+
 def _accepts(model, name: str) -> bool:
     try:
         return name in inspect.signature(model.forward).parameters
@@ -84,18 +151,19 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     step_ids, sampled = input_ids, []
-    for _ in range(max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    **{cache_name: cache}, **keep)
-        token = draw_tokens(out.logits[:, -1], temperature)
-        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
-        sampled.append(token)
-        finished |= torch.isin(token, stops)
-        if bool(finished.all()):
-            break
-        step_ids = token[:, None]
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        positions = positions[:, -1:] + 1
+    with packed_linears(model, rows=input_ids.shape[0]):
+        for _ in range(max_new_tokens):
+            out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                        **{cache_name: cache}, **keep)
+            token = draw_tokens(out.logits[:, -1], temperature)
+            token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+            sampled.append(token)
+            finished |= torch.isin(token, stops)
+            if bool(finished.all()):
+                break
+            step_ids = token[:, None]
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            positions = positions[:, -1:] + 1
     if not sampled:
         return input_ids
     return torch.cat([input_ids, torch.stack(sampled, dim=1)], dim=1)

@@ -152,6 +152,8 @@ def test_frozen_weights_are_cast_once_per_rollout_with_the_same_samples(tiny_lla
     casts = []
 
     def runs(kept: bool):
+        # casts_kept on its own: on a CPU with bf16 kernels the linear layers take packed weights instead
+        monkeypatch.setattr(sampling, "packed_linears", lambda model, rows: contextlib.nullcontext())
         if not kept:
             monkeypatch.setattr(rollout, "casts_kept", lambda model: contextlib.nullcontext())
         torch.manual_seed(5)
@@ -175,3 +177,63 @@ def test_frozen_weights_are_cast_once_per_rollout_with_the_same_samples(tiny_lla
     with pytest.raises(RuntimeError):
         with rollout.casts_kept(policy.model):
             pass
+
+
+bf16_kernels = pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+                                  reason="this CPU has no oneDNN bf16 kernels: packed_linears does nothing here")
+
+
+def _logits(model, ids, mask):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        return model(input_ids=ids, attention_mask=mask).logits
+
+
+@bf16_kernels
+def test_packed_linears_give_autocasts_logits_to_the_bit_and_restore_the_layers(tiny_llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    ids = torch.randint(5, 100, (3, 7), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    plain = _logits(model, ids, mask)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), sampling.packed_linears(model, rows=3):
+        assert all("forward" in vars(m) for m in linears)  # every linear layer, the LM head too
+        packed = model(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(packed, plain)
+    assert not any("forward" in vars(m) for m in linears)
+    with pytest.raises(ValueError):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), sampling.packed_linears(model, rows=3):
+            raise ValueError("boom")
+    assert not any("forward" in vars(m) for m in linears)
+
+
+def test_packed_linears_do_nothing_outside_bf16_inference(tiny_llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for region in (torch.no_grad, lambda: torch.autocast("cpu", dtype=torch.bfloat16)):  # fp32; with gradients
+        with region(), sampling.packed_linears(model, rows=2):
+            assert not any("forward" in vars(m) for m in linears)
+
+
+@bf16_kernels
+@pytest.mark.parametrize("foreach", [False, True])
+def test_a_weight_written_in_place_is_packed_again(tiny_llama_dir, foreach):
+    """A kept copy serves while its weight is unchanged; an optimizer step or a loaded state
+    dict writes in place, and the next call packs the new values."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    ids = torch.randint(5, 100, (2, 5), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+
+    def packed_logits():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), sampling.packed_linears(model, rows=2):
+            return model(input_ids=ids, attention_mask=mask).logits
+
+    before = packed_logits()
+    assert torch.equal(packed_logits(), before)  # the kept copies
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=foreach)
+    model(input_ids=ids, attention_mask=mask).logits.sum().backward()
+    optimizer.step()
+    stepped = packed_logits()
+    assert not torch.equal(stepped, before) and torch.equal(stepped, _logits(model, ids, mask))
+    model.load_state_dict(AutoModelForCausalLM.from_pretrained(tiny_llama_dir).state_dict())
+    assert torch.equal(packed_logits(), before)
