@@ -70,8 +70,8 @@ def packed_linears(model, rows: int):
     (same kernel, same bf16 inputs, fp32 accumulation). Inference only: under `torch.no_grad()`.
     Each weight keeps its copy for later calls while its version counter says it is unchanged
     (packing all of SmolLM2 takes 0.25-0.35 s, a rollout 4): the model's size in bf16 held beside
-    it. An optimizer step or `load_state_dict` writes in place, which counts a new version, so a
-    trained weight is packed again. Under FSDP nothing is kept (an all-gather refills the whole
+    it. An optimizer step or `load_state_dict` writes in place, which counts a new version, and
+    `module.to` gives new storage, so a changed weight is packed again. Under FSDP nothing is kept (an all-gather refills the whole
     weights) and weights that are not plain CPU tensors (shards outside `gathered`) are skipped.
     """
     ops = getattr(torch.ops, "mkldnn", None)
@@ -100,19 +100,20 @@ def packed_linears(model, rows: int):
             del module.forward  # the instance attribute: the class's forward again
 
 
-# id(weight) -> (a weak reference to it, its version when packed, the packed copy); an entry goes
-# when its weight does
-_PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+# id(weight) -> (a weak reference to it, (its version, its storage) when packed, the packed copy);
+# an entry goes when its weight does. The storage catches `weight.data = ...` (`module.to`), which
+# counts no version.
+_PACKED: dict[int, tuple[weakref.ref, tuple[int, int], torch.Tensor]] = {}
 
 
 def _packed_weight(weight: torch.Tensor, rows: int, keep: bool) -> torch.Tensor:
-    kept = _PACKED.get(id(weight))
-    if keep and kept is not None and kept[0]() is weight and kept[1] == weight._version:
+    kept, state = _PACKED.get(id(weight)), (weight._version, weight.data_ptr())
+    if keep and kept is not None and kept[0]() is weight and kept[1] == state:
         return kept[2]
     packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.bfloat16), rows)
     if keep:
         key = id(weight)
-        _PACKED[key] = (weakref.ref(weight, lambda _gone, key=key: _PACKED.pop(key, None)), weight._version, packed)
+        _PACKED[key] = (weakref.ref(weight, lambda _gone, key=key: _PACKED.pop(key, None)), state, packed)
     return packed
 
 

@@ -237,3 +237,7 @@ def test_a_weight_written_in_place_is_packed_again(tiny_llama_dir, foreach):
     assert not torch.equal(stepped, before) and torch.equal(stepped, _logits(model, ids, mask))
     model.load_state_dict(AutoModelForCausalLM.from_pretrained(tiny_llama_dir).state_dict())
     assert torch.equal(packed_logits(), before)
+    model.to(torch.float64).to(torch.float32)  # new storage, no new version
+    for layer in model.model.layers:
+        layer.mlp.down_proj.weight.data = layer.mlp.down_proj.weight.data * 2
+    assert torch.equal(packed_logits(), _logits(model, ids, mask)) and not torch.equal(packed_logits(), before)
