@@ -96,8 +96,8 @@ def packed_linears(model, rows: int):
             patched.append(module)
         yield
     finally:
-        for module in patched:
-            del module.forward  # the instance attribute: the class's forward again
+        for module in patched:  # the class's forward again (pop: a sampler in another thread may have restored it)
+            vars(module).pop("forward", None)
 
 
 # id(weight) -> (a weak reference to it, (its version, its storage) when packed, the packed copy);
