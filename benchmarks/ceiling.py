@@ -33,6 +33,7 @@ from typing import Sequence
 import torch
 
 from rlhflab.errors import RlhfLabError
+from rlhflab.models.sampling import onednn_bf16
 
 # Architectures whose blocks are q, k, v, o (k and v narrower with grouped-query attention) and a
 # gated MLP (gate, up, down).
@@ -159,8 +160,7 @@ def _gemm_rate(rows: int, n_in: int, n_out: int, dtype: torch.dtype, device: tor
     x = torch.randn(rows, n_in, dtype=dtype, device=device)
     w = torch.randn(n_out, n_in, dtype=dtype, device=device) * n_in ** -0.5
     rate = _linear_rate(torch.nn.functional.linear, x, w, torch.cuda.synchronize if cuda else (lambda: None), budget)
-    if (dtype == torch.bfloat16 and device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if dtype == torch.bfloat16 and device.type == "cpu" and onednn_bf16():
         packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
         onednn = lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")  # noqa: E731
         rate = max(rate, _linear_rate(onednn, x, packed, lambda: None, budget))

@@ -58,6 +58,11 @@ def _last_positive(values: torch.Tensor) -> torch.Tensor:
     return torch.where(values > 0, index, 0).amax(dim=1, keepdim=True)
 
 
+def onednn_bf16() -> bool:
+    """Whether this torch build has oneDNN's bf16 kernels for this CPU (what `packed_linears` runs)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 @contextlib.contextmanager
 def packed_linears(model, rows: int):
     """Inside a bf16 autocast region on a CPU, every `nn.Linear` of `model` runs oneDNN's linear
@@ -74,10 +79,8 @@ def packed_linears(model, rows: int):
     `module.to` gives new storage, so a changed weight is packed again. Under FSDP nothing is kept (an all-gather refills the whole
     weights) and weights that are not plain CPU tensors (shards outside `gathered`) are skipped.
     """
-    ops = getattr(torch.ops, "mkldnn", None)
     bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    if (torch.is_grad_enabled() or not bf16 or not torch.backends.mkldnn.is_available()
-            or not hasattr(ops, "_reorder_linear_weight") or not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if torch.is_grad_enabled() or not bf16 or not onednn_bf16():
         yield
         return
     from torch.distributed.fsdp import FSDPModule

@@ -179,7 +179,7 @@ def test_frozen_weights_are_cast_once_per_rollout_with_the_same_samples(tiny_lla
             pass
 
 
-bf16_kernels = pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+bf16_kernels = pytest.mark.skipif(not sampling.onednn_bf16(),
                                   reason="this CPU has no oneDNN bf16 kernels: packed_linears does nothing here")
 
 
