@@ -17,9 +17,14 @@ Where the points come from (the run-folder contract; nothing is recomputed):
     evaluate.gold was set (a second panel). Best-of-n answers the first evaluate.best_of_prompts
     of the same prompt list.
 
+Only the named folders' own files are read: a reward, a starting model or an evaluated model that a
+summary names is known by the fingerprint the run's stage.json recorded for it when it ran (a reward
+run's run id), so `runs/default/reward`, its absolute path and a sweep point's link to it are one
+reward from any working folder, and a path written in a handed run is never opened (an evaluate
+stage's models are read only where they are stages of its own run).
+
 Refused (RlhfLabError naming the run): a folder with no such stage, a point without a KL or a
-reward, runs scored with different rewards (a reward run is known by its stage.json run id, so
-`runs/default/reward` and its absolute path are one reward) or on different held-out prompts:
+reward, runs scored with different rewards or on different held-out prompts:
 runs of one seed must have answered the same list (a hash of it), runs of different seeds the
 same draw (the config's data section and the count; the held-out prompts are drawn with the
 run's seed unless data.eval_prompts names a file, so bars over seeds include that draw). The
@@ -39,7 +44,7 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Sequence
 
 from rlhflab.errors import RlhfLabError
@@ -102,25 +107,47 @@ def _json(folder: Path, name: str) -> dict | None:
         raise RlhfLabError(str(exc)) from None
 
 
-def _config(folder: Path) -> dict:
+def _config(folder: Path, relative: str = "config.yaml") -> dict:
     try:
-        found = read_yaml_mapping(folder, "config.yaml")
+        found = read_yaml_mapping(folder, relative)
     except HandedFileError:
         return {}
     return found[1] if found else {}
 
 
-def _reward_id(description: Any, where: Path) -> str:
-    """What identifies the reward a run was scored with: "<source> (<how it is read>)". A source
-    that is a run folder is known by its stage.json run id, so a relative and an absolute path to
-    one reward run agree and two reward runs of the same config (another seed) do not."""
+def _own_stage(config: dict, source: Any) -> str | None:
+    """The folder name of the stage that `source` (a model's path in an evaluate summary) is, when it is
+    a stage of the evaluate stage's own run (runs_dir/name as it ran; "ilql@beta=4" is the ilql stage),
+    else None: a model of another run lies outside the handed folder and is not read."""
+    if not isinstance(source, str) or not isinstance(config.get("name"), str):
+        return None
+    own = PurePath(str(config.get("runs_dir", "runs"))) / config["name"]
+    parts = PurePath(source.split("@")[0]).parts
+    return parts[-1] if len(parts) == len(own.parts) + 1 and parts[:-1] == own.parts else None
+
+
+def _fingerprint(stage: dict | None, configured: Any, own: str) -> str | None:
+    """The fingerprint a stage's stage.json recorded for one of its inputs when it ran ("run:<run id>" of
+    a run folder, a file's hash), looked up by `configured`, the config's path for it, or by
+    "<this run>/<own>" when that is None (this run's own stage); None when none was recorded (a run from
+    before stage.json had them). So a relative and an absolute path to one reward run, a run read from
+    another folder, and sweep points linking one shared stage all name one input, and no path written
+    in a handed file is ever opened: what a run names outside its folder is not read."""
+    references = stage.get("references") if isinstance(stage, dict) else None
+    key = configured if isinstance(configured, str) and configured else f"<this run>/{own}"
+    found = references.get(key) if isinstance(references, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def _reward_id(description: Any, where: Path, stage: dict | None, config: dict) -> str:
+    """What identifies the reward a run was scored with: "<its fingerprint> (<how it is read>)", or
+    summary.json's description as it is where no fingerprint was recorded (see _fingerprint)."""
     if not isinstance(description, str) or not description:
         raise RlhfLabError(f"{where}/summary.json records no reward: it was not scored, so it has no place on the frontier.")
-    source, _, how = description.partition(" (")
-    stage = _json(Path(source), "stage.json") if Path(source).is_dir() else None
-    if stage and isinstance(stage.get("run_id"), str):
-        return f"run {stage['run_id']} ({how}"
-    return description
+    settings = config.get("reward_fn") if isinstance(config.get("reward_fn"), dict) else {}
+    found = _fingerprint(stage, settings.get("source"), "reward")
+    _, paren, how = description.partition(" (")
+    return description if found is None else f"{found}{paren}{how}"
 
 
 def _hash(value: Any) -> str:
@@ -174,27 +201,16 @@ def _measured(metrics: Any, folder: Path, what: str) -> tuple[float, str, float]
     return kl, key, float(metrics[key])
 
 
-def _run_id(value: Any) -> Any:
-    """A path to a run folder as that run's id (stage.json), so that a relative path, an absolute one and
-    None-meaning-this-run's-stage name one model alike; anything else as it is."""
-    if isinstance(value, str) and value and Path(value).is_dir():
-        stage = _json(Path(value), "stage.json")
-        if stage and isinstance(stage.get("run_id"), str):
-            return f"run {stage['run_id'][:8]}"
-    return value
-
-
-def _setting(config: dict, method_section: str, policy: Any = None) -> dict:
+def _setting(config: dict, method_section: str, stage: dict | None) -> dict:
     """The method's config section without the seed (and what does not change results), its starting
-    model named by run id: two runs with this setting differ only by seed."""
+    model named by its fingerprint (_fingerprint): two runs with this setting differ only by seed."""
     section = config.get(method_section)
     if not isinstance(section, dict) and method_section == "rl":
         section = config.get("ppo")  # a run from before the RL section was renamed rl (config aliases)
     section = section if isinstance(section, dict) else {}
     ignored = NOT_SETTINGS + NOT_SETTINGS_OF.get(method_section, ())
     setting = {k: v for k, v in section.items() if k not in ignored}
-    if "policy" in setting or policy is not None:
-        setting["policy"] = _run_id(policy if policy is not None else setting.get("policy"))
+    setting["policy"] = _fingerprint(stage, section.get("policy"), "sft") or section.get("policy")
     return setting
 
 
@@ -207,9 +223,10 @@ def tuned_points(folder: Path) -> list[Point]:
     seed = config.get("seed") if isinstance(config.get("seed"), int) else None
     method = summary.get("algorithm") if isinstance(summary.get("algorithm"), str) else folder.name
     stage = folder.name if folder.name in SECTION else {"dpo": "dpo", "ilql": "ilql"}.get(method, "rl")
-    reward_id = _reward_id(summary.get("reward"), folder)
+    recorded = _json(folder, "stage.json")
+    reward_id = _reward_id(summary.get("reward"), folder, recorded, config)
     common = dict(seed=seed, source=str(folder), reward_id=reward_id, **_prompts(_stage_prompts(folder), config, "stage"))
-    setting = _setting(config, SECTION[stage], summary.get("policy"))
+    setting = _setting(config, SECTION[stage], recorded)
     points, keys = [], set()
     if stage == "ilql" and isinstance(summary.get("by_beta"), dict):
         for beta, metrics in summary["by_beta"].items():
@@ -234,7 +251,7 @@ def tuned_points(folder: Path) -> list[Point]:
     start = summary.get("start")
     if isinstance(start, dict) and _reward_key(start):
         kl, key, value = _measured({"kl": 0.0, **start}, folder, "its start")
-        points.append(Point("start", {"policy": _run_id(summary.get("policy"))}, kl=kl, reward=value, **common))
+        points.append(Point("start", {"policy": setting["policy"]}, kl=kl, reward=value, **common))
         keys.add(key)
     for p in points:
         p.setting["_reward_key"] = next(iter(keys)) if len(keys) == 1 else "score"
@@ -255,7 +272,8 @@ def evaluate_points(folder: Path) -> list[Point]:
         raise RlhfLabError(f"{folder}/samples.jsonl lists no prompts, so the held-out prompts cannot be checked.")
     config = _config(folder)
     seed = config.get("seed") if isinstance(config.get("seed"), int) else None
-    common = dict(seed=seed, source=str(folder), reward_id=_reward_id(summary.get("reward"), folder),
+    common = dict(seed=seed, source=str(folder), reward_id=_reward_id(summary.get("reward"), folder,
+                                                                      _json(folder, "stage.json"), config),
                   **_prompts([prompts[i] for i in sorted(prompts)], config, "evaluate"))
     reference = summary.get("reference")
     points = []
@@ -274,13 +292,13 @@ def evaluate_points(folder: Path) -> list[Point]:
         gold = {j: float(v["positive_rate"]) for j, v in (model.get("judges") or {}).items()
                 if j != "proxy" and isinstance(v, dict) and _number(v.get("positive_rate")) is not None}
         method, setting = "start" if name == reference else name, {"model": name}
-        source = model.get("source")
-        if name != reference and isinstance(source, str) and Path(source).is_dir():  # the model's own stage says what it is
-            stage_summary = _json(Path(source), "summary.json") or {}
+        stage = _own_stage(config, model.get("source"))
+        if name != reference and stage:  # a stage of this run: it says what it is (another run's is not read)
+            stage_summary = _json(folder.parent, f"{stage}/summary.json") or {}
             method = stage_summary.get("algorithm") if isinstance(stage_summary.get("algorithm"), str) else name
-            stage_config = _config(Path(source))
-            section = SECTION.get(Path(source).name) or SECTION.get(method, "rl")
-            setting = _setting(stage_config, section, stage_summary.get("policy"))
+            stage_config = _config(folder.parent, f"{stage}/config.yaml")
+            section = SECTION.get(stage) or SECTION.get(method, "rl")
+            setting = _setting(stage_config, section, _json(folder.parent, f"{stage}/stage.json"))
             seed = stage_config.get("seed") if isinstance(stage_config.get("seed"), int) else common["seed"]
         points.append(Point(method, {**setting, "_reward_key": key}, kl=kl, reward=reward, gold=gold,
                             **{**common, "seed": seed if name != reference else common["seed"]}))
@@ -311,7 +329,8 @@ def points_of(argument: str) -> list[Point]:
         names = [n for n in names if isinstance(n, str) and n not in ("", ".", "..") and "/" not in n and "\\" not in n]
         if not names:
             raise RlhfLabError(f"{path / 'sweep.json'} lists no points. {USAGE}")
-        return [p for n in names if (path / n).is_dir() for p in points_of(str(path / n))]
+        # a point that is a link may lead out of the handed sweep: not followed
+        return [p for n in names if (path / n).is_dir() and not (path / n).is_symlink() for p in points_of(str(path / n))]
     if path.name == EVALUATE or (path.name not in SECTION and (path / "samples.jsonl").is_file()
                                  and isinstance((_json(path, "summary.json") or {}).get("models"), dict)):
         return evaluate_points(path)

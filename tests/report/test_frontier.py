@@ -151,18 +151,71 @@ def test_without_gold_one_panel(runs, tmp_path):
     assert len(figure(result.data["points"], "P").axes) == 1
 
 
-def test_a_relative_and_an_absolute_path_to_one_reward_run_agree(runs, tmp_path, monkeypatch):
-    reward = tmp_path / "runs" / "base" / "reward"
-    write_json(reward / "stage.json", {"key": "k", "run_id": "abc123"})
-    monkeypatch.chdir(tmp_path)
-    tuned(runs / "rel" / "rl", seed=0, kl=1.0, p=0.6, reward="runs/base/reward (reward_model, score, reads 256 tokens)")
-    tuned(runs / "abs" / "rl", seed=0, kl=2.0, p=0.7, reward=f"{reward} (reward_model, score, reads 256 tokens)")
-    assert frontier([runs / "rel", runs / "abs"], tmp_path / "out").data["reward_id"].startswith("run abc123")
+def recorded(folder: Path, reward_source: str | None, fingerprint: str, policy: str = "run:sft0") -> Path:
+    """Give a stage folder what a real one has: reward_fn.source in its config and the fingerprints its
+    stage.json recorded for its inputs (a reward run known by its run id)."""
+    if reward_source is not None:
+        (folder / "config.yaml").write_text((folder / "config.yaml").read_text() + f"reward_fn:\n  source: {reward_source}\n")
+    key = reward_source or "<this run>/reward"
+    write_json(folder / "stage.json", {"key": "k", "run_id": "own", "references": {key: fingerprint,
+                                                                                 "<this run>/sft": policy}})
+    return folder
+
+
+def test_a_relative_and_an_absolute_path_to_one_reward_run_agree_from_any_folder(runs, tmp_path, monkeypatch):
+    absolute = tmp_path / "runs" / "base" / "reward"
+    recorded(tuned(runs / "rel" / "rl", seed=0, kl=1.0, p=0.6), "runs/base/reward", "run:abc123")
+    recorded(tuned(runs / "abs" / "rl", seed=0, kl=2.0, p=0.7, reward=f"{absolute} (reward_model, score, reads 256 tokens)"),
+             str(absolute), "run:abc123")
+    # a sweep point's own reward stage (a link to the shared one), read from another working folder
+    recorded(tuned(runs / "point" / "rl", seed=0, kl=3.0, p=0.8, reward="runs/sweep/point/reward (reward_model, score, "
+                   "reads 256 tokens)"), None, "run:abc123")
+    monkeypatch.chdir(tmp_path.parent)
+    assert frontier([runs / "rel", runs / "abs", runs / "point"], tmp_path / "out").data["reward_id"] == \
+        "run:abc123 (reward_model, score, reads 256 tokens)"
     # another reward run (another seed of the same config): not the same reward
-    write_json(tmp_path / "runs" / "seed1" / "reward" / "stage.json", {"key": "k", "run_id": "another"})
-    tuned(runs / "other" / "rl", seed=0, kl=2.0, p=0.7, reward="runs/seed1/reward (reward_model, score, reads 256 tokens)")
+    recorded(tuned(runs / "other" / "rl", seed=0, kl=2.0, p=0.7), "runs/seed1/reward", "run:another")
     with pytest.raises(RlhfLabError, match="different rewards"):
         frontier([runs / "abs", runs / "other"], tmp_path / "out2")
+
+
+def test_seeds_of_sweep_points_starting_from_one_linked_model_are_one_setting(runs, tmp_path):
+    for seed in (0, 1):  # each point's summary names its own link to the shared SFT stage
+        folder = tuned(runs / f"dpo-seed{seed}" / "dpo", seed=seed, kl=1.0 + seed, p=0.7, method="dpo", section="dpo",
+                       beta=0.1)
+        summary = json.loads((folder / "summary.json").read_text())
+        write_json(folder / "summary.json", {**summary, "policy": f"runs/sweep/dpo-seed{seed}/sft"})
+        recorded(folder, None, "run:r", policy="run:sft0")
+    (dpo,) = [p for p in frontier([runs / "dpo-seed0", runs / "dpo-seed1"], tmp_path / "out").data["points"]
+              if p["method"] == "dpo"]
+    assert dpo["seeds"] == [0, 1] and dpo["setting"]["policy"] == "run:sft0"
+
+
+def test_paths_written_in_handed_runs_are_never_opened(runs, tmp_path, monkeypatch):
+    """A reward, policy or evaluated model that a handed summary names outside the handed folder is not
+    read: the identity comes from the run's own stage.json, and nothing else is opened."""
+    import rlhflab.eval.run_files as run_files
+
+    outside = tmp_path / "private"
+    for stage in ("reward", "rl"):
+        write_json(outside / stage / "stage.json", {"run_id": "secret"})
+        write_json(outside / stage / "summary.json", {"algorithm": "secret", "reward": "x (y)"})
+    handed = tuned(runs / "handed" / "rl", seed=0, kl=1.0, p=0.6, reward=f"{outside / 'reward'} (reward_model, score)")
+    summary = json.loads((handed / "summary.json").read_text())
+    write_json(handed / "summary.json", {**summary, "policy": str(outside / "rl")})
+    ev = evaluate_stage(runs / "ev" / "evaluate")
+    summary = json.loads((ev / "summary.json").read_text())
+    summary["models"]["ppo"]["source"] = str(outside / "rl")
+    write_json(ev / "summary.json", summary)
+    opened = []
+    real = run_files.run_file
+    monkeypatch.setattr(run_files, "run_file", lambda root, relative, **kw: opened.append(Path(root) / relative)
+                        or real(root, relative, **kw))
+    result = frontier([runs / "handed"], tmp_path / "out")
+    evaluated = frontier([ev], tmp_path / "out2")
+    assert opened and not [p for p in opened if outside in p.parents]
+    assert "secret" not in json.dumps(result.data) + json.dumps(evaluated.data)
+    assert {p["method"] for p in evaluated.data["points"]} >= {"ppo", "best-of-n"}  # named as evaluated, not "secret"
 
 
 def test_refuses_different_rewards_naming_both(runs, tmp_path, capsys):
