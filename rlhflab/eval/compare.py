@@ -37,7 +37,7 @@ from rlhflab.eval.run_files import (
     writable_folder,
 )
 from rlhflab.io import atomic_write_text, write_json
-from rlhflab.stages.registry import RENAMED, stage_dir, stage_folders
+from rlhflab.stages.registry import RENAMED, recorded_input, stage_dir, stage_folders
 
 RL_STAGE = "rl"  # the stage folder of every RL algorithm (ppo, grpo, rloo, ...)
 RL_FOLDERS = (RL_STAGE, *(old for old, new in RENAMED.items() if new == RL_STAGE))  # and its name in older runs
@@ -301,7 +301,6 @@ def numbers(run: RlRun, key: str) -> dict:
 
 TIE_SE = 2.0  # one seed each: a difference within this many standard errors of the difference (about 95%) is a tie
 NOT_RECORDED = "not recorded"
-RUN_DEFAULT_REWARD = "<this run>/reward"  # stage.json's name of the run's own reward stage (registry.stage_key)
 
 
 def reward_of(run: RlRun) -> tuple[str | None, str]:
@@ -319,8 +318,7 @@ def reward_of(run: RlRun) -> tuple[str | None, str]:
     where = described.rsplit(" (", 1)[0] if described and described.endswith(")") and " (" in described else described
     how = described[len(where):].strip() if described and where else ""
     where = where or source
-    references = _dict(_dict(run.stage).get("references"))
-    printed = references.get(source) if source else references.get(RUN_DEFAULT_REWARD)
+    printed = recorded_input(run.stage, source, "reward")
     if where is None and printed is None:
         return None, NOT_RECORDED
     identity = {"source": printed if isinstance(printed, str) else where, "how": how,

@@ -50,7 +50,7 @@ from typing import Any, Sequence
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.run_files import HandedFileError, read_json_lines, read_json_object, read_yaml_mapping
 from rlhflab.io import atomic_write_text, write_json
-from rlhflab.stages.registry import RENAMED, stage_dir
+from rlhflab.stages.registry import RENAMED, recorded_input, stage_dir
 
 TUNED = ("rl", "dpo", "ilql")  # stages whose summary.json carries a held-out start and end
 EVALUATE = "evaluate"
@@ -126,26 +126,16 @@ def _own_stage(config: dict, source: Any) -> str | None:
     return parts[-1] if len(parts) == len(own.parts) + 1 and parts[:-1] == own.parts else None
 
 
-def _fingerprint(stage: dict | None, configured: Any, own: str) -> str | None:
-    """The fingerprint a stage's stage.json recorded for one of its inputs when it ran ("run:<run id>" of
-    a run folder, a file's hash), looked up by `configured`, the config's path for it, or by
-    "<this run>/<own>" when that is None (this run's own stage); None when none was recorded (a run from
-    before stage.json had them). So a relative and an absolute path to one reward run, a run read from
-    another folder, and sweep points linking one shared stage all name one input, and no path written
-    in a handed file is ever opened: what a run names outside its folder is not read."""
-    references = stage.get("references") if isinstance(stage, dict) else None
-    key = configured if isinstance(configured, str) and configured else f"<this run>/{own}"
-    found = references.get(key) if isinstance(references, dict) else None
-    return found if isinstance(found, str) else None
-
-
 def _reward_id(description: Any, where: Path, stage: dict | None, config: dict) -> str:
     """What identifies the reward a run was scored with: "<its fingerprint> (<how it is read>)", or
-    summary.json's description as it is where no fingerprint was recorded (see _fingerprint)."""
+    summary.json's description as it is where no fingerprint was recorded. By the fingerprint
+    (registry.recorded_input), a relative and an absolute path to one reward run, a run read from
+    another folder, and sweep points linking one shared stage name one reward, and no path written in
+    a handed file is opened."""
     if not isinstance(description, str) or not description:
         raise RlhfLabError(f"{where}/summary.json records no reward: it was not scored, so it has no place on the frontier.")
     settings = config.get("reward_fn") if isinstance(config.get("reward_fn"), dict) else {}
-    found = _fingerprint(stage, settings.get("source"), "reward")
+    found = recorded_input(stage, settings.get("source"), "reward")
     _, paren, how = description.partition(" (")
     return description if found is None else f"{found}{paren}{how}"
 
@@ -203,14 +193,14 @@ def _measured(metrics: Any, folder: Path, what: str) -> tuple[float, str, float]
 
 def _setting(config: dict, method_section: str, stage: dict | None) -> dict:
     """The method's config section without the seed (and what does not change results), its starting
-    model named by its fingerprint (_fingerprint): two runs with this setting differ only by seed."""
+    model named by its fingerprint (registry.recorded_input): two runs with this setting differ only by seed."""
     section = config.get(method_section)
     if not isinstance(section, dict) and method_section == "rl":
         section = config.get("ppo")  # a run from before the RL section was renamed rl (config aliases)
     section = section if isinstance(section, dict) else {}
     ignored = NOT_SETTINGS + NOT_SETTINGS_OF.get(method_section, ())
     setting = {k: v for k, v in section.items() if k not in ignored}
-    setting["policy"] = _fingerprint(stage, section.get("policy"), "sft") or section.get("policy")
+    setting["policy"] = recorded_input(stage, section.get("policy"), "sft") or section.get("policy")
     return setting
 
 

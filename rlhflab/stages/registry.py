@@ -280,7 +280,22 @@ def stage_key(cfg: Config, name: str) -> dict:
     inputs = hashed_inputs({key: _pick(tree, key) for key in stage.inputs})
     refs = references(inputs)
     for upstream in stage.reads(cfg):  # by stage name, so a moved runs folder stays up to date
-        # under the name the key was first written with, so that renaming a stage leaves runs up to date
-        refs[f"<this run>/{_OLD_NAME.get(upstream, upstream)}"] = \
-            fingerprint(str(stage_dir(Path(cfg.runs_dir) / cfg.name, upstream))) or "missing"
+        refs[_own_reference(upstream)] = fingerprint(str(stage_dir(Path(cfg.runs_dir) / cfg.name, upstream))) or "missing"
     return {"key": digest({"inputs": inputs, "references": refs}), "references": refs}
+
+
+def _own_reference(stage: str) -> str:
+    """stage.json's name for this run's own stage `stage` as an input: under the name the key was first
+    written with, so that renaming a stage leaves runs up to date."""
+    return f"<this run>/{_OLD_NAME.get(stage, stage)}"
+
+
+def recorded_input(stage_json: Any, configured: Any, own: str) -> str | None:
+    """The fingerprint a finished stage's stage.json (`stage_json`, as read) recorded for one of its inputs
+    when it ran ("run:<run id>" of a run folder, a file's hash): the one named `configured` (the config's
+    path for it), or this run's own stage `own` when that is None. None when none was recorded (a run from
+    before stage.json had them). Readers of handed runs identify inputs by it instead of opening the path."""
+    references = stage_json.get("references") if isinstance(stage_json, dict) else None
+    key = configured if isinstance(configured, str) and configured else _own_reference(own)
+    found = references.get(key) if isinstance(references, dict) else None
+    return found if isinstance(found, str) else None
