@@ -14,7 +14,8 @@ Where the points come from (the run-folder contract; nothing is recomputed):
   - an evaluate stage folder (runs/x/evaluate): every model it evaluated but the reference
     (kl_to_reference, positive_probability.mean or score.mean) and its best-of-n rows (KL: the
     analytic bound log n - (n-1)/n, drawn hollow), with each gold judge's positive rate when
-    evaluate.gold was set (a second panel). Best-of-n answers the first evaluate.best_of_prompts
+    evaluate.gold was set (a second panel), and the optimum the same samples estimate at each KL
+    budget (a dashed line: what no policy beats; ops.kl.kl_optimal_values). Best-of-n answers the first evaluate.best_of_prompts
     of the same prompt list.
 
 Only the named folders' own files are read: a reward, a starting model or an evaluated model that a
@@ -52,6 +53,7 @@ from rlhflab.eval.run_files import HandedFileError, read_json_lines, read_json_o
 from rlhflab.io import atomic_write_text, write_json
 from rlhflab.stages.registry import RENAMED, recorded_input, stage_dir
 
+OPTIMUM = "optimum"  # the most reward any policy reaches within a KL budget, estimated from best-of-n's samples
 TUNED = ("rl", "dpo", "ilql")  # stages whose summary.json carries a held-out start and end
 EVALUATE = "evaluate"
 # A tuned stage folder's name (the RL stage's old name, ppo, in older runs) -> the config section
@@ -305,6 +307,12 @@ def evaluate_points(folder: Path) -> list[Point]:
             gold = {j: float(v) for j, v in (row.get("judges") or {}).items() if _number(v) is not None}
             points.append(Point("best-of-n", {"n": n, "_reward_key": key}, kl=kl, reward=value, gold=gold, bound=True,
                                 **common))
+        for row in best.get("optimum") or []:  # the most any policy reaches within each KL budget
+            key = "positive_probability" if isinstance(row, dict) and "positive_probability" in row else "score"
+            kl, value = (_number(row.get("kl")), _number(row.get(key))) if isinstance(row, dict) else (None, None)
+            if kl is not None and value is not None:
+                points.append(Point(OPTIMUM, {"n": best.get("drawn"), "_budget": kl, "_reward_key": key}, kl=kl,
+                                    reward=value, **common))
     return points
 
 
@@ -407,6 +415,10 @@ def figure(groups: list[dict], ylabel: str):
                 xerr = [[g["kl"]["mean"] - g["kl"]["min"] for g in mine], [g["kl"]["max"] - g["kl"]["mean"] for g in mine]]
                 yerr = [[value_of(g, judge)["mean"] - value_of(g, judge)["min"] for g in mine],
                         [value_of(g, judge)["max"] - value_of(g, judge)["mean"] for g in mine]]
+                if method == OPTIMUM:  # a ceiling, not a method: a thin dashed line without points
+                    ax.errorbar(x, y, xerr=xerr, yerr=yerr, color="#777777", linestyle="--", linewidth=1, capsize=2,
+                                label=f"optimum at each KL (estimated from {mine[0]['setting'].get('n')} samples)")
+                    continue
                 hollow = all(g["bound"] for g in mine)
                 label = method + (" (KL bound)" if hollow else "") + (f" - {judge}" if judge else "")
                 ax.errorbar(x, y, xerr=xerr, yerr=yerr, color=colour[method], linestyle="none" if method == "start" else style,

@@ -1,8 +1,13 @@
-"""KL penalty: per-token estimators, the shaped RLHF reward, and beta controllers."""
+"""KL penalty: per-token estimators, the shaped RLHF reward, beta controllers, and the most value a KL budget can buy."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
+
+from rlhflab.errors import RlhfLabError
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -62,3 +67,56 @@ def adaptive_kl_update(beta: float, current_kl: float, target: float, horizon: f
         raise ValueError(f"adaptive KL needs target > 0 and horizon > 0 (got target={target}, horizon={horizon})")
     error = min(max(current_kl / target - 1.0, -0.2), 0.2)
     return max(beta * (1.0 + error * n_steps / horizon), 0.0)
+
+
+def kl_optimal_values(values: torch.Tensor, budgets: Sequence[float], *, iterations: int = 200) -> list[float | None]:
+    """The most mean value any policy can reach within each mean-KL budget to the policy that drew
+    `values`, estimated from its samples. values (P, n): the value (e.g. P(positive)) of each of n
+    samples of each of P prompts; budgets in nats per response. Returns one value per budget, None
+    for a budget the samples cannot measure (at or above the KL of putting all weight on each
+    prompt's best samples, at most log n).
+
+    The maximiser of E_π[v] − λ KL(π || π_ref) is π ∝ π_ref exp(v / λ) (the Gibbs variational
+    principle; the optimum of KL-regularised RLHF that DPO also starts from: Rafailov et al. 2023,
+    eq. 4). With π_ref the samples' empirical distribution, π gives prompt p's samples the weights
+    w = softmax(v_p / λ), at KL Σ w log(n w); one λ for every prompt spends the KL budget where it
+    buys the most. λ is found by bisection on log λ so that the mean KL meets the budget.
+
+    An estimate: n samples show only what π_ref puts at least about 1/n on, so the value understates
+    the optimum more the nearer the budget is to log n. RlhfLabError for values that are not (P, n)
+    with P ≥ 1 and n ≥ 2, or not finite, and for a negative or non-finite budget."""
+    if values.dim() != 2 or values.shape[0] < 1 or values.shape[1] < 2:
+        raise RlhfLabError(f"kl_optimal_values needs values of shape (prompts, samples >= 2), got {tuple(values.shape)}.")
+    v = values.double()
+    if not torch.isfinite(v).all():
+        raise RlhfLabError("kl_optimal_values needs finite values.")
+    n = v.shape[1]
+    best = v == v.amax(dim=1, keepdim=True)
+    most = float((math.log(n) - torch.log(best.sum(dim=1).double())).mean())  # all weight on the best samples
+    spread = float((v.amax(dim=1) - v.amin(dim=1)).max())
+
+    def mean_kl_and_value(log_lam: float) -> tuple[float, float]:
+        logw = torch.log_softmax(v / math.exp(log_lam), dim=1)
+        w = logw.exp()
+        return float((w * (logw + math.log(n))).sum(dim=1).mean()), float((w * v).sum(dim=1).mean())
+
+    out: list[float | None] = []
+    for budget in budgets:
+        if not math.isfinite(budget) or budget < 0:
+            raise RlhfLabError(f"A KL budget must be a finite number of nats >= 0, got {budget}.")
+        if spread == 0 or budget == 0:
+            out.append(float(v.mean()))  # nothing to choose between, or no KL to spend: π_ref's own mean
+            continue
+        if budget >= most:
+            out.append(None)
+            continue
+        # KL falls as λ grows: from `most` (λ -> 0) to 0 (λ -> inf); bracket λ around the values' spread
+        low, high = math.log(spread) - 40.0, math.log(spread) + 40.0
+        for _ in range(iterations):
+            middle = (low + high) / 2
+            if mean_kl_and_value(middle)[0] > budget:
+                low = middle
+            else:
+                high = middle
+        out.append(mean_kl_and_value(high)[1])
+    return out

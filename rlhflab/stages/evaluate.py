@@ -30,10 +30,13 @@ from rlhflab.eval.generation_metrics import (
 )
 from rlhflab.io import RunDir, write_jsonl
 from rlhflab.models.causal_lm import count_parameters, load_causal_lm, load_tokenizer
+from rlhflab.ops.kl import kl_optimal_values
 from rlhflab.rewards import build_reward, probability_reward
 from rlhflab.engine.runtime import Runtime, run_facts
 from rlhflab.stages.common import load_splits, on_main_process, open_run_dir
 from rlhflab.summaries import EvaluateSummary
+
+OPTIMUM_BUDGETS = (0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)  # nats: the KLs the frontier's methods land at
 
 
 def model_sources(cfg: Config) -> dict[str, str]:
@@ -185,7 +188,9 @@ def best_of_n(model, tokenizer, prompts: list[str], score_fn, prob_fn, judges: d
     """Best-of-n baselines (Stiennon et al. 2020): max(ev.best_of) samples per prompt from `model`;
     for each n, the best of the first n by the proxy reward. Each row: the mean reward and
     P(positive) of the kept responses, each gold judge's positive rate on them, and the KL of the
-    best-of-n policy to the model as the analytic bound log n − (n−1)/n nats."""
+    best-of-n policy to the model as the analytic bound log n − (n−1)/n nats. "optimum": for each
+    KL budget of OPTIMUM_BUDGETS that the samples can measure, the most P(positive) (else reward)
+    any policy reaches within it, estimated from the same samples (ops.kl.kl_optimal_values)."""
     from rlhflab.eval.side_by_side import best_of_n_kl, select_best
 
     drawn = max(ev.best_of)
@@ -205,7 +210,12 @@ def best_of_n(model, tokenizer, prompts: list[str], score_fn, prob_fn, judges: d
             row["judges"] = {name: judge.positive_rate(judge(prompts, chosen).tolist())
                              for name, judge in judges.items() if name != "proxy"}
         rows.append(row)
-    return {"prompts": len(prompts), "drawn": drawn, "rows": rows}
+    # What no policy can beat at each KL budget (a line on the frontier figure): the samples reweighted
+    # by exp(value / λ), the optimum of KL-regularised RL, in the unit the frontier plots.
+    key, values = ("positive_probability", probs) if probs is not None else ("score", scores)
+    optimum = [{"kl": budget, key: value} for budget, value in zip(OPTIMUM_BUDGETS, kl_optimal_values(values, OPTIMUM_BUDGETS))
+               if value is not None]
+    return {"prompts": len(prompts), "drawn": drawn, "rows": rows, "optimum": optimum}
 
 
 def gold_judges(cfg: Config, runtime: Runtime) -> tuple[dict[str, Judge], dict[str, dict]]:
@@ -349,6 +359,12 @@ def format_best_of(summary: EvaluateSummary) -> list[str]:
     for row in best["rows"]:
         prob = row["positive_probability"]
         lines.append(f"{row['n']:>4}{row['score']:8.3f}{'-' if prob is None else f'{prob:.3f}':>8}{row['kl_bound']:8.2f}")
+    optimum = best.get("optimum") or []
+    if optimum:
+        key = "positive_probability" if "positive_probability" in optimum[0] else "score"
+        lines.append(f"the most {'P(positive)' if key != 'score' else 'reward'} any policy reaches within a KL budget "
+                     f"(the samples reweighted by exp(value/λ); an estimate): "
+                     + ", ".join(f"{o[key]:.3f} at {o['kl']:g}" for o in optimum))
     return lines
 
 

@@ -62,7 +62,8 @@ def evaluate_stage(folder: Path, *, seed: int = 0) -> Path:
     best = {"prompts": 2, "drawn": 4, "rows": [
         {"n": 1, "score": 0.0, "kl_bound": 0.0, "positive_probability": 0.5, "judges": {"vader": 0.4, "sst2": 0.4}},
         {"n": 2, "score": 0.3, "kl_bound": 0.193, "positive_probability": 0.7, "judges": {"vader": 0.5, "sst2": 0.55}},
-        {"n": 4, "score": 0.6, "kl_bound": 0.636, "positive_probability": 0.8, "judges": {"vader": 0.55, "sst2": 0.6}}]}
+        {"n": 4, "score": 0.6, "kl_bound": 0.636, "positive_probability": 0.8, "judges": {"vader": 0.55, "sst2": 0.6}}],
+        "optimum": [{"kl": 0.25, "positive_probability": 0.76}, {"kl": 0.5, "positive_probability": 0.83}]}
     write_json(folder / "summary.json", {"prompts": 4, "reward": REWARD, "reference": "sft", "models": models,
                                          "best_of": best})
     write_jsonl(folder / "samples.jsonl", [{"prompt_id": i, "prompt": q, "model": m, "response": "r"}
@@ -137,8 +138,11 @@ def test_evaluate_stage_gives_models_best_of_n_and_a_gold_panel(tmp_path):
     result = frontier([folder])
     assert result.png == tmp_path / "runs" / "x" / "frontier" / "frontier.png"
     points = {(p["method"], p["label"]): p for p in result.data["points"]}
-    assert set(points) == {("ppo", ""), ("start", ""), ("best-of-n", "n=2"), ("best-of-n", "n=4")}
+    assert set(points) == {("ppo", ""), ("start", ""), ("best-of-n", "n=2"), ("best-of-n", "n=4"), ("optimum", "")}
     assert points["best-of-n", "n=4"]["bound"] and points["best-of-n", "n=4"]["kl"]["mean"] == pytest.approx(0.636)
+    optimum = sorted((p for p in result.data["points"] if p["method"] == "optimum"), key=lambda p: p["kl"]["mean"])
+    assert [(p["kl"]["mean"], p["reward"]["mean"]) for p in optimum] == [(0.25, 0.76), (0.5, 0.83)]
+    assert not any(p["bound"] for p in optimum)  # at a budget, not a bound: the KL is what it spends
     assert points["ppo", ""]["gold"]["sst2"]["mean"] == pytest.approx(0.7)
     assert "proxy" not in points["ppo", ""]["gold"]  # the proxy is the left panel
     assert len(figure(result.data["points"], "P").axes) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -118,11 +119,18 @@ def test_best_of_n_keeps_the_best_of_the_first_n_samples(tmp_path, reviews_csv, 
     # more samples to choose from never lowers the mean of the kept (the first n are a prefix of the first 2n)
     scores = [r["score"] for r in best["rows"]]
     assert scores == sorted(scores) and scores[-1] > scores[0]
+    # the optimum at each KL budget the 4 samples can measure (below log 4), in the unit the frontier plots
+    key = "score" if best["rows"][0]["positive_probability"] is None else "positive_probability"
+    budgets = [o["kl"] for o in best["optimum"]]
+    assert budgets and budgets == list(evaluate.OPTIMUM_BUDGETS[: len(budgets)]) and budgets[-1] < math.log(4)
+    values = [o[key] for o in best["optimum"]]
+    assert values == sorted(values)
     with pytest.raises(RlhfLabError, match="best_of"):
         from rlhflab.config import check_evaluate
 
         check_evaluate(EvaluateConfig(best_of=[0]))
-    assert "best-of-n from sft on the first 3 prompts" in evaluate.format_summary(typed_summary("evaluate", run_dir.path))
+    printed = evaluate.format_summary(typed_summary("evaluate", run_dir.path))
+    assert "best-of-n from sft on the first 3 prompts" in printed and "any policy reaches within a KL budget" in printed
 
 
 def test_evaluate_scores_at_the_reward_models_training_length_and_counts_crowding_prompts(tmp_path, reviews_csv,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from rlhflab.config import PpoConfig, check_rl
 from rlhflab.errors import RlhfLabError
-from rlhflab.ops.kl import adaptive_kl_update, kl_per_token, last_valid_index, per_token_rewards
+from rlhflab.ops.kl import adaptive_kl_update, kl_optimal_values, kl_per_token, last_valid_index, per_token_rewards
 
 
 from tests.helpers import close
@@ -158,3 +158,64 @@ def test_beta_never_goes_negative_and_a_horizon_that_would_overshoot_is_refused(
     check_rl(PpoConfig(kl_horizon=1, batch_size=64, adaptive_kl=False))  # a fixed beta ignores the horizon
     check_rl(PpoConfig(kl_horizon=64, batch_size=64))
 
+
+
+# --- the most value a KL budget buys (kl_optimal_values) -----------------------------------------
+
+
+def test_the_optimum_of_two_samples_against_hand_values():
+    # values 0 and 1: the optimum puts q on the 1 at KL q log 2q + (1 - q) log 2(1 - q)
+    # q = 0.75: 0.75 log 1.5 + 0.25 log 0.5 = 0.304099 - 0.173287 = 0.130812 nats
+    values = torch.tensor([[0.0, 1.0]])
+    assert kl_optimal_values(values, [0.130812])[0] == pytest.approx(0.75, abs=1e-5)
+    assert kl_optimal_values(values, [0.0]) == [pytest.approx(0.5)]  # no budget: the samples' own mean
+    # log 2 puts all weight on the best sample, which the samples cannot tell from "more is possible"
+    assert kl_optimal_values(values, [math.log(2), 5.0]) == [None, None]
+
+
+def test_ties_for_the_best_share_the_weight_and_equal_values_need_no_kl():
+    # two best of four: all weight on them costs log 4 - log 2 = log 2
+    values = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    assert kl_optimal_values(values, [math.log(2) - 1e-3])[0] == pytest.approx(1.0, abs=2e-3)
+    assert kl_optimal_values(values, [math.log(2)]) == [None]
+    assert kl_optimal_values(torch.full((3, 4), 0.7), [0.5, 9.0]) == [pytest.approx(0.7)] * 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.05, 0.6), st.floats(0.1, 3.0))
+def test_one_lambda_for_all_prompts_beats_every_other_split_of_the_budget(budget, scale):
+    """Two prompts of two samples; every split of the mean KL between them (a grid) reaches no more."""
+    values = torch.tensor([[0.0, 1.0], [0.0, scale]], dtype=torch.float64)
+    best = kl_optimal_values(values, [budget])[0]
+
+    def kl(q):  # weight q on the better of two samples
+        return sum(x * math.log(2 * x) for x in (q, 1 - q) if x > 0)
+
+    def q_at(b):  # the weight one prompt reaches with b nats (bisection; kl rises with q on [0.5, 1])
+        low, high = 0.5, 1.0
+        for _ in range(60):
+            middle = (low + high) / 2
+            low, high = (middle, high) if kl(middle) <= b else (low, middle)
+        return low
+
+    for share in [i / 20 for i in range(21)]:  # prompt 1 gets 2 x budget x share, prompt 2 the rest
+        b1, b2 = 2 * budget * share, 2 * budget * (1 - share)
+        if max(b1, b2) >= math.log(2):
+            continue
+        assert (q_at(b1) + scale * q_at(b2)) / 2 <= best + 1e-6
+
+
+def test_more_budget_never_buys_less():
+    values = torch.rand(16, 8, generator=torch.Generator().manual_seed(0))
+    found = kl_optimal_values(values, [0.0, 0.1, 0.5, 1.0, 1.5, 2.0])
+    measured = [v for v in found if v is not None]
+    assert measured == sorted(measured) and len(measured) >= 5
+    assert measured[0] == pytest.approx(float(values.mean())) and measured[-1] <= float(values.amax(dim=1).mean())
+
+
+@pytest.mark.parametrize("values, budgets", [(torch.zeros(4), [1.0]), (torch.zeros(2, 1), [1.0]),
+                                             (torch.tensor([[0.0, float("nan")]]), [1.0]),
+                                             (torch.zeros(2, 2), [-0.1]), (torch.zeros(2, 2), [float("inf")])])
+def test_the_optimum_refuses_what_it_cannot_measure(values, budgets):
+    with pytest.raises(RlhfLabError):
+        kl_optimal_values(values, budgets)

@@ -148,7 +148,23 @@ def _best_of_blocks(summary: EvaluateSummary) -> list[Block]:
         caption=f"Best-of-n from the reference model {model} on the first {best.get('prompts', '-')} evaluation prompts, "
                 f"{best.get('drawn', '-')} samples each: for each n the best of the first n by the proxy reward is kept. "
                 f"Its KL to {model} is the analytic bound log n − (n−1)/n (Stiennon et al. 2020), to read beside the "
-                "tuned models' measured KL in the table above; a judge's column is the share it calls positive.")]
+                "tuned models' measured KL in the table above; a judge's column is the share it calls positive."),
+        *_optimum_blocks(best)]
+
+
+def _optimum_blocks(best: dict) -> list[Block]:
+    """The most reward any policy reaches within each KL budget, estimated from the best-of-n samples."""
+    optimum = [o for o in best.get("optimum") or [] if isinstance(o, dict)]
+    if not optimum:
+        return []
+    key = "positive_probability" if "positive_probability" in optimum[0] else "score"
+    name = "P(positive)" if key == "positive_probability" else "mean reward"
+    return [Table(["KL budget (nats)", f"most {name}"], [[_num(o.get("kl")), _num(o.get(key))] for o in optimum],
+                  caption=f"The most {name} any policy reaches within each KL budget to {best.get('model', 'the reference')}, "
+                          f"estimated from the same {best.get('drawn', '-')} samples a prompt reweighted by exp(value / λ), "
+                          "the optimum of KL-regularised RL (one λ for all prompts). A tuned model's distance below "
+                          "this line at its KL is what its training left on the table; budgets the samples cannot "
+                          "measure (near log n) are left out, and near them the estimate understates the optimum.")]
 
 
 def _eval_figures(stage: Stage, summary: EvaluateSummary, names: list[str], reference: str, figures: Figures) -> list[Block]:
