@@ -12,7 +12,7 @@ RlhfLabError naming the step and the likely causes; no checkpoint is written wit
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -99,16 +99,24 @@ def run_loop(algorithm: Algorithm, *, runtime: Runtime, run_dir: RunDir, total_s
                 evaluate()
             if runtime.max(float(stop.requested)) > 0:  # any rank's Ctrl-C stops every rank here
                 checkpoint()
-                bar.close()
-                raise RunInterrupted(f"Stopped at step {position['step']}; checkpoint saved in {run_dir.checkpoint_dir}. "
-                                     f"Continue with --resume.")
+                _interrupted(bar, position["step"], run_dir)
             if position["step"] % checkpoint_every == 0:
                 checkpoint()
         if position["evaluated_at"] != position["step"]:
             evaluate()  # training that happened is judged (and kept when it is the best)
         checkpoint()
+        # A stop asked for during the last step or the final evaluation stops the run here, saved: what
+        # follows the loop (DPO's next round, a final evaluation) can take many minutes, longer than a
+        # scheduler waits between SIGTERM and SIGKILL.
+        if runtime.max(float(stop.requested)) > 0:
+            _interrupted(bar, position["step"], run_dir)
     bar.close()
     return position["step"]
+
+
+def _interrupted(bar, step: int, run_dir: RunDir) -> NoReturn:
+    bar.close()
+    raise RunInterrupted(f"Stopped at step {step}; checkpoint saved in {run_dir.checkpoint_dir}. Continue with --resume.")
 
 
 def non_finite_loss(record: dict[str, Any]) -> tuple[str, float] | None:
