@@ -15,8 +15,8 @@ Where the points come from (the run-folder contract; nothing is recomputed):
     (kl_to_reference, positive_probability.mean or score.mean) and its best-of-n rows (KL: the
     analytic bound log n - (n-1)/n, drawn hollow), with each gold judge's positive rate when
     evaluate.gold was set (a second panel), and the optimum the same samples estimate at each KL
-    budget (a dashed line: what no policy beats; ops.kl.kl_optimal_values). Best-of-n answers the first evaluate.best_of_prompts
-    of the same prompt list.
+    budget (a dashed line: what no policy beats; ops.kl.kl_optimal_values). Best-of-n answers the
+    first evaluate.best_of_prompts of the same prompt list.
 
 Only the named folders' own files are read: a reward, a starting model or an evaluated model that a
 summary names is known by the fingerprint the run's stage.json recorded for it when it ran (a reward
@@ -416,7 +416,7 @@ def figure(groups: list[dict], ylabel: str):
                 yerr = [[value_of(g, judge)["mean"] - value_of(g, judge)["min"] for g in mine],
                         [value_of(g, judge)["max"] - value_of(g, judge)["mean"] for g in mine]]
                 if method == OPTIMUM:  # a ceiling, not a method: a thin dashed line without points
-                    ax.errorbar(x, y, xerr=xerr, yerr=yerr, color="#777777", linestyle="--", linewidth=1, capsize=2,
+                    ax.errorbar(x, y, xerr=xerr, yerr=yerr, color="#777777", linestyle="--", linewidth=1, elinewidth=0.8, capsize=0,
                                 label=f"optimum at each KL (estimated from {mine[0]['setting'].get('n')} samples)")
                     continue
                 hollow = all(g["bound"] for g in mine)

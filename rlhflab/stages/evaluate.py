@@ -213,8 +213,8 @@ def best_of_n(model, tokenizer, prompts: list[str], score_fn, prob_fn, judges: d
     # What no policy can beat at each KL budget (a line on the frontier figure): the samples reweighted
     # by exp(value / λ), the optimum of KL-regularised RL, in the unit the frontier plots.
     key, values = ("positive_probability", probs) if probs is not None else ("score", scores)
-    optimum = [{"kl": budget, key: value} for budget, value in zip(OPTIMUM_BUDGETS, kl_optimal_values(values, OPTIMUM_BUDGETS))
-               if value is not None]
+    found = kl_optimal_values(values, OPTIMUM_BUDGETS) if drawn >= 2 else []  # one sample a prompt: nothing to choose
+    optimum = [{"kl": budget, key: value} for budget, value in zip(OPTIMUM_BUDGETS, found) if value is not None]
     return {"prompts": len(prompts), "drawn": drawn, "rows": rows, "optimum": optimum}
 
 
