@@ -298,22 +298,24 @@ def evaluate_points(folder: Path) -> list[Point]:
     if isinstance(best, dict) and isinstance(best.get("rows"), list):
         for row in best["rows"]:
             n, kl = row.get("n"), _number(row.get("kl_bound"))
-            value = _number(row.get("positive_probability"))
-            key = "positive_probability"
-            if value is None:
-                value, key = _number(row.get("score")), "score"
+            key, value = _row_value(row)
             if not isinstance(n, int) or n < 2 or kl is None or value is None:
                 continue  # n = 1 is the reference model itself on fewer prompts
             gold = {j: float(v) for j, v in (row.get("judges") or {}).items() if _number(v) is not None}
             points.append(Point("best-of-n", {"n": n, "_reward_key": key}, kl=kl, reward=value, gold=gold, bound=True,
                                 **common))
-        for row in best.get("optimum") or []:  # the most any policy reaches within each KL budget
-            key = "positive_probability" if isinstance(row, dict) and "positive_probability" in row else "score"
-            kl, value = (_number(row.get("kl")), _number(row.get(key))) if isinstance(row, dict) else (None, None)
+        for row in (r for r in best.get("optimum") or [] if isinstance(r, dict)):  # the most within each KL budget
+            kl, (key, value) = _number(row.get("kl")), _row_value(row)
             if kl is not None and value is not None:
                 points.append(Point(OPTIMUM, {"n": best.get("drawn"), "_budget": kl, "_reward_key": key}, kl=kl,
                                     reward=value, **common))
     return points
+
+
+def _row_value(row: dict) -> tuple[str, float | None]:
+    """(key, value) of a best-of-n or optimum row: its P(positive), else its mean reward."""
+    value = _number(row.get("positive_probability"))
+    return ("positive_probability", value) if value is not None else ("score", _number(row.get("score")))
 
 
 def points_of(argument: str) -> list[Point]:

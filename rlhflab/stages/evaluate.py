@@ -189,8 +189,8 @@ def best_of_n(model, tokenizer, prompts: list[str], score_fn, prob_fn, judges: d
     for each n, the best of the first n by the proxy reward. Each row: the mean reward and
     P(positive) of the kept responses, each gold judge's positive rate on them, and the KL of the
     best-of-n policy to the model as the analytic bound log n − (n−1)/n nats. "optimum": for each
-    KL budget of OPTIMUM_BUDGETS that the samples can measure, the most P(positive) (else reward)
-    any policy reaches within it, estimated from the same samples (ops.kl.kl_optimal_values)."""
+    KL budget of OPTIMUM_BUDGETS that the samples can measure, the most reward and P(positive) any
+    policy reaches within it, estimated from the same samples (ops.kl.kl_optimal_values)."""
     from rlhflab.eval.side_by_side import best_of_n_kl, select_best
 
     drawn = max(ev.best_of)
@@ -211,10 +211,12 @@ def best_of_n(model, tokenizer, prompts: list[str], score_fn, prob_fn, judges: d
                              for name, judge in judges.items() if name != "proxy"}
         rows.append(row)
     # What no policy can beat at each KL budget (a line on the frontier figure): the samples reweighted
-    # by exp(value / λ), the optimum of KL-regularised RL, in the unit the frontier plots.
-    key, values = ("positive_probability", probs) if probs is not None else ("score", scores)
-    found = kl_optimal_values(values, OPTIMUM_BUDGETS) if drawn >= 2 else []  # one sample a prompt: nothing to choose
-    optimum = [{"kl": budget, key: value} for budget, value in zip(OPTIMUM_BUDGETS, found) if value is not None]
+    # by exp(value / λ), the optimum of KL-regularised RL, for the reward and for P(positive) alike.
+    budgets = OPTIMUM_BUDGETS if drawn >= 2 else ()  # one sample a prompt: nothing to choose between
+    most = {"score": kl_optimal_values(scores, budgets) if budgets else [],
+            "positive_probability": kl_optimal_values(probs, budgets) if budgets and probs is not None else [None] * len(budgets)}
+    optimum = [{"kl": budget, "score": most["score"][i], "positive_probability": most["positive_probability"][i]}
+               for i, budget in enumerate(budgets) if most["score"][i] is not None]
     return {"prompts": len(prompts), "drawn": drawn, "rows": rows, "optimum": optimum}
 
 
@@ -359,12 +361,11 @@ def format_best_of(summary: EvaluateSummary) -> list[str]:
     for row in best["rows"]:
         prob = row["positive_probability"]
         lines.append(f"{row['n']:>4}{row['score']:8.3f}{'-' if prob is None else f'{prob:.3f}':>8}{row['kl_bound']:8.2f}")
-    optimum = best.get("optimum") or []
-    if optimum:
-        key = "positive_probability" if "positive_probability" in optimum[0] else "score"
-        lines.append(f"the most {'P(positive)' if key != 'score' else 'reward'} any policy reaches within a KL budget "
-                     f"(the samples reweighted by exp(value/λ); an estimate): "
-                     + ", ".join(f"{o[key]:.3f} at {o['kl']:g}" for o in optimum))
+    if best.get("optimum"):
+        lines.append("the most any policy reaches within a KL budget (the samples reweighted by exp(value/λ); an estimate)")
+        for row in best["optimum"]:
+            prob = row["positive_probability"]
+            lines.append(f"{'':>4}{row['score']:8.3f}{'-' if prob is None else f'{prob:.3f}':>8}{row['kl']:8.2f}")
     return lines
 
 

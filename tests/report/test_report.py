@@ -156,7 +156,7 @@ BEST_OF = {"model": "sft", "prompts": 64, "drawn": 16, "rows": [
     {"n": 1, "score": 0.1, "positive_probability": 0.55, "kl_bound": 0.0, "judges": {"vader": 0.61}},
     {"n": 4, "score": 0.5432, "positive_probability": 0.7321, "kl_bound": 0.636294, "judges": {"vader": 0.7344}},
     {"n": 16, "score": 0.9876, "positive_probability": 0.8771, "kl_bound": 1.830084, "judges": {"vader": 0.8125}}],
-    "optimum": [{"kl": 0.5, "positive_probability": 0.8012}, {"kl": 2.0, "positive_probability": 0.9104}]}
+    "optimum": [{"kl": 0.5, "score": 0.7, "positive_probability": 0.8012}, {"kl": 2.0, "score": 1.2, "positive_probability": 0.9104}]}
 
 
 def pair_metrics(loss, accuracy, chosen, rejected, pairs):
@@ -521,7 +521,7 @@ def test_dpo_ilql_and_best_of_n_get_their_sections_tables_and_headlines(tmp_path
     assert "| 4 | 0.543 | 0.732 | 0.636 | 73.4% |" in evaluation and "| 16 | 0.988 | 0.877 | 1.830 | 81.2% |" in evaluation
     assert "first 64 evaluation prompts, 16 samples each" in evaluation and "Stiennon et al. 2020" in evaluation
     assert evaluation.index("| metric | sft | ppo |") < evaluation.index("| n | mean reward |")
-    assert "| KL budget (nats) | most P(positive) |" in evaluation and "| 2.000 | 0.910 |" in evaluation
+    assert "| KL budget (nats) | most mean reward | most P(positive) |" in evaluation and "| 2.000 | 1.200 | 0.910 |" in evaluation
     assert "the same 16 samples a prompt reweighted by exp(value / λ)" in evaluation
     # the overview's headline
     assert "| DPO | held-out P(positive) | 0.701 | 0.752 |" in md and "| DPO | KL to the starting model | 0.000 | 0.482 |" in md

@@ -157,14 +157,14 @@ def _optimum_blocks(best: dict) -> list[Block]:
     optimum = [o for o in best.get("optimum") or [] if isinstance(o, dict)]
     if not optimum:
         return []
-    key = "positive_probability" if "positive_probability" in optimum[0] else "score"
-    name = "P(positive)" if key == "positive_probability" else "mean reward"
-    return [Table(["KL budget (nats)", f"most {name}"], [[_num(o.get("kl")), _num(o.get(key))] for o in optimum],
-                  caption=f"The most {name} any policy reaches within each KL budget to {best.get('model', 'the reference')}, "
+    return [Table(["KL budget (nats)", "most mean reward", "most P(positive)"],
+                  [[_num(o.get("kl")), _num(o.get("score")), _num(o.get("positive_probability"))] for o in optimum],
+                  caption=f"The most any policy reaches within each KL budget to {best.get('model', 'the reference')}, "
                           f"estimated from the same {best.get('drawn', '-')} samples a prompt reweighted by exp(value / λ), "
-                          "the optimum of KL-regularised RL (one λ for all prompts). A tuned model's distance below "
-                          "this line at its KL is what its training left on the table; budgets the samples cannot "
-                          "measure (near log n) are left out, and near them the estimate understates the optimum.")]
+                          "the optimum of KL-regularised RL (one λ for all prompts; each column reweighted by its own "
+                          "value). A tuned model's distance below this line at its KL is what its training left on the "
+                          "table; budgets the samples cannot measure (near log n) are left out, and near them the "
+                          "estimate understates the optimum.")]
 
 
 def _eval_figures(stage: Stage, summary: EvaluateSummary, names: list[str], reference: str, figures: Figures) -> list[Block]:
