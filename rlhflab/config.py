@@ -451,10 +451,13 @@ class OnPolicySamplesConfig:
 @dataclass
 class OnPolicyPairsConfig(OnPolicySamplesConfig):
     """Pairs from the starting policy's own samples, ranked by the reward function (AI feedback):
-    k responses per prompt, the best-scored is chosen and the worst rejected."""
+    k responses per prompt, paired as `pairing` says."""
 
     prompts: int = 256
     samples_per_prompt: int = 4
+    # best_worst: the best-scored against the worst, one pair a prompt; all: every two responses whose
+    # scores differ, k(k-1)/2 pairs a prompt (the distill loss learns each pair's reward gap).
+    pairing: Literal["best_worst", "all"] = "best_worst"
 
     RANGES: ClassVar[dict[str, Bounds]] = {
         **OnPolicySamplesConfig.RANGES, "samples_per_prompt": at_least(2),  # a pair needs two responses
@@ -479,7 +482,9 @@ class DpoConfig(TrainingConfig):
     pairs: PairsConfig = field(default_factory=lambda: PairsConfig(fractions=[0.9, 0.1, 0.0]))
     on_policy: OnPolicyPairsConfig = field(default_factory=OnPolicyPairsConfig)
     beta: float = 0.1  # strength of the implicit KL constraint
-    loss: Literal["sigmoid", "ipo"] = "sigmoid"  # sigmoid: DPO; ipo: Azar et al. 2023
+    # sigmoid: DPO; ipo: Azar et al. 2023; distill: beta x h regressed on the pair's reward gap (Fisch et al.
+    # 2024), whose optimum is KL-regularised RL's with beta as the KL coefficient; it needs on-policy pairs.
+    loss: Literal["sigmoid", "ipo", "distill"] = "sigmoid"
     # > 0: add nll_coef x the chosen response's NLL per token to the loss (RPO, Pang et al. 2024), for
     # where DPO lowers the chosen responses' likelihood with the rejected ones'. On the offline default
     # it does not, and the term leaves the reward-KL curve where it was (docs/offline.md).
@@ -1176,6 +1181,9 @@ def check_dpo(dpo: DpoConfig) -> None:
         (dpo.rounds == 1 or dpo.pairs.source is None,
          f"rounds is {dpo.rounds}, but the pairs come from a file (dpo.pairs.source), which a later round cannot "
          "sample again: set rounds: 1, or unset pairs.source for on-policy pairs"),
+        (dpo.loss != "distill" or dpo.pairs.source is None,
+         "loss is distill, which learns each pair's reward gap, but the pairs come from a file (dpo.pairs.source), "
+         "which has no rewards: unset pairs.source for on-policy pairs scored by reward_fn, or use loss: sigmoid"),
     ], "dpo")
 
 

@@ -21,6 +21,7 @@ import torch
 from rlhflab.algorithms.supervised import evaluation_chunks
 from rlhflab.data.records import join_prompt_response
 from rlhflab.engine.sharding import gathered
+from rlhflab.errors import RlhfLabError
 from rlhflab.models.encoding import EncodedSplit
 from rlhflab.ops.preference import preference_loss, sequence_logprobs
 
@@ -39,38 +40,52 @@ class TokenPair:
     rejected_score: float | None = None
 
 
-def best_and_worst(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """scores (P, k) of k responses to each of P prompts -> (chosen (P,), rejected (P,), usable (P,) bool):
-    the index of the highest and of the lowest score; a prompt whose responses all score the
-    same gives no preference (usable False). Ties between the best go to the first sampled."""
-    chosen, rejected = scores.argmax(-1), scores.argmin(-1)
-    return chosen, rejected, scores.max(-1).values > scores.min(-1).values
+PAIRINGS = ("best_worst", "all")
+
+
+def ranked_pairs(scores: torch.Tensor, pairing: str = "best_worst") -> list[list[tuple[int, int]]]:
+    """scores (P, k) of k responses to each of P prompts -> for each prompt, its (chosen, rejected)
+    indices: best_worst, the highest against the lowest score (ties between the best go to the first
+    sampled); all, every two responses whose scores differ, the higher chosen (k(k-1)/2 pairs at most,
+    in sampling order). A prompt whose responses all score the same gives none. Raises RlhfLabError
+    for an unknown pairing."""
+    if pairing not in PAIRINGS:
+        raise RlhfLabError(f"Unknown pairing {pairing!r}; use one of {', '.join(PAIRINGS)}.")
+    out = []
+    for row in scores.tolist():
+        if pairing == "best_worst":
+            best, worst = max(range(len(row)), key=row.__getitem__), min(range(len(row)), key=row.__getitem__)
+            out.append([(best, worst)] if row[best] > row[worst] else [])
+        else:
+            out.append([(i, j) if row[i] > row[j] else (j, i) for i in range(len(row)) for j in range(i + 1, len(row))
+                        if row[i] != row[j]])
+    return out
 
 
 @torch.no_grad()
 def on_policy_pairs(model, tokenizer, prompts: Sequence[str], reward: Callable, *, k: int, max_new_tokens: int,
-                    temperature: float, seed: int, batch_size: int, runtime) -> tuple[list[TokenPair], int]:
+                    temperature: float, seed: int, batch_size: int, runtime,
+                    pairing: str = "best_worst") -> tuple[list[TokenPair], int]:
     """Sample k responses per prompt from `model`, score them with `reward` (prompts, responses) ->
-    (N,), and pair each prompt's best with its worst (AI feedback: the reward function plays the
+    (N,), and pair them as `pairing` says (ranked_pairs; AI feedback: the reward function plays the
     labeller). Returns (pairs in prompt order, prompts left out because all k responses scored the same).
     Each process samples its share of the prompts; every process gets all pairs."""
     from rlhflab.eval.generate import sample_and_score
 
-    mine, generations, scores = sample_and_score(model, tokenizer, prompts, reward, k=k, max_new_tokens=max_new_tokens,
+    _, generations, scores = sample_and_score(model, tokenizer, prompts, reward, k=k, max_new_tokens=max_new_tokens,
                                                  temperature=temperature, seed=seed, batch_size=batch_size,
                                                  runtime=runtime)
-    chosen, rejected, usable = best_and_worst(scores)
-    pairs: list[TokenPair | None] = []
-    for i in range(len(mine)):
-        if not usable[i]:
-            pairs.append(None)
-            continue
-        best, worst = generations[i * k + int(chosen[i])], generations[i * k + int(rejected[i])]
-        pairs.append(TokenPair(best.prompt, best.response, worst.response, tuple(best.prompt_ids),
-                               tuple(best.response_ids), tuple(worst.response_ids),
-                               float(scores[i, chosen[i]]), float(scores[i, rejected[i]])))
-    pairs = runtime.gather_round_robin(pairs)
-    return [p for p in pairs if p is not None], sum(p is None for p in pairs)
+    per_prompt: list[list[TokenPair] | None] = []
+    for i, indices in enumerate(ranked_pairs(scores, pairing)):
+        pairs = []
+        for chosen, rejected in indices:
+            best, worst = generations[i * k + chosen], generations[i * k + rejected]
+            pairs.append(TokenPair(best.prompt, best.response, worst.response, tuple(best.prompt_ids),
+                                   tuple(best.response_ids), tuple(worst.response_ids),
+                                   float(scores[i, chosen]), float(scores[i, rejected])))
+        per_prompt.append(pairs or None)
+    per_prompt = runtime.gather_round_robin(per_prompt)
+    return [pair for pairs in per_prompt if pairs for pair in pairs], sum(p is None for p in per_prompt)
 
 
 def token_pairs(pairs, tokenizer) -> list[TokenPair]:
@@ -124,11 +139,13 @@ class DpoObjective:
 
     `forward(split, rows)` -> logits (rows, T, V) runs the policy (make_forward of rlhflab/models/
     encoding.py). `data[name]` holds 2N rows (chosen then rejected) and `masks[name]` their
-    response masks. The reference log-probs are the policy's own, computed here, before training."""
+    response masks; `reward_gaps[name]` (N,), for the distill loss, each pair's r(chosen) - r(rejected).
+    The reference log-probs are the policy's own, computed here, before training."""
 
     def __init__(self, forward: Callable, data: dict[str, EncodedSplit], masks: dict[str, torch.Tensor], *, beta: float,
-                 loss: str, batch_size: int, model, runtime, nll_coef: float = 0.0):
-        self.forward, self.data, self.masks = forward, data, masks
+                 loss: str, batch_size: int, model, runtime, nll_coef: float = 0.0,
+                 reward_gaps: dict[str, torch.Tensor] | None = None):
+        self.forward, self.data, self.masks, self.reward_gaps = forward, data, masks, reward_gaps
         self.beta, self.loss_type, self.batch_size, self.model, self.runtime = beta, loss, batch_size, model, runtime
         self.nll_coef = nll_coef
         self.reference = {name: self.logprobs(name, torch.arange(len(split), device=split.input_ids.device), grad=False)
@@ -154,8 +171,9 @@ class DpoObjective:
         policy = reference if start else self.logprobs(name, rows, grad=grad)  # at the start the policy is the reference
         b = len(pairs)
         chosen_tokens = self.masks[name][pairs, 1:].sum(-1)  # the tokens sequence_logprobs summed over
+        gap = self.reward_gaps[name][pairs] if self.reward_gaps is not None else None
         return preference_loss(policy[:b], policy[b:], reference[:b], reference[b:], self.beta, self.loss_type,
-                               self.nll_coef, chosen_tokens)
+                               self.nll_coef, chosen_tokens, gap)
 
     def train_loss(self, pairs: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(loss summed over the pairs, pair count): the Supervised algorithm's contract."""

@@ -10,7 +10,7 @@ Where the points come from (the run-folder contract; nothing is recomputed):
   - a tuned stage folder (runs/x/rl, runs/x/dpo, runs/x/ilql) or a run folder (each of those it
     holds): summary.json's held-out evaluation at the end ("end": kl, positive_probability or
     score; ILQL: every sampling β of "by_beta"; DPO: every round of "by_round", one line per
-    dpo.reference) on the stage's own held-out prompts, whose list is read from eval_after.json(l);
+    dpo.loss and dpo.reference) on the stage's own held-out prompts, whose list is read from eval_after.json(l);
   - an evaluate stage folder (runs/x/evaluate): every model it evaluated but the reference
     (kl_to_reference, positive_probability.mean or score.mean) and its best-of-n rows (KL: the
     analytic bound log n - (n-1)/n, drawn hollow), with each gold judge's positive rate when
@@ -227,9 +227,10 @@ def tuned_points(folder: Path) -> list[Point]:
             keys.add(key)
     elif stage == "dpo" and isinstance(summary.get("by_round"), list) and summary["by_round"]:
         # Each round a point of one line; a round's point does not depend on how many rounds followed it.
-        # Updating the reference each round is another method (another line).
-        if summary.get("reference") == "previous_round":
-            method = "dpo (reference: previous round)"
+        # Another loss, or updating the reference each round, is another method (another line).
+        variant = [summary["loss"]] if summary.get("loss") not in (None, "sigmoid") else []
+        variant += ["reference: previous round"] if summary.get("reference") == "previous_round" else []
+        method = f"dpo ({', '.join(variant)})" if variant else method
         setting.pop("rounds", None)
         for row in summary["by_round"]:
             number = row.get("round") if isinstance(row, dict) else None

@@ -102,7 +102,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         with _weights(model, reference_weights):
             objective = DpoObjective(make_forward(prepared, runtime.autocast), data, masks, beta=dpo.beta, loss=dpo.loss,
                                      batch_size=dpo.eval_batch_size, model=prepared, runtime=runtime,
-                                     nll_coef=dpo.nll_coef)
+                                     nll_coef=dpo.nll_coef, reward_gaps=_reward_gaps(parts, data, runtime))
         before = {name: objective.metrics(name, start=reference_weights is None) for name in data}
         # 3. Train on the round's pairs (a fresh optimizer and schedule), keeping the best validation loss.
         algorithm = Supervised(
@@ -154,6 +154,14 @@ def _encode(parts, pair_facts: dict, model, tokenizer, dpo, runtime: Runtime, pr
         cache_frozen=dpo.cache_frozen and isinstance(dpo.trainable, list) and frozen_cache_allowed(runtime),
         batch_size=dpo.eval_batch_size, autocast=runtime.autocast, progress=progress and runtime.is_main)
     return data, masks, first, cache_seconds
+
+
+def _reward_gaps(parts, data: dict, runtime: Runtime) -> dict[str, torch.Tensor] | None:
+    """Each split's r(chosen) - r(rejected) (N,), where the pairs were scored (on-policy pairs); else None."""
+    if any(pair.chosen_score is None for name in data for pair in getattr(parts, name)):
+        return None
+    return {name: torch.tensor([p.chosen_score - p.rejected_score for p in getattr(parts, name)], device=runtime.device)
+            for name in data}
 
 
 def _summary(cfg: Config, source: str, rewards: dict, done: list[dict], start: dict, left_out: dict,
@@ -274,7 +282,8 @@ def _on_policy_pairs(cfg: Config, number: int, model, tokenizer, prompts: list[s
     op = cfg.dpo.on_policy
     pairs, ties = on_policy_pairs(model, tokenizer, round_prompts(prompts, op.prompts, number), reward,
                                   k=op.samples_per_prompt, max_new_tokens=max_new, temperature=op.temperature,
-                                  seed=cfg.seed + ROUND_SEED * (number - 1), batch_size=op.batch_size, runtime=runtime)
+                                  seed=cfg.seed + ROUND_SEED * (number - 1), batch_size=op.batch_size, runtime=runtime,
+                                  pairing=op.pairing)
     if runtime.is_main:
         path = run_dir.path / "pairs.jsonl"
         earlier = [json.loads(t) for t in path.read_text(encoding="utf-8").splitlines() if t.strip()] if path.exists() else []
@@ -286,6 +295,7 @@ def _on_policy_pairs(cfg: Config, number: int, model, tokenizer, prompts: list[s
                            f"the same under the reward, "
                            f"so no pair says which is better. Use a reward that tells responses apart, or more samples.")
     return pairs, {"source": "on-policy", "prompts": min(op.prompts, len(prompts)), "samples_per_prompt": op.samples_per_prompt,
+                   "pairing": op.pairing,
                    "left_out": {"all samples scored the same": ties} if ties else {}}
 
 

@@ -274,11 +274,11 @@ def test_two_tiny_dpo_seeds_end_to_end(tmp_path, tiny_llama_dir, reviews_csv):
 
 
 def test_dpo_rounds_are_the_points_of_one_line_per_reference(tmp_path):
-    def dpo_run(name: str, seed: int, reference: str, rounds: list[tuple[float, float]]) -> Path:
+    def dpo_run(name: str, seed: int, reference: str, rounds: list[tuple[float, float]], loss: str = "sigmoid") -> Path:
         folder = tuned(tmp_path / name / "dpo", seed=seed, kl=rounds[-1][0], p=rounds[-1][1], method="dpo", section="dpo",
-                       beta=0.1, rounds=len(rounds), reference=reference)
+                       beta=0.1, rounds=len(rounds), reference=reference, loss=loss)
         summary = json.loads((folder / "summary.json").read_text())
-        summary["reference"] = reference
+        summary["reference"], summary["loss"] = reference, loss
         summary["by_round"] = [{"round": i + 1, "step": 10 * (i + 1), "end": {"kl": kl, "positive_probability": p}}
                                for i, (kl, p) in enumerate(rounds)]
         write_json(folder / "summary.json", summary)
@@ -287,11 +287,14 @@ def test_dpo_rounds_are_the_points_of_one_line_per_reference(tmp_path):
     folders = [dpo_run("start-0", 0, "start", [(1.0, 0.6), (2.0, 0.8)]),
                dpo_run("start-1", 1, "start", [(1.5, 0.7), (2.5, 0.9)]),
                dpo_run("longer-0", 0, "start", [(1.0, 0.6), (2.0, 0.8), (2.8, 0.85)]),  # rounds 1-2 as run start-0
-               dpo_run("moving-0", 0, "previous_round", [(1.0, 0.6), (4.0, 0.9)])]
+               dpo_run("moving-0", 0, "previous_round", [(1.0, 0.6), (4.0, 0.9)]),
+               dpo_run("distill-0", 0, "start", [(0.5, 0.7)], loss="distill"),
+               dpo_run("distill-moving-0", 0, "previous_round", [(0.6, 0.7)], loss="distill")]
     points = {(p["method"], p["setting"]["round"]): p for p in frontier(folders, tmp_path / "out").data["points"]
               if p["method"] != "start"}
     assert set(points) == {("dpo", 1), ("dpo", 2), ("dpo", 3), ("dpo (reference: previous round)", 1),
-                           ("dpo (reference: previous round)", 2)}
+                           ("dpo (reference: previous round)", 2), ("dpo (distill)", 1),
+                           ("dpo (distill, reference: previous round)", 1)}
     assert points["dpo", 2]["seeds"] == [0, 1] and points["dpo", 2]["kl"]["mean"] == pytest.approx(13 / 6)
     assert points["dpo", 2]["reward"]["max"] == pytest.approx(0.9) and points["dpo", 3]["runs"] == 1
     assert points["dpo", 1]["label"] == "round=1"  # what differs between the line's points

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhflab.algorithms.dpo import TokenPair, best_and_worst, encode_pairs
+from rlhflab.algorithms.dpo import TokenPair, encode_pairs, ranked_pairs
 from rlhflab.config import Config, DataConfig, DpoConfig, OnPolicyPairsConfig, PairsConfig, PpoConfig, RewardFnConfig
 from rlhflab.errors import RlhfLabError
 from rlhflab.models.causal_lm import load_causal_lm
@@ -44,10 +44,12 @@ def make_config(tmp_path, model_dir, csv_path, reward, **fields) -> Config:
                   ppo=PpoConfig(max_new_tokens=6), dpo=DpoConfig(**settings))
 
 
-def test_best_and_worst_picks_extremes_and_flags_ties():
-    chosen, rejected, usable = best_and_worst(torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.3, 0.3], [2.0, -1.0, 2.0]]))
-    assert chosen.tolist() == [1, 0, 0] and rejected.tolist() == [0, 0, 1]
-    assert usable.tolist() == [True, False, True]
+def test_ranked_pairs_best_against_worst_or_all_and_no_pair_from_ties():
+    scores = torch.tensor([[0.1, 0.9, 0.5], [0.3, 0.3, 0.3], [2.0, -1.0, 2.0]])
+    assert ranked_pairs(scores) == [[(1, 0)], [], [(0, 1)]]
+    assert ranked_pairs(scores, "all") == [[(1, 0), (2, 0), (1, 2)], [], [(0, 1), (2, 1)]]
+    with pytest.raises(RlhfLabError, match="Unknown pairing"):
+        ranked_pairs(scores, "random")
 
 
 def test_encoded_pair_logprobs_do_not_depend_on_padding(tiny_llama_dir):
@@ -93,6 +95,30 @@ def test_on_policy_dpo_runs_and_starts_at_the_reference(tmp_path, tiny_llama_dir
     assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
     assert summary["pairs"]["source"] == "on-policy"
     AutoModelForCausalLM.from_pretrained(run_dir.model_dir)  # a plain causal LM
+
+
+def test_distill_on_all_pairs_starts_at_the_squared_reward_gaps(tmp_path, tiny_llama_dir, reviews_csv, reward_file):
+    cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, f"{reward_file}:e_share", loss="distill",
+                      beta=0.02, learning_rate=1e-3,  # gaps of hundredths of a reward are h of about a nat at this β
+                      on_policy=OnPolicyPairsConfig(prompts=16, samples_per_prompt=3, batch_size=16, pairing="all"))
+    run_dir = run_stage("dpo", cfg, progress=False)
+    summary = json.loads((run_dir.path / "summary.json").read_text())
+    pairs = [json.loads(line) for line in (run_dir.path / "pairs.jsonl").read_text().splitlines()]
+    assert summary["pairs"]["pairing"] == "all" and len(pairs) > 16  # up to 3 pairs from each prompt's 3 samples
+    assert max(sum(p["prompt"] == q["prompt"] for q in pairs) for p in pairs) <= 3
+    assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
+    # Step 0: h is 0 on every pair, so the loss over all splits is the mean squared reward gap
+    before = sum(m["loss"] * m["pairs"] for m in summary["before"].values()) / len(pairs)
+    assert before == pytest.approx(sum((p["chosen_score"] - p["rejected_score"]) ** 2 for p in pairs) / len(pairs),
+                                   rel=1e-4)
+    assert summary["after"]["train"]["loss"] < summary["before"]["train"]["loss"]
+
+
+def test_distill_needs_scored_pairs(tmp_path, tiny_llama_dir, reviews_csv, pairs_jsonl, reward_file):
+    cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, f"{reward_file}:e_share", loss="distill",
+                      pairs=PairsConfig(source=str(pairs_jsonl)))
+    with pytest.raises(RlhfLabError, match="loss is distill"):
+        run_stage("dpo", cfg, progress=False)
 
 
 def test_dpo_from_a_pairs_file_with_ipo(tmp_path, tiny_llama_dir, reviews_csv, pairs_jsonl, reward_file):

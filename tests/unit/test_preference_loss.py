@@ -1,4 +1,4 @@
-"""DPO and IPO losses against hand-computed values; sequence log-probs ignore padding."""
+"""DPO, IPO and distilled DPO losses against hand-computed values; sequence log-probs ignore padding."""
 
 from __future__ import annotations
 
@@ -36,6 +36,32 @@ def test_ipo_by_hand_and_its_minimum():
     assert preference_loss(t(-1.5), t(-2.5), t(-2.0), t(-2.0), beta=0.5, loss="ipo")["loss"].item() == pytest.approx(0.0)
 
 
+def test_distill_by_hand_and_its_minimum():
+    # h = 2, beta 0.5: beta h = 1; reward gap 0.3: (1 - 0.3)^2 = 0.49; a gap of 1: 0
+    out = preference_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5, loss="distill", reward_gap=t(0.3))
+    assert out["loss"].item() == pytest.approx(0.49)
+    assert preference_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5, loss="distill",
+                           reward_gap=t(1.0))["loss"].item() == pytest.approx(0.0)
+
+
+def test_distill_over_all_pairs_learns_the_kl_regularised_optimum():
+    # a policy over 5 responses, trained on every pair of them, ends at π_ref exp(r / β) / Z: the
+    # optimum of KL-regularised RL with β as its coefficient (Rafailov et al. 2023, eq. 4)
+    torch.manual_seed(0)
+    ref, reward, beta = torch.log_softmax(torch.randn(5), 0), torch.rand(5), 0.25
+    logits = ref.clone().requires_grad_()
+    i, j = torch.triu_indices(5, 5, offset=1)
+    optimizer = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(1500):
+        policy = torch.log_softmax(logits, 0)
+        loss = preference_loss(policy[i], policy[j], ref[i], ref[j], beta, "distill", reward_gap=reward[i] - reward[j])["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    expected = torch.softmax(ref + reward / beta, 0)
+    assert torch.softmax(logits.detach(), 0).tolist() == pytest.approx(expected.tolist(), abs=1e-4)
+
+
 def test_the_gradient_raises_the_chosen_and_lowers_the_rejected():
     chosen, rejected = t(-2.0).requires_grad_(), t(-2.0).requires_grad_()
     preference_loss(chosen, rejected, t(-2.0), t(-2.0), beta=0.1)["loss"].backward()
@@ -60,6 +86,8 @@ def test_bad_settings_are_clear_errors():
         preference_loss(t(0.0), t(0.0), t(0.0), t(0.0), beta=0.0)
     with pytest.raises(RlhfLabError, match="Unknown preference loss"):
         preference_loss(t(0.0), t(0.0), t(0.0), t(0.0), beta=0.1, loss="hinge")
+    with pytest.raises(RlhfLabError, match="reward gap"):
+        preference_loss(t(0.0), t(0.0), t(0.0), t(0.0), beta=0.1, loss="distill")
     with pytest.raises(RlhfLabError, match="token counts"):
         preference_loss(t(0.0), t(0.0), t(0.0), t(0.0), beta=0.1, nll_coef=1.0)
     with pytest.raises(RlhfLabError, match="nll_coef >= 0"):
