@@ -252,7 +252,8 @@ def _pick(tree: dict, key: str):
 ADDED_LATER = {("dpo", "rounds"): 1, ("dpo", "reference"): "start", ("ilql", "top_k"): 0,
                ("ilql", "q_target"): "td", ("dpo", "nll_coef"): 0.0,
                ("ilql", "on_policy"): {"prompts": 1200, "samples_per_prompt": 2, "max_new_tokens": None,
-                                       "temperature": 1.0, "batch_size": 32}}
+                                       "temperature": 1.0, "batch_size": 32},
+               ("dpo", "on_policy.pairing"): "best_worst"}  # a dotted name: a setting inside a subsection
 
 
 def hashed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -261,9 +262,17 @@ def hashed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     generation.max_new_tokens was ppo.max_new_tokens (every generation setting was a ppo one);
     settings added later (ADDED_LATER) are left out at their defaults."""
     out = dict(inputs)
-    for section in sorted({section for section, _ in ADDED_LATER}):  # settings added later hash only when set
-        if isinstance(out.get(section), dict):
-            out[section] = {k: v for k, v in out[section].items() if ADDED_LATER.get((section, k), object()) != v}
+    for (section, name), default in ADDED_LATER.items():  # settings added later hash only when set
+        *parents, leaf = [section, *name.split(".")]
+        tree = out
+        for part in parents:  # copy the dicts on the way down: `inputs` is the caller's
+            if not isinstance(tree.get(part), dict):
+                break
+            tree[part] = dict(tree[part])
+            tree = tree[part]
+        else:
+            if leaf in tree and tree[leaf] == default:
+                del tree[leaf]
     if "rl" in out:
         out["ppo"] = {**out.pop("rl"), **(out.pop("generation", None) or {})}
     if "generation.max_new_tokens" in out:

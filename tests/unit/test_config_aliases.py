@@ -136,12 +136,14 @@ def test_a_run_finished_and_a_run_paused_under_the_old_names_are_up_to_date(tmp_
     assert pipeline.stage_state(cfg, "rl") == "partial"  # in its old folder, ppo.partial
 
 
-def test_dpo_rounds_and_reference_count_in_the_key_only_when_set(tmp_path):
+def test_dpo_rounds_reference_and_pairing_count_in_the_key_only_when_set(tmp_path):
     base = [*NEW_OVERRIDES, f"runs_dir={tmp_path}"]
-    assert stage_key(load_config(QUICK, [*base, "dpo.rounds=1", "dpo.reference=start"]), "dpo")["key"] == OLD_KEYS["dpo"]
+    at_defaults = ["dpo.rounds=1", "dpo.reference=start", "dpo.on_policy.pairing=best_worst"]
+    assert stage_key(load_config(QUICK, [*base, *at_defaults]), "dpo")["key"] == OLD_KEYS["dpo"]
     keys = {stage_key(load_config(QUICK, [*base, *extra]), "dpo")["key"]
-            for extra in (["dpo.rounds=2"], ["dpo.rounds=2", "dpo.reference=previous_round"], ["dpo.reference=previous_round"])}
-    assert len(keys) == 3 and OLD_KEYS["dpo"] not in keys
+            for extra in (["dpo.rounds=2"], ["dpo.rounds=2", "dpo.reference=previous_round"], ["dpo.reference=previous_round"],
+                          ["dpo.on_policy.pairing=all"])}
+    assert len(keys) == 4 and OLD_KEYS["dpo"] not in keys
 
 
 def test_ilql_top_k_counts_in_the_key_only_when_set(tmp_path):
