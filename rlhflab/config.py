@@ -318,6 +318,9 @@ class RlConfig:
     minibatch_size: int = 16
     ppo_epochs: int = 2  # passes over each rollout batch (4 spent more KL for the same reward here)
     learning_rate: float = 1e-4
+    # The learning rate over the run, set once a step: constant, or decayed to 0 at rl.steps,
+    # linearly (TRL's PPOTrainer) or along a cosine (OpenRLHF's default).
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     # Pure sampling by default: top-k/top-p or a minimum length would make the sampled
     # distribution differ from the policy whose log-probs enter the KL estimate.
     top_k: int = 0

@@ -120,12 +120,13 @@ class OnlineRL:
     eval_split = "eval"
 
     def __init__(self, *, runtime: Runtime, module, prepared, optimizer, cfg: PpoConfig, seed: int, prompts: list[str],
-                 rollout: Callable, evaluate: Callable, on_step: Callable[[int, dict], None]):
+                 rollout: Callable, evaluate: Callable, on_step: Callable[[int, dict], None], scheduler=None):
         """`module`: the trainable policy (LM + value head) that checkpoints hold; `prepared`: the same
         after `accelerator.prepare` (DDP-wrapped under several processes); `rollout(prompts)` ->
-        Experience; `evaluate()` -> held-out metrics; `on_step(step, batch)` writes samples."""
+        Experience; `evaluate()` -> held-out metrics; `on_step(step, batch)` writes samples;
+        `scheduler`: a learning-rate scheduler stepped once a step (rl.lr_schedule), or None."""
         self.runtime, self.module, self.prepared = runtime, module, prepared
-        self.optimizer, self.scheduler = optimizer, None
+        self.optimizer, self.scheduler = optimizer, scheduler
         self.cfg, self.seed, self.prompts, self.parts = cfg, seed, prompts, parts(cfg)
         self.rollout, self._evaluate, self.on_step = rollout, evaluate, on_step
         self.state: dict[str, Any] = {"beta": cfg.kl_coef, "rollout_tokens": 0, "rollout_seconds": 0.0,
@@ -143,8 +144,11 @@ class OnlineRL:
         beta = self.state["beta"]
         targets = self.parts.targets(exp, kl, 0.0 if self.parts.kl_in_loss else beta, groups, cfg, runtime)
         started = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
         update = self.update(exp, targets, beta, step)
         train_seconds = time.perf_counter() - started
+        if self.scheduler is not None:
+            self.scheduler.step()
         stats = self.batch_stats(exp, kl, beta) | targets.stats
         if cfg.adaptive_kl:
             self.state["beta"] = adaptive_kl_update(beta, stats["kl"], cfg.kl_target, cfg.kl_horizon, cfg.batch_size)
@@ -153,7 +157,7 @@ class OnlineRL:
         self.state["rollout_seconds"] += rollout_seconds
         self.state["train_tokens"] += tokens * cfg.ppo_epochs
         self.state["train_seconds"] += train_seconds
-        record = {**stats, **update, "rollout_tokens_per_s": tokens / max(rollout_seconds, 1e-9),
+        record = {**stats, **update, "lr": lr, "rollout_tokens_per_s": tokens / max(rollout_seconds, 1e-9),
                   "train_tokens_per_s": tokens * cfg.ppo_epochs / max(train_seconds, 1e-9)}
         self._last = record
         self.on_step(step + 1, {"experience": exp, "kl": kl})

@@ -224,9 +224,11 @@ def test_reward_rises_on_a_toy_task(tmp_path, tiny_llama_dir, reviews_csv, rewar
     assert last > 1.5 * first and last - first > 0.03, (first, last)
 
 
-def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, monkeypatch):
-    straight = run_stage("rl", make_config(tmp_path / "a", tiny_llama_dir, reviews_csv, reward_spec), progress=False)
-    cfg = make_config(tmp_path / "b", tiny_llama_dir, reviews_csv, reward_spec)
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, monkeypatch, schedule):
+    straight = run_stage("rl", make_config(tmp_path / "a", tiny_llama_dir, reviews_csv, reward_spec, lr_schedule=schedule),
+                         progress=False)
+    cfg = make_config(tmp_path / "b", tiny_llama_dir, reviews_csv, reward_spec, lr_schedule=schedule)
     monkeypatch.setattr(engine_loop, "StopRequest", lambda: StopAt(2))
     with pytest.raises(RunInterrupted):
         run_stage("rl", cfg, progress=False)
@@ -238,6 +240,10 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_llama_dir, re
     for x, y in zip(a, b):
         assert x["score_mean"] == pytest.approx(y["score_mean"], abs=1e-6)
         assert x["kl"] == pytest.approx(y["kl"], abs=1e-6)
+        assert x["lr"] == pytest.approx(y["lr"], rel=1e-9)  # the schedule resumes where it stopped
+    # 4 steps at 1e-3: constant, or falling linearly to 0 at the end of the run (the lr a step trains with)
+    expected = [1e-3] * 4 if schedule == "constant" else [1e-3, 7.5e-4, 5e-4, 2.5e-4]
+    assert [r["lr"] for r in b] == pytest.approx(expected, rel=1e-9)
     wa = AutoModelForCausalLM.from_pretrained(straight.model_dir).state_dict()
     wb = AutoModelForCausalLM.from_pretrained(resumed.model_dir).state_dict()
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
