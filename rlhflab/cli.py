@@ -73,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--flip", action="store_true", help="reward the opposite label")
     score.add_argument("--prompt", default="", help="a prompt the texts continue (scored as prompt + text)")
     score.add_argument("texts", nargs="+", help="texts to score")
+    _add_generate(commands)
+    report = commands.add_parser("report", help="build report.html (self-contained) and report.md from a run's stage folders")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="the run folder, e.g. runs/default")
+    report.add_argument("--out", metavar="DIR", help="where to write the report (default: RUN_DIR/report)")
+    show = commands.add_parser("config", help="print the resolved config (after overrides) and exit")
+    show.add_argument("--config")
+    show.add_argument("overrides", nargs="*", metavar="key=value")
+    from rlhflab.human.cli import add_commands as add_human_commands  # argparse only: cheap
+
+    add_human_commands(commands)  # serve, label create|export, rate create|summary
+    return parser
+
+
+def _add_generate(commands) -> None:
+    """`rlhflab generate`: models' samples side by side."""
     gen = commands.add_parser(
         "generate", help="models' samples for the same prompts side by side, with rewards (and best-of-n)",
         description="Each model (asset name, hub id, folder or run stage directory such as runs/default/sft) answers "
@@ -94,16 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, help="sampling seed (default: the config's seed, 0)")
     gen.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     gen.add_argument("--device", help="auto, cpu or cuda (default: runtime.device)")
-    report = commands.add_parser("report", help="build report.html (self-contained) and report.md from a run's stage folders")
-    report.add_argument("run_dir", metavar="RUN_DIR", help="the run folder, e.g. runs/default")
-    report.add_argument("--out", metavar="DIR", help="where to write the report (default: RUN_DIR/report)")
-    show = commands.add_parser("config", help="print the resolved config (after overrides) and exit")
-    show.add_argument("--config")
-    show.add_argument("overrides", nargs="*", metavar="key=value")
-    from rlhflab.human.cli import add_commands as add_human_commands  # argparse only: cheap
-
-    add_human_commands(commands)  # serve, label create|export, rate create|summary
-    return parser
 
 
 def _stage(args: argparse.Namespace) -> None:

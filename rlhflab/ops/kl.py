@@ -120,3 +120,27 @@ def kl_optimal_values(values: torch.Tensor, budgets: Sequence[float], *, iterati
                 high = middle
         out.append(mean_kl_and_value(high)[1])
     return out
+
+
+def kl_regularised_optimum(values: torch.Tensor, beta: float) -> dict[str, float]:
+    """The optimum of KL-regularised RL at coefficient β, estimated from the reference's samples:
+    values (P, n) are the reward of n samples of each of P prompts drawn from π_ref. The maximiser
+    of J = E_π[r] − β KL(π || π_ref) is π* ∝ π_ref exp(r / β) (Rafailov et al. 2023, eq. 4), and its
+    objective is J* = β log E_π_ref[exp(r / β)] (the Gibbs variational principle), here the mean
+    over prompts of β (logsumexp(v / β) − log n). Returns {"objective": J*, "kl": KL(π* || π_ref)
+    in nats per response, "value": E_π*[r]}, with objective = value − β · kl, in the units of
+    `values`. A policy's J (its mean reward − β × its KL) can at most reach J*: the gap measures how
+    far training stands from the optimum its own β defines. The sample estimate understates J*
+    (Jensen), less the more samples. RlhfLabError for values not (P, n ≥ 1), not finite, or β ≤ 0."""
+    if values.dim() != 2 or values.shape[0] < 1 or values.shape[1] < 1:
+        raise RlhfLabError(f"kl_regularised_optimum needs values of shape (prompts, samples), got {tuple(values.shape)}.")
+    if not torch.isfinite(values).all():
+        raise RlhfLabError("kl_regularised_optimum needs finite values.")
+    if not (math.isfinite(beta) and beta > 0):
+        raise RlhfLabError(f"kl_regularised_optimum needs a KL coefficient β > 0, got {beta}.")
+    v, n = values.double(), values.shape[1]
+    logw = torch.log_softmax(v / beta, dim=1)  # π*'s weights on each prompt's samples
+    w = logw.exp()
+    objective = float((beta * (torch.logsumexp(v / beta, dim=1) - math.log(n))).mean())
+    return {"objective": objective, "kl": float((w * (logw + math.log(n))).sum(dim=1).mean()),
+            "value": float((w * v).sum(dim=1).mean())}

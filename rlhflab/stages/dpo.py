@@ -61,8 +61,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     run_dir = open_run_dir(cfg, "dpo", resume=resume, overwrite=overwrite, runtime=runtime)
 
     model, tokenizer = load_causal_lm(source, steering=False)  # an ILQL run's heads must not steer training
-    disable_dropout(model)  # the reference log-probs are computed once: they must not depend on a dropout mask
-    model.to(runtime.device)
+    disable_dropout(model.to(runtime.device))  # the reference log-probs are computed once: not under a dropout mask
     max_new = dpo.on_policy.max_new_tokens if dpo.on_policy.max_new_tokens is not None else cfg.generation.max_new_tokens
     check_context(model, tokenizer, train_prompts[: dpo.on_policy.prompts * dpo.rounds] + eval_prompts, max_new)
     sampling = dict(max_new_tokens=max_new, seed=cfg.seed, batch_size=dpo.eval_batch_size, runtime=runtime)
@@ -72,27 +71,18 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     # Rounds after the first score their pairs against the starting weights (reference: start) or
     # against the policy as the round begins (previous_round, which needs no copy).
     start_weights = trainable_state(model) if dpo.rounds > 1 and dpo.reference == "start" else None
-    done = _finished_rounds(run_dir, model, runtime) if resume else []  # the last one's weights are loaded
-    # A resume continues the loop of the round it stopped in; stopped between rounds, it starts the next.
-    resume_loop = resume and _checkpoint_step(run_dir) > (done[-1]["step"] if done else 0)
-    if resume and done and not resume_loop and runtime.is_main:
-        run_dir.truncate_metrics(done[-1]["step"])
-        _log_round(run_dir, done[-1], runtime)
-
+    done, resume_loop = _resumed_rounds(run_dir, model, runtime) if resume else ([], False)
     first_round = len(done) + 1
     prepared = None  # the last round's prepared policy (None before the first): under FSDP its weights are shards
     for number in range(first_round, dpo.rounds + 1):
         round_started = time.perf_counter()
         first_step = done[-1]["step"] if done else 0
         runtime.seed(cfg.seed, per_rank=False)
-        # 1. Pairs: the policy's own samples on this round's prompts, best against worst by the reward,
-        # encoded with the frozen lower blocks cached; both run outside the sharded forward (whole weights).
+        # 1. Pairs: the policy's own samples on this round's prompts ranked by the reward, or the file's.
         with _whole(prepared):
-            if on_policy:
-                pairs, pair_facts = _on_policy_pairs(cfg, number, model, tokenizer, train_prompts, rewards["score"],
-                                                     max_new, runtime, run_dir)
-            else:
-                pairs, pair_facts = token_pairs(file_pairs, tokenizer), {"source": dpo.pairs.source, "left_out": {}}
+            pairs, pair_facts = (_on_policy_pairs(cfg, number, model, tokenizer, train_prompts, rewards["score"], max_new,
+                                                  runtime, run_dir) if on_policy else
+                                 (token_pairs(file_pairs, tokenizer), {"source": dpo.pairs.source, "left_out": {}}))
             parts = split_pairs(pairs, dpo.pairs.fractions, cfg.seed, "dpo.pairs")
             data, masks, first, cache_seconds = _encode(parts, pair_facts, model, tokenizer, dpo, runtime, progress)
         # 2. The reference log-probs, once per pair: the policy's own, with the reference's weights in place.
@@ -119,10 +109,8 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         algorithm.keep_best()
         after = {name: objective.metrics(name) for name in data}
         # 4. The held-out evaluation against the starting model: this round's point on the frontier.
-        reference, _ = load_causal_lm(source, steering=False)
-        with gathered(prepared):  # under FSDP: whole weights while sampling outside the sharded forward
-            end, rows = held_out(model, reference.to(runtime.device), tokenizer, eval_prompts, rewards, **sampling)
-        del reference, objective, data
+        del objective, data
+        end, rows = _held_out_round(source, model, prepared, tokenizer, eval_prompts, rewards, sampling, runtime)
         done.append({"round": number, "step": steps, "pairs": {**pair_facts, **{n: len(getattr(parts, n)) for n in SPLITS}},
                      "before": before, "after": after, "end": end, **algorithm.facts(steps),
                      "frozen_cache": cache_facts(first, cache_seconds),
@@ -137,6 +125,27 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         save_model(model, tokenizer, run_dir, state)
     summary = _summary(cfg, source, rewards, done, start, splits.left_out | prompts.left_out, trainable, total)
     return finish_run(run_dir, DpoSummary(**summary, **run_facts(runtime, started)), runtime)
+
+
+def _resumed_rounds(run_dir: RunDir, model, runtime: Runtime) -> tuple[list[dict], bool]:
+    """(the rounds a resumed run finished, whether it stopped inside the next round's loop), with the
+    last finished round's weights loaded. A resume continues the loop of the round it stopped in;
+    stopped between rounds, it starts the next, the metrics cut back to the last round's end."""
+    done = _finished_rounds(run_dir, model, runtime)
+    resume_loop = _checkpoint_step(run_dir) > (done[-1]["step"] if done else 0)
+    if done and not resume_loop and runtime.is_main:
+        run_dir.truncate_metrics(done[-1]["step"])
+        _log_round(run_dir, done[-1], runtime)
+    return done, resume_loop
+
+
+def _held_out_round(source: str, model, prepared, tokenizer, prompts: list[str], rewards: dict, sampling: dict,
+                    runtime: Runtime) -> tuple[dict, list[dict]]:
+    """The held-out metrics and rows of the policy after a round, KL measured to the starting model
+    `source` (loaded for the purpose and let go after)."""
+    reference, _ = load_causal_lm(source, steering=False)
+    with gathered(prepared):  # under FSDP: whole weights while sampling outside the sharded forward
+        return held_out(model, reference.to(runtime.device), tokenizer, prompts, rewards, **sampling)
 
 
 def _encode(parts, pair_facts: dict, model, tokenizer, dpo, runtime: Runtime, progress: bool):

@@ -129,8 +129,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     run_dir = open_run_dir(cfg, "ilql", resume=resume, overwrite=overwrite, runtime=runtime)
 
     model, tokenizer = load_causal_lm(source, steering=False)  # an earlier ILQL run's heads must not steer training
-    disable_dropout(model)
-    model.to(runtime.device)
+    disable_dropout(model.to(runtime.device))
     max_new = cfg.generation.max_new_tokens
     check_context(model, tokenizer, eval_prompts, max_new)
     sampling = dict(max_new_tokens=max_new, seed=cfg.seed, batch_size=il.eval_batch_size, runtime=runtime)
@@ -174,26 +173,32 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         write_jsonl(run_dir.path / "eval_after.jsonl", samples)
         save_model(model, tokenizer, run_dir, state)
         save_heads(heads, run_dir.model_dir, beta=il.beta, top_k=il.top_k, state=heads_state)
-    summary = {
+    summary = _summary(il, source, rewards, scored, described, (mean, std), (trainable, total), start, after, by_beta,
+                       {**splits.left_out, **prompts.left_out, **scored["train"].left_out})
+    summary |= {**algorithm.facts(steps), "frozen_cache": cache_facts(first, cache_seconds), **run_facts(runtime, started)}
+    return finish_run(run_dir, IlqlSummary(**summary), runtime)
+
+
+def _summary(il, source: str, rewards: dict, scored: dict, described: str, reward_stats: tuple[float, float],
+             parameters: tuple[int, int], start: dict, after: dict, by_beta: dict, left_out: dict) -> dict:
+    """summary.json's account of the run: its samples and their reward statistics (mean, std), the
+    parameters (trainable, total), the held-out start and the end at ilql.beta beside every β."""
+    return {
         "algorithm": "ilql",
         "policy": source,
         "samples": {"source": described, **{name: len(part.texts) for name, part in scored.items()},
-                    "reward_mean": mean, "reward_std": std},
+                    "reward_mean": reward_stats[0], "reward_std": reward_stats[1]},
         "reward": rewards["score"].description if rewards else None,
         "beta": il.beta,
         "top_k": il.top_k,
         "trainable": il.trainable,
-        "parameters": {"trainable": trainable, "total": total},
-        "left_out": {**splits.left_out, **prompts.left_out, **scored["train"].left_out},
+        "parameters": {"trainable": parameters[0], "total": parameters[1]},
+        "left_out": left_out,
         "after": after,
         "start": start,
         "end": by_beta[str(il.beta)],
         "by_beta": by_beta,
-        **algorithm.facts(steps),
-        "frozen_cache": cache_facts(first, cache_seconds),
-        **run_facts(runtime, started),
     }
-    return finish_run(run_dir, IlqlSummary(**summary), runtime)
 
 
 def _held_out_by_beta(model, heads, source: str, tokenizer, prompts: list[str], rewards: dict, il, sampling: dict,

@@ -284,3 +284,23 @@ def test_frozen_block_outputs_kept_from_generation_equal_a_fresh_forward(tiny_ll
     real[:, -1] = False  # the last sampled token is never fed through the model, nor read
     assert sampled.lower.shape == fresh.shape
     torch.testing.assert_close(sampled.lower[real], fresh[real], atol=1e-5, rtol=1e-4)
+
+
+def test_the_optimum_gap_example_puts_every_evaluation_below_its_optimum(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, adaptive_kl=False, kl_coef=0.05)
+    run_dir = run_stage("rl", cfg, progress=False)
+    path = Path(__file__).resolve().parents[2] / "examples" / "optimum_gap.py"
+    spec = importlib.util.spec_from_file_location("optimum_gap", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main([str(run_dir.path), "--samples", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    optimum = float(lines[0].split("J* ")[1].split()[0])
+    objectives = [float(line.split("J ")[1].split()[0]) for line in lines[1:]]
+    assert len(objectives) == 3 and lines[1].startswith("step    0")  # before training, steps 2 and 4
+    # The toy reward is the share of e's: 4 samples a prompt already show the optimum above the start.
+    assert optimum > objectives[0]
+    assert example.main([str(tmp_path / "nowhere")]) == 2

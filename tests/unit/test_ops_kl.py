@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from rlhflab.config import PpoConfig, check_rl
 from rlhflab.errors import RlhfLabError
-from rlhflab.ops.kl import adaptive_kl_update, kl_optimal_values, kl_per_token, last_valid_index, per_token_rewards
+from rlhflab.ops.kl import (adaptive_kl_update, kl_optimal_values, kl_per_token, kl_regularised_optimum, last_valid_index,
+                             per_token_rewards)
 
 
 from tests.helpers import close
@@ -219,3 +220,33 @@ def test_more_budget_never_buys_less():
 def test_the_optimum_refuses_what_it_cannot_measure(values, budgets):
     with pytest.raises(RlhfLabError):
         kl_optimal_values(values, budgets)
+
+
+# --- the optimum at a KL coefficient (kl_regularised_optimum) -------------------------------------
+
+
+def test_the_regularised_optimum_of_two_samples_against_hand_values():
+    # values 0 and 1 at β = 1 / ln 3: weights ∝ exp(v / β) = 1 : 3, so π* = (0.25, 0.75);
+    # KL = 0.75 ln 1.5 + 0.25 ln 0.5 = 0.130812; J* = β ln((1 + 3) / 2) = ln 2 / ln 3 = 0.630930
+    out = kl_regularised_optimum(torch.tensor([[0.0, 1.0]]), 1 / math.log(3))
+    assert out["value"] == pytest.approx(0.75, abs=1e-9)
+    assert out["kl"] == pytest.approx(0.130812, abs=1e-6)
+    assert out["objective"] == pytest.approx(math.log(2) / math.log(3), abs=1e-9)
+    assert out["objective"] == pytest.approx(out["value"] - out["kl"] / math.log(3), abs=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-3, 3), min_size=2, max_size=6), st.floats(0.05, 5.0), st.integers(0, 10_000))
+def test_no_policy_over_the_samples_beats_the_regularised_optimum(values, beta, seed):
+    v = torch.tensor([values], dtype=torch.float64)
+    q = torch.rand(len(values), generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 1e-6
+    q = q / q.sum()  # any policy over the samples
+    objective = float((q * v[0]).sum() - beta * (q * torch.log(q * len(values))).sum())
+    assert objective <= kl_regularised_optimum(v, beta)["objective"] + 1e-9
+
+
+@pytest.mark.parametrize("values, beta", [(torch.zeros(3), 0.1), (torch.tensor([[0.0, float("nan")]]), 0.1),
+                                          (torch.zeros(2, 2), 0.0), (torch.zeros(2, 2), float("inf"))])
+def test_the_regularised_optimum_refuses_bad_input(values, beta):
+    with pytest.raises(RlhfLabError):
+        kl_regularised_optimum(values, beta)
