@@ -1,6 +1,6 @@
 """How far an RL run stands from the optimum its own β defines.
 
-    python examples/optimum_gap.py runs/NAME/rl [--beta B] [--samples 64]
+    python examples/optimum_gap.py runs/NAME/rl [runs/OTHER/rl ...] [--beta B] [--samples 64] [--plot gap.png]
 
 PPO, RLOO, ... maximise J = E[reward] − β · KL(π || π_ref). Whatever a policy is, its J is at most
 J* = β log E_π_ref[exp(reward / β)], reached by π* ∝ π_ref exp(reward / β). This script draws
@@ -8,7 +8,9 @@ J* = β log E_π_ref[exp(reward / β)], reached by π* ∝ π_ref exp(reward / �
 them with the run's reward (and its P(positive) where the reward model has one), estimates J*,
 π*'s KL, reward and P(positive) (rlhflab.ops.kl.kl_regularised_optimum), and prints the J of every
 held-out evaluation of the run beside it. β is the run's fixed rl.kl_coef; with the adaptive
-controller, the β it ended at (or --beta).
+controller, the β it ended at (or --beta). Further runs from the same starting model, prompts and
+reward (another seed of the config is another set of prompts: refused) reuse the samples; --plot
+draws each run's J against its step, its J* dashed.
 
 Cost: samples × prompts responses of 24 tokens (64 × 64 on 2 CPU cores: about 3 minutes).
 """
@@ -34,17 +36,24 @@ from rlhflab.stages.rl import prompt_sets, starting_policy
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage_dir", type=Path, help="a finished RL stage folder, e.g. runs/default/rl")
-    parser.add_argument("--beta", type=float, help="the KL coefficient (default: the run's, where it ended)")
+    parser.add_argument("stage_dirs", type=Path, nargs="+", help="finished RL stage folders, e.g. runs/default/rl")
+    parser.add_argument("--beta", type=float, help="the KL coefficient (default: each run's, where it ended)")
     parser.add_argument("--samples", type=int, default=64, help="responses of the starting model per prompt (default 64)")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="draw J against the step for every run, J* dashed")
     args = parser.parse_args(argv)
-    summary_file, config_file = args.stage_dir / "summary.json", args.stage_dir / "config.yaml"
-    if not summary_file.is_file() or not config_file.is_file():
-        print(f"error: {args.stage_dir} is not a finished RL stage folder (no summary.json and config.yaml)", file=sys.stderr)
+    runs = []
+    for folder in args.stage_dirs:
+        if not (folder / "summary.json").is_file() or not (folder / "config.yaml").is_file():
+            print(f"error: {folder} is not a finished RL stage folder (no summary.json and config.yaml)", file=sys.stderr)
+            return 2
+        cfg = load_config(folder / "config.yaml")
+        runs.append((folder, cfg, json.loads((folder / "summary.json").read_text())))
+    cfg = runs[0][1]
+    what = lambda c: (starting_policy(c, c.rl.policy, "rl.policy"), c.seed, c.rl.eval_prompts, c.reward_fn)  # noqa: E731
+    if any(what(c) != what(cfg) for _, c, _ in runs[1:]):
+        print("error: the runs differ in starting model, seed (held-out prompts), rl.eval_prompts or reward_fn; "
+              "give one at a time", file=sys.stderr)
         return 2
-    summary = json.loads(summary_file.read_text())
-    cfg = load_config(config_file)
-    beta = args.beta if args.beta is not None else summary["final_beta"]
     runtime = Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
     prompts = prompt_sets(cfg, load_splits(cfg), cfg.rl.eval_prompts).held_out
     model, tokenizer = load_causal_lm(starting_policy(cfg, cfg.rl.policy, "rl.policy"), steering=False)
@@ -56,17 +65,43 @@ def main(argv: list[str] | None = None) -> int:
     shape = (len(prompts), args.samples)
     scores = build_reward(cfg.reward_fn, default_source=default, device=runtime.device)(repeated, responses).view(shape)
     prob_fn = probability_reward(cfg.reward_fn, default_source=default, device=runtime.device)
-    optimum = kl_regularised_optimum(scores, beta)
-    line = f"optimum at β {beta:.4g}: J* {optimum['objective']:.3f} (reward {optimum['value']:.3f}, KL {optimum['kl']:.2f} nats"
-    if prob_fn is not None:
-        weights = torch.softmax(scores.double() / beta, dim=1)
-        line += f", P(positive) {float((weights * prob_fn(repeated, responses).view(shape).double()).sum(1).mean()):.3f}"
-    print(line + f"); {args.samples} samples of each of {len(prompts)} held-out prompts")
-    for point in summary["evaluations"]:
-        p = f", P(positive) {point['positive_probability']:.3f}" if point.get("positive_probability") is not None else ""
-        print(f"step {point['step']:>4}: J {point['score'] - beta * point['kl']:.3f} (reward {point['score']:.3f}, "
-              f"KL {point['kl']:.2f}{p})")
+    probs = prob_fn(repeated, responses).view(shape).double() if prob_fn is not None else None
+    curves = {}
+    for folder, _, summary in runs:
+        beta = args.beta if args.beta is not None else summary["final_beta"]
+        optimum = kl_regularised_optimum(scores, beta)
+        line = f"{folder}: optimum at β {beta:.4g}: J* {optimum['objective']:.3f} (reward {optimum['value']:.3f}, KL {optimum['kl']:.2f} nats"
+        if probs is not None:
+            line += f", P(positive) {float((torch.softmax(scores.double() / beta, dim=1) * probs).sum(1).mean()):.3f}"
+        print(line + f"); {args.samples} samples of each of {len(prompts)} held-out prompts")
+        steps, objectives = [], []
+        for point in summary["evaluations"]:
+            p = f", P(positive) {point['positive_probability']:.3f}" if point.get("positive_probability") is not None else ""
+            steps.append(point["step"])
+            objectives.append(point["score"] - beta * point["kl"])
+            print(f"step {point['step']:>4}: J {objectives[-1]:.3f} (reward {point['score']:.3f}, KL {point['kl']:.2f}{p})")
+        curves[str(folder)] = (steps, objectives, optimum["objective"], beta)
+    if args.plot:
+        print(f"wrote {plot(curves, args.plot)}")
     return 0
+
+
+def plot(curves: dict, path: Path) -> Path:
+    """J against the step for each run (name -> (steps, J, J*, β)), each run's J* a dashed line of its colour."""
+    from matplotlib.figure import Figure
+
+    from rlhflab.eval.plots import PALETTE, save_figure
+
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for colour, (name, (steps, objectives, best, beta)) in zip(PALETTE, curves.items()):
+        ax.plot(steps, objectives, marker="o", color=colour, label=f"{name} (β {beta:.3g})")
+        ax.axhline(best, color=colour, linestyle="--", linewidth=1)
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("J = reward − β·KL (held-out)")
+    ax.set_title("Each run's regularised objective; dashed: the optimum J* at its β")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":

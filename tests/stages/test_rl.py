@@ -296,8 +296,10 @@ def test_the_optimum_gap_example_puts_every_evaluation_below_its_optimum(tmp_pat
     spec = importlib.util.spec_from_file_location("optimum_gap", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    assert example.main([str(run_dir.path), "--samples", "4"]) == 0
+    assert example.main([str(run_dir.path), "--samples", "4", "--plot", str(tmp_path / "gap.png")]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert (tmp_path / "gap.png").stat().st_size > 0 and lines[-1].startswith("wrote")
+    lines = lines[:-1]
     optimum = float(lines[0].split("J* ")[1].split()[0])
     objectives = [float(line.split("J ")[1].split()[0]) for line in lines[1:]]
     assert len(objectives) == 3 and lines[1].startswith("step    0")  # before training, steps 2 and 4
