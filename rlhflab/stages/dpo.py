@@ -75,10 +75,10 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     first_round = len(done) + 1
     prepared = None  # the last round's prepared policy (None before the first): under FSDP its weights are shards
     for number in range(first_round, dpo.rounds + 1):
-        round_started = time.perf_counter()
-        first_step = done[-1]["step"] if done else 0
+        round_started, first_step = time.perf_counter(), done[-1]["step"] if done else 0
         runtime.seed(cfg.seed, per_rank=False)
-        # 1. Pairs: the policy's own samples on this round's prompts ranked by the reward, or the file's.
+        # 1. Pairs: the policy's own samples on this round's prompts ranked by the reward, or the file's, encoded
+        # with the frozen lower blocks cached; both run outside the sharded forward (whole weights).
         with _whole(prepared):
             pairs, pair_facts = (_on_policy_pairs(cfg, number, model, tokenizer, train_prompts, rewards["score"], max_new,
                                                   runtime, run_dir) if on_policy else
