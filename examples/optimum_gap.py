@@ -26,7 +26,7 @@ import torch
 
 from rlhflab.config import load_config
 from rlhflab.engine.runtime import Runtime
-from rlhflab.eval.generate import generate
+from rlhflab.eval.generate import sample_and_score
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.ops.kl import kl_regularised_optimum
 from rlhflab.rewards import build_reward, probability_reward
@@ -57,15 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     runtime = Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
     prompts = prompt_sets(cfg, load_splits(cfg), cfg.rl.eval_prompts).held_out
     model, tokenizer = load_causal_lm(starting_policy(cfg, cfg.rl.policy, "rl.policy"), steering=False)
-    repeated = [p for p in prompts for _ in range(args.samples)]
-    drawn = generate(model.to(runtime.device), tokenizer, repeated, max_new_tokens=cfg.generation.max_new_tokens,
-                     seed=cfg.seed + 1, batch_size=256, autocast=runtime.autocast)
-    responses = [g.response for g in drawn]
     default = str(Path(cfg.runs_dir) / cfg.name / "reward")
-    shape = (len(prompts), args.samples)
-    scores = build_reward(cfg.reward_fn, default_source=default, device=runtime.device)(repeated, responses).view(shape)
+    score_fn = build_reward(cfg.reward_fn, default_source=default, device=runtime.device)
+    _, drawn, scores = sample_and_score(model.to(runtime.device), tokenizer, prompts, score_fn, k=args.samples,
+                                        max_new_tokens=cfg.generation.max_new_tokens, temperature=1.0, seed=cfg.seed + 1,
+                                        batch_size=256, runtime=runtime)
     prob_fn = probability_reward(cfg.reward_fn, default_source=default, device=runtime.device)
-    probs = prob_fn(repeated, responses).view(shape).double() if prob_fn is not None else None
+    probs = (prob_fn([g.prompt for g in drawn], [g.response for g in drawn]).view(scores.shape).double()
+             if prob_fn is not None else None)
     curves = {}
     for folder, _, summary in runs:
         beta = args.beta if args.beta is not None else summary["final_beta"]

@@ -28,6 +28,7 @@ from functools import partial
 from typing import Any, Callable
 
 import torch
+from transformers import get_scheduler
 
 from rlhflab.algorithms.recipes import Recipe, get_recipe
 from rlhflab.config import PpoConfig
@@ -120,13 +121,14 @@ class OnlineRL:
     eval_split = "eval"
 
     def __init__(self, *, runtime: Runtime, module, prepared, optimizer, cfg: PpoConfig, seed: int, prompts: list[str],
-                 rollout: Callable, evaluate: Callable, on_step: Callable[[int, dict], None], scheduler=None):
+                 rollout: Callable, evaluate: Callable, on_step: Callable[[int, dict], None]):
         """`module`: the trainable policy (LM + value head) that checkpoints hold; `prepared`: the same
         after `accelerator.prepare` (DDP-wrapped under several processes); `rollout(prompts)` ->
-        Experience; `evaluate()` -> held-out metrics; `on_step(step, batch)` writes samples;
-        `scheduler`: a learning-rate scheduler stepped once a step (rl.lr_schedule), or None."""
+        Experience; `evaluate()` -> held-out metrics; `on_step(step, batch)` writes samples. The
+        learning rate follows cfg.lr_schedule over cfg.steps, set once a step (checkpointed by the loop)."""
         self.runtime, self.module, self.prepared = runtime, module, prepared
-        self.optimizer, self.scheduler = optimizer, scheduler
+        self.optimizer = optimizer
+        self.scheduler = None if cfg.lr_schedule == "constant" else get_scheduler(cfg.lr_schedule, optimizer, 0, cfg.steps)
         self.cfg, self.seed, self.prompts, self.parts = cfg, seed, prompts, parts(cfg)
         self.rollout, self._evaluate, self.on_step = rollout, evaluate, on_step
         self.state: dict[str, Any] = {"beta": cfg.kl_coef, "rollout_tokens": 0, "rollout_seconds": 0.0,

@@ -96,9 +96,7 @@ def kl_optimal_values(values: torch.Tensor, budgets: Sequence[float], *, iterati
     spread = float((v.amax(dim=1) - v.amin(dim=1)).max())
 
     def mean_kl_and_value(log_lam: float) -> tuple[float, float]:
-        logw = torch.log_softmax(v / math.exp(log_lam), dim=1)
-        w = logw.exp()
-        return float((w * (logw + math.log(n))).sum(dim=1).mean()), float((w * v).sum(dim=1).mean())
+        return _tilt(v, math.exp(log_lam))
 
     out: list[float | None] = []
     for budget in budgets:
@@ -138,9 +136,15 @@ def kl_regularised_optimum(values: torch.Tensor, beta: float) -> dict[str, float
         raise RlhfLabError("kl_regularised_optimum needs finite values.")
     if not (math.isfinite(beta) and beta > 0):
         raise RlhfLabError(f"kl_regularised_optimum needs a KL coefficient β > 0, got {beta}.")
-    v, n = values.double(), values.shape[1]
-    logw = torch.log_softmax(v / beta, dim=1)  # π*'s weights on each prompt's samples
+    v = values.double()
+    kl, value = _tilt(v, beta)
+    objective = float((beta * (torch.logsumexp(v / beta, dim=1) - math.log(v.shape[1]))).mean())
+    return {"objective": objective, "kl": kl, "value": value}
+
+
+def _tilt(v: torch.Tensor, lam: float) -> tuple[float, float]:
+    """(mean KL, mean value) of each prompt's samples v (P, n) reweighted by softmax(v / λ), against
+    the samples' own (uniform) distribution."""
+    logw = torch.log_softmax(v / lam, dim=1)
     w = logw.exp()
-    objective = float((beta * (torch.logsumexp(v / beta, dim=1) - math.log(n))).mean())
-    return {"objective": objective, "kl": float((w * (logw + math.log(n))).sum(dim=1).mean()),
-            "value": float((w * v).sum(dim=1).mean())}
+    return float((w * (logw + math.log(v.shape[1]))).sum(dim=1).mean()), float((w * v).sum(dim=1).mean())

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import get_scheduler
 
 from rlhflab.algorithms.online import OnlineRL
 from rlhflab.config import Config, PpoConfig, resolve_rl
@@ -73,7 +72,6 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
     trainable, total = count_parameters(policy.model)
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=ppo.learning_rate)
     prepared, optimizer = runtime.accelerator.prepare(module, optimizer)
-    scheduler = None if ppo.lr_schedule == "constant" else get_scheduler(ppo.lr_schedule, optimizer, 0, ppo.steps)
     sampling = dict(max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature, top_k=ppo.top_k, top_p=ppo.top_p,
                     stop_ids=stop_ids, autocast=runtime.autocast)
     engine = None
@@ -94,7 +92,7 @@ def run(cfg: Config, *, runtime: Runtime, resume: bool = False, overwrite: bool 
         return evaluate(policy, tokenizer, rewards, eval_prompts, ppo, sampling, cfg.seed, runtime)
 
     outputs = StepOutputs(run_dir, runtime, policy, policy_source, ppo, len(train_prompts))
-    algorithm = OnlineRL(runtime=runtime, module=module, prepared=prepared, optimizer=optimizer, scheduler=scheduler,
+    algorithm = OnlineRL(runtime=runtime, module=module, prepared=prepared, optimizer=optimizer,
                          cfg=ppo, seed=cfg.seed, prompts=train_prompts, rollout=rollout,
                          evaluate=lambda: outputs.keep_rows(held_out()), on_step=outputs.after_step)
     if not resume:
