@@ -1,6 +1,7 @@
 """How far an RL run stands from the optimum its own β defines.
 
     python examples/optimum_gap.py runs/NAME/rl [runs/OTHER/rl ...] [--beta B] [--samples 64] [--plot gap.png]
+                                   [--per-prompt prompts.csv]
 
 PPO, RLOO, ... maximise J = E[reward] − β · KL(π || π_ref). Whatever a policy is, its J is at most
 J* = β log E_π_ref[exp(reward / β)], reached by π* ∝ π_ref exp(reward / β). This script draws
@@ -8,9 +9,11 @@ J* = β log E_π_ref[exp(reward / β)], reached by π* ∝ π_ref exp(reward / �
 them with the run's reward (and its P(positive) where the reward model has one), estimates J*,
 π*'s KL, reward and P(positive) (rlhflab.ops.kl.kl_regularised_optimum), and prints the J of every
 held-out evaluation of the run beside it. β is the run's fixed rl.kl_coef; with the adaptive
-controller, the β it ended at (or --beta). Further runs from the same starting model, prompts and
-reward (another seed of the config is another set of prompts: refused) reuse the samples; --plot
-draws each run's J against its step, its J* dashed.
+controller, the β it ended at (or --beta). Further runs from the same starting model, seed, held-out
+prompts and reward (another seed of the config draws other prompts: refused) reuse the samples; --plot
+draws each run's J against its step, its J* dashed; --per-prompt writes each prompt's optimum (KL, reward) beside
+each run's last answer to it, prints their means over the harder and the easier half of the prompts and
+draws them by quarter of the prompts (the .csv's name with .png).
 
 Cost: samples × prompts responses of 24 tokens (64 × 64 on 2 CPU cores: about 3 minutes).
 """
@@ -18,7 +21,9 @@ Cost: samples × prompts responses of 24 tokens (64 × 64 on 2 CPU cores: about 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -27,6 +32,7 @@ import torch
 from rlhflab.config import load_config
 from rlhflab.engine.runtime import Runtime
 from rlhflab.eval.generate import sample_and_score
+from rlhflab.io import atomic_open
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.ops.kl import kl_regularised_optimum
 from rlhflab.rewards import build_reward, probability_reward
@@ -40,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beta", type=float, help="the KL coefficient (default: each run's, where it ended)")
     parser.add_argument("--samples", type=int, default=64, help="responses of the starting model per prompt (default 64)")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="draw J against the step for every run, J* dashed")
+    parser.add_argument("--per-prompt", type=Path, metavar="CSV",
+                        help="write each prompt's optimum (KL, reward) beside each run's last held-out answer")
     args = parser.parse_args(argv)
     runs = []
     for folder in args.stage_dirs:
@@ -49,13 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(folder / "config.yaml")
         runs.append((folder, cfg, json.loads((folder / "summary.json").read_text())))
     cfg = runs[0][1]
-    what = lambda c: (starting_policy(c, c.rl.policy, "rl.policy"), c.seed, c.rl.eval_prompts, c.reward_fn)  # noqa: E731
+    # What the samples depend on: the held-out prompts themselves (a seed, or data.eval_prompts), not how they were set.
+    what = lambda c: (starting_policy(c, c.rl.policy, "rl.policy"), c.seed, c.reward_fn,  # noqa: E731
+                      prompt_sets(c, load_splits(c), c.rl.eval_prompts).held_out)
+    prompts = what(cfg)[3]
     if any(what(c) != what(cfg) for _, c, _ in runs[1:]):
-        print("error: the runs differ in starting model, seed (held-out prompts), rl.eval_prompts or reward_fn; "
-              "give one at a time", file=sys.stderr)
+        print("error: the runs differ in starting model, seed, held-out prompts or reward_fn; give one at a time",
+              file=sys.stderr)
         return 2
     runtime = Runtime.create(cfg.runtime.device, cfg.runtime.mixed_precision)
-    prompts = prompt_sets(cfg, load_splits(cfg), cfg.rl.eval_prompts).held_out
     model, tokenizer = load_causal_lm(starting_policy(cfg, cfg.rl.policy, "rl.policy"), steering=False)
     default = str(Path(cfg.runs_dir) / cfg.name / "reward")
     score_fn = build_reward(cfg.reward_fn, default_source=default, device=runtime.device)
@@ -82,7 +92,67 @@ def main(argv: list[str] | None = None) -> int:
         curves[str(folder)] = (steps, objectives, optimum["objective"], beta)
     if args.plot:
         print(f"wrote {plot(curves, args.plot)}")
+    if args.per_prompt:
+        print(f"wrote {per_prompt(runs, prompts, scores, probs, args.beta, args.per_prompt)}")
     return 0
+
+
+def per_prompt(runs: list, prompts: list[str], scores: torch.Tensor, probs: torch.Tensor | None, beta: float | None,
+               path: Path) -> Path:
+    """One row a held-out prompt: the starting model's mean reward (and P(positive)), the optimum's KL
+    and reward (and P) at the first run's β (its samples reweighted by softmax(score / β)), and the same
+    of each run's last held-out answer (eval_after.json: one sample a prompt). Prints the means over the
+    harder and the easier half of the prompts (by the starting model's reward): where each spends its KL."""
+    beta = beta if beta is not None else runs[0][2]["final_beta"]
+    logw = torch.log_softmax(scores.double() / beta, dim=1)
+    columns = {"reward": scores.double()} | ({"p": probs} if probs is not None else {})
+    table = {"prompt": prompts} | {f"start:{k}": v.mean(1).tolist() for k, v in columns.items()}
+    table["optimum:kl"] = (logw.exp() * (logw + math.log(scores.shape[1]))).sum(1).tolist()
+    table |= {f"optimum:{k}": (logw.exp() * v).sum(1).tolist() for k, v in columns.items()}
+    for folder, _, _ in runs:
+        answers = {a["prompt"]: a for a in json.loads((folder / "eval_after.json").read_text())}
+        for key, field in {"kl": "kl", "reward": "score", "p": "positive_probability"}.items():
+            if key == "kl" or key in columns:
+                table[f"{folder}:{key}"] = [answers[p][field] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: table["start:reward"][i])
+    halves = {"harder": order[: len(order) // 2], "easier": order[len(order) // 2 :]}
+    for name in ["optimum"] + [str(folder) for folder, _, _ in runs]:
+        print(f"{name}: " + "; ".join(f"{half} half " + ", ".join(
+            f"{key} {sum(table[f'{name}:{key}'][i] for i in rows) / len(rows):.3f}" for key in ["kl", *columns])
+            for half, rows in halves.items()))
+    with atomic_open(path, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(table)
+        writer.writerows(zip(*table.values()))
+    print(f"wrote {plot_quartiles(table, [str(folder) for folder, _, _ in runs], path.with_suffix('.png'))}")
+    return path
+
+
+def plot_quartiles(table: dict, runs: list[str], path: Path) -> Path:
+    """KL and reward (P(positive) where there is one) against the quarter of the prompts by the starting
+    model's reward, hardest first: the optimum and each run, a line through the quarters' means."""
+    from matplotlib.figure import Figure
+
+    from rlhflab.eval.plots import PALETTE, save_figure
+
+    order = sorted(range(len(table["prompt"])), key=lambda i: table["start:reward"][i])
+    quarters = [q for q in (order[i * len(order) // 4 : (i + 1) * len(order) // 4] for i in range(4)) if q]
+    value = "p" if "start:p" in table else "reward"
+    fig = Figure(figsize=(9, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for colour, name in zip(PALETTE, ["optimum", *runs]):
+        for ax, key in zip(axes, ["kl", value]):
+            means = [sum(table[f"{name}:{key}"][i] for i in q) / len(q) for q in quarters]
+            ax.plot(range(1, len(quarters) + 1), means, marker="o", color=colour, label=name,
+                    linestyle="--" if name == "optimum" else "-")
+    axes[0].set_ylabel("KL to the reference (nats)")
+    axes[1].set_ylabel("P(positive)" if value == "p" else "reward")
+    for ax in axes:
+        ax.set_xticks(range(1, len(quarters) + 1))
+    fig.supxlabel("quarter of the held-out prompts by the starting model's reward (1: hardest)", fontsize=10)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Where each spends its KL: the optimum at β, dashed, against each run's last answers")
+    return save_figure(fig, path)
 
 
 def plot(curves: dict, path: Path) -> Path:

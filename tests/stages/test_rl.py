@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM
 
 from rlhflab.config import Config, DataConfig, PpoConfig, RewardFnConfig
@@ -296,13 +299,31 @@ def test_the_optimum_gap_example_puts_every_evaluation_below_its_optimum(tmp_pat
     spec = importlib.util.spec_from_file_location("optimum_gap", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    assert example.main([str(run_dir.path), "--samples", "4", "--plot", str(tmp_path / "gap.png")]) == 0
+    table = tmp_path / "prompts.csv"
+    assert example.main([str(run_dir.path), "--samples", "4", "--plot", str(tmp_path / "gap.png"), "--per-prompt", str(table)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert (tmp_path / "gap.png").stat().st_size > 0 and lines[-1].startswith("wrote")
-    lines = lines[:-1]
+    # One row a held-out prompt: the optimum's KL and reward beside the run's last answer to it.
+    rows = list(csv.DictReader(table.read_text().splitlines()))
+    answers = json.loads((run_dir.path / "eval_after.json").read_text())
+    assert [r["prompt"] for r in rows] == [a["prompt"] for a in answers]
+    assert [float(r[f"{run_dir.path}:kl"]) for r in rows] == pytest.approx([a["kl"] for a in answers])
+    assert all(float(r["optimum:kl"]) >= -1e-9 and float(r["optimum:reward"]) >= float(r["start:reward"]) - 1e-9 for r in rows)
+    assert lines[-4].startswith("optimum: harder half kl") and lines[-3].startswith(f"{run_dir.path}: harder half")
+    assert (tmp_path / "prompts.png").stat().st_size > 0
+    lines = lines[:-5]
     optimum = float(lines[0].split("J* ")[1].split()[0])
     objectives = [float(line.split("J ")[1].split()[0]) for line in lines[1:]]
     assert len(objectives) == 3 and lines[1].startswith("step    0")  # before training, steps 2 and 4
     # The toy reward is the share of e's: 4 samples a prompt already show the optimum above the start.
     assert optimum > objectives[0]
     assert example.main([str(tmp_path / "nowhere")]) == 2
+    # A run whose held-out prompts are others (here set by data.eval_prompts) cannot share the samples.
+    other = tmp_path / "other" / "rl"
+    shutil.copytree(run_dir.path, other)
+    (tmp_path / "others.txt").write_text("A different opening\nAnd another one\n")
+    saved = yaml.safe_load((other / "config.yaml").read_text())
+    saved["data"]["eval_prompts"] = str(tmp_path / "others.txt")
+    (other / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert example.main([str(run_dir.path), str(other)]) == 2
+    assert "held-out prompts" in capsys.readouterr().err
