@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from rlhflab.engine.runtime import Runtime
 from rlhflab.eval.generate import sample_and_score
 from rlhflab.io import atomic_open
 from rlhflab.models.causal_lm import load_causal_lm
-from rlhflab.ops.kl import kl_regularised_optimum
+from rlhflab.ops.kl import kl_regularised_optimum, tilt
 from rlhflab.rewards import build_reward, probability_reward
 from rlhflab.stages.common import load_splits
 from rlhflab.stages.rl import prompt_sets, starting_policy
@@ -58,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         runs.append((folder, cfg, json.loads((folder / "summary.json").read_text())))
     cfg = runs[0][1]
     # What the samples depend on: the held-out prompts themselves (a seed, or data.eval_prompts), not how they were set.
-    what = lambda c: (starting_policy(c, c.rl.policy, "rl.policy"), c.seed, c.reward_fn,  # noqa: E731
-                      prompt_sets(c, load_splits(c), c.rl.eval_prompts).held_out)
-    prompts = what(cfg)[3]
-    if any(what(c) != what(cfg) for _, c, _ in runs[1:]):
+    keys = [(starting_policy(c, c.rl.policy, "rl.policy"), c.seed, c.reward_fn,
+             prompt_sets(c, load_splits(c), c.rl.eval_prompts).held_out) for _, c, _ in runs]
+    prompts = keys[0][3]
+    if any(key != keys[0] for key in keys[1:]):
         print("error: the runs differ in starting model, seed, held-out prompts or reward_fn; give one at a time",
               file=sys.stderr)
         return 2
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         optimum = kl_regularised_optimum(scores, beta)
         line = f"{folder}: optimum at β {beta:.4g}: J* {optimum['objective']:.3f} (reward {optimum['value']:.3f}, KL {optimum['kl']:.2f} nats"
         if probs is not None:
-            line += f", P(positive) {float((torch.softmax(scores.double() / beta, dim=1) * probs).sum(1).mean()):.3f}"
+            line += f", P(positive) {float((tilt(scores.double(), beta)[0] * probs).sum(1).mean()):.3f}"
         print(line + f"); {args.samples} samples of each of {len(prompts)} held-out prompts")
         steps, objectives = [], []
         for point in summary["evaluations"]:
@@ -104,17 +103,17 @@ def per_prompt(runs: list, prompts: list[str], scores: torch.Tensor, probs: torc
     of each run's last held-out answer (eval_after.json: one sample a prompt). Prints the means over the
     harder and the easier half of the prompts (by the starting model's reward): where each spends its KL."""
     beta = beta if beta is not None else runs[0][2]["final_beta"]
-    logw = torch.log_softmax(scores.double() / beta, dim=1)
+    weights, kl = tilt(scores.double(), beta)
     columns = {"reward": scores.double()} | ({"p": probs} if probs is not None else {})
     table = {"prompt": prompts} | {f"start:{k}": v.mean(1).tolist() for k, v in columns.items()}
-    table["optimum:kl"] = (logw.exp() * (logw + math.log(scores.shape[1]))).sum(1).tolist()
-    table |= {f"optimum:{k}": (logw.exp() * v).sum(1).tolist() for k, v in columns.items()}
+    table["optimum:kl"] = kl.tolist()
+    table |= {f"optimum:{k}": (weights * v).sum(1).tolist() for k, v in columns.items()}
     for folder, _, _ in runs:
         answers = {a["prompt"]: a for a in json.loads((folder / "eval_after.json").read_text())}
         for key, field in {"kl": "kl", "reward": "score", "p": "positive_probability"}.items():
             if key == "kl" or key in columns:
                 table[f"{folder}:{key}"] = [answers[p][field] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: table["start:reward"][i])
+    order = sorted(range(len(prompts)), key=lambda i: table["start:reward"][i])  # hardest first
     halves = {"harder": order[: len(order) // 2], "easier": order[len(order) // 2 :]}
     for name in ["optimum"] + [str(folder) for folder, _, _ in runs]:
         print(f"{name}: " + "; ".join(f"{half} half " + ", ".join(
@@ -124,18 +123,18 @@ def per_prompt(runs: list, prompts: list[str], scores: torch.Tensor, probs: torc
         writer = csv.writer(handle)
         writer.writerow(table)
         writer.writerows(zip(*table.values()))
-    print(f"wrote {plot_quartiles(table, [str(folder) for folder, _, _ in runs], path.with_suffix('.png'))}")
+    print(f"wrote {plot_quartiles(table, order, [str(folder) for folder, _, _ in runs], path.with_suffix('.png'))}")
     return path
 
 
-def plot_quartiles(table: dict, runs: list[str], path: Path) -> Path:
-    """KL and reward (P(positive) where there is one) against the quarter of the prompts by the starting
-    model's reward, hardest first: the optimum and each run, a line through the quarters' means."""
+def plot_quartiles(table: dict, order: list[int], runs: list[str], path: Path) -> Path:
+    """KL and reward (P(positive) where there is one) against the quarter of the prompts in `order`
+    (row indices by the starting model's reward, hardest first): the optimum and each run, a line
+    through the quarters' means."""
     from matplotlib.figure import Figure
 
     from rlhflab.eval.plots import PALETTE, save_figure
 
-    order = sorted(range(len(table["prompt"])), key=lambda i: table["start:reward"][i])
     quarters = [q for q in (order[i * len(order) // 4 : (i + 1) * len(order) // 4] for i in range(4)) if q]
     value = "p" if "start:p" in table else "reward"
     fig = Figure(figsize=(9, 3.8), layout="constrained")

@@ -142,9 +142,16 @@ def kl_regularised_optimum(values: torch.Tensor, beta: float) -> dict[str, float
     return {"objective": objective, "kl": kl, "value": value}
 
 
+def tilt(values: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weights (P, n), KL (P,) in nats) of each prompt's samples `values` (P, n) reweighted by
+    softmax(values / λ), the KL against the samples' own (uniform) distribution: π* of
+    kl_regularised_optimum at β = λ, prompt by prompt. Any quantity q (P, n) of the same samples has
+    the mean (weights * q).sum(1) under it."""
+    logw = torch.log_softmax(values / lam, dim=1)
+    return logw.exp(), (logw.exp() * (logw + math.log(values.shape[1]))).sum(dim=1)
+
+
 def _tilt(v: torch.Tensor, lam: float) -> tuple[float, float]:
-    """(mean KL, mean value) of each prompt's samples v (P, n) reweighted by softmax(v / λ), against
-    the samples' own (uniform) distribution."""
-    logw = torch.log_softmax(v / lam, dim=1)
-    w = logw.exp()
-    return float((w * (logw + math.log(v.shape[1]))).sum(dim=1).mean()), float((w * v).sum(dim=1).mean())
+    """(mean KL, mean value) over prompts of `tilt`."""
+    w, kl = tilt(v, lam)
+    return float(kl.mean()), float((w * v).sum(dim=1).mean())

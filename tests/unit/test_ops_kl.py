@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from rlhflab.config import PpoConfig, check_rl
 from rlhflab.errors import RlhfLabError
 from rlhflab.ops.kl import (adaptive_kl_update, kl_optimal_values, kl_per_token, kl_regularised_optimum, last_valid_index,
-                             per_token_rewards)
+                             per_token_rewards, tilt)
 
 
 from tests.helpers import close
@@ -233,6 +233,13 @@ def test_the_regularised_optimum_of_two_samples_against_hand_values():
     assert out["kl"] == pytest.approx(0.130812, abs=1e-6)
     assert out["objective"] == pytest.approx(math.log(2) / math.log(3), abs=1e-9)
     assert out["objective"] == pytest.approx(out["value"] - out["kl"] / math.log(3), abs=1e-9)
+
+
+def test_the_tilt_prompt_by_prompt_against_hand_values():
+    # the first prompt as above; the second's samples score alike, so π* is its reference: KL 0
+    weights, kl = tilt(torch.tensor([[0.0, 1.0], [2.0, 2.0]], dtype=torch.float64), 1 / math.log(3))
+    torch.testing.assert_close(weights, torch.tensor([[0.25, 0.75], [0.5, 0.5]], dtype=torch.float64))
+    torch.testing.assert_close(kl, torch.tensor([0.130812, 0.0], dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 @settings(max_examples=50, deadline=None)
