@@ -321,6 +321,9 @@ class RlConfig:
     # The learning rate over the run, set once a step: constant, or decayed to 0 at rl.steps,
     # linearly (TRL's PPOTrainer) or along a cosine (OpenRLHF's default).
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    # The first value_warmup_steps of rl.steps train the value head alone on the starting policy's
+    # rollouts (OpenRLHF's freezing_actor_steps), so the first policy update reads a fitted critic.
+    value_warmup_steps: int = 0
     # Pure sampling by default: top-k/top-p or a minimum length would make the sampled
     # distribution differ from the policy whose log-probs enter the KL estimate.
     top_k: int = 0
@@ -359,7 +362,8 @@ class RlConfig:
         "samples_per_prompt": COUNT,  # at least the recipe's minimum, 2 for grpo and rloo (resolve_rl)
         "trainable": ANY, "steps": COUNT, "batch_size": COUNT,
         "minibatch_size": COUNT,  # divides batch_size (resolve_rl)
-        "ppo_epochs": COUNT, "learning_rate": POSITIVE, "top_k": NON_NEGATIVE,  # top_k 0: no top-k filter (transformers' meaning)
+        "ppo_epochs": COUNT, "learning_rate": POSITIVE, "value_warmup_steps": NON_NEGATIVE,
+        "top_k": NON_NEGATIVE,  # top_k 0: no top-k filter (transformers' meaning)
         "top_p": Bounds(0, 1, "low"), "non_stop_penalty": ANY,
         "kl_coef": NON_NEGATIVE, "kl_target": POSITIVE,
         "kl_horizon": COUNT,  # at least batch_size with adaptive_kl (check_rl)
@@ -375,6 +379,8 @@ def check_rl(ppo: RlConfig) -> None:
     check_ranges(ppo, "rl")
     _refuse([
         (ppo.minibatch_size <= ppo.batch_size, "minibatch_size must not exceed batch_size"),
+        (ppo.value_warmup_steps < ppo.steps, f"value_warmup_steps ({ppo.value_warmup_steps}) must be fewer than steps "
+                                             f"({ppo.steps}): the steps after it train the policy"),
         # beta moves by up to 20% x batch_size / kl_horizon per step: a shorter horizon overshoots below 0.
         (not ppo.adaptive_kl or ppo.kl_horizon >= ppo.batch_size,
          f"kl_horizon ({ppo.kl_horizon}) must be at least batch_size ({ppo.batch_size}): each step moves beta by up to "
@@ -395,6 +401,9 @@ def resolve_rl(ppo: RlConfig, world_size: int = 1, generation: GenerationConfig 
     recipe = get_recipe(ppo.algorithm)
     k = ppo.samples_per_prompt if ppo.samples_per_prompt is not None else recipe.samples_per_prompt
     kl_penalty = ppo.kl_penalty if ppo.kl_penalty != "auto" else recipe.kl_penalty
+    if ppo.value_warmup_steps and not recipe.critic:
+        raise RlhfLabError(f"rl.value_warmup_steps trains a critic first, and {ppo.algorithm} has none (ppo does); "
+                           f"set it to 0 or use rl.algorithm=ppo.")
     if k < recipe.min_samples_per_prompt:
         raise RlhfLabError(f"rl.samples_per_prompt must be at least {recipe.min_samples_per_prompt} for {ppo.algorithm} "
                            f"(its baseline compares responses to the same prompt); got {k}.")

@@ -152,7 +152,7 @@ class OnlineRL:
         if self.scheduler is not None:
             self.scheduler.step()
         stats = self.batch_stats(exp, kl, beta) | targets.stats
-        if cfg.adaptive_kl:
+        if cfg.adaptive_kl and step >= cfg.value_warmup_steps:  # a warm-up's KL is 0 by construction, not a signal
             self.state["beta"] = adaptive_kl_update(beta, stats["kl"], cfg.kl_target, cfg.kl_horizon, cfg.batch_size)
         tokens = int(runtime.sum(exp.response_mask.sum()))
         self.state["rollout_tokens"] += tokens
@@ -191,9 +191,12 @@ class OnlineRL:
         }
 
     def update(self, exp: Experience, targets: Targets, beta: float, step: int) -> dict[str, float]:
-        """ppo_epochs passes of clipped updates over shuffled minibatches of this process's rollout."""
+        """ppo_epochs passes of clipped updates over shuffled minibatches of this process's rollout; in the
+        first cfg.value_warmup_steps steps only the value head steps (the policy stays the starting one)."""
         cfg, parts = self.cfg, self.parts
         params = [p for p in self.prepared.parameters() if p.requires_grad]
+        warmup = step < cfg.value_warmup_steps
+        critic = {id(p) for p in self.module.value_head.parameters()} if warmup else set()
         stats: dict[str, list[float]] = {}
         generator = torch.Generator().manual_seed(self.seed + step)  # minibatch order: the same after a resume
         self.prepared.train()
@@ -210,6 +213,8 @@ class OnlineRL:
                 loss, terms = policy_loss(logprobs, exp.logprobs[idx], targets.advantages[idx], mask, cfg.clip_range,
                                           aggregate=parts.aggregate)
                 terms["policy_loss"] = float(loss.detach())
+                if warmup:  # kept in the graph at 0, so every process reduces the same gradients
+                    loss = loss * 0.0
                 if parts.critic:
                     v_loss, v_stats = value_loss(values, exp.values[idx], targets.returns[idx], mask, cfg.clip_range_value)
                     loss = loss + cfg.vf_coef * v_loss
@@ -220,6 +225,10 @@ class OnlineRL:
                     loss = loss + beta * k3
                     terms["kl_loss"] = float(k3.detach())
                 self.runtime.accelerator.backward(loss)
+                if warmup:  # the value loss reaches the shared trainable blocks too: only the head steps
+                    for p in params:
+                        if id(p) not in critic:
+                            p.grad = None
                 self.runtime.accelerator.clip_grad_norm_(params, cfg.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)

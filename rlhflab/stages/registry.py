@@ -254,7 +254,7 @@ ADDED_LATER = {("dpo", "rounds"): 1, ("dpo", "reference"): "start", ("ilql", "to
                ("ilql", "on_policy"): {"prompts": 1200, "samples_per_prompt": 2, "max_new_tokens": None,
                                        "temperature": 1.0, "batch_size": 32},
                ("dpo", "on_policy.pairing"): "best_worst",  # a dotted name: a setting inside a subsection
-               ("rl", "lr_schedule"): "constant"}
+               ("rl", "lr_schedule"): "constant", ("rl", "value_warmup_steps"): 0}
 
 
 def hashed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:

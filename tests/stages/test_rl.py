@@ -252,9 +252,36 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_llama_dir, re
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
+def test_value_warmup_trains_the_value_head_alone_then_the_policy(tmp_path, tiny_llama_dir, reviews_csv, reward_spec,
+                                                                  monkeypatch):
+    """rl.value_warmup_steps: the policy stays the starting model (KL 0, ratio 1, beta held) while the
+    zero-initialised value head learns; the steps after it train the policy; a resume keeps to it."""
+    cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, steps=3, value_warmup_steps=2,
+                      learning_rate=3e-3)
+    monkeypatch.setattr(engine_loop, "StopRequest", lambda: StopAt(1))
+    with pytest.raises(RunInterrupted):
+        run_stage("rl", cfg, progress=False)
+    monkeypatch.undo()
+    start = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).state_dict()
+    saved = torch.load(tmp_path / "runs/tiny/rl.partial/checkpoints/latest/state.pt", weights_only=False)["model"]
+    head = [v for k, v in saved.items() if k.startswith("value_head.")]
+    blocks = {k.removeprefix("model."): v for k, v in saved.items() if not k.startswith("value_head.")}
+    assert head and all(bool(v.abs().sum() > 0) for v in head)  # the head left its zero start
+    assert blocks and all(torch.equal(v, start[k]) for k, v in blocks.items())  # the trainable blocks did not move
+    run_dir = run_stage("rl", cfg, resume=True, progress=False)
+    train = [r for r in run_dir.read_metrics() if r["split"] == "train"]
+    assert [r["kl"] for r in train] == [0.0, 0.0, 0.0]  # step 3's rollout still comes from the starting policy
+    assert [r["approx_kl"] for r in train[:2]] == [0.0, 0.0] and [r["clip_fraction"] for r in train[:2]] == [0.0, 0.0]
+    assert [r["beta"] for r in train] == [0.05] * 3  # the controller waits for the policy
+    after = AutoModelForCausalLM.from_pretrained(run_dir.model_dir).state_dict()
+    assert any(not torch.equal(start[k], after[k]) for k in start)  # step 3 trained the policy
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [
+        ({"value_warmup_steps": 4}, "value_warmup_steps"),
+        ({"algorithm": "rloo", "value_warmup_steps": 1}, "has none"),
         ({"minibatch_size": 16}, "minibatch_size"),
         ({"temperature": 0.0}, "temperature"),
         ({"stop_token": "the film"}, "stop_token"),
