@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -299,3 +301,29 @@ def test_dpo_starts_from_the_same_held_out_samples_as_rl(tmp_path, tiny_llama_di
     start = json.loads((run_stage("dpo", dpo, progress=False).path / "summary.json").read_text())["start"]
     assert len(before) == 8 and len({r["response"] for r in before}) > 4  # sampled, not one answer
     assert start["score"] == pytest.approx(sum(r["score"] for r in before) / 8, abs=1e-12)
+
+
+def test_the_optimum_gap_example_reads_a_dpo_stage_round_by_round(tmp_path, tiny_llama_dir, reviews_csv, reward_file,
+                                                                   capsys):
+    """examples/optimum_gap.py on a DPO stage: its β is dpo.beta, its points the rounds, its last answers eval_after.jsonl."""
+    import importlib.util
+
+    cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, f"{reward_file}:e_share", rounds=2, loss="distill",
+                      beta=0.05)
+    run_dir = run_stage("dpo", cfg, progress=False)
+    path = Path(__file__).resolve().parents[2] / "examples" / "optimum_gap.py"
+    spec = importlib.util.spec_from_file_location("optimum_gap", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    table = tmp_path / "prompts.csv"
+    assert example.main([str(run_dir.path), "--samples", "4", "--per-prompt", str(table)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "optimum at β 0.05:" in lines[0]
+    summary = json.loads((run_dir.path / "summary.json").read_text())
+    points = [summary["start"]] + [r["end"] for r in summary["by_round"]]
+    assert [line.split(":")[0] for line in lines[1:4]] == ["step    0", "step    1", "step    2"]  # the start, rounds 1-2
+    assert [float(line.split("KL ")[1].split(",")[0].rstrip(")")) for line in lines[1:4]] == pytest.approx([p["kl"] for p in points], abs=5e-3)
+    rows = list(csv.DictReader(table.read_text().splitlines()))
+    answers = [json.loads(line) for line in (run_dir.path / "eval_after.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [a["prompt"] for a in answers]
+    assert [float(r[f"{run_dir.path}:kl"]) for r in rows] == pytest.approx([a["kl"] for a in answers])
