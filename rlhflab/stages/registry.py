@@ -257,13 +257,11 @@ ADDED_LATER = {("dpo", "rounds"): 1, ("dpo", "reference"): "start", ("ilql", "to
                ("rl", "lr_schedule"): "constant", ("rl", "value_warmup_steps"): 0}
 
 
-def hashed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
-    """The inputs under the names their keys were first written with, so that renaming a section
-    leaves finished runs up to date: rl + generation were one ppo section, and
-    generation.max_new_tokens was ppo.max_new_tokens (every generation setting was a ppo one);
-    settings added later (ADDED_LATER) are left out at their defaults."""
+def without_later_defaults(inputs: dict[str, Any]) -> dict[str, Any]:
+    """{section: settings} with every setting added later (ADDED_LATER) left out where it is at its
+    default: a run made before the setting existed and one made at its default then read alike."""
     out = dict(inputs)
-    for (section, name), default in ADDED_LATER.items():  # settings added later hash only when set
+    for (section, name), default in ADDED_LATER.items():
         *parents, leaf = [section, *name.split(".")]
         tree = out
         for part in parents:  # copy the dicts on the way down: `inputs` is the caller's
@@ -274,6 +272,15 @@ def hashed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
         else:
             if leaf in tree and tree[leaf] == default:
                 del tree[leaf]
+    return out
+
+
+def hashed_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The inputs under the names their keys were first written with, so that renaming a section
+    leaves finished runs up to date: rl + generation were one ppo section, and
+    generation.max_new_tokens was ppo.max_new_tokens (every generation setting was a ppo one);
+    settings added later (ADDED_LATER) are left out at their defaults."""
+    out = without_later_defaults(inputs)  # settings added later hash only when set
     if "rl" in out:
         out["ppo"] = {**out.pop("rl"), **(out.pop("generation", None) or {})}
     if "generation.max_new_tokens" in out:

@@ -124,6 +124,16 @@ def test_ilql_seeds_that_sampled_other_betas_share_the_betas_they_have_in_common
     assert points["learning_rate=0.5, sampling_beta=1.0"]["seeds"] == [1]  # a training setting stays a line of its own
 
 
+def test_a_setting_added_later_at_its_default_is_the_runs_from_before_it(runs, tmp_path):
+    """A seed run before rl.value_warmup_steps existed (no key) and one at its default (0) are one setting."""
+    tuned(runs / "ppo-c-0" / "rl", seed=0, kl=3.0, p=0.8, kl_coef=0.2)
+    tuned(runs / "ppo-c-1" / "rl", seed=1, kl=4.0, p=0.9, kl_coef=0.2, value_warmup_steps=0, lr_schedule="constant")
+    tuned(runs / "ppo-w-1" / "rl", seed=1, kl=5.0, p=0.9, kl_coef=0.2, value_warmup_steps=5)
+    result = frontier([runs / "ppo-c-0", runs / "ppo-c-1", runs / "ppo-w-1"], tmp_path / "out")
+    points = {p["label"]: p["seeds"] for p in result.data["points"] if p["method"] == "ppo"}
+    assert points == {"value_warmup_steps=None": [0, 1], "value_warmup_steps=5": [1]}
+
+
 def test_a_sweep_folder_gives_every_point(runs, tmp_path):
     sweep = runs / "base" / "sweep"
     for name, coef in (("kl_coef-0.1", 0.1), ("kl_coef-0.01", 0.01)):
