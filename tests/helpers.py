@@ -28,6 +28,15 @@ def synthetic_reviews(n_per_class: int, seed: int = 0) -> list[tuple[str, int]]:
     return rows
 
 
+def load_example(name: str):
+    """The module examples/<name>.py (examples/ is not a package, so it is loaded by path)."""
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def needs_asset(package: str):
     """Skip unless the registry package carrying a bundled asset is installed."""
     return pytest.mark.skipif(importlib.util.find_spec(package) is None, reason=f"{package} not installed (make setup)")

@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from rlhflab.errors import RlhfLabError
 from rlhflab.models.causal_lm import load_causal_lm
 from rlhflab.ops.preference import sequence_logprobs
 from rlhflab.stages.common import run_stage
-from tests.helpers import FP32, typed_summary
+from tests.helpers import FP32, load_example, typed_summary
 
 REWARD_FILE = '''
 def e_share(prompts, responses):
@@ -306,15 +305,10 @@ def test_dpo_starts_from_the_same_held_out_samples_as_rl(tmp_path, tiny_llama_di
 def test_the_optimum_gap_example_reads_a_dpo_stage_round_by_round(tmp_path, tiny_llama_dir, reviews_csv, reward_file,
                                                                    capsys):
     """examples/optimum_gap.py on a DPO stage: its β is dpo.beta, its points the rounds, its last answers eval_after.jsonl."""
-    import importlib.util
-
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, f"{reward_file}:e_share", rounds=2, loss="distill",
                       beta=0.05)
     run_dir = run_stage("dpo", cfg, progress=False)
-    path = Path(__file__).resolve().parents[2] / "examples" / "optimum_gap.py"
-    spec = importlib.util.spec_from_file_location("optimum_gap", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("optimum_gap")
     table = tmp_path / "prompts.csv"
     assert example.main([str(run_dir.path), "--samples", "4", "--per-prompt", str(table)]) == 0
     lines = capsys.readouterr().out.splitlines()

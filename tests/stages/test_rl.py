@@ -19,7 +19,7 @@ from rlhflab.rollout import response_mask_from, sample, score_rollout
 from rlhflab.stages import rl as rl_stage
 from rlhflab.stages.common import run_stage
 from rlhflab.engine import loop as engine_loop
-from tests.helpers import StopAt, typed_summary
+from tests.helpers import StopAt, load_example, typed_summary
 from tests.helpers import FP32
 
 REWARD_FILE = '''
@@ -317,15 +317,9 @@ def test_frozen_block_outputs_kept_from_generation_equal_a_fresh_forward(tiny_ll
 
 
 def test_the_optimum_gap_example_puts_every_evaluation_below_its_optimum(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, capsys):
-    import importlib.util
-    from pathlib import Path
-
     cfg = make_config(tmp_path, tiny_llama_dir, reviews_csv, reward_spec, adaptive_kl=False, kl_coef=0.05)
     run_dir = run_stage("rl", cfg, progress=False)
-    path = Path(__file__).resolve().parents[2] / "examples" / "optimum_gap.py"
-    spec = importlib.util.spec_from_file_location("optimum_gap", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_example("optimum_gap")
     table = tmp_path / "prompts.csv"
     assert example.main([str(run_dir.path), "--samples", "4", "--plot", str(tmp_path / "gap.png"), "--per-prompt", str(table)]) == 0
     lines = capsys.readouterr().out.splitlines()
