@@ -57,8 +57,10 @@ def test_decode_steps_take_the_grouped_matmuls_and_equal_sdpa(request, which, mo
     with torch.no_grad():
         ours, theirs = model.generate(ids, **kwargs), reference.generate(ids, **kwargs)
     torch.testing.assert_close(ours.sequences, theirs.sequences, atol=0, rtol=0)
-    for step_ours, step_theirs in zip(ours.scores, theirs.scores):  # every step's logits, the decode steps' too
-        torch.testing.assert_close(step_ours, step_theirs, atol=1e-5, rtol=1e-5)
+    # Every step's logits, the decode steps' too, to fp32 rounding at their scale: on a Xeon with AMX one
+    # decode step differs by 2.6e-5 at logits up to 5.5, where sdpa's own error to a float64 forward is 6.3e-5.
+    for step_ours, step_theirs in zip(ours.scores, theirs.scores):
+        assert (step_ours - step_theirs).abs().max() <= 2e-5 * step_theirs.abs().max()
     assert len(decode_steps) == 4 * model.config.num_hidden_layers and not sdpa_calls
     assert {shape[2] for shape in decode_steps} == {1}
 
