@@ -51,7 +51,7 @@ from typing import Any, Sequence
 from rlhflab.errors import RlhfLabError
 from rlhflab.eval.run_files import HandedFileError, read_json_lines, read_json_object, read_yaml_mapping
 from rlhflab.io import atomic_write_text, write_json
-from rlhflab.stages.registry import RENAMED, recorded_input, stage_dir, without_later_defaults
+from rlhflab.stages.registry import RENAMED, recorded_input, stage_dir, with_later_defaults
 
 OPTIMUM = "optimum"  # the most reward any policy reaches within a KL budget, estimated from best-of-n's samples
 TUNED = ("rl", "dpo", "ilql")  # stages whose summary.json carries a held-out start and end
@@ -200,7 +200,7 @@ def _setting(config: dict, method_section: str, stage: dict | None) -> dict:
     if not isinstance(section, dict) and method_section == "rl":
         section = config.get("ppo")  # a run from before the RL section was renamed rl (config aliases)
     section = section if isinstance(section, dict) else {}
-    section = without_later_defaults({method_section: section})[method_section]  # older runs lack them
+    section = with_later_defaults({method_section: section})[method_section]  # older runs lack them
     ignored = NOT_SETTINGS + NOT_SETTINGS_OF.get(method_section, ())
     setting = {k: v for k, v in section.items() if k not in ignored}
     setting["policy"] = recorded_input(stage, section.get("policy"), "sft") or section.get("policy")

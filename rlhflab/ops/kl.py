@@ -148,7 +148,8 @@ def tilt(values: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     kl_regularised_optimum at β = λ, prompt by prompt. Any quantity q (P, n) of the same samples has
     the mean (weights * q).sum(1) under it."""
     logw = torch.log_softmax(values / lam, dim=1)
-    return logw.exp(), (logw.exp() * (logw + math.log(values.shape[1]))).sum(dim=1)
+    weights = logw.exp()
+    return weights, (weights * (logw + math.log(values.shape[1]))).sum(dim=1)
 
 
 def _tilt(v: torch.Tensor, lam: float) -> tuple[float, float]:

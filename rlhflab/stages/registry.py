@@ -25,6 +25,7 @@ made before the rename (`stage_dir`), which is read, resumed and rewritten where
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 from dataclasses import dataclass
@@ -257,21 +258,37 @@ ADDED_LATER = {("dpo", "rounds"): 1, ("dpo", "reference"): "start", ("ilql", "to
                ("rl", "lr_schedule"): "constant", ("rl", "value_warmup_steps"): 0}
 
 
-def without_later_defaults(inputs: dict[str, Any]) -> dict[str, Any]:
-    """{section: settings} with every setting added later (ADDED_LATER) left out where it is at its
-    default: a run made before the setting existed and one made at its default then read alike."""
-    out = dict(inputs)
+def _later_settings(out: dict[str, Any]):
+    """(the dict holding it, its name, its default) of each setting added later (ADDED_LATER) whose
+    section is in `out`; the dicts on the way down are copies, so `out`'s caller keeps theirs."""
     for (section, name), default in ADDED_LATER.items():
         *parents, leaf = [section, *name.split(".")]
         tree = out
-        for part in parents:  # copy the dicts on the way down: `inputs` is the caller's
+        for part in parents:
             if not isinstance(tree.get(part), dict):
                 break
             tree[part] = dict(tree[part])
             tree = tree[part]
         else:
-            if leaf in tree and tree[leaf] == default:
-                del tree[leaf]
+            yield tree, leaf, default
+
+
+def without_later_defaults(inputs: dict[str, Any]) -> dict[str, Any]:
+    """{section: settings} with every setting added later left out where it is at its default: a run
+    made before the setting existed and one made at its default then hash alike."""
+    out = dict(inputs)
+    for tree, leaf, default in _later_settings(out):
+        if leaf in tree and tree[leaf] == default:
+            del tree[leaf]
+    return out
+
+
+def with_later_defaults(inputs: dict[str, Any]) -> dict[str, Any]:
+    """{section: settings} with every setting added later filled in at its default where a run made
+    before it existed lacks it (such a run did what the default does)."""
+    out = dict(inputs)
+    for tree, leaf, default in _later_settings(out):
+        tree.setdefault(leaf, copy.deepcopy(default))
     return out
 
 

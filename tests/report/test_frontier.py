@@ -131,7 +131,7 @@ def test_a_setting_added_later_at_its_default_is_the_runs_from_before_it(runs, t
     tuned(runs / "ppo-w-1" / "rl", seed=1, kl=5.0, p=0.9, kl_coef=0.2, value_warmup_steps=5)
     result = frontier([runs / "ppo-c-0", runs / "ppo-c-1", runs / "ppo-w-1"], tmp_path / "out")
     points = {p["label"]: p["seeds"] for p in result.data["points"] if p["method"] == "ppo"}
-    assert points == {"value_warmup_steps=None": [0, 1], "value_warmup_steps=5": [1]}
+    assert points == {"value_warmup_steps=0": [0, 1], "value_warmup_steps=5": [1]}
 
 
 def test_a_sweep_folder_gives_every_point(runs, tmp_path):
